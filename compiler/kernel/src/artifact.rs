@@ -1,0 +1,90 @@
+//! The compiled artifact: everything a runtime needs to launch a rule's CUDA kernels without the
+//! `.opt` source and without the compiler.
+//!
+//! Stored as JSON (`*.optc.json`): the format version, the kernel description (buffer order, host
+//! program, hyper defaults, flags) and the PTX text with its entry-point names.
+
+use crate::kernel::{Kernel, KernelError, FORMAT_VERSION};
+use serde::{Deserialize, Serialize};
+
+/// PTX for one kernel: a vectorized entry and a scalar-only entry (used when a buffer is not
+/// 16-byte aligned).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PtxModule {
+    /// `.version` of the PTX, for example `8.0`.
+    pub version: String,
+    /// `.target`, for example `sm_80`.
+    pub target: String,
+    /// The PTX source (one module holding both entries).
+    pub source: String,
+    /// The name of the entry with the `ld.global.v4.f32` body.
+    pub vector_entry: String,
+    /// The name of the scalar-only entry.
+    pub scalar_entry: String,
+    /// The name of the multi-tensor entry, which walks a device-side table of tensors.
+    pub multi_entry: String,
+}
+
+/// A compiled rule, as written by `optc compile --target cuda`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// [`FORMAT_VERSION`] at the time of writing.
+    pub format_version: u32,
+    /// The kernel description.
+    pub kernel: Kernel,
+    /// The PTX, when compiled for CUDA.
+    pub ptx: Option<PtxModule>,
+}
+
+/// Why an artifact could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// Not JSON of the right shape.
+    #[error("not an optc artifact: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// Written by another format version.
+    #[error("artifact format version {found} is not supported (this build reads version {expected}); recompile the rule")]
+    Version {
+        /// The version in the file.
+        found: u32,
+        /// The version this build reads.
+        expected: u32,
+    },
+    /// The kernel in it does not hold together.
+    #[error(transparent)]
+    Invalid(#[from] KernelError),
+}
+
+impl Artifact {
+    /// Wraps a kernel (and its PTX) with the current format version.
+    pub fn new(kernel: Kernel, ptx: Option<PtxModule>) -> Self {
+        Artifact {
+            format_version: FORMAT_VERSION,
+            kernel,
+            ptx,
+        }
+    }
+
+    /// Serializes to JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Parses and validates JSON text.
+    pub fn from_json(text: &str) -> Result<Self, ArtifactError> {
+        #[derive(Deserialize)]
+        struct Header {
+            format_version: u32,
+        }
+        let header: Header = serde_json::from_str(text)?;
+        if header.format_version != FORMAT_VERSION {
+            return Err(ArtifactError::Version {
+                found: header.format_version,
+                expected: FORMAT_VERSION,
+            });
+        }
+        let artifact: Artifact = serde_json::from_str(text)?;
+        artifact.kernel.validate()?;
+        Ok(artifact)
+    }
+}

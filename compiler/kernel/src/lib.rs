@@ -1,0 +1,27 @@
+//! # optc-kernel: the fused-kernel description
+//!
+//! The data shared by the compiler (which produces it), every backend (which lowers it) and the
+//! runtime (which runs it, possibly loaded from an artifact with no compiler present):
+//!
+//! - [`op`]: the ops and their meaning, the single definition that every backend must match;
+//! - [`expr`]: the DAG node type used by every program of the IR;
+//! - [`kernel`]: the fused kernel: host program, uniforms, per-element body, stores;
+//! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads.
+//!
+//! Nothing here parses `.opt` source or optimizes; see `optc-compiler` for that.
+
+pub mod arena;
+pub mod artifact;
+pub mod eval;
+pub mod expr;
+pub mod kernel;
+pub mod op;
+
+pub use arena::{Arena, Handle};
+pub use artifact::{Artifact, ArtifactError};
+pub use expr::{Expr, FlagId, HyperId, ScalarId, Slot, StateId, UniformId};
+pub use kernel::{
+    BufferUse, FlagValue, HostValues, HyperDecl, Init, Kernel, KernelError, ScalarDecl, ScalarUpdate,
+    StateDecl, Store, FORMAT_VERSION,
+};
+pub use op::{BinaryOp, Real, UnaryOp};

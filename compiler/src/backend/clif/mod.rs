@@ -1,0 +1,1 @@
+//! Kernel -> Cranelift IR (CPU). Owned by the CPU backend work.

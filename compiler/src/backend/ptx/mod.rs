@@ -1,0 +1,1 @@
+//! Kernel -> PTX text (CUDA). Owned by the CUDA backend work.

@@ -1,0 +1,1 @@
+//! CUDA execution through cudarc. Owned by the CUDA backend work.

@@ -1,0 +1,1 @@
+//! optc facade (placeholder while the workspace is built).
