@@ -83,7 +83,7 @@ fn optimized_ir_snapshots() {
                 .map(|(f, _)| f.name.clone())
                 .collect();
             let name = if tag.is_empty() {
-                format!("{}", r.name())
+                r.name().to_string()
             } else {
                 format!("{}+{}", r.name(), tag.join("+"))
             };

@@ -46,12 +46,12 @@ pub fn load_rule(spec: &str) -> Result<Rule, LoadError> {
     Err(LoadError::Io(msg))
 }
 
+/// Flag and hyper settings from `--set`: `(flags, hypers)`.
+pub type Settings = (Vec<(String, bool)>, Vec<(String, f64)>);
+
 /// Parses `NAME=VALUE` pairs from `--set`, split into flags (`true`/`false` for a declared flag)
 /// and hypers (numbers).
-pub fn split_sets(
-    rule: &Rule,
-    sets: &[String],
-) -> Result<(Vec<(String, bool)>, Vec<(String, f64)>), String> {
+pub fn split_sets(rule: &Rule, sets: &[String]) -> Result<Settings, String> {
     let mut flags = Vec::new();
     let mut hypers = Vec::new();
     for s in sets {

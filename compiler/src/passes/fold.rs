@@ -72,10 +72,10 @@ fn simplify(b: &mut Builder, e: Expr) -> Simplified {
                 return Value(f64::binary(op, u, v), op.is_comparison() || op.is_logical());
             }
             match (op, lx, ly) {
-                (BinaryOp::Mul, Some(one), _) if one == 1.0 => To(y),
-                (BinaryOp::Mul, _, Some(one)) if one == 1.0 => To(x),
-                (BinaryOp::Div, _, Some(one)) if one == 1.0 => To(x),
-                (BinaryOp::Sub, _, Some(z)) if z == 0.0 => To(x),
+                (BinaryOp::Mul, Some(1.0), _) => To(y),
+                (BinaryOp::Mul, _, Some(1.0)) => To(x),
+                (BinaryOp::Div, _, Some(1.0)) => To(x),
+                (BinaryOp::Sub, _, Some(0.0)) => To(x),
                 (BinaryOp::And, Some(c), _) => {
                     if c != 0.0 {
                         To(y)
@@ -104,14 +104,14 @@ fn simplify(b: &mut Builder, e: Expr) -> Simplified {
                         To(x)
                     }
                 }
-                (BinaryOp::Pow, _, Some(n)) if n == 0.0 => Value(1.0, false),
-                (BinaryOp::Pow, _, Some(n)) if n == 1.0 => To(x),
-                (BinaryOp::Pow, _, Some(n)) if n == 2.0 => Node(Expr::Binary(BinaryOp::Mul, x, x)),
-                (BinaryOp::Pow, _, Some(n)) if n == 3.0 => {
+                (BinaryOp::Pow, _, Some(0.0)) => Value(1.0, false),
+                (BinaryOp::Pow, _, Some(1.0)) => To(x),
+                (BinaryOp::Pow, _, Some(2.0)) => Node(Expr::Binary(BinaryOp::Mul, x, x)),
+                (BinaryOp::Pow, _, Some(3.0)) => {
                     let sq = b.add(Expr::Binary(BinaryOp::Mul, x, x), Default::default());
                     Node(Expr::Binary(BinaryOp::Mul, sq, x))
                 }
-                (BinaryOp::Pow, _, Some(n)) if n == -1.0 => {
+                (BinaryOp::Pow, _, Some(-1.0)) => {
                     let one = b.add(Expr::Const(1.0), Default::default());
                     Node(Expr::Binary(BinaryOp::Div, one, x))
                 }
