@@ -246,159 +246,185 @@ fn interp_step(
         .unwrap_or_else(|e| panic!("interpreter: {e}"));
 }
 
-fn assert_within_budget(what: &str, errs: &BTreeMap<String, f64>) {
-    let bad: Vec<_> = errs
-        .iter()
-        .filter(|(_, e)| e.is_nan() || **e > BUDGET)
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "{what}: over the budget {BUDGET:e}: {bad:?} (all: {errs:?})"
+/// Compiles stdlib rule `name` with `old` replaced by `new` in its source, for the default flags.
+fn mutated_stdlib_kernel(name: &str, old: &str, new: &str) -> Kernel {
+    let source =
+        optc_compiler::stdlib::source(name).unwrap_or_else(|| panic!("no stdlib rule `{name}`"));
+    assert_eq!(
+        source.matches(old).count(),
+        1,
+        "`{old}` is not in stdlib/{name}.opt exactly once"
     );
+    let rule = optc_compiler::Rule::parse("mutant.opt", &source.replace(old, new))
+        .unwrap_or_else(|d| panic!("mutant of {name} does not compile: {d}"));
+    rule.specialize(&[]).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A hand-built Adam kernel (amsgrad and maximize off), standing in for the compiled stdlib rule
-/// until the frontend lands. Uniforms: beta1, 1 - beta1, beta2, 1 - beta2, 1 / sqrt(1 - beta2^t),
-/// eps, lr / (1 - beta1^t), weight_decay.
-mod hand {
-    use optc_kernel::{
-        Arena, BinaryOp as B, Expr, FlagValue, Handle, HyperDecl, HyperId, Init, Kernel, Slot,
-        StateDecl, StateId, Store, UnaryOp as U, UniformId,
-    };
-
-    fn bin(a: &mut Arena<Expr>, op: B, x: Handle<Expr>, y: Handle<Expr>) -> Handle<Expr> {
-        a.append(Expr::Binary(op, x, y))
+#[test]
+fn the_budget_catches_plausible_mistakes() {
+    // Each mutant is a one-line slip that a rule author could make; each must fail its fixtures.
+    let mutants = [
+        (
+            "adam",
+            "defaults",
+            "sqrt(v_used) / sqrt(1 - beta2 ^ t) + eps",
+            "(sqrt(v_used) + eps) / sqrt(1 - beta2 ^ t)",
+        ),
+        (
+            "sgd",
+            "momentum_dampening",
+            "t == 1 ? grad : momentum",
+            "momentum",
+        ),
+        (
+            "adabound",
+            "loose_bounds_small_eps",
+            "sqrt(v_used + 1e-15)",
+            "sqrt(v_used)",
+        ),
+    ];
+    for (rule, case, old, new) in mutants {
+        let kernel = mutated_stdlib_kernel(rule, old, new);
+        let errs = replay(
+            &fixtures_dir().join(format!("{rule}/{case}.json")),
+            &kernel,
+            &mut interp_step,
+        );
+        let worst = errs.values().fold(0.0f64, |a, e| a.max(*e));
+        assert!(
+            worst > 10.0 * BUDGET,
+            "{rule}: `{new}` passed {case}: {errs:?}"
+        );
     }
+}
 
-    pub fn adam() -> Kernel {
-        let hypers = [
-            ("lr", 1e-3),
-            ("beta1", 0.9),
-            ("beta2", 0.999),
-            ("eps", 1e-8),
-            ("weight_decay", 0.0),
-        ];
-        let mut init = Arena::new();
-        let zero = init.append(Expr::Const(0.0));
-
-        let mut host = Arena::new();
-        let hy: Vec<_> = (0..hypers.len())
-            .map(|i| host.append(Expr::Hyper(HyperId::new(i))))
-            .collect();
-        let (lr, b1, b2, eps, wd) = (hy[0], hy[1], hy[2], hy[3], hy[4]);
-        let one = host.append(Expr::Const(1.0));
-        let t = host.append(Expr::Step);
-        let omb1 = bin(&mut host, B::Sub, one, b1);
-        let omb2 = bin(&mut host, B::Sub, one, b2);
-        let b1t = bin(&mut host, B::Pow, b1, t);
-        let b2t = bin(&mut host, B::Pow, b2, t);
-        let bc1 = bin(&mut host, B::Sub, one, b1t);
-        let bc2 = bin(&mut host, B::Sub, one, b2t);
-        let sbc2 = host.append(Expr::Unary(U::Sqrt, bc2));
-        let inv_sbc2 = bin(&mut host, B::Div, one, sbc2);
-        let step_size = bin(&mut host, B::Div, lr, bc1);
-        let uniforms = vec![b1, omb1, b2, omb2, inv_sbc2, eps, step_size, wd];
-
-        let mut body = Arena::new();
-        let u: Vec<_> = (0..uniforms.len())
-            .map(|i| body.append(Expr::Uniform(UniformId::new(i))))
-            .collect();
-        let p = body.append(Expr::Load(Slot::Param));
-        let g = body.append(Expr::Load(Slot::Grad));
-        let m = body.append(Expr::Load(Slot::State(StateId::new(0))));
-        let v = body.append(Expr::Load(Slot::State(StateId::new(1))));
-        let wdp = bin(&mut body, B::Mul, u[7], p);
-        let grad = bin(&mut body, B::Add, g, wdp);
-        let bm = bin(&mut body, B::Mul, u[0], m);
-        let cg = bin(&mut body, B::Mul, u[1], grad);
-        let m2 = bin(&mut body, B::Add, bm, cg);
-        let bv = bin(&mut body, B::Mul, u[2], v);
-        let gg = bin(&mut body, B::Mul, grad, grad);
-        let cgg = bin(&mut body, B::Mul, u[3], gg);
-        let v2 = bin(&mut body, B::Add, bv, cgg);
-        let sv = body.append(Expr::Unary(U::Sqrt, v2));
-        let sv2 = bin(&mut body, B::Mul, sv, u[4]);
-        let denom = bin(&mut body, B::Add, sv2, u[5]);
-        let sm = bin(&mut body, B::Mul, u[6], m2);
-        let upd = bin(&mut body, B::Div, sm, denom);
-        let p2 = bin(&mut body, B::Sub, p, upd);
-
-        let kernel = Kernel {
-            rule: "adam".into(),
-            flags: vec![
-                FlagValue {
-                    name: "amsgrad".into(),
-                    value: false,
-                },
-                FlagValue {
-                    name: "maximize".into(),
-                    value: false,
-                },
-            ],
-            hypers: hypers
-                .iter()
-                .map(|(n, d)| HyperDecl {
-                    name: (*n).into(),
-                    default: *d,
-                })
-                .collect(),
-            states: ["m", "v"]
-                .iter()
-                .map(|n| StateDecl {
-                    name: (*n).into(),
-                    init: Init::Value(zero),
-                })
-                .collect(),
-            scalars: vec![],
-            init,
-            host,
-            uniforms,
-            scalar_updates: vec![],
-            body,
-            stores: vec![
-                Store {
-                    slot: Slot::Param,
-                    value: p2,
-                },
-                Store {
-                    slot: Slot::State(StateId::new(0)),
-                    value: m2,
-                },
-                Store {
-                    slot: Slot::State(StateId::new(1)),
-                    value: v2,
-                },
-            ],
-        };
-        if let Err(e) = kernel.validate() {
-            panic!("hand-built adam: {e}");
+/// Every fixture manifest, sorted.
+fn manifests() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let dir = fixtures_dir();
+    let rules =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+    for entry in rules.flatten() {
+        if !entry.path().is_dir() {
+            continue;
         }
-        kernel
+        for case in std::fs::read_dir(entry.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if case.path().extension().is_some_and(|e| e == "json") {
+                out.push(case.path());
+            }
+        }
     }
+    out.sort();
+    out
+}
+
+/// The stdlib kernel for a fixture: its rule specialized for the fixture's flags.
+fn stdlib_kernel(manifest_path: &Path) -> (String, Kernel) {
+    let man: Manifest = serde_json::from_slice(&read(manifest_path))
+        .unwrap_or_else(|e| panic!("bad manifest {}: {e}", manifest_path.display()));
+    let rule = optc_compiler::stdlib::rule(&man.rule)
+        .unwrap_or_else(|| panic!("no stdlib rule `{}`", man.rule))
+        .unwrap_or_else(|d| panic!("stdlib rule `{}` does not compile: {d}", man.rule));
+    let flags: Vec<(&str, bool)> = man.flags.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let kernel = rule
+        .specialize(&flags)
+        .unwrap_or_else(|e| panic!("{}/{}: {e}", man.rule, man.case));
+    (format!("{}/{}", man.rule, man.case), kernel)
+}
+
+/// Replays every fixture on one backend; prints each case's errors and every rule's worst, and
+/// asserts the budget.
+fn replay_all(backend: &str, step: &mut Stepper<'_>) {
+    let paths = manifests();
+    assert!(
+        paths.len() >= 36,
+        "expected at least 3 cases for each of 12 rules, found {}",
+        paths.len()
+    );
+    let mut worst_per_rule: BTreeMap<String, (f64, String)> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for path in &paths {
+        let (name, kernel) = stdlib_kernel(path);
+        let errs = replay(path, &kernel, step);
+        let (q, worst) = errs
+            .iter()
+            .fold((String::new(), 0.0f64), |(wq, w), (q, e)| {
+                if *e > w || e.is_nan() {
+                    (q.clone(), *e)
+                } else {
+                    (wq, w)
+                }
+            });
+        println!("{backend} {name}: {errs:?}");
+        let rule = kernel.rule.clone();
+        let entry = worst_per_rule.entry(rule).or_insert((0.0, String::new()));
+        if worst > entry.0 {
+            *entry = (worst, format!("{name} {q}"));
+        }
+        if worst.is_nan() || worst > BUDGET {
+            failures.push(format!("{name}: {errs:?}"));
+        }
+    }
+    for (rule, (worst, at)) in &worst_per_rule {
+        println!("{backend} worst {rule}: {worst:.1e} ({at})");
+    }
+    assert!(
+        failures.is_empty(),
+        "{backend}: over the budget {BUDGET:e}:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
-fn hand_built_adam_matches_torch_on_the_interpreter() {
-    let kernel = hand::adam();
-    let errs = replay(
-        &fixtures_dir().join("adam/defaults.json"),
-        &kernel,
-        &mut interp_step,
-    );
-    println!("adam/defaults on the interpreter: {errs:?}");
-    assert!(errs.contains_key("param") && errs.contains_key("m") && errs.contains_key("v"));
-    assert_within_budget("adam/defaults (interp, hand-built kernel)", &errs);
+fn every_stdlib_rule_matches_torch_on_the_interpreter() {
+    replay_all("interp", &mut interp_step);
+}
+
+#[derive(Debug, Deserialize)]
+struct Defaults {
+    rules: BTreeMap<String, RuleDefaults>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RuleDefaults {
+    reference: String,
+    hypers: BTreeMap<String, f64>,
+    flags: BTreeMap<String, bool>,
 }
 
 #[test]
-fn the_budget_catches_a_wrong_rule() {
-    // The adam kernel (coupled L2 decay) against the adamw fixture (decoupled decay 1e-2).
-    let kernel = hand::adam();
-    let errs = replay(
-        &fixtures_dir().join("adamw/defaults.json"),
-        &kernel,
-        &mut interp_step,
-    );
-    let worst = errs.values().fold(0.0f64, |a, e| a.max(*e));
-    assert!(worst > 100.0 * BUDGET, "a wrong rule passed: {errs:?}");
+fn stdlib_defaults_match_the_reference_classes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/fixtures/defaults.json");
+    let defaults: Defaults =
+        serde_json::from_slice(&read(&path)).unwrap_or_else(|e| panic!("bad defaults.json: {e}"));
+    assert_eq!(defaults.rules.len(), 12);
+    for (name, want) in &defaults.rules {
+        let rule = optc_compiler::stdlib::rule(name)
+            .unwrap_or_else(|| panic!("no stdlib rule `{name}`"))
+            .unwrap_or_else(|d| panic!("stdlib rule `{name}` does not compile: {d}"));
+        let hypers: BTreeMap<String, f64> = rule
+            .hypers()
+            .iter()
+            .map(|h| (h.name.clone(), h.default))
+            .collect();
+        let flags: BTreeMap<String, bool> = rule
+            .flags()
+            .iter()
+            .map(|f| (f.name.clone(), f.default))
+            .collect();
+        assert_eq!(
+            hypers, want.hypers,
+            "{name}: hypers and defaults differ from {}",
+            want.reference
+        );
+        assert_eq!(
+            flags, want.flags,
+            "{name}: flags and defaults differ from {}",
+            want.reference
+        );
+    }
 }
