@@ -102,7 +102,8 @@ fn rule_name(r: &Rule) -> Option<&'static str> {
         Rule::number => "a number",
         Rule::ident => "a name",
         Rule::kw_true | Rule::kw_false => "`true` or `false`",
-        Rule::question => "`?`",
+        // `?` continues an expression like any other operator.
+        Rule::question => "an operator",
         Rule::colon => "`:`",
         Rule::op_or | Rule::op_and | Rule::op_cmp | Rule::op_add | Rule::op_mul | Rule::op_pow => {
             "an operator"
@@ -112,13 +113,75 @@ fn rule_name(r: &Rule) -> Option<&'static str> {
     })
 }
 
+const KEYWORDS: [&str; 11] = [
+    "optimizer",
+    "hyper",
+    "flag",
+    "state",
+    "scalar",
+    "update",
+    "let",
+    "if",
+    "else",
+    "true",
+    "false",
+];
+
+/// The innermost `{` or `(` still open at byte `upto`, skipping comments.
+fn unclosed(source: &str, upto: usize) -> Option<(usize, char)> {
+    let mut open: Vec<(usize, char)> = Vec::new();
+    let mut in_comment = false;
+    let mut prev = '\0';
+    for (i, c) in source.char_indices() {
+        if i >= upto {
+            break;
+        }
+        if in_comment {
+            in_comment = c != '\n';
+        } else {
+            match c {
+                '/' if prev == '/' => in_comment = true,
+                '{' | '(' => open.push((i, c)),
+                '}' | ')' => {
+                    open.pop();
+                }
+                _ => {}
+            }
+        }
+        prev = c;
+    }
+    open.pop()
+}
+
+/// The word that ends just before byte `at`, skipping whitespace.
+fn word_before(source: &str, at: usize) -> &str {
+    let before = source.get(..at).unwrap_or("").trim_end();
+    let start = before
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    &before[start..]
+}
+
 fn pest_error(e: pest::error::Error<Rule>, source: &str) -> Diagnostic {
     use pest::error::{ErrorVariant, InputLocation};
-    let (start, end) = match e.location {
-        InputLocation::Pos(p) => (p, p + 1),
-        InputLocation::Span((a, b)) => (a, b.max(a + 1)),
+    let start = match e.location {
+        InputLocation::Pos(p) => p,
+        InputLocation::Span((a, _)) => a,
     };
-    let span = Span::new(start, end);
+    // One character under the caret (none at the end of the file).
+    let width = source
+        .get(start..)
+        .and_then(|r| r.chars().next())
+        .map_or(1, char::len_utf8);
+    // The whole word under the caret, or one character.
+    let word_len = source.get(start..).map_or(0, |r| {
+        r.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .count()
+    });
+    let span = Span::new(start, start + width.max(word_len));
+    let at_eof = source.get(start..).is_none_or(|r| r.trim().is_empty());
     match &e.variant {
         ErrorVariant::ParsingError { positives, .. } => {
             let mut names: Vec<&str> = positives.iter().filter_map(rule_name).collect();
@@ -132,39 +195,101 @@ fn pest_error(e: pest::error::Error<Rule>, source: &str) -> Diagnostic {
                     format!("{} or {}", rest.join(", "), last)
                 }
             };
-            let mut d = Diagnostic::error(
-                "E0003",
-                format!("syntax error: expected {expected}"),
-                span,
-                format!("expected {expected}"),
-            );
+            let open = if at_eof {
+                unclosed(source, start)
+            } else {
+                None
+            };
+            let (message, label) = match open {
+                Some((_, c)) => {
+                    let close = if c == '{' { '}' } else { ')' };
+                    (
+                        format!("syntax error: unexpected end of file inside `{c} ... {close}`"),
+                        format!("expected `{close}`"),
+                    )
+                }
+                None if at_eof => (
+                    format!("syntax error: unexpected end of file, expected {expected}"),
+                    format!("expected {expected}"),
+                ),
+                None => (
+                    format!("syntax error: expected {expected}"),
+                    format!("expected {expected}"),
+                ),
+            };
+            let mut d = Diagnostic::error("E0003", message, span, label);
             let word: String = source
                 .get(start..)
                 .unwrap_or("")
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
-            let keyword = [
-                "optimizer",
-                "hyper",
-                "flag",
-                "state",
-                "scalar",
-                "update",
-                "let",
-                "if",
-                "else",
-                "true",
-                "false",
-            ];
-            if positives.contains(&Rule::ident) && keyword.contains(&word.as_str()) {
+            let is_keyword = KEYWORDS.contains(&word.as_str());
+            let is_decl = ["hyper", "flag", "state", "scalar"].contains(&word.as_str());
+            let names_here = ["optimizer", "hyper", "flag", "state", "scalar", "let"];
+            let before = word_before(source, start);
+            // The word before is on an earlier line: its name is missing, not misspelled.
+            let line_break = source
+                .get(..start)
+                .is_some_and(|b| b.trim_end_matches([' ', '\t']).ends_with('\n'));
+            if let Some((at, c)) = open {
+                let close = if c == '{' { '}' } else { ')' };
+                d = d
+                    .with(Span::new(at, at + 1), format!("this `{c}` is never closed"))
+                    .hint(format!("add the missing `{close}`"));
+            }
+            let keyword_expected = positives.iter().any(|r| {
+                matches!(
+                    r,
+                    Rule::header
+                        | Rule::hyper_decl
+                        | Rule::flag_decl
+                        | Rule::state_decl
+                        | Rule::scalar_decl
+                        | Rule::update
+                        | Rule::let_stmt
+                        | Rule::if_stmt
+                        | Rule::kw_optimizer
+                        | Rule::kw_hyper
+                        | Rule::kw_flag
+                        | Rule::kw_state
+                        | Rule::kw_scalar
+                        | Rule::kw_update
+                        | Rule::kw_let
+                        | Rule::kw_if
+                        | Rule::kw_else
+                )
+            });
+            if keyword_expected && !is_keyword && !word.is_empty() {
+                if let Some(k) = crate::diag::did_you_mean(&word, KEYWORDS) {
+                    d = d.hint(format!("did you mean `{k}`?"));
+                }
+            }
+            if positives.contains(&Rule::ident) && names_here.contains(&before) && line_break {
+                d = d.hint(format!("`{before}` needs a name after it"));
+            } else if positives.contains(&Rule::ident) && is_keyword && names_here.contains(&before)
+            {
                 d = d.hint(format!("`{word}` is a keyword; pick another name"));
+            } else if positives.contains(&Rule::assign_stmt)
+                && source
+                    .get(start + word.len()..)
+                    .is_some_and(|r| r.trim_start().starts_with("=="))
+            {
+                d = d.hint(format!("`==` compares; assign with `{word} = ...`"));
+            } else if word == "else" {
+                d = d.hint("`else` must follow the `}` of an `if` block");
             } else if positives.contains(&Rule::header) || positives.contains(&Rule::kw_optimizer) {
                 d = d.hint("a rule file starts with `optimizer NAME`");
             } else if positives.contains(&Rule::update) || positives.contains(&Rule::kw_update) {
                 d = d.hint("declarations (`hyper`, `flag`, `state`, `scalar`) come first, then one `update { ... }` block");
+            } else if positives.contains(&Rule::EOI) && is_decl {
+                d = d.hint(format!(
+                    "declarations come before the `update` block; move this `{word}` above it"
+                ));
             } else if positives.contains(&Rule::EOI) {
                 d = d.hint("nothing may follow the `update { ... }` block");
+            } else if is_decl {
+                d = d.hint("declarations come before the `update` block");
             } else if names.contains(&"an expression") {
                 d = d.hint("an expression is a number, a name, a call such as `sqrt(v)`, or operators between them");
             }
