@@ -135,3 +135,35 @@ fn deep_blocks() {
     assert_eq!(d.items().len(), 1, "{}", d.render(false));
     assert_eq!(d.items()[0].code, "E0002");
 }
+
+#[test]
+fn long_operator_chain() {
+    let src = format!(
+        "optimizer long\nhyper lr = 1e-3\nupdate {{\n    p = g{}\n}}\n",
+        " + lr".repeat(300)
+    );
+    let d = diagnose("chain.opt", src.as_bytes());
+    assert_eq!(d.items().len(), 1, "{}", d.render(false));
+    assert_eq!(d.items()[0].code, "E0002");
+    // The caret is on the operand that makes the tree one level too tall.
+    let limit = optc_compiler::syntax::MAX_EXPR_DEPTH;
+    let at = src.find("g +").unwrap_or(0) + 1 + limit * " + lr".len() - 2;
+    assert_eq!(
+        d.items()[0].primary.0.start as usize,
+        at,
+        "{}",
+        d.render(false)
+    );
+}
+
+#[test]
+fn long_else_if_chain() {
+    let src = format!(
+        "optimizer long\nflag f = true\nupdate {{\n    if f {{ p = g }}{}\n}}\n",
+        " else if f { p = -g }".repeat(100)
+    );
+    let d = diagnose("chain.opt", src.as_bytes());
+    assert_eq!(d.items().len(), 1, "{}", d.render(false));
+    assert_eq!(d.items()[0].code, "E0002");
+    insta::assert_snapshot!(d.render(false));
+}
