@@ -38,7 +38,7 @@ pub fn f32_slice_mut<'a>(name: &str, bytes: &'a mut [u8]) -> Result<&'a mut [f32
 
 /// Copies little-endian bytes into f32s, whatever their alignment.
 pub fn f32_vec(name: &str, bytes: &[u8]) -> Result<Vec<f32>, RuntimeError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(cast_error(
             name,
             bytes.len(),

@@ -142,8 +142,8 @@ fn hint(suggestion: &Option<String>) -> String {
     }
 }
 
-/// An [`RuntimeError::UnknownName`] with the closest of `known` as suggestion (Jaro-Winkler
-/// similarity of at least 0.8, or the only name that differs in case).
+/// An [`RuntimeError::UnknownName`] with the closest of `known` as suggestion: a name within a
+/// third of its length in edits (at least one), or with Jaro-Winkler similarity of at least 0.8.
 pub(crate) fn unknown_name<'a>(
     kind: NameKind,
     name: &str,
@@ -152,17 +152,12 @@ pub(crate) fn unknown_name<'a>(
 ) -> RuntimeError {
     let suggestion = known
         .into_iter()
-        .map(|k| {
-            let score = if k.eq_ignore_ascii_case(name) {
-                1.0
-            } else {
-                strsim::jaro_winkler(name, k)
-            };
-            (score, k)
+        .filter(|k| {
+            let edits = strsim::levenshtein(&name.to_lowercase(), &k.to_lowercase());
+            edits <= (k.len() / 3).max(1) || strsim::jaro_winkler(name, k) >= 0.8
         })
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k.to_string());
+        .max_by(|a, b| strsim::jaro_winkler(name, a).total_cmp(&strsim::jaro_winkler(name, b)))
+        .map(str::to_string);
     RuntimeError::UnknownName {
         kind,
         name: name.to_string(),

@@ -48,7 +48,7 @@ pub(crate) struct Job<'a> {
 
 /// A kernel compiled for one target.
 pub(crate) enum Executor {
-    Cpu(CpuKernel),
+    Cpu(Box<CpuKernel>),
     #[cfg(feature = "compiler")]
     Interp(Box<Kernel>),
 }
@@ -58,7 +58,7 @@ impl Executor {
     pub fn compile(target: Target, kernel: &Kernel) -> Result<Executor, RuntimeError> {
         kernel.validate()?;
         Ok(match target {
-            Target::Cpu => Executor::Cpu(CpuKernel::compile(kernel)?),
+            Target::Cpu => Executor::Cpu(Box::new(CpuKernel::compile(kernel)?)),
             #[cfg(feature = "compiler")]
             Target::Interp => Executor::Interp(Box::new(kernel.clone())),
         })
