@@ -1,7 +1,8 @@
 //! A loaded optimizer rule: where kernels come from.
 //!
 //! Takes a prebuilt [`Kernel`] (for example from an artifact) or, with the feature `compiler`, a
-//! `.opt` rule from a file, a string or the embedded standard library. Gives the rule's name, its
+//! `.opt` rule from a file, a string, the embedded standard library, or an already parsed
+//! `optc_compiler::Rule`. Gives the rule's name, its
 //! hypers and flags with their defaults, and one specialized [`Kernel`] per flag set. A rule from a
 //! prebuilt kernel has its flags fixed: asking for other values is an error, not a silent
 //! mismatch.
@@ -19,6 +20,8 @@ pub struct Rule {
 
 enum Source {
     Kernel(Box<Kernel>),
+    #[cfg(feature = "compiler")]
+    Compiler(Box<optc_compiler::Rule>),
 }
 
 impl Rule {
@@ -33,6 +36,74 @@ impl Rule {
             flags: kernel.flags.clone(),
             source: Source::Kernel(Box::new(kernel)),
         })
+    }
+
+    /// A rule parsed and checked by the compiler; kernels are specialized from it on demand.
+    #[cfg(feature = "compiler")]
+    pub fn from_compiled(rule: optc_compiler::Rule) -> Rule {
+        Rule {
+            name: rule.name().to_string(),
+            hypers: rule
+                .hypers()
+                .iter()
+                .map(|h| HyperDecl {
+                    name: h.name.clone(),
+                    default: h.default,
+                })
+                .collect(),
+            flags: rule
+                .flags()
+                .iter()
+                .map(|f| FlagValue {
+                    name: f.name.clone(),
+                    value: f.default,
+                })
+                .collect(),
+            source: Source::Compiler(Box::new(rule)),
+        }
+    }
+
+    /// Parses and checks `.opt` source; `file_name` is what diagnostics refer to. The error holds
+    /// the rendered diagnostics.
+    #[cfg(feature = "compiler")]
+    pub fn from_source(file_name: &str, source: &str) -> Result<Rule, RuntimeError> {
+        optc_compiler::Rule::parse(file_name, source)
+            .map(Rule::from_compiled)
+            .map_err(|d| RuntimeError::Compile(d.render(false)))
+    }
+
+    /// Reads, parses and checks a `.opt` file.
+    #[cfg(feature = "compiler")]
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Rule, RuntimeError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        optc_compiler::Rule::parse_bytes(&path.display().to_string(), &bytes)
+            .map(Rule::from_compiled)
+            .map_err(|d| RuntimeError::Compile(d.render(false)))
+    }
+
+    /// A rule of the embedded standard library, by name (`"adamw"`, `"sgd"`, ...).
+    #[cfg(feature = "compiler")]
+    pub fn stdlib(name: &str) -> Result<Rule, RuntimeError> {
+        match optc_compiler::stdlib::rule(name) {
+            Some(parsed) => parsed
+                .map(Rule::from_compiled)
+                .map_err(|d| RuntimeError::Compile(d.render(false))),
+            None => Err(unknown_name(
+                NameKind::StdlibRule,
+                name,
+                format!(
+                    "(the stdlib has {})",
+                    optc_compiler::stdlib::names()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                optc_compiler::stdlib::names(),
+            )),
+        }
     }
 
     /// The rule's name (`optimizer NAME`).
@@ -102,6 +173,10 @@ impl Rule {
                 }
                 Ok((**kernel).clone())
             }
+            #[cfg(feature = "compiler")]
+            Source::Compiler(rule) => rule
+                .specialize_values(flags)
+                .map_err(|e| RuntimeError::Compile(e.to_string())),
         }
     }
 }

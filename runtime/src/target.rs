@@ -5,7 +5,7 @@
 //! calls an executor, so an executor never sees a length mismatch. A CUDA target adds a variant
 //! here and one arm in each match.
 
-use crate::cpu::{CpuKernel, TensorArgs};
+use crate::cpu::{CpuKernel, CpuOptions, TensorArgs};
 use crate::error::RuntimeError;
 use optc_kernel::Kernel;
 
@@ -55,10 +55,17 @@ pub(crate) enum Executor {
 
 impl Executor {
     /// Compiles `kernel` for `target`.
-    pub fn compile(target: Target, kernel: &Kernel) -> Result<Executor, RuntimeError> {
+    pub fn compile(
+        target: Target,
+        kernel: &Kernel,
+        allow_fma: bool,
+    ) -> Result<Executor, RuntimeError> {
         kernel.validate()?;
         Ok(match target {
-            Target::Cpu => Executor::Cpu(Box::new(CpuKernel::compile(kernel)?)),
+            Target::Cpu => {
+                let options = CpuOptions { allow_fma };
+                Executor::Cpu(Box::new(CpuKernel::compile_with(kernel, &options)?))
+            }
             #[cfg(feature = "compiler")]
             Target::Interp => Executor::Interp(Box::new(kernel.clone())),
         })
