@@ -34,6 +34,8 @@ pub mod cpu;
 pub mod cuda;
 mod error;
 mod optimizer;
+#[cfg(feature = "compiler")]
+pub mod probe;
 mod rule;
 mod target;
 

@@ -17,14 +17,19 @@ use crate::rule::Rule;
 use crate::target::{Executor, Job, Target};
 use optc_kernel::{HostValues, Init, Kernel};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// How an [`Optimizer`] is built.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Where the kernels run.
     pub target: Target,
-    /// Worker threads for the CPU target; `None` uses rayon's global pool.
+    /// Worker threads for the CPU target, in a pool of the optimizer's own; `None` uses
+    /// [`Options::pool`] or else rayon's global pool.
     pub threads: Option<usize>,
+    /// A rayon pool to share (for example with a benchmark's own loops); used when `threads` is
+    /// `None`.
+    pub pool: Option<Arc<rayon::ThreadPool>>,
     /// Flags of the first group (group 0), overriding the rule's defaults.
     pub flags: Vec<(String, bool)>,
     /// Let the CPU JIT fuse `a * b + c` into one rounding (faster on hosts with FMA). With
@@ -37,6 +42,7 @@ impl Default for Options {
         Options {
             target: Target::default(),
             threads: None,
+            pool: None,
             flags: Vec::new(),
             allow_fma: true,
         }
@@ -127,7 +133,7 @@ pub struct Optimizer {
     pub(crate) rule: Rule,
     target: Target,
     allow_fma: bool,
-    pool: Option<rayon::ThreadPool>,
+    pool: Option<Arc<rayon::ThreadPool>>,
     pub(crate) kernels: Vec<CachedKernel>,
     compiles: usize,
     pub(crate) defaults: Vec<f64>,
@@ -145,13 +151,13 @@ impl Optimizer {
     /// An optimizer built with `options`. Compiles group 0's kernel.
     pub fn with_options(rule: Rule, options: Options) -> Result<Optimizer, RuntimeError> {
         let pool = match options.threads {
-            Some(n) => Some(
+            Some(n) => Some(Arc::new(
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(n)
                     .build()
                     .map_err(|e| RuntimeError::ThreadPool(e.to_string()))?,
-            ),
-            None => None,
+            )),
+            None => options.pool,
         };
         let defaults = rule.hypers().iter().map(|h| h.default).collect();
         let mut opt = Optimizer {
@@ -493,7 +499,7 @@ impl Optimizer {
         let mut result = Ok(());
         for (kernel, jobs) in self.kernels.iter().zip(jobs) {
             if !jobs.is_empty() && result.is_ok() {
-                result = kernel.executor.run(jobs, self.pool.as_ref());
+                result = kernel.executor.run(jobs, self.pool.as_deref());
             }
         }
         if let Err(e) = result {
