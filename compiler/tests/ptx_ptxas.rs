@@ -78,5 +78,8 @@ fn ptxas_accepts_every_hand_built_kernel() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("optc-ptx-test-{}", std::process::id())),
+    );
     eprintln!("ptxas accepted {checked} modules");
 }
