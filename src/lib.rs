@@ -1,1 +1,3 @@
 //! optc facade (placeholder while the workspace is built).
+
+pub mod compare;
