@@ -1,7 +1,7 @@
 //! The harness with the plain-Rust reference optimizers: determinism and a digits accuracy bar.
 
 use optc::compare::reference::{Reference, ReferenceKind};
-use optc::compare::{compare, run_seed, set_checked, task, Contender, RunRecord};
+use optc::compare::{apply_setting, compare, run_seed, task, Contender, RunRecord, Silent};
 
 fn adamw() -> Box<dyn Contender> {
     Box::new(Reference::new(ReferenceKind::AdamW, "adamw"))
@@ -40,7 +40,7 @@ fn same_seed_gives_bitwise_the_same_run_on_every_task() {
 #[test]
 fn adamw_reaches_90_percent_test_accuracy_on_digits_in_300_steps() {
     let t = task::by_name("digits-mlp").expect("built-in task");
-    let c = compare(&*t, &[adamw()], 300, 2, &mut || {}).expect("runs");
+    let c = compare(&*t, &[adamw()], 300, 2, &mut Silent).expect("runs");
     let s = &c.entries[0].summary;
     let acc = s.test_accuracy.expect("digits has a test split");
     assert!(acc.min > 0.90, "test accuracy {acc:?}");
@@ -68,8 +68,8 @@ fn a_diverging_run_stops_and_is_counted() {
     // Plain gradient descent on the quadratic is stable only for lr < 2 / lambda_max = 2e-3.
     let t = task::by_name("quadratic").expect("built-in task");
     let mut sgd = Reference::new(ReferenceKind::Sgd, "sgd");
-    set_checked(&mut sgd, "lr", 0.5).expect("sgd declares lr");
-    let c = compare(&*t, &[Box::new(sgd)], 2000, 2, &mut || {}).expect("runs");
+    apply_setting(&mut sgd, "lr", "0.5").expect("sgd declares lr");
+    let c = compare(&*t, &[Box::new(sgd)], 2000, 2, &mut Silent).expect("runs");
     let s = &c.entries[0].summary;
     assert_eq!(s.diverged, 2);
     assert_eq!(s.final_loss, None);
@@ -79,7 +79,7 @@ fn a_diverging_run_stops_and_is_counted() {
 #[test]
 fn unknown_hyper_is_an_error_with_a_suggestion() {
     let mut c = Reference::new(ReferenceKind::AdamW, "adamw");
-    let err = set_checked(&mut c, "beta_1", 0.8).expect_err("not declared");
+    let err = apply_setting(&mut c, "beta_1", "0.8").expect_err("not declared");
     let msg = err.to_string();
     assert!(msg.contains("did you mean `beta1`?"), "{msg}");
 }

@@ -1,6 +1,7 @@
 //! The `optc` command line: one module per verb.
 
 pub mod check;
+pub mod compare;
 // pub mod compile;
 pub mod list;
 pub mod source;
@@ -22,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Parse and check rule files; print diagnostics; exit 1 if any has errors.
     Check(check::CheckArgs),
+    /// Train rules on a built-in task over seeds; print a table, write curves.png and results.json.
+    Compare(compare::CompareArgs),
     /// Compile a rule and print or write its IR, CLIF, PTX or CUDA artifact.
     // Compile(compile::CompileArgs),
     /// List the stdlib rules with their hypers, defaults and flags.
@@ -33,6 +36,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Check(a) => check::run(a),
         // Command::Compile(a) => compile::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::List(a) => list::run(a),
     }
 }

@@ -33,8 +33,8 @@ pub enum CompareError {
         /// The labels in the comparison.
         known: Vec<String>,
     },
-    /// A hyperparameter the rule does not declare.
-    #[error("rule `{rule}` has no hyper `{name}`{}; it declares: {}", hint(suggestion), declared.join(", "))]
+    /// A hyperparameter or flag the rule does not declare.
+    #[error("rule `{rule}` has no hyper or flag `{name}`{}; it declares: {}", hint(suggestion), declared.join(", "))]
     UnknownHyper {
         /// The rule's label.
         rule: String,
@@ -44,6 +44,18 @@ pub enum CompareError {
         suggestion: Option<String>,
         /// The declared names.
         declared: Vec<String>,
+    },
+    /// A value that does not fit the hyper or flag it is given to.
+    #[error("rule `{rule}`: `{name}={raw}`: {why}")]
+    BadValue {
+        /// The rule's label.
+        rule: String,
+        /// The hyper or flag.
+        name: String,
+        /// The value as given.
+        raw: String,
+        /// What is wrong.
+        why: String,
     },
     /// A malformed `--set` argument.
     #[error("`--set {arg}`: {why} (expected RULE:NAME=VALUE or NAME=VALUE, e.g. `adamw:lr=3e-3`)")]

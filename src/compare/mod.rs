@@ -14,6 +14,7 @@ mod error;
 pub mod plot;
 pub mod reference;
 pub mod rng;
+pub mod rule;
 pub mod run;
 pub mod stepper;
 pub mod summary;
@@ -21,8 +22,9 @@ pub mod table;
 pub mod task;
 
 pub use error::{did_you_mean, CompareError};
+pub use rule::{Backend, RuleContender};
 pub use run::{run_seed, EvalPoint, RunRecord};
-pub use stepper::{set_checked, Contender, StepError, Stepper};
+pub use stepper::{apply_setting, Contender, StepError, Stepper};
 pub use summary::{Spread, Summary};
 pub use task::{Eval, Target, Task};
 
@@ -37,6 +39,15 @@ pub struct HyperValue {
     pub value: f64,
 }
 
+/// One flag value as used in a comparison.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlagValue {
+    /// Name.
+    pub name: String,
+    /// Value.
+    pub value: bool,
+}
+
 /// One contender's results.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entry {
@@ -46,6 +57,8 @@ pub struct Entry {
     pub source: String,
     /// Its hyperparameter values.
     pub hypers: Vec<HyperValue>,
+    /// Its flag values.
+    pub flags: Vec<FlagValue>,
     /// The aggregate over seeds.
     pub summary: Summary,
     /// Every seeded run.
@@ -71,20 +84,40 @@ pub struct Comparison {
     pub entries: Vec<Entry>,
 }
 
-/// Run every contender on `task` for `steps` steps with seeds `0..seeds`. `on_step` is called
-/// after every optimizer step of every run (for progress display).
+/// Told about the progress of a comparison (for a progress bar).
+pub trait Progress {
+    /// A run of contender `label` with `seed` begins.
+    fn run_started(&mut self, label: &str, seed: u64);
+    /// One optimizer step was taken.
+    fn stepped(&mut self);
+}
+
+/// Progress that goes nowhere.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Silent;
+
+impl Progress for Silent {
+    fn run_started(&mut self, _: &str, _: u64) {}
+    fn stepped(&mut self) {}
+}
+
+/// Run every contender on `task` for `steps` steps with seeds `0..seeds`, one run after another.
 pub fn compare(
     task: &dyn Task,
     contenders: &[Box<dyn Contender>],
     steps: usize,
     seeds: u64,
-    on_step: &mut dyn FnMut(),
+    progress: &mut dyn Progress,
 ) -> Result<Comparison, CompareError> {
     let mut entries = Vec::with_capacity(contenders.len());
     for c in contenders {
-        let runs = (0..seeds)
-            .map(|seed| run_seed(task, c.as_ref(), seed, steps, on_step))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut runs = Vec::with_capacity(seeds as usize);
+        for seed in 0..seeds {
+            progress.run_started(c.label(), seed);
+            runs.push(run_seed(task, c.as_ref(), seed, steps, &mut || {
+                progress.stepped()
+            })?);
+        }
         entries.push(Entry {
             label: c.label().to_string(),
             source: c.source(),
@@ -92,6 +125,11 @@ pub fn compare(
                 .hypers()
                 .into_iter()
                 .map(|(name, value)| HyperValue { name, value })
+                .collect(),
+            flags: c
+                .flags()
+                .into_iter()
+                .map(|(name, value)| FlagValue { name, value })
                 .collect(),
             summary: Summary::of(&runs),
             runs,

@@ -107,12 +107,7 @@ impl Contender for Reference {
                 slot.1 = value;
                 Ok(())
             }
-            None => Err(CompareError::UnknownHyper {
-                rule: self.label.clone(),
-                name: name.to_string(),
-                suggestion: None,
-                declared: self.hypers.iter().map(|(n, _)| n.clone()).collect(),
-            }),
+            None => Err(crate::compare::stepper::unknown_setting(self, name)),
         }
     }
     fn build(&self, tensors: &[TensorSpec]) -> Result<Box<dyn Stepper>, CompareError> {

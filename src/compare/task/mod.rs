@@ -52,6 +52,7 @@ pub struct Eval {
     /// Full-batch training loss (for the analytic tasks: the objective itself).
     pub loss: f64,
     /// Accuracy on the held-out test split, for tasks that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub test_accuracy: Option<f64>,
 }
 
