@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod compare;
 // pub mod compile;
 pub mod list;
 pub mod run;
@@ -24,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Parse and check rule files; print diagnostics; exit 1 if any has errors.
     Check(check::CheckArgs),
+    /// Train rules on a built-in task over seeds; print a table, write curves.png and results.json.
+    Compare(compare::CompareArgs),
     /// Compile a rule and print or write its IR, CLIF, PTX or CUDA artifact.
     // Compile(compile::CompileArgs),
     /// List the stdlib rules with their hypers, defaults and flags.
@@ -39,6 +42,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Check(a) => check::run(a),
         // Command::Compile(a) => compile::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::List(a) => list::run(a),
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::run(a),
