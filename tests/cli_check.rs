@@ -14,7 +14,10 @@ fn check(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run optc: {e}"));
     for (name, stream) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
         let text = String::from_utf8_lossy(stream);
-        assert!(!text.contains("panicked"), "optc panicked ({name}):\n{text}");
+        assert!(
+            !text.contains("panicked"),
+            "optc panicked ({name}):\n{text}"
+        );
     }
     out
 }
@@ -31,7 +34,10 @@ fn opt_files(dir: &str) -> Vec<String> {
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "opt"))
-        .filter_map(|p| p.file_name().map(|n| format!("{dir}/{}", n.to_string_lossy())))
+        .filter_map(|p| {
+            p.file_name()
+                .map(|n| format!("{dir}/{}", n.to_string_lossy()))
+        })
         .collect();
     files.sort();
     files
@@ -51,7 +57,11 @@ fn stdlib_checks_clean() {
     let args: Vec<&str> = files.iter().map(String::as_str).collect();
     let out = check(&args);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(out.stderr.is_empty(), "stdlib has diagnostics:\n{}", stderr(&out));
+    assert!(
+        out.stderr.is_empty(),
+        "stdlib has diagnostics:\n{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -78,7 +88,11 @@ fn missing_file_exits_1_with_a_clear_message() {
 fn directory_argument_is_an_error_not_a_panic() {
     let out = check(&["stdlib"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot read `stdlib`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read `stdlib`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -116,7 +130,10 @@ fn whole_diagnostics_corpus_fails_located_without_panic() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     for f in &files {
-        assert!(err.contains(&format!("{f}:")), "no diagnostic for {f}:\n{err}");
+        assert!(
+            err.contains(&format!("{f}:")),
+            "no diagnostic for {f}:\n{err}"
+        );
     }
 }
 
