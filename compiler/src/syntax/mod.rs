@@ -395,6 +395,11 @@ fn pest_error(e: pest::error::Error<Rule>, source: &str) -> Diagnostic {
                 .is_some_and(|c| c.is_alphabetic() && !c.is_ascii())
             {
                 d = d.hint("names are made of ASCII letters, digits and `_`");
+            } else if source
+                .get(start..)
+                .is_some_and(|r| ["<", ">", "==", "!="].iter().any(|o| r.starts_with(o)))
+            {
+                d = d.hint("comparisons do not chain: write `a < b && b < c`");
             } else if word == "else" {
                 d = d.hint("`else` must follow the `}` of an `if` block");
             } else if positives.contains(&Rule::header) || positives.contains(&Rule::kw_optimizer) {
