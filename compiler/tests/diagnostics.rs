@@ -5,6 +5,7 @@
 //! text file (bad UTF-8, generated deep nesting) are built here.
 
 use optc_compiler::{Diagnostics, Rule, Severity};
+use std::path::Path;
 
 /// Parses `bytes` as the rule file `name`; gives every diagnostic, errors or warnings.
 fn diagnose(name: &str, bytes: &[u8]) -> Diagnostics {
@@ -166,4 +167,38 @@ fn long_else_if_chain() {
     assert_eq!(d.items().len(), 1, "{}", d.render(false));
     assert_eq!(d.items()[0].code, "E0002");
     insta::assert_snapshot!(d.render(false));
+}
+
+/// Every diagnostic code the compiler can emit is listed in the language reference.
+#[test]
+fn every_code_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = std::fs::read_to_string(root.join("../docs/language.md"))
+        .unwrap_or_else(|e| panic!("docs/language.md: {e}"));
+    let mut codes = Vec::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{e}")) {
+            let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                for (i, _) in text.match_indices("\"E0").chain(text.match_indices("\"W0")) {
+                    let code = &text[i + 1..(i + 6).min(text.len())];
+                    if text[i + 6..].starts_with('"') {
+                        codes.push(code.to_string());
+                    }
+                }
+            }
+        }
+    }
+    codes.sort();
+    codes.dedup();
+    assert!(codes.len() >= 30, "found only {codes:?}");
+    let missing: Vec<&String> = codes
+        .iter()
+        .filter(|c| !docs.contains(&format!("| {c} |")))
+        .collect();
+    assert!(missing.is_empty(), "not in docs/language.md: {missing:?}");
 }

@@ -217,6 +217,45 @@ fn word_before(source: &str, at: usize) -> &str {
     &before[start..]
 }
 
+/// pest reports a declaration or `let` that lacks its `=` at the keyword; this finds the place
+/// where the `=` should be.
+fn missing_equals(source: &str, start: usize) -> Option<Diagnostic> {
+    let rest = source.get(start..)?;
+    let kw = ["hyper", "flag", "state", "scalar", "let"]
+        .into_iter()
+        .find(|k| rest.starts_with(k) && !rest[k.len()..].starts_with(is_ident_char))?;
+    let after_kw = &rest[kw.len()..];
+    let name_at = after_kw.len() - after_kw.trim_start().len();
+    let name_len = after_kw[name_at..]
+        .find(|c: char| !is_ident_char(c))
+        .unwrap_or(after_kw.len() - name_at);
+    let name = &after_kw[name_at..name_at + name_len];
+    if name.is_empty() || KEYWORDS.contains(&name) {
+        return None;
+    }
+    let after_name = &after_kw[name_at + name_len..];
+    let gap = after_name.len() - after_name.trim_start().len();
+    if after_name[gap..].starts_with('=') {
+        return None;
+    }
+    // Right after the name, where the `=` belongs.
+    let at = start + kw.len() + name_at + name_len;
+    // Not past a line end: the caret stays on the name's line.
+    let width = match source[at..].chars().next() {
+        Some('\n' | '\r') | None => 0,
+        Some(c) => c.len_utf8(),
+    };
+    Some(
+        Diagnostic::error(
+            "E0003",
+            format!("syntax error: expected `=` after `{kw} {name}`"),
+            Span::new(at, at + width),
+            "expected `=`",
+        )
+        .hint(format!("write `{kw} {name} = ...`")),
+    )
+}
+
 fn pest_error(e: pest::error::Error<Rule>, source: &str) -> Diagnostic {
     use pest::error::{ErrorVariant, InputLocation};
     let start = match e.location {
@@ -271,6 +310,9 @@ fn pest_error(e: pest::error::Error<Rule>, source: &str) -> Diagnostic {
                     format!("expected {expected}"),
                 ),
             };
+            if let Some(d) = missing_equals(source, start) {
+                return d;
+            }
             let mut d = Diagnostic::error("E0003", message, span, label);
             let word: String = source
                 .get(start..)
@@ -330,6 +372,34 @@ fn pest_error(e: pest::error::Error<Rule>, source: &str) -> Diagnostic {
                     .is_some_and(|r| r.trim_start().starts_with("=="))
             {
                 d = d.hint(format!("`==` compares; assign with `{word} = ...`"));
+            } else if let Some(op) = positives
+                .contains(&Rule::assign_stmt)
+                .then(|| source.get(start + word.len()..).unwrap_or("").trim_start())
+                .and_then(|r| {
+                    ["+=", "-=", "*=", "/="]
+                        .into_iter()
+                        .find(|o| r.starts_with(o))
+                })
+            {
+                let o = &op[..1];
+                d = d.hint(format!(
+                    "there is no `{op}`; write `{word} = {word} {o} ...`"
+                ));
+            } else if source.get(..start).is_some_and(|b| b.ends_with('*'))
+                && source.get(start..).is_some_and(|r| r.starts_with('*'))
+            {
+                d = d.hint("the power operator is `^`, as in `beta1 ^ t`");
+            } else if source
+                .get(start..)
+                .and_then(|r| r.chars().next())
+                .is_some_and(|c| c.is_alphabetic() && !c.is_ascii())
+            {
+                d = d.hint("names are made of ASCII letters, digits and `_`");
+            } else if source
+                .get(start..)
+                .is_some_and(|r| ["<", ">", "==", "!="].iter().any(|o| r.starts_with(o)))
+            {
+                d = d.hint("comparisons do not chain: write `a < b && b < c`");
             } else if word == "else" {
                 d = d.hint("`else` must follow the `}` of an `if` block");
             } else if positives.contains(&Rule::header) || positives.contains(&Rule::kw_optimizer) {
@@ -695,6 +765,15 @@ fn build(p: Pair<'_, Rule>) -> Result<Built, Diagnostic> {
             let v: f64 = p.as_str().parse().map_err(|_| {
                 Diagnostic::error("E0004", "malformed number", span, "not a number")
             })?;
+            if v.is_infinite() {
+                return Err(Diagnostic::error(
+                    "E0004",
+                    "number too large",
+                    span,
+                    "larger than the largest f64",
+                )
+                .hint("numbers are f64: at most about 1.8e308"));
+            }
             leaf(ExprKind::Number(v), span)
         }
         Rule::kw_true => leaf(ExprKind::Bool(true), span),
