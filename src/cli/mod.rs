@@ -1,9 +1,11 @@
 //! The `optc` command line: one module per verb.
 
+pub mod bench;
 pub mod check;
 pub mod compare;
 // pub mod compile;
 pub mod list;
+pub mod run;
 pub mod source;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +31,10 @@ pub enum Command {
     // Compile(compile::CompileArgs),
     /// List the stdlib rules with their hypers, defaults and flags.
     List(list::ListArgs),
+    /// Step parameters from a safetensors file with recorded gradients; write params and state.
+    Run(run::RunArgs),
+    /// Time a rule's step on the CPU against a bandwidth probe measured in the same run.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs a parsed command line.
@@ -38,6 +44,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         // Command::Compile(a) => compile::run(a),
         Command::Compare(a) => compare::run(a),
         Command::List(a) => list::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
