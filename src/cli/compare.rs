@@ -43,6 +43,10 @@ pub struct CompareArgs {
     /// declares NAME. RULE is the label in the table (the rule's `optimizer` name). Repeatable.
     #[arg(long = "set", value_name = "RULE:NAME=VALUE")]
     pub set: Vec<String>,
+    /// What runs compiled rules: `cpu` (the JIT a training loop uses) or `interp` (the reference
+    /// interpreter, slow, for checking).
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
     /// Directory for `curves.png` and `results.json` (created if missing).
     #[arg(long, default_value = "optc-compare")]
     pub out: PathBuf,
@@ -66,7 +70,7 @@ pub fn execute(args: &CompareArgs) -> Result<Comparison, CompareError> {
     if args.seeds == 0 {
         return Err(CompareError::Usage("--seeds must be at least 1".into()));
     }
-    let mut contenders = load_contenders(&args.rules)?;
+    let mut contenders = load_contenders(&args.rules, args.backend)?;
     for arg in &args.set {
         apply_set(&mut contenders, arg)?;
     }
@@ -79,7 +83,10 @@ pub fn execute(args: &CompareArgs) -> Result<Comparison, CompareError> {
 }
 
 /// Load every rule argument and give each a distinct label.
-pub fn load_contenders(args: &[String]) -> Result<Vec<Box<dyn Contender>>, CompareError> {
+pub fn load_contenders(
+    args: &[String],
+    backend: Backend,
+) -> Result<Vec<Box<dyn Contender>>, CompareError> {
     let color = super::color_stderr();
     let mut out: Vec<Box<dyn Contender>> = Vec::with_capacity(args.len());
     for arg in args {
@@ -98,7 +105,7 @@ pub fn load_contenders(args: &[String]) -> Result<Vec<Box<dyn Contender>>, Compa
             let label = unique(&format!("ref-{name}"), &mut labels);
             out.push(Box::new(Reference::new(kind, label)));
         } else {
-            let mut c = RuleContender::load(arg, Backend::Interp, color)?;
+            let mut c = RuleContender::load(arg, backend, color)?;
             let label = unique(c.label(), &mut labels);
             c.set_label(label);
             out.push(Box::new(c));
