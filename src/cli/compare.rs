@@ -182,6 +182,9 @@ pub fn apply_set(contenders: &mut [Box<dyn Contender>], arg: &str) -> Result<(),
     }
 }
 
+/// Losses and evaluations kept per run in `results.json` (evenly strided beyond that).
+pub const JSON_POINTS: usize = 1000;
+
 /// Write `curves.png` and `results.json` into `dir`, saying where on stderr.
 pub fn write_outputs(c: &Comparison, dir: &std::path::Path) -> Result<(), CompareError> {
     let output = |path: &std::path::Path, e: &dyn std::fmt::Display| CompareError::Output {
@@ -190,7 +193,8 @@ pub fn write_outputs(c: &Comparison, dir: &std::path::Path) -> Result<(), Compar
     };
     std::fs::create_dir_all(dir).map_err(|e| output(dir, &e))?;
     let json_path = dir.join("results.json");
-    let json = serde_json::to_string(c).map_err(|e| output(&json_path, &e))?;
+    let json =
+        serde_json::to_string(&c.thinned(JSON_POINTS)).map_err(|e| output(&json_path, &e))?;
     std::fs::write(&json_path, json).map_err(|e| output(&json_path, &e))?;
     let png_path = dir.join("curves.png");
     match plot::write_curves(c, &png_path)? {
