@@ -73,7 +73,7 @@ fn a_diverging_run_stops_and_is_counted() {
     let s = &c.entries[0].summary;
     assert_eq!(s.diverged, 2);
     assert_eq!(s.final_loss, None);
-    assert!(c.entries[0].runs.iter().all(|r| r.steps_taken() < 2000));
+    assert!(c.entries[0].runs.iter().all(|r| r.steps_taken < 2000));
 }
 
 #[test]
@@ -82,4 +82,21 @@ fn unknown_hyper_is_an_error_with_a_suggestion() {
     let err = apply_setting(&mut c, "beta_1", "0.8").expect_err("not declared");
     let msg = err.to_string();
     assert!(msg.contains("did you mean `beta1`?"), "{msg}");
+}
+
+#[test]
+fn thinning_keeps_the_ends_and_an_even_stride() {
+    let t = task::by_name("quadratic").expect("built-in task");
+    let full = run_seed(&*t, &*adamw(), 0, 2500, &mut || {}).expect("runs");
+    assert_eq!((full.evals.len(), full.step_losses.len()), (2501, 2500));
+    let thin = full.thinned(1000);
+    // 2501 evaluations at stride 3: indices 0, 3, ..., 2499, plus the last (2500).
+    assert_eq!(thin.evals.len(), 835);
+    assert_eq!(thin.evals.first().map(|p| p.step), Some(0));
+    assert_eq!(thin.evals.last().map(|p| p.step), Some(2500));
+    assert_eq!(thin.evals[1], full.evals[3]);
+    assert_eq!((thin.step_losses.len(), thin.step_loss_every), (834, 3));
+    assert_eq!(thin.step_losses[2], full.step_losses[6]);
+    assert_eq!(thin.steps_taken, 2500);
+    assert_eq!(full.thinned(5000), full);
 }

@@ -43,6 +43,10 @@ pub struct CompareArgs {
     /// declares NAME. RULE is the label in the table (the rule's `optimizer` name). Repeatable.
     #[arg(long = "set", value_name = "RULE:NAME=VALUE")]
     pub set: Vec<String>,
+    /// What runs compiled rules: `cpu` (the JIT a training loop uses) or `interp` (the reference
+    /// interpreter, slow, for checking).
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
     /// Directory for `curves.png` and `results.json` (created if missing).
     #[arg(long, default_value = "optc-compare")]
     pub out: PathBuf,
@@ -66,7 +70,7 @@ pub fn execute(args: &CompareArgs) -> Result<Comparison, CompareError> {
     if args.seeds == 0 {
         return Err(CompareError::Usage("--seeds must be at least 1".into()));
     }
-    let mut contenders = load_contenders(&args.rules)?;
+    let mut contenders = load_contenders(&args.rules, args.backend)?;
     for arg in &args.set {
         apply_set(&mut contenders, arg)?;
     }
@@ -79,7 +83,10 @@ pub fn execute(args: &CompareArgs) -> Result<Comparison, CompareError> {
 }
 
 /// Load every rule argument and give each a distinct label.
-pub fn load_contenders(args: &[String]) -> Result<Vec<Box<dyn Contender>>, CompareError> {
+pub fn load_contenders(
+    args: &[String],
+    backend: Backend,
+) -> Result<Vec<Box<dyn Contender>>, CompareError> {
     let color = super::color_stderr();
     let mut out: Vec<Box<dyn Contender>> = Vec::with_capacity(args.len());
     for arg in args {
@@ -98,7 +105,7 @@ pub fn load_contenders(args: &[String]) -> Result<Vec<Box<dyn Contender>>, Compa
             let label = unique(&format!("ref-{name}"), &mut labels);
             out.push(Box::new(Reference::new(kind, label)));
         } else {
-            let mut c = RuleContender::load(arg, Backend::Interp, color)?;
+            let mut c = RuleContender::load(arg, backend, color)?;
             let label = unique(c.label(), &mut labels);
             c.set_label(label);
             out.push(Box::new(c));
@@ -175,6 +182,9 @@ pub fn apply_set(contenders: &mut [Box<dyn Contender>], arg: &str) -> Result<(),
     }
 }
 
+/// Losses and evaluations kept per run in `results.json` (evenly strided beyond that).
+pub const JSON_POINTS: usize = 1000;
+
 /// Write `curves.png` and `results.json` into `dir`, saying where on stderr.
 pub fn write_outputs(c: &Comparison, dir: &std::path::Path) -> Result<(), CompareError> {
     let output = |path: &std::path::Path, e: &dyn std::fmt::Display| CompareError::Output {
@@ -183,7 +193,8 @@ pub fn write_outputs(c: &Comparison, dir: &std::path::Path) -> Result<(), Compar
     };
     std::fs::create_dir_all(dir).map_err(|e| output(dir, &e))?;
     let json_path = dir.join("results.json");
-    let json = serde_json::to_string(c).map_err(|e| output(&json_path, &e))?;
+    let json =
+        serde_json::to_string(&c.thinned(JSON_POINTS)).map_err(|e| output(&json_path, &e))?;
     std::fs::write(&json_path, json).map_err(|e| output(&json_path, &e))?;
     let png_path = dir.join("curves.png");
     match plot::write_curves(c, &png_path)? {

@@ -84,6 +84,20 @@ pub struct Comparison {
     pub entries: Vec<Entry>,
 }
 
+impl Comparison {
+    /// A copy whose runs keep at most about `max_points` losses and evaluations each (see
+    /// [`RunRecord::thinned`]); summaries are unchanged, as they were computed from every step.
+    pub fn thinned(&self, max_points: usize) -> Comparison {
+        let mut c = self.clone();
+        for e in &mut c.entries {
+            for r in &mut e.runs {
+                *r = r.thinned(max_points);
+            }
+        }
+        c
+    }
+}
+
 /// Told about the progress of a comparison (for a progress bar).
 pub trait Progress {
     /// A run of contender `label` with `seed` begins.

@@ -164,6 +164,17 @@ fn draw(c: &Comparison, path: &Path, text: bool) -> Result<(), String> {
     root.present().map_err(|e| e.to_string())
 }
 
+/// A short axis label: plain for moderate magnitudes, `1e-4` style otherwise.
+fn tick(v: f64) -> String {
+    let a = v.abs();
+    if v == 0.0 || (1e-2..1e4).contains(&a) {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.0e}")
+    }
+}
+
 /// The bottom of the accuracy axis, in percent: 10 points below the lowest mean accuracy over the
 /// second half of the run (rounded down to a multiple of 10), so the interesting end is not
 /// squeezed against the top by the first steps' chance-level accuracy.
@@ -203,7 +214,8 @@ fn mesh<Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
     if text {
         m.x_desc("step")
             .y_desc(y_desc)
-            .x_label_formatter(&|x| format!("{x:.0}"));
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| tick(*y));
     } else {
         m.disable_x_axis().disable_y_axis();
     }
@@ -262,4 +274,33 @@ fn legend<'a, 'b: 'a, Y: Ranged<ValueType = f64> + ValueFormatter<f64>>(
         .label_font(("sans-serif", 16))
         .draw()
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_short() {
+        assert_eq!(tick(1000.0), "1000");
+        assert_eq!(tick(0.05), "0.05");
+        assert_eq!(tick(1e-6), "1e-6");
+        assert_eq!(tick(1e5), "1e5");
+        assert_eq!(tick(95.0), "95");
+    }
+
+    #[test]
+    fn the_no_text_fallback_draws_a_png() {
+        use crate::compare::reference::{Reference, ReferenceKind};
+        let task = crate::compare::task::Rosenbrock::new(4);
+        let adam: Box<dyn crate::compare::Contender> =
+            Box::new(Reference::new(ReferenceKind::Adam, "adam"));
+        let c = crate::compare::compare(&task, &[adam], 5, 2, &mut crate::compare::Silent)
+            .expect("runs");
+        let path = std::env::temp_dir().join(format!("optc-plot-{}.png", std::process::id()));
+        draw(&c, &path, false).expect("draws without any font");
+        let bytes = std::fs::read(&path).expect("written");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(&bytes[..4], b"\x89PNG");
+    }
 }

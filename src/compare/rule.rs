@@ -1,5 +1,6 @@
 //! Contenders from `.opt` rules: a file path or a stdlib name, parsed and checked by
-//! `optc-compiler`, specialized for the chosen flags, and stepped by a [`Backend`].
+//! `optc-compiler`, and stepped by an `optc_runtime::Optimizer` on a [`Backend`] (the optimizer
+//! specializes the kernel for the chosen flags and owns the states).
 //!
 //! Takes the command-line argument; gives a [`RuleContender`] whose hypers and flags start at the
 //! rule's defaults. A file that does not parse or check is an error carrying the compiler's
@@ -7,18 +8,29 @@
 
 use std::path::Path;
 
-use optc_compiler::backend::interp::{self, Buffers};
-use optc_kernel::{Init, Kernel};
+use optc_runtime::{Optimizer, Options, Rule, RuntimeError, Target, Update};
 
 use crate::compare::stepper::{Contender, StepError, Stepper};
 use crate::compare::task::TensorSpec;
 use crate::compare::{did_you_mean, CompareError};
 
-/// What executes a compiled rule's kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What executes a compiled rule's kernel (through `optc_runtime::Optimizer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Backend {
-    /// The reference interpreter of `optc-compiler`: the meaning of the rule, slow.
+    /// The CPU JIT (Cranelift, SIMD, rayon): what a training loop uses.
+    #[default]
+    Cpu,
+    /// The reference interpreter: the meaning of the rule, one element at a time. For checking.
     Interp,
+}
+
+impl Backend {
+    fn target(self) -> Target {
+        match self {
+            Backend::Cpu => Target::Cpu,
+            Backend::Interp => Target::Interp,
+        }
+    }
 }
 
 /// A rule from a file or the stdlib, with its hyper and flag values.
@@ -92,14 +104,22 @@ impl RuleContender {
         self.label = label.into();
     }
 
-    fn kernel(&self) -> Result<Kernel, CompareError> {
-        let values: Vec<bool> = self.flags.iter().map(|&(_, v)| v).collect();
-        self.rule
-            .specialize_values(&values)
-            .map_err(|e| CompareError::Rule {
-                rule: self.source.clone(),
-                message: e.to_string(),
-            })
+    fn optimizer(&self, tensors: &[TensorSpec]) -> Result<(Optimizer, Vec<String>), RuntimeError> {
+        let options = Options {
+            target: self.backend.target(),
+            flags: self.flags.clone(),
+            ..Options::default()
+        };
+        let mut optimizer =
+            Optimizer::with_options(Rule::from_compiled(self.rule.clone()), options)?;
+        for (name, value) in &self.hypers {
+            optimizer.set_hyper(name, *value)?;
+        }
+        let names: Vec<String> = tensors.iter().map(|t| t.name.to_string()).collect();
+        for (name, t) in names.iter().zip(tensors) {
+            optimizer.add_param(name, &t.shape)?;
+        }
+        Ok((optimizer, names))
     }
 }
 
@@ -135,91 +155,44 @@ impl Contender for RuleContender {
         }
     }
     fn build(&self, tensors: &[TensorSpec]) -> Result<Box<dyn Stepper>, CompareError> {
-        let kernel = self.kernel()?;
-        match self.backend {
-            Backend::Interp => Ok(Box::new(InterpStepper {
-                hypers: self.hypers.iter().map(|&(_, v)| v).collect(),
-                tensors: tensors.iter().map(|_| None).collect(),
-                kernel,
-                t: 0,
-            })),
-        }
+        let (optimizer, names) = self.optimizer(tensors).map_err(|e| CompareError::Rule {
+            rule: self.source.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(Box::new(RuntimeStepper { optimizer, names }))
     }
 }
 
-/// One tensor's states in the interpreter stepper.
-struct TensorState {
-    buffers: Vec<Vec<f32>>,
-    scalars: Vec<f64>,
+/// Steps every tensor through an `optc_runtime::Optimizer`, which owns the states (made at
+/// the first step).
+struct RuntimeStepper {
+    optimizer: Optimizer,
+    names: Vec<String>,
 }
 
-/// Steps every tensor with the reference interpreter; states are made at the first step (so
-/// that `Init::Param` copies the parameter as it is then, as the runtime does).
-struct InterpStepper {
-    kernel: Kernel,
-    hypers: Vec<f64>,
-    tensors: Vec<Option<TensorState>>,
-    t: u64,
-}
-
-impl InterpStepper {
-    fn fresh_state(&self, param: &[f32]) -> Result<TensorState, StepError> {
-        let init = self.kernel.eval_init(&self.hypers)?;
-        let buffers = self
-            .kernel
-            .states
-            .iter()
-            .map(|s| match s.init {
-                Init::Param => param.to_vec(),
-                Init::Value(h) => vec![init[h.index()] as f32; param.len()],
-            })
-            .collect();
-        Ok(TensorState {
-            buffers,
-            scalars: self.kernel.initial_scalars(&self.hypers)?,
-        })
-    }
-}
-
-impl Stepper for InterpStepper {
+impl Stepper for RuntimeStepper {
     fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>]) -> Result<(), StepError> {
-        if params.len() != self.tensors.len() || grads.len() != self.tensors.len() {
-            return Err(format!(
-                "expected {} tensors, got {} parameters and {} gradients",
-                self.tensors.len(),
-                params.len(),
-                grads.len()
-            )
-            .into());
-        }
-        self.t += 1;
-        for i in 0..params.len() {
-            if self.tensors[i].is_none() {
-                self.tensors[i] = Some(self.fresh_state(&params[i])?);
-            }
-            let Some(state) = self.tensors[i].as_mut() else {
-                continue;
-            };
-            interp::step_f32(
-                &self.kernel,
-                &self.hypers,
-                self.t,
-                &mut state.scalars,
-                Buffers {
-                    param: &mut params[i],
-                    grad: &grads[i],
-                    states: state.buffers.iter_mut().map(|b| b.as_mut_slice()).collect(),
-                },
-            )?;
-        }
+        let updates = self
+            .names
+            .iter()
+            .zip(params.iter_mut())
+            .zip(grads)
+            .map(|((name, p), g)| Update::new(name, p, g));
+        self.optimizer.step(updates)?;
         Ok(())
     }
 
     fn state_bytes(&self) -> usize {
-        self.tensors
+        self.names
             .iter()
-            .flatten()
-            .map(|s| 4 * s.buffers.iter().map(Vec::len).sum::<usize>() + 8 * s.scalars.len())
+            .map(|name| {
+                let buffers: usize = self
+                    .optimizer
+                    .states(name)
+                    .map_or(0, |s| s.iter().map(|(_, b)| 4 * b.len()).sum());
+                let scalars = self.optimizer.scalars(name).map_or(0, |s| 8 * s.len());
+                buffers + scalars
+            })
             .sum()
     }
 }

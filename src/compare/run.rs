@@ -28,8 +28,13 @@ pub struct EvalPoint {
 pub struct RunRecord {
     /// The seed (initial parameters and minibatch order).
     pub seed: u64,
-    /// The (minibatch) loss seen at each step, before that step's update.
+    /// Steps taken (fewer than asked when the run diverged).
+    pub steps_taken: usize,
+    /// The (minibatch) loss seen at steps 1, 1 + k, 1 + 2k, ... (k = `step_loss_every`), before
+    /// that step's update.
     pub step_losses: Vec<f64>,
+    /// The stride `k` of `step_losses`: 1 in memory, larger in a [`RunRecord::thinned`] copy.
+    pub step_loss_every: usize,
     /// Evaluations, at step 0, every `eval_every` steps, and after the last step.
     pub evals: Vec<EvalPoint>,
     /// First evaluated step at which the task's target was met.
@@ -50,14 +55,35 @@ impl RunRecord {
         self.evals.last().map(|p| p.eval)
     }
 
-    /// Steps actually taken.
-    pub fn steps_taken(&self) -> usize {
-        self.step_losses.len()
-    }
-
     /// Mean optimizer wall time per step, in seconds.
     pub fn seconds_per_step(&self) -> f64 {
-        self.optimizer_seconds / self.steps_taken().max(1) as f64
+        self.optimizer_seconds / self.steps_taken.max(1) as f64
+    }
+
+    /// A copy with at most about `max_points` step losses and evaluations (evenly strided; the
+    /// first and last evaluation always kept), for files that stay small on long runs.
+    pub fn thinned(&self, max_points: usize) -> RunRecord {
+        let max = max_points.max(1);
+        let loss_every = self.step_losses.len().div_ceil(max).max(1);
+        let eval_every = self.evals.len().div_ceil(max).max(1);
+        let last = self.evals.len().saturating_sub(1);
+        RunRecord {
+            step_losses: self
+                .step_losses
+                .iter()
+                .copied()
+                .step_by(loss_every)
+                .collect(),
+            step_loss_every: self.step_loss_every * loss_every,
+            evals: self
+                .evals
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i % eval_every == 0 || i == last)
+                .map(|(_, p)| *p)
+                .collect(),
+            ..self.clone()
+        }
     }
 
     /// State bytes per parameter element.
@@ -89,7 +115,9 @@ pub fn run_seed(
 
     let mut record = RunRecord {
         seed,
+        steps_taken: 0,
         step_losses: Vec::with_capacity(steps),
+        step_loss_every: 1,
         evals: Vec::new(),
         steps_to_target: None,
         diverged_at: None,
@@ -116,6 +144,7 @@ pub fn run_seed(
             message: e.to_string(),
         })?;
         step += 1;
+        record.steps_taken = step;
         on_step();
         if step % every == 0 || step == steps {
             evaluate(&mut record, &*run, target, &params, step);
