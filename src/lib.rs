@@ -15,3 +15,4 @@ pub use optc_kernel::{Artifact, Kernel};
 pub use optc_runtime as runtime;
 
 pub mod cli;
+pub mod compare;

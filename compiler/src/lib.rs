@@ -123,12 +123,13 @@ impl Rule {
                 let at = e.valid_up_to();
                 let shown = String::from_utf8_lossy(bytes);
                 let mut diags = Diagnostics::new(file_name, &shown);
-                // Lossy decoding keeps the valid prefix byte for byte.
+                // Lossy decoding keeps the valid prefix byte for byte and shows the bad byte as
+                // U+FFFD, so the span covers that whole character.
                 diags.push(
                     Diagnostic::error(
                         "E0005",
                         "the file is not valid UTF-8",
-                        Span::new(at, at + 1),
+                        Span::new(at, at + char::REPLACEMENT_CHARACTER.len_utf8()),
                         "invalid byte here",
                     )
                     .hint("save the rule file as UTF-8 text"),

@@ -2,7 +2,8 @@
 
 pub mod bench;
 pub mod check;
-// pub mod compile;
+pub mod compare;
+pub mod compile;
 pub mod list;
 pub mod run;
 pub mod source;
@@ -24,8 +25,10 @@ pub struct Cli {
 pub enum Command {
     /// Parse and check rule files; print diagnostics; exit 1 if any has errors.
     Check(check::CheckArgs),
+    /// Train rules on a built-in task over seeds; print a table, write curves.png and results.json.
+    Compare(compare::CompareArgs),
     /// Compile a rule and print or write its IR, CLIF, PTX or CUDA artifact.
-    // Compile(compile::CompileArgs),
+    Compile(compile::CompileArgs),
     /// List the stdlib rules with their hypers, defaults and flags.
     List(list::ListArgs),
     /// Step parameters from a safetensors file with recorded gradients; write params and state.
@@ -38,7 +41,8 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Check(a) => check::run(a),
-        // Command::Compile(a) => compile::run(a),
+        Command::Compile(a) => compile::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::List(a) => list::run(a),
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::run(a),

@@ -112,7 +112,8 @@ fn check_value(d: &ast::Decl, table: &DeclTable, out: &mut Vec<Diagnostic>) {
     let kw = d.kind.keyword();
     match d.kind {
         DeclKind::Hyper => {
-            if let Err(span) = const_form(&d.value, &|_| false) {
+            if let Err(bad) = const_form(&d.value, &|_| false) {
+                let span = bad.span;
                 out.push(
                     Diagnostic::error(
                         "E0201",
@@ -144,29 +145,45 @@ fn check_value(d: &ast::Decl, table: &DeclTable, out: &mut Vec<Diagnostic>) {
             let is_p = matches!(&d.value.kind, ExprKind::Name(n) if n == "p");
             if !(is_p && d.kind == DeclKind::State) {
                 let hyper = |n: &str| matches!(table.get(n), Some(Symbol::Hyper(_)));
-                if let Err(span) = const_form(&d.value, &hyper) {
+                if let Err(bad) = const_form(&d.value, &hyper) {
+                    let span = bad.span;
                     let what = if d.kind == DeclKind::State {
                         "`p`, or a number computed from literals and hypers"
                     } else {
                         "a number computed from literals and hypers"
                     };
                     out.push(
-                        Diagnostic::error(
-                            "E0203",
-                            format!("the initial value of {kw} `{}` must be {what}", d.name.name),
-                            span,
-                            "not allowed in an initial value",
-                        )
-                        .hint(
-                            "states are created before the first step, when only hypers are known",
-                        ),
+                        unknown_name(bad, table, table.all_names()).unwrap_or_else(|| {
+                            Diagnostic::error(
+                                "E0203",
+                                format!(
+                                    "the initial value of {kw} `{}` must be {what}",
+                                    d.name.name
+                                ),
+                                span,
+                                "not allowed in an initial value",
+                            )
+                            .hint(
+                                "states are created before the first step, when only hypers are known",
+                            )
+                        }),
                     );
                 }
             }
         }
     }
     if let Some(cond) = &d.condition {
-        if let Err(span) = flag_form(cond, table) {
+        if let Err(bad) = flag_form(cond, table) {
+            let flags = table
+                .names
+                .iter()
+                .filter(|(_, (s, _))| matches!(s, Symbol::Flag(_)))
+                .map(|(n, _)| n.as_str());
+            if let Some(u) = unknown_name(bad, table, flags) {
+                out.push(u);
+                return;
+            }
+            let span = bad.span;
             out.push(
                 Diagnostic::error(
                     "E0204",
@@ -183,9 +200,34 @@ fn check_value(d: &ast::Decl, table: &DeclTable, out: &mut Vec<Diagnostic>) {
     }
 }
 
+/// An "unknown name" error when `bad` is a name that nothing declares, suggesting one of
+/// `candidates`.
+fn unknown_name<'a>(
+    bad: &ast::Expr,
+    table: &DeclTable,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<Diagnostic> {
+    let ExprKind::Name(n) = &bad.kind else {
+        return None;
+    };
+    if table.get(n).is_some() {
+        return None;
+    }
+    let mut d = Diagnostic::error(
+        "E0104",
+        format!("unknown name `{n}`"),
+        bad.span,
+        "not declared",
+    );
+    if let Some(s) = suggest(n, candidates) {
+        d = d.hint(s);
+    }
+    Some(d)
+}
+
 /// Whether `e` is numeric and made of literals, arithmetic, calls and names accepted by `name_ok`.
-/// On failure, the span of the first offending part.
-fn const_form(e: &ast::Expr, name_ok: &dyn Fn(&str) -> bool) -> Result<(), Span> {
+/// On failure, the first offending part.
+fn const_form<'e>(e: &'e ast::Expr, name_ok: &dyn Fn(&str) -> bool) -> Result<(), &'e ast::Expr> {
     match &e.kind {
         ExprKind::Number(_) => Ok(()),
         ExprKind::Name(n) if name_ok(n) => Ok(()),
@@ -201,12 +243,12 @@ fn const_form(e: &ast::Expr, name_ok: &dyn Fn(&str) -> bool) -> Result<(), Span>
         {
             args.iter().try_for_each(|a| const_form(a, name_ok))
         }
-        _ => Err(e.span),
+        _ => Err(e),
     }
 }
 
 /// Whether `e` is a boolean made of flags, `!`, `&&`, `||` and `true`/`false`.
-fn flag_form(e: &ast::Expr, table: &DeclTable) -> Result<(), Span> {
+fn flag_form<'e>(e: &'e ast::Expr, table: &DeclTable) -> Result<(), &'e ast::Expr> {
     match &e.kind {
         ExprKind::Bool(_) => Ok(()),
         ExprKind::Name(n) if matches!(table.get(n), Some(Symbol::Flag(_))) => Ok(()),
@@ -215,7 +257,7 @@ fn flag_form(e: &ast::Expr, table: &DeclTable) -> Result<(), Span> {
             flag_form(a, table)?;
             flag_form(b, table)
         }
-        _ => Err(e.span),
+        _ => Err(e),
     }
 }
 

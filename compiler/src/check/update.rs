@@ -66,7 +66,10 @@ pub(super) fn check_update(file: &ast::File, table: &DeclTable, out: &mut Vec<Di
             Diagnostic::warning(
                 "W0002",
                 "the update never assigns `p`",
-                file.update.span,
+                Span::new(
+                    file.update.span.start as usize,
+                    file.update.span.start as usize + 1,
+                ),
                 "this block leaves `p` unchanged",
             )
             .hint("an optimizer step ends with `p = ...`"),
@@ -313,12 +316,15 @@ impl Checker<'_> {
                             }
                         }
                     }
-                    None if ta != tb => self.out.push(Diagnostic::error(
-                        "E0403",
-                        format!("`{sym}` compares {} with {}", ta.name(), tb.name()),
-                        e.span,
-                        "mismatched types",
-                    )),
+                    None if ta != tb => self.out.push(
+                        Diagnostic::error(
+                            "E0403",
+                            format!("`{sym}` compares {} with {}", ta.name(), tb.name()),
+                            e.span,
+                            "mismatched types",
+                        )
+                        .hint("a flag or comparison is already a boolean: use it directly, or negate it with `!`"),
+                    ),
                     None => {}
                 }
                 (result, uni)
@@ -347,11 +353,11 @@ impl Checker<'_> {
                                 ta.name(),
                                 tb.name()
                             ),
-                            a.span.to(b.span),
-                            "mismatched branches",
+                            b.span,
+                            format!("this is {}", tb.name()),
                         )
-                        .with(a.span, ta.name())
-                        .with(b.span, tb.name()),
+                        .with(a.span, format!("this is {}", ta.name()))
+                        .hint("both branches must be numbers, or both booleans"),
                     );
                 }
                 (ta, uc.max(ua).max(ub))

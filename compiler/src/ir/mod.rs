@@ -142,8 +142,15 @@ impl Builder {
     pub fn add(&mut self, e: Expr, span: Span) -> Handle<Expr> {
         let e = canonical(e);
         if let Some(map) = &self.dedup {
-            if let Some(h) = map.get(&key(&e)) {
-                return *h;
+            if let Some(&h) = map.get(&key(&e)) {
+                // Keep a real source place when the first copy had none (the loads made at the
+                // start of the update block), so later diagnostics point at a use.
+                if let Some(s) = self.func.spans.get_mut(h.index()) {
+                    if *s == Span::default() {
+                        *s = span;
+                    }
+                }
+                return h;
             }
         }
         let h = self.func.exprs.append(e);

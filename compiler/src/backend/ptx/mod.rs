@@ -1,1 +1,186 @@
-//! Kernel -> PTX text (CUDA). Owned by the CUDA backend work.
+//! Kernel -> PTX text (CUDA).
+//!
+//! Takes a validated [`Kernel`] and gives one PTX module ([`PtxModule`]) with three entries that
+//! share the kernel ABI described in `docs/cuda.md`:
+//!
+//! - **vector** (`<base>_v4`): a 64-bit grid-stride loop over groups of 4 elements with
+//!   `ld.global.v4.f32`/`st.global.v4.f32`, then a scalar tail for the last `n % 4` elements.
+//!   Every buffer pointer must be 16-byte aligned.
+//! - **scalar** (`<base>_scalar`): the same body, one element at a time; any 4-byte alignment.
+//! - **multi** (`<base>_multi`): steps many tensors in one launch by walking a device-side table
+//!   of tensors and a chunk list ([`layout`]).
+//!
+//! The single-tensor entries take `.param .u64` buffer pointers in [`Kernel::buffers`] order
+//! (every buffer, used or not), then `.param .u64 n`, then one `.param .f32` per uniform
+//! (boolean uniforms as 1.0/0.0).
+//!
+//! Arithmetic is IEEE round-to-nearest (`.rn`) by default: `add/sub/mul/fma/div/sqrt` are
+//! correctly rounded, `rsqrt` is `sqrt.rn` then `rcp.rn` (the meaning in `op.rs`), `min`/`max`
+//! propagate NaN and order `-0 < +0`. `exp` and `log` use `ex2.approx`/`lg2.approx` with argument
+//! scaling, within the error budget stated in `docs/cuda.md`. [`Options::fast_math`] opts into
+//! `sqrt.approx`, `rsqrt.approx`, `div.full`, flush-to-zero and contraction of `mul`+`add`.
+//!
+//! Each buffer the body reads is loaded once per element and each written buffer stored once.
+//! The output is checked with `ptxas` for `sm_80` and `sm_90` by `compiler/tests/ptx_ptxas.rs`.
+
+mod asm;
+mod body;
+mod entries;
+pub mod layout;
+
+use body::{Lowering, Plan};
+use optc_kernel::artifact::PtxModule;
+use optc_kernel::{Kernel, KernelError};
+
+/// How to generate PTX.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The PTX ISA version written as `.version` (`"8.0"` needs a CUDA 12.0 driver or newer).
+    pub version: String,
+    /// The target written as `.target` (`"sm_80"` runs on Ampere and every later GPU).
+    pub target: String,
+    /// Trade IEEE rounding for speed: approximate `sqrt`/`rsqrt`/`div`, flush subnormals to
+    /// zero, let ptxas contract `mul`+`add` into `fma`, and a shorter `exp`.
+    pub fast_math: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            version: "8.0".into(),
+            target: "sm_80".into(),
+            fast_math: false,
+        }
+    }
+}
+
+/// Why PTX could not be generated.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// The kernel does not hold together.
+    #[error(transparent)]
+    InvalidKernel(#[from] KernelError),
+    /// The `.version` option is not of the form `MAJOR.MINOR`, or is too old for the target.
+    #[error("unsupported PTX version `{version}`: {reason}")]
+    Version {
+        /// The option's value.
+        version: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The `.target` option is not of the form `sm_NN`, or is older than sm_52.
+    #[error(
+        "unsupported PTX target `{0}`: expected `sm_52` or newer, for example `sm_80` or `sm_90`"
+    )]
+    Target(String),
+    /// A bug in this backend (the kernel was valid but could not be lowered).
+    #[error("internal error in the PTX backend: {0}")]
+    Internal(String),
+}
+
+/// The entry names of a kernel's module: `optc_<rule>_{v4,scalar,multi}`, with every character
+/// of the rule name that is not a letter, digit or `_` replaced by `_`.
+pub fn entry_names(kernel: &Kernel) -> (String, String, String) {
+    let rule: String = kernel
+        .rule
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let base = format!("optc_{rule}");
+    (
+        format!("{base}_v4"),
+        format!("{base}_scalar"),
+        format!("{base}_multi"),
+    )
+}
+
+fn parse_version(version: &str) -> Option<(u32, u32)> {
+    let (major, minor) = version.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+fn parse_target(target: &str) -> Option<u32> {
+    let digits = target.strip_prefix("sm_")?;
+    let digits = digits.strip_suffix('a').unwrap_or(digits);
+    digits.parse().ok()
+}
+
+/// Generates the PTX module of a kernel.
+pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
+    kernel.validate()?;
+    let sm = parse_target(&opts.target)
+        .filter(|sm| *sm >= 52)
+        .ok_or_else(|| Error::Target(opts.target.clone()))?;
+    let version = parse_version(&opts.version).ok_or_else(|| Error::Version {
+        version: opts.version.clone(),
+        reason: "expected MAJOR.MINOR, for example 8.0".into(),
+    })?;
+    let needed = if sm >= 90 {
+        (7, 8)
+    } else if sm >= 80 {
+        (7, 0)
+    } else {
+        (6, 0)
+    };
+    if version < needed {
+        return Err(Error::Version {
+            version: opts.version.clone(),
+            reason: format!(
+                "{} needs PTX {}.{} or later",
+                opts.target, needed.0, needed.1
+            ),
+        });
+    }
+    let plan = Plan::new(kernel)?;
+    let low = Lowering {
+        kernel,
+        plan: &plan,
+        opts,
+        nan_minmax: sm >= 80,
+    };
+    let (vector_entry, scalar_entry, multi_entry) = entry_names(kernel);
+    let layout = layout::TableLayout::of(kernel);
+    let flags: Vec<String> = kernel
+        .flags
+        .iter()
+        .map(|f| format!("{}={}", f.name, f.value))
+        .collect();
+    let buffers: Vec<String> = kernel
+        .buffers()
+        .iter()
+        .map(|b| kernel.slot_name(b.slot).to_string())
+        .collect();
+    let mut source = format!(
+        "//\n// Generated by optc from rule `{}` [{}]{}. Do not edit.\n\
+         // Buffers (.u64, in order): {}; then n (.u64); then {} uniforms (.f32).\n\
+         // Multi-tensor table record: {} bytes (see docs/cuda.md).\n//\n\n\
+         .version {}\n.target {}\n.address_size 64\n\n",
+        kernel.rule,
+        flags.join(", "),
+        if opts.fast_math { ", fast math" } else { "" },
+        buffers.join(", "),
+        kernel.uniforms.len(),
+        layout.stride(),
+        opts.version,
+        opts.target,
+    );
+    source.push_str(&low.vector_entry(&vector_entry)?);
+    source.push('\n');
+    source.push_str(&low.scalar_entry(&scalar_entry)?);
+    source.push('\n');
+    source.push_str(&low.multi_entry(&multi_entry)?);
+    Ok(PtxModule {
+        version: opts.version.clone(),
+        target: opts.target.clone(),
+        source,
+        vector_entry,
+        scalar_entry,
+        multi_entry,
+    })
+}

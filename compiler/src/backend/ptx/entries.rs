@@ -1,0 +1,358 @@
+//! The three entries of a module: vector (`ld/st.global.v4.f32` grid-stride loop with a scalar
+//! tail), scalar (grid-stride loop of single elements, for buffers that are not 16-byte aligned),
+//! and multi-tensor (blocks walk a chunk list over a device-side tensor table).
+//!
+//! Takes the [`Lowering`] of a kernel; gives each entry's complete `.entry` text. Every buffer
+//! that the body reads is loaded once per element, every written buffer stored once.
+
+use super::asm::{Asm, Reg};
+use super::body::{Env, Lowering};
+use super::layout::{TableLayout, CHUNK_RECORD_BYTES, FLAG_ALIGNED};
+use super::Error;
+use optc_kernel::{BufferUse, Slot};
+
+/// A buffer that the body touches, with its global base address register.
+struct Base {
+    use_: BufferUse,
+    reg: Reg,
+}
+
+/// Registers shared by the sections of one entry.
+struct Frame {
+    bases: Vec<Base>,
+    uniforms: Vec<Option<Reg>>,
+    prologue: Env,
+}
+
+fn header(name: &str, params: &[String]) -> String {
+    let list: Vec<String> = params.iter().map(|p| format!("\t{p}")).collect();
+    format!(".visible .entry {name}(\n{}\n)\n", list.join(",\n"))
+}
+
+/// The parameters of the single-tensor entries: buffer pointers, `n`, uniforms.
+fn single_params(low: &Lowering<'_>, name: &str) -> Vec<String> {
+    let mut params: Vec<String> = (0..low.kernel.buffers().len())
+        .map(|i| format!(".param .u64 {name}_b{i}"))
+        .collect();
+    params.push(format!(".param .u64 {name}_n"));
+    params.extend((0..low.kernel.uniforms.len()).map(|u| format!(".param .f32 {name}_u{u}")));
+    params
+}
+
+impl Lowering<'_> {
+    fn used_buffers(&self) -> Vec<(usize, BufferUse)> {
+        self.kernel
+            .buffers()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| b.read || b.written)
+            .collect()
+    }
+
+    /// Loads the single-tensor parameters and lowers the uniform nodes.
+    fn single_frame(&self, asm: &mut Asm, name: &str) -> Result<(Frame, Reg), Error> {
+        let mut bases = Vec::new();
+        for (i, use_) in self.used_buffers() {
+            let (raw, reg) = (asm.rd(), asm.rd());
+            asm.ins(format!("ld.param.u64 {raw}, [{name}_b{i}]"));
+            asm.ins(format!("cvta.to.global.u64 {reg}, {raw}"));
+            bases.push(Base { use_, reg });
+        }
+        let n = asm.rd();
+        asm.ins(format!("ld.param.u64 {n}, [{name}_n]"));
+        let mut uniforms = vec![None; self.kernel.uniforms.len()];
+        for (u, used) in self.plan.uniform_used.iter().enumerate() {
+            if *used {
+                let r = asm.f();
+                asm.ins(format!("ld.param.f32 {r}, [{name}_u{u}]"));
+                uniforms[u] = Some(r);
+            }
+        }
+        let frame = self.frame(asm, bases, uniforms)?;
+        Ok((frame, n))
+    }
+
+    fn frame(
+        &self,
+        asm: &mut Asm,
+        bases: Vec<Base>,
+        uniforms: Vec<Option<Reg>>,
+    ) -> Result<Frame, Error> {
+        let mut prologue = Env::new(self.kernel);
+        asm.comment("uniform nodes");
+        self.lower(asm, &mut prologue, false, &uniforms, &|_| None)?;
+        Ok(Frame {
+            bases,
+            uniforms,
+            prologue,
+        })
+    }
+
+    /// `(gid, stride)`: this thread's index in the grid and the number of threads in the grid.
+    fn grid_index(&self, asm: &mut Asm) -> (Reg, Reg) {
+        let (ctaid, ntid, tid, nctaid) = (asm.r(), asm.r(), asm.r(), asm.r());
+        let (tid64, gid, stride) = (asm.rd(), asm.rd(), asm.rd());
+        asm.ins(format!("mov.u32 {ctaid}, %ctaid.x"));
+        asm.ins(format!("mov.u32 {ntid}, %ntid.x"));
+        asm.ins(format!("mov.u32 {tid}, %tid.x"));
+        asm.ins(format!("mov.u32 {nctaid}, %nctaid.x"));
+        asm.ins(format!("cvt.u64.u32 {tid64}, {tid}"));
+        asm.ins(format!("mad.wide.u32 {gid}, {ctaid}, {ntid}, {tid64}"));
+        asm.ins(format!("mul.wide.u32 {stride}, {nctaid}, {ntid}"));
+        (gid, stride)
+    }
+
+    /// The body on 4 consecutive elements at byte offset `off` (16-byte aligned).
+    fn vector_elements(&self, asm: &mut Asm, frame: &Frame, off: &Reg) -> Result<(), Error> {
+        self.elements(asm, frame, off, 4)
+    }
+
+    /// The body on one element at byte offset `off`.
+    fn scalar_element(&self, asm: &mut Asm, frame: &Frame, off: &Reg) -> Result<(), Error> {
+        self.elements(asm, frame, off, 1)
+    }
+
+    fn elements(&self, asm: &mut Asm, frame: &Frame, off: &Reg, lanes: usize) -> Result<(), Error> {
+        let (ld, st) = if lanes == 4 {
+            ("ld.global.v4.f32", "st.global.v4.f32")
+        } else {
+            ("ld.global.f32", "st.global.f32")
+        };
+        let mut addrs: Vec<(Slot, Reg)> = Vec::new();
+        let mut loaded: Vec<(Slot, Vec<Reg>)> = Vec::new();
+        for base in &frame.bases {
+            let addr = asm.rd();
+            asm.ins(format!("add.s64 {addr}, {}, {off}", base.reg));
+            if base.use_.read {
+                let regs: Vec<Reg> = (0..lanes).map(|_| asm.f()).collect();
+                asm.ins(format!("{ld} {}, [{addr}]", vector(&regs)));
+                loaded.push((base.use_.slot, regs));
+            }
+            addrs.push((base.use_.slot, addr));
+        }
+        let mut envs = Vec::with_capacity(lanes);
+        for lane in 0..lanes {
+            let mut env = frame.prologue.clone();
+            let load = |slot: Slot| {
+                loaded
+                    .iter()
+                    .find(|(s, _)| *s == slot)
+                    .and_then(|(_, regs)| regs.get(lane).cloned())
+            };
+            if lanes > 1 {
+                asm.comment(format!("lane {lane}"));
+            }
+            self.lower(asm, &mut env, true, &frame.uniforms, &load)?;
+            envs.push(env);
+        }
+        for store in &self.kernel.stores {
+            let addr = addrs
+                .iter()
+                .find(|(s, _)| *s == store.slot)
+                .map(|(_, a)| a)
+                .ok_or_else(|| Error::Internal("a stored buffer has no address".into()))?;
+            let regs = envs
+                .iter()
+                .map(|env| env.f(store.value).cloned())
+                .collect::<Result<Vec<Reg>, Error>>()?;
+            asm.ins(format!("{st} [{addr}], {}", vector(&regs)));
+        }
+        Ok(())
+    }
+
+    /// The vector entry: a grid-stride loop over groups of 4 elements, then the `n % 4` tail
+    /// elements, one per thread of the first threads of the grid.
+    pub(crate) fn vector_entry(&self, name: &str) -> Result<String, Error> {
+        let mut asm = Asm::default();
+        let (frame, n) = self.single_frame(&mut asm, name)?;
+        let (gid, stride) = self.grid_index(&mut asm);
+        let (groups, i, off, p) = (asm.rd(), asm.rd(), asm.rd(), asm.p());
+        let (body, tail, done) = (asm.label("vec_body"), asm.label("tail"), asm.label("done"));
+        asm.ins(format!("shr.u64 {groups}, {n}, 2"));
+        asm.ins(format!("mov.u64 {i}, {gid}"));
+        asm.ins(format!("setp.ge.u64 {p}, {i}, {groups}"));
+        asm.ins(format!("@{p} bra {tail}"));
+        asm.place(&body);
+        asm.ins(format!("shl.b64 {off}, {i}, 4"));
+        self.vector_elements(&mut asm, &frame, &off)?;
+        asm.ins(format!("add.s64 {i}, {i}, {stride}"));
+        asm.ins(format!("setp.lt.u64 {p}, {i}, {groups}"));
+        asm.ins(format!("@{p} bra {body}"));
+        asm.place(&tail);
+        let (j, toff, q) = (asm.rd(), asm.rd(), asm.p());
+        asm.ins(format!("shl.b64 {j}, {groups}, 2"));
+        asm.ins(format!("add.s64 {j}, {j}, {gid}"));
+        asm.ins(format!("setp.ge.u64 {q}, {j}, {n}"));
+        asm.ins(format!("@{q} bra {done}"));
+        asm.ins(format!("shl.b64 {toff}, {j}, 2"));
+        self.scalar_element(&mut asm, &frame, &toff)?;
+        asm.place(&done);
+        asm.ins("ret");
+        Ok(format!(
+            "{}{{\n{}}}\n",
+            header(name, &single_params(self, name)),
+            asm.finish()
+        ))
+    }
+
+    /// The scalar entry: a grid-stride loop over single elements; any alignment of 4 bytes.
+    pub(crate) fn scalar_entry(&self, name: &str) -> Result<String, Error> {
+        let mut asm = Asm::default();
+        let (frame, n) = self.single_frame(&mut asm, name)?;
+        let (gid, stride) = self.grid_index(&mut asm);
+        let (i, off, p) = (asm.rd(), asm.rd(), asm.p());
+        let (body, done) = (asm.label("body"), asm.label("done"));
+        asm.ins(format!("mov.u64 {i}, {gid}"));
+        asm.ins(format!("setp.ge.u64 {p}, {i}, {n}"));
+        asm.ins(format!("@{p} bra {done}"));
+        asm.place(&body);
+        asm.ins(format!("shl.b64 {off}, {i}, 2"));
+        self.scalar_element(&mut asm, &frame, &off)?;
+        asm.ins(format!("add.s64 {i}, {i}, {stride}"));
+        asm.ins(format!("setp.lt.u64 {p}, {i}, {n}"));
+        asm.ins(format!("@{p} bra {body}"));
+        asm.place(&done);
+        asm.ins("ret");
+        Ok(format!(
+            "{}{{\n{}}}\n",
+            header(name, &single_params(self, name)),
+            asm.finish()
+        ))
+    }
+
+    /// The multi-tensor entry. Parameters: the tensor table, the chunk list, the number of
+    /// chunks, and the chunk size in elements (a multiple of 4). Each block takes chunks
+    /// `blockIdx.x, blockIdx.x + gridDim.x, ...`; for each it reads the tensor's record, computes
+    /// the tensor's uniform nodes, and steps the chunk's elements: groups of 4 when the record
+    /// says the tensor is aligned, then single elements.
+    pub(crate) fn multi_entry(&self, name: &str) -> Result<String, Error> {
+        let layout = TableLayout::of(self.kernel);
+        let params = vec![
+            format!(".param .u64 {name}_table"),
+            format!(".param .u64 {name}_chunks"),
+            format!(".param .u64 {name}_num_chunks"),
+            format!(".param .u64 {name}_chunk_elems"),
+        ];
+        let mut asm = Asm::default();
+        let (table, chunks, raw_t, raw_c, num_chunks, chunk_elems) =
+            (asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd());
+        asm.ins(format!("ld.param.u64 {raw_t}, [{name}_table]"));
+        asm.ins(format!("cvta.to.global.u64 {table}, {raw_t}"));
+        asm.ins(format!("ld.param.u64 {raw_c}, [{name}_chunks]"));
+        asm.ins(format!("cvta.to.global.u64 {chunks}, {raw_c}"));
+        asm.ins(format!("ld.param.u64 {num_chunks}, [{name}_num_chunks]"));
+        asm.ins(format!("ld.param.u64 {chunk_elems}, [{name}_chunk_elems]"));
+        let (ctaid, ntid, tid, nctaid) = (asm.r(), asm.r(), asm.r(), asm.r());
+        let (c, tid64, ntid64, nctaid64) = (asm.rd(), asm.rd(), asm.rd(), asm.rd());
+        asm.ins(format!("mov.u32 {ctaid}, %ctaid.x"));
+        asm.ins(format!("mov.u32 {ntid}, %ntid.x"));
+        asm.ins(format!("mov.u32 {tid}, %tid.x"));
+        asm.ins(format!("mov.u32 {nctaid}, %nctaid.x"));
+        asm.ins(format!("cvt.u64.u32 {c}, {ctaid}"));
+        asm.ins(format!("cvt.u64.u32 {tid64}, {tid}"));
+        asm.ins(format!("cvt.u64.u32 {ntid64}, {ntid}"));
+        asm.ins(format!("cvt.u64.u32 {nctaid64}, {nctaid}"));
+        let p = asm.p();
+        let (chunk_loop, done) = (asm.label("chunk"), asm.label("done"));
+        asm.ins(format!("setp.ge.u64 {p}, {c}, {num_chunks}"));
+        asm.ins(format!("@{p} bra {done}"));
+        asm.place(&chunk_loop);
+
+        // The chunk record and the tensor record.
+        let (crec, ti, ki, ti64, ki64, rec) =
+            (asm.rd(), asm.r(), asm.r(), asm.rd(), asm.rd(), asm.rd());
+        asm.ins(format!(
+            "mad.lo.u64 {crec}, {c}, {CHUNK_RECORD_BYTES}, {chunks}"
+        ));
+        asm.ins(format!("ld.global.u32 {ti}, [{crec}]"));
+        asm.ins(format!("ld.global.u32 {ki}, [{crec}+4]"));
+        asm.ins(format!("cvt.u64.u32 {ti64}, {ti}"));
+        asm.ins(format!("cvt.u64.u32 {ki64}, {ki}"));
+        asm.ins(format!(
+            "mad.lo.u64 {rec}, {ti64}, {}, {table}",
+            layout.stride()
+        ));
+        let mut bases = Vec::new();
+        for (i, use_) in self.used_buffers() {
+            let (raw, reg) = (asm.rd(), asm.rd());
+            asm.ins(format!(
+                "ld.global.u64 {raw}, [{rec}+{}]",
+                layout.pointer(i)
+            ));
+            asm.ins(format!("cvta.to.global.u64 {reg}, {raw}"));
+            bases.push(Base { use_, reg });
+        }
+        let (n, flags) = (asm.rd(), asm.r());
+        asm.ins(format!("ld.global.u64 {n}, [{rec}+{}]", layout.len()));
+        asm.ins(format!("ld.global.u32 {flags}, [{rec}+{}]", layout.flags()));
+        let mut uniforms = vec![None; self.kernel.uniforms.len()];
+        for (u, used) in self.plan.uniform_used.iter().enumerate() {
+            if *used {
+                let r = asm.f();
+                asm.ins(format!("ld.global.f32 {r}, [{rec}+{}]", layout.uniform(u)));
+                uniforms[u] = Some(r);
+            }
+        }
+        let frame = self.frame(&mut asm, bases, uniforms)?;
+
+        // The chunk's range [start, end) and its vector part [start, vend).
+        let (start, end0, end, len, vlen, vend) =
+            (asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd());
+        let (aligned_bit, aligned) = (asm.r(), asm.p());
+        asm.ins(format!("mul.lo.u64 {start}, {ki64}, {chunk_elems}"));
+        asm.ins(format!("add.s64 {end0}, {start}, {chunk_elems}"));
+        asm.ins(format!("min.u64 {end}, {end0}, {n}"));
+        asm.ins(format!("sub.s64 {len}, {end}, {start}"));
+        asm.ins(format!("and.b64 {vlen}, {len}, -4"));
+        asm.ins(format!("and.b32 {aligned_bit}, {flags}, {FLAG_ALIGNED}"));
+        asm.ins(format!("setp.ne.u32 {aligned}, {aligned_bit}, 0"));
+        asm.ins(format!("selp.b64 {vlen}, {vlen}, 0, {aligned}"));
+        asm.ins(format!("add.s64 {vend}, {start}, {vlen}"));
+
+        // Groups of 4: i = start + 4 * tid, step 4 * ntid.
+        let (i, vstep, off, q) = (asm.rd(), asm.rd(), asm.rd(), asm.p());
+        let (vbody, scalar) = (asm.label("vec_body"), asm.label("scalar"));
+        asm.ins(format!("shl.b64 {i}, {tid64}, 2"));
+        asm.ins(format!("add.s64 {i}, {i}, {start}"));
+        asm.ins(format!("shl.b64 {vstep}, {ntid64}, 2"));
+        asm.ins(format!("setp.ge.u64 {q}, {i}, {vend}"));
+        asm.ins(format!("@{q} bra {scalar}"));
+        asm.place(&vbody);
+        asm.ins(format!("shl.b64 {off}, {i}, 2"));
+        self.vector_elements(&mut asm, &frame, &off)?;
+        asm.ins(format!("add.s64 {i}, {i}, {vstep}"));
+        asm.ins(format!("setp.lt.u64 {q}, {i}, {vend}"));
+        asm.ins(format!("@{q} bra {vbody}"));
+
+        // Single elements: j = vend + tid, step ntid.
+        asm.place(&scalar);
+        let (j, soff, r) = (asm.rd(), asm.rd(), asm.p());
+        let (sbody, next) = (asm.label("scalar_body"), asm.label("next"));
+        asm.ins(format!("add.s64 {j}, {vend}, {tid64}"));
+        asm.ins(format!("setp.ge.u64 {r}, {j}, {end}"));
+        asm.ins(format!("@{r} bra {next}"));
+        asm.place(&sbody);
+        asm.ins(format!("shl.b64 {soff}, {j}, 2"));
+        self.scalar_element(&mut asm, &frame, &soff)?;
+        asm.ins(format!("add.s64 {j}, {j}, {ntid64}"));
+        asm.ins(format!("setp.lt.u64 {r}, {j}, {end}"));
+        asm.ins(format!("@{r} bra {sbody}"));
+
+        asm.place(&next);
+        asm.ins(format!("add.s64 {c}, {c}, {nctaid64}"));
+        asm.ins(format!("setp.lt.u64 {p}, {c}, {num_chunks}"));
+        asm.ins(format!("@{p} bra {chunk_loop}"));
+        asm.place(&done);
+        asm.ins("ret");
+        Ok(format!("{}{{\n{}}}\n", header(name, &params), asm.finish()))
+    }
+}
+
+/// `{a, b, c, d}` for a vector operand, or the register alone for one lane.
+fn vector(regs: &[Reg]) -> String {
+    if regs.len() == 1 {
+        return regs[0].to_string();
+    }
+    let names: Vec<&str> = regs.iter().map(Reg::as_str).collect();
+    format!("{{{}}}", names.join(", "))
+}
