@@ -1,0 +1,180 @@
+//! Shared helpers for the CPU executor tests: a fixed-seed PRNG, input generators, running a
+//! kernel through the reference interpreter and through the JIT, and ULP distances.
+#![allow(dead_code)]
+
+#[path = "../../../compiler/tests/clif_kernels/mod.rs"]
+pub mod kernels;
+
+use optc_compiler::backend::interp::{step_f32, Buffers};
+use optc_kernel::Kernel;
+use optc_runtime::cpu::{CpuKernel, CpuOptions, TensorArgs};
+
+/// xorshift64*: a small deterministic generator.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    /// A mix of ordinary values, zeros of both signs, huge and tiny magnitudes, subnormals,
+    /// small integers and (when `specials`) infinities and NaN.
+    pub fn value(&mut self, specials: bool) -> f32 {
+        let sign = if self.next_u64() & 1 == 0 { 1.0 } else { -1.0 };
+        let v = match self.below(if specials { 12 } else { 10 }) {
+            0 => 0.0,
+            1 => sign * 1e30 * (1.0 + self.unit()),
+            2 => sign * 1e-30 * (1.0 + self.unit()),
+            3 => sign * f32::from_bits((self.next_u64() as u32) & 0x007f_ffff), // subnormal
+            4 => sign * self.below(8) as f32,
+            5 => f32::from_bits(self.next_u64() as u32 & 0x7f7f_ffff) * sign, // any finite
+            10 => sign * f32::INFINITY,
+            11 => f32::NAN,
+            _ => sign * self.unit() * 4.0,
+        };
+        if v.is_nan() && !specials {
+            0.0
+        } else {
+            v
+        }
+    }
+    pub fn vec(&mut self, n: usize, specials: bool) -> Vec<f32> {
+        (0..n).map(|_| self.value(specials)).collect()
+    }
+}
+
+/// Distance in units in the last place; 0 for equal values and for two NaNs (any payload), and
+/// `u32::MAX` for NaN against a number. `+0` and `-0` are 0 apart.
+pub fn ulps(a: f32, b: f32) -> u32 {
+    if a.is_nan() || b.is_nan() {
+        return if a.is_nan() && b.is_nan() {
+            0
+        } else {
+            u32::MAX
+        };
+    }
+    let key = |x: f32| {
+        let bits = x.to_bits() as i64;
+        if bits & 0x8000_0000 != 0 {
+            -(bits & 0x7fff_ffff)
+        } else {
+            bits
+        }
+    };
+    (key(a) - key(b)).unsigned_abs().min(u64::from(u32::MAX)) as u32
+}
+
+/// Whether two results are the same: equal bits, or both NaN.
+pub fn same(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+/// One tensor's buffers: p, g, states.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    pub p: Vec<f32>,
+    pub g: Vec<f32>,
+    pub states: Vec<Vec<f32>>,
+}
+
+impl Tensor {
+    pub fn random(k: &Kernel, n: usize, rng: &mut Rng, specials: bool) -> Tensor {
+        Tensor {
+            p: rng.vec(n, specials),
+            g: rng.vec(n, specials),
+            states: k.states.iter().map(|_| rng.vec(n, specials)).collect(),
+        }
+    }
+    /// Every buffer in launch order.
+    pub fn buffers(&self) -> Vec<&[f32]> {
+        let mut v: Vec<&[f32]> = vec![&self.p, &self.g];
+        v.extend(self.states.iter().map(|s| s.as_slice()));
+        v
+    }
+    /// The buffers from element `off` on (for unaligned subslices).
+    pub fn args(&mut self, off: usize, uniforms: Vec<f32>) -> TensorArgs<'_> {
+        TensorArgs {
+            param: &mut self.p[off..],
+            grad: &self.g[off..],
+            states: self.states.iter_mut().map(|s| &mut s[off..]).collect(),
+            uniforms,
+        }
+    }
+}
+
+/// The uniforms of step `t` with default hypers and initial scalars, rounded to f32.
+pub fn uniforms(k: &Kernel, t: u64) -> Vec<f32> {
+    let hypers = k.default_hypers();
+    let scalars = k.initial_scalars(&hypers).expect("scalars");
+    k.eval_host(&hypers, t, &scalars)
+        .expect("host program")
+        .uniforms
+        .iter()
+        .map(|&u| u as f32)
+        .collect()
+}
+
+/// Steps `t` from element `off` on with the reference interpreter (f32).
+pub fn step_ref(k: &Kernel, t: &mut Tensor, off: usize, step: u64) {
+    let hypers = k.default_hypers();
+    let mut scalars = k.initial_scalars(&hypers).expect("scalars");
+    step_f32(
+        k,
+        &hypers,
+        step,
+        &mut scalars,
+        Buffers {
+            param: &mut t.p[off..],
+            grad: &t.g[off..],
+            states: t.states.iter_mut().map(|s| &mut s[off..]).collect(),
+        },
+    )
+    .expect("interpreter step");
+}
+
+/// The JIT-compiled kernel without FMA (so it rounds like the interpreter).
+pub fn compile_exact(k: &Kernel) -> CpuKernel {
+    CpuKernel::compile_with(k, &CpuOptions { allow_fma: false }).expect("compiles")
+}
+
+/// The largest ULP distance between the buffers of `a` and `b`, with the first worst position
+/// (buffer, element).
+pub fn max_ulps(a: &Tensor, b: &Tensor) -> (u32, usize, usize) {
+    let mut worst = (0, 0, 0);
+    for (bi, (x, y)) in a.buffers().iter().zip(b.buffers()).enumerate() {
+        for (i, (&u, &v)) in x.iter().zip(y).enumerate() {
+            let d = ulps(u, v);
+            if d > worst.0 {
+                worst = (d, bi, i);
+            }
+        }
+    }
+    worst
+}
+
+/// Panics unless every element of every buffer of `a` and `b` is the same (bits, or both NaN).
+pub fn assert_same(a: &Tensor, b: &Tensor, what: &str) {
+    for (bi, (x, y)) in a.buffers().iter().zip(b.buffers()).enumerate() {
+        assert_eq!(x.len(), y.len());
+        for (i, (&u, &v)) in x.iter().zip(y).enumerate() {
+            assert!(
+                same(u, v),
+                "{what}: buffer {bi} element {i}: {u:e} ({:#010x}) vs {v:e} ({:#010x})",
+                u.to_bits(),
+                v.to_bits()
+            );
+        }
+    }
+}
