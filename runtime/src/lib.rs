@@ -14,18 +14,21 @@
 //! - [`Update`]: one parameter and its gradient for a step, from f32 slices or bytes;
 //! - [`RuntimeError`]: every error, with a clear message.
 //!
-//! ```no_run
+//! ```
 //! # fn main() -> Result<(), optc_runtime::RuntimeError> {
-//! # let kernel: optc_kernel::Kernel = unimplemented!();
 //! use optc_runtime::{Optimizer, Rule, Update};
-//! let mut opt = Optimizer::new(Rule::from_kernel(kernel)?)?;
+//! let mut opt = Optimizer::new(Rule::stdlib("adamw")?)?;
 //! opt.add_param("w", &[2, 3])?;
 //! let (mut w, g) = (vec![0.5f32; 6], vec![0.1f32; 6]);
-//! opt.set_hyper("lr", 1e-3)?;
+//! opt.set_hyper("lr", 1e-3)?; // a hyper change never recompiles
 //! opt.step([Update::new("w", &mut w, &g)])?;
 //! let checkpoint = opt.to_bytes()?;
+//! opt.load_bytes(&checkpoint)?;
+//! assert_eq!(opt.step_count("w")?, 1);
 //! # Ok(()) }
 //! ```
+//!
+//! [`probe`] holds the bandwidth probe `optc bench` compares kernels with.
 
 pub mod bytes;
 pub mod checkpoint;

@@ -188,3 +188,20 @@ fn step_counts_and_scalars_are_per_parameter() {
     assert_eq!(got[1].1[0], 2.0 + g[1][0]);
     assert_ne!(bits(&states[0]), bits(&before), "the step changes slow");
 }
+
+#[test]
+fn an_optimizer_can_move_to_another_thread() {
+    fn assert_send<T: Send>(_: &T) {}
+    let opt = optimizer(toy(), Target::Cpu);
+    assert_send(&opt);
+    let handle = std::thread::spawn(move || {
+        let mut opt = opt;
+        let mut p = vec![1.0f32; 5];
+        opt.step([Update::new("c", &mut p, &[1.0; 5])]).map(|_| p)
+    });
+    // p' = p - lr * (1 * decay) * g = 1 - 0.1 * 0.5 * 1
+    assert_eq!(
+        handle.join().ok().and_then(Result::ok),
+        Some(vec![0.95f32; 5])
+    );
+}

@@ -1,0 +1,99 @@
+//! `optc bench` works end to end and reports what it promises. No timing is asserted: speed is
+//! measured by running the benchmark (BENCHMARKS.md), never by tests.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_optc"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("run optc");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn json_report_has_the_promised_fields() {
+    let (code, out, err) = bench(&[
+        "adamw",
+        "--n",
+        "5000",
+        "--tensors",
+        "3",
+        "--iters",
+        "2",
+        "--warmup",
+        "1",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let last = out.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last).expect("last line is JSON");
+    for key in [
+        "elements_per_s",
+        "bytes_per_s",
+        "probe_bytes_per_s",
+        "fraction_of_probe",
+    ] {
+        assert!(v[key].as_f64().is_some_and(|x| x > 0.0), "{key} in {last}");
+    }
+    assert_eq!(v["elements"], 5000);
+    assert_eq!(v["tensors"], 3);
+    assert_eq!(v["threads"], 2);
+    assert_eq!(
+        v["bytes_per_element"], 28,
+        "AdamW moves p, g, m, v in and p, m, v out"
+    );
+    let ratio = v["bytes_per_s"].as_f64().unwrap_or_default()
+        / v["probe_bytes_per_s"].as_f64().unwrap_or(1.0);
+    assert!((ratio - v["fraction_of_probe"].as_f64().unwrap_or_default()).abs() < 1e-9);
+}
+
+#[test]
+fn flags_change_the_kernel_and_bad_input_is_an_error() {
+    let (code, out, err) = bench(&[
+        "adamw",
+        "--n",
+        "1000",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--set",
+        "amsgrad=true",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(out.lines().last().unwrap_or_default()).expect("json");
+    assert_eq!(
+        v["bytes_per_element"], 36,
+        "amsgrad adds v_max: read and written"
+    );
+    let (code, _, err) = bench(&["adamw", "--n", "2", "--tensors", "3"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot split --n 2 into --tensors 3"), "{err}");
+    let (code, _, err) = bench(&["adamw", "--set", "lr=fast"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("hyper `lr` takes a number"), "{err}");
+}
+
+#[test]
+fn gpt2_small_preset_has_124m_parameters_in_148_tensors() {
+    let shapes = optc::cli::bench::gpt2_small();
+    assert_eq!(shapes.len(), 148);
+    let total: usize = shapes
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    assert_eq!(
+        total, 124_439_808,
+        "GPT-2 small with the LM head tied to wte"
+    );
+}
