@@ -127,6 +127,15 @@ impl Code {
             }
             return;
         }
+        // Too little work to pay for waking the pool (tens of microseconds on a busy machine):
+        // run it on this thread.
+        if lens.iter().sum::<usize>() <= split::MIN_CHUNK {
+            for w in &items {
+                // SAFETY: as below; a single thread visits the disjoint, in-bounds items in turn.
+                unsafe { self.run(&raws[w.tensor], w.start, w.len) };
+            }
+            return;
+        }
         let run = || {
             use rayon::prelude::*;
             items.par_iter().for_each(|w| {
