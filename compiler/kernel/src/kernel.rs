@@ -198,12 +198,21 @@ impl Kernel {
     /// Initial values of the scalar states.
     pub fn initial_scalars(&self, hypers: &[f64]) -> Result<Vec<f64>, KernelError> {
         let values = self.eval_init(hypers)?;
-        Ok(self.scalars.iter().map(|s| values[s.init.index()]).collect())
+        Ok(self
+            .scalars
+            .iter()
+            .map(|s| values[s.init.index()])
+            .collect())
     }
 
     /// Runs the host program for step `t` (starting at 1) with the scalar states as they were
     /// before the step.
-    pub fn eval_host(&self, hypers: &[f64], t: u64, scalars: &[f64]) -> Result<HostValues, KernelError> {
+    pub fn eval_host(
+        &self,
+        hypers: &[f64],
+        t: u64,
+        scalars: &[f64],
+    ) -> Result<HostValues, KernelError> {
         let mut values = Vec::new();
         eval_arena(&self.host, &mut values, |e| match *e {
             Expr::Hyper(h) => hypers.get(h.index()).copied().ok_or(()),
@@ -246,7 +255,10 @@ impl Kernel {
                     leaf => leaf_ok(leaf),
                 };
                 if !ok {
-                    return Err(self.error(format!("{what}: node {} is not allowed here: {e:?}", h.index())));
+                    return Err(self.error(format!(
+                        "{what}: node {} is not allowed here: {e:?}",
+                        h.index()
+                    )));
                 }
             }
             Ok(())
@@ -301,7 +313,10 @@ impl Kernel {
                 }
             }
             if seen.contains(&s.slot) {
-                return Err(self.error(format!("buffer `{}` is stored twice", self.slot_name(s.slot))));
+                return Err(self.error(format!(
+                    "buffer `{}` is stored twice",
+                    self.slot_name(s.slot)
+                )));
             }
             seen.push(s.slot);
         }
@@ -345,7 +360,11 @@ impl fmt::Display for Kernel {
             writeln!(f, "  uniform u{i} = %{}", h.index())?;
         }
         for u in &self.scalar_updates {
-            let name = self.scalars.get(u.scalar.index()).map(|s| s.name.as_str()).unwrap_or("?");
+            let name = self
+                .scalars
+                .get(u.scalar.index())
+                .map(|s| s.name.as_str())
+                .unwrap_or("?");
             writeln!(f, "  scalar {name} <- %{}", u.value.index())?;
         }
         writeln!(
@@ -355,7 +374,12 @@ impl fmt::Display for Kernel {
         )?;
         self.write_arena(f, &self.body)?;
         for s in &self.stores {
-            writeln!(f, "  store {} <- %{}", self.slot_name(s.slot), s.value.index())?;
+            writeln!(
+                f,
+                "  store {} <- %{}",
+                self.slot_name(s.slot),
+                s.value.index()
+            )?;
         }
         Ok(())
     }
@@ -372,21 +396,33 @@ impl Kernel {
                 Expr::Hyper(id) => write!(
                     line,
                     "hyper {}",
-                    self.hypers.get(id.index()).map(|h| h.name.as_str()).unwrap_or("?")
+                    self.hypers
+                        .get(id.index())
+                        .map(|h| h.name.as_str())
+                        .unwrap_or("?")
                 ),
                 Expr::Flag(id) => write!(line, "flag #{}", id.index()),
                 Expr::Step => write!(line, "step"),
                 Expr::Scalar(id) => write!(
                     line,
                     "scalar {}",
-                    self.scalars.get(id.index()).map(|s| s.name.as_str()).unwrap_or("?")
+                    self.scalars
+                        .get(id.index())
+                        .map(|s| s.name.as_str())
+                        .unwrap_or("?")
                 ),
                 Expr::Uniform(id) => write!(line, "uniform u{}", id.index()),
                 Expr::Load(slot) => write!(line, "load {}", self.slot_name(slot)),
                 Expr::Unary(op, a) => write!(line, "{op} %{}", a.index()),
                 Expr::Binary(op, a, b) => write!(line, "{op} %{}, %{}", a.index(), b.index()),
                 Expr::Select(c, a, b) => {
-                    write!(line, "select %{}, %{}, %{}", c.index(), a.index(), b.index())
+                    write!(
+                        line,
+                        "select %{}, %{}, %{}",
+                        c.index(),
+                        a.index(),
+                        b.index()
+                    )
                 }
             };
             writeln!(f, "{line}")?;

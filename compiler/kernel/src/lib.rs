@@ -21,7 +21,7 @@ pub use arena::{Arena, Handle};
 pub use artifact::{Artifact, ArtifactError};
 pub use expr::{Expr, FlagId, HyperId, ScalarId, Slot, StateId, UniformId};
 pub use kernel::{
-    BufferUse, FlagValue, HostValues, HyperDecl, Init, Kernel, KernelError, ScalarDecl, ScalarUpdate,
-    StateDecl, Store, FORMAT_VERSION,
+    BufferUse, FlagValue, HostValues, HyperDecl, Init, Kernel, KernelError, ScalarDecl,
+    ScalarUpdate, StateDecl, Store, FORMAT_VERSION,
 };
 pub use op::{BinaryOp, Real, UnaryOp};

@@ -1,1 +1,205 @@
-//! CPU execution: Cranelift JIT and rayon work splitting. Owned by the CPU backend work.
+//! CPU execution: a kernel JIT-compiled by Cranelift, run on slices, split over a rayon pool.
+//!
+//! [`CpuKernel::compile`] validates an [`optc_kernel::Kernel`], lowers it with
+//! [`optc_compiler::backend::clif`] for the host ISA (FMA where the host has it) and JIT-compiles
+//! it. [`CpuKernel::step`] runs it on one tensor on the current thread;
+//! [`CpuKernel::step_many`] runs it on many tensors in one parallel pass: every tensor becomes one
+//! work item, or several contiguous chunks when it is large (see [`MIN_CHUNK`]).
+//!
+//! Every length and count is checked before any element is touched; a mismatch is a
+//! [`CpuError`] and leaves all data as it was.
+
+mod jit;
+mod split;
+
+use optc_kernel::{Kernel, KernelError};
+pub use split::{WorkItem, CHUNK_ALIGN, MIN_CHUNK};
+
+/// One tensor's buffers and uniforms for one step.
+pub struct TensorArgs<'a> {
+    /// The parameter, updated in place.
+    pub param: &'a mut [f32],
+    /// The gradient.
+    pub grad: &'a [f32],
+    /// The per-element states, in `kernel.states` order, updated in place.
+    pub states: Vec<&'a mut [f32]>,
+    /// The uniform arguments: [`Kernel::eval_host`]'s values rounded to f32, booleans as 1.0/0.0.
+    pub uniforms: Vec<f32>,
+}
+
+/// How to compile a [`CpuKernel`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuOptions {
+    /// Fuse `a * b ± c` into `fma` when the host has FMA. With `false` (or without host FMA)
+    /// every op rounds separately, exactly as the reference interpreter does.
+    pub allow_fma: bool,
+}
+
+impl Default for CpuOptions {
+    fn default() -> Self {
+        CpuOptions { allow_fma: true }
+    }
+}
+
+/// Why a CPU kernel could not be compiled or run.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    /// The kernel does not hold together.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// Lowering to Cranelift IR failed.
+    #[error("CPU code generation failed: {0}")]
+    Codegen(#[from] optc_compiler::backend::clif::Error),
+    /// The JIT could not compile for this host.
+    #[error("CPU JIT failed: {0}")]
+    Jit(String),
+    /// A buffer's length differs from the parameter's.
+    #[error("tensor {tensor} of rule `{rule}`: buffer `{buffer}` has {found} elements, but `p` has {expected}")]
+    Length {
+        /// The rule's name.
+        rule: String,
+        /// The tensor's position in the list (0 for [`CpuKernel::step`]).
+        tensor: usize,
+        /// The buffer's name (`g` or a state's name).
+        buffer: String,
+        /// The parameter's length.
+        expected: usize,
+        /// The buffer's length.
+        found: usize,
+    },
+    /// The wrong number of state buffers.
+    #[error(
+        "tensor {tensor}: rule `{rule}` needs {expected} state buffers ({names}), got {found}"
+    )]
+    StateCount {
+        /// The rule's name.
+        rule: String,
+        /// The tensor's position in the list.
+        tensor: usize,
+        /// The number of states the kernel has.
+        expected: usize,
+        /// Their names, comma-separated.
+        names: String,
+        /// The number given.
+        found: usize,
+    },
+    /// The wrong number of uniforms.
+    #[error("tensor {tensor}: rule `{rule}` takes {expected} uniform arguments, got {found} (compute them with Kernel::eval_host)")]
+    UniformCount {
+        /// The rule's name.
+        rule: String,
+        /// The tensor's position in the list.
+        tensor: usize,
+        /// The number the kernel takes.
+        expected: usize,
+        /// The number given.
+        found: usize,
+    },
+}
+
+/// A kernel compiled to native code for this CPU. `Send + Sync`: one compiled kernel serves
+/// every thread.
+pub struct CpuKernel {
+    kernel: Kernel,
+    code: jit::Code,
+}
+
+impl CpuKernel {
+    /// Validates and JIT-compiles `kernel` for the host (with FMA where the host has it).
+    pub fn compile(kernel: &Kernel) -> Result<CpuKernel, CpuError> {
+        Self::compile_with(kernel, &CpuOptions::default())
+    }
+
+    /// Like [`CpuKernel::compile`], with options.
+    pub fn compile_with(kernel: &Kernel, options: &CpuOptions) -> Result<CpuKernel, CpuError> {
+        kernel.validate()?;
+        let code = jit::Code::compile(kernel, options.allow_fma)?;
+        Ok(CpuKernel {
+            kernel: kernel.clone(),
+            code,
+        })
+    }
+
+    /// The kernel this was compiled from.
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    /// Whether the compiled code fuses multiply-adds (so results may differ from the reference
+    /// interpreter by the rounding of the dropped products).
+    pub fn uses_fma(&self) -> bool {
+        self.code.fma
+    }
+
+    /// Checks one tensor's arguments against the kernel.
+    fn check(&self, tensor: usize, args: &TensorArgs<'_>) -> Result<(), CpuError> {
+        let k = &self.kernel;
+        if args.states.len() != k.states.len() {
+            return Err(CpuError::StateCount {
+                rule: k.rule.clone(),
+                tensor,
+                expected: k.states.len(),
+                names: k
+                    .states
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                found: args.states.len(),
+            });
+        }
+        if args.uniforms.len() != k.uniforms.len() {
+            return Err(CpuError::UniformCount {
+                rule: k.rule.clone(),
+                tensor,
+                expected: k.uniforms.len(),
+                found: args.uniforms.len(),
+            });
+        }
+        let n = args.param.len();
+        let lengths = std::iter::once(("g", args.grad.len())).chain(
+            k.states
+                .iter()
+                .zip(&args.states)
+                .map(|(d, s)| (d.name.as_str(), s.len())),
+        );
+        for (name, len) in lengths {
+            if len != n {
+                return Err(CpuError::Length {
+                    rule: k.rule.clone(),
+                    tensor,
+                    buffer: name.to_string(),
+                    expected: n,
+                    found: len,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps one tensor on the current thread.
+    pub fn step(&self, args: TensorArgs<'_>) -> Result<(), CpuError> {
+        self.check(0, &args)?;
+        let mut args = args;
+        self.code.run_one(&mut args);
+        Ok(())
+    }
+
+    /// Steps many tensors in one pass over `pool` (rayon's global pool when `None`). Large
+    /// tensors are split into contiguous chunks (multiples of [`CHUNK_ALIGN`] elements, at
+    /// least [`MIN_CHUNK`]); small ones stay whole. The result equals calling
+    /// [`CpuKernel::step`] on each tensor, bit for bit. Nothing is touched unless every tensor's
+    /// arguments fit.
+    pub fn step_many(
+        &self,
+        tensors: Vec<TensorArgs<'_>>,
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<(), CpuError> {
+        for (i, t) in tensors.iter().enumerate() {
+            self.check(i, t)?;
+        }
+        let mut tensors = tensors;
+        self.code.run_many(&mut tensors, pool);
+        Ok(())
+    }
+}

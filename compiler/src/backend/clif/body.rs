@@ -1,0 +1,412 @@
+//! Builds the function: entry block (buffer pointers, uniforms, loop-invariant nodes), the
+//! unrolled f32x4 main loop, one more f32x4 step when unrolled, and the tail through a stack copy.
+
+use super::gen::Gen;
+use super::math;
+use super::plan::{buffer_index, Fused, Kind, Plan};
+use super::Options;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::types::{F32, F32X4, I64};
+use cranelift_codegen::ir::{
+    AbiParam, BlockArg, Function, InstBuilder, MemFlagsData, Signature, StackSlotData,
+    StackSlotKind, UserFuncName, Value,
+};
+use cranelift_codegen::isa::TargetFrontendConfig;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use optc_kernel::{BinaryOp, Expr, Handle, Kernel, UnaryOp};
+
+/// Buffer element loads and stores: may be unaligned (any f32 address), never trap.
+fn elem_flags() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// The lowered values of the body nodes for one vector of elements.
+#[derive(Clone)]
+struct Env {
+    num: Vec<Option<Value>>,
+    mask: Vec<Option<Value>>,
+}
+
+struct Lower<'k> {
+    kernel: &'k Kernel,
+    plan: Plan,
+}
+
+impl Lower<'_> {
+    fn num(&self, g: &mut Gen, env: &mut Env, h: Handle<Expr>) -> Value {
+        let i = h.index();
+        if let Some(v) = env.num[i] {
+            return v;
+        }
+        // A boolean used as a number: 1.0 / 0.0. Every live node has its native form already.
+        let m = env.mask[i].unwrap_or_else(|| g.i32s(0));
+        let v = g.mask_to_num(m);
+        env.num[i] = Some(v);
+        v
+    }
+
+    fn mask(&self, g: &mut Gen, env: &mut Env, h: Handle<Expr>) -> Value {
+        let i = h.index();
+        if let Some(m) = env.mask[i] {
+            return m;
+        }
+        let x = env.num[i].unwrap_or_else(|| g.f32s(0.0));
+        let m = g.num_to_mask(x);
+        env.mask[i] = Some(m);
+        m
+    }
+
+    /// Lowers node `h` into `env`; `loaded` gives the f32x4 of each loaded buffer.
+    fn node(
+        &self,
+        g: &mut Gen,
+        env: &mut Env,
+        h: Handle<Expr>,
+        uniforms: Value,
+        loaded: &[Option<Value>],
+    ) {
+        let i = h.index();
+        if let Some(f) = self.plan.fused[i] {
+            let (x, y, c, neg_c, neg_x) = match f {
+                Fused::MulAdd(x, y, c) => (x, y, c, false, false),
+                Fused::MulSub(x, y, c) => (x, y, c, true, false),
+                Fused::NegMulAdd(x, y, c) => (x, y, c, false, true),
+            };
+            let mut xv = self.num(g, env, x);
+            let yv = self.num(g, env, y);
+            let mut cv = self.num(g, env, c);
+            if neg_x {
+                xv = g.b.ins().fneg(xv);
+            }
+            if neg_c {
+                cv = g.b.ins().fneg(cv);
+            }
+            env.num[i] = Some(g.b.ins().fma(xv, yv, cv));
+            return;
+        }
+        let e = self.kernel.body[h];
+        match e {
+            Expr::Const(c) => env.num[i] = Some(g.f32s(c as f32)),
+            Expr::Bool(b) => env.mask[i] = Some(g.i32s(if b { -1 } else { 0 })),
+            Expr::Uniform(u) => {
+                let off = i32::try_from(4 * u.index()).unwrap_or(i32::MAX);
+                let s = g.b.ins().load(F32, MemFlagsData::trusted(), uniforms, off);
+                env.num[i] = Some(g.b.ins().splat(F32X4, s));
+            }
+            Expr::Load(slot) => env.num[i] = loaded[buffer_index(slot)],
+            Expr::Unary(op, a) => self.unary(g, env, i, op, a),
+            Expr::Binary(op, a, b) => self.binary(g, env, i, op, a, b),
+            Expr::Select(c, a, b) => {
+                let m = self.mask(g, env, c);
+                if self.plan.kind[i] == Kind::Mask {
+                    let (av, bv) = (self.mask(g, env, a), self.mask(g, env, b));
+                    env.mask[i] = Some(g.b.ins().bitselect(m, av, bv));
+                } else {
+                    let (av, bv) = (self.num(g, env, a), self.num(g, env, b));
+                    env.num[i] = Some(g.sel(m, av, bv));
+                }
+            }
+            // Not allowed in a validated body.
+            Expr::Hyper(_) | Expr::Flag(_) | Expr::Step | Expr::Scalar(_) => {
+                env.num[i] = Some(g.f32s(f32::NAN));
+            }
+        }
+        // Make the forms the users want, so invariant nodes get both before the loop.
+        if self.plan.need_num[i] {
+            self.num(g, env, h);
+        }
+        if self.plan.need_mask[i] {
+            self.mask(g, env, h);
+        }
+    }
+
+    fn unary(&self, g: &mut Gen, env: &mut Env, i: usize, op: UnaryOp, a: Handle<Expr>) {
+        if op == UnaryOp::Not {
+            let m = self.mask(g, env, a);
+            env.mask[i] = Some(g.b.ins().bnot(m));
+            return;
+        }
+        let x = self.num(g, env, a);
+        let v = match op {
+            UnaryOp::Neg => g.b.ins().fneg(x),
+            UnaryOp::Sqrt => g.b.ins().sqrt(x),
+            UnaryOp::Rsqrt => {
+                let s = g.b.ins().sqrt(x);
+                let one = g.f32s(1.0);
+                g.b.ins().fdiv(one, s)
+            }
+            UnaryOp::Abs => g.b.ins().fabs(x),
+            UnaryOp::Sign => {
+                let (zero, one, minus_one) = (g.f32s(0.0), g.f32s(1.0), g.f32s(-1.0));
+                let pos = g.cmp(FloatCC::GreaterThan, x, zero);
+                let neg = g.cmp(FloatCC::LessThan, x, zero);
+                let r = g.sel(neg, minus_one, x);
+                g.sel(pos, one, r)
+            }
+            UnaryOp::Exp => math::exp(g, x),
+            UnaryOp::Log => math::log(g, x),
+            UnaryOp::Not => x,
+        };
+        env.num[i] = Some(v);
+    }
+
+    fn binary(
+        &self,
+        g: &mut Gen,
+        env: &mut Env,
+        i: usize,
+        op: BinaryOp,
+        a: Handle<Expr>,
+        b: Handle<Expr>,
+    ) {
+        if op.is_logical() {
+            let (am, bm) = (self.mask(g, env, a), self.mask(g, env, b));
+            env.mask[i] = Some(match op {
+                BinaryOp::And => g.b.ins().band(am, bm),
+                _ => g.b.ins().bor(am, bm),
+            });
+            return;
+        }
+        if op == BinaryOp::Pow {
+            if let Expr::Const(c) = self.kernel.body[b] {
+                if let Some(n) = math::small_int(c) {
+                    let x = self.num(g, env, a);
+                    env.num[i] = Some(math::powi(g, x, n));
+                    return;
+                }
+            }
+        }
+        let (x, y) = (self.num(g, env, a), self.num(g, env, b));
+        let cc = match op {
+            BinaryOp::Lt => FloatCC::LessThan,
+            BinaryOp::Le => FloatCC::LessThanOrEqual,
+            BinaryOp::Gt => FloatCC::GreaterThan,
+            BinaryOp::Ge => FloatCC::GreaterThanOrEqual,
+            BinaryOp::Eq => FloatCC::Equal,
+            BinaryOp::Ne => FloatCC::NotEqual,
+            _ => {
+                let v = match op {
+                    BinaryOp::Add => g.b.ins().fadd(x, y),
+                    BinaryOp::Sub => g.b.ins().fsub(x, y),
+                    BinaryOp::Mul => g.b.ins().fmul(x, y),
+                    BinaryOp::Div => g.b.ins().fdiv(x, y),
+                    BinaryOp::Min => g.b.ins().fmin(x, y),
+                    BinaryOp::Max => g.b.ins().fmax(x, y),
+                    _ => math::pow(g, x, y),
+                };
+                env.num[i] = Some(v);
+                return;
+            }
+        };
+        env.mask[i] = Some(g.cmp(cc, x, y));
+    }
+
+    /// One vector of elements: loads every live-read buffer at `addrs[k] + offset`, computes the
+    /// per-element nodes, stores every written buffer.
+    fn vector(
+        &self,
+        g: &mut Gen,
+        inv: &Env,
+        addrs: &[Option<Value>],
+        offset: i32,
+        uniforms: Value,
+    ) {
+        let loaded: Vec<Option<Value>> = addrs
+            .iter()
+            .zip(&self.plan.read)
+            .map(|(a, &r)| match (a, r) {
+                (Some(a), true) => Some(g.b.ins().load(F32X4, elem_flags(), *a, offset)),
+                _ => None,
+            })
+            .collect();
+        let mut env = inv.clone();
+        for h in self.kernel.body.handles() {
+            if self.plan.live[h.index()] && !self.plan.invariant[h.index()] {
+                self.node(g, &mut env, h, uniforms, &loaded);
+            }
+        }
+        for s in &self.kernel.stores {
+            let v = self.num(g, &mut env, s.value);
+            if let Some(a) = addrs[buffer_index(s.slot)] {
+                g.b.ins().store(elem_flags(), v, a, offset);
+            }
+        }
+    }
+}
+
+fn args(vals: &[Value]) -> Vec<BlockArg> {
+    vals.iter().map(|&v| BlockArg::Value(v)).collect()
+}
+
+/// Builds the whole function for a validated kernel.
+pub(super) fn build(kernel: &Kernel, opts: &Options, name: UserFuncName) -> Function {
+    let mut sig = Signature::new(opts.call_conv);
+    sig.params = vec![AbiParam::new(I64); 3];
+    let mut func = Function::with_name_signature(name, sig);
+    let mut fctx = FunctionBuilderContext::new();
+    let mut g = Gen::new(FunctionBuilder::new(&mut func, &mut fctx));
+    let lower = Lower {
+        kernel,
+        plan: Plan::new(kernel, opts.fma),
+    };
+    let plan = &lower.plan;
+    let step = 4 * i64::from(opts.unroll);
+
+    let entry = g.b.create_block();
+    let main_hdr = g.b.create_block();
+    let main_body = g.b.create_block();
+    let after_main = g.b.create_block();
+    let one_body = g.b.create_block();
+    let tail_hdr = g.b.create_block();
+    let tail_body = g.b.create_block();
+    let cin_hdr = g.b.create_block();
+    let cin_body = g.b.create_block();
+    let compute = g.b.create_block();
+    let cout_hdr = g.b.create_block();
+    let cout_body = g.b.create_block();
+    let exit = g.b.create_block();
+
+    // Entry: buffer pointers, uniforms and every loop-invariant node.
+    g.b.append_block_params_for_function_params(entry);
+    g.b.switch_to_block(entry);
+    let params = g.b.block_params(entry).to_vec();
+    let (bufs, n, uniforms) = (params[0], params[1], params[2]);
+    let nbuf = plan.read.len();
+    let used: Vec<bool> = (0..nbuf).map(|k| plan.read[k] || plan.written[k]).collect();
+    let ptrs: Vec<Option<Value>> = (0..nbuf)
+        .map(|k| {
+            used[k].then(|| {
+                let off = i32::try_from(8 * k).unwrap_or(i32::MAX);
+                g.b.ins().load(I64, MemFlagsData::trusted(), bufs, off)
+            })
+        })
+        .collect();
+    let n_nodes = kernel.body.len();
+    let mut inv = Env {
+        num: vec![None; n_nodes],
+        mask: vec![None; n_nodes],
+    };
+    for h in kernel.body.handles() {
+        if plan.live[h.index()] && plan.invariant[h.index()] {
+            lower.node(&mut g, &mut inv, h, uniforms, &[]);
+        }
+    }
+    let n_main = g.b.ins().band_imm_s(n, -step);
+    let zero = g.b.ins().iconst(I64, 0);
+    let jump = g.b.ins().jump(main_hdr, &args(&[zero]));
+    g.hoist = Some(jump);
+
+    // Main loop: `unroll` vectors per iteration while a whole iteration fits.
+    let i = g.b.append_block_param(main_hdr, I64);
+    g.b.switch_to_block(main_hdr);
+    let more = g.b.ins().icmp(IntCC::UnsignedLessThan, i, n_main);
+    g.b.ins()
+        .brif(more, main_body, &[], after_main, &args(&[i]));
+
+    g.b.switch_to_block(main_body);
+    let byte_off = g.b.ins().ishl_imm_u(i, 2);
+    let addrs: Vec<Option<Value>> = ptrs
+        .iter()
+        .map(|p| p.map(|p| g.b.ins().iadd(p, byte_off)))
+        .collect();
+    for k in 0..opts.unroll {
+        lower.vector(&mut g, &inv, &addrs, 16 * k as i32, uniforms);
+    }
+    let next = g.b.ins().iadd_imm_s(i, step);
+    g.b.ins().jump(main_hdr, &args(&[next]));
+
+    // One more single vector when unrolled.
+    let i = g.b.append_block_param(after_main, I64);
+    g.b.switch_to_block(after_main);
+    if opts.unroll > 1 {
+        let rem = g.b.ins().isub(n, i);
+        let fits =
+            g.b.ins()
+                .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, rem, 4);
+        g.b.ins().brif(fits, one_body, &[], tail_hdr, &args(&[i]));
+        g.b.switch_to_block(one_body);
+        let byte_off = g.b.ins().ishl_imm_u(i, 2);
+        let addrs: Vec<Option<Value>> = ptrs
+            .iter()
+            .map(|p| p.map(|p| g.b.ins().iadd(p, byte_off)))
+            .collect();
+        lower.vector(&mut g, &inv, &addrs, 0, uniforms);
+        let next = g.b.ins().iadd_imm_s(i, 4);
+        g.b.ins().jump(tail_hdr, &args(&[next]));
+    } else {
+        g.b.ins().jump(tail_hdr, &args(&[i]));
+        g.b.switch_to_block(one_body);
+        g.b.ins().jump(exit, &[]);
+    }
+
+    // Tail: the last `n % 4` elements go through a zeroed 4-lane stack copy of each buffer.
+    let i = g.b.append_block_param(tail_hdr, I64);
+    g.b.switch_to_block(tail_hdr);
+    let rem = g.b.ins().isub(n, i);
+    g.b.ins().brif(rem, tail_body, &[], exit, &[]);
+
+    g.b.switch_to_block(tail_body);
+    let slots: Vec<Option<Value>> = used
+        .iter()
+        .map(|&u| {
+            u.then(|| {
+                let ss = g.b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    16,
+                    4,
+                ));
+                g.b.ins().stack_addr(I64, ss, 0)
+            })
+        })
+        .collect();
+    let zero_v = g.f32s(0.0);
+    for s in slots.iter().flatten() {
+        g.b.ins().store(MemFlagsData::trusted(), zero_v, *s, 0);
+    }
+    let zero = g.b.ins().iconst(I64, 0);
+    g.b.ins().jump(cin_hdr, &args(&[zero]));
+
+    let copy_loop = |g: &mut Gen, hdr, body, done, which: &[bool], into_slots: bool| {
+        let j = g.b.append_block_param(hdr, I64);
+        g.b.switch_to_block(hdr);
+        let more = g.b.ins().icmp(IntCC::UnsignedLessThan, j, rem);
+        g.b.ins().brif(more, body, &[], done, &[]);
+        g.b.switch_to_block(body);
+        let idx = g.b.ins().iadd(i, j);
+        let off = g.b.ins().ishl_imm_u(idx, 2);
+        let soff = g.b.ins().ishl_imm_u(j, 2);
+        for k in 0..nbuf {
+            if let (true, Some(p), Some(s)) = (which[k], ptrs[k], slots[k]) {
+                let ea = g.b.ins().iadd(p, off);
+                let sa = g.b.ins().iadd(s, soff);
+                let (from, to, ff, tf) = if into_slots {
+                    (ea, sa, elem_flags(), MemFlagsData::trusted())
+                } else {
+                    (sa, ea, MemFlagsData::trusted(), elem_flags())
+                };
+                let v = g.b.ins().load(F32, ff, from, 0);
+                g.b.ins().store(tf, v, to, 0);
+            }
+        }
+        let next = g.b.ins().iadd_imm_s(j, 1);
+        g.b.ins().jump(hdr, &args(&[next]));
+    };
+    copy_loop(&mut g, cin_hdr, cin_body, compute, &plan.read, true);
+
+    g.b.switch_to_block(compute);
+    lower.vector(&mut g, &inv, &slots, 0, uniforms);
+    let zero = g.b.ins().iconst(I64, 0);
+    g.b.ins().jump(cout_hdr, &args(&[zero]));
+    copy_loop(&mut g, cout_hdr, cout_body, exit, &plan.written, false);
+
+    g.b.switch_to_block(exit);
+    g.b.ins().return_(&[]);
+
+    g.b.seal_all_blocks();
+    g.b.finalize(TargetFrontendConfig {
+        default_call_conv: opts.call_conv,
+        pointer_width: target_lexicon::PointerWidth::U64,
+        page_size_align_log2: 12,
+    });
+    func
+}

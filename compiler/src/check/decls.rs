@@ -1,0 +1,275 @@
+//! Declarations: duplicates, reserved names, and the form of each default and initial value.
+
+use super::{Ty, BUILTIN_NAMES, FUNCTIONS};
+use crate::diag::{did_you_mean, Diagnostic, Span};
+use crate::syntax::ast::{self, DeclKind, ExprKind};
+use std::collections::HashMap;
+
+/// What a name declared at file level refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Symbol {
+    /// `p`.
+    Param,
+    /// `g`.
+    Grad,
+    /// `t`.
+    Step,
+    /// The i-th hyper.
+    Hyper(usize),
+    /// The i-th flag.
+    Flag(usize),
+    /// The i-th state.
+    State(usize),
+    /// The i-th scalar state.
+    Scalar(usize),
+}
+
+/// The file-level names.
+#[derive(Debug, Default)]
+pub struct DeclTable {
+    /// Name to symbol.
+    pub names: HashMap<String, (Symbol, Span)>,
+}
+
+impl DeclTable {
+    /// Looks a name up, builtins included.
+    pub fn get(&self, name: &str) -> Option<Symbol> {
+        match name {
+            "p" => Some(Symbol::Param),
+            "g" => Some(Symbol::Grad),
+            "t" => Some(Symbol::Step),
+            _ => self.names.get(name).map(|(s, _)| *s),
+        }
+    }
+    /// Every name, for suggestions.
+    pub fn all_names(&self) -> impl Iterator<Item = &str> {
+        BUILTIN_NAMES
+            .iter()
+            .copied()
+            .chain(self.names.keys().map(String::as_str))
+    }
+}
+
+pub(super) fn check_decls(file: &ast::File, out: &mut Vec<Diagnostic>) -> DeclTable {
+    let mut table = DeclTable::default();
+    let mut counts = [0usize; 4];
+    for d in &file.decls {
+        let name = &d.name.name;
+        let idx = match d.kind {
+            DeclKind::Hyper => 0,
+            DeclKind::Flag => 1,
+            DeclKind::State => 2,
+            DeclKind::Scalar => 3,
+        };
+        let id = counts[idx];
+        counts[idx] += 1;
+        let sym = match d.kind {
+            DeclKind::Hyper => Symbol::Hyper(id),
+            DeclKind::Flag => Symbol::Flag(id),
+            DeclKind::State => Symbol::State(id),
+            DeclKind::Scalar => Symbol::Scalar(id),
+        };
+        if BUILTIN_NAMES.contains(&name.as_str()) {
+            out.push(
+                Diagnostic::error(
+                    "E0102",
+                    format!("`{name}` is bound by the runtime and cannot be declared"),
+                    d.name.span,
+                    "built-in name",
+                )
+                .hint("`p` is the parameter, `g` its gradient and `t` the step number; pick another name"),
+            );
+        } else if FUNCTIONS.iter().any(|(f, _)| f == name) {
+            out.push(Diagnostic::error(
+                "E0102",
+                format!("`{name}` is a built-in function and cannot be declared"),
+                d.name.span,
+                "built-in function",
+            ));
+        } else if let Some((_, first)) = table.names.get(name) {
+            out.push(
+                Diagnostic::error(
+                    "E0101",
+                    format!("`{name}` is declared twice"),
+                    d.name.span,
+                    "declared again here",
+                )
+                .with(*first, "first declared here")
+                .hint("each hyper, flag, state and scalar needs its own name"),
+            );
+        } else {
+            table.names.insert(name.clone(), (sym, d.name.span));
+        }
+    }
+    for d in &file.decls {
+        check_value(d, &table, out);
+    }
+    table
+}
+
+/// Checks that a declaration's value has the form its kind needs.
+fn check_value(d: &ast::Decl, table: &DeclTable, out: &mut Vec<Diagnostic>) {
+    let kw = d.kind.keyword();
+    match d.kind {
+        DeclKind::Hyper => {
+            if let Err(bad) = const_form(&d.value, &|_| false) {
+                let span = bad.span;
+                out.push(
+                    Diagnostic::error(
+                        "E0201",
+                        format!("the default of hyper `{}` must be a constant number", d.name.name),
+                        span,
+                        "not a constant",
+                    )
+                    .hint("write a literal such as `1e-3`; hypers are set at run time, the default is only a starting value"),
+                );
+            }
+        }
+        DeclKind::Flag => {
+            if !matches!(d.value.kind, ExprKind::Bool(_)) {
+                out.push(
+                    Diagnostic::error(
+                        "E0202",
+                        format!(
+                            "the default of flag `{}` must be `true` or `false`",
+                            d.name.name
+                        ),
+                        d.value.span,
+                        "not a boolean literal",
+                    )
+                    .hint("a flag is a compile-time switch; for a number use `hyper`"),
+                );
+            }
+        }
+        DeclKind::State | DeclKind::Scalar => {
+            let is_p = matches!(&d.value.kind, ExprKind::Name(n) if n == "p");
+            if !(is_p && d.kind == DeclKind::State) {
+                let hyper = |n: &str| matches!(table.get(n), Some(Symbol::Hyper(_)));
+                if let Err(bad) = const_form(&d.value, &hyper) {
+                    let span = bad.span;
+                    let what = if d.kind == DeclKind::State {
+                        "`p`, or a number computed from literals and hypers"
+                    } else {
+                        "a number computed from literals and hypers"
+                    };
+                    out.push(
+                        unknown_name(bad, table, table.all_names()).unwrap_or_else(|| {
+                            Diagnostic::error(
+                                "E0203",
+                                format!(
+                                    "the initial value of {kw} `{}` must be {what}",
+                                    d.name.name
+                                ),
+                                span,
+                                "not allowed in an initial value",
+                            )
+                            .hint(
+                                "states are created before the first step, when only hypers are known",
+                            )
+                        }),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(cond) = &d.condition {
+        if let Err(bad) = flag_form(cond, table) {
+            let flags = table
+                .names
+                .iter()
+                .filter(|(_, (s, _))| matches!(s, Symbol::Flag(_)))
+                .map(|(n, _)| n.as_str());
+            if let Some(u) = unknown_name(bad, table, flags) {
+                out.push(u);
+                return;
+            }
+            let span = bad.span;
+            out.push(
+                Diagnostic::error(
+                    "E0204",
+                    format!(
+                        "the condition of state `{}` must be made of flags",
+                        d.name.name
+                    ),
+                    span,
+                    "not a flag",
+                )
+                .hint("write `state v_max = 0 if amsgrad`; flags combine with `!`, `&&` and `||`"),
+            );
+        }
+    }
+}
+
+/// An "unknown name" error when `bad` is a name that nothing declares, suggesting one of
+/// `candidates`.
+fn unknown_name<'a>(
+    bad: &ast::Expr,
+    table: &DeclTable,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<Diagnostic> {
+    let ExprKind::Name(n) = &bad.kind else {
+        return None;
+    };
+    if table.get(n).is_some() {
+        return None;
+    }
+    let mut d = Diagnostic::error(
+        "E0104",
+        format!("unknown name `{n}`"),
+        bad.span,
+        "not declared",
+    );
+    if let Some(s) = suggest(n, candidates) {
+        d = d.hint(s);
+    }
+    Some(d)
+}
+
+/// Whether `e` is numeric and made of literals, arithmetic, calls and names accepted by `name_ok`.
+/// On failure, the first offending part.
+fn const_form<'e>(e: &'e ast::Expr, name_ok: &dyn Fn(&str) -> bool) -> Result<(), &'e ast::Expr> {
+    match &e.kind {
+        ExprKind::Number(_) => Ok(()),
+        ExprKind::Name(n) if name_ok(n) => Ok(()),
+        ExprKind::Unary(op, a) if *op == optc_kernel::UnaryOp::Neg => const_form(a, name_ok),
+        ExprKind::Binary(op, a, b) if !op.is_comparison() && !op.is_logical() => {
+            const_form(a, name_ok)?;
+            const_form(b, name_ok)
+        }
+        ExprKind::Call(f, args)
+            if FUNCTIONS
+                .iter()
+                .any(|(n, k)| *n == f.name && *k == args.len()) =>
+        {
+            args.iter().try_for_each(|a| const_form(a, name_ok))
+        }
+        _ => Err(e),
+    }
+}
+
+/// Whether `e` is a boolean made of flags, `!`, `&&`, `||` and `true`/`false`.
+fn flag_form<'e>(e: &'e ast::Expr, table: &DeclTable) -> Result<(), &'e ast::Expr> {
+    match &e.kind {
+        ExprKind::Bool(_) => Ok(()),
+        ExprKind::Name(n) if matches!(table.get(n), Some(Symbol::Flag(_))) => Ok(()),
+        ExprKind::Unary(optc_kernel::UnaryOp::Not, a) => flag_form(a, table),
+        ExprKind::Binary(op, a, b) if op.is_logical() => {
+            flag_form(a, table)?;
+            flag_form(b, table)
+        }
+        _ => Err(e),
+    }
+}
+
+/// A suggestion line for an unknown name, if a close one exists.
+pub(super) fn suggest<'a>(name: &str, names: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    did_you_mean(name, names).map(|s| format!("did you mean `{s}`?"))
+}
+
+/// The type a declaration's name has when used in an expression.
+pub(super) fn symbol_type(sym: Symbol) -> Ty {
+    match sym {
+        Symbol::Flag(_) => Ty::Bool,
+        _ => Ty::Num,
+    }
+}

@@ -1,0 +1,73 @@
+//! Checking: names, kinds, types and uniformity of a parsed rule.
+//!
+//! Takes an [`ast::File`], gives the diagnostics (errors and warnings) and, when there are no
+//! errors, guarantees to the lowering that every name resolves, every expression is well typed,
+//! every `if` condition and scalar-state value is uniform, and every declaration's value has the
+//! form its kind needs. See `docs/language.md` for the meaning of each code.
+
+mod decls;
+mod update;
+
+use crate::diag::Diagnostic;
+use crate::syntax::ast;
+
+/// The type of a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ty {
+    /// A number.
+    Num,
+    /// A boolean.
+    Bool,
+}
+
+impl Ty {
+    /// How diagnostics name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ty::Num => "a number",
+            Ty::Bool => "a boolean",
+        }
+    }
+}
+
+/// Whether a value is the same for every element of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Uniformity {
+    /// Computed from literals, hypers, flags, `t` and scalar states only.
+    Uniform,
+    /// Depends on `p`, `g` or a state.
+    PerElement,
+}
+
+/// The built-in functions: name and number of arguments.
+pub const FUNCTIONS: &[(&str, usize)] = &[
+    ("sqrt", 1),
+    ("rsqrt", 1),
+    ("abs", 1),
+    ("sign", 1),
+    ("exp", 1),
+    ("log", 1),
+    ("min", 2),
+    ("max", 2),
+    ("clamp", 3),
+    ("lerp", 3),
+];
+
+/// The names bound by the runtime.
+pub const BUILTIN_NAMES: &[&str] = &["p", "g", "t"];
+
+/// Checks a parsed rule. Returns every diagnostic found, errors and warnings.
+pub fn check(file: &ast::File) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let table = decls::check_decls(file, &mut out);
+    update::check_update(file, &table, &mut out);
+    out
+}
+
+pub use decls::{DeclTable, Symbol};
+
+/// The file-level names of a rule, for the lowering. Diagnostics are discarded: call [`check`]
+/// first.
+pub fn decl_table(file: &ast::File) -> DeclTable {
+    decls::check_decls(file, &mut Vec::new())
+}

@@ -1,0 +1,479 @@
+//! The update block: name resolution with `let` scopes, assignment targets, types, uniformity,
+//! and the states that are read but never written.
+
+use super::decls::{suggest, symbol_type, DeclTable, Symbol};
+use super::{Ty, Uniformity, FUNCTIONS};
+use crate::diag::{Diagnostic, Span};
+use crate::syntax::ast::{self, ExprKind, Stmt};
+use optc_kernel::{BinaryOp, UnaryOp};
+use std::collections::BTreeSet;
+
+#[derive(Clone, Debug)]
+struct Local {
+    name: String,
+    ty: Ty,
+    uni: Uniformity,
+}
+
+struct Checker<'a> {
+    table: &'a DeclTable,
+    locals: Vec<Local>,
+    out: &'a mut Vec<Diagnostic>,
+    read_states: BTreeSet<usize>,
+    written_states: BTreeSet<usize>,
+    first_read: Vec<Option<Span>>,
+    assigns_p: bool,
+}
+
+pub(super) fn check_update(file: &ast::File, table: &DeclTable, out: &mut Vec<Diagnostic>) {
+    let n_states = file
+        .decls
+        .iter()
+        .filter(|d| d.kind == ast::DeclKind::State)
+        .count();
+    let mut c = Checker {
+        table,
+        locals: Vec::new(),
+        out,
+        read_states: BTreeSet::new(),
+        written_states: BTreeSet::new(),
+        first_read: vec![None; n_states],
+        assigns_p: false,
+    };
+    c.block(&file.update);
+    let states: Vec<&ast::Decl> = file
+        .decls
+        .iter()
+        .filter(|d| d.kind == ast::DeclKind::State)
+        .collect();
+    for (i, d) in states.iter().enumerate() {
+        if c.read_states.contains(&i) && !c.written_states.contains(&i) {
+            let at = c.first_read[i].unwrap_or(d.name.span);
+            c.out.push(
+                Diagnostic::warning(
+                    "W0001",
+                    format!("state `{}` is read but never written", d.name.name),
+                    at,
+                    "read here",
+                )
+                .with(d.name.span, "declared here")
+                .hint("it keeps its initial value forever; assign it in `update`, or make it a `hyper`"),
+            );
+        }
+    }
+    if !c.assigns_p {
+        c.out.push(
+            Diagnostic::warning(
+                "W0002",
+                "the update never assigns `p`",
+                Span::new(
+                    file.update.span.start as usize,
+                    file.update.span.start as usize + 1,
+                ),
+                "this block leaves `p` unchanged",
+            )
+            .hint("an optimizer step ends with `p = ...`"),
+        );
+    }
+}
+
+impl Checker<'_> {
+    fn block(&mut self, b: &ast::Block) {
+        let mark = self.locals.len();
+        for s in &b.stmts {
+            self.stmt(s);
+        }
+        self.locals.truncate(mark);
+    }
+
+    fn find_local(&self, name: &str) -> Option<usize> {
+        self.locals.iter().rposition(|l| l.name == name)
+    }
+
+    fn stmt(&mut self, s: &Stmt) {
+        match s {
+            Stmt::Let { name, value } => {
+                let (ty, uni) = self.expr(value);
+                if let Some(sym) = self.table.get(&name.name) {
+                    let what = match sym {
+                        Symbol::State(_) | Symbol::Param | Symbol::Scalar(_) => {
+                            format!(
+                                "`{}` is a state; assign it with `{} = ...`",
+                                name.name, name.name
+                            )
+                        }
+                        _ => format!("`{}` is already declared", name.name),
+                    };
+                    self.out.push(
+                        Diagnostic::error(
+                            "E0103",
+                            format!("`let {}` hides a declared name", name.name),
+                            name.span,
+                            what,
+                        )
+                        .hint("pick another name for the local, such as `grad` for a modified `g`"),
+                    );
+                }
+                if FUNCTIONS.iter().any(|(f, _)| *f == name.name) {
+                    self.out.push(Diagnostic::error(
+                        "E0103",
+                        format!("`let {}` hides a built-in function", name.name),
+                        name.span,
+                        "built-in function",
+                    ));
+                }
+                self.locals.push(Local {
+                    name: name.name.clone(),
+                    ty,
+                    uni,
+                });
+            }
+            Stmt::Assign { target, value } => self.assign(target, value),
+            Stmt::If {
+                cond,
+                then,
+                otherwise,
+                ..
+            } => {
+                let (ty, uni) = self.expr(cond);
+                if ty != Ty::Bool {
+                    self.out.push(
+                        Diagnostic::error(
+                            "E0402",
+                            "the condition of `if` must be a boolean",
+                            cond.span,
+                            "this is a number",
+                        )
+                        .hint("compare it: `if momentum != 0 { ... }`"),
+                    );
+                }
+                if uni == Uniformity::PerElement {
+                    self.out.push(
+                        Diagnostic::error("E0502", "the condition of `if` must be uniform", cond.span, "this depends on `p`, `g` or a state")
+                            .hint("a flag condition must be uniform; to choose per element, use `cond ? a : b`"),
+                    );
+                }
+                let before = self.locals.clone();
+                self.block(then);
+                let after_then = std::mem::replace(&mut self.locals, before);
+                if let Some(b) = otherwise {
+                    self.block(b);
+                }
+                // A local assigned a per-element value in either branch is per-element after.
+                for (l, t) in self.locals.iter_mut().zip(after_then) {
+                    l.uni = l.uni.max(t.uni);
+                }
+            }
+        }
+    }
+
+    fn assign(&mut self, target: &ast::Ident, value: &ast::Expr) {
+        let (ty, uni) = self.expr(value);
+        let name = &target.name;
+        if let Some(i) = self.find_local(name) {
+            let local = &mut self.locals[i];
+            if local.ty != ty {
+                let want = local.ty.name();
+                self.out.push(Diagnostic::error(
+                    "E0401",
+                    format!("`{name}` holds {want}, but this is {}", ty.name()),
+                    value.span,
+                    format!("expected {want}"),
+                ));
+            }
+            local.uni = uni;
+            return;
+        }
+        let readonly = |code, msg: String, hint: &str| {
+            Diagnostic::error(code, msg, target.span, "cannot be assigned").hint(hint)
+        };
+        match self.table.get(name) {
+            Some(Symbol::Grad) => self.out.push(readonly(
+                "E0301",
+                "`g` is read-only".into(),
+                "bind a local instead: `let grad = g + weight_decay * p`",
+            )),
+            Some(Symbol::Step) => self.out.push(readonly(
+                "E0302",
+                "`t` is read-only".into(),
+                "`t` is the step number, kept by the runtime",
+            )),
+            Some(Symbol::Hyper(_)) => self.out.push(readonly(
+                "E0303",
+                format!("hyper `{name}` cannot be assigned"),
+                "hypers are set from the host between steps; bind a local with `let` for a derived value",
+            )),
+            Some(Symbol::Flag(_)) => self.out.push(readonly(
+                "E0304",
+                format!("flag `{name}` cannot be assigned"),
+                "flags are fixed when the kernel is compiled",
+            )),
+            Some(Symbol::Param) | Some(Symbol::State(_)) | Some(Symbol::Scalar(_)) => {
+                let sym = self.table.get(name);
+                if ty != Ty::Num {
+                    self.out.push(Diagnostic::error(
+                        "E0401",
+                        format!("`{name}` holds a number, but this is a boolean"),
+                        value.span,
+                        "expected a number",
+                    ));
+                }
+                match sym {
+                    Some(Symbol::Param) => self.assigns_p = true,
+                    Some(Symbol::State(i)) => {
+                        self.written_states.insert(i);
+                    }
+                    Some(Symbol::Scalar(_)) if uni == Uniformity::PerElement => {
+                        self.out.push(
+                            Diagnostic::error(
+                                "E0501",
+                                format!("scalar state `{name}` must get a uniform value"),
+                                value.span,
+                                "this depends on `p`, `g` or a state",
+                            )
+                            .hint("a scalar state is one number per tensor; compute it from hypers, `t` and scalar states"),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            None => {
+                let mut d = Diagnostic::error("E0105", format!("cannot assign to unknown name `{name}`"), target.span, "not declared");
+                let names: Vec<String> = self.visible_names();
+                if let Some(s) = suggest(name, names.iter().map(String::as_str)) {
+                    d = d.hint(s);
+                }
+                d = d.hint(format!("declare a local with `let {name} = ...`, or a state with `state {name} = 0`"));
+                self.out.push(d);
+            }
+        }
+    }
+
+    fn visible_names(&self) -> Vec<String> {
+        self.table
+            .all_names()
+            .map(String::from)
+            .chain(self.locals.iter().map(|l| l.name.clone()))
+            .collect()
+    }
+
+    /// Checks an expression; gives its type and uniformity. After an error the type is a guess
+    /// that avoids cascades.
+    fn expr(&mut self, e: &ast::Expr) -> (Ty, Uniformity) {
+        match &e.kind {
+            ExprKind::Number(_) => (Ty::Num, Uniformity::Uniform),
+            ExprKind::Bool(_) => (Ty::Bool, Uniformity::Uniform),
+            ExprKind::Name(n) => self.name(n, e.span),
+            ExprKind::Unary(op, a) => {
+                let (ty, uni) = self.expr(a);
+                let want = if *op == UnaryOp::Not {
+                    Ty::Bool
+                } else {
+                    Ty::Num
+                };
+                if ty != want {
+                    let sym = if *op == UnaryOp::Not { "!" } else { "-" };
+                    self.out.push(Diagnostic::error(
+                        "E0403",
+                        format!("`{sym}` needs {}, found {}", want.name(), ty.name()),
+                        a.span,
+                        format!("this is {}", ty.name()),
+                    ));
+                }
+                (want, uni)
+            }
+            ExprKind::Binary(op, a, b) => {
+                let (ta, ua) = self.expr(a);
+                let (tb, ub) = self.expr(b);
+                let uni = ua.max(ub);
+                let (want, result) = if op.is_logical() {
+                    (Some(Ty::Bool), Ty::Bool)
+                } else if matches!(op, BinaryOp::Eq | BinaryOp::Ne) {
+                    (None, Ty::Bool)
+                } else if op.is_comparison() {
+                    (Some(Ty::Num), Ty::Bool)
+                } else {
+                    (Some(Ty::Num), Ty::Num)
+                };
+                let sym = op_symbol(*op);
+                match want {
+                    Some(w) => {
+                        for (t, x) in [(ta, a), (tb, b)] {
+                            if t != w {
+                                self.out.push(
+                                    Diagnostic::error(
+                                        "E0403",
+                                        format!("`{sym}` needs {}, found {}", w.name(), t.name()),
+                                        x.span,
+                                        format!("this is {}", t.name()),
+                                    )
+                                    .hint(if w == Ty::Num {
+                                        "booleans are not numbers; choose a number with `cond ? a : b`"
+                                    } else {
+                                        "compare numbers to get a boolean, as in `x > 0`"
+                                    }),
+                                );
+                            }
+                        }
+                    }
+                    None if ta != tb => self.out.push(
+                        Diagnostic::error(
+                            "E0403",
+                            format!("`{sym}` compares {} with {}", ta.name(), tb.name()),
+                            e.span,
+                            "mismatched types",
+                        )
+                        .hint("a flag or comparison is already a boolean: use it directly, or negate it with `!`"),
+                    ),
+                    None => {}
+                }
+                (result, uni)
+            }
+            ExprKind::Ternary(c, a, b) => {
+                let (tc, uc) = self.expr(c);
+                let (ta, ua) = self.expr(a);
+                let (tb, ub) = self.expr(b);
+                if tc != Ty::Bool {
+                    self.out.push(
+                        Diagnostic::error(
+                            "E0402",
+                            "the condition of `?:` must be a boolean",
+                            c.span,
+                            "this is a number",
+                        )
+                        .hint("compare it, as in `x > 0 ? a : b`"),
+                    );
+                }
+                if ta != tb {
+                    self.out.push(
+                        Diagnostic::error(
+                            "E0404",
+                            format!(
+                                "the branches of `?:` differ: {} and {}",
+                                ta.name(),
+                                tb.name()
+                            ),
+                            b.span,
+                            format!("this is {}", tb.name()),
+                        )
+                        .with(a.span, format!("this is {}", ta.name()))
+                        .hint("both branches must be numbers, or both booleans"),
+                    );
+                }
+                (ta, uc.max(ua).max(ub))
+            }
+            ExprKind::Call(f, args) => {
+                let mut uni = Uniformity::Uniform;
+                for a in args {
+                    let (t, u) = self.expr(a);
+                    uni = uni.max(u);
+                    if t != Ty::Num {
+                        self.out.push(Diagnostic::error(
+                            "E0403",
+                            format!("`{}` needs numbers, found a boolean", f.name),
+                            a.span,
+                            "this is a boolean",
+                        ));
+                    }
+                }
+                match FUNCTIONS.iter().find(|(n, _)| *n == f.name) {
+                    Some((_, arity)) if *arity != args.len() => {
+                        let s = if *arity == 1 { "" } else { "s" };
+                        self.out.push(
+                            Diagnostic::error(
+                                "E0107",
+                                format!(
+                                    "`{}` takes {arity} argument{s}, found {}",
+                                    f.name,
+                                    args.len()
+                                ),
+                                e.span,
+                                format!("expected {arity} argument{s}"),
+                            )
+                            .hint(signature(&f.name)),
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        let mut d = Diagnostic::error(
+                            "E0106",
+                            format!("unknown function `{}`", f.name),
+                            f.span,
+                            "not a built-in function",
+                        );
+                        if let Some(s) = suggest(&f.name, FUNCTIONS.iter().map(|(n, _)| *n)) {
+                            d = d.hint(s);
+                        }
+                        d = d.hint("the built-in functions are sqrt, rsqrt, abs, sign, exp, log, min, max, clamp and lerp");
+                        self.out.push(d);
+                    }
+                }
+                (Ty::Num, uni)
+            }
+        }
+    }
+
+    fn name(&mut self, n: &str, span: Span) -> (Ty, Uniformity) {
+        if let Some(i) = self.find_local(n) {
+            return (self.locals[i].ty, self.locals[i].uni);
+        }
+        match self.table.get(n) {
+            Some(sym) => {
+                let uni = match sym {
+                    Symbol::Param | Symbol::Grad | Symbol::State(_) => Uniformity::PerElement,
+                    _ => Uniformity::Uniform,
+                };
+                if let Symbol::State(i) = sym {
+                    self.read_states.insert(i);
+                    if let Some(slot) = self.first_read.get_mut(i) {
+                        slot.get_or_insert(span);
+                    }
+                }
+                (symbol_type(sym), uni)
+            }
+            None => {
+                let mut d =
+                    Diagnostic::error("E0104", format!("unknown name `{n}`"), span, "not declared");
+                if FUNCTIONS.iter().any(|(f, _)| *f == n) {
+                    d = d.hint(format!("`{n}` is a function; call it, as in `{n}(x)`"));
+                } else {
+                    let names = self.visible_names();
+                    if let Some(s) = suggest(n, names.iter().map(String::as_str)) {
+                        d = d.hint(s);
+                    }
+                }
+                self.out.push(d);
+                (Ty::Num, Uniformity::Uniform)
+            }
+        }
+    }
+}
+
+fn op_symbol(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "+",
+        BinaryOp::Sub => "-",
+        BinaryOp::Mul => "*",
+        BinaryOp::Div => "/",
+        BinaryOp::Pow => "^",
+        BinaryOp::Min => "min",
+        BinaryOp::Max => "max",
+        BinaryOp::Lt => "<",
+        BinaryOp::Le => "<=",
+        BinaryOp::Gt => ">",
+        BinaryOp::Ge => ">=",
+        BinaryOp::Eq => "==",
+        BinaryOp::Ne => "!=",
+        BinaryOp::And => "&&",
+        BinaryOp::Or => "||",
+    }
+}
+
+fn signature(f: &str) -> String {
+    match f {
+        "min" | "max" => format!("usage: {f}(a, b)"),
+        "clamp" => "usage: clamp(x, lo, hi)".into(),
+        "lerp" => "usage: lerp(a, b, w) = a + w * (b - a)".into(),
+        _ => format!("usage: {f}(x)"),
+    }
+}

@@ -1,0 +1,205 @@
+//! The IR: a rule as pure expression DAGs in arenas, plus effectful stores.
+//!
+//! Takes a checked AST (see [`lower`]), gives a [`Program`]: the declarations, and the update
+//! block as one [`Function`] whose stores give the final value of `p`, of each state and of each
+//! scalar state. The program is flag-generic (flags appear as `Expr::Flag` leaves); the passes
+//! specialize it for one flag set and split it into a [`optc_kernel::Kernel`].
+//!
+//! Spans live in a side table parallel to the arena, so diagnostics after lowering still point at
+//! the source.
+
+pub mod lower;
+
+use crate::diag::Span;
+use optc_kernel::{Arena, Expr, Handle, Init, ScalarId, Slot};
+use std::collections::HashMap;
+
+/// A hyper as declared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HyperInfo {
+    /// Name.
+    pub name: String,
+    /// Default value.
+    pub default: f64,
+    /// Its `///` doc comment.
+    pub doc: String,
+}
+
+/// A flag as declared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlagInfo {
+    /// Name.
+    pub name: String,
+    /// Default value.
+    pub default: bool,
+    /// Its `///` doc comment.
+    pub doc: String,
+}
+
+/// A per-element state as declared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateInfo {
+    /// Name.
+    pub name: String,
+    /// Initial value; `Init::Value` refers to [`Program::decl`].
+    pub init: Init,
+    /// The flag condition under which it exists: a node of [`Program::decl`].
+    pub condition: Option<Handle<Expr>>,
+    /// Where it was declared.
+    pub span: Span,
+}
+
+/// A scalar state as declared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScalarInfo {
+    /// Name.
+    pub name: String,
+    /// Initial value: a node of [`Program::decl`].
+    pub init: Handle<Expr>,
+    /// Where it was declared.
+    pub span: Span,
+}
+
+/// A whole rule, flag-generic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Program {
+    /// `optimizer NAME`.
+    pub name: String,
+    /// The doc comment above `optimizer`.
+    pub doc: String,
+    /// Hypers in declaration order (`Expr::Hyper` indexes this).
+    pub hypers: Vec<HyperInfo>,
+    /// Flags in declaration order (`Expr::Flag` indexes this).
+    pub flags: Vec<FlagInfo>,
+    /// States in declaration order (`Slot::State` indexes this).
+    pub states: Vec<StateInfo>,
+    /// Scalar states in declaration order (`Expr::Scalar` indexes this).
+    pub scalars: Vec<ScalarInfo>,
+    /// Initial values and state conditions, over `Const`, `Bool`, `Hyper` and `Flag` leaves.
+    pub decl: Arena<Expr>,
+    /// The update block.
+    pub update: Function,
+}
+
+/// A DAG with its stores. Operands precede users; `spans[i]` is the source of node `i`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Function {
+    /// The nodes.
+    pub exprs: Arena<Expr>,
+    /// The source span of each node.
+    pub spans: Vec<Span>,
+    /// The final value of each written per-element buffer, at most one per slot.
+    pub stores: Vec<(Slot, Handle<Expr>)>,
+    /// The final value of each written scalar state.
+    pub scalar_stores: Vec<(ScalarId, Handle<Expr>)>,
+}
+
+impl Function {
+    /// The span of a node.
+    pub fn span(&self, h: Handle<Expr>) -> Span {
+        self.spans.get(h.index()).copied().unwrap_or_default()
+    }
+}
+
+/// Appends nodes to a new function, optionally sharing identical nodes (hash-consing).
+#[derive(Default)]
+pub struct Builder {
+    /// The function being built.
+    pub func: Function,
+    dedup: Option<HashMap<Key, Handle<Expr>>>,
+}
+
+type Key = (u8, u64, u32, u32, u32);
+
+fn key(e: &Expr) -> Key {
+    let h = |x: Handle<Expr>| x.index() as u32;
+    match *e {
+        Expr::Const(c) => (0, c.to_bits(), 0, 0, 0),
+        Expr::Bool(b) => (1, b as u64, 0, 0, 0),
+        Expr::Hyper(i) => (2, i.0 as u64, 0, 0, 0),
+        Expr::Flag(i) => (3, i.0 as u64, 0, 0, 0),
+        Expr::Step => (4, 0, 0, 0, 0),
+        Expr::Scalar(i) => (5, i.0 as u64, 0, 0, 0),
+        Expr::Uniform(i) => (6, i.0 as u64, 0, 0, 0),
+        Expr::Load(Slot::Param) => (7, 0, 0, 0, 0),
+        Expr::Load(Slot::Grad) => (7, 1, 0, 0, 0),
+        Expr::Load(Slot::State(s)) => (7, 2 + s.0 as u64, 0, 0, 0),
+        Expr::Unary(op, a) => (8, op as u64, h(a), 0, 0),
+        Expr::Binary(op, a, b) => (9, op as u64, h(a), h(b), 0),
+        Expr::Select(c, a, b) => (10, 0, h(c), h(a), h(b)),
+    }
+}
+
+impl Builder {
+    /// A builder that shares identical nodes.
+    pub fn sharing() -> Self {
+        Builder {
+            func: Function::default(),
+            dedup: Some(HashMap::new()),
+        }
+    }
+    /// Appends `e` (or finds an identical node) and returns its handle.
+    pub fn add(&mut self, e: Expr, span: Span) -> Handle<Expr> {
+        let e = canonical(e);
+        if let Some(map) = &self.dedup {
+            if let Some(&h) = map.get(&key(&e)) {
+                // Keep a real source place when the first copy had none (the loads made at the
+                // start of the update block), so later diagnostics point at a use.
+                if let Some(s) = self.func.spans.get_mut(h.index()) {
+                    if *s == Span::default() {
+                        *s = span;
+                    }
+                }
+                return h;
+            }
+        }
+        let h = self.func.exprs.append(e);
+        self.func.spans.push(span);
+        if let Some(map) = &mut self.dedup {
+            map.insert(key(&e), h);
+        }
+        h
+    }
+    /// The node behind a handle.
+    pub fn get(&self, h: Handle<Expr>) -> Expr {
+        self.func.exprs[h]
+    }
+}
+
+/// Orders the operands of commutative ops, so that `a + b` and `b + a` share a node.
+fn canonical(e: Expr) -> Expr {
+    match e {
+        Expr::Binary(op, a, b) if op.is_commutative() && b < a => Expr::Binary(op, b, a),
+        other => other,
+    }
+}
+
+/// Rebuilds `f` node by node in order: `map` gets the builder, the old handle and the node with
+/// operands already mapped, and returns the new handle. Stores are mapped; stores that write a
+/// slot's own unchanged load are dropped.
+pub fn rebuild(
+    f: &Function,
+    mut b: Builder,
+    mut map: impl FnMut(&mut Builder, Handle<Expr>, Expr, Span) -> Handle<Expr>,
+) -> Function {
+    let mut new_of: Vec<Handle<Expr>> = Vec::with_capacity(f.exprs.len());
+    for (h, e) in f.exprs.iter() {
+        let e = e.map_operands(|o| new_of[o.index()]);
+        let nh = map(&mut b, h, e, f.span(h));
+        new_of.push(nh);
+    }
+    let mut out = b.func;
+    out.stores = f
+        .stores
+        .iter()
+        .map(|&(s, h)| (s, new_of[h.index()]))
+        .filter(|&(s, h)| out.exprs[h] != Expr::Load(s))
+        .collect();
+    out.scalar_stores = f
+        .scalar_stores
+        .iter()
+        .map(|&(s, h)| (s, new_of[h.index()]))
+        .filter(|&(s, h)| out.exprs[h] != Expr::Scalar(s))
+        .collect();
+    out
+}

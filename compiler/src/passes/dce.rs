@@ -1,0 +1,176 @@
+//! Dead-code and dead-state elimination.
+//!
+//! `p` is live. A state or scalar state is live when a live store's value reads it; a store is
+//! live when its slot is live; this runs to a fixed point, so a state that only feeds itself (and
+//! never `p`) is dropped with its store and is not allocated. Nodes no live store reaches are
+//! dropped. A live state whose flag condition is false for this flag set is an error.
+
+use crate::diag::Diagnostic;
+use crate::ir::{Builder, Function, Program};
+use optc_kernel::eval::eval_arena;
+use optc_kernel::{Expr, Handle, ScalarId, Slot, StateId};
+
+/// The function after elimination, with states and scalars renumbered densely.
+#[derive(Clone, Debug)]
+pub struct Live {
+    /// The function; `Slot::State(i)` and `Expr::Scalar(i)` index `states` and `scalars`.
+    pub func: Function,
+    /// The program's index of each live state.
+    pub states: Vec<usize>,
+    /// The program's index of each live scalar state.
+    pub scalars: Vec<usize>,
+}
+
+/// Removes dead nodes, stores and states from `f`.
+pub fn dce(f: &Function, program: &Program, flags: &[bool]) -> Result<Live, Diagnostic> {
+    let n = f.exprs.len();
+    let mut reached = vec![false; n];
+    let mut live_states = vec![false; program.states.len()];
+    let mut live_scalars = vec![false; program.scalars.len()];
+    let mut roots: Vec<Handle<Expr>> = f
+        .stores
+        .iter()
+        .filter(|(s, _)| *s == Slot::Param)
+        .map(|(_, h)| *h)
+        .collect();
+    loop {
+        // Mark everything the current roots reach.
+        while let Some(h) = roots.pop() {
+            if std::mem::replace(&mut reached[h.index()], true) {
+                continue;
+            }
+            match f.exprs[h] {
+                Expr::Load(Slot::State(s)) => live_states[s.index()] = true,
+                Expr::Scalar(s) => live_scalars[s.index()] = true,
+                ref e => roots.extend(e.operands()),
+            }
+        }
+        // Stores of newly live slots add roots.
+        for (s, h) in &f.stores {
+            if let Slot::State(id) = s {
+                if live_states[id.index()] && !reached[h.index()] {
+                    roots.push(*h);
+                }
+            }
+        }
+        for (s, h) in &f.scalar_stores {
+            if live_scalars[s.index()] && !reached[h.index()] {
+                roots.push(*h);
+            }
+        }
+        if roots.is_empty() {
+            break;
+        }
+    }
+
+    check_conditions(f, program, flags, &reached, &live_states)?;
+
+    let states: Vec<usize> = (0..live_states.len()).filter(|&i| live_states[i]).collect();
+    let scalars: Vec<usize> = (0..live_scalars.len())
+        .filter(|&i| live_scalars[i])
+        .collect();
+    let state_id =
+        |old: StateId| StateId::new(states.iter().position(|&s| s == old.index()).unwrap_or(0));
+    let scalar_id =
+        |old: ScalarId| ScalarId::new(scalars.iter().position(|&s| s == old.index()).unwrap_or(0));
+
+    let mut b = Builder::default();
+    let mut new_of: Vec<Option<Handle<Expr>>> = vec![None; n];
+    for (h, e) in f.exprs.iter() {
+        if !reached[h.index()] {
+            continue;
+        }
+        let e = match *e {
+            Expr::Load(Slot::State(s)) => Expr::Load(Slot::State(state_id(s))),
+            Expr::Scalar(s) => Expr::Scalar(scalar_id(s)),
+            // Operands of a reached node are reached.
+            ref other => other.map_operands(|o| new_of[o.index()].unwrap_or(o)),
+        };
+        new_of[h.index()] = Some(b.add(e, f.span(h)));
+    }
+    let mut out = b.func;
+    for (s, h) in &f.stores {
+        let keep = match s {
+            Slot::Param => true,
+            Slot::Grad => false,
+            Slot::State(id) => live_states[id.index()],
+        };
+        if let (true, Some(nh)) = (keep, new_of[h.index()]) {
+            let slot = match s {
+                Slot::State(id) => Slot::State(state_id(*id)),
+                other => *other,
+            };
+            out.stores.push((slot, nh));
+        }
+    }
+    for (s, h) in &f.scalar_stores {
+        if let (true, Some(nh)) = (live_scalars[s.index()], new_of[h.index()]) {
+            out.scalar_stores.push((scalar_id(*s), nh));
+        }
+    }
+    Ok(Live {
+        func: out,
+        states,
+        scalars,
+    })
+}
+
+/// Errors when a live state does not exist under this flag set.
+fn check_conditions(
+    f: &Function,
+    program: &Program,
+    flags: &[bool],
+    reached: &[bool],
+    live_states: &[bool],
+) -> Result<(), Diagnostic> {
+    let mut values: Vec<f64> = Vec::new();
+    let ok = eval_arena(&program.decl, &mut values, |e| match e {
+        Expr::Hyper(_) => Ok(f64::NAN),
+        Expr::Flag(i) => Ok(if flags.get(i.index()).copied().unwrap_or(false) {
+            1.0
+        } else {
+            0.0
+        }),
+        _ => Err(()),
+    });
+    if ok.is_err() {
+        return Ok(());
+    }
+    for (i, st) in program.states.iter().enumerate() {
+        let Some(cond) = st.condition else { continue };
+        if !live_states[i] || values[cond.index()] != 0.0 {
+            continue;
+        }
+        let use_span = f
+            .exprs
+            .iter()
+            .find(|(h, e)| {
+                reached[h.index()]
+                    && **e == Expr::Load(Slot::State(StateId::new(i)))
+                    && f.span(*h) != Default::default()
+            })
+            .map(|(h, _)| f.span(h))
+            .unwrap_or(st.span);
+        let setting: Vec<String> = program
+            .flags
+            .iter()
+            .zip(flags)
+            .map(|(fl, v)| format!("{}={}", fl.name, v))
+            .collect();
+        return Err(Diagnostic::error(
+            "E0601",
+            format!(
+                "state `{}` does not exist with these flags, but its value is used",
+                st.name
+            ),
+            use_span,
+            format!("used with {}", setting.join(", ")),
+        )
+        .with(st.span, "declared with a flag condition here")
+        .hint(format!(
+            "guard the use with the same flags, as in `if FLAG {{ ... }}` or `FLAG ? {} : other`",
+            st.name
+        )));
+    }
+    Ok(())
+}

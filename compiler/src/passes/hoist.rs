@@ -1,0 +1,206 @@
+//! Hoisting: splits a specialized, live function into the host program and the kernel body.
+//!
+//! Every uniform value that a per-element node or a store needs, other than a literal, is computed
+//! by the host program (f64, once per step) and passed as a kernel argument; literals stay in the
+//! body as immediates. The body therefore holds per-element nodes only, plus argument and literal
+//! leaves. Scalar-state updates are host values.
+
+use super::classify::classify;
+use super::dce::Live;
+use crate::check::Uniformity;
+use crate::diag::Diagnostic;
+use crate::ir::{Builder, Program};
+use optc_kernel::{
+    Arena, Expr, FlagValue, Handle, HyperDecl, Init, Kernel, ScalarDecl, ScalarUpdate, StateDecl,
+    Store, UniformId,
+};
+use std::collections::HashMap;
+
+/// Builds the kernel for `program` specialized with `flags`, from the live function.
+pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, Diagnostic> {
+    let f = &live.func;
+    let cls = classify(f);
+    let is_literal = |h: Handle<Expr>| matches!(f.exprs[h], Expr::Const(_) | Expr::Bool(_));
+
+    // Which uniform nodes the host must compute.
+    let mut needed = vec![false; f.exprs.len()];
+    let mut wanted_by_body = Vec::new();
+    for (h, e) in f.exprs.iter() {
+        if cls[h.index()] == Uniformity::PerElement {
+            for o in e.operands() {
+                if cls[o.index()] == Uniformity::Uniform && !is_literal(o) {
+                    wanted_by_body.push(o);
+                }
+            }
+        }
+    }
+    for (_, h) in &f.stores {
+        if cls[h.index()] == Uniformity::Uniform && !is_literal(*h) {
+            wanted_by_body.push(*h);
+        }
+    }
+    for h in wanted_by_body
+        .iter()
+        .chain(f.scalar_stores.iter().map(|(_, h)| h))
+    {
+        needed[h.index()] = true;
+    }
+    for (h, e) in f.exprs.iter().rev() {
+        if needed[h.index()] {
+            for o in e.operands() {
+                needed[o.index()] = true;
+            }
+        }
+    }
+
+    // Host program.
+    let mut host = Builder::sharing();
+    let mut host_of: HashMap<usize, Handle<Expr>> = HashMap::new();
+    for (h, e) in f.exprs.iter() {
+        if needed[h.index()] && cls[h.index()] == Uniformity::Uniform {
+            let e = e.map_operands(|o| host_of.get(&o.index()).copied().unwrap_or(o));
+            host_of.insert(h.index(), host.add(e, f.span(h)));
+        }
+    }
+    let mut uniforms: Vec<Handle<Expr>> = Vec::new();
+    let mut uniform_of = |host_h: Handle<Expr>| -> UniformId {
+        match uniforms.iter().position(|u| *u == host_h) {
+            Some(i) => UniformId::new(i),
+            None => {
+                uniforms.push(host_h);
+                UniformId::new(uniforms.len() - 1)
+            }
+        }
+    };
+
+    // Body.
+    let mut body = Builder::sharing();
+    let mut body_of: HashMap<usize, Handle<Expr>> = HashMap::new();
+    let mut to_body = |h: Handle<Expr>,
+                       body: &mut Builder,
+                       body_of: &HashMap<usize, Handle<Expr>>|
+     -> Handle<Expr> {
+        if let Some(b) = body_of.get(&h.index()) {
+            return *b;
+        }
+        let e = f.exprs[h];
+        let node = match e {
+            Expr::Const(_) | Expr::Bool(_) => e,
+            _ => match host_of.get(&h.index()) {
+                Some(hh) => Expr::Uniform(uniform_of(*hh)),
+                None => Expr::Const(f64::NAN),
+            },
+        };
+        body.add(node, f.span(h))
+    };
+    for (h, e) in f.exprs.iter() {
+        if cls[h.index()] != Uniformity::PerElement {
+            continue;
+        }
+        let e = e.map_operands(|o| to_body(o, &mut body, &body_of));
+        let nb = body.add(e, f.span(h));
+        body_of.insert(h.index(), nb);
+    }
+    let stores: Vec<Store> = f
+        .stores
+        .iter()
+        .map(|&(slot, h)| Store {
+            slot,
+            value: to_body(h, &mut body, &body_of),
+        })
+        .collect();
+    let scalar_updates: Vec<ScalarUpdate> = f
+        .scalar_stores
+        .iter()
+        .filter_map(|&(scalar, h)| {
+            host_of
+                .get(&h.index())
+                .map(|v| ScalarUpdate { scalar, value: *v })
+        })
+        .collect();
+
+    // Initial values, copied from the declaration arena.
+    let mut init = Arena::new();
+    let mut init_of: HashMap<usize, Handle<Expr>> = HashMap::new();
+    let mut copy_init = |root: Handle<Expr>| -> Handle<Expr> {
+        let mut stack = vec![root];
+        let mut order = Vec::new();
+        while let Some(h) = stack.pop() {
+            if init_of.contains_key(&h.index()) || order.contains(&h) {
+                continue;
+            }
+            order.push(h);
+            stack.extend(program.decl[h].operands());
+        }
+        order.sort();
+        for h in order {
+            if !init_of.contains_key(&h.index()) {
+                let e =
+                    program.decl[h].map_operands(|o| init_of.get(&o.index()).copied().unwrap_or(o));
+                init_of.insert(h.index(), init.append(e));
+            }
+        }
+        init_of.get(&root.index()).copied().unwrap_or(root)
+    };
+    let states = live
+        .states
+        .iter()
+        .map(|&i| {
+            let st = &program.states[i];
+            StateDecl {
+                name: st.name.clone(),
+                init: match st.init {
+                    Init::Param => Init::Param,
+                    Init::Value(h) => Init::Value(copy_init(h)),
+                },
+            }
+        })
+        .collect();
+    let scalars = live
+        .scalars
+        .iter()
+        .map(|&i| ScalarDecl {
+            name: program.scalars[i].name.clone(),
+            init: copy_init(program.scalars[i].init),
+        })
+        .collect();
+
+    let kernel = Kernel {
+        rule: program.name.clone(),
+        flags: program
+            .flags
+            .iter()
+            .zip(flags)
+            .map(|(fl, v)| FlagValue {
+                name: fl.name.clone(),
+                value: *v,
+            })
+            .collect(),
+        hypers: program
+            .hypers
+            .iter()
+            .map(|h| HyperDecl {
+                name: h.name.clone(),
+                default: h.default,
+            })
+            .collect(),
+        states,
+        scalars,
+        init,
+        host: host.func.exprs,
+        uniforms,
+        scalar_updates,
+        body: body.func.exprs,
+        stores,
+    };
+    kernel.validate().map_err(|e| {
+        Diagnostic::error(
+            "E0900",
+            format!("internal compiler error: {e}"),
+            Default::default(),
+            "here",
+        )
+        .hint("please report this with the rule file")
+    })?;
+    Ok(kernel)
+}

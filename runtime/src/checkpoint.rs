@@ -1,0 +1,322 @@
+//! Checkpoints: all optimizer state in one safetensors file, read back bit for bit.
+//!
+//! Takes an [`Optimizer`]; gives a safetensors buffer or file, and loads one back into an optimizer
+//! built with the same rule, groups, flags and parameters (checked; on any mismatch the load fails
+//! and the optimizer is unchanged). Parameters themselves are not saved: like a torch
+//! `optimizer.state_dict()`, a checkpoint holds optimizer state only.
+//!
+//! # Layout
+//!
+//! | key | dtype | shape | content |
+//! |---|---|---|---|
+//! | `NAME.STATE` | F32 | the parameter's shape | per-element state `STATE` of parameter `NAME` |
+//! | `__optc__/hypers` | F64 | `[groups, hypers]` | each group's hyper values, in the rule's order |
+//! | `__optc__/defaults` | F64 | `[hypers]` | the default hypers of groups added later |
+//! | `__optc__/scalars` | F64 | `[total]` | scalar states of every stepped parameter, concatenated in parameter order |
+//!
+//! The safetensors metadata key `optc` holds JSON: `{"format": 1, "rule": NAME, "hypers": [names],
+//! "groups": [{"flags": {name: bool}}], "params": [{"name", "shape", "group", "step", "states":
+//! [names], "scalars": [names]}]}`. A parameter with `step` 0 has not been stepped and has no
+//! state. Numbers that must round-trip exactly (hypers, scalars) are stored as F64 tensors, never as
+//! JSON text; step counts are JSON integers.
+
+use crate::bytes::f32_vec;
+use crate::error::RuntimeError;
+use crate::optimizer::{Optimizer, ParamState};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+/// The checkpoint layout version written and read.
+pub const CHECKPOINT_FORMAT: u32 = 1;
+
+const META_KEY: &str = "optc";
+const HYPERS: &str = "__optc__/hypers";
+const DEFAULTS: &str = "__optc__/defaults";
+const SCALARS: &str = "__optc__/scalars";
+
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct Meta {
+    format: u32,
+    rule: String,
+    hypers: Vec<String>,
+    groups: Vec<GroupMeta>,
+    params: Vec<ParamMeta>,
+}
+
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct GroupMeta {
+    flags: BTreeMap<String, bool>,
+}
+
+#[derive(Serialize, Deserialize, PartialEq, Debug)]
+struct ParamMeta {
+    name: String,
+    shape: Vec<usize>,
+    group: usize,
+    step: u64,
+    states: Vec<String>,
+    scalars: Vec<String>,
+}
+
+fn err(msg: impl Into<String>) -> RuntimeError {
+    RuntimeError::Checkpoint(msg.into())
+}
+
+fn f64_bytes(values: &[f64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+impl Optimizer {
+    fn meta(&self) -> Meta {
+        let groups = self
+            .groups
+            .iter()
+            .map(|g| GroupMeta {
+                flags: self
+                    .rule
+                    .flags()
+                    .iter()
+                    .zip(&self.kernels[g.kernel].flags)
+                    .map(|(d, &v)| (d.name.clone(), v))
+                    .collect(),
+            })
+            .collect();
+        let params = self
+            .params
+            .iter()
+            .map(|p| {
+                let kernel = self.kernels[self.groups[p.group].kernel].executor.kernel();
+                let stepped = p.state.is_some();
+                ParamMeta {
+                    name: p.name.clone(),
+                    shape: p.shape.clone(),
+                    group: p.group,
+                    step: p.state.as_ref().map_or(0, |s| s.step),
+                    states: if stepped {
+                        kernel.states.iter().map(|s| s.name.clone()).collect()
+                    } else {
+                        Vec::new()
+                    },
+                    scalars: if stepped {
+                        kernel.scalars.iter().map(|s| s.name.clone()).collect()
+                    } else {
+                        Vec::new()
+                    },
+                }
+            })
+            .collect();
+        Meta {
+            format: CHECKPOINT_FORMAT,
+            rule: self.rule.name().to_string(),
+            hypers: self.rule.hypers().iter().map(|h| h.name.clone()).collect(),
+            groups,
+            params,
+        }
+    }
+
+    /// All optimizer state as a safetensors buffer (layout in [`crate::checkpoint`]).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, RuntimeError> {
+        let meta = self.meta();
+        let json = serde_json::to_string(&meta).map_err(|e| err(e.to_string()))?;
+        let hypers: Vec<f64> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.hypers.iter().copied())
+            .collect();
+        let scalars: Vec<f64> = self
+            .params
+            .iter()
+            .filter_map(|p| p.state.as_ref())
+            .flat_map(|s| s.scalars.iter().copied())
+            .collect();
+        let owned = [
+            (
+                HYPERS,
+                vec![self.groups.len(), self.defaults.len()],
+                f64_bytes(&hypers),
+            ),
+            (
+                DEFAULTS,
+                vec![self.defaults.len()],
+                f64_bytes(&self.defaults),
+            ),
+            (SCALARS, vec![scalars.len()], f64_bytes(&scalars)),
+        ];
+        let mut tensors: Vec<(String, TensorView<'_>)> = Vec::new();
+        for (key, shape, data) in &owned {
+            tensors.push((
+                key.to_string(),
+                TensorView::new(Dtype::F64, shape.clone(), data)?,
+            ));
+        }
+        let mut keys: HashSet<String> = tensors.iter().map(|(k, _)| k.clone()).collect();
+        for (p, pm) in self.params.iter().zip(&meta.params) {
+            let Some(state) = &p.state else { continue };
+            for (name, buf) in pm.states.iter().zip(&state.buffers) {
+                let key = format!("{}.{}", p.name, name);
+                if !keys.insert(key.clone()) {
+                    return Err(err(format!(
+                        "two tensors would be saved as `{key}`; rename a parameter"
+                    )));
+                }
+                tensors.push((
+                    key,
+                    TensorView::new(Dtype::F32, p.shape.clone(), bytemuck::cast_slice(buf))?,
+                ));
+            }
+        }
+        let info = HashMap::from([(META_KEY.to_string(), json)]);
+        Ok(safetensors::serialize(tensors, Some(info))?)
+    }
+
+    /// Writes all optimizer state to a safetensors file.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), RuntimeError> {
+        let bytes = self.to_bytes()?;
+        std::fs::write(path.as_ref(), bytes).map_err(|source| RuntimeError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        })
+    }
+
+    /// Reads optimizer state from a safetensors file written by [`Optimizer::save`].
+    pub fn load(&mut self, path: impl AsRef<Path>) -> Result<(), RuntimeError> {
+        let bytes = std::fs::read(path.as_ref()).map_err(|source| RuntimeError::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        })?;
+        self.load_bytes(&bytes)
+    }
+
+    /// Reads optimizer state from a buffer written by [`Optimizer::to_bytes`]. Checks the rule,
+    /// hypers, groups, flags, parameters, shapes and dtypes; on error the optimizer is unchanged.
+    pub fn load_bytes(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        let (_, header) = SafeTensors::read_metadata(bytes)?;
+        let json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(META_KEY))
+            .ok_or_else(|| err("not an optc checkpoint (no `optc` metadata)"))?;
+        let meta: Meta =
+            serde_json::from_str(json).map_err(|e| err(format!("bad metadata: {e}")))?;
+        let ours = self.meta();
+        if meta.format != CHECKPOINT_FORMAT {
+            return Err(err(format!(
+                "format {} is not supported (this build reads {CHECKPOINT_FORMAT})",
+                meta.format
+            )));
+        }
+        if meta.rule != ours.rule {
+            return Err(err(format!(
+                "it was saved by rule `{}`, this optimizer runs `{}`",
+                meta.rule, ours.rule
+            )));
+        }
+        if meta.hypers != ours.hypers {
+            return Err(err(format!(
+                "hypers differ: saved {:?}, rule has {:?}",
+                meta.hypers, ours.hypers
+            )));
+        }
+        if meta.groups != ours.groups {
+            return Err(err(format!(
+                "parameter groups differ: saved {} group(s) with flags {:?}, this optimizer has {} with {:?}",
+                meta.groups.len(),
+                meta.groups.iter().map(|g| &g.flags).collect::<Vec<_>>(),
+                ours.groups.len(),
+                ours.groups.iter().map(|g| &g.flags).collect::<Vec<_>>()
+            )));
+        }
+        if meta.params.len() != ours.params.len() {
+            return Err(err(format!(
+                "it holds {} parameters, this optimizer has {}",
+                meta.params.len(),
+                ours.params.len()
+            )));
+        }
+        let st = SafeTensors::deserialize(bytes)?;
+        let read_f64 = |key: &str, len: usize| -> Result<Vec<f64>, RuntimeError> {
+            let view = st
+                .tensor(key)
+                .map_err(|_| err(format!("tensor `{key}` is missing")))?;
+            if view.dtype() != Dtype::F64 || view.data().len() != 8 * len {
+                return Err(err(format!(
+                    "tensor `{key}` must be F64 with {len} elements"
+                )));
+            }
+            Ok(view
+                .data()
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(<[u8; 8]>::try_from(c).unwrap_or_default()))
+                .collect())
+        };
+        let h = ours.hypers.len();
+        let hypers = read_f64(HYPERS, ours.groups.len() * h)?;
+        let defaults = read_f64(DEFAULTS, h)?;
+        let total: usize = meta
+            .params
+            .iter()
+            .filter(|p| p.step > 0)
+            .map(|p| p.scalars.len())
+            .sum();
+        let scalars = read_f64(SCALARS, total)?;
+        let mut states: Vec<Option<ParamState>> = Vec::with_capacity(meta.params.len());
+        let mut offset = 0;
+        for (saved, mine) in meta.params.iter().zip(&ours.params) {
+            if (&saved.name, &saved.shape, saved.group) != (&mine.name, &mine.shape, mine.group) {
+                return Err(err(format!(
+                    "parameter `{}` {:?} in group {} was saved where this optimizer has `{}` {:?} in group {}",
+                    saved.name, saved.shape, saved.group, mine.name, mine.shape, mine.group
+                )));
+            }
+            if saved.step == 0 {
+                states.push(None);
+                continue;
+            }
+            let kernel = self.kernels[self.groups[saved.group].kernel]
+                .executor
+                .kernel();
+            let want_states: Vec<&str> = kernel.states.iter().map(|s| s.name.as_str()).collect();
+            let want_scalars: Vec<&str> = kernel.scalars.iter().map(|s| s.name.as_str()).collect();
+            if saved.states != want_states || saved.scalars != want_scalars {
+                return Err(err(format!(
+                    "parameter `{}` has states {:?} and scalars {:?}, the kernel needs {:?} and {:?}",
+                    saved.name, saved.states, saved.scalars, want_states, want_scalars
+                )));
+            }
+            let mut buffers = Vec::with_capacity(saved.states.len());
+            for s in &saved.states {
+                let key = format!("{}.{}", saved.name, s);
+                let view = st
+                    .tensor(&key)
+                    .map_err(|_| err(format!("tensor `{key}` is missing")))?;
+                if view.dtype() != Dtype::F32 || view.shape() != saved.shape.as_slice() {
+                    return Err(err(format!(
+                        "tensor `{key}` is {:?} {:?}, expected F32 {:?}",
+                        view.dtype(),
+                        view.shape(),
+                        saved.shape
+                    )));
+                }
+                buffers.push(f32_vec(&key, view.data())?);
+            }
+            let n = saved.scalars.len();
+            states.push(Some(ParamState {
+                step: saved.step,
+                scalars: scalars[offset..offset + n].to_vec(),
+                buffers,
+            }));
+            offset += n;
+        }
+        for (g, row) in self.groups.iter_mut().zip(hypers.chunks_exact(h.max(1))) {
+            g.hypers.copy_from_slice(&row[..h]);
+        }
+        self.defaults = defaults;
+        for (p, s) in self.params.iter_mut().zip(states) {
+            p.state = s;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! A loaded optimizer rule: where kernels come from.
+//!
+//! Takes a prebuilt [`Kernel`] (for example from an artifact) or, with the feature `compiler`, a
+//! `.opt` rule from a file, a string, the embedded standard library, or an already parsed
+//! `optc_compiler::Rule`. Gives the rule's name, its
+//! hypers and flags with their defaults, and one specialized [`Kernel`] per flag set. A rule from a
+//! prebuilt kernel has its flags fixed: asking for other values is an error, not a silent
+//! mismatch.
+
+use crate::error::{unknown_name, NameKind, RuntimeError};
+use optc_kernel::{FlagValue, HyperDecl, Kernel};
+
+/// An optimizer rule, ready to be specialized into kernels. See the module docs.
+pub struct Rule {
+    name: String,
+    hypers: Vec<HyperDecl>,
+    flags: Vec<FlagValue>,
+    source: Source,
+}
+
+enum Source {
+    Kernel(Box<Kernel>),
+    #[cfg(feature = "compiler")]
+    Compiler(Box<optc_compiler::Rule>),
+}
+
+impl Rule {
+    /// A rule made of one prebuilt kernel. Its flags are the ones it was specialized for.
+    ///
+    /// Fails when the kernel does not validate.
+    pub fn from_kernel(kernel: Kernel) -> Result<Rule, RuntimeError> {
+        kernel.validate()?;
+        Ok(Rule {
+            name: kernel.rule.clone(),
+            hypers: kernel.hypers.clone(),
+            flags: kernel.flags.clone(),
+            source: Source::Kernel(Box::new(kernel)),
+        })
+    }
+
+    /// A rule parsed and checked by the compiler; kernels are specialized from it on demand.
+    #[cfg(feature = "compiler")]
+    pub fn from_compiled(rule: optc_compiler::Rule) -> Rule {
+        Rule {
+            name: rule.name().to_string(),
+            hypers: rule
+                .hypers()
+                .iter()
+                .map(|h| HyperDecl {
+                    name: h.name.clone(),
+                    default: h.default,
+                })
+                .collect(),
+            flags: rule
+                .flags()
+                .iter()
+                .map(|f| FlagValue {
+                    name: f.name.clone(),
+                    value: f.default,
+                })
+                .collect(),
+            source: Source::Compiler(Box::new(rule)),
+        }
+    }
+
+    /// Parses and checks `.opt` source; `file_name` is what diagnostics refer to. The error holds
+    /// the rendered diagnostics.
+    #[cfg(feature = "compiler")]
+    pub fn from_source(file_name: &str, source: &str) -> Result<Rule, RuntimeError> {
+        optc_compiler::Rule::parse(file_name, source)
+            .map(Rule::from_compiled)
+            .map_err(|d| RuntimeError::Compile(d.render(false)))
+    }
+
+    /// Reads, parses and checks a `.opt` file.
+    #[cfg(feature = "compiler")]
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Rule, RuntimeError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        optc_compiler::Rule::parse_bytes(&path.display().to_string(), &bytes)
+            .map(Rule::from_compiled)
+            .map_err(|d| RuntimeError::Compile(d.render(false)))
+    }
+
+    /// A rule of the embedded standard library, by name (`"adamw"`, `"sgd"`, ...).
+    #[cfg(feature = "compiler")]
+    pub fn stdlib(name: &str) -> Result<Rule, RuntimeError> {
+        match optc_compiler::stdlib::rule(name) {
+            Some(parsed) => parsed
+                .map(Rule::from_compiled)
+                .map_err(|d| RuntimeError::Compile(d.render(false))),
+            None => Err(unknown_name(
+                NameKind::StdlibRule,
+                name,
+                format!(
+                    "(the stdlib has {})",
+                    optc_compiler::stdlib::names()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                optc_compiler::stdlib::names(),
+            )),
+        }
+    }
+
+    /// The rule's name (`optimizer NAME`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The hypers, in declaration order, with their defaults.
+    pub fn hypers(&self) -> &[HyperDecl] {
+        &self.hypers
+    }
+
+    /// The flags, in declaration order, with their default values (for a prebuilt kernel: the
+    /// values it was built with).
+    pub fn flags(&self) -> &[FlagValue] {
+        &self.flags
+    }
+
+    /// The position of hyper `name`, or an error with a did-you-mean hint.
+    pub(crate) fn hyper_index(&self, name: &str) -> Result<usize, RuntimeError> {
+        self.hypers
+            .iter()
+            .position(|h| h.name == name)
+            .ok_or_else(|| {
+                unknown_name(
+                    NameKind::Hyper,
+                    name,
+                    format!("in rule `{}`", self.name),
+                    self.hypers.iter().map(|h| h.name.as_str()),
+                )
+            })
+    }
+
+    /// The full flag vector (declaration order) for the defaults overridden by `set`.
+    pub(crate) fn resolve_flags(&self, set: &[(&str, bool)]) -> Result<Vec<bool>, RuntimeError> {
+        let mut values: Vec<bool> = self.flags.iter().map(|f| f.value).collect();
+        for &(name, value) in set {
+            let i = self
+                .flags
+                .iter()
+                .position(|f| f.name == name)
+                .ok_or_else(|| {
+                    unknown_name(
+                        NameKind::Flag,
+                        name,
+                        format!("in rule `{}`", self.name),
+                        self.flags.iter().map(|f| f.name.as_str()),
+                    )
+                })?;
+            values[i] = value;
+        }
+        Ok(values)
+    }
+
+    /// The kernel specialized for `flags` (a full vector from [`Rule::resolve_flags`]).
+    pub(crate) fn specialize(&self, flags: &[bool]) -> Result<Kernel, RuntimeError> {
+        match &self.source {
+            Source::Kernel(kernel) => {
+                for (decl, &want) in self.flags.iter().zip(flags) {
+                    if decl.value != want {
+                        return Err(RuntimeError::FixedFlag {
+                            rule: self.name.clone(),
+                            flag: decl.name.clone(),
+                            built: decl.value,
+                        });
+                    }
+                }
+                Ok((**kernel).clone())
+            }
+            #[cfg(feature = "compiler")]
+            Source::Compiler(rule) => rule
+                .specialize_values(flags)
+                .map_err(|e| RuntimeError::Compile(e.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rule")
+            .field("name", &self.name)
+            .field("hypers", &self.hypers)
+            .field("flags", &self.flags)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,314 @@
+//! `optc bench`: times a rule's step on the CPU and states it as a fraction of a bandwidth probe
+//! measured in the same run.
+//!
+//! Takes a rule, a size (`--n` elements split over `--tensors` tensors, or a preset such as
+//! `--shapes gpt2-small`), a thread count and `--set` hypers and flags. Steps through the public
+//! [`Optimizer`] API (what a user gets: host program, validation and one pass of the pool per
+//! step), interleaved with passes of a [`BandwidthProbe`] of the same read/write shape on the
+//! same pool, so both see the same machine state. Reports median times, elements/s, bytes/s
+//! (from [`optc_kernel::Kernel::bytes_per_element`]) and the kernel's fraction of the probe;
+//! `--json` prints one JSON object as the last line.
+
+use super::source::{load_rule, split_sets};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use optc_runtime::probe::BandwidthProbe;
+use optc_runtime::{GroupId, Optimizer, Options, Rule, Update};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Arguments of `optc bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The rule: a `.opt` file, or the name of a stdlib rule (`adamw`).
+    pub rule: String,
+    /// Total elements, split evenly over `--tensors`.
+    #[arg(long, default_value_t = 1 << 24)]
+    pub n: usize,
+    /// Number of tensors stepped together (one multi-tensor step).
+    #[arg(long, default_value_t = 1)]
+    pub tensors: usize,
+    /// A preset list of parameter shapes instead of `--n`/`--tensors`.
+    #[arg(long, value_enum)]
+    pub shapes: Option<ShapePreset>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Set a hyper or a flag (`--set amsgrad=true`); repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    /// Where to run: only the CPU JIT is benchmarked.
+    #[arg(long, value_enum, default_value_t = BenchTarget::Cpu)]
+    pub target: BenchTarget,
+    /// Print one JSON object (last line of stdout) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Benchmark targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchTarget {
+    /// The CPU JIT.
+    Cpu,
+}
+
+/// Preset shape lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ShapePreset {
+    /// The 148 parameter tensors of GPT-2 small (124,439,808 parameters, tied LM head).
+    #[value(name = "gpt2-small")]
+    Gpt2Small,
+}
+
+/// The parameter shapes of GPT-2 small as in Hugging Face `GPT2LMHeadModel` (the LM head is tied
+/// to `wte`): 2 embeddings, 12 blocks of 12 tensors, and the final layer norm.
+pub fn gpt2_small() -> Vec<(String, Vec<usize>)> {
+    let (d, ff, vocab, ctx) = (768, 3072, 50257, 1024);
+    let mut shapes = vec![
+        ("wte.weight".to_string(), vec![vocab, d]),
+        ("wpe.weight".to_string(), vec![ctx, d]),
+    ];
+    for i in 0..12 {
+        let block: [(&str, Vec<usize>); 12] = [
+            ("ln_1.weight", vec![d]),
+            ("ln_1.bias", vec![d]),
+            ("attn.c_attn.weight", vec![d, 3 * d]),
+            ("attn.c_attn.bias", vec![3 * d]),
+            ("attn.c_proj.weight", vec![d, d]),
+            ("attn.c_proj.bias", vec![d]),
+            ("ln_2.weight", vec![d]),
+            ("ln_2.bias", vec![d]),
+            ("mlp.c_fc.weight", vec![d, ff]),
+            ("mlp.c_fc.bias", vec![ff]),
+            ("mlp.c_proj.weight", vec![ff, d]),
+            ("mlp.c_proj.bias", vec![d]),
+        ];
+        shapes.extend(block.into_iter().map(|(n, s)| (format!("h.{i}.{n}"), s)));
+    }
+    shapes.push(("ln_f.weight".to_string(), vec![d]));
+    shapes.push(("ln_f.bias".to_string(), vec![d]));
+    shapes
+}
+
+/// The measured result.
+#[derive(Debug, serde::Serialize)]
+pub struct BenchReport {
+    /// The rule's name.
+    pub rule: String,
+    /// The flags the kernel was specialized for.
+    pub flags: Vec<(String, bool)>,
+    /// Total elements per step.
+    pub elements: usize,
+    /// Tensors per step.
+    pub tensors: usize,
+    /// Worker threads.
+    pub threads: usize,
+    /// Timed iterations.
+    pub iters: usize,
+    /// Bytes the kernel moves per element.
+    pub bytes_per_element: usize,
+    /// Median seconds per kernel step.
+    pub step_s: f64,
+    /// Fastest kernel step, seconds.
+    pub step_min_s: f64,
+    /// Median seconds per probe pass.
+    pub probe_s: f64,
+    /// Elements per second at the median.
+    pub elements_per_s: f64,
+    /// Bytes per second at the median.
+    pub bytes_per_s: f64,
+    /// The probe's bytes per second at its median.
+    pub probe_bytes_per_s: f64,
+    /// `bytes_per_s / probe_bytes_per_s`.
+    pub fraction_of_probe: f64,
+}
+
+/// Runs `optc bench`.
+pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let BenchTarget::Cpu = args.target;
+    let compiled = load_rule(&args.rule)?;
+    let (flags, hypers) = split_sets(&compiled, &args.set)?;
+    let shapes = match args.shapes {
+        Some(ShapePreset::Gpt2Small) => gpt2_small(),
+        None => even_split(args.n, args.tensors)?,
+    };
+    let report = bench(
+        Rule::from_compiled(compiled),
+        flags,
+        &hypers,
+        &shapes,
+        &args,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `n` elements as `k` tensors of nearly equal length.
+fn even_split(n: usize, k: usize) -> Result<Vec<(String, Vec<usize>)>, String> {
+    if k == 0 || n < k {
+        return Err(format!(
+            "cannot split --n {n} into --tensors {k}: need 1 <= tensors <= n"
+        ));
+    }
+    Ok((0..k)
+        .map(|i| (format!("t{i}"), vec![n / k + usize::from(i < n % k)]))
+        .collect())
+}
+
+/// Times the kernel through the optimizer and the probe on the same pool, interleaved.
+pub fn bench(
+    rule: Rule,
+    flags: Vec<(String, bool)>,
+    hypers: &[(String, f64)],
+    shapes: &[(String, Vec<usize>)],
+    args: &BenchArgs,
+) -> Result<BenchReport, Box<dyn std::error::Error>> {
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(t) = args.threads {
+        builder = builder.num_threads(t);
+    }
+    let pool = Arc::new(builder.build()?);
+    let options = Options {
+        pool: Some(pool.clone()),
+        flags: flags.clone(),
+        ..Options::default()
+    };
+    let mut opt = Optimizer::with_options(rule, options)?;
+    for (name, value) in hypers {
+        opt.set_hyper(name, *value)?;
+    }
+    for (name, shape) in shapes {
+        opt.add_param(name, shape)?;
+    }
+    let kernel = opt.kernel(GroupId::DEFAULT)?.clone();
+    let lens: Vec<usize> = shapes.iter().map(|(_, s)| s.iter().product()).collect();
+    let elements: usize = lens.iter().sum();
+    // Small values: a long run stays finite for any rule.
+    let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| fill(n, 0.5)).collect();
+    let grads: Vec<Vec<f32>> = lens.iter().map(|&n| fill(n, 1e-3)).collect();
+    let mut probe = BandwidthProbe::new(&kernel.buffers(), &lens);
+
+    let total = args.warmup + args.iters.max(1);
+    let bar = progress(total, elements);
+    let (mut steps, mut probes) = (Vec::new(), Vec::new());
+    for i in 0..total {
+        let start = Instant::now();
+        let updates = shapes
+            .iter()
+            .zip(params.iter_mut())
+            .zip(&grads)
+            .map(|(((name, _), p), g)| Update::new(name, p, g));
+        opt.step(updates)?;
+        let step = start.elapsed();
+        let start = Instant::now();
+        probe.run(Some(&pool));
+        let pass = start.elapsed();
+        if i >= args.warmup {
+            steps.push(step);
+            probes.push(pass);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let step_s = median(&mut steps);
+    let probe_s = median(&mut probes);
+    let bpe = kernel.bytes_per_element();
+    let bytes = (bpe * elements) as f64;
+    let probe_bytes = (probe.bytes_per_element() * elements) as f64;
+    Ok(BenchReport {
+        rule: kernel.rule.clone(),
+        flags: kernel
+            .flags
+            .iter()
+            .map(|f| (f.name.clone(), f.value))
+            .collect(),
+        elements,
+        tensors: shapes.len(),
+        threads: pool.current_num_threads(),
+        iters: steps.len(),
+        bytes_per_element: bpe,
+        step_s,
+        step_min_s: steps
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64(),
+        probe_s,
+        elements_per_s: elements as f64 / step_s,
+        bytes_per_s: bytes / step_s,
+        probe_bytes_per_s: probe_bytes / probe_s,
+        fraction_of_probe: (bytes / step_s) / (probe_bytes / probe_s),
+    })
+}
+
+fn fill(n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| scale * (1.0 + (i % 97) as f32 / 97.0))
+        .collect()
+}
+
+fn median(times: &mut [Duration]) -> f64 {
+    times.sort_unstable();
+    times
+        .get(times.len() / 2)
+        .copied()
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// A progress bar on stderr for runs that move more than about a gigabyte; hidden when stderr is
+/// not a terminal.
+fn progress(total: usize, elements: usize) -> ProgressBar {
+    if elements * total < (1 << 28) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} steps")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message("benchmarking");
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+fn print_report(r: &BenchReport) {
+    let g = 1e9;
+    let flags: Vec<String> = r.flags.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    println!(
+        "rule {} [{}]: {} elements in {} tensor(s), {} thread(s), {} B/element",
+        r.rule,
+        flags.join(", "),
+        r.elements,
+        r.tensors,
+        r.threads,
+        r.bytes_per_element
+    );
+    println!(
+        "kernel: {:.3} ms/step (median of {}, min {:.3} ms), {:.3} G elements/s, {:.1} GB/s",
+        r.step_s * 1e3,
+        r.iters,
+        r.step_min_s * 1e3,
+        r.elements_per_s / g,
+        r.bytes_per_s / g
+    );
+    println!(
+        "probe:  {:.3} ms/pass, {:.1} GB/s (same reads and writes, plain Rust loop, same pool)",
+        r.probe_s * 1e3,
+        r.probe_bytes_per_s / g
+    );
+    println!("kernel / probe: {:.2}", r.fraction_of_probe);
+}

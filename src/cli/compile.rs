@@ -1,0 +1,103 @@
+//! `optc compile RULE [--target cpu|cuda] [--emit ir|clif|ptx|artifact] [--set flag=v]... [-o OUT]`
+
+use super::source::{load_rule, split_sets};
+use clap::{Args, ValueEnum};
+use std::process::ExitCode;
+
+/// Where the kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// The CPU, through the Cranelift JIT.
+    Cpu,
+    /// CUDA, through PTX.
+    Cuda,
+}
+
+/// What to print or write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Emit {
+    /// The optimized kernel IR and the host scalar program, as text.
+    Ir,
+    /// Cranelift IR (CPU).
+    Clif,
+    /// PTX text (CUDA).
+    Ptx,
+    /// The loadable artifact (JSON): the default for `--target cuda`.
+    Artifact,
+}
+
+/// Arguments of `optc compile`.
+#[derive(Args, Debug)]
+pub struct CompileArgs {
+    /// A `.opt` file, or a stdlib rule's name.
+    pub rule: String,
+    /// The target.
+    #[arg(long, value_enum, default_value_t = Target::Cpu)]
+    pub target: Target,
+    /// What to produce (default: `ir` for cpu, `artifact` for cuda).
+    #[arg(long, value_enum)]
+    pub emit: Option<Emit>,
+    /// Flag values, as `--set amsgrad=true` (hypers are runtime values and are not compiled in).
+    #[arg(long = "set", value_name = "FLAG=VALUE")]
+    pub sets: Vec<String>,
+    /// PTX `.version` (cuda).
+    #[arg(long, default_value = "8.0")]
+    pub ptx_version: String,
+    /// PTX `.target` (cuda).
+    #[arg(long, default_value = "sm_80")]
+    pub sm: String,
+    /// Use approximate division, square root and exp/log on CUDA.
+    #[arg(long)]
+    pub fast_math: bool,
+    /// Write here instead of standard output.
+    #[arg(short, long)]
+    pub output: Option<std::path::PathBuf>,
+}
+
+/// Compiles and prints or writes the requested form.
+pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let rule = load_rule(&args.rule)?;
+    let (flags, hypers) = split_sets(&rule, &args.sets)?;
+    if let Some((name, _)) = hypers.first() {
+        return Err(format!(
+            "`--set {name}=...`: `{name}` is a hyper, a runtime value; `compile` takes flags only (hypers are set with `optc run --set` or the runtime API)"
+        )
+        .into());
+    }
+    let overrides: Vec<(&str, bool)> = flags.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let kernel = rule.specialize(&overrides)?;
+    let emit = args.emit.unwrap_or(match args.target {
+        Target::Cpu => Emit::Ir,
+        Target::Cuda => Emit::Artifact,
+    });
+    let text = match (emit, args.target) {
+        (Emit::Ir, _) => kernel.to_string(),
+        (Emit::Clif, Target::Cpu) => emit_clif(&kernel)?,
+        (Emit::Ptx, Target::Cuda) | (Emit::Artifact, Target::Cuda) => {
+            let opts = optc_compiler::backend::ptx::Options {
+                version: args.ptx_version.clone(),
+                target: args.sm.clone(),
+                fast_math: args.fast_math,
+            };
+            let module = optc_compiler::backend::ptx::emit(&kernel, &opts).map_err(|e| format!("{e}"))?;
+            if emit == Emit::Ptx {
+                module.source
+            } else {
+                optc_kernel::Artifact::new(kernel, Some(module)).to_json()
+            }
+        }
+        (e, t) => {
+            return Err(format!("`--emit {e:?}` is not available for `--target {t:?}` (clif is cpu-only; ptx and artifact are cuda-only)").to_lowercase().into())
+        }
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, text).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?,
+        None => super::print_out(&text)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn emit_clif(kernel: &optc_kernel::Kernel) -> Result<String, Box<dyn std::error::Error>> {
+    let opts = optc_compiler::backend::clif::Options::default();
+    optc_compiler::backend::clif::emit_text(kernel, &opts).map_err(|e| format!("{e}").into())
+}

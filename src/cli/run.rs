@@ -1,0 +1,233 @@
+//! `optc run`: steps parameters from a safetensors file with a gradient history from another, and
+//! writes the final parameters and optimizer state.
+//!
+//! Takes a rule (a `.opt` file or a stdlib name), `P.safetensors` (f32 parameters by name),
+//! `G.safetensors` (for each parameter `NAME` a tensor `NAME` of shape `[N', *shape]`, where row
+//! `k` is the gradient at step `k + 1`), a step count `N <= N'`, and `--set` hypers and flags.
+//! Gives `OUT.safetensors` with each final parameter under its name, each per-element state as
+//! `NAME.STATE` (f32, the parameter's shape) and each scalar state as `NAME.SCALAR` (f64, shape
+//! `[]`). Every input is checked before the first step; any problem is an error (exit code 1).
+
+use super::source::{load_rule, split_sets};
+use clap::{Args, ValueEnum};
+use optc_runtime::bytes::{f32_bytes, f32_vec};
+use optc_runtime::{Optimizer, Options, Rule, Target, Update};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Arguments of `optc run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The rule: a `.opt` file, or the name of a stdlib rule (`adamw`).
+    pub rule: String,
+    /// The parameters: f32 tensors by name.
+    #[arg(long, value_name = "P.safetensors")]
+    pub params: PathBuf,
+    /// The gradients: for each parameter NAME of shape S, a tensor NAME of shape [N', *S]; row k
+    /// is the gradient at step k+1.
+    #[arg(long, value_name = "G.safetensors")]
+    pub grads: PathBuf,
+    /// How many steps to take (at most N', the gradients' first dimension).
+    #[arg(long, value_name = "N")]
+    pub steps: usize,
+    /// Set a hyper (`--set lr=1e-4`) or a flag (`--set amsgrad=true`); repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    /// Where to run the kernel.
+    #[arg(long, value_enum, default_value_t = RunTarget::Cpu)]
+    pub target: RunTarget,
+    /// Worker threads for the CPU target (default: all cores).
+    #[arg(long, value_name = "T")]
+    pub threads: Option<usize>,
+    /// Do not fuse multiply-adds on the CPU: results then equal `--target interp` bit for bit.
+    #[arg(long)]
+    pub no_fma: bool,
+    /// The output file.
+    #[arg(short = 'o', long = "output", value_name = "OUT.safetensors")]
+    pub output: PathBuf,
+}
+
+/// The targets `optc run` can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RunTarget {
+    /// The CPU JIT.
+    Cpu,
+    /// The reference interpreter (slow; the meaning of the rule).
+    Interp,
+}
+
+impl From<RunTarget> for Target {
+    fn from(t: RunTarget) -> Target {
+        match t {
+            RunTarget::Cpu => Target::Cpu,
+            RunTarget::Interp => Target::Interp,
+        }
+    }
+}
+
+type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// One parameter: its name, shape, data, and its gradient history as raw f32 bytes.
+struct Tensor<'a> {
+    name: String,
+    shape: Vec<usize>,
+    data: Vec<f32>,
+    grads: &'a [u8],
+}
+
+/// Runs `optc run`.
+pub fn run(args: RunArgs) -> CliResult<ExitCode> {
+    let compiled = load_rule(&args.rule)?;
+    let (flags, hypers) = split_sets(&compiled, &args.set)?;
+    let rule = Rule::from_compiled(compiled);
+
+    let p_bytes = read(&args.params)?;
+    let g_bytes = read(&args.grads)?;
+    let p_file = parse(&args.params, &p_bytes)?;
+    let g_file = parse(&args.grads, &g_bytes)?;
+    let mut tensors = match_tensors(&p_file, &g_file, args.steps, &args.params, &args.grads)?;
+
+    let options = Options {
+        target: args.target.into(),
+        threads: args.threads,
+        flags,
+        allow_fma: !args.no_fma,
+        ..Options::default()
+    };
+    let mut opt = Optimizer::with_options(rule, options)?;
+    for (name, value) in &hypers {
+        opt.set_hyper(name, *value)?;
+    }
+    for t in &tensors {
+        opt.add_param(&t.name, &t.shape)?;
+    }
+    let mut rows: Vec<Vec<f32>> = tensors.iter().map(|t| vec![0.0; t.data.len()]).collect();
+    for k in 0..args.steps {
+        for (t, row) in tensors.iter().zip(&mut rows) {
+            let bytes = 4 * row.len();
+            *row = f32_vec(&t.name, &t.grads[k * bytes..(k + 1) * bytes])?;
+        }
+        let updates = tensors
+            .iter_mut()
+            .zip(&rows)
+            .map(|(t, g)| Update::new(&t.name, &mut t.data, g));
+        opt.step(updates)?;
+    }
+    write_output(&opt, &tensors, &args.output)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(path: &Path) -> CliResult<Vec<u8>> {
+    std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()).into())
+}
+
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> CliResult<SafeTensors<'a>> {
+    SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("`{}` is not a safetensors file: {e}", path.display()).into())
+}
+
+/// Pairs every parameter with its gradients and checks dtypes, shapes and the step count.
+fn match_tensors<'a>(
+    p: &SafeTensors<'a>,
+    g: &SafeTensors<'a>,
+    steps: usize,
+    p_path: &Path,
+    g_path: &Path,
+) -> CliResult<Vec<Tensor<'a>>> {
+    let (pp, gp) = (p_path.display(), g_path.display());
+    let mut names: Vec<&str> = p.names();
+    names.sort_unstable();
+    if names.is_empty() {
+        return Err(format!("`{pp}` holds no tensors").into());
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for &name in &names {
+        let pv = p.tensor(name)?;
+        let data = f32_vec(
+            name,
+            f32_bytes(name, &pv).map_err(|e| format!("`{pp}`: {e}"))?,
+        )?;
+        let gv = g
+            .tensor(name)
+            .map_err(|_| format!("`{gp}` has no gradients for parameter `{name}`"))?;
+        let grads = f32_bytes(name, &gv).map_err(|e| format!("`{gp}`: {e}"))?;
+        let shape = pv.shape().to_vec();
+        let (rows, row_shape) = match gv.shape().split_first() {
+            Some((&r, rest)) => (r, rest),
+            None => (0, &[][..]),
+        };
+        if row_shape != shape.as_slice() {
+            return Err(format!(
+                "gradients `{name}` in `{gp}` have shape {:?}; expected [steps{}] for the parameter of shape {shape:?}",
+                gv.shape(),
+                shape.iter().map(|d| format!(", {d}")).collect::<String>()
+            )
+            .into());
+        }
+        if rows < steps {
+            return Err(format!(
+                "gradients `{name}` in `{gp}` hold {rows} steps, but --steps is {steps}"
+            )
+            .into());
+        }
+        out.push(Tensor {
+            name: name.to_string(),
+            shape,
+            data,
+            grads,
+        });
+    }
+    for name in g.names() {
+        if p.tensor(name).is_err() {
+            let hint = optc_compiler::diag::did_you_mean(name, names.iter().copied())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            return Err(
+                format!("`{gp}` has gradients `{name}` for no parameter of `{pp}`{hint}").into(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the parameters, `NAME.STATE` states and `NAME.SCALAR` scalar states.
+fn write_output(opt: &Optimizer, tensors: &[Tensor<'_>], path: &Path) -> CliResult<()> {
+    let mut owned: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    let mut put = |key: String, entry: (Dtype, Vec<usize>, Vec<u8>)| -> CliResult<()> {
+        match owned.insert(key.clone(), entry) {
+            Some(_) => Err(format!("two output tensors would be named `{key}`").into()),
+            None => Ok(()),
+        }
+    };
+    for t in tensors {
+        put(
+            t.name.clone(),
+            (Dtype::F32, t.shape.clone(), le_bytes(&t.data)),
+        )?;
+        for (state, values) in opt.states(&t.name)? {
+            put(
+                format!("{}.{state}", t.name),
+                (Dtype::F32, t.shape.clone(), le_bytes(values)),
+            )?;
+        }
+        for (scalar, value) in opt.scalars(&t.name)? {
+            put(
+                format!("{}.{scalar}", t.name),
+                (Dtype::F64, vec![], value.to_le_bytes().to_vec()),
+            )?;
+        }
+    }
+    let mut views = Vec::with_capacity(owned.len());
+    for (key, (dtype, shape, data)) in &owned {
+        views.push((key.as_str(), TensorView::new(*dtype, shape.clone(), data)?));
+    }
+    safetensors::serialize_to_file(views, None, path)
+        .map_err(|e| format!("cannot write `{}`: {e}", path.display()).into())
+}
+
+fn le_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}

@@ -1,0 +1,91 @@
+//! Loading a rule named on the command line: a `.opt` path, or a stdlib rule's name.
+
+use optc_compiler::{stdlib, Diagnostics, Rule};
+use std::fmt;
+use std::path::Path;
+
+/// Why a rule could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The file could not be read.
+    Io(String),
+    /// The rule has errors; the rendered diagnostics.
+    Diagnostics(Diagnostics),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Io(m) => f.write_str(m),
+            LoadError::Diagnostics(d) => {
+                write!(f, "{}", d.render(super::color_stderr()).trim_end())
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Loads `spec`: a path to a `.opt` file, or the name of a stdlib rule (`adamw`).
+pub fn load_rule(spec: &str) -> Result<Rule, LoadError> {
+    let path = Path::new(spec);
+    if path.exists() {
+        let bytes =
+            std::fs::read(path).map_err(|e| LoadError::Io(format!("cannot read `{spec}`: {e}")))?;
+        return Rule::parse_bytes(spec, &bytes).map_err(LoadError::Diagnostics);
+    }
+    if let Some(result) = stdlib::rule(spec) {
+        return result.map_err(LoadError::Diagnostics);
+    }
+    let names: Vec<&str> = stdlib::names().collect();
+    let mut msg = format!("no such file `{spec}`, and no stdlib rule of that name");
+    if let Some(s) = optc_compiler::diag::did_you_mean(spec, names.iter().copied()) {
+        msg.push_str(&format!(" (did you mean `{s}`?)"));
+    }
+    msg.push_str(&format!("; the stdlib rules are: {}", names.join(", ")));
+    Err(LoadError::Io(msg))
+}
+
+/// Flag and hyper settings from `--set`: `(flags, hypers)`.
+pub type Settings = (Vec<(String, bool)>, Vec<(String, f64)>);
+
+/// Parses `NAME=VALUE` pairs from `--set`, split into flags (`true`/`false` for a declared flag)
+/// and hypers (numbers).
+pub fn split_sets(rule: &Rule, sets: &[String]) -> Result<Settings, String> {
+    let mut flags = Vec::new();
+    let mut hypers = Vec::new();
+    for s in sets {
+        let (name, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`--set {s}`: expected NAME=VALUE, as in `--set lr=1e-4`"))?;
+        let (name, value) = (name.trim(), value.trim());
+        if rule.flags().iter().any(|f| f.name == name) {
+            let v = match value {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(format!("`--set {s}`: flag `{name}` takes true or false")),
+            };
+            flags.push((name.to_string(), v));
+        } else if rule.hypers().iter().any(|h| h.name == name) {
+            let v: f64 = value
+                .parse()
+                .map_err(|_| format!("`--set {s}`: hyper `{name}` takes a number"))?;
+            hypers.push((name.to_string(), v));
+        } else {
+            let all = rule
+                .flags()
+                .iter()
+                .map(|f| f.name.as_str())
+                .chain(rule.hypers().iter().map(|h| h.name.as_str()));
+            let mut msg = format!(
+                "`--set {s}`: rule `{}` has no hyper or flag `{name}`",
+                rule.name()
+            );
+            if let Some(c) = optc_compiler::diag::did_you_mean(name, all) {
+                msg.push_str(&format!(" (did you mean `{c}`?)"));
+            }
+            return Err(msg);
+        }
+    }
+    Ok((flags, hypers))
+}

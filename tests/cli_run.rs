@@ -1,0 +1,361 @@
+//! `optc run` end to end: the binary on safetensors files, checked against the reference
+//! interpreter, and its error paths.
+
+use optc_compiler::backend::interp::{step_f32, Buffers};
+use optc_kernel::{Init, Kernel};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("optc-cli-run-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(2654435761).wrapping_add(12345);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x as f32 / u32::MAX as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes `tensors` (name, dtype, shape, bytes) to `path`.
+fn write(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(&str, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (*n, TensorView::new(*d, s.clone(), b).expect("view")))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).expect("write");
+}
+
+fn optc(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_optc"))
+        .arg("run")
+        .args(args)
+        .output()
+        .expect("run optc");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Two parameters (a matrix and a vector) and 4 steps of gradients.
+struct Case {
+    p: PathBuf,
+    g: PathBuf,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    gw: Vec<f32>,
+    gb: Vec<f32>,
+}
+
+fn case(d: &Path) -> Case {
+    let (w, b) = (data(6, 1), data(3, 2));
+    let (gw, gb) = (data(4 * 6, 3), data(4 * 3, 4));
+    let c = Case {
+        p: d.join("p.safetensors"),
+        g: d.join("g.safetensors"),
+        w,
+        b,
+        gw,
+        gb,
+    };
+    write(
+        &c.p,
+        &[
+            ("w", Dtype::F32, vec![2, 3], bytes(&c.w)),
+            ("b", Dtype::F32, vec![3], bytes(&c.b)),
+        ],
+    );
+    write(
+        &c.g,
+        &[
+            ("w", Dtype::F32, vec![4, 2, 3], bytes(&c.gw)),
+            ("b", Dtype::F32, vec![4, 3], bytes(&c.gb)),
+        ],
+    );
+    c
+}
+
+/// The interpreter's result for one tensor: final param, states, scalars.
+fn reference(
+    kernel: &Kernel,
+    hypers: &[f64],
+    p: &[f32],
+    grads: &[f32],
+    steps: usize,
+) -> (Vec<f32>, Vec<Vec<f32>>, Vec<f64>) {
+    let mut p = p.to_vec();
+    let init = kernel.eval_init(hypers).expect("init");
+    let mut states: Vec<Vec<f32>> = kernel
+        .states
+        .iter()
+        .map(|s| match s.init {
+            Init::Param => p.clone(),
+            Init::Value(h) => vec![init[h.index()] as f32; p.len()],
+        })
+        .collect();
+    let mut scalars = kernel.initial_scalars(hypers).expect("scalars");
+    for t in 0..steps {
+        let g = &grads[t * p.len()..(t + 1) * p.len()];
+        let bufs = Buffers {
+            param: &mut p,
+            grad: g,
+            states: states.iter_mut().map(|s| s.as_mut_slice()).collect(),
+        };
+        step_f32(kernel, hypers, t as u64 + 1, &mut scalars, bufs).expect("interp");
+    }
+    (p, states, scalars)
+}
+
+fn read_f32(st: &SafeTensors<'_>, name: &str) -> Vec<u32> {
+    let v = st.tensor(name).expect(name);
+    assert_eq!(v.dtype(), Dtype::F32, "{name}");
+    v.data()
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn check_against_interp(
+    rule: &str,
+    flags: &[(&str, bool)],
+    sets: &[(&str, f64)],
+    extra: &[&str],
+    steps: usize,
+) {
+    let d = dir(&format!("{rule}-{}", extra.join("")));
+    let c = case(&d);
+    let out = d.join("out.safetensors");
+    let steps_s = steps.to_string();
+    let mut args = vec![
+        rule,
+        "--params",
+        c.p.to_str().expect("p"),
+        "--grads",
+        c.g.to_str().expect("g"),
+    ];
+    args.extend(["--steps", &steps_s, "-o", out.to_str().expect("o")]);
+    let set_args: Vec<String> = flags
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .chain(sets.iter().map(|(n, v)| format!("{n}={v}")))
+        .collect();
+    for s in &set_args {
+        args.extend(["--set", s]);
+    }
+    args.extend(extra);
+    let (code, stderr) = optc(&args);
+    assert_eq!(code, 0, "{stderr}");
+
+    let compiled = optc_compiler::stdlib::rule(rule)
+        .expect("stdlib")
+        .expect("parses");
+    let kernel = compiled.specialize(flags).expect("specialize");
+    let hypers: Vec<f64> = kernel
+        .hypers
+        .iter()
+        .map(|h| {
+            sets.iter()
+                .find(|(n, _)| *n == h.name)
+                .map_or(h.default, |s| s.1)
+        })
+        .collect();
+    let out_bytes = std::fs::read(&out).expect("out");
+    let st = SafeTensors::deserialize(&out_bytes).expect("out parses");
+    let mut expected_names = vec!["b".to_string(), "w".to_string()];
+    for (name, p, g) in [("w", &c.w, &c.gw), ("b", &c.b, &c.gb)] {
+        let (p, states, scalars) = reference(&kernel, &hypers, p, g, steps);
+        assert_eq!(read_f32(&st, name), bits(&p), "{rule} {name}");
+        for (decl, s) in kernel.states.iter().zip(&states) {
+            let key = format!("{name}.{}", decl.name);
+            assert_eq!(read_f32(&st, &key), bits(s), "{rule} {key}");
+            expected_names.push(key);
+        }
+        for (decl, s) in kernel.scalars.iter().zip(&scalars) {
+            let key = format!("{name}.{}", decl.name);
+            let v = st.tensor(&key).expect("scalar");
+            assert_eq!((v.dtype(), v.shape()), (Dtype::F64, &[][..]));
+            assert_eq!(v.data(), s.to_le_bytes(), "{rule} {key}");
+            expected_names.push(key);
+        }
+    }
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    expected_names.sort();
+    assert_eq!(names, expected_names);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn run_matches_the_interpreter() {
+    check_against_interp("adamw", &[], &[("lr", 0.01)], &["--target", "interp"], 4);
+    check_against_interp(
+        "adamw",
+        &[("amsgrad", true)],
+        &[("beta1", 0.8)],
+        &["--no-fma"],
+        3,
+    );
+    // A scalar state (NAdam's mu_product) and fewer steps than gradient rows.
+    check_against_interp("nadam", &[], &[], &["--target", "interp"], 2);
+}
+
+#[test]
+fn run_errors_exit_1_with_a_clear_message() {
+    let d = dir("errors");
+    let c = case(&d);
+    let out = d.join("out.safetensors");
+    let (p, g, o) = (
+        c.p.to_str().expect("p"),
+        c.g.to_str().expect("g"),
+        out.to_str().expect("o"),
+    );
+    let base = |extra: &[&str]| {
+        let mut a = vec!["adamw", "--params", p, "--grads", g, "-o", o];
+        a.extend(extra);
+        optc(&a)
+    };
+    let expect = |r: (i32, String), needle: &str| {
+        assert_eq!(r.0, 1, "{}", r.1);
+        assert!(r.1.contains(needle), "stderr: {}\nwanted: {needle}", r.1);
+    };
+    expect(base(&["--steps", "5"]), "gradients `b` in `");
+    expect(base(&["--steps", "5"]), "hold 4 steps, but --steps is 5");
+    expect(
+        base(&["--steps", "1", "--set", "lrr=0.1"]),
+        "has no hyper or flag `lrr` (did you mean `lr`?)",
+    );
+    expect(
+        base(&["--steps", "1", "--set", "amsgrad=maybe"]),
+        "flag `amsgrad` takes true or false",
+    );
+    let r = optc(&[
+        "adamq", "--params", p, "--grads", g, "--steps", "1", "-o", o,
+    ]);
+    expect(r, "no stdlib rule of that name (did you mean `adam`?)");
+
+    // Shape mismatch.
+    let bad = d.join("bad_shape.safetensors");
+    write(
+        &bad,
+        &[
+            ("w", Dtype::F32, vec![4, 3, 2], bytes(&c.gw)),
+            ("b", Dtype::F32, vec![4, 3], bytes(&c.gb)),
+        ],
+    );
+    let r = optc(&[
+        "adamw",
+        "--params",
+        p,
+        "--grads",
+        bad.to_str().expect("p"),
+        "--steps",
+        "1",
+        "-o",
+        o,
+    ]);
+    expect(r, "gradients `w` in `");
+    let r = optc(&[
+        "adamw",
+        "--params",
+        p,
+        "--grads",
+        bad.to_str().expect("p"),
+        "--steps",
+        "1",
+        "-o",
+        o,
+    ]);
+    expect(
+        r,
+        "have shape [4, 3, 2]; expected [steps, 2, 3] for the parameter of shape [2, 3]",
+    );
+
+    // Missing gradients, and gradients for an unknown parameter.
+    let missing = d.join("missing.safetensors");
+    write(&missing, &[("w", Dtype::F32, vec![4, 2, 3], bytes(&c.gw))]);
+    let r = optc(&[
+        "adamw",
+        "--params",
+        p,
+        "--grads",
+        missing.to_str().expect("m"),
+        "--steps",
+        "1",
+        "-o",
+        o,
+    ]);
+    expect(r, "has no gradients for parameter `b`");
+    let extra = d.join("extra.safetensors");
+    write(
+        &extra,
+        &[
+            ("w", Dtype::F32, vec![4, 2, 3], bytes(&c.gw)),
+            ("b", Dtype::F32, vec![4, 3], bytes(&c.gb)),
+            ("bb", Dtype::F32, vec![4, 3], bytes(&c.gb)),
+        ],
+    );
+    let r = optc(&[
+        "adamw",
+        "--params",
+        p,
+        "--grads",
+        extra.to_str().expect("e"),
+        "--steps",
+        "1",
+        "-o",
+        o,
+    ]);
+    expect(r, "has gradients `bb` for no parameter of");
+
+    // Non-f32 parameters.
+    let f64p = d.join("f64.safetensors");
+    write(&f64p, &[("w", Dtype::F64, vec![3], vec![0u8; 24])]);
+    let r = optc(&[
+        "adamw",
+        "--params",
+        f64p.to_str().expect("f"),
+        "--grads",
+        g,
+        "--steps",
+        "1",
+        "-o",
+        o,
+    ]);
+    expect(r, "tensor `w` has dtype F64; optc steps f32 tensors only");
+
+    // Not a safetensors file.
+    let junk = d.join("junk.safetensors");
+    std::fs::write(&junk, b"junk").expect("write");
+    let r = optc(&[
+        "adamw",
+        "--params",
+        junk.to_str().expect("j"),
+        "--grads",
+        g,
+        "--steps",
+        "1",
+        "-o",
+        o,
+    ]);
+    expect(r, "is not a safetensors file");
+    assert!(!out.exists(), "no output is written on error");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -1,0 +1,167 @@
+//! `optc compare` end to end: the binary's errors and exit codes, and a small run's outputs.
+
+use std::process::{Command, Output};
+
+fn optc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_optc"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the optc binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fresh, empty directory under the target dir's tmp (removed first if left over).
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn unknown_task_exits_1_with_a_suggestion() {
+    let o = optc(&["compare", "adamw", "--task", "digits", "--out", "unused"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("unknown task `digits` (did you mean `digits-mlp`?)"),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+}
+
+#[test]
+fn a_rule_that_does_not_check_prints_the_compiler_diagnostics() {
+    let dir = scratch_dir("compare-bad-rule");
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let rule = dir.join("bad.opt");
+    std::fs::write(
+        &rule,
+        "optimizer bad\nhyper lr = 1e-3\nupdate {\n    p = p - lr * gg\n}\n",
+    )
+    .expect("write rule");
+    let rule = rule.to_string_lossy().into_owned();
+    let o = optc(&["compare", &rule, "adamw", "--task", "quadratic"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains(&format!("cannot load rule `{rule}`")), "{e}");
+    assert!(e.contains("unknown name `gg`"), "{e}");
+    assert!(e.contains("bad.opt:4:18"), "{e}");
+    assert!(e.contains("did you mean `g`?"), "{e}");
+    assert!(!dir.join("curves.png").exists());
+}
+
+#[test]
+fn unknown_stdlib_rule_and_unknown_hyper_are_errors_with_suggestions() {
+    let o = optc(&["compare", "adamq", "--task", "quadratic"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no stdlib rule `adamq` (did you mean `adam`?)"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = optc(&[
+        "compare",
+        "adamw",
+        "--task",
+        "quadratic",
+        "--set",
+        "adamw:betta1=0.8",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("rule `adamw` has no hyper or flag `betta1` (did you mean `beta1`?)"),
+        "{e}"
+    );
+
+    let o = optc(&[
+        "compare",
+        "adamw",
+        "--task",
+        "quadratic",
+        "--set",
+        "adamx:lr=1",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no rule labelled `adamx` (did you mean `adamw`?)"));
+
+    let o = optc(&[
+        "compare",
+        "adamw",
+        "--task",
+        "quadratic",
+        "--set",
+        "adamw:lr=fast",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("`lr=fast`: a hyper takes a number"));
+}
+
+#[test]
+fn a_small_run_prints_the_table_and_writes_curves_and_results() {
+    let dir = scratch_dir("compare-run");
+    let out = dir.to_string_lossy().into_owned();
+    let o = optc(&[
+        "compare",
+        "adamw",
+        "sgd",
+        "reference:adamw",
+        "--task",
+        "quadratic",
+        "--steps",
+        "50",
+        "--seeds",
+        "2",
+        "--set",
+        "sgd:lr=1e-3",
+        "--set",
+        "weight_decay=0",
+        "--out",
+        &out,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for label in [
+        "adamw",
+        "sgd",
+        "ref-adamw",
+        "steps to target",
+        "state B/param",
+    ] {
+        assert!(table.contains(label), "{table}");
+    }
+
+    let png = std::fs::read(dir.join("curves.png")).expect("curves.png written");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("results.json")).expect("results.json"))
+            .expect("valid JSON");
+    assert_eq!(json["task"], "quadratic");
+    assert_eq!(json["steps"], 50);
+    let entries = json["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 3);
+    let hyper = |e: &serde_json::Value, name: &str| {
+        e["hypers"]
+            .as_array()
+            .and_then(|h| h.iter().find(|h| h["name"] == name))
+            .map(|h| h["value"].clone())
+    };
+    // `--set weight_decay=0` reached every rule; `sgd:lr` only sgd.
+    assert!(entries
+        .iter()
+        .all(|e| hyper(e, "weight_decay") == Some(0.0.into())));
+    assert_eq!(hyper(&entries[1], "lr"), Some(1e-3.into()));
+    assert_eq!(entries[0]["runs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        entries[0]["runs"][0]["evals"].as_array().map(Vec::len),
+        Some(51)
+    );
+    // AdamW keeps two f32 states (m, v) per parameter.
+    assert_eq!(entries[0]["summary"]["state_bytes_per_param"], 8.0);
+}
