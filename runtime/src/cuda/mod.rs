@@ -38,7 +38,7 @@ mod table;
 pub use bench::{copy_bandwidth, CopyBandwidth};
 pub use driver::{devices, driver_available, DeviceInfo};
 pub use error::CudaError;
-pub use optimizer::{CudaOptimizer, ParamId};
+pub use optimizer::{CudaOptimizer, LaunchShape, ParamId};
 pub use table::{TableLayout, CHUNK_RECORD_BYTES, FLAG_ALIGNED};
 
 /// cudarc itself, so callers can name the exact types this API takes (`CudaSlice`, `CudaStream`)
