@@ -15,7 +15,8 @@ use std::process::ExitCode;
 
 fn artifact() -> Result<Artifact, String> {
     if let Some(path) = std::env::args().nth(1) {
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
         return Artifact::from_json(&text).map_err(|e| format!("{path}: {e}"));
     }
     let rule = match optc_compiler::stdlib::rule("adamw") {
@@ -47,7 +48,10 @@ fn run() -> Result<(), String> {
         opt.step(id, &mut p, &g).map_err(|e| e.to_string())?;
     }
     let p1 = stream.clone_dtoh(&p).map_err(|e| e.to_string())?;
-    println!("p after {} steps: {p1:?}", opt.steps(id).map_err(|e| e.to_string())?);
+    println!(
+        "p after {} steps: {p1:?}",
+        opt.steps(id).map_err(|e| e.to_string())?
+    );
     for state in &opt.kernel().states {
         let values = opt.state(id, &state.name).map_err(|e| e.to_string())?;
         println!("state {}: {values:?}", state.name);

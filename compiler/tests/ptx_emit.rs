@@ -204,7 +204,9 @@ fn stdlib_ptx_snapshots() {
             Some(Ok(rule)) => rule,
             other => panic!("stdlib rule {name}: {other:?}"),
         };
-        let kernel = rule.specialize(&[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let kernel = rule
+            .specialize(&[])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let m = emit(&kernel, &Options::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         insta::assert_snapshot!(format!("stdlib_{name}"), m.source);
     }

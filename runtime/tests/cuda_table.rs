@@ -20,13 +20,13 @@ fn runtime_and_backend_agree_on_the_table_layout() {
             k.rule
         );
         assert_eq!(rt.stride(), be.stride(), "{}", k.rule);
-        assert_eq!(rt.len(), be.len());
-        assert_eq!(rt.flags(), be.flags());
+        assert_eq!(rt.len_offset(), be.len_offset());
+        assert_eq!(rt.flags_offset(), be.flags_offset());
         for i in 0..rt.buffers {
-            assert_eq!(rt.pointer(i), be.pointer(i));
+            assert_eq!(rt.pointer_offset(i), be.pointer_offset(i));
         }
         for u in 0..rt.uniforms {
-            assert_eq!(rt.uniform(u), be.uniform(u));
+            assert_eq!(rt.uniform_offset(u), be.uniform_offset(u));
         }
     }
 }

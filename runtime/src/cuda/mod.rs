@@ -7,7 +7,7 @@
 //! the optimizer state on the device and steps parameters in place:
 //!
 //! ```no_run
-//! # fn main() -> Result<(), optc_runtime::cuda::CudaError> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use optc_runtime::cuda::CudaOptimizer;
 //! let text = std::fs::read_to_string("adamw.optc.json").unwrap_or_default();
 //! let mut opt = CudaOptimizer::from_artifact_json(&text, 0)?;

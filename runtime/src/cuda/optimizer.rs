@@ -163,7 +163,7 @@ impl CudaOptimizer {
                 "invalid launch shape {shape:?}"
             )));
         }
-        if shape.chunk_elems == 0 || shape.chunk_elems % 4 != 0 {
+        if shape.chunk_elems == 0 || !shape.chunk_elems.is_multiple_of(4) {
             return Err(CudaError::Buffers(format!(
                 "chunk size {} is not a positive multiple of 4",
                 shape.chunk_elems
@@ -231,7 +231,7 @@ impl CudaOptimizer {
     /// `p` must point to `len` readable f32 in device memory of this optimizer's context, and
     /// stay valid until this optimizer's stream has run the queued copy.
     pub unsafe fn add_param_raw(&mut self, p: u64, len: usize) -> Result<ParamId, CudaError> {
-        if p % 4 != 0 {
+        if !p.is_multiple_of(4) {
             return Err(CudaError::Buffers(format!(
                 "parameter pointer {p:#x} is not 4-byte aligned"
             )));
@@ -367,7 +367,7 @@ impl CudaOptimizer {
     /// Copies a per-element state back to the host (waits for queued steps).
     pub fn state(&self, id: ParamId, name: &str) -> Result<Vec<f32>, CudaError> {
         let buf = self.state_slice(id, name)?;
-        if buf.len() == 0 {
+        if buf.is_empty() {
             return Ok(Vec::new());
         }
         self.stream

@@ -76,7 +76,7 @@ impl CudaOptimizer {
         if slot.len > 0 {
             let mut ptrs = vec![p, g];
             ptrs.extend(slot.states.iter_mut().map(|s| state_ptr(s, &stream)));
-            if let Some(bad) = ptrs.iter().find(|p| *p % 4 != 0) {
+            if let Some(bad) = ptrs.iter().find(|p| !p.is_multiple_of(4)) {
                 return Err(CudaError::Buffers(format!(
                     "device pointer {bad:#x} is not 4-byte aligned"
                 )));
@@ -165,7 +165,7 @@ impl CudaOptimizer {
             let host = self.kernel.eval_host(&self.hypers, t, &slot.scalars)?;
             let mut pointers = vec![p, g];
             pointers.extend(slot.states.iter_mut().map(|s| state_ptr(s, &stream)));
-            if let Some(bad) = pointers.iter().find(|p| *p % 4 != 0) {
+            if let Some(bad) = pointers.iter().find(|p| !p.is_multiple_of(4)) {
                 return Err(CudaError::Buffers(format!(
                     "device pointer {bad:#x} is not 4-byte aligned"
                 )));

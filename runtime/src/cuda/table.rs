@@ -36,22 +36,22 @@ impl TableLayout {
     }
 
     /// Offset of buffer `i`'s pointer.
-    pub fn pointer(&self, i: usize) -> usize {
+    pub fn pointer_offset(&self, i: usize) -> usize {
         8 * i
     }
 
     /// Offset of the element count.
-    pub fn len(&self) -> usize {
+    pub fn len_offset(&self) -> usize {
         8 * self.buffers
     }
 
     /// Offset of the flags.
-    pub fn flags(&self) -> usize {
+    pub fn flags_offset(&self) -> usize {
         8 * self.buffers + 8
     }
 
     /// Offset of uniform `u`.
-    pub fn uniform(&self, u: usize) -> usize {
+    pub fn uniform_offset(&self, u: usize) -> usize {
         8 * self.buffers + 16 + 4 * u
     }
 
@@ -85,7 +85,7 @@ pub(crate) struct Table {
 
 /// Whether a device pointer allows `ld.global.v4.f32`.
 pub(crate) fn aligned16(ptr: u64) -> bool {
-    ptr % 16 == 0
+    ptr.is_multiple_of(16)
 }
 
 /// Builds the table for `tensors`; `chunk_elems` must be a positive multiple of 4.
@@ -94,7 +94,7 @@ pub(crate) fn build(
     tensors: &[Tensor],
     chunk_elems: usize,
 ) -> Result<Table, CudaError> {
-    if chunk_elems == 0 || chunk_elems % 4 != 0 {
+    if chunk_elems == 0 || !chunk_elems.is_multiple_of(4) {
         return Err(CudaError::Buffers(format!(
             "chunk size {chunk_elems} is not a positive multiple of 4"
         )));
@@ -115,17 +115,17 @@ pub(crate) fn build(
         let rec = &mut records[ti * stride..(ti + 1) * stride];
         let mut put = |off: usize, bytes: &[u8]| rec[off..off + bytes.len()].copy_from_slice(bytes);
         for (i, p) in t.pointers.iter().enumerate() {
-            put(layout.pointer(i), &p.to_le_bytes());
+            put(layout.pointer_offset(i), &p.to_le_bytes());
         }
-        put(layout.len(), &(t.len as u64).to_le_bytes());
+        put(layout.len_offset(), &(t.len as u64).to_le_bytes());
         let flags = if t.pointers.iter().all(|p| aligned16(*p)) {
             FLAG_ALIGNED
         } else {
             0
         };
-        put(layout.flags(), &flags.to_le_bytes());
+        put(layout.flags_offset(), &flags.to_le_bytes());
         for (u, v) in t.uniforms.iter().enumerate() {
-            put(layout.uniform(u), &v.to_le_bytes());
+            put(layout.uniform_offset(u), &v.to_le_bytes());
         }
         let tensor = u32::try_from(ti)
             .map_err(|_| CudaError::Buffers("more than 2^32 tensors in one launch".into()))?;
@@ -182,15 +182,15 @@ mod tests {
         let t = build(layout, &tensors, 4).expect("build");
         let s = layout.stride();
         assert_eq!(t.records.len(), 3 * s);
-        assert_eq!(u64_at(&t.records, s + layout.pointer(1)), 36);
-        assert_eq!(u64_at(&t.records, layout.len()), 10);
-        assert_eq!(t.records[layout.flags()], FLAG_ALIGNED as u8);
+        assert_eq!(u64_at(&t.records, s + layout.pointer_offset(1)), 36);
+        assert_eq!(u64_at(&t.records, layout.len_offset()), 10);
+        assert_eq!(t.records[layout.flags_offset()], FLAG_ALIGNED as u8);
         assert_eq!(
-            t.records[s + layout.flags()],
+            t.records[s + layout.flags_offset()],
             0,
             "36 is not 16-byte aligned"
         );
-        let u = 2 * s + layout.uniform(2);
+        let u = 2 * s + layout.uniform_offset(2);
         assert_eq!(
             f32::from_le_bytes([
                 t.records[u],
@@ -226,8 +226,8 @@ mod tests {
             len: 1,
             uniforms: vec![],
         };
-        assert!(build(layout, &[t.clone()], 6).is_err());
-        assert!(build(layout, &[t.clone()], 0).is_err());
+        assert!(build(layout, std::slice::from_ref(&t), 6).is_err());
+        assert!(build(layout, std::slice::from_ref(&t), 0).is_err());
         let wrong = Tensor {
             pointers: vec![0],
             ..t
