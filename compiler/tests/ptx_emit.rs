@@ -196,3 +196,18 @@ fn adamw_ptx_snapshot() {
     let m = emit(&ptx_kernels::adamw(), &Options::default()).expect("emit");
     insta::assert_snapshot!(m.source);
 }
+
+#[test]
+fn stdlib_ptx_snapshots() {
+    for name in optc_compiler::stdlib::names() {
+        let rule = match optc_compiler::stdlib::rule(name) {
+            Some(Ok(rule)) => rule,
+            other => panic!("stdlib rule {name}: {other:?}"),
+        };
+        let kernel = rule
+            .specialize(&[])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let m = emit(&kernel, &Options::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        insta::assert_snapshot!(format!("stdlib_{name}"), m.source);
+    }
+}

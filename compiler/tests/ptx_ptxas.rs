@@ -1,4 +1,5 @@
-//! Every PTX module the backend emits is assembled by NVIDIA's `ptxas` for sm_80 and sm_90,
+//! Every PTX module the backend emits (every stdlib rule in every flag combination, and the
+//! hand-built kernels of `ptx_kernels`) is assembled by NVIDIA's `ptxas` for sm_80 and sm_90,
 //! with and without fast math. ptxas is found through `OPTC_PTXAS`, else on `PATH`
 //! (`.ci/fetch-ptxas.sh` downloads it). Without it the test is skipped with a message, except
 //! under CI (env `CI` set), where a missing ptxas is a failure.
@@ -6,6 +7,7 @@
 mod ptx_kernels;
 
 use optc_compiler::backend::ptx::{emit, Options};
+use optc_compiler::{stdlib, Kernel};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -45,8 +47,30 @@ fn assemble(ptxas: &PathBuf, source: &str, name: &str, arch: &str) -> Result<(),
     }
 }
 
+/// Every stdlib rule in every flag combination, then the hand-built kernels.
+fn kernels() -> Vec<(String, Kernel)> {
+    let mut out = Vec::new();
+    for name in stdlib::names() {
+        let rule = match stdlib::rule(name) {
+            Some(Ok(rule)) => rule,
+            other => panic!("stdlib rule {name} does not compile: {other:?}"),
+        };
+        for flags in rule.flag_sets() {
+            let kernel = rule
+                .specialize_values(&flags)
+                .unwrap_or_else(|e| panic!("{name} {flags:?}: {e}"));
+            let bits: String = flags.iter().map(|f| if *f { '1' } else { '0' }).collect();
+            out.push((format!("{name}-{bits}"), kernel));
+        }
+    }
+    for kernel in ptx_kernels::all() {
+        out.push((kernel.rule.replace(' ', "_"), kernel));
+    }
+    out
+}
+
 #[test]
-fn ptxas_accepts_every_hand_built_kernel() {
+fn ptxas_accepts_every_stdlib_rule_and_hand_built_kernel() {
     let Some(ptxas) = find_ptxas() else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -55,31 +79,41 @@ fn ptxas_accepts_every_hand_built_kernel() {
         eprintln!("SKIPPED: ptxas not found; set OPTC_PTXAS or run .ci/fetch-ptxas.sh");
         return;
     };
-    let mut failures = Vec::new();
-    let mut checked = 0;
-    for kernel in ptx_kernels::all() {
+    let mut jobs = Vec::new();
+    for (label, kernel) in kernels() {
         for fast_math in [false, true] {
             let opts = Options {
                 fast_math,
                 ..Options::default()
             };
-            let module = emit(&kernel, &opts).unwrap_or_else(|e| panic!("{}: {e}", kernel.rule));
-            let name = format!(
-                "{}-{}",
-                kernel.rule.replace(' ', "_"),
-                if fast_math { "fast" } else { "rn" }
-            );
+            let module = emit(&kernel, &opts).unwrap_or_else(|e| panic!("{label}: {e}"));
+            let name = format!("{label}-{}", if fast_math { "fast" } else { "rn" });
             for arch in ["sm_80", "sm_90"] {
-                checked += 1;
-                if let Err(e) = assemble(&ptxas, &module.source, &name, arch) {
-                    failures.push(e);
-                }
+                jobs.push((name.clone(), module.source.clone(), arch));
             }
         }
     }
+    // ptxas is single-threaded; run one per core.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((name, source, arch)) = jobs.get(i) else {
+                    break;
+                };
+                if let Err(e) = assemble(&ptxas, source, name, arch) {
+                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     let _ = std::fs::remove_dir_all(
         std::env::temp_dir().join(format!("optc-ptx-test-{}", std::process::id())),
     );
-    eprintln!("ptxas accepted {checked} modules");
+    eprintln!("ptxas accepted {} modules", jobs.len());
 }

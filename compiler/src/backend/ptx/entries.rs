@@ -277,19 +277,28 @@ impl Lowering<'_> {
             let (raw, reg) = (asm.rd(), asm.rd());
             asm.ins(format!(
                 "ld.global.u64 {raw}, [{rec}+{}]",
-                layout.pointer(i)
+                layout.pointer_offset(i)
             ));
             asm.ins(format!("cvta.to.global.u64 {reg}, {raw}"));
             bases.push(Base { use_, reg });
         }
         let (n, flags) = (asm.rd(), asm.r());
-        asm.ins(format!("ld.global.u64 {n}, [{rec}+{}]", layout.len()));
-        asm.ins(format!("ld.global.u32 {flags}, [{rec}+{}]", layout.flags()));
+        asm.ins(format!(
+            "ld.global.u64 {n}, [{rec}+{}]",
+            layout.len_offset()
+        ));
+        asm.ins(format!(
+            "ld.global.u32 {flags}, [{rec}+{}]",
+            layout.flags_offset()
+        ));
         let mut uniforms = vec![None; self.kernel.uniforms.len()];
         for (u, used) in self.plan.uniform_used.iter().enumerate() {
             if *used {
                 let r = asm.f();
-                asm.ins(format!("ld.global.f32 {r}, [{rec}+{}]", layout.uniform(u)));
+                asm.ins(format!(
+                    "ld.global.f32 {r}, [{rec}+{}]",
+                    layout.uniform_offset(u)
+                ));
                 uniforms[u] = Some(r);
             }
         }

@@ -39,22 +39,22 @@ impl TableLayout {
     }
 
     /// Offset of buffer `i`'s device pointer (`u64`).
-    pub fn pointer(&self, i: usize) -> usize {
+    pub fn pointer_offset(&self, i: usize) -> usize {
         8 * i
     }
 
     /// Offset of the tensor's element count (`u64`).
-    pub fn len(&self) -> usize {
+    pub fn len_offset(&self) -> usize {
         8 * self.buffers
     }
 
     /// Offset of the flags (`u32`, see [`FLAG_ALIGNED`]); 4 bytes of padding follow.
-    pub fn flags(&self) -> usize {
+    pub fn flags_offset(&self) -> usize {
         8 * self.buffers + 8
     }
 
     /// Offset of uniform `u` (`f32`).
-    pub fn uniform(&self, u: usize) -> usize {
+    pub fn uniform_offset(&self, u: usize) -> usize {
         8 * self.buffers + 16 + 4 * u
     }
 
