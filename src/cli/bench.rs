@@ -44,7 +44,7 @@ pub struct BenchArgs {
     /// Set a hyper or a flag (`--set amsgrad=true`); repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
-    /// Where to run: only the CPU JIT is benchmarked.
+    /// Where to run. On CUDA the probe is a device-to-device copy of the same number of bytes.
     #[arg(long, value_enum, default_value_t = BenchTarget::Cpu)]
     pub target: BenchTarget,
     /// Print one JSON object (last line of stdout) instead of text.
@@ -57,6 +57,8 @@ pub struct BenchArgs {
 pub enum BenchTarget {
     /// The CPU JIT.
     Cpu,
+    /// GPU 0 through CUDA (needs a build with `--features cuda` and a driver).
+    Cuda,
 }
 
 /// Preset shape lists.
@@ -132,20 +134,22 @@ pub struct BenchReport {
 
 /// Runs `optc bench`.
 pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let BenchTarget::Cpu = args.target;
     let compiled = load_rule(&args.rule)?;
     let (flags, hypers) = split_sets(&compiled, &args.set)?;
     let shapes = match args.shapes {
         Some(ShapePreset::Gpt2Small) => gpt2_small(),
         None => even_split(args.n, args.tensors)?,
     };
-    let report = bench(
-        Rule::from_compiled(compiled),
-        flags,
-        &hypers,
-        &shapes,
-        &args,
-    )?;
+    let report = match args.target {
+        BenchTarget::Cpu => bench(
+            Rule::from_compiled(compiled),
+            flags,
+            &hypers,
+            &shapes,
+            &args,
+        )?,
+        BenchTarget::Cuda => super::cuda::bench(&compiled, &flags, &hypers, &shapes, &args)?,
+    };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -254,13 +258,13 @@ pub fn bench(
     })
 }
 
-fn fill(n: usize, scale: f32) -> Vec<f32> {
+pub(crate) fn fill(n: usize, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|i| scale * (1.0 + (i % 97) as f32 / 97.0))
         .collect()
 }
 
-fn median(times: &mut [Duration]) -> f64 {
+pub(crate) fn median(times: &mut [Duration]) -> f64 {
     times.sort_unstable();
     times
         .get(times.len() / 2)
@@ -271,7 +275,7 @@ fn median(times: &mut [Duration]) -> f64 {
 
 /// A progress bar on stderr for runs that move more than about a gigabyte; hidden when stderr is
 /// not a terminal.
-fn progress(total: usize, elements: usize) -> ProgressBar {
+pub(crate) fn progress(total: usize, elements: usize) -> ProgressBar {
     if elements * total < (1 << 28) {
         return ProgressBar::hidden();
     }

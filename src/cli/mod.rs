@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod compare;
 pub mod compile;
+mod cuda;
 pub mod list;
 pub mod run;
 pub mod source;

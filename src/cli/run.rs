@@ -12,6 +12,8 @@ use super::source::{load_rule, split_sets};
 use clap::{Args, ValueEnum};
 use optc_runtime::bytes::{f32_bytes, f32_vec};
 use optc_runtime::{Optimizer, Options, Rule, Target, Update};
+
+pub(crate) type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
@@ -57,25 +59,35 @@ pub enum RunTarget {
     Cpu,
     /// The reference interpreter (slow; the meaning of the rule).
     Interp,
+    /// An NVIDIA GPU through CUDA (needs a build with `--features cuda` and a driver).
+    Cuda,
 }
-
-impl From<RunTarget> for Target {
-    fn from(t: RunTarget) -> Target {
-        match t {
-            RunTarget::Cpu => Target::Cpu,
-            RunTarget::Interp => Target::Interp,
-        }
-    }
-}
-
-type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// One parameter: its name, shape, data, and its gradient history as raw f32 bytes.
-struct Tensor<'a> {
-    name: String,
-    shape: Vec<usize>,
-    data: Vec<f32>,
-    grads: &'a [u8],
+pub(crate) struct Tensor<'a> {
+    pub(crate) name: String,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: Vec<f32>,
+    pub(crate) grads: &'a [u8],
+}
+
+/// A parameter's final state, as written to the output file.
+pub(crate) struct Final {
+    /// Per-element states by name.
+    pub(crate) states: Vec<(String, Vec<f32>)>,
+    /// Scalar states by name.
+    pub(crate) scalars: Vec<(String, f64)>,
+}
+
+impl Tensor<'_> {
+    /// The gradient row of step `k + 1`.
+    pub(crate) fn grad_row(&self, k: usize) -> CliResult<Vec<f32>> {
+        let bytes = 4 * self.data.len();
+        Ok(f32_vec(
+            &self.name,
+            &self.grads[k * bytes..(k + 1) * bytes],
+        )?)
+    }
 }
 
 /// Runs `optc run`.
@@ -90,8 +102,18 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     let g_file = parse(&args.grads, &g_bytes)?;
     let mut tensors = match_tensors(&p_file, &g_file, args.steps, &args.params, &args.grads)?;
 
+    let target = match args.target {
+        RunTarget::Cpu => Target::Cpu,
+        RunTarget::Interp => Target::Interp,
+        RunTarget::Cuda => {
+            let finals =
+                super::cuda::run_steps(&args.rule, &flags, &hypers, &mut tensors, args.steps)?;
+            write_output(&tensors, &finals, &args.output)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let options = Options {
-        target: args.target.into(),
+        target,
         threads: args.threads,
         flags,
         allow_fma: !args.no_fma,
@@ -107,8 +129,7 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     let mut rows: Vec<Vec<f32>> = tensors.iter().map(|t| vec![0.0; t.data.len()]).collect();
     for k in 0..args.steps {
         for (t, row) in tensors.iter().zip(&mut rows) {
-            let bytes = 4 * row.len();
-            *row = f32_vec(&t.name, &t.grads[k * bytes..(k + 1) * bytes])?;
+            *row = t.grad_row(k)?;
         }
         let updates = tensors
             .iter_mut()
@@ -116,7 +137,22 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
             .map(|(t, g)| Update::new(&t.name, &mut t.data, g));
         opt.step(updates)?;
     }
-    write_output(&opt, &tensors, &args.output)?;
+    let mut finals = Vec::with_capacity(tensors.len());
+    for t in &tensors {
+        finals.push(Final {
+            states: opt
+                .states(&t.name)?
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .collect(),
+            scalars: opt
+                .scalars(&t.name)?
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect(),
+        });
+    }
+    write_output(&tensors, &finals, &args.output)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -194,7 +230,7 @@ fn match_tensors<'a>(
 }
 
 /// Writes the parameters, `NAME.STATE` states and `NAME.SCALAR` scalar states.
-fn write_output(opt: &Optimizer, tensors: &[Tensor<'_>], path: &Path) -> CliResult<()> {
+fn write_output(tensors: &[Tensor<'_>], finals: &[Final], path: &Path) -> CliResult<()> {
     let mut owned: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
     let mut put = |key: String, entry: (Dtype, Vec<usize>, Vec<u8>)| -> CliResult<()> {
         match owned.insert(key.clone(), entry) {
@@ -202,18 +238,18 @@ fn write_output(opt: &Optimizer, tensors: &[Tensor<'_>], path: &Path) -> CliResu
             None => Ok(()),
         }
     };
-    for t in tensors {
+    for (t, fin) in tensors.iter().zip(finals) {
         put(
             t.name.clone(),
             (Dtype::F32, t.shape.clone(), le_bytes(&t.data)),
         )?;
-        for (state, values) in opt.states(&t.name)? {
+        for (state, values) in &fin.states {
             put(
                 format!("{}.{state}", t.name),
                 (Dtype::F32, t.shape.clone(), le_bytes(values)),
             )?;
         }
-        for (scalar, value) in opt.scalars(&t.name)? {
+        for (scalar, value) in &fin.scalars {
             put(
                 format!("{}.{scalar}", t.name),
                 (Dtype::F64, vec![], value.to_le_bytes().to_vec()),
