@@ -428,3 +428,34 @@ fn stdlib_defaults_match_the_reference_classes() {
         );
     }
 }
+
+/// The CPU JIT as users get it (FMA where the host has it), one compiled kernel per rule and flag
+/// set, stepped through `step_many` like the runtime does.
+#[test]
+fn every_stdlib_rule_matches_torch_on_the_cpu_jit() {
+    use optc_runtime::cpu::{CpuKernel, TensorArgs};
+    let mut cache: Option<(Kernel, CpuKernel)> = None;
+    let mut step =
+        |kernel: &Kernel, hypers: &[f64], t: u64, scalars: &mut [f64], bufs: Buffers<'_, f32>| {
+            if cache.as_ref().is_none_or(|(k, _)| k != kernel) {
+                let jit = CpuKernel::compile(kernel).unwrap_or_else(|e| panic!("jit: {e}"));
+                cache = Some((kernel.clone(), jit));
+            }
+            let Some((_, jit)) = cache.as_ref() else {
+                unreachable!()
+            };
+            let host = kernel
+                .eval_host(hypers, t, scalars)
+                .unwrap_or_else(|e| panic!("host program: {e}"));
+            let args = TensorArgs {
+                param: bufs.param,
+                grad: bufs.grad,
+                states: bufs.states,
+                uniforms: host.uniforms.iter().map(|&u| u as f32).collect(),
+            };
+            jit.step_many(vec![args], None)
+                .unwrap_or_else(|e| panic!("jit step: {e}"));
+            scalars.copy_from_slice(&host.scalars);
+        };
+    replay_all("cpu-jit", &mut step);
+}
