@@ -16,6 +16,7 @@ pub mod eval;
 pub mod expr;
 pub mod kernel;
 pub mod op;
+pub mod table;
 
 pub use arena::{Arena, Handle};
 pub use artifact::{Artifact, ArtifactError};

@@ -1,65 +1,13 @@
 //! The multi-tensor table, built on the host (pure: no driver calls).
 //!
 //! Takes one [`Tensor`] per tensor of a launch; gives the bytes of the tensor table and of the
-//! chunk list that the multi-tensor entry reads. The layout must match the PTX backend's
-//! `optc_compiler::backend::ptx::layout` (checked by `runtime/tests/cuda_table.rs`); it is
-//! repeated here so that the runtime can load artifacts without the compiler. `docs/cuda.md`
+//! chunk list that the multi-tensor entry reads. The layout is defined once, in
+//! [`optc_kernel::table`], which the PTX backend reads too. `docs/cuda.md`
 //! describes it.
 
 use super::error::CudaError;
-use optc_kernel::Kernel;
 
-/// Bytes of one chunk record: `u32` tensor index, then `u32` chunk index within the tensor.
-pub const CHUNK_RECORD_BYTES: usize = 8;
-
-/// Record flag: every buffer pointer of the tensor is 16-byte aligned (the vector path is used).
-pub const FLAG_ALIGNED: u32 = 1;
-
-/// The byte layout of one tensor record: buffer pointers (`u64`, in `Kernel::buffers` order),
-/// the element count (`u64`), flags (`u32`) and 4 bytes of padding, the uniforms (`f32`), padded
-/// to a multiple of 8 bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TableLayout {
-    /// The number of buffers (`p`, `g`, then each state).
-    pub buffers: usize,
-    /// The number of uniforms.
-    pub uniforms: usize,
-}
-
-impl TableLayout {
-    /// The layout for `kernel`.
-    pub fn of(kernel: &Kernel) -> TableLayout {
-        TableLayout {
-            buffers: 2 + kernel.states.len(),
-            uniforms: kernel.uniforms.len(),
-        }
-    }
-
-    /// Offset of buffer `i`'s pointer.
-    pub fn pointer_offset(&self, i: usize) -> usize {
-        8 * i
-    }
-
-    /// Offset of the element count.
-    pub fn len_offset(&self) -> usize {
-        8 * self.buffers
-    }
-
-    /// Offset of the flags.
-    pub fn flags_offset(&self) -> usize {
-        8 * self.buffers + 8
-    }
-
-    /// Offset of uniform `u`.
-    pub fn uniform_offset(&self, u: usize) -> usize {
-        8 * self.buffers + 16 + 4 * u
-    }
-
-    /// Bytes from one record to the next.
-    pub fn stride(&self) -> usize {
-        (8 * self.buffers + 16 + 4 * self.uniforms).div_ceil(8) * 8
-    }
-}
+pub use optc_kernel::table::{TableLayout, CHUNK_RECORD_BYTES, FLAG_ALIGNED};
 
 /// One tensor of a multi-tensor launch.
 #[derive(Clone, Debug, PartialEq)]
