@@ -11,10 +11,23 @@ use crate::check::Uniformity;
 use crate::diag::Diagnostic;
 use crate::ir::{Builder, Program};
 use optc_kernel::{
-    Arena, Expr, FlagValue, Handle, HyperDecl, Init, Kernel, ScalarDecl, ScalarUpdate, StateDecl,
-    Store, UniformId,
+    Arena, BinaryOp, Expr, FlagValue, Handle, HyperDecl, Init, Kernel, ScalarDecl, ScalarUpdate,
+    StateDecl, Store, UniformId,
 };
 use std::collections::HashMap;
+
+/// `1 / c` when the literal `c` is a power of two whose reciprocal is a normal f32, so that
+/// `x / c == x * (1 / c)` exactly.
+fn exact_reciprocal(e: &Expr) -> Option<f64> {
+    match *e {
+        Expr::Const(c) if c != 0.0 && c.is_finite() => {
+            let r = 1.0 / c;
+            let is_pow2 = (c.abs().log2()).fract() == 0.0;
+            (is_pow2 && (r.abs() as f32).is_normal() && (c.abs() as f32).is_normal()).then_some(r)
+        }
+        _ => None,
+    }
+}
 
 /// Builds the kernel for `program` specialized with `flags`, from the live function.
 pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, Diagnostic> {
@@ -62,8 +75,25 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
             host_of.insert(h.index(), host.add(e, f.span(h)));
         }
     }
+    // Division by a uniform becomes multiplication by its reciprocal, computed by the host in f64
+    // and rounded once: a per-element `divps` costs several times a `mulps`, and AdamW's body is
+    // otherwise bound by its two divisions, not by memory.
+    let mut recip_of: HashMap<usize, Handle<Expr>> = HashMap::new();
+    for (h, e) in f.exprs.iter() {
+        if let Expr::Binary(BinaryOp::Div, a, b) = *e {
+            let divides_elements = cls[h.index()] == Uniformity::PerElement
+                && cls[a.index()] == Uniformity::PerElement;
+            if let (true, Some(hb)) = (divides_elements, host_of.get(&b.index())) {
+                if !recip_of.contains_key(&b.index()) {
+                    let one = host.add(Expr::Const(1.0), f.span(b));
+                    let r = host.add(Expr::Binary(BinaryOp::Div, one, *hb), f.span(b));
+                    recip_of.insert(b.index(), r);
+                }
+            }
+        }
+    }
     let mut uniforms: Vec<Handle<Expr>> = Vec::new();
-    let mut uniform_of = |host_h: Handle<Expr>| -> UniformId {
+    fn uniform_of(uniforms: &mut Vec<Handle<Expr>>, host_h: Handle<Expr>) -> UniformId {
         match uniforms.iter().position(|u| *u == host_h) {
             Some(i) => UniformId::new(i),
             None => {
@@ -71,14 +101,15 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
                 UniformId::new(uniforms.len() - 1)
             }
         }
-    };
+    }
 
     // Body.
     let mut body = Builder::sharing();
     let mut body_of: HashMap<usize, Handle<Expr>> = HashMap::new();
-    let mut to_body = |h: Handle<Expr>,
-                       body: &mut Builder,
-                       body_of: &HashMap<usize, Handle<Expr>>|
+    let to_body = |h: Handle<Expr>,
+                   body: &mut Builder,
+                   body_of: &HashMap<usize, Handle<Expr>>,
+                   uniforms: &mut Vec<Handle<Expr>>|
      -> Handle<Expr> {
         if let Some(b) = body_of.get(&h.index()) {
             return *b;
@@ -87,7 +118,7 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
         let node = match e {
             Expr::Const(_) | Expr::Bool(_) => e,
             _ => match host_of.get(&h.index()) {
-                Some(hh) => Expr::Uniform(uniform_of(*hh)),
+                Some(hh) => Expr::Uniform(uniform_of(uniforms, *hh)),
                 None => Expr::Const(f64::NAN),
             },
         };
@@ -97,7 +128,23 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
         if cls[h.index()] != Uniformity::PerElement {
             continue;
         }
-        let e = e.map_operands(|o| to_body(o, &mut body, &body_of));
+        let e = match *e {
+            Expr::Binary(BinaryOp::Div, a, b) if recip_of.contains_key(&b.index()) => {
+                let a = to_body(a, &mut body, &body_of, &mut uniforms);
+                let r = body.add(
+                    Expr::Uniform(uniform_of(&mut uniforms, recip_of[&b.index()])),
+                    f.span(b),
+                );
+                Expr::Binary(BinaryOp::Mul, a, r)
+            }
+            Expr::Binary(BinaryOp::Div, a, b) if exact_reciprocal(&f.exprs[b]).is_some() => {
+                let a = to_body(a, &mut body, &body_of, &mut uniforms);
+                let r = exact_reciprocal(&f.exprs[b]).unwrap_or(1.0);
+                let r = body.add(Expr::Const(r), f.span(b));
+                Expr::Binary(BinaryOp::Mul, a, r)
+            }
+            ref other => other.map_operands(|o| to_body(o, &mut body, &body_of, &mut uniforms)),
+        };
         let nb = body.add(e, f.span(h));
         body_of.insert(h.index(), nb);
     }
@@ -106,7 +153,7 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
         .iter()
         .map(|&(slot, h)| Store {
             slot,
-            value: to_body(h, &mut body, &body_of),
+            value: to_body(h, &mut body, &body_of, &mut uniforms),
         })
         .collect();
     let scalar_updates: Vec<ScalarUpdate> = f
