@@ -84,11 +84,10 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
             let divides_elements = cls[h.index()] == Uniformity::PerElement
                 && cls[a.index()] == Uniformity::PerElement;
             if let (true, Some(hb)) = (divides_elements, host_of.get(&b.index())) {
-                if !recip_of.contains_key(&b.index()) {
+                recip_of.entry(b.index()).or_insert_with(|| {
                     let one = host.add(Expr::Const(1.0), f.span(b));
-                    let r = host.add(Expr::Binary(BinaryOp::Div, one, *hb), f.span(b));
-                    recip_of.insert(b.index(), r);
-                }
+                    host.add(Expr::Binary(BinaryOp::Div, one, *hb), f.span(b))
+                });
             }
         }
     }
