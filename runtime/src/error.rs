@@ -109,6 +109,7 @@ pub enum RuntimeError {
     Kernel(#[from] KernelError),
     /// The CPU JIT failed.
     #[error(transparent)]
+    #[cfg(feature = "compiler")]
     Cpu(#[from] crate::cpu::CpuError),
     /// The reference interpreter failed.
     #[error("interpreter: {0}")]
@@ -144,6 +145,7 @@ fn hint(suggestion: &Option<String>) -> String {
 
 /// An [`RuntimeError::UnknownName`] with the closest of `known` as suggestion: a name within a
 /// third of its length in edits (at least one), or with Jaro-Winkler similarity of at least 0.8.
+#[cfg(feature = "compiler")]
 pub(crate) fn unknown_name<'a>(
     kind: NameKind,
     name: &str,
@@ -166,7 +168,7 @@ pub(crate) fn unknown_name<'a>(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "compiler"))]
 mod tests {
     use super::*;
 

@@ -30,19 +30,30 @@
 //!
 //! [`probe`] holds the bandwidth probe `optc bench` compares kernels with.
 
+// Without the default feature `compiler`, only what loading a compiled artifact needs is built:
+// the CUDA runtime (feature `cuda`), byte views and errors. The CPU JIT, the interpreter target and
+// the `Optimizer` compile rules in process and need the compiler.
 pub mod bytes;
+#[cfg(feature = "compiler")]
 pub mod checkpoint;
+#[cfg(feature = "compiler")]
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
+#[cfg(feature = "compiler")]
 mod optimizer;
 #[cfg(feature = "compiler")]
 pub mod probe;
+#[cfg(feature = "compiler")]
 mod rule;
+#[cfg(feature = "compiler")]
 mod target;
 
 pub use error::{NameKind, RuntimeError};
+#[cfg(feature = "compiler")]
 pub use optimizer::{GroupId, Optimizer, Options, Update};
+#[cfg(feature = "compiler")]
 pub use rule::Rule;
+#[cfg(feature = "compiler")]
 pub use target::Target;

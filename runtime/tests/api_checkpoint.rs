@@ -1,4 +1,5 @@
 //! Checkpoints: exact round trips, and loads that must fail without changing anything.
+#![cfg(feature = "compiler")]
 
 mod api_support;
 

@@ -1,4 +1,5 @@
 //! Every user error is an error, never a panic, and a failing step changes nothing.
+#![cfg(feature = "compiler")]
 
 mod api_support;
 

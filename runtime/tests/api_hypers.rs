@@ -1,4 +1,5 @@
 //! Hypers and flags: a hyper change never recompiles; one kernel per flag set.
+#![cfg(feature = "compiler")]
 
 mod api_support;
 

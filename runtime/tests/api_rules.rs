@@ -1,4 +1,5 @@
 //! Rules from source and the stdlib: flags per group, one kernel per flag set.
+#![cfg(feature = "compiler")]
 
 mod api_support;
 

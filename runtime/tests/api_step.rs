@@ -1,5 +1,6 @@
 //! The step: multi-tensor steps, state creation, per-parameter step counts and scalar states,
 //! checked against the reference interpreter.
+#![cfg(feature = "compiler")]
 
 mod api_support;
 

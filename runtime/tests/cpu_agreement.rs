@@ -5,6 +5,7 @@
 //! comparisons, logic, select, and `pow` with constant exponent 0 or 1). The tail (`n % 4`
 //! elements) runs the same vector code as the main loop, so lengths and offsets never change a
 //! result.
+#![cfg(feature = "compiler")]
 
 mod cpu_common;
 

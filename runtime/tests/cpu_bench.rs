@@ -9,6 +9,7 @@
 //! elements per second for both (best of the rounds) and the median of the per-round ratios; the
 //! two alternate so both see the same machine load. `OPTC_BENCH_N`, `OPTC_BENCH_THREADS` and `OPTC_BENCH_ROUNDS` override
 //! the size, the thread count and the number of rounds.
+#![cfg(feature = "compiler")]
 
 mod cpu_common;
 

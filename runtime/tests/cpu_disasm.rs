@@ -5,6 +5,7 @@
 //! ```
 //!
 //! Uses the same settings as the JIT (`opt_level = none`, host ISA flags, FMA where present).
+#![cfg(feature = "compiler")]
 
 mod cpu_common;
 

@@ -1,4 +1,5 @@
 //! `step_many` against `step`, argument checking, and FMA builds.
+#![cfg(feature = "compiler")]
 
 mod cpu_common;
 

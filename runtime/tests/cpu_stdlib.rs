@@ -4,6 +4,7 @@
 //! Without FMA every kernel is bit-exact (none of them has a per-element `exp`, `log` or `pow`;
 //! `compiler/tests/stdlib.rs` checks that), with realistic inputs and with special values (zeros,
 //! huge, tiny, subnormal, inf, NaN). With FMA, see `FMA_REL_BUDGET`.
+#![cfg(feature = "compiler")]
 
 mod cpu_common;
 
