@@ -128,6 +128,11 @@ fn check_depth(source: &str) -> Result<(), Diagnostic> {
     Ok(())
 }
 
+/// Punctuation pairs, which the AST builder skips.
+fn is_punct(r: Rule) -> bool {
+    matches!(r, Rule::assign | Rule::comma | Rule::rparen | Rule::rbrace)
+}
+
 fn rule_name(r: &Rule) -> Option<&'static str> {
     Some(match r {
         Rule::EOI => "end of file",
@@ -162,6 +167,10 @@ fn rule_name(r: &Rule) -> Option<&'static str> {
             "an operator"
         }
         Rule::op_prefix => "`-` or `!`",
+        Rule::assign => "`=`",
+        Rule::comma => "`,`",
+        Rule::rparen => "`)`",
+        Rule::rbrace => "`}`",
         _ => return None,
     })
 }
@@ -361,7 +370,32 @@ fn pest_error(e: pest::error::Error<Rule>, source: &str) -> Diagnostic {
                     d = d.hint(format!("did you mean `{k}`?"));
                 }
             }
-            if positives.contains(&Rule::ident) && names_here.contains(&before) && line_break {
+            let rest = source.get(start..).unwrap_or("");
+            if positives.as_slice() == [Rule::assign] {
+                if rest.starts_with("==") {
+                    d = d.hint(format!("`==` compares; assign with `{before} = ...`"));
+                } else if let Some(op) = ["+=", "-=", "*=", "/="]
+                    .into_iter()
+                    .find(|o| rest.starts_with(o))
+                {
+                    let o = &op[..1];
+                    d = d.hint(format!(
+                        "there is no `{op}`; write `{before} = {before} {o} ...`"
+                    ));
+                } else {
+                    // `hyper lr 1e-3`: name the declaration in the hint.
+                    let trimmed = source.get(..start).unwrap_or("").trim_end();
+                    let kw = trimmed
+                        .strip_suffix(before)
+                        .map(|head| word_before(source, head.len()))
+                        .filter(|k| ["hyper", "flag", "state", "scalar", "let"].contains(k));
+                    match kw {
+                        Some(k) => d = d.hint(format!("write `{k} {before} = ...`")),
+                        None => d = d.hint(format!("write `{before} = ...`")),
+                    }
+                }
+            } else if positives.contains(&Rule::ident) && names_here.contains(&before) && line_break
+            {
                 d = d.hint(format!("`{before}` needs a name after it"));
             } else if positives.contains(&Rule::ident) && is_keyword && names_here.contains(&before)
             {
@@ -524,7 +558,7 @@ fn build_decl(p: Pair<'_, Rule>, source: &str) -> Result<Decl, Diagnostic> {
 fn build_block(p: Pair<'_, Rule>) -> Result<Block, Diagnostic> {
     let span = span_of(&p);
     let mut stmts = Vec::new();
-    for s in p.into_inner() {
+    for s in p.into_inner().filter(|x| !is_punct(x.as_rule())) {
         stmts.push(build_stmt(s)?);
     }
     Ok(Block { stmts, span })
@@ -535,7 +569,8 @@ fn build_stmt(p: Pair<'_, Rule>) -> Result<Stmt, Diagnostic> {
     let rule = p.as_rule();
     let mut inner = p
         .into_inner()
-        .filter(|x| !matches!(x.as_rule(), Rule::kw_let | Rule::kw_if | Rule::kw_else));
+        .filter(|x| !matches!(x.as_rule(), Rule::kw_let | Rule::kw_if | Rule::kw_else))
+        .filter(|x| !is_punct(x.as_rule()));
     let bad = || Diagnostic::error("E0001", "internal parser error", span, "here");
     match rule {
         Rule::let_stmt | Rule::assign_stmt => {
@@ -756,7 +791,10 @@ fn build(p: Pair<'_, Rule>) -> Result<Built, Diagnostic> {
         Rule::call => {
             let mut items = p.into_inner();
             let name = ident(&items.next().ok_or_else(bad)?);
-            let args = items.map(build).collect::<Result<Vec<_>, _>>()?;
+            let args = items
+                .filter(|x| !is_punct(x.as_rule()))
+                .map(build)
+                .collect::<Result<Vec<_>, _>>()?;
             let depth = 1 + args.iter().map(|a| a.depth).max().unwrap_or(0);
             let args = args.into_iter().map(|a| a.e).collect();
             node(ExprKind::Call(name, args), span, depth, span)
