@@ -39,6 +39,14 @@ pub enum CudaError {
         "the artifact for rule `{0}` holds no PTX: compile it with `optc compile --target cuda`"
     )]
     NoPtx(String),
+    /// The PTX's entry points do not take the arguments this kernel passes.
+    #[error("the PTX does not fit rule `{rule}`: {reason}; recompile it with `optc compile --target cuda`")]
+    PtxMismatch {
+        /// The rule.
+        rule: String,
+        /// What does not fit.
+        reason: String,
+    },
     /// No hyperparameter of that name.
     #[error("rule `{rule}` has no hyperparameter `{name}` (it has: {known})")]
     UnknownHyper {

@@ -32,6 +32,7 @@ mod bench;
 mod driver;
 mod error;
 mod optimizer;
+mod signature;
 mod step;
 mod table;
 

@@ -103,7 +103,8 @@ impl CudaOptimizer {
                 launch.arg(u);
             }
             // SAFETY: the arguments match the entry's parameters (buffer pointers in
-            // `Kernel::buffers` order, n, uniforms; see the PTX backend); every pointer covers
+            // `Kernel::buffers` order, n, uniforms), which `signature::check` verified against
+            // the PTX when the module was loaded; every pointer covers
             // `n` f32 (the caller's contract for p and g, our allocations for the states).
             unsafe { launch.launch(cfg) }.during(format!("launching `{}`", self.kernel.rule))?;
         }
@@ -209,7 +210,9 @@ impl CudaOptimizer {
                 .arg(&num_chunks)
                 .arg(&chunk_elems);
             // SAFETY: the arguments match the multi-tensor entry (table, chunks, count, chunk
-            // size); the table was built with the layout the PTX backend reads, its pointers
+            // size; checked by `signature::check` at load, with the record size); the table was
+            // built with the layout the PTX backend reads (one definition, `optc_kernel::table`),
+            // its pointers
             // are the caller's (contract above) and our state allocations, and both arrays are
             // queued for upload on this stream before the launch and kept alive in `self`.
             unsafe { launch.launch(cfg) }
