@@ -12,7 +12,7 @@ use crate::diag::Diagnostic;
 use crate::ir::{Builder, Program};
 use optc_kernel::{
     Arena, BinaryOp, Expr, FlagValue, Handle, HyperDecl, Init, Kernel, ScalarDecl, ScalarUpdate,
-    StateDecl, Store, UniformId,
+    StateDecl, Store, UnaryOp, UniformId,
 };
 use std::collections::HashMap;
 
@@ -75,18 +75,35 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
             host_of.insert(h.index(), host.add(e, f.span(h)));
         }
     }
-    // Division by a uniform becomes multiplication by its reciprocal, computed by the host in f64
-    // and rounded once: a per-element `divps` costs several times a `mulps`, and AdamW's body is
-    // otherwise bound by its two divisions, not by memory.
-    let mut recip_of: HashMap<usize, Handle<Expr>> = HashMap::new();
+    // Division by a uniform becomes multiplication by its reciprocal, computed by the host in f64:
+    // a per-element `divps` costs several times a `mulps`, and AdamW's body is otherwise bound by
+    // its two divisions, not by memory. The reciprocal is passed as `r / s` and `s`, where `s` is
+    // 1, or 2^64 or 2^-64 when `r` is outside 2^-100..2^100, so that `x * (r / s) * s` neither
+    // overflows nor loses precision where `x / u` would not (multiplying by `s` is exact).
+    let mut recip_of: HashMap<usize, (Handle<Expr>, Handle<Expr>)> = HashMap::new();
     for (h, e) in f.exprs.iter() {
         if let Expr::Binary(BinaryOp::Div, a, b) = *e {
             let divides_elements = cls[h.index()] == Uniformity::PerElement
                 && cls[a.index()] == Uniformity::PerElement;
             if let (true, Some(hb)) = (divides_elements, host_of.get(&b.index())) {
                 recip_of.entry(b.index()).or_insert_with(|| {
-                    let one = host.add(Expr::Const(1.0), f.span(b));
-                    host.add(Expr::Binary(BinaryOp::Div, one, *hb), f.span(b))
+                    let sp = f.span(b);
+                    let mut c = |v: f64| host.add(Expr::Const(v), sp);
+                    let (one, hi, lo, up, down) = (
+                        c(1.0),
+                        c(2f64.powi(100)),
+                        c(2f64.powi(-100)),
+                        c(2f64.powi(64)),
+                        c(2f64.powi(-64)),
+                    );
+                    let r = host.add(Expr::Binary(BinaryOp::Div, one, *hb), sp);
+                    let mag = host.add(Expr::Unary(UnaryOp::Abs, r), sp);
+                    let big = host.add(Expr::Binary(BinaryOp::Gt, mag, hi), sp);
+                    let small = host.add(Expr::Binary(BinaryOp::Lt, mag, lo), sp);
+                    let inner = host.add(Expr::Select(small, down, one), sp);
+                    let scale = host.add(Expr::Select(big, up, inner), sp);
+                    let scaled = host.add(Expr::Binary(BinaryOp::Div, r, scale), sp);
+                    (scaled, scale)
                 });
             }
         }
@@ -129,12 +146,12 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
         }
         let e = match *e {
             Expr::Binary(BinaryOp::Div, a, b) if recip_of.contains_key(&b.index()) => {
+                let (scaled, scale) = recip_of[&b.index()];
                 let a = to_body(a, &mut body, &body_of, &mut uniforms);
-                let r = body.add(
-                    Expr::Uniform(uniform_of(&mut uniforms, recip_of[&b.index()])),
-                    f.span(b),
-                );
-                Expr::Binary(BinaryOp::Mul, a, r)
+                let r = body.add(Expr::Uniform(uniform_of(&mut uniforms, scaled)), f.span(b));
+                let s = body.add(Expr::Uniform(uniform_of(&mut uniforms, scale)), f.span(b));
+                let ar = body.add(Expr::Binary(BinaryOp::Mul, a, r), f.span(h));
+                Expr::Binary(BinaryOp::Mul, ar, s)
             }
             Expr::Binary(BinaryOp::Div, a, b) if exact_reciprocal(&f.exprs[b]).is_some() => {
                 let a = to_body(a, &mut body, &body_of, &mut uniforms);
