@@ -1,12 +1,23 @@
 //! The `optc` command-line tool.
 
-use clap::Parser;
+use clap::Parser as _;
 use optc::cli::source::LoadError;
 use optc::compiler::CompileError;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = optc::cli::Cli::parse();
+    let cli = match optc::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `--help` and `--version` are not errors; every bad argument exits with 1.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match optc::cli::run(cli) {
         Ok(code) => code,
         Err(e) => {

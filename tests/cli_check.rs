@@ -165,6 +165,17 @@ fn deep_nesting_is_refused_not_overflowed() {
 #[test]
 fn no_file_is_a_usage_error() {
     let out = check(&[]);
-    assert_eq!(out.status.code(), Some(2));
+    // Bad arguments exit with 1, like every other error.
+    assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("Usage"), "{}", stderr(&out));
+}
+
+#[test]
+fn help_is_not_an_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_optc"))
+        .args(["check", "--help"])
+        .output()
+        .expect("run optc");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
 }

@@ -425,7 +425,16 @@ impl Optimizer {
             let group = &self.groups[p.group];
             let kernel = self.kernels[group.kernel].executor.kernel();
             let (t, scalars, init) = match &p.state {
-                Some(s) => (s.step + 1, s.scalars.clone(), None),
+                Some(s) => (
+                    s.step.checked_add(1).ok_or_else(|| {
+                        RuntimeError::Checkpoint(format!(
+                            "parameter `{}` is at the last step count",
+                            p.name
+                        ))
+                    })?,
+                    s.scalars.clone(),
+                    None,
+                ),
                 None => {
                     let values = kernel.eval_init(&group.hypers)?;
                     let scalars = kernel.initial_scalars(&group.hypers)?;

@@ -23,7 +23,7 @@ fn entry_points_fail_cleanly_without_a_driver() {
     assert!(matches!(err, CudaError::NoDriver), "{err}");
     assert!(err.to_string().contains("no CUDA driver"), "{err}");
     let artifact = Artifact::new(kernel, Some(ptx));
-    let err = CudaOptimizer::from_artifact_json(&artifact.to_json(), 0)
+    let err = CudaOptimizer::from_artifact_json(&artifact.to_json().expect("serialize"), 0)
         .err()
         .expect("no driver");
     assert!(matches!(err, CudaError::NoDriver), "{err}");

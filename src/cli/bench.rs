@@ -33,10 +33,10 @@ pub struct BenchArgs {
     #[arg(long, value_enum)]
     pub shapes: Option<ShapePreset>,
     /// Worker threads (default: all cores).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub threads: Option<usize>,
     /// Timed steps (the median is reported).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub iters: usize,
     /// Untimed steps first.
     #[arg(long, default_value_t = 3)]
@@ -198,6 +198,10 @@ pub fn bench(
     let kernel = opt.kernel(GroupId::DEFAULT)?.clone();
     let lens: Vec<usize> = shapes.iter().map(|(_, s)| s.iter().product()).collect();
     let elements: usize = lens.iter().sum();
+    // p, g and the states, plus the probe's own buffers (one per buffer the kernel touches).
+    let buffers = kernel.buffers();
+    let per_element = 4 * (buffers.len() + buffers.iter().filter(|b| b.read || b.written).count());
+    check_memory(elements.saturating_mul(per_element))?;
     // Small values: a long run stays finite for any rule.
     let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| fill(n, 0.5)).collect();
     let grads: Vec<Vec<f32>> = lens.iter().map(|&n| fill(n, 1e-3)).collect();
@@ -256,6 +260,25 @@ pub fn bench(
         probe_bytes_per_s: probe_bytes / probe_s,
         fraction_of_probe: (bytes / step_s) / (probe_bytes / probe_s),
     })
+}
+
+/// Refuses a run that needs more memory than the machine has available (an allocation failure
+/// would abort the process instead of reporting an error).
+fn check_memory(bytes: usize) -> Result<(), String> {
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+            .map(|kb| kb.saturating_mul(1024))
+    });
+    match available {
+        Some(avail) if bytes > avail => Err(format!(
+            "this benchmark needs about {:.1} GB for its buffers, but only {:.1} GB of memory is available; use a smaller --n",
+            bytes as f64 / 1e9,
+            avail as f64 / 1e9
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn fill(n: usize, scale: f32) -> Vec<f32> {

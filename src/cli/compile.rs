@@ -83,7 +83,7 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             if emit == Emit::Ptx {
                 module.source
             } else {
-                optc_kernel::Artifact::new(kernel, Some(module)).to_json()
+                optc_kernel::Artifact::new(kernel, Some(module)).to_json()?
             }
         }
         (e, t) => {

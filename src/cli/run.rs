@@ -42,9 +42,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = RunTarget::Cpu)]
     pub target: RunTarget,
     /// Worker threads for the CPU target (default: all cores).
-    #[arg(long, value_name = "T")]
+    #[arg(long, value_name = "T", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub threads: Option<usize>,
-    /// Do not fuse multiply-adds on the CPU: results then equal `--target interp` bit for bit.
+    /// Do not fuse multiply-adds on the CPU: `+ - * /`, `sqrt` and comparisons then equal
+    /// `--target interp` bit for bit (`exp`, `log` and `^` stay within 1 ulp; see docs/language.md).
     #[arg(long)]
     pub no_fma: bool,
     /// The output file.

@@ -29,7 +29,10 @@ impl std::error::Error for LoadError {}
 /// Loads `spec`: a path to a `.opt` file, or the name of a stdlib rule (`adamw`).
 pub fn load_rule(spec: &str) -> Result<Rule, LoadError> {
     let path = Path::new(spec);
-    if path.exists() {
+    // A bare stdlib name stays a stdlib name even if a folder of that name is in the way.
+    let looks_like_path =
+        spec.ends_with(".opt") || spec.contains(std::path::MAIN_SEPARATOR) || spec.contains('/');
+    if path.is_file() || looks_like_path {
         let bytes =
             std::fs::read(path).map_err(|e| LoadError::Io(format!("cannot read `{spec}`: {e}")))?;
         return Rule::parse_bytes(spec, &bytes).map_err(LoadError::Diagnostics);
@@ -65,11 +68,20 @@ pub fn split_sets(rule: &Rule, sets: &[String]) -> Result<Settings, String> {
                 "false" | "0" => false,
                 _ => return Err(format!("`--set {s}`: flag `{name}` takes true or false")),
             };
+            if flags.iter().any(|(n, _): &(String, bool)| n == name) {
+                return Err(format!("`--set {name}` is given twice"));
+            }
             flags.push((name.to_string(), v));
         } else if rule.hypers().iter().any(|h| h.name == name) {
             let v: f64 = value
                 .parse()
                 .map_err(|_| format!("`--set {s}`: hyper `{name}` takes a number"))?;
+            if !v.is_finite() {
+                return Err(format!("`--set {s}`: hyper `{name}` must be finite"));
+            }
+            if hypers.iter().any(|(n, _): &(String, f64)| n == name) {
+                return Err(format!("`--set {name}` is given twice"));
+            }
             hypers.push((name.to_string(), v));
         } else {
             let all = rule

@@ -66,8 +66,8 @@ impl Artifact {
     }
 
     /// Serializes to JSON text.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
+    pub fn to_json(&self) -> Result<String, ArtifactError> {
+        Ok(serde_json::to_string_pretty(self)?)
     }
 
     /// Parses and validates JSON text.
@@ -86,5 +86,50 @@ impl Artifact {
         let artifact: Artifact = serde_json::from_str(text)?;
         artifact.kernel.validate()?;
         Ok(artifact)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Arena, Expr, HyperDecl};
+
+    #[test]
+    fn non_finite_numbers_round_trip() {
+        let mut host = Arena::new();
+        host.append(Expr::Const(f64::INFINITY));
+        host.append(Expr::Const(f64::NEG_INFINITY));
+        host.append(Expr::Const(f64::NAN));
+        let kernel = Kernel {
+            rule: "r".into(),
+            flags: vec![],
+            hypers: vec![HyperDecl {
+                name: "h".into(),
+                default: f64::INFINITY,
+            }],
+            states: vec![],
+            scalars: vec![],
+            init: Arena::new(),
+            host,
+            uniforms: vec![],
+            scalar_updates: vec![],
+            body: Arena::new(),
+            stores: vec![],
+        };
+        let text = Artifact::new(kernel, None).to_json().expect("serializes");
+        let back = Artifact::from_json(&text).expect("reads back");
+        assert_eq!(back.kernel.hypers[0].default, f64::INFINITY);
+        let consts: Vec<f64> = back
+            .kernel
+            .host
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Expr::Const(c) => Some(*c),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(consts[0], f64::INFINITY);
+        assert_eq!(consts[1], f64::NEG_INFINITY);
+        assert!(consts[2].is_nan());
     }
 }

@@ -69,7 +69,7 @@ pub enum Slot {
 #[serde(rename_all = "snake_case")]
 pub enum Expr {
     /// A number literal.
-    Const(f64),
+    Const(#[serde(with = "crate::num")] f64),
     /// A boolean literal.
     Bool(bool),
     /// A hyperparameter's current value (uniform).

@@ -24,6 +24,7 @@ pub struct HyperDecl {
     /// Its name, as torch.optim spells it where torch has the optimizer.
     pub name: String,
     /// The value used when the user sets none.
+    #[serde(with = "crate::num")]
     pub default: f64,
 }
 

@@ -15,6 +15,7 @@ pub mod artifact;
 pub mod eval;
 pub mod expr;
 pub mod kernel;
+pub mod num;
 pub mod op;
 pub mod table;
 

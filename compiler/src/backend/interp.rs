@@ -68,6 +68,7 @@ fn step_generic<R: Real>(
     scalars: &mut [f64],
     bufs: Buffers<'_, R>,
 ) -> Result<(), InterpError> {
+    kernel.validate()?;
     let n = bufs.param.len();
     if bufs.grad.len() != n || bufs.states.iter().any(|s| s.len() != n) {
         return Err(InterpError::Shape(format!(

@@ -123,6 +123,19 @@ fn check_value(d: &ast::Decl, table: &DeclTable, out: &mut Vec<Diagnostic>) {
                     )
                     .hint("write a literal such as `1e-3`; hypers are set at run time, the default is only a starting value"),
                 );
+            } else if let Some(v) = const_value(&d.value).filter(|v| !v.is_finite()) {
+                out.push(
+                    Diagnostic::error(
+                        "E0205",
+                        format!(
+                            "the default of hyper `{}` is not a finite number",
+                            d.name.name
+                        ),
+                        d.value.span,
+                        format!("this is {v}"),
+                    )
+                    .hint("a default must be finite; check for an overflow or a division by zero"),
+                );
             }
         }
         DeclKind::Flag => {
@@ -245,6 +258,37 @@ fn const_form<'e>(e: &'e ast::Expr, name_ok: &dyn Fn(&str) -> bool) -> Result<()
         }
         _ => Err(e),
     }
+}
+
+/// The value of a constant expression (one that passed [`const_form`] with no names), in f64 with
+/// the ops' own meaning.
+fn const_value(e: &ast::Expr) -> Option<f64> {
+    use optc_kernel::{BinaryOp, Real, UnaryOp};
+    Some(match &e.kind {
+        ExprKind::Number(x) => *x,
+        ExprKind::Unary(op, a) => f64::unary(*op, const_value(a)?),
+        ExprKind::Binary(op, a, b) => f64::binary(*op, const_value(a)?, const_value(b)?),
+        ExprKind::Call(f, args) => {
+            let v: Vec<f64> = args.iter().map(const_value).collect::<Option<_>>()?;
+            let un = |op| v.first().map(|x| f64::unary(op, *x));
+            match (f.name.as_str(), v.as_slice()) {
+                ("sqrt", _) => un(UnaryOp::Sqrt)?,
+                ("rsqrt", _) => un(UnaryOp::Rsqrt)?,
+                ("abs", _) => un(UnaryOp::Abs)?,
+                ("sign", _) => un(UnaryOp::Sign)?,
+                ("exp", _) => un(UnaryOp::Exp)?,
+                ("log", _) => un(UnaryOp::Log)?,
+                ("min", [a, b]) => f64::binary(BinaryOp::Min, *a, *b),
+                ("max", [a, b]) => f64::binary(BinaryOp::Max, *a, *b),
+                ("clamp", [x, lo, hi]) => {
+                    f64::binary(BinaryOp::Min, f64::binary(BinaryOp::Max, *x, *lo), *hi)
+                }
+                ("lerp", [a, b, w]) => a + w * (b - a),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    })
 }
 
 /// Whether `e` is a boolean made of flags, `!`, `&&`, `||` and `true`/`false`.

@@ -71,7 +71,10 @@ impl CudaOptimizer {
             .params
             .get_mut(id.index())
             .ok_or(CudaError::UnknownParam(id.index()))?;
-        let t = slot.t + 1;
+        let t = slot
+            .t
+            .checked_add(1)
+            .ok_or_else(|| CudaError::Buffers("the step count would overflow".into()))?;
         let host = self.kernel.eval_host(&self.hypers, t, &slot.scalars)?;
         if slot.len > 0 {
             let mut ptrs = vec![p, g];
@@ -162,7 +165,10 @@ impl CudaOptimizer {
         let mut updates = Vec::with_capacity(items.len());
         for &(id, p, g) in items {
             let slot = &mut self.params[id.index()];
-            let t = slot.t + 1;
+            let t = slot
+                .t
+                .checked_add(1)
+                .ok_or_else(|| CudaError::Buffers("the step count would overflow".into()))?;
             let host = self.kernel.eval_host(&self.hypers, t, &slot.scalars)?;
             let mut pointers = vec![p, g];
             pointers.extend(slot.states.iter_mut().map(|s| state_ptr(s, &stream)));
