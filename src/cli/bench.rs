@@ -132,6 +132,50 @@ pub struct BenchReport {
     pub fraction_of_probe: f64,
 }
 
+impl BenchReport {
+    /// The report for `steps` (timed kernel steps) against a probe that moved `probe_bytes` in
+    /// `probe_s` seconds at its median.
+    pub(crate) fn new(
+        kernel: &optc_kernel::Kernel,
+        elements: usize,
+        tensors: usize,
+        threads: usize,
+        steps: &mut [Duration],
+        probe_s: f64,
+        probe_bytes: usize,
+    ) -> BenchReport {
+        let step_s = median(steps);
+        let bpe = kernel.bytes_per_element();
+        let bytes = (bpe * elements) as f64;
+        let probe_bytes = probe_bytes as f64;
+        BenchReport {
+            rule: kernel.rule.clone(),
+            flags: kernel
+                .flags
+                .iter()
+                .map(|f| (f.name.clone(), f.value))
+                .collect(),
+            elements,
+            tensors,
+            threads,
+            iters: steps.len(),
+            bytes_per_element: bpe,
+            step_s,
+            step_min_s: steps
+                .iter()
+                .min()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64(),
+            probe_s,
+            elements_per_s: elements as f64 / step_s,
+            bytes_per_s: bytes / step_s,
+            probe_bytes_per_s: probe_bytes / probe_s,
+            fraction_of_probe: (bytes / step_s) / (probe_bytes / probe_s),
+        }
+    }
+}
+
 /// Runs `optc bench`.
 pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let compiled = load_rule(&args.rule)?;
@@ -230,36 +274,17 @@ pub fn bench(
     }
     bar.finish_and_clear();
 
-    let step_s = median(&mut steps);
     let probe_s = median(&mut probes);
-    let bpe = kernel.bytes_per_element();
-    let bytes = (bpe * elements) as f64;
-    let probe_bytes = (probe.bytes_per_element() * elements) as f64;
-    Ok(BenchReport {
-        rule: kernel.rule.clone(),
-        flags: kernel
-            .flags
-            .iter()
-            .map(|f| (f.name.clone(), f.value))
-            .collect(),
+    let probe_bytes = probe.bytes_per_element() * elements;
+    Ok(BenchReport::new(
+        &kernel,
         elements,
-        tensors: shapes.len(),
-        threads: pool.current_num_threads(),
-        iters: steps.len(),
-        bytes_per_element: bpe,
-        step_s,
-        step_min_s: steps
-            .iter()
-            .min()
-            .copied()
-            .unwrap_or_default()
-            .as_secs_f64(),
+        shapes.len(),
+        pool.current_num_threads(),
+        &mut steps,
         probe_s,
-        elements_per_s: elements as f64 / step_s,
-        bytes_per_s: bytes / step_s,
-        probe_bytes_per_s: probe_bytes / probe_s,
-        fraction_of_probe: (bytes / step_s) / (probe_bytes / probe_s),
-    })
+        probe_bytes,
+    ))
 }
 
 /// Refuses a run that needs more memory than the machine has available (an allocation failure

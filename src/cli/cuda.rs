@@ -4,6 +4,23 @@
 
 use super::run::{CliResult, Final, Tensor};
 
+/// Compiles `rule` for `flags` to PTX and loads it on GPU 0 with `hypers` set.
+#[cfg(feature = "cuda")]
+fn load(
+    rule: &optc_compiler::Rule,
+    flags: &[(String, bool)],
+    hypers: &[(String, f64)],
+) -> CliResult<(optc_kernel::Kernel, optc_runtime::cuda::CudaOptimizer)> {
+    let overrides: Vec<(&str, bool)> = flags.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let kernel = rule.specialize(&overrides)?;
+    let ptx = optc_compiler::backend::ptx::emit(&kernel, &Default::default())?;
+    let mut opt = optc_runtime::cuda::CudaOptimizer::new(kernel.clone(), &ptx, 0)?;
+    for (name, value) in hypers {
+        opt.set_hyper(name, *value)?;
+    }
+    Ok((kernel, opt))
+}
+
 /// Steps every tensor `steps` times on GPU 0 and returns the final states; the tensors' data is
 /// replaced by the final parameters.
 #[cfg(feature = "cuda")]
@@ -14,15 +31,8 @@ pub(crate) fn run_steps(
     tensors: &mut [Tensor<'_>],
     steps: usize,
 ) -> CliResult<Vec<Final>> {
-    use optc_runtime::cuda::CudaOptimizer;
     let rule = super::source::load_rule(rule_spec)?;
-    let overrides: Vec<(&str, bool)> = flags.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-    let kernel = rule.specialize(&overrides)?;
-    let ptx = optc_compiler::backend::ptx::emit(&kernel, &Default::default())?;
-    let mut opt = CudaOptimizer::new(kernel.clone(), &ptx, 0)?;
-    for (name, value) in hypers {
-        opt.set_hyper(name, *value)?;
-    }
+    let (kernel, mut opt) = load(&rule, flags, hypers)?;
     let stream = opt.stream().clone();
     let mut params = Vec::with_capacity(tensors.len());
     let mut ids = Vec::with_capacity(tensors.len());
@@ -92,16 +102,10 @@ pub(crate) fn bench(
     shapes: &[(String, Vec<usize>)],
     args: &super::bench::BenchArgs,
 ) -> CliResult<super::bench::BenchReport> {
-    use super::bench::{fill, median, progress, BenchReport};
-    use optc_runtime::cuda::{copy_bandwidth, CudaOptimizer};
+    use super::bench::{fill, progress, BenchReport};
+    use optc_runtime::cuda::copy_bandwidth;
     use std::time::Instant;
-    let overrides: Vec<(&str, bool)> = flags.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-    let kernel = rule.specialize(&overrides)?;
-    let ptx = optc_compiler::backend::ptx::emit(&kernel, &Default::default())?;
-    let mut opt = CudaOptimizer::new(kernel.clone(), &ptx, 0)?;
-    for (name, value) in hypers {
-        opt.set_hyper(name, *value)?;
-    }
+    let (kernel, mut opt) = load(rule, flags, hypers)?;
     let stream = opt.stream().clone();
     let lens: Vec<usize> = shapes.iter().map(|(_, s)| s.iter().product()).collect();
     let elements: usize = lens.iter().sum();
@@ -135,37 +139,19 @@ pub(crate) fn bench(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let step_s = median(&mut steps);
     // The probe: a copy of half the step's bytes (a copy reads and writes each byte once), on the
     // same device in the same process, right after the steps.
     let copy = copy_bandwidth(0, (bytes / 2).max(4), steps.len() as u32)?;
-    let probe_bytes = 2 * (bytes / 2).max(4);
     let probe_s = copy.seconds / f64::from(copy.iterations.max(1));
-    Ok(BenchReport {
-        rule: kernel.rule.clone(),
-        flags: kernel
-            .flags
-            .iter()
-            .map(|f| (f.name.clone(), f.value))
-            .collect(),
+    Ok(BenchReport::new(
+        &kernel,
         elements,
-        tensors: shapes.len(),
-        threads: 0,
-        iters: steps.len(),
-        bytes_per_element: bpe,
-        step_s,
-        step_min_s: steps
-            .iter()
-            .min()
-            .copied()
-            .unwrap_or_default()
-            .as_secs_f64(),
+        shapes.len(),
+        0,
+        &mut steps,
         probe_s,
-        elements_per_s: elements as f64 / step_s,
-        bytes_per_s: bytes as f64 / step_s,
-        probe_bytes_per_s: probe_bytes as f64 / probe_s,
-        fraction_of_probe: (bytes as f64 / step_s) / (probe_bytes as f64 / probe_s),
-    })
+        2 * (bytes / 2).max(4),
+    ))
 }
 
 /// Without CUDA support compiled in: a clear error.
