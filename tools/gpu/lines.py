@@ -90,7 +90,7 @@ def fidelity(text, rc):
         b = worst.setdefault(backend, {"rules": 0, "err": -1.0, "at": ""})
         b["rules"] += 1
         if e > b["err"] or e != e:
-            b["err"], b["at"] = e, f"{rule}: {at}"
+            b["err"], b["at"] = e, at
     why = stopped(rc)
     parts = [f"{b}: {w['rules']} rules, worst {w['err']:.1e} ({w['at']})" for b, w in sorted(worst.items())]
     detail = "; ".join(parts) if parts else "no per-rule results printed"
