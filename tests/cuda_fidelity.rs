@@ -133,8 +133,15 @@ impl Device {
         stream
             .memcpy_dtoh(&slot.p, bufs.param)
             .unwrap_or_else(|e| fail(&e));
-        for (s, values) in self.kernel.states.iter().zip(states.iter_mut()) {
-            let got = opt.state(slot.id, &s.name).unwrap_or_else(|e| fail(&e));
+        let got: Vec<Vec<f32>> = self
+            .kernel
+            .states
+            .iter()
+            .map(|s| opt.state(slot.id, &s.name).unwrap_or_else(|e| fail(&e)))
+            .collect();
+        // Copies to pageable memory return when done in practice; CUDA only says "might".
+        opt.synchronize().unwrap_or_else(|e| fail(&e));
+        for (values, got) in states.iter_mut().zip(got) {
             values.copy_from_slice(&got);
         }
         assert_eq!(opt.steps(slot.id).unwrap_or_else(|e| fail(&e)), t);
