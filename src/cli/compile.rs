@@ -91,7 +91,7 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     };
     match &args.output {
-        Some(path) => std::fs::write(path, text)
+        Some(path) => optc_runtime::atomic::write_atomic(path, text.as_bytes())
             .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?,
         None => super::print_out(&text)?,
     }
