@@ -8,7 +8,8 @@
 //! mismatch.
 
 use crate::error::{unknown_name, NameKind, RuntimeError};
-use optc_kernel::{FlagValue, HyperDecl, Kernel};
+use optc_kernel::artifact::PtxModule;
+use optc_kernel::{Artifact, FlagValue, HyperDecl, Kernel};
 
 /// An optimizer rule, ready to be specialized into kernels. See the module docs.
 pub struct Rule {
@@ -19,7 +20,7 @@ pub struct Rule {
 }
 
 enum Source {
-    Kernel(Box<Kernel>),
+    Kernel(Box<Kernel>, Option<PtxModule>),
     #[cfg(feature = "compiler")]
     Compiler(Box<optc_compiler::Rule>),
 }
@@ -34,8 +35,34 @@ impl Rule {
             name: kernel.rule.clone(),
             hypers: kernel.hypers.clone(),
             flags: kernel.flags.clone(),
-            source: Source::Kernel(Box::new(kernel)),
+            source: Source::Kernel(Box::new(kernel), None),
         })
+    }
+
+    /// A rule from a compiled artifact (`optc compile --target cuda`): its kernel and, for the
+    /// CUDA target, its PTX. Needs no compiler. Fails when the kernel does not validate.
+    pub fn from_artifact(artifact: Artifact) -> Result<Rule, RuntimeError> {
+        artifact.kernel.validate()?;
+        Ok(Rule {
+            name: artifact.kernel.rule.clone(),
+            hypers: artifact.kernel.hypers.clone(),
+            flags: artifact.kernel.flags.clone(),
+            source: Source::Kernel(Box::new(artifact.kernel), artifact.ptx),
+        })
+    }
+
+    /// Parses an artifact's JSON (`*.optc.json`) into a rule ([`Rule::from_artifact`]).
+    pub fn from_artifact_json(json: &str) -> Result<Rule, RuntimeError> {
+        Rule::from_artifact(Artifact::from_json(json)?)
+    }
+
+    /// The PTX this rule came with (an artifact's); `None` for rules compiled in process.
+    pub(crate) fn ptx(&self) -> Option<&PtxModule> {
+        match &self.source {
+            Source::Kernel(_, ptx) => ptx.as_ref(),
+            #[cfg(feature = "compiler")]
+            Source::Compiler(_) => None,
+        }
     }
 
     /// A rule parsed and checked by the compiler; kernels are specialized from it on demand.
@@ -161,7 +188,7 @@ impl Rule {
     /// The kernel specialized for `flags` (a full vector from [`Rule::resolve_flags`]).
     pub(crate) fn specialize(&self, flags: &[bool]) -> Result<Kernel, RuntimeError> {
         match &self.source {
-            Source::Kernel(kernel) => {
+            Source::Kernel(kernel, _) => {
                 for (decl, &want) in self.flags.iter().zip(flags) {
                     if decl.value != want {
                         return Err(RuntimeError::FixedFlag {

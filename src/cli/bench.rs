@@ -192,7 +192,13 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             &shapes,
             &args,
         )?,
-        BenchTarget::Cuda => super::cuda::bench(&compiled, &flags, &hypers, &shapes, &args)?,
+        BenchTarget::Cuda => super::cuda::bench(
+            Rule::from_compiled(compiled),
+            flags,
+            &hypers,
+            &shapes,
+            &args,
+        )?,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

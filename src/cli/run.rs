@@ -65,24 +65,24 @@ pub enum RunTarget {
 }
 
 /// One parameter: its name, shape, data, and its gradient history as raw f32 bytes.
-pub(crate) struct Tensor<'a> {
-    pub(crate) name: String,
-    pub(crate) shape: Vec<usize>,
-    pub(crate) data: Vec<f32>,
-    pub(crate) grads: &'a [u8],
+struct Tensor<'a> {
+    name: String,
+    shape: Vec<usize>,
+    data: Vec<f32>,
+    grads: &'a [u8],
 }
 
 /// A parameter's final state, as written to the output file.
-pub(crate) struct Final {
+struct Final {
     /// Per-element states by name.
-    pub(crate) states: Vec<(String, Vec<f32>)>,
+    states: Vec<(String, Vec<f32>)>,
     /// Scalar states by name.
-    pub(crate) scalars: Vec<(String, f64)>,
+    scalars: Vec<(String, f64)>,
 }
 
 impl Tensor<'_> {
     /// The gradient row of step `k + 1`.
-    pub(crate) fn grad_row(&self, k: usize) -> CliResult<Vec<f32>> {
+    fn grad_row(&self, k: usize) -> CliResult<Vec<f32>> {
         let bytes = 4 * self.data.len();
         Ok(f32_vec(
             &self.name,
@@ -106,12 +106,7 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     let target = match args.target {
         RunTarget::Cpu => Target::Cpu,
         RunTarget::Interp => Target::Interp,
-        RunTarget::Cuda => {
-            let finals =
-                super::cuda::run_steps(&args.rule, &flags, &hypers, &mut tensors, args.steps)?;
-            write_output(&tensors, &finals, &args.output)?;
-            return Ok(ExitCode::SUCCESS);
-        }
+        RunTarget::Cuda => super::cuda::target()?,
     };
     let options = Options {
         target,
@@ -144,7 +139,7 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
             states: opt
                 .states(&t.name)?
                 .into_iter()
-                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .map(|(n, v)| (n.to_string(), v))
                 .collect(),
             scalars: opt
                 .scalars(&t.name)?
@@ -261,7 +256,8 @@ fn write_output(tensors: &[Tensor<'_>], finals: &[Final], path: &Path) -> CliRes
     for (key, (dtype, shape, data)) in &owned {
         views.push((key.as_str(), TensorView::new(*dtype, shape.clone(), data)?));
     }
-    safetensors::serialize_to_file(views, None, path)
+    let bytes = safetensors::serialize(views, None)?;
+    optc_runtime::atomic::write_atomic(path, &bytes)
         .map_err(|e| format!("cannot write `{}`: {e}", path.display()).into())
 }
 

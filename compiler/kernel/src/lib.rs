@@ -6,6 +6,7 @@
 //! - [`op`]: the ops and their meaning, the single definition that every backend must match;
 //! - [`expr`]: the DAG node type used by every program of the IR;
 //! - [`kernel`]: the fused kernel: host program, uniforms, per-element body, stores;
+//! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads.
 //!
 //! Nothing here parses `.opt` source or optimizes; see `optc-compiler` for that.
@@ -18,6 +19,7 @@ pub mod kernel;
 pub mod num;
 pub mod op;
 pub mod table;
+pub mod valid;
 
 pub use arena::{Arena, Handle};
 pub use artifact::{Artifact, ArtifactError};
@@ -27,3 +29,4 @@ pub use kernel::{
     ScalarUpdate, StateDecl, Store, FORMAT_VERSION,
 };
 pub use op::{BinaryOp, Real, UnaryOp};
+pub use valid::ValidKernel;
