@@ -109,7 +109,10 @@ mod tests {
         let path = dir.join("out.bin");
         write_atomic(&path, b"first").expect("first write");
         write_atomic(&path, b"second, longer").expect("second write");
-        assert_eq!(std::fs::read(&path).ok().as_deref(), Some(&b"second, longer"[..]));
+        assert_eq!(
+            std::fs::read(&path).ok().as_deref(),
+            Some(&b"second, longer"[..])
+        );
         assert_eq!(entries(&dir), vec!["out.bin".to_string()]);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -125,7 +128,10 @@ mod tests {
         })
         .expect_err("the writer fails");
         assert_eq!(err.to_string(), "disk full");
-        assert_eq!(std::fs::read(&path).ok().as_deref(), Some(&b"old contents"[..]));
+        assert_eq!(
+            std::fs::read(&path).ok().as_deref(),
+            Some(&b"old contents"[..])
+        );
         assert_eq!(entries(&dir), vec!["ckpt.safetensors".to_string()]);
         let _ = std::fs::remove_dir_all(&dir);
     }

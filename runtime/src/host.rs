@@ -78,7 +78,10 @@ impl Executor for HostExecutor {
                 let options = CpuOptions {
                     allow_fma: self.allow_fma,
                 };
-                Compiled::Cpu(Box::new(CpuKernel::compile_with(&kernel, &options)?), kernel)
+                Compiled::Cpu(
+                    Box::new(CpuKernel::compile_with(&kernel, &options)?),
+                    kernel,
+                )
             }
             #[allow(unreachable_patterns)]
             other => {
@@ -135,7 +138,9 @@ impl Executor for HostExecutor {
         tensors: &mut [StageTensor<'_, '_>],
     ) -> Result<Vec<Vec<f32>>, RuntimeError> {
         if stage != 0 {
-            return Err(internal(&format!("a single-stage kernel has no stage {stage}")));
+            return Err(internal(&format!(
+                "a single-stage kernel has no stage {stage}"
+            )));
         }
         let n = tensors.len();
         // Borrow every tensor's states at once: each parameter appears at most once per step.

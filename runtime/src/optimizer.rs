@@ -245,7 +245,10 @@ impl Optimizer {
 
     /// Changes the launch shape of a CUDA optimizer (for tuning; results do not depend on it).
     #[cfg(feature = "cuda")]
-    pub fn set_launch_shape(&mut self, shape: crate::cuda::LaunchShape) -> Result<(), RuntimeError> {
+    pub fn set_launch_shape(
+        &mut self,
+        shape: crate::cuda::LaunchShape,
+    ) -> Result<(), RuntimeError> {
         match self.exec.cuda() {
             Some(c) => Ok(c.set_launch_shape(shape)?),
             None => Err(RuntimeError::Unsupported(format!(

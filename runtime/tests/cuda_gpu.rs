@@ -159,7 +159,12 @@ impl Reference {
             check(&format!("{} {what}: state {s}", k.rule), got, want, rel);
         }
         assert_eq!(opt.step_count(name).expect("steps"), self.t);
-        let scalars: Vec<f64> = opt.scalars(name).expect("scalars").iter().map(|s| s.1).collect();
+        let scalars: Vec<f64> = opt
+            .scalars(name)
+            .expect("scalars")
+            .iter()
+            .map(|s| s.1)
+            .collect();
         assert_eq!(scalars, self.scalars);
     }
 }
@@ -384,6 +389,9 @@ fn checkpoints_saved_on_the_gpu_resume_exactly() {
     reference.step(&k, &hypers, &g0);
     let got = stream.clone_dtoh(&q).expect("download");
     reference.compare(&k, &resumed, "w", &got, "resumed");
-    assert_eq!(resumed.states("w").expect("states"), opt.states("w").expect("states"));
+    assert_eq!(
+        resumed.states("w").expect("states"),
+        opt.states("w").expect("states")
+    );
     assert!(opt.set_hyper("nope", 1.0).is_err());
 }

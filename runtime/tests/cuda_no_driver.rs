@@ -53,7 +53,6 @@ fn artifact_problems_are_reported_before_touching_the_driver() {
     let mut broken = ptx_kernels::sgd_selects();
     let ptx = emit(&broken, &PtxOptions::default()).expect("emit");
     broken.stores.push(broken.stores[0]);
-    let err = Rule::from_artifact(Artifact::new(broken, Some(ptx)))
-        .expect_err("invalid kernel");
+    let err = Rule::from_artifact(Artifact::new(broken, Some(ptx))).expect_err("invalid kernel");
     assert!(matches!(err, RuntimeError::Kernel(_)), "{err}");
 }

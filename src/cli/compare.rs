@@ -195,7 +195,8 @@ pub fn write_outputs(c: &Comparison, dir: &std::path::Path) -> Result<(), Compar
     let json_path = dir.join("results.json");
     let json =
         serde_json::to_string(&c.thinned(JSON_POINTS)).map_err(|e| output(&json_path, &e))?;
-    optc_runtime::atomic::write_atomic(&json_path, json.as_bytes()).map_err(|e| output(&json_path, &e))?;
+    optc_runtime::atomic::write_atomic(&json_path, json.as_bytes())
+        .map_err(|e| output(&json_path, &e))?;
     let png_path = dir.join("curves.png");
     match plot::write_curves(c, &png_path)? {
         plot::PlotNote::Complete => {}

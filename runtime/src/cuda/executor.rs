@@ -299,9 +299,10 @@ impl Executor for CudaExecutor {
                 "loading the PTX module (.version {}, .target {}; the driver must support both)",
                 ptx.version, ptx.target
             ))?;
-        let multi = module
-            .load_function(&ptx.multi_entry)
-            .during(format!("finding entry `{}` in the PTX module", ptx.multi_entry))?;
+        let multi = module.load_function(&ptx.multi_entry).during(format!(
+            "finding entry `{}` in the PTX module",
+            ptx.multi_entry
+        ))?;
         self.kernels.push(Loaded {
             kernel,
             multi,
@@ -364,7 +365,9 @@ impl Executor for CudaExecutor {
                     let p = if param.is_empty() {
                         stream.null::<f32>().during("creating an empty parameter")?
                     } else {
-                        stream.clone_htod(&**param).during("uploading a parameter")?
+                        stream
+                            .clone_htod(&**param)
+                            .during("uploading a parameter")?
                     };
                     let g = if grad.is_empty() {
                         stream.null::<f32>().during("creating an empty gradient")?
@@ -415,7 +418,9 @@ impl Executor for CudaExecutor {
                 uniforms: t.uniforms.clone(),
             });
         }
-        let max_blocks = self.multiprocessors.saturating_mul(self.shape.blocks_per_sm);
+        let max_blocks = self
+            .multiprocessors
+            .saturating_mul(self.shape.blocks_per_sm);
         launch_multi(
             &stream,
             &loaded.multi,

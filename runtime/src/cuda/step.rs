@@ -40,7 +40,12 @@ pub(crate) fn launch_multi(
     if table.num_chunks == 0 {
         return Ok(());
     }
-    let records = upload(stream, &mut buffers.table, &table.records, "the tensor table")?;
+    let records = upload(
+        stream,
+        &mut buffers.table,
+        &table.records,
+        "the tensor table",
+    )?;
     let chunks = upload(stream, &mut buffers.chunks, &table.chunks, "the chunk list")?;
     let num_chunks = table.num_chunks as u64;
     let chunk_elems = shape.chunk_elems as u64;
