@@ -112,7 +112,7 @@ impl Optimizer {
         Meta {
             format: CHECKPOINT_FORMAT,
             rule: self.rule.name().to_string(),
-            hypers: self.rule.hypers().iter().map(|h| h.name.clone()).collect(),
+            hypers: self.hypers.iter().map(|h| h.name.clone()).collect(),
             groups,
             params,
         }

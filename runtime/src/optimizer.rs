@@ -17,7 +17,7 @@ use crate::error::{unknown_name, NameKind, RuntimeError};
 use crate::executor::{Executor, StageTensor, StateInit, TensorData};
 use crate::rule::Rule;
 use crate::target::Target;
-use optc_kernel::{Init, Kernel, ValidKernel};
+use optc_kernel::{HyperDecl, Init, Kernel, ValidKernel};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -159,6 +159,8 @@ pub struct Optimizer {
     pub(crate) exec: Box<dyn Executor>,
     /// The flag vector of each of the executor's kernels, by kernel index.
     pub(crate) kernel_flags: Vec<Vec<bool>>,
+    /// The hypers every kernel takes, in order: the rule's (and those options add).
+    pub(crate) hypers: Vec<HyperDecl>,
     pub(crate) defaults: Vec<f64>,
     pub(crate) groups: Vec<Group>,
     pub(crate) params: Vec<Param>,
@@ -174,11 +176,13 @@ impl Optimizer {
     /// An optimizer built with `options`. Compiles (or loads) group 0's kernel.
     pub fn with_options(rule: Rule, options: Options) -> Result<Optimizer, RuntimeError> {
         let exec = crate::target::executor(&options)?;
-        let defaults = rule.hypers().iter().map(|h| h.default).collect();
+        let hypers = rule.hypers().to_vec();
+        let defaults = hypers.iter().map(|h| h.default).collect();
         let mut opt = Optimizer {
             rule,
             exec,
             kernel_flags: Vec::new(),
+            hypers,
             defaults,
             groups: Vec::new(),
             params: Vec::new(),
@@ -217,6 +221,15 @@ impl Optimizer {
             Some(i) => i,
             None => {
                 let kernel = ValidKernel::new(self.rule.specialize(&flags)?)?;
+                let names = |h: &[HyperDecl]| h.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
+                if names(&kernel.hypers) != names(&self.hypers) {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "internal: the kernel of rule `{}` takes hypers {:?}, the optimizer has {:?}",
+                        self.rule.name(),
+                        names(&kernel.hypers),
+                        names(&self.hypers)
+                    )));
+                }
                 let index = self.exec.load(kernel, self.rule.ptx())?;
                 debug_assert_eq!(index, self.kernel_flags.len());
                 self.kernel_flags.push(flags);
@@ -320,7 +333,7 @@ impl Optimizer {
     /// Sets hyper `name` in every group, and as the default of groups added later. Never
     /// recompiles.
     pub fn set_hyper(&mut self, name: &str, value: f64) -> Result<(), RuntimeError> {
-        let i = self.rule.hyper_index(name)?;
+        let i = self.hyper_index(name)?;
         self.defaults[i] = value;
         for g in &mut self.groups {
             g.hypers[i] = value;
@@ -335,7 +348,7 @@ impl Optimizer {
         name: &str,
         value: f64,
     ) -> Result<(), RuntimeError> {
-        let i = self.rule.hyper_index(name)?;
+        let i = self.hyper_index(name)?;
         self.group(group)?;
         self.groups[group.0].hypers[i] = value;
         Ok(())
@@ -343,7 +356,7 @@ impl Optimizer {
 
     /// The value of hyper `name` in `group`.
     pub fn hyper(&self, group: GroupId, name: &str) -> Result<f64, RuntimeError> {
-        let i = self.rule.hyper_index(name)?;
+        let i = self.hyper_index(name)?;
         Ok(self.group(group)?.hypers[i])
     }
 
@@ -427,6 +440,21 @@ impl Optimizer {
             .zip(grads)
             .map(|((name, p), g)| Update::new(name, p, g));
         self.step(updates)
+    }
+
+    /// The position of hyper `name`, or an error with a did-you-mean hint.
+    fn hyper_index(&self, name: &str) -> Result<usize, RuntimeError> {
+        self.hypers
+            .iter()
+            .position(|h| h.name == name)
+            .ok_or_else(|| {
+                unknown_name(
+                    NameKind::Hyper,
+                    name,
+                    format!("in rule `{}`", self.rule.name()),
+                    self.hypers.iter().map(|h| h.name.as_str()),
+                )
+            })
     }
 
     pub(crate) fn group(&self, group: GroupId) -> Result<&Group, RuntimeError> {

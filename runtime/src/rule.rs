@@ -149,21 +149,6 @@ impl Rule {
         &self.flags
     }
 
-    /// The position of hyper `name`, or an error with a did-you-mean hint.
-    pub(crate) fn hyper_index(&self, name: &str) -> Result<usize, RuntimeError> {
-        self.hypers
-            .iter()
-            .position(|h| h.name == name)
-            .ok_or_else(|| {
-                unknown_name(
-                    NameKind::Hyper,
-                    name,
-                    format!("in rule `{}`", self.name),
-                    self.hypers.iter().map(|h| h.name.as_str()),
-                )
-            })
-    }
-
     /// The full flag vector (declaration order) for the defaults overridden by `set`.
     pub(crate) fn resolve_flags(&self, set: &[(&str, bool)]) -> Result<Vec<bool>, RuntimeError> {
         let mut values: Vec<bool> = self.flags.iter().map(|f| f.value).collect();
