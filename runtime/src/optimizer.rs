@@ -222,7 +222,11 @@ impl Optimizer {
             None => {
                 let kernel = ValidKernel::new(self.rule.specialize(&flags)?)?;
                 let names = |h: &[HyperDecl]| h.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
-                if names(&kernel.hypers) != names(&self.hypers) {
+                if self.kernel_flags.is_empty() {
+                    // The first kernel defines the hypers: the rule's and those options add.
+                    self.hypers = kernel.hypers.clone();
+                    self.defaults = kernel.default_hypers();
+                } else if names(&kernel.hypers) != names(&self.hypers) {
                     return Err(RuntimeError::Unsupported(format!(
                         "internal: the kernel of rule `{}` takes hypers {:?}, the optimizer has {:?}",
                         self.rule.name(),
