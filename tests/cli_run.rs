@@ -163,6 +163,13 @@ fn check_against_interp(
     args.extend(extra);
     let (code, stderr) = optc(&args);
     assert_eq!(code, 0, "{stderr}");
+    // The output was written atomically: no temporary file is left next to it.
+    let mut files: Vec<String> = std::fs::read_dir(&d)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["g.safetensors", "out.safetensors", "p.safetensors"]);
 
     let compiled = optc_compiler::stdlib::rule(rule)
         .expect("stdlib")
@@ -206,6 +213,7 @@ fn check_against_interp(
 #[test]
 fn run_matches_the_interpreter() {
     check_against_interp("adamw", &[], &[("lr", 0.01)], &["--target", "interp"], 4);
+    check_against_interp("adamw", &[], &[], &["--no-fma", "--threads", "3"], 4);
     check_against_interp(
         "adamw",
         &[("amsgrad", true)],
