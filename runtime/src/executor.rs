@@ -53,6 +53,9 @@ pub(crate) struct StageTensor<'s, 'a> {
     pub uniforms: Vec<f32>,
 }
 
+/// A stage's block partials: `[tensor][reduce output][block]`.
+pub(crate) type Partials = Vec<Vec<Vec<f32>>>;
+
 /// How a new state buffer starts.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum StateInit {
@@ -91,13 +94,15 @@ pub(crate) trait Executor: Send {
     fn drop_states(&mut self, param: usize);
 
     /// Runs stage `stage` of kernel `kernel` over `tensors` (every one of which has states).
-    /// Returns, per tensor, the stage's block partials (empty for a stage without reductions).
+    /// Returns the stage's block partials: per tensor, per reduce output of the stage (in
+    /// `Stage::reduce` order), one f32 per block of `REDUCE_BLOCK` elements in block order,
+    /// each computed in the order of `optc_kernel::reduce::block_partial`.
     fn run_stage(
         &mut self,
         kernel: usize,
         stage: usize,
         tensors: &mut [StageTensor<'_, '_>],
-    ) -> Result<Vec<Vec<f32>>, RuntimeError>;
+    ) -> Result<Partials, RuntimeError>;
 
     /// Copies parameter `param`'s states to the host, in the kernel's state order.
     fn read_states(&self, param: usize) -> Result<Vec<Vec<f32>>, RuntimeError>;

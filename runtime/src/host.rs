@@ -7,7 +7,7 @@
 
 use crate::cpu::{CpuKernel, CpuOptions, TensorArgs};
 use crate::error::RuntimeError;
-use crate::executor::{Executor, StageTensor, StateInit, TensorData};
+use crate::executor::{Executor, Partials, StageTensor, StateInit, TensorData};
 use crate::target::Target;
 use optc_kernel::artifact::PtxModule;
 use optc_kernel::ValidKernel;
@@ -136,12 +136,7 @@ impl Executor for HostExecutor {
         kernel: usize,
         stage: usize,
         tensors: &mut [StageTensor<'_, '_>],
-    ) -> Result<Vec<Vec<f32>>, RuntimeError> {
-        if stage != 0 {
-            return Err(internal(&format!(
-                "a single-stage kernel has no stage {stage}"
-            )));
-        }
+    ) -> Result<Partials, RuntimeError> {
         let n = tensors.len();
         // Borrow every tensor's states at once: each parameter appears at most once per step.
         let mut slots: Vec<Option<&mut Vec<Vec<f32>>>> =
@@ -161,14 +156,21 @@ impl Executor for HostExecutor {
             });
         }
         match &self.kernels[kernel] {
-            Compiled::Cpu(k, _) => k.step_many(args, self.pool.as_deref())?,
-            Compiled::Interp(k) => {
-                for a in args {
-                    interp_stage(k, a)?;
+            Compiled::Cpu(k, valid) => {
+                if stage != 0 || !valid.stages[0].reduce.is_empty() {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "rule `{}` has reductions or several stages, which the CPU JIT does not run yet; use Target::Interp",
+                        valid.rule
+                    )));
                 }
+                k.step_many(args, self.pool.as_deref())?;
+                Ok(vec![Vec::new(); n])
             }
+            Compiled::Interp(k) => args
+                .into_iter()
+                .map(|a| interp_stage(k, stage, a))
+                .collect(),
         }
-        Ok(vec![Vec::new(); n])
     }
 
     fn read_states(&self, param: usize) -> Result<Vec<Vec<f32>>, RuntimeError> {
@@ -188,20 +190,32 @@ impl Executor for HostExecutor {
     }
 }
 
-/// One tensor through the interpreter with uniforms already computed: the body per element, in
-/// f32, with the op definitions of `optc_kernel::op`.
-fn interp_stage(kernel: &ValidKernel, args: TensorArgs<'_>) -> Result<(), RuntimeError> {
+/// One tensor through one stage of the interpreter, with the stage's uniforms already computed:
+/// the body per element in f32 with the op definitions of `optc_kernel::op`, the stores, and each
+/// reduce output's block partials by `optc_kernel::reduce::block_partial` (the defining order).
+fn interp_stage(
+    kernel: &ValidKernel,
+    stage: usize,
+    args: TensorArgs<'_>,
+) -> Result<Vec<Vec<f32>>, RuntimeError> {
     use optc_kernel::eval::eval_arena;
+    use optc_kernel::reduce::{block_partial, REDUCE_BLOCK};
     use optc_kernel::{Expr, Slot};
+    let st = kernel
+        .stages
+        .get(stage)
+        .ok_or_else(|| internal(&format!("rule `{}` has no stage {stage}", kernel.rule)))?;
     let TensorArgs {
         param,
         grad,
         mut states,
         uniforms,
     } = args;
-    let mut values: Vec<f32> = Vec::with_capacity(kernel.body.len());
-    for i in 0..param.len() {
-        eval_arena(&kernel.body, &mut values, |e| match *e {
+    let n = param.len();
+    let mut outputs: Vec<Vec<f32>> = st.reduce.iter().map(|_| Vec::with_capacity(n)).collect();
+    let mut values: Vec<f32> = Vec::with_capacity(st.body.len());
+    for i in 0..n {
+        eval_arena(&st.body, &mut values, |e| match *e {
             Expr::Uniform(u) => uniforms.get(u.index()).copied().ok_or(()),
             Expr::Load(Slot::Param) => Ok(param[i]),
             Expr::Load(Slot::Grad) => Ok(grad[i]),
@@ -212,8 +226,11 @@ fn interp_stage(kernel: &ValidKernel, args: TensorArgs<'_>) -> Result<(), Runtim
                 .ok_or(()),
             _ => Err(()),
         })
-        .map_err(|e| RuntimeError::Interp(format!("body: {e:?}")))?;
-        for s in &kernel.stores {
+        .map_err(|e| RuntimeError::Interp(format!("stage {stage} body: {e:?}")))?;
+        for (out, r) in outputs.iter_mut().zip(&st.reduce) {
+            out.push(values[r.value.index()]);
+        }
+        for s in &st.stores {
             let v = values[s.value.index()];
             match s.slot {
                 Slot::Param => param[i] = v,
@@ -226,5 +243,14 @@ fn interp_stage(kernel: &ValidKernel, args: TensorArgs<'_>) -> Result<(), Runtim
             }
         }
     }
-    Ok(())
+    Ok(outputs
+        .iter()
+        .zip(&st.reduce)
+        .map(|(xs, r)| {
+            let op = kernel.reductions[r.reduction.index()].op;
+            xs.chunks(REDUCE_BLOCK)
+                .map(|b| block_partial(op, b))
+                .collect()
+        })
+        .collect())
 }

@@ -54,6 +54,8 @@ pub mod probe;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 mod rule;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
+mod stages;
+#[cfg(any(feature = "compiler", feature = "cuda"))]
 mod target;
 
 pub use error::{NameKind, RuntimeError};

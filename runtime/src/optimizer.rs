@@ -16,6 +16,7 @@
 use crate::error::{unknown_name, NameKind, RuntimeError};
 use crate::executor::{Executor, StageTensor, StateInit, TensorData};
 use crate::rule::Rule;
+use crate::stages::{self, GRAD_NORM_SQUARED};
 use crate::target::Target;
 use optc_kernel::{HyperDecl, Init, Kernel, ValidKernel};
 use std::collections::HashMap;
@@ -37,6 +38,13 @@ pub struct Options {
     /// Let the CPU JIT fuse `a * b + c` into one rounding (faster on hosts with FMA). With
     /// `false`, the CPU target gives the reference interpreter's results bit for bit.
     pub allow_fma: bool,
+    /// Clip by the global gradient norm before the update, as
+    /// `torch.nn.utils.clip_grad_norm_(params, max_grad_norm)` does, over every tensor of each
+    /// `step` call across groups, fused into the rule's own passes. It adds the hyper
+    /// `max_grad_norm` (set to this value; change it with [`Optimizer::set_hyper`]), and every
+    /// step reports the total norm ([`StepReport::grad_norm`]). `f64::INFINITY` reports the norm
+    /// without clipping (the gradient is multiplied by exactly 1).
+    pub max_grad_norm: Option<f64>,
     /// Where and how the CUDA target runs (ignored by the other targets).
     #[cfg(feature = "cuda")]
     pub cuda: crate::cuda::CudaOptions,
@@ -50,6 +58,7 @@ impl Default for Options {
             pool: None,
             flags: Vec::new(),
             allow_fma: true,
+            max_grad_norm: None,
             #[cfg(feature = "cuda")]
             cuda: crate::cuda::CudaOptions::default(),
         }
@@ -526,84 +535,164 @@ impl Optimizer {
                     (1, scalars, Some(init))
                 }
             };
-            let host = kernel.eval_host(&group.hypers, t, &scalars)?;
+            // Stage 0's uniforms (and, without reductions, the new scalars) are known now; the
+            // host program of a validated kernel cannot fail later with more reductions known.
+            let reduced = vec![f64::NAN; kernel.reductions.len()];
+            let host = kernel.eval_host(&group.hypers, t, &scalars, &reduced)?;
             plans.push(Plan {
                 index,
+                group: p.group,
                 kernel: group.kernel,
                 t,
                 init,
-                uniforms: host.uniforms.iter().map(|&x| x as f32).collect(),
+                uniforms: host.uniforms[0].iter().map(|&x| x as f32).collect(),
+                scalars_before: scalars,
                 scalars: host.scalars,
+                reduced,
             });
         }
         Ok(plans)
     }
 
-    /// Creates missing states, runs the stages, then commits scalars and step counts. A failure
-    /// here is a device fault (never user input); first-step parameters are then left stateless so
-    /// that no half-made state is ever stepped or saved.
+    /// Runs the stage schedule, then commits scalars and step counts. A failure here is a device
+    /// fault (never user input); first-step parameters are then left stateless so that no
+    /// half-made state is ever stepped or saved.
     fn execute(
         &mut self,
         updates: &mut [Update<'_>],
-        plans: Vec<Plan>,
+        mut plans: Vec<Plan>,
     ) -> Result<StepReport, RuntimeError> {
-        let result = self.run_schedule(updates, &plans);
-        if let Err(e) = result {
-            for plan in plans.iter().filter(|p| p.init.is_some()) {
-                self.exec.drop_states(plan.index);
+        let report = match self.run_schedule(updates, &mut plans) {
+            Ok(report) => report,
+            Err(e) => {
+                for plan in plans.iter().filter(|p| p.init.is_some()) {
+                    self.exec.drop_states(plan.index);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         for plan in plans {
             self.params[plan.index].progress = Some(Progress {
                 step: plan.t,
                 scalars: plan.scalars,
             });
         }
-        Ok(StepReport::default())
+        Ok(report)
     }
 
+    /// The stage schedule of one step (`docs/stages.md`): create missing states; then for each
+    /// stage, every tensor that has it in one pass of the executor per kernel, its partials
+    /// finalized (Tensor scope per tensor, Step scope once over every tensor of the call), and
+    /// the host program run for the next stage's uniforms; finally the scalar updates.
     fn run_schedule(
         &mut self,
         updates: &mut [Update<'_>],
-        plans: &[Plan],
-    ) -> Result<(), RuntimeError> {
-        for (u, plan) in updates.iter().zip(plans) {
+        plans: &mut [Plan],
+    ) -> Result<StepReport, RuntimeError> {
+        for (u, plan) in updates.iter().zip(plans.iter()) {
             if let Some(init) = &plan.init {
                 let len = self.params[plan.index].len;
                 self.exec
                     .create_states(plan.index, len, init, &u.data, plan.kernel)?;
             }
         }
-        let mut by_kernel: Vec<Vec<StageTensor<'_, '_>>> =
-            (0..self.kernel_flags.len()).map(|_| Vec::new()).collect();
-        for (u, plan) in updates.iter_mut().zip(plans) {
-            by_kernel[plan.kernel].push(StageTensor {
-                param: plan.index,
-                data: &mut u.data,
-                uniforms: plan.uniforms.clone(),
-            });
-        }
-        for (kernel, mut tensors) in by_kernel.into_iter().enumerate() {
-            if !tensors.is_empty() {
-                self.exec.run_stage(kernel, 0, &mut tensors)?;
+        let depth = plans
+            .iter()
+            .map(|p| self.exec.kernel(p.kernel).stages.len())
+            .max()
+            .unwrap_or(0);
+        let mut report = StepReport::default();
+        for stage in 0..depth {
+            // This stage's uniforms of every tensor that has the stage.
+            let mut uniforms: Vec<Option<Vec<f32>>> = Vec::with_capacity(plans.len());
+            for plan in plans.iter_mut() {
+                let kernel = self.exec.kernel(plan.kernel);
+                uniforms.push(if stage >= kernel.stages.len() {
+                    None
+                } else if stage == 0 {
+                    Some(std::mem::take(&mut plan.uniforms))
+                } else {
+                    let hypers = &self.groups[plan.group].hypers;
+                    let host =
+                        kernel.eval_host(hypers, plan.t, &plan.scalars_before, &plan.reduced)?;
+                    Some(host.uniforms[stage].iter().map(|&x| x as f32).collect())
+                });
+            }
+            let mut by_kernel: Vec<(Vec<usize>, Vec<StageTensor<'_, '_>>)> =
+                (0..self.kernel_flags.len())
+                    .map(|_| Default::default())
+                    .collect();
+            for (i, (u, plan)) in updates.iter_mut().zip(plans.iter()).enumerate() {
+                if let Some(uniforms) = uniforms[i].take() {
+                    let (who, tensors) = &mut by_kernel[plan.kernel];
+                    who.push(i);
+                    tensors.push(StageTensor {
+                        param: plan.index,
+                        data: &mut u.data,
+                        uniforms,
+                    });
+                }
+            }
+            let mut step_parts = Vec::new();
+            for (kernel, (who, mut tensors)) in by_kernel.into_iter().enumerate() {
+                if tensors.is_empty() {
+                    continue;
+                }
+                let partials = self.exec.run_stage(kernel, stage, &mut tensors)?;
+                drop(tensors);
+                let k = self.exec.kernel(kernel);
+                for (&i, parts) in who.iter().zip(&partials) {
+                    let plan = &mut plans[i];
+                    stages::finalize_tensor(
+                        k,
+                        stage,
+                        i,
+                        plan.index,
+                        parts,
+                        &mut plan.reduced,
+                        &mut step_parts,
+                    )?;
+                }
+            }
+            if !step_parts.is_empty() {
+                let mut reduced: Vec<&mut Vec<f64>> =
+                    plans.iter_mut().map(|p| &mut p.reduced).collect();
+                for (name, value) in stages::combine_step(step_parts, &mut reduced) {
+                    if name == GRAD_NORM_SQUARED {
+                        report.grad_norm = Some(value.sqrt());
+                    }
+                }
             }
         }
-        Ok(())
+        for plan in plans.iter_mut() {
+            let kernel = self.exec.kernel(plan.kernel);
+            if !kernel.reductions.is_empty() {
+                let hypers = &self.groups[plan.group].hypers;
+                plan.scalars = kernel
+                    .eval_host(hypers, plan.t, &plan.scalars_before, &plan.reduced)?
+                    .scalars;
+            }
+        }
+        Ok(report)
     }
 }
 
-/// What [`Optimizer::plan`] computed for one update.
+/// What [`Optimizer::plan`] computed for one update, and what the schedule adds.
 struct Plan {
     index: usize,
+    group: usize,
     kernel: usize,
     t: u64,
     /// For a first step: how each state starts.
     init: Option<Vec<StateInit>>,
-    /// The kernel's uniforms, rounded to f32.
+    /// Stage 0's uniforms, rounded to f32.
     uniforms: Vec<f32>,
-    /// Scalar states after the step.
+    /// Scalar states before the step.
+    scalars_before: Vec<f64>,
+    /// Scalar states after the step (final once every reduction is known).
     scalars: Vec<f64>,
+    /// The kernel's reductions finalized so far (NaN before their stage).
+    reduced: Vec<f64>,
 }
 
 impl std::fmt::Debug for Optimizer {

@@ -52,7 +52,8 @@ fn artifact_problems_are_reported_before_touching_the_driver() {
     assert!(matches!(err, RuntimeError::Artifact(_)), "{err}");
     let mut broken = ptx_kernels::sgd_selects();
     let ptx = emit(&broken, &PtxOptions::default()).expect("emit");
-    broken.stores.push(broken.stores[0]);
+    let dup = broken.stages[0].stores[0];
+    broken.stages[0].stores.push(dup);
     let err = Rule::from_artifact(Artifact::new(broken, Some(ptx))).expect_err("invalid kernel");
     assert!(matches!(err, RuntimeError::Kernel(_)), "{err}");
 }

@@ -17,7 +17,7 @@ use super::error::{Context, CudaError};
 use super::step::{launch_multi, LaunchBuffers};
 use super::table::Tensor;
 use crate::error::RuntimeError;
-use crate::executor::{Executor, StageTensor, StateInit, TensorData};
+use crate::executor::{Executor, Partials, StageTensor, StateInit, TensorData};
 use crate::target::Target;
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop,
@@ -348,10 +348,12 @@ impl Executor for CudaExecutor {
         kernel: usize,
         stage: usize,
         tensors: &mut [StageTensor<'_, '_>],
-    ) -> Result<Vec<Vec<f32>>, RuntimeError> {
-        if stage != 0 {
-            return Err(internal(&format!(
-                "a single-stage kernel has no stage {stage}"
+    ) -> Result<Partials, RuntimeError> {
+        let valid = &self.kernels[kernel].kernel;
+        if stage != 0 || valid.stages.len() != 1 || !valid.stages[0].reduce.is_empty() {
+            return Err(RuntimeError::Unsupported(format!(
+                "rule `{}` has reductions or several stages, which the CUDA launcher does not run yet",
+                valid.rule
             )));
         }
         let stream = self.stream.clone();
