@@ -171,6 +171,8 @@ pub struct Optimizer {
     /// The hypers every kernel takes, in order: the rule's (and those options add).
     pub(crate) hypers: Vec<HyperDecl>,
     pub(crate) defaults: Vec<f64>,
+    /// `Options::max_grad_norm`: whether kernels clip, and the hyper's initial value.
+    max_grad_norm: Option<f64>,
     pub(crate) groups: Vec<Group>,
     pub(crate) params: Vec<Param>,
     by_name: HashMap<String, usize>,
@@ -184,6 +186,13 @@ impl Optimizer {
 
     /// An optimizer built with `options`. Compiles (or loads) group 0's kernel.
     pub fn with_options(rule: Rule, options: Options) -> Result<Optimizer, RuntimeError> {
+        if let Some(v) = options.max_grad_norm {
+            if v.is_nan() || v <= 0.0 {
+                return Err(RuntimeError::Unsupported(format!(
+                    "max_grad_norm must be positive (or infinite, to report the norm without clipping); got {v}"
+                )));
+            }
+        }
         let exec = crate::target::executor(&options)?;
         let hypers = rule.hypers().to_vec();
         let defaults = hypers.iter().map(|h| h.default).collect();
@@ -193,6 +202,7 @@ impl Optimizer {
             kernel_flags: Vec::new(),
             hypers,
             defaults,
+            max_grad_norm: options.max_grad_norm,
             groups: Vec::new(),
             params: Vec::new(),
             by_name: HashMap::new(),
@@ -229,12 +239,17 @@ impl Optimizer {
         let kernel = match self.kernel_flags.iter().position(|k| *k == flags) {
             Some(i) => i,
             None => {
-                let kernel = ValidKernel::new(self.rule.specialize(&flags)?)?;
+                let clip = self.max_grad_norm.is_some();
+                let kernel = ValidKernel::new(self.rule.specialize(&flags, clip)?)?;
                 let names = |h: &[HyperDecl]| h.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
                 if self.kernel_flags.is_empty() {
                     // The first kernel defines the hypers: the rule's and those options add.
                     self.hypers = kernel.hypers.clone();
                     self.defaults = kernel.default_hypers();
+                    if let Some(v) = self.max_grad_norm {
+                        let i = self.hyper_index(crate::rule::MAX_GRAD_NORM)?;
+                        self.defaults[i] = v;
+                    }
                 } else if names(&kernel.hypers) != names(&self.hypers) {
                     return Err(RuntimeError::Unsupported(format!(
                         "internal: the kernel of rule `{}` takes hypers {:?}, the optimizer has {:?}",

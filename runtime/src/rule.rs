@@ -11,6 +11,9 @@ use crate::error::{unknown_name, NameKind, RuntimeError};
 use optc_kernel::artifact::PtxModule;
 use optc_kernel::{Artifact, FlagValue, HyperDecl, Kernel};
 
+/// The hyper that clipping by global norm adds to a kernel (`Options::max_grad_norm`).
+pub(crate) const MAX_GRAD_NORM: &str = "max_grad_norm";
+
 /// An optimizer rule, ready to be specialized into kernels. See the module docs.
 pub struct Rule {
     name: String,
@@ -170,10 +173,18 @@ impl Rule {
         Ok(values)
     }
 
-    /// The kernel specialized for `flags` (a full vector from [`Rule::resolve_flags`]).
-    pub(crate) fn specialize(&self, flags: &[bool]) -> Result<Kernel, RuntimeError> {
+    /// The kernel specialized for `flags` (a full vector from [`Rule::resolve_flags`]), with
+    /// clipping by global norm (the hyper `max_grad_norm`) when `clip`.
+    pub(crate) fn specialize(&self, flags: &[bool], clip: bool) -> Result<Kernel, RuntimeError> {
         match &self.source {
             Source::Kernel(kernel, _) => {
+                let clipped = kernel.hypers.iter().any(|h| h.name == MAX_GRAD_NORM);
+                if clip && !clipped {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "the prebuilt kernel of rule `{}` was compiled without clipping; compile it with `--set max_grad_norm=V` to clip",
+                        self.name
+                    )));
+                }
                 for (decl, &want) in self.flags.iter().zip(flags) {
                     if decl.value != want {
                         return Err(RuntimeError::FixedFlag {
@@ -186,9 +197,16 @@ impl Rule {
                 Ok((**kernel).clone())
             }
             #[cfg(feature = "compiler")]
-            Source::Compiler(rule) => rule
-                .specialize_values(flags)
-                .map_err(|e| RuntimeError::Compile(e.to_string())),
+            Source::Compiler(rule) => {
+                if clip {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "rule `{}`: clipping by global norm needs the compiler's clipping option, which this build does not have yet",
+                        self.name
+                    )));
+                }
+                rule.specialize_values(flags)
+                    .map_err(|e| RuntimeError::Compile(e.to_string()))
+            }
         }
     }
 }

@@ -9,7 +9,7 @@
 //! (from [`optc_kernel::Kernel::bytes_per_element`]) and the kernel's fraction of the probe;
 //! `--json` prints one JSON object as the last line.
 
-use super::source::{load_rule, split_sets};
+use super::source::{load_rule, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use optc_runtime::probe::BandwidthProbe;
@@ -41,7 +41,8 @@ pub struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
-    /// Set a hyper or a flag (`--set amsgrad=true`); repeatable.
+    /// Set a hyper or a flag (`--set amsgrad=true`); `--set max_grad_norm=V` clips by the
+    /// global gradient norm, as torch.nn.utils.clip_grad_norm_ before the step; repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
     /// Where to run. On CUDA the probe is a device-to-device copy of the same number of bytes.
@@ -179,26 +180,21 @@ impl BenchReport {
 /// Runs `optc bench`.
 pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let compiled = load_rule(&args.rule)?;
-    let (flags, hypers) = split_sets(&compiled, &args.set)?;
+    let (flags, mut hypers) = split_sets(&compiled, &args.set)?;
+    let max_grad_norm = take_max_grad_norm(&compiled, &mut hypers);
     let shapes = match args.shapes {
         Some(ShapePreset::Gpt2Small) => gpt2_small(),
         None => even_split(args.n, args.tensors)?,
     };
+    let options = Options {
+        flags,
+        max_grad_norm,
+        ..Options::default()
+    };
+    let rule = Rule::from_compiled(compiled);
     let report = match args.target {
-        BenchTarget::Cpu => bench(
-            Rule::from_compiled(compiled),
-            flags,
-            &hypers,
-            &shapes,
-            &args,
-        )?,
-        BenchTarget::Cuda => super::cuda::bench(
-            Rule::from_compiled(compiled),
-            flags,
-            &hypers,
-            &shapes,
-            &args,
-        )?,
+        BenchTarget::Cpu => bench(rule, options, &hypers, &shapes, &args)?,
+        BenchTarget::Cuda => super::cuda::bench(rule, options, &hypers, &shapes, &args)?,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -223,7 +219,7 @@ fn even_split(n: usize, k: usize) -> Result<Vec<(String, Vec<usize>)>, String> {
 /// Times the kernel through the optimizer and the probe on the same pool, interleaved.
 pub fn bench(
     rule: Rule,
-    flags: Vec<(String, bool)>,
+    options: Options,
     hypers: &[(String, f64)],
     shapes: &[(String, Vec<usize>)],
     args: &BenchArgs,
@@ -235,8 +231,7 @@ pub fn bench(
     let pool = Arc::new(builder.build()?);
     let options = Options {
         pool: Some(pool.clone()),
-        flags: flags.clone(),
-        ..Options::default()
+        ..options
     };
     let mut opt = Optimizer::with_options(rule, options)?;
     for (name, value) in hypers {

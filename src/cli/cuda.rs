@@ -29,7 +29,7 @@ pub(crate) fn no_cuda() -> Box<dyn std::error::Error> {
 #[cfg(feature = "cuda")]
 pub(crate) fn bench(
     rule: optc_runtime::Rule,
-    flags: Vec<(String, bool)>,
+    options: optc_runtime::Options,
     hypers: &[(String, f64)],
     shapes: &[(String, Vec<usize>)],
     args: &super::bench::BenchArgs,
@@ -40,8 +40,7 @@ pub(crate) fn bench(
     use std::time::Instant;
     let options = Options {
         target: Target::Cuda,
-        flags,
-        ..Options::default()
+        ..options
     };
     let mut opt = Optimizer::with_options(rule, options)?;
     for (name, value) in hypers {
@@ -101,7 +100,7 @@ pub(crate) fn bench(
 #[cfg(not(feature = "cuda"))]
 pub(crate) fn bench(
     _rule: optc_runtime::Rule,
-    _flags: Vec<(String, bool)>,
+    _options: optc_runtime::Options,
     _hypers: &[(String, f64)],
     _shapes: &[(String, Vec<usize>)],
     _args: &super::bench::BenchArgs,
