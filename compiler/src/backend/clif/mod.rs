@@ -22,6 +22,7 @@ mod body;
 mod gen;
 pub mod math;
 mod plan;
+mod reduce;
 
 use cranelift_codegen::ir::{Function, UserFuncName};
 use cranelift_codegen::isa::CallConv;
@@ -80,7 +81,13 @@ pub fn emit(kernel: &Kernel, opts: &Options) -> Result<Function, Error> {
             opts.unroll
         )));
     }
-    let func = body::build(kernel, opts, UserFuncName::testcase(func_name(kernel)));
+    let stage = plan::StageView {
+        body: &kernel.body,
+        stores: &kernel.stores,
+        reduce: vec![],
+        buffers: 2 + kernel.states.len(),
+    };
+    let func = body::build(stage, opts, UserFuncName::testcase(func_name(kernel)));
     let flags = cranelift_codegen::settings::Flags::new(cranelift_codegen::settings::builder());
     cranelift_codegen::verify_function(&func, &flags).map_err(|e| Error::Verify {
         rule: kernel.rule.clone(),
