@@ -6,7 +6,7 @@
 //! f32 per uniform, and it never writes the gradient buffer.
 #![allow(unsafe_code)]
 
-use super::split::{self, WorkItem};
+use super::split::{self, WorkItem, CHUNK_ALIGN};
 use super::{CpuError, TensorArgs};
 use cranelift_codegen::ir::UserFuncName;
 use cranelift_codegen::settings::{self, Configurable};
@@ -118,7 +118,7 @@ impl Code {
         let raws: Vec<RawTensor> = tensors.iter_mut().map(RawTensor::new).collect();
         let lens: Vec<usize> = raws.iter().map(|r| r.len).collect();
         let threads = pool.map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
-        let items = split::plan(&lens, threads);
+        let items = split::plan(&lens, threads, CHUNK_ALIGN);
         if !disjoint_cover(&items, &lens) {
             // `split::plan` guarantees this (and is tested); never run on a bad plan.
             for t in &raws {

@@ -245,7 +245,6 @@ impl Lower<'_> {
     }
 }
 
-
 pub(super) fn args(vals: &[Value]) -> Vec<BlockArg> {
     vals.iter().map(|&v| BlockArg::Value(v)).collect()
 }
@@ -331,7 +330,11 @@ pub(super) fn build(stage: StageView<'_>, opts: &Options, name: UserFuncName) ->
 }
 
 /// Adds `byte_off` to every buffer pointer.
-pub(super) fn offset_ptrs(g: &mut Gen, ptrs: &[Option<Value>], byte_off: Value) -> Vec<Option<Value>> {
+pub(super) fn offset_ptrs(
+    g: &mut Gen,
+    ptrs: &[Option<Value>],
+    byte_off: Value,
+) -> Vec<Option<Value>> {
     ptrs.iter()
         .map(|p| p.map(|p| g.b.ins().iadd(p, byte_off)))
         .collect()
@@ -475,13 +478,31 @@ fn elementwise(g: &mut Gen, lower: &Lower<'_>, e: &Entry, unroll: u32) {
     let zero = g.b.ins().iconst(I64, 0);
     g.b.ins().jump(cin_hdr, &args(&[zero]));
     let ptrs = &e.ptrs;
-    copy_loop(g, ptrs, &slots, i, rem, &plan.read, true, (cin_hdr, cin_body, compute));
+    copy_loop(
+        g,
+        ptrs,
+        &slots,
+        i,
+        rem,
+        &plan.read,
+        true,
+        (cin_hdr, cin_body, compute),
+    );
 
     g.b.switch_to_block(compute);
     lower.vector(g, inv, &slots, 0, uniforms);
     let zero = g.b.ins().iconst(I64, 0);
     g.b.ins().jump(cout_hdr, &args(&[zero]));
-    copy_loop(g, ptrs, &slots, i, rem, &plan.written, false, (cout_hdr, cout_body, exit));
+    copy_loop(
+        g,
+        ptrs,
+        &slots,
+        i,
+        rem,
+        &plan.written,
+        false,
+        (cout_hdr, cout_body, exit),
+    );
 
     g.b.switch_to_block(exit);
     g.b.ins().return_(&[]);

@@ -132,7 +132,16 @@ pub(super) fn loops(g: &mut Gen, lower: &Lower<'_>, e: &Entry, partials: Value, 
     let zero = g.b.ins().iconst(I64, 0);
     g.b.ins().jump(cin_hdr, &args(&[zero]));
     let ptrs = &e.ptrs;
-    copy_loop(g, ptrs, &slots, first, rem, &plan.read, true, (cin_hdr, cin_body, compute));
+    copy_loop(
+        g,
+        ptrs,
+        &slots,
+        first,
+        rem,
+        &plan.read,
+        true,
+        (cin_hdr, cin_body, compute),
+    );
 
     g.b.switch_to_block(compute);
     let rem32 = g.b.ins().ireduce(I32, rem);
@@ -153,7 +162,16 @@ pub(super) fn loops(g: &mut Gen, lower: &Lower<'_>, e: &Entry, partials: Value, 
     }
     let zero = g.b.ins().iconst(I64, 0);
     g.b.ins().jump(cout_hdr, &args(&[zero]));
-    copy_loop(g, ptrs, &slots, first, rem, &plan.written, false, (cout_hdr, cout_body, tree));
+    copy_loop(
+        g,
+        ptrs,
+        &slots,
+        first,
+        rem,
+        &plan.written,
+        false,
+        (cout_hdr, cout_body, tree),
+    );
 
     // The tree over the 32 lanes, then one partial per reduce output.
     g.b.switch_to_block(tree);
