@@ -445,13 +445,13 @@ fn every_stdlib_rule_matches_torch_on_the_cpu_jit() {
                 unreachable!()
             };
             let host = kernel
-                .eval_host(hypers, t, scalars)
+                .eval_host(hypers, t, scalars, &[])
                 .unwrap_or_else(|e| panic!("host program: {e}"));
             let args = TensorArgs {
                 param: bufs.param,
                 grad: bufs.grad,
                 states: bufs.states,
-                uniforms: host.uniforms.iter().map(|&u| u as f32).collect(),
+                uniforms: host.uniforms[0].iter().map(|&u| u as f32).collect(),
             };
             jit.step_many(vec![args], None)
                 .unwrap_or_else(|e| panic!("jit step: {e}"));

@@ -95,21 +95,22 @@ fn step_generic<R: Real>(
             scalars.len()
         )));
     }
-    let host = kernel.eval_host(hypers, t, scalars)?;
-    let uniforms: Vec<R> = host.uniforms.iter().map(|&u| R::from_f64(u)).collect();
+    let stage = kernel.only_stage()?;
+    let host = kernel.eval_host(hypers, t, scalars, &[])?;
+    let uniforms: Vec<R> = host.uniforms[0].iter().map(|&u| R::from_f64(u)).collect();
     let Buffers {
         param,
         grad,
         mut states,
     } = bufs;
-    let mut values: Vec<R> = Vec::with_capacity(kernel.body.len());
+    let mut values: Vec<R> = Vec::with_capacity(stage.body.len());
     for i in 0..n {
         let load = |slot: Slot| match slot {
             Slot::Param => param[i],
             Slot::Grad => grad[i],
             Slot::State(s) => states[s.index()][i],
         };
-        eval_arena(&kernel.body, &mut values, |e| match *e {
+        eval_arena(&stage.body, &mut values, |e| match *e {
             Expr::Uniform(u) => uniforms.get(u.index()).copied().ok_or(()),
             Expr::Load(slot) => Ok(load(slot)),
             _ => Err(()),
@@ -120,7 +121,7 @@ fn step_generic<R: Real>(
                 reason: format!("body: {e:?}"),
             })
         })?;
-        for s in &kernel.stores {
+        for s in &stage.stores {
             let v = values[s.value.index()];
             match s.slot {
                 Slot::Param => param[i] = v,
