@@ -112,7 +112,7 @@ impl Lower<'_> {
                 }
             }
             // Not allowed in a validated body.
-            Expr::Hyper(_) | Expr::Flag(_) | Expr::Step | Expr::Scalar(_) => {
+            Expr::Hyper(_) | Expr::Flag(_) | Expr::Step | Expr::Scalar(_) | Expr::Reduced(_) => {
                 env.num[i] = Some(g.f32s(f32::NAN));
             }
         }

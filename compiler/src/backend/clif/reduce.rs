@@ -24,9 +24,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{F32X4, I32, I32X4, I64};
 use cranelift_codegen::ir::{ConstantData, InstBuilder, Value};
 use cranelift_frontend::Variable;
-// Until optc_kernel has them.
-const REDUCE_BLOCK: usize = 4096;
-const REDUCE_LANES: usize = 32;
+use optc_kernel::{REDUCE_BLOCK, REDUCE_LANES};
 
 /// f32x4 accumulators per reduce output: one per 4 lanes.
 const VECTORS: usize = REDUCE_LANES / 4;
