@@ -5,9 +5,9 @@
 //! ([`crate::cpu::CpuKernel`]); the interpreter runs one element at a time on one thread and is
 //! the meaning every other target is judged against.
 
-use crate::cpu::{CpuKernel, CpuOptions, TensorArgs};
+use crate::cpu::{CpuKernel, CpuOptions, Partials, TensorArgs};
 use crate::error::RuntimeError;
-use crate::executor::{Executor, Partials, StageTensor, StateInit, TensorData};
+use crate::executor::{self, Executor, StageTensor, StateInit, TensorData};
 use crate::target::Target;
 use optc_kernel::artifact::PtxModule;
 use optc_kernel::ValidKernel;
@@ -136,7 +136,7 @@ impl Executor for HostExecutor {
         kernel: usize,
         stage: usize,
         tensors: &mut [StageTensor<'_, '_>],
-    ) -> Result<Partials, RuntimeError> {
+    ) -> Result<executor::Partials, RuntimeError> {
         let n = tensors.len();
         // Borrow every tensor's states at once: each parameter appears at most once per step.
         let mut slots: Vec<Option<&mut Vec<Vec<f32>>>> =
@@ -157,14 +157,12 @@ impl Executor for HostExecutor {
         }
         match &self.kernels[kernel] {
             Compiled::Cpu(k, valid) => {
-                if stage != 0 || !valid.stages[0].reduce.is_empty() {
-                    return Err(RuntimeError::Unsupported(format!(
-                        "rule `{}` has reductions or several stages, which the CPU JIT does not run yet; use Target::Interp",
-                        valid.rule
-                    )));
-                }
-                k.step_many(args, self.pool.as_deref())?;
-                Ok(vec![Vec::new(); n])
+                let mut partials = Partials::new();
+                k.run_stage(stage, &mut args, &mut partials, self.pool.as_deref())?;
+                let outputs = valid.stages[stage].reduce.len();
+                Ok((0..n)
+                    .map(|t| (0..outputs).map(|o| partials.get(t, o).to_vec()).collect())
+                    .collect())
             }
             Compiled::Interp(k) => args
                 .into_iter()
