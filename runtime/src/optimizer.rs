@@ -16,8 +16,9 @@
 use crate::error::{unknown_name, NameKind, RuntimeError};
 use crate::executor::{Executor, StageTensor, StateInit, TensorData};
 use crate::rule::Rule;
-use crate::stages::{self, GRAD_NORM_SQUARED};
+use crate::stages;
 use crate::target::Target;
+use optc_kernel::clip::{GRAD_NORM_SQUARED, MAX_GRAD_NORM};
 use optc_kernel::{HyperDecl, Init, Kernel, ValidKernel};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -247,7 +248,7 @@ impl Optimizer {
                     self.hypers = kernel.hypers.clone();
                     self.defaults = kernel.default_hypers();
                     if let Some(v) = self.max_grad_norm {
-                        let i = self.hyper_index(crate::rule::MAX_GRAD_NORM)?;
+                        let i = self.hyper_index(MAX_GRAD_NORM)?;
                         self.defaults[i] = v;
                     }
                 } else if names(&kernel.hypers) != names(&self.hypers) {

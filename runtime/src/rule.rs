@@ -9,10 +9,8 @@
 
 use crate::error::{unknown_name, NameKind, RuntimeError};
 use optc_kernel::artifact::PtxModule;
+use optc_kernel::clip::{clip_by_global_norm, MAX_GRAD_NORM};
 use optc_kernel::{Artifact, FlagValue, HyperDecl, Kernel};
-
-/// The hyper that clipping by global norm adds to a kernel (`Options::max_grad_norm`).
-pub(crate) const MAX_GRAD_NORM: &str = "max_grad_norm";
 
 /// An optimizer rule, ready to be specialized into kernels. See the module docs.
 pub struct Rule {
@@ -179,9 +177,9 @@ impl Rule {
         match &self.source {
             Source::Kernel(kernel, _) => {
                 let clipped = kernel.hypers.iter().any(|h| h.name == MAX_GRAD_NORM);
-                if clip && !clipped {
+                if clip && !clipped && self.ptx().is_some() {
                     return Err(RuntimeError::Unsupported(format!(
-                        "the prebuilt kernel of rule `{}` was compiled without clipping; compile it with `--set max_grad_norm=V` to clip",
+                        "the artifact of rule `{}` was compiled without clipping, and its PTX cannot be changed here; compile it with `optc compile --target cuda --set max_grad_norm=V`",
                         self.name
                     )));
                 }
@@ -194,18 +192,21 @@ impl Rule {
                         });
                     }
                 }
+                if clip && !clipped {
+                    return Ok(clip_by_global_norm(kernel, 1.0)?);
+                }
                 Ok((**kernel).clone())
             }
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) => {
-                if clip {
-                    return Err(RuntimeError::Unsupported(format!(
-                        "rule `{}`: clipping by global norm needs the compiler's clipping option, which this build does not have yet",
-                        self.name
-                    )));
-                }
-                rule.specialize_values(flags)
-                    .map_err(|e| RuntimeError::Compile(e.to_string()))
+                let kernel = rule
+                    .specialize_values(flags)
+                    .map_err(|e| RuntimeError::Compile(e.to_string()))?;
+                Ok(if clip {
+                    clip_by_global_norm(&kernel, 1.0)?
+                } else {
+                    kernel
+                })
             }
         }
     }

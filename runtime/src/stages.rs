@@ -11,11 +11,6 @@ use crate::error::RuntimeError;
 use optc_kernel::reduce::{combine, combine_totals, ReduceOp, Scope};
 use optc_kernel::Kernel;
 
-/// The name of the Step-scope sum of `g·g` that clipping by global norm adds to a kernel
-/// (`max_grad_norm`): a step that finalizes it reports its square root as the total gradient
-/// norm.
-pub(crate) const GRAD_NORM_SQUARED: &str = "max_grad_norm: sum(g * g)";
-
 /// One tensor's contribution to a Step-scope reduction.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct StepPart {

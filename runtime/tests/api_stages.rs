@@ -202,3 +202,46 @@ fn a_bad_update_in_a_staged_step_changes_nothing() {
     assert_eq!(opt.to_bytes().expect("bytes"), before.2);
     assert_eq!(opt.step_count("a").expect("t"), 1);
 }
+
+#[test]
+fn the_cpu_gives_the_interpreters_bits_with_any_thread_count() {
+    let lens = [3usize, 4097, 70_001, 2 * 4096];
+    let run = |target: Target, threads: usize| {
+        let options = Options {
+            target,
+            threads: Some(threads),
+            allow_fma: false,
+            ..Options::default()
+        };
+        let mut opt = Optimizer::with_options(Rule::from_kernel(two_stage()).expect("k"), options)
+            .expect("optimizer");
+        let names: Vec<String> = (0..lens.len()).map(|i| format!("t{i}")).collect();
+        for (n, &len) in names.iter().zip(&lens) {
+            opt.add_param(n, &[len]).expect("add");
+        }
+        let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| data(n, 9)).collect();
+        for k in 0..2u32 {
+            let grads: Vec<Vec<f32>> = lens.iter().map(|&n| data(n, 10 + k)).collect();
+            let updates = names
+                .iter()
+                .zip(params.iter_mut())
+                .zip(&grads)
+                .map(|((n, p), g)| Update::new(n, p, g));
+            opt.step(updates).expect("step");
+        }
+        let states: Vec<Vec<u32>> = names
+            .iter()
+            .map(|n| bits(&opt.states(n).expect("states")[0].1))
+            .collect();
+        let scalars: Vec<u64> = names
+            .iter()
+            .map(|n| opt.scalars(n).expect("scalars")[0].1.to_bits())
+            .collect();
+        let params: Vec<Vec<u32>> = params.iter().map(|p| bits(p)).collect();
+        (params, states, scalars)
+    };
+    let want = run(Target::Interp, 1);
+    for threads in [1, 2, 3] {
+        assert_eq!(run(Target::Cpu, threads), want, "{threads} threads");
+    }
+}

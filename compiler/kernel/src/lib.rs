@@ -9,12 +9,14 @@
 //!   stores, reduce outputs);
 //! - [`reduce`]: reductions and the one summation order every backend follows;
 //! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
+//! - [`clip`]: clipping by global norm for any kernel (a Step-scope stage added in front);
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads.
 //!
 //! Nothing here parses `.opt` source or optimizes; see `optc-compiler` for that.
 
 pub mod arena;
 pub mod artifact;
+pub mod clip;
 pub mod eval;
 pub mod expr;
 pub mod kernel;
