@@ -9,9 +9,12 @@
 //! - [`Rule`]: where kernels come from (a prebuilt [`optc_kernel::Kernel`], or with the feature
 //!   `compiler` a `.opt` file, a string, or a rule of the embedded standard library);
 //! - [`Optimizer`]: parameter groups (each with its flags and hypers), registered parameters, the
-//!   optimizer state it owns, and [`Optimizer::step`]; checkpoints with [`Optimizer::save`] and
-//!   [`Optimizer::load`] (layout in [`checkpoint`]);
-//! - [`Update`]: one parameter and its gradient for a step, from f32 slices or bytes;
+//!   optimizer state it owns, and [`Optimizer::step`] (which runs the kernel's stages and returns a
+//!   [`StepReport`]); checkpoints with [`Optimizer::save`] and [`Optimizer::load`] (layout in
+//!   [`checkpoint`]); one optimizer for every [`Target`], each with an executor that holds the
+//!   states in its own memory; [`Options::max_grad_norm`] clips any rule by the global norm;
+//! - [`Update`]: one parameter and its gradient for a step, from f32 slices or bytes (or device
+//!   buffers on CUDA);
 //! - [`RuntimeError`]: every error, with a clear message.
 //!
 //! ```

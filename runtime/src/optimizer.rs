@@ -242,6 +242,7 @@ impl Optimizer {
             None => {
                 let clip = self.max_grad_norm.is_some();
                 let kernel = ValidKernel::new(self.rule.specialize(&flags, clip)?)?;
+                stages::check_supported(&kernel)?;
                 let names = |h: &[HyperDecl]| h.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
                 if self.kernel_flags.is_empty() {
                     // The first kernel defines the hypers: the rule's and those options add.

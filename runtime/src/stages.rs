@@ -9,7 +9,31 @@
 
 use crate::error::RuntimeError;
 use optc_kernel::reduce::{combine, combine_totals, ReduceOp, Scope};
-use optc_kernel::Kernel;
+use optc_kernel::{Kernel, StateShape};
+
+/// Errors, when a kernel is loaded (before any step), unless every reduction of `kernel` has a
+/// scope this schedule finalizes (Tensor or Step) and every state has the parameter's shape.
+pub(crate) fn check_supported(kernel: &Kernel) -> Result<(), RuntimeError> {
+    if let Some(r) = kernel
+        .reductions
+        .iter()
+        .find(|r| matches!(r.scope, Scope::Row | Scope::Col))
+    {
+        return Err(RuntimeError::Unsupported(format!(
+            "reduction `{}` of rule `{}` has {} scope; the optimizer finalizes tensor and step scopes only",
+            r.name,
+            kernel.rule,
+            r.scope.name()
+        )));
+    }
+    if let Some(s) = kernel.states.iter().find(|s| s.shape != StateShape::Full) {
+        return Err(RuntimeError::Unsupported(format!(
+            "state `{}` of rule `{}` is a row or column vector; the optimizer holds full-shape states only",
+            s.name, kernel.rule
+        )));
+    }
+    Ok(())
+}
 
 /// One tensor's contribution to a Step-scope reduction.
 #[derive(Clone, Debug, PartialEq)]
