@@ -277,6 +277,12 @@ impl Executor for CudaExecutor {
         kernel: ValidKernel,
         ptx: Option<&PtxModule>,
     ) -> Result<usize, RuntimeError> {
+        if kernel.stages.len() != 1 || !kernel.stages[0].reduce.is_empty() {
+            return Err(RuntimeError::Unsupported(format!(
+                "rule `{}` has reductions or several stages (clipping adds one), which the CUDA launcher does not run yet",
+                kernel.rule
+            )));
+        }
         #[cfg(feature = "compiler")]
         let emitted;
         let ptx = match ptx {
@@ -349,12 +355,8 @@ impl Executor for CudaExecutor {
         stage: usize,
         tensors: &mut [StageTensor<'_, '_>],
     ) -> Result<Partials, RuntimeError> {
-        let valid = &self.kernels[kernel].kernel;
-        if stage != 0 || valid.stages.len() != 1 || !valid.stages[0].reduce.is_empty() {
-            return Err(RuntimeError::Unsupported(format!(
-                "rule `{}` has reductions or several stages, which the CUDA launcher does not run yet",
-                valid.rule
-            )));
+        if stage != 0 {
+            return Err(internal(&format!("stage {stage} of a one-stage kernel")));
         }
         let stream = self.stream.clone();
         let loaded = &self.kernels[kernel];
