@@ -18,7 +18,10 @@ use crate::executor::{Executor, StageTensor, StateInit, TensorData};
 use crate::rule::Rule;
 use crate::stages;
 use crate::target::Target;
-use optc_kernel::clip::{GRAD_NORM_SQUARED, MAX_GRAD_NORM};
+use optc_kernel::GRAD_NORM_REDUCTION;
+
+/// The hyper that clipping by global norm adds (`optc_compiler`'s clip pass).
+const MAX_GRAD_NORM: &str = "max_grad_norm";
 use optc_kernel::{HyperDecl, Init, Kernel, ValidKernel};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -675,7 +678,7 @@ impl Optimizer {
                 let mut reduced: Vec<&mut Vec<f64>> =
                     plans.iter_mut().map(|p| &mut p.reduced).collect();
                 for (name, value) in stages::combine_step(step_parts, &mut reduced) {
-                    if name == GRAD_NORM_SQUARED {
+                    if name == GRAD_NORM_REDUCTION {
                         report.grad_norm = Some(value.sqrt());
                     }
                 }

@@ -9,7 +9,6 @@
 
 use crate::error::{unknown_name, NameKind, RuntimeError};
 use optc_kernel::artifact::PtxModule;
-use optc_kernel::clip::{clip_by_global_norm, MAX_GRAD_NORM};
 use optc_kernel::{Artifact, FlagValue, HyperDecl, Kernel};
 
 /// An optimizer rule, ready to be specialized into kernels. See the module docs.
@@ -176,10 +175,9 @@ impl Rule {
     pub(crate) fn specialize(&self, flags: &[bool], clip: bool) -> Result<Kernel, RuntimeError> {
         match &self.source {
             Source::Kernel(kernel, _) => {
-                let clipped = kernel.hypers.iter().any(|h| h.name == MAX_GRAD_NORM);
-                if clip && !clipped && self.ptx().is_some() {
+                if clip && kernel.grad_norm_reduction().is_none() {
                     return Err(RuntimeError::Unsupported(format!(
-                        "the artifact of rule `{}` was compiled without clipping, and its PTX cannot be changed here; compile it with `optc compile --target cuda --set max_grad_norm=V`",
+                        "the prebuilt kernel of rule `{}` was compiled without clipping; compile it with `optc compile --set max_grad_norm=V` to clip",
                         self.name
                     )));
                 }
@@ -192,21 +190,13 @@ impl Rule {
                         });
                     }
                 }
-                if clip && !clipped {
-                    return Ok(clip_by_global_norm(kernel, 1.0)?);
-                }
                 Ok((**kernel).clone())
             }
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) => {
-                let kernel = rule
-                    .specialize_values(flags)
-                    .map_err(|e| RuntimeError::Compile(e.to_string()))?;
-                Ok(if clip {
-                    clip_by_global_norm(&kernel, 1.0)?
-                } else {
-                    kernel
-                })
+                let options = optc_compiler::CompileOptions { clip };
+                rule.specialize_values_with(flags, &options)
+                    .map_err(|e| RuntimeError::Compile(e.to_string()))
             }
         }
     }

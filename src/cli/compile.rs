@@ -67,13 +67,21 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .into());
     }
     let overrides: Vec<(&str, bool)> = flags.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-    let kernel = rule.specialize(&overrides)?;
-    // Clipping by global norm is compiled in (a stage in front); its threshold is the hyper
-    // `max_grad_norm`, whose default is the value given.
-    let kernel = match max_grad_norm {
-        Some(v) => optc_kernel::clip::clip_by_global_norm(&kernel, v)?,
-        None => kernel,
+    // Clipping by global norm is compiled in; its threshold is the hyper `max_grad_norm`, whose
+    // default becomes the value given.
+    let options = optc_compiler::CompileOptions {
+        clip: max_grad_norm.is_some(),
     };
+    let mut kernel = rule.specialize_with(&overrides, &options)?;
+    if let Some(v) = max_grad_norm {
+        for h in kernel
+            .hypers
+            .iter_mut()
+            .filter(|h| h.name == "max_grad_norm")
+        {
+            h.default = v;
+        }
+    }
     let emit = args.emit.unwrap_or(match args.target {
         Target::Cpu => Emit::Ir,
         Target::Cuda => Emit::Artifact,

@@ -9,14 +9,12 @@
 //!   stores, reduce outputs);
 //! - [`reduce`]: reductions and the one summation order every backend follows;
 //! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
-//! - [`clip`]: clipping by global norm for any kernel (a Step-scope stage added in front);
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads.
 //!
 //! Nothing here parses `.opt` source or optimizes; see `optc-compiler` for that.
 
 pub mod arena;
 pub mod artifact;
-pub mod clip;
 pub mod eval;
 pub mod expr;
 pub mod kernel;
@@ -34,5 +32,7 @@ pub use kernel::{
     ReduceOutput, ScalarDecl, ScalarUpdate, Stage, StateDecl, StateShape, Store, FORMAT_VERSION,
 };
 pub use op::{BinaryOp, Real, UnaryOp};
-pub use reduce::{ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, REDUCE_BLOCK, REDUCE_LANES};
+pub use reduce::{
+    ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, GRAD_NORM_REDUCTION, REDUCE_BLOCK, REDUCE_LANES,
+};
 pub use valid::ValidKernel;
