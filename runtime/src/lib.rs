@@ -28,6 +28,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`schedule`] holds hyper schedules (`cosine(warmup=100, total=1000)`), applied per step by a
+//! [`Scheduler`](schedule::Scheduler) without recompiling.
+//!
 //! [`probe`] holds the bandwidth probe `optc bench` compares kernels with.
 
 // Without the default feature `compiler`, only what loading a compiled artifact needs is built:
@@ -47,6 +50,7 @@ mod optimizer;
 pub mod probe;
 #[cfg(feature = "compiler")]
 mod rule;
+pub mod schedule;
 #[cfg(feature = "compiler")]
 mod target;
 
@@ -55,5 +59,8 @@ pub use error::{NameKind, RuntimeError};
 pub use optimizer::{GroupId, Optimizer, Options, Update};
 #[cfg(feature = "compiler")]
 pub use rule::Rule;
+#[cfg(feature = "compiler")]
+pub use schedule::Scheduler;
+pub use schedule::{HyperSchedule, Schedule, ScheduleError};
 #[cfg(feature = "compiler")]
 pub use target::Target;
