@@ -270,3 +270,20 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn the_canonical_form_parses_back_to_the_same_schedule() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schedules.json");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let fixture: Fixture = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    for spec in fixture
+        .cases
+        .iter()
+        .map(|c| c.spec.as_str())
+        .chain(["constant"])
+    {
+        let s = Schedule::parse(spec).unwrap_or_else(|e| panic!("{e}"));
+        let again = Schedule::parse(&s.to_string()).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(s, again, "{spec} -> {s}");
+    }
+}

@@ -28,11 +28,16 @@ pub(crate) fn run_steps(
     rule_spec: &str,
     flags: &[(String, bool)],
     hypers: &[(String, f64)],
+    schedules: &[optc_runtime::HyperSchedule],
     tensors: &mut [Tensor<'_>],
     steps: usize,
 ) -> CliResult<Vec<Final>> {
     let rule = super::source::load_rule(rule_spec)?;
     let (kernel, mut opt) = load(&rule, flags, hypers)?;
+    let bases = schedules
+        .iter()
+        .map(|s| opt.hyper(&s.name))
+        .collect::<Result<Vec<f64>, _>>()?;
     let stream = opt.stream().clone();
     let mut params = Vec::with_capacity(tensors.len());
     let mut ids = Vec::with_capacity(tensors.len());
@@ -52,6 +57,9 @@ pub(crate) fn run_steps(
             .zip(grads.iter())
             .map(|((id, p), g)| (*id, p, g))
             .collect();
+        for (s, base) in schedules.iter().zip(&bases) {
+            opt.set_hyper(&s.name, s.schedule.value(*base, k as u64))?;
+        }
         opt.step_many(&mut items)?;
     }
     opt.synchronize()?;
@@ -79,6 +87,7 @@ pub(crate) fn run_steps(
     _rule_spec: &str,
     _flags: &[(String, bool)],
     _hypers: &[(String, f64)],
+    _schedules: &[optc_runtime::HyperSchedule],
     _tensors: &mut [Tensor<'_>],
     _steps: usize,
 ) -> CliResult<Vec<Final>> {

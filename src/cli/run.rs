@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// Set a hyper (`--set lr=1e-4`) or a flag (`--set amsgrad=true`); repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
+    /// Make a hyper follow a schedule, e.g. `--schedule 'lr=cosine(warmup=100, total=1000)'`;
+    /// the base value is the hyper's (after `--set`). Schedules: docs/schedules.md. Repeatable.
+    #[arg(long = "schedule", value_name = "NAME=SPEC")]
+    pub schedule: Vec<String>,
     /// Where to run the kernel.
     #[arg(long, value_enum, default_value_t = RunTarget::Cpu)]
     pub target: RunTarget,
@@ -95,6 +99,7 @@ impl Tensor<'_> {
 pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     let compiled = load_rule(&args.rule)?;
     let (flags, hypers) = split_sets(&compiled, &args.set)?;
+    let schedules = parse_schedules(&compiled, &args.schedule)?;
     let rule = Rule::from_compiled(compiled);
 
     let p_bytes = read(&args.params)?;
@@ -107,8 +112,14 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
         RunTarget::Cpu => Target::Cpu,
         RunTarget::Interp => Target::Interp,
         RunTarget::Cuda => {
-            let finals =
-                super::cuda::run_steps(&args.rule, &flags, &hypers, &mut tensors, args.steps)?;
+            let finals = super::cuda::run_steps(
+                &args.rule,
+                &flags,
+                &hypers,
+                &schedules,
+                &mut tensors,
+                args.steps,
+            )?;
             write_output(&tensors, &finals, &args.output)?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -127,6 +138,7 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     for t in &tensors {
         opt.add_param(&t.name, &t.shape)?;
     }
+    let scheduler = optc_runtime::Scheduler::new(&opt, &schedules)?;
     let mut rows: Vec<Vec<f32>> = tensors.iter().map(|t| vec![0.0; t.data.len()]).collect();
     for k in 0..args.steps {
         for (t, row) in tensors.iter().zip(&mut rows) {
@@ -136,6 +148,7 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
             .iter_mut()
             .zip(&rows)
             .map(|(t, g)| Update::new(&t.name, &mut t.data, g));
+        scheduler.apply(&mut opt, k as u64)?;
         opt.step(updates)?;
     }
     let mut finals = Vec::with_capacity(tensors.len());
@@ -155,6 +168,36 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     }
     write_output(&tensors, &finals, &args.output)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses every `--schedule NAME=SPEC`, checking that the rule declares NAME and that no hyper
+/// has two schedules.
+pub(crate) fn parse_schedules(
+    rule: &optc_compiler::Rule,
+    args: &[String],
+) -> CliResult<Vec<optc_runtime::HyperSchedule>> {
+    let mut out: Vec<optc_runtime::HyperSchedule> = Vec::with_capacity(args.len());
+    for arg in args {
+        let s = optc_runtime::HyperSchedule::parse(arg)
+            .map_err(|e| format!("bad `--schedule`: {e}"))?;
+        if !rule.hypers().iter().any(|h| h.name == s.name) {
+            let mut msg = format!(
+                "`--schedule {arg}`: rule `{}` has no hyper `{}`",
+                rule.name(),
+                s.name
+            );
+            let names = rule.hypers().iter().map(|h| h.name.as_str());
+            if let Some(c) = optc_compiler::diag::did_you_mean(&s.name, names) {
+                msg.push_str(&format!(" (did you mean `{c}`?)"));
+            }
+            return Err(msg.into());
+        }
+        if out.iter().any(|o| o.name == s.name) {
+            return Err(format!("`--schedule {}=...` is given twice", s.name).into());
+        }
+        out.push(s);
+    }
+    Ok(out)
 }
 
 fn read(path: &Path) -> CliResult<Vec<u8>> {

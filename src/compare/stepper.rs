@@ -17,6 +17,8 @@ pub trait Stepper {
     fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>]) -> Result<(), StepError>;
     /// Bytes of optimizer state held for all tensors (per-element states and scalar states).
     fn state_bytes(&self) -> usize;
+    /// Set a hyperparameter for the following steps (what a schedule calls once per step).
+    fn set_hyper(&mut self, name: &str, value: f64) -> Result<(), StepError>;
 }
 
 /// One optimizer entered in a comparison.
@@ -37,6 +39,11 @@ pub trait Contender {
     fn set_flag(&mut self, name: &str, value: bool) -> Result<(), CompareError> {
         let _ = value;
         Err(unknown_setting(self, name))
+    }
+    /// The hypers that follow a schedule in this contender's runs (none by default; see
+    /// [`crate::compare::schedule::Scheduled`]).
+    fn schedules(&self) -> Vec<optc_runtime::HyperSchedule> {
+        Vec::new()
     }
     /// A fresh stepper (states at their initial values) for these tensors.
     fn build(&self, tensors: &[TensorSpec]) -> Result<Box<dyn Stepper>, CompareError>;

@@ -181,3 +181,56 @@ impl HyperSchedule {
         parse::parse_assignment(arg)
     }
 }
+
+impl std::fmt::Display for Schedule {
+    /// The canonical textual form, every parameter written out; [`Schedule::parse`] reads it
+    /// back to the same schedule.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Constant => write!(f, "constant"),
+            Schedule::Linear { start, end, steps } => {
+                write!(f, "linear(steps={steps}, start={start:?}, end={end:?})")
+            }
+            Schedule::Cosine {
+                total,
+                warmup,
+                floor,
+                start,
+            } => write!(
+                f,
+                "cosine(total={total}, warmup={warmup}, floor={floor:?}, start={start:?})"
+            ),
+            Schedule::Step { every, gamma } => write!(f, "step(every={every}, gamma={gamma:?})"),
+            Schedule::Exponential { gamma } => write!(f, "exponential(gamma={gamma:?})"),
+            Schedule::InverseTime { rate } => write!(f, "inverse_time(rate={rate:?})"),
+            Schedule::Polynomial { total, power } => {
+                write!(f, "polynomial(total={total}, power={power:?})")
+            }
+            Schedule::WarmupStableDecay {
+                warmup,
+                decay,
+                total,
+                floor,
+                start,
+            } => write!(
+                f,
+                "wsd(total={total}, decay={decay}, warmup={warmup}, floor={floor:?}, start={start:?})"
+            ),
+            Schedule::Sequence { parts, at } => {
+                write!(f, "seq(")?;
+                for p in parts {
+                    write!(f, "{p}, ")?;
+                }
+                let at: Vec<String> = at.iter().map(u64::to_string).collect();
+                write!(f, "at=[{}])", at.join(", "))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for HyperSchedule {
+    /// `NAME=SPEC`, as `--schedule` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.name, self.schedule)
+    }
+}
