@@ -11,6 +11,7 @@
 //! → [`table`], [`plot`] and JSON (the `Comparison` itself, serialized).
 
 mod error;
+pub mod output;
 pub mod plot;
 pub mod reference;
 pub mod rng;
@@ -21,6 +22,9 @@ pub mod stepper;
 pub mod summary;
 pub mod table;
 pub mod task;
+pub mod tune;
+pub mod tune_plot;
+pub mod tune_space;
 
 pub use error::{did_you_mean, CompareError};
 pub use rule::{Backend, RuleContender};
