@@ -208,6 +208,7 @@ impl Stepper for ReferenceStepper {
     }
 
     fn set_hyper(&mut self, name: &str, value: f64) -> Result<(), StepError> {
+        let has_buffer = !self.m.is_empty();
         let slot = match name {
             "lr" => &mut self.lr,
             "beta1" => &mut self.beta1,
@@ -215,7 +216,7 @@ impl Stepper for ReferenceStepper {
             "eps" => &mut self.eps,
             "weight_decay" => &mut self.weight_decay,
             // The buffer exists only when the run started with momentum.
-            "momentum" if (value != 0.0) == !self.m.is_empty() => &mut self.momentum,
+            "momentum" if (value != 0.0) == has_buffer => &mut self.momentum,
             "momentum" => {
                 return Err(format!(
                     "reference sgd cannot switch momentum on or off during a run (to {value})"

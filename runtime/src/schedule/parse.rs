@@ -53,6 +53,9 @@ enum Kind {
     List,
 }
 
+/// A byte range of the text.
+type Span = (usize, usize);
+
 /// A parameter: name, kind, default (`None`: required).
 type Param = (&'static str, Kind, Option<f64>);
 
@@ -385,7 +388,7 @@ fn build(
     span: (usize, usize),
 ) -> Result<Schedule, ScheduleError> {
     let mut values: Vec<Option<(f64, (usize, usize))>> = vec![None; params.len()];
-    let mut list: Option<(Vec<(f64, (usize, usize))>, (usize, usize))> = None;
+    let mut list: Option<(Vec<(f64, Span)>, Span)> = None;
     let mut parts: Vec<(Schedule, (usize, usize))> = Vec::new();
     let param_names = || params.iter().map(|(n, _, _)| *n);
     let takes = || {
