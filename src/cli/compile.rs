@@ -1,4 +1,5 @@
-//! `optc compile RULE [--target cpu|cuda] [--emit ir|clif|ptx|artifact] [--set flag=v]... [-o OUT]`
+//! `optc compile RULE [--target cpu|cuda] [--emit ir|clif|ptx|artifact] [--set flag=v]...
+//! [--clip] [--rank matrix|vector] [-o OUT]`
 
 use super::source::{load_rule, split_sets};
 use clap::{Args, ValueEnum};
@@ -26,6 +27,15 @@ pub enum Emit {
     Artifact,
 }
 
+/// The rank class to compile a rule that reads `matrix` for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Rank {
+    /// Tensors with 2 or more dims.
+    Matrix,
+    /// Tensors with 0 or 1 dim.
+    Vector,
+}
+
 /// Arguments of `optc compile`.
 #[derive(Args, Debug)]
 pub struct CompileArgs {
@@ -37,6 +47,12 @@ pub struct CompileArgs {
     /// What to produce (default: `ir` for cpu, `artifact` for cuda).
     #[arg(long, value_enum)]
     pub emit: Option<Emit>,
+    /// Clip the gradients by their global norm (adds the hyper `max_grad_norm`).
+    #[arg(long)]
+    pub clip: bool,
+    /// The rank class, for rules that read `matrix` (such as `lars`).
+    #[arg(long, value_enum)]
+    pub rank: Option<Rank>,
     /// Flag values, as `--set amsgrad=true` (hypers are runtime values and are not compiled in).
     #[arg(long = "set", value_name = "FLAG=VALUE")]
     pub sets: Vec<String>,
@@ -65,7 +81,23 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .into());
     }
     let overrides: Vec<(&str, bool)> = flags.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-    let kernel = rule.specialize(&overrides)?;
+    let rank = match (args.rank, rule.uses_rank()) {
+        (Some(Rank::Matrix), _) => optc_compiler::RankClass::Matrix,
+        (Some(Rank::Vector), _) => optc_compiler::RankClass::Vector,
+        (None, false) => optc_compiler::RankClass::Any,
+        (None, true) => {
+            return Err(format!(
+                "rule `{}` reads `matrix`, so it has one kernel per rank class: pass `--rank matrix` or `--rank vector`",
+                rule.name()
+            )
+            .into())
+        }
+    };
+    let options = optc_compiler::CompileOptions {
+        clip: args.clip,
+        rank,
+    };
+    let kernel = rule.specialize_with(&overrides, &options)?;
     let emit = args.emit.unwrap_or(match args.target {
         Target::Cpu => Emit::Ir,
         Target::Cuda => Emit::Artifact,
