@@ -289,3 +289,13 @@ fn cpu_two_stages_run_stage_by_stage_match_plain_math() {
         }
     }
 }
+
+#[test]
+fn probe_of_a_staged_kernel_moves_the_kernels_bytes() {
+    let k = kernels::two_stage();
+    // Stage 0 reads p, g, m and writes m; stage 1 reads p, m and writes p.
+    assert_eq!(k.bytes_per_element(), 16 + 12);
+    let mut probe = optc_runtime::probe::BandwidthProbe::for_kernel(&k, &[MIN_CHUNK + 5, 3]);
+    assert_eq!(probe.bytes_per_element(), k.bytes_per_element());
+    probe.run(Some(&pool(2)));
+}

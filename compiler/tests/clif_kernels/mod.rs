@@ -94,6 +94,10 @@ impl Kb {
         let last = self.k.stages.len() - 1;
         &mut self.k.stages[last]
     }
+    /// Makes the kernel one for matrices (so that it may have Row and Col scopes).
+    pub fn matrix(&mut self) {
+        self.k.rank = optc_kernel::RankClass::Matrix;
+    }
     /// Starts the next stage: later body nodes, uniforms, stores and reduce outputs go to it.
     pub fn next_stage(&mut self) {
         self.k.stages.push(Stage::default());
@@ -411,6 +415,18 @@ pub fn two_stage() -> Kernel {
     let upd = k.bin(B::Mul, uratio, m);
     let p2 = k.bin(B::Sub, p, upd);
     k.store(Slot::Param, p2);
+    k.finish()
+}
+
+/// A kernel for matrices with a Row-scope sum of `g * g` (Adafactor's row statistics).
+pub fn row_sum() -> Kernel {
+    let mut k = Kb::new("row_sum", &[], &[]);
+    k.matrix();
+    let p = k.load(Slot::Param);
+    let g = k.load(Slot::Grad);
+    k.store(Slot::Param, p);
+    let gg = k.bin(B::Mul, g, g);
+    k.reduce(ReduceOp::Sum, Scope::Row, gg);
     k.finish()
 }
 
