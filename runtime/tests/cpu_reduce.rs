@@ -10,8 +10,9 @@ mod cpu_common;
 
 use cpu_common::kernels;
 use cpu_common::*;
-use optc_kernel::reduce::{block_partial, combine, reduce};
-use optc_kernel::{ReduceOp, REDUCE_BLOCK};
+use optc_compiler::backend::interp::{step_many, Buffers, TensorStep};
+use optc_kernel::reduce::{block_partial, combine, combine_totals, reduce};
+use optc_kernel::{ReduceOp, Scope, REDUCE_BLOCK};
 use optc_runtime::cpu::{CpuKernel, Partials, TensorArgs, MIN_CHUNK};
 
 /// Lengths around every boundary: lanes (32), blocks (4096), and chunks (split over threads).
@@ -200,10 +201,11 @@ fn cpu_reductions_are_identical_across_runs() {
     assert!(runs.windows(2).all(|w| w[0] == w[1]));
 }
 
-/// Runs every stage of `k` on `inputs` the way an optimizer does: stage by stage, each tensor's
-/// partials combined in f64 in block order ([`combine`]), the host program evaluated with the
-/// finalized reductions before the next stage. Tensor scope only (one set of reductions per
-/// tensor).
+/// Runs every stage of `k` on `inputs` (one step call, step 1, default hypers) the way an
+/// optimizer does: stage by stage, each tensor's partials combined in f64 in block order
+/// ([`combine`]), Step-scope totals combined over the tensors in order ([`combine_totals`]), the
+/// host program evaluated with the finalized reductions before the next stage. Returns every
+/// tensor's finalized reductions.
 fn run_all_stages(cpu: &CpuKernel, inputs: &mut [Tensor], threads: usize) -> Vec<Vec<f64>> {
     let k = cpu.kernel();
     let pool = pool(threads);
@@ -220,10 +222,17 @@ fn run_all_stages(cpu: &CpuKernel, inputs: &mut [Tensor], threads: usize) -> Vec
             .collect();
         cpu.run_stage(s, &mut args, &mut partials, Some(&pool))
             .expect("run_stage");
-        for (t, r) in reduced.iter_mut().enumerate() {
-            for (o, out) in stage.reduce.iter().enumerate() {
-                let op = k.reductions[out.reduction.index()].op;
-                r[out.reduction.index()] = combine(op, partials.get(t, o).iter().copied());
+        for (o, out) in stage.reduce.iter().enumerate() {
+            let id = out.reduction.index();
+            let decl = &k.reductions[id];
+            for (t, r) in reduced.iter_mut().enumerate() {
+                r[id] = combine(decl.op, partials.get(t, o).iter().copied());
+            }
+            if decl.scope == Scope::Step {
+                let total = combine_totals(decl.op, reduced.iter().map(|r| r[id]));
+                for r in &mut reduced {
+                    r[id] = total;
+                }
             }
         }
     }
@@ -298,4 +307,59 @@ fn probe_of_a_staged_kernel_moves_the_kernels_bytes() {
     let mut probe = optc_runtime::probe::BandwidthProbe::for_kernel(&k, &[MIN_CHUNK + 5, 3]);
     assert_eq!(probe.bytes_per_element(), k.bytes_per_element());
     probe.run(Some(&pool(2)));
+}
+
+#[test]
+fn cpu_staged_kernels_equal_the_interpreter_bit_for_bit() {
+    for k in [
+        kernels::reducer(),
+        kernels::two_stage(),
+        kernels::clipped_sgd(),
+    ] {
+        let cpu = compile_exact(&k);
+        for specials in [false, true] {
+            let mut rng = Rng::new(11);
+            let inputs: Vec<Tensor> = [4097, 0, 2 * MIN_CHUNK + 4096 + 7, 31]
+                .iter()
+                .map(|&n| Tensor::random(&k, n, &mut rng, specials))
+                .collect();
+            let hypers = k.default_hypers();
+            let mut want = inputs.clone();
+            let mut scalars: Vec<Vec<f64>> = want
+                .iter()
+                .map(|_| k.initial_scalars(&hypers).expect("scalars"))
+                .collect();
+            let steps: Vec<TensorStep<f32>> = want
+                .iter_mut()
+                .zip(&mut scalars)
+                .map(|(t, s)| TensorStep {
+                    hypers: &hypers,
+                    t: 1,
+                    scalars: s,
+                    bufs: Buffers {
+                        param: &mut t.p,
+                        grad: &t.g,
+                        states: t.states.iter_mut().map(|s| s.as_mut_slice()).collect(),
+                    },
+                })
+                .collect();
+            let report = step_many(&k, steps).expect("interpreter");
+            for threads in [1, 2, 3] {
+                let mut got = inputs.clone();
+                let reduced = run_all_stages(&cpu, &mut got, threads);
+                let what = format!("{} (specials {specials}, {threads} threads)", k.rule);
+                for (t, (a, b)) in reduced.iter().zip(&report.reduced).enumerate() {
+                    for (r, (&x, &y)) in a.iter().zip(b).enumerate() {
+                        assert!(
+                            x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                            "{what}: tensor {t} reduction {r}: {x:e} vs interpreter {y:e}"
+                        );
+                    }
+                }
+                for (a, b) in got.iter().zip(&want) {
+                    assert_same(a, b, &what);
+                }
+            }
+        }
+    }
 }
