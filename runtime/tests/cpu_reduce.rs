@@ -11,8 +11,8 @@ mod cpu_common;
 use cpu_common::kernels;
 use cpu_common::*;
 use optc_compiler::backend::interp::{step_many, Buffers, TensorStep};
-use optc_kernel::reduce::{block_partial, combine, combine_totals, reduce};
-use optc_kernel::{ReduceOp, Scope, REDUCE_BLOCK};
+use optc_kernel::reduce::{block_partial, reduce};
+use optc_kernel::{ReduceOp, REDUCE_BLOCK};
 use optc_runtime::cpu::{CpuKernel, Partials, TensorArgs, MIN_CHUNK};
 
 /// Lengths around every boundary: lanes (32), blocks (4096), and chunks (split over threads).
@@ -201,42 +201,21 @@ fn cpu_reductions_are_identical_across_runs() {
     assert!(runs.windows(2).all(|w| w[0] == w[1]));
 }
 
-/// Runs every stage of `k` on `inputs` (one step call, step 1, default hypers) the way an
-/// optimizer does: stage by stage, each tensor's partials combined in f64 in block order
-/// ([`combine`]), Step-scope totals combined over the tensors in order ([`combine_totals`]), the
-/// host program evaluated with the finalized reductions before the next stage. Returns every
-/// tensor's finalized reductions.
+/// Runs every stage of `k` on `inputs` (one step call, step 1, default hypers) with
+/// [`cpu_step`] on `threads` threads; returns every tensor's finalized reductions.
 fn run_all_stages(cpu: &CpuKernel, inputs: &mut [Tensor], threads: usize) -> Vec<Vec<f64>> {
     let k = cpu.kernel();
-    let pool = pool(threads);
-    let mut reduced = vec![vec![f64::NAN; k.reductions.len()]; inputs.len()];
-    let mut partials = Partials::new();
-    for (s, stage) in k.stages.iter().enumerate() {
-        let mut args: Vec<TensorArgs> = inputs
-            .iter_mut()
-            .zip(&reduced)
-            .map(|(t, r)| {
-                let u = stage_uniforms(k, s, r);
-                t.args(0, u)
-            })
-            .collect();
-        cpu.run_stage(s, &mut args, &mut partials, Some(&pool))
-            .expect("run_stage");
-        for (o, out) in stage.reduce.iter().enumerate() {
-            let id = out.reduction.index();
-            let decl = &k.reductions[id];
-            for (t, r) in reduced.iter_mut().enumerate() {
-                r[id] = combine(decl.op, partials.get(t, o).iter().copied());
-            }
-            if decl.scope == Scope::Step {
-                let total = combine_totals(decl.op, reduced.iter().map(|r| r[id]));
-                for r in &mut reduced {
-                    r[id] = total;
-                }
-            }
-        }
-    }
-    reduced
+    let hypers = k.default_hypers();
+    let mut scalars = vec![k.initial_scalars(&hypers).expect("scalars"); inputs.len()];
+    cpu_step(
+        cpu,
+        inputs,
+        0,
+        &hypers,
+        1,
+        &mut scalars,
+        Some(&pool(threads)),
+    )
 }
 
 #[test]
