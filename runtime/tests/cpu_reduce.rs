@@ -342,3 +342,58 @@ fn cpu_staged_kernels_equal_the_interpreter_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn cpu_stage_arguments_are_checked_before_anything_runs() {
+    use optc_runtime::cpu::CpuError;
+    let k = kernels::two_stage();
+    let cpu = compile_exact(&k);
+    let mut rng = Rng::new(1);
+    let input = Tensor::random(&k, 100, &mut rng, false);
+    let mut partials = Partials::new();
+
+    let mut t = input.clone();
+    let err = cpu
+        .run_stage(2, &mut [t.args(0, vec![])], &mut partials, None)
+        .expect_err("no stage 2");
+    assert!(
+        matches!(
+            err,
+            CpuError::Stage {
+                stage: 2,
+                stages: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "rule `two_stage` has 2 stages; there is no stage 2"
+    );
+
+    // Stage 1 takes one uniform; stage 0's count is not accepted for it.
+    let err = cpu
+        .run_stage(1, &mut [t.args(0, vec![0.5, 0.5])], &mut partials, None)
+        .expect_err("uniform count");
+    assert!(
+        matches!(
+            err,
+            CpuError::UniformCount {
+                stage: 1,
+                expected: 1,
+                found: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_same(&t, &input, "nothing ran");
+
+    // A staged kernel cannot be stepped as a one-stage kernel.
+    let err = cpu
+        .step_many(vec![t.args(0, vec![0.9])], None)
+        .expect_err("staged kernel through step_many");
+    assert!(matches!(err, CpuError::Kernel(_)), "{err}");
+    assert_same(&t, &input, "nothing ran");
+}
