@@ -45,7 +45,9 @@ pub struct Options {
     /// Fuse `a * b + c` (and `a * b - c`, `c - a * b`) into one `fma`. Only set this when the
     /// target has a native FMA (`has_fma` on x86-64), or Cranelift lowers `fma` to a libcall.
     pub fma: bool,
-    /// How many f32x4 vectors the main loop processes per iteration (1 or 2; 2 by default).
+    /// How many f32x4 vectors the main loop of a stage without reduce outputs processes per
+    /// iteration (1 or 2; 2 by default). A stage with reduce outputs always processes 8 (the 32
+    /// lanes of a reduction).
     pub unroll: u32,
     /// The calling convention of the generated function (the host's C convention).
     pub call_conv: CallConv,
