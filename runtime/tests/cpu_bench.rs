@@ -7,8 +7,10 @@
 //! AdamW (4 reads, 3 writes per element) over 64M elements on a 2-thread rayon pool, against a
 //! plain Rust loop with the same memory traffic, split the same way on the same pool. Prints
 //! elements per second for both (best of the rounds) and the median of the per-round ratios; the
-//! two alternate so both see the same machine load. `OPTC_BENCH_N`, `OPTC_BENCH_THREADS` and `OPTC_BENCH_ROUNDS` override
-//! the size, the thread count and the number of rounds.
+//! two alternate so both see the same machine load. `cpu_bench_staged_vs_probe` does the same for
+//! two-stage kernels (clipped SGD, a LAMB-like rule) against `BandwidthProbe::for_kernel`.
+//! `OPTC_BENCH_N`, `OPTC_BENCH_THREADS` and `OPTC_BENCH_ROUNDS` override the size, the thread
+//! count and the number of rounds.
 #![cfg(feature = "compiler")]
 
 mod cpu_common;
