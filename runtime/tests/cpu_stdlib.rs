@@ -12,7 +12,7 @@ mod cpu_common;
 use cpu_common::*;
 use optc_compiler::backend::clif;
 use optc_compiler::backend::interp::{step_f32, Buffers};
-use optc_compiler::{stdlib, Rule};
+use optc_compiler::{stdlib, CompileOptions, RankClass, Rule};
 use optc_kernel::Kernel;
 use optc_runtime::cpu::{CpuError, CpuKernel, CpuOptions};
 
@@ -34,6 +34,7 @@ const FMA_REL_BUDGET: f32 = 4.0 * f32::EPSILON;
 
 fn rules() -> Vec<Rule> {
     stdlib::names()
+        .chain(stdlib::STAGED_RULES.iter().map(|(n, _)| *n))
         .map(|n| match stdlib::rule(n) {
             Some(Ok(r)) => r,
             other => panic!(
@@ -42,6 +43,29 @@ fn rules() -> Vec<Rule> {
             ),
         })
         .collect()
+}
+
+/// Every kernel of `r`: one per flag set, and per rank class for rules that read `matrix`.
+fn kernels(r: &Rule) -> Vec<(Vec<bool>, Kernel)> {
+    let ranks: &[RankClass] = if r.uses_rank() {
+        &[RankClass::Matrix, RankClass::Vector]
+    } else {
+        &[RankClass::Any]
+    };
+    let mut out = Vec::new();
+    for flags in r.flag_sets() {
+        for &rank in ranks {
+            let options = CompileOptions {
+                rank,
+                ..CompileOptions::default()
+            };
+            let k = r
+                .specialize_values_with(&flags, &options)
+                .unwrap_or_else(|e| panic!("{}: {e}", r.name()));
+            out.push((flags.clone(), k));
+        }
+    }
+    out
 }
 
 /// Realistic inputs: p and g of order 1, states small and non-negative (second moments).
@@ -104,8 +128,7 @@ fn three_steps(k: &Kernel, cpu: &CpuKernel, input: &Tensor, off: usize) -> (Tens
 fn cpu_every_stdlib_rule_and_flag_set_is_exact_without_fma() {
     let mut rng = Rng::new(2024);
     for r in rules() {
-        for flags in r.flag_sets() {
-            let mut k = r.specialize_values(&flags).expect("specializes");
+        for (flags, mut k) in kernels(&r) {
             with_weight_decay(&mut k);
             let Some(cpu) = compile(&k, false) else {
                 continue;
@@ -137,8 +160,7 @@ fn cpu_every_stdlib_rule_and_flag_set_with_fma_is_close() {
     let mut rng = Rng::new(7);
     let mut worst = 0.0f32;
     for r in rules() {
-        for flags in r.flag_sets() {
-            let mut k = r.specialize_values(&flags).expect("specializes");
+        for (flags, mut k) in kernels(&r) {
             with_weight_decay(&mut k);
             let Some(cpu) = compile(&k, true) else {
                 continue;
