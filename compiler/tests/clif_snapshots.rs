@@ -26,6 +26,19 @@ fn clif_text_with_fma() {
 }
 
 #[test]
+fn refuses_row_scope_with_a_clear_error() {
+    let err = emit_text(&clif_kernels::row_sum(), &Options::default()).expect_err("row scope");
+    assert!(
+        matches!(err, optc_compiler::backend::clif::Error::Unsupported { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "rule `row_sum`: the CPU backend cannot lower the row-scope reduction `r0`"
+    );
+}
+
+#[test]
 fn rejects_bad_unroll() {
     let k = clif_kernels::sgd();
     let opts = Options {

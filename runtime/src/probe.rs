@@ -76,6 +76,16 @@ impl BandwidthProbe {
         }
     }
 
+    /// A probe of `kernel`'s passes: one per stage, with that stage's buffer use
+    /// ([`optc_kernel::Kernel::stage_buffers`]), so that it moves
+    /// [`optc_kernel::Kernel::bytes_per_element`] bytes per element.
+    pub fn for_kernel(kernel: &optc_kernel::Kernel, lens: &[usize]) -> Self {
+        let passes: Vec<Vec<BufferUse>> = (0..kernel.stages.len())
+            .map(|k| kernel.stage_buffers(k))
+            .collect();
+        Self::with_passes(&passes, lens)
+    }
+
     /// Bytes one run moves per element, over all its passes: 4 per buffer read and 4 per buffer
     /// written in each pass.
     pub fn bytes_per_element(&self) -> usize {

@@ -7,8 +7,10 @@
 //! AdamW (4 reads, 3 writes per element) over 64M elements on a 2-thread rayon pool, against a
 //! plain Rust loop with the same memory traffic, split the same way on the same pool. Prints
 //! elements per second for both (best of the rounds) and the median of the per-round ratios; the
-//! two alternate so both see the same machine load. `OPTC_BENCH_N`, `OPTC_BENCH_THREADS` and `OPTC_BENCH_ROUNDS` override
-//! the size, the thread count and the number of rounds.
+//! two alternate so both see the same machine load. `cpu_bench_staged_vs_probe` does the same for
+//! two-stage kernels (clipped SGD, a LAMB-like rule) against `BandwidthProbe::for_kernel`.
+//! `OPTC_BENCH_N`, `OPTC_BENCH_THREADS` and `OPTC_BENCH_ROUNDS` override the size, the thread
+//! count and the number of rounds.
 #![cfg(feature = "compiler")]
 
 mod cpu_common;
@@ -102,4 +104,71 @@ fn cpu_bench_adamw_vs_probe() {
         ratios[ratios.len() / 2]
     );
     assert!(p.iter().all(|x| x.is_finite()));
+}
+
+/// A staged kernel's whole step (every stage, the partials combined and the host program run in
+/// between) against [`optc_runtime::probe::BandwidthProbe::for_kernel`] (one pass per stage with
+/// the stage's traffic), alternating, on the same pool: prints the median paired ratio.
+fn bench_staged(k: &optc_kernel::Kernel) {
+    use optc_kernel::reduce::combine;
+    use optc_runtime::cpu::Partials;
+    let n = env("OPTC_BENCH_N", 64 << 20);
+    let threads = env("OPTC_BENCH_THREADS", 2);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    let cpu = CpuKernel::compile(k).expect("compiles");
+    let mut p = vec![0.5f32; n];
+    let g = vec![0.25f32; n];
+    let mut states: Vec<Vec<f32>> = k.states.iter().map(|_| vec![0.125f32; n]).collect();
+    let mut probe = optc_runtime::probe::BandwidthProbe::for_kernel(k, &[n]);
+    let mut partials = Partials::new();
+    let rounds = env("OPTC_BENCH_ROUNDS", 11);
+    let (mut jit_times, mut probe_times) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        let mut reduced = vec![f64::NAN; k.reductions.len()];
+        for (s, stage) in k.stages.iter().enumerate() {
+            let mut args = [TensorArgs {
+                param: &mut p,
+                grad: &g,
+                states: states.iter_mut().map(|s| s.as_mut_slice()).collect(),
+                uniforms: cpu_common::stage_uniforms(k, s, &reduced),
+            }];
+            cpu.run_stage(s, &mut args, &mut partials, Some(&pool))
+                .expect("stage");
+            for (o, out) in stage.reduce.iter().enumerate() {
+                let op = k.reductions[out.reduction.index()].op;
+                reduced[out.reduction.index()] = combine(op, partials.get(0, o).iter().copied());
+            }
+        }
+        jit_times.push(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        probe.run(Some(&pool));
+        probe_times.push(t0.elapsed().as_secs_f64());
+    }
+    let mut ratios: Vec<f64> = probe_times[1..]
+        .iter()
+        .zip(&jit_times[1..])
+        .map(|(p, j)| p / j)
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let best = jit_times[1..].iter().copied().fold(f64::INFINITY, f64::min);
+    println!(
+        "{} {n} elements, {threads} threads, {} B/elem over {} stages: best {:.3} G elem/s, median paired fraction of the probe {:.3}",
+        k.rule,
+        k.bytes_per_element(),
+        k.stages.len(),
+        n as f64 / best / 1e9,
+        ratios[ratios.len() / 2]
+    );
+    assert!(p.iter().all(|x| x.is_finite()));
+}
+
+#[test]
+#[ignore = "benchmark: run by hand with --release --ignored --nocapture"]
+fn cpu_bench_staged_vs_probe() {
+    bench_staged(&kernels::clipped_sgd());
+    bench_staged(&kernels::two_stage());
 }

@@ -10,7 +10,8 @@ mod cpu_common;
 
 use cpu_common::kernels;
 use cpu_common::*;
-use optc_kernel::reduce::{block_partial, combine, reduce};
+use optc_compiler::backend::interp::{step_many, Buffers, TensorStep};
+use optc_kernel::reduce::{block_partial, reduce};
 use optc_kernel::{ReduceOp, REDUCE_BLOCK};
 use optc_runtime::cpu::{CpuKernel, Partials, TensorArgs, MIN_CHUNK};
 
@@ -200,34 +201,21 @@ fn cpu_reductions_are_identical_across_runs() {
     assert!(runs.windows(2).all(|w| w[0] == w[1]));
 }
 
-/// Runs every stage of `k` on `inputs` the way an optimizer does: stage by stage, each tensor's
-/// partials combined in f64 in block order ([`combine`]), the host program evaluated with the
-/// finalized reductions before the next stage. Tensor scope only (one set of reductions per
-/// tensor).
+/// Runs every stage of `k` on `inputs` (one step call, step 1, default hypers) with
+/// [`cpu_step`] on `threads` threads; returns every tensor's finalized reductions.
 fn run_all_stages(cpu: &CpuKernel, inputs: &mut [Tensor], threads: usize) -> Vec<Vec<f64>> {
     let k = cpu.kernel();
-    let pool = pool(threads);
-    let mut reduced = vec![vec![f64::NAN; k.reductions.len()]; inputs.len()];
-    let mut partials = Partials::new();
-    for (s, stage) in k.stages.iter().enumerate() {
-        let mut args: Vec<TensorArgs> = inputs
-            .iter_mut()
-            .zip(&reduced)
-            .map(|(t, r)| {
-                let u = stage_uniforms(k, s, r);
-                t.args(0, u)
-            })
-            .collect();
-        cpu.run_stage(s, &mut args, &mut partials, Some(&pool))
-            .expect("run_stage");
-        for (t, r) in reduced.iter_mut().enumerate() {
-            for (o, out) in stage.reduce.iter().enumerate() {
-                let op = k.reductions[out.reduction.index()].op;
-                r[out.reduction.index()] = combine(op, partials.get(t, o).iter().copied());
-            }
-        }
-    }
-    reduced
+    let hypers = k.default_hypers();
+    let mut scalars = vec![k.initial_scalars(&hypers).expect("scalars"); inputs.len()];
+    cpu_step(
+        cpu,
+        inputs,
+        0,
+        &hypers,
+        1,
+        &mut scalars,
+        Some(&pool(threads)),
+    )
 }
 
 #[test]
@@ -288,4 +276,124 @@ fn cpu_two_stages_run_stage_by_stage_match_plain_math() {
             assert_same(got, want, &format!("tensor {i} on {threads} threads"));
         }
     }
+}
+
+#[test]
+fn probe_of_a_staged_kernel_moves_the_kernels_bytes() {
+    let k = kernels::two_stage();
+    // Stage 0 reads p, g, m and writes m; stage 1 reads p, m and writes p.
+    assert_eq!(k.bytes_per_element(), 16 + 12);
+    let mut probe = optc_runtime::probe::BandwidthProbe::for_kernel(&k, &[MIN_CHUNK + 5, 3]);
+    assert_eq!(probe.bytes_per_element(), k.bytes_per_element());
+    probe.run(Some(&pool(2)));
+}
+
+#[test]
+fn cpu_staged_kernels_equal_the_interpreter_bit_for_bit() {
+    for k in [
+        kernels::reducer(),
+        kernels::two_stage(),
+        kernels::clipped_sgd(),
+    ] {
+        let cpu = compile_exact(&k);
+        for specials in [false, true] {
+            let mut rng = Rng::new(11);
+            let inputs: Vec<Tensor> = [4097, 0, 2 * MIN_CHUNK + 4096 + 7, 31]
+                .iter()
+                .map(|&n| Tensor::random(&k, n, &mut rng, specials))
+                .collect();
+            let hypers = k.default_hypers();
+            let mut want = inputs.clone();
+            let mut scalars: Vec<Vec<f64>> = want
+                .iter()
+                .map(|_| k.initial_scalars(&hypers).expect("scalars"))
+                .collect();
+            let steps: Vec<TensorStep<f32>> = want
+                .iter_mut()
+                .zip(&mut scalars)
+                .map(|(t, s)| TensorStep {
+                    hypers: &hypers,
+                    t: 1,
+                    scalars: s,
+                    bufs: Buffers {
+                        param: &mut t.p,
+                        grad: &t.g,
+                        states: t.states.iter_mut().map(|s| s.as_mut_slice()).collect(),
+                    },
+                })
+                .collect();
+            let report = step_many(&k, steps).expect("interpreter");
+            for threads in [1, 2, 3] {
+                let mut got = inputs.clone();
+                let reduced = run_all_stages(&cpu, &mut got, threads);
+                let what = format!("{} (specials {specials}, {threads} threads)", k.rule);
+                for (t, (a, b)) in reduced.iter().zip(&report.reduced).enumerate() {
+                    for (r, (&x, &y)) in a.iter().zip(b).enumerate() {
+                        assert!(
+                            x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                            "{what}: tensor {t} reduction {r}: {x:e} vs interpreter {y:e}"
+                        );
+                    }
+                }
+                for (a, b) in got.iter().zip(&want) {
+                    assert_same(a, b, &what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cpu_stage_arguments_are_checked_before_anything_runs() {
+    use optc_runtime::cpu::CpuError;
+    let k = kernels::two_stage();
+    let cpu = compile_exact(&k);
+    let mut rng = Rng::new(1);
+    let input = Tensor::random(&k, 100, &mut rng, false);
+    let mut partials = Partials::new();
+
+    let mut t = input.clone();
+    let err = cpu
+        .run_stage(2, &mut [t.args(0, vec![])], &mut partials, None)
+        .expect_err("no stage 2");
+    assert!(
+        matches!(
+            err,
+            CpuError::Stage {
+                stage: 2,
+                stages: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "rule `two_stage` has 2 stages; there is no stage 2"
+    );
+
+    // Stage 1 takes one uniform; stage 0's count is not accepted for it.
+    let err = cpu
+        .run_stage(1, &mut [t.args(0, vec![0.5, 0.5])], &mut partials, None)
+        .expect_err("uniform count");
+    assert!(
+        matches!(
+            err,
+            CpuError::UniformCount {
+                stage: 1,
+                expected: 1,
+                found: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_same(&t, &input, "nothing ran");
+
+    // A staged kernel cannot be stepped as a one-stage kernel.
+    let err = cpu
+        .step_many(vec![t.args(0, vec![0.9])], None)
+        .expect_err("staged kernel through step_many");
+    assert!(matches!(err, CpuError::Kernel(_)), "{err}");
+    assert_same(&t, &input, "nothing ran");
 }

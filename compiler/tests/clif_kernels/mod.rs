@@ -94,6 +94,10 @@ impl Kb {
         let last = self.k.stages.len() - 1;
         &mut self.k.stages[last]
     }
+    /// Makes the kernel one for matrices (so that it may have Row and Col scopes).
+    pub fn matrix(&mut self) {
+        self.k.rank = optc_kernel::RankClass::Matrix;
+    }
     /// Starts the next stage: later body nodes, uniforms, stores and reduce outputs go to it.
     pub fn next_stage(&mut self) {
         self.k.stages.push(Stage::default());
@@ -414,6 +418,44 @@ pub fn two_stage() -> Kernel {
     k.finish()
 }
 
+/// SGD with clipping by the global norm, as the compiler adds it: stage 0 folds the Step-scope
+/// `sum(g * g)`; the host makes `clip = min(1, max_norm / (sqrt(total) + 1e-6))`; stage 1 steps
+/// `p = p - (lr * clip) * g`.
+pub fn clipped_sgd() -> Kernel {
+    let mut k = Kb::new("clipped_sgd", &[("lr", 0.1), ("max_grad_norm", 1.0)], &[]);
+    let (lr, max_norm) = (k.hyper(0), k.hyper(1));
+    let g = k.load(Slot::Grad);
+    let gg = k.bin(B::Mul, g, g);
+    let total = k.reduce(ReduceOp::Sum, Scope::Step, gg);
+    let norm = k.h(Expr::Unary(U::Sqrt, total));
+    let tiny = k.hc(1e-6);
+    let one = k.hc(1.0);
+    let denom = k.hb(B::Add, norm, tiny);
+    let ratio = k.hb(B::Div, max_norm, denom);
+    let clip = k.hb(B::Min, one, ratio);
+    let step = k.hb(B::Mul, lr, clip);
+    k.next_stage();
+    let ustep = k.uniform(step);
+    let p = k.load(Slot::Param);
+    let g = k.load(Slot::Grad);
+    let upd = k.bin(B::Mul, ustep, g);
+    let p2 = k.bin(B::Sub, p, upd);
+    k.store(Slot::Param, p2);
+    k.finish()
+}
+
+/// A kernel for matrices with a Row-scope sum of `g * g` (Adafactor's row statistics).
+pub fn row_sum() -> Kernel {
+    let mut k = Kb::new("row_sum", &[], &[]);
+    k.matrix();
+    let p = k.load(Slot::Param);
+    let g = k.load(Slot::Grad);
+    k.store(Slot::Param, p);
+    let gg = k.bin(B::Mul, g, g);
+    k.reduce(ReduceOp::Sum, Scope::Row, gg);
+    k.finish()
+}
+
 /// Every hand-built kernel, by name.
 pub fn all() -> Vec<Kernel> {
     vec![
@@ -425,5 +467,6 @@ pub fn all() -> Vec<Kernel> {
         transcendental(),
         reducer(),
         two_stage(),
+        clipped_sgd(),
     ]
 }

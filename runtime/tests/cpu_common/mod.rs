@@ -6,8 +6,10 @@
 pub mod kernels;
 
 use optc_compiler::backend::interp::{step_f32, Buffers};
+use optc_kernel::reduce::{combine, combine_totals};
 use optc_kernel::Kernel;
-use optc_runtime::cpu::{CpuKernel, CpuOptions, TensorArgs};
+use optc_kernel::Scope;
+use optc_runtime::cpu::{CpuKernel, CpuOptions, Partials, TensorArgs};
 
 /// xorshift64*: a small deterministic generator.
 pub struct Rng(u64);
@@ -139,6 +141,56 @@ pub fn stage_uniforms(k: &Kernel, stage: usize, reduced: &[f64]) -> Vec<f32> {
         .iter()
         .map(|&u| u as f32)
         .collect()
+}
+
+/// One step call (step `t`) of `inputs` (from element `off` on) on the CPU, the way an optimizer
+/// runs a staged kernel: stage by stage, each tensor's partials combined in f64 in block order,
+/// Step-scope totals combined over the tensors in order, the host program evaluated with the
+/// reductions finalized so far before each stage, and the scalar states updated after the last.
+/// Returns every tensor's finalized reductions.
+pub fn cpu_step(
+    cpu: &CpuKernel,
+    inputs: &mut [Tensor],
+    off: usize,
+    hypers: &[f64],
+    t: u64,
+    scalars: &mut [Vec<f64>],
+    pool: Option<&rayon::ThreadPool>,
+) -> Vec<Vec<f64>> {
+    let k = cpu.kernel();
+    let mut reduced = vec![vec![f64::NAN; k.reductions.len()]; inputs.len()];
+    let mut partials = Partials::new();
+    for (s, stage) in k.stages.iter().enumerate() {
+        let mut args: Vec<TensorArgs> = inputs
+            .iter_mut()
+            .zip(&reduced)
+            .zip(scalars.iter())
+            .map(|((tensor, r), sc)| {
+                let host = k.eval_host(hypers, t, sc, r).expect("host program");
+                let u = host.uniforms[s].iter().map(|&x| x as f32).collect();
+                tensor.args(off, u)
+            })
+            .collect();
+        cpu.run_stage(s, &mut args, &mut partials, pool)
+            .expect("run_stage");
+        for (o, out) in stage.reduce.iter().enumerate() {
+            let id = out.reduction.index();
+            let decl = &k.reductions[id];
+            for (i, r) in reduced.iter_mut().enumerate() {
+                r[id] = combine(decl.op, partials.get(i, o).iter().copied());
+            }
+            if decl.scope == Scope::Step {
+                let total = combine_totals(decl.op, reduced.iter().map(|r| r[id]));
+                for r in &mut reduced {
+                    r[id] = total;
+                }
+            }
+        }
+    }
+    for (sc, r) in scalars.iter_mut().zip(&reduced) {
+        *sc = k.eval_host(hypers, t, sc, r).expect("host program").scalars;
+    }
+    reduced
 }
 
 /// Steps `t` from element `off` on with the reference interpreter (f32).

@@ -14,6 +14,9 @@
 //!   (in [`optc_kernel::Stage::reduce`] order) over block `b` of the range, a block being
 //!   [`optc_kernel::REDUCE_BLOCK`] elements from the start of the range (the last may be short):
 //!   the range must start on a block boundary of the tensor. `stride >= n.div_ceil(REDUCE_BLOCK)`.
+//!   Tensor- and Step-scope reductions lower the same way (per-tensor block partials; the Step
+//!   combine over tensors is the runtime's). Row and Col scopes, and row- or column-shaped
+//!   states, are refused with [`Error::Unsupported`].
 //!
 //! A stage without reduce outputs has an f32x4 main loop (optionally unrolled) and a tail for the
 //! last `n % 4` elements. The tail copies those elements into a 4-lane stack buffer, runs the very
@@ -34,7 +37,7 @@ mod reduce;
 
 use cranelift_codegen::ir::{Function, UserFuncName};
 use cranelift_codegen::isa::CallConv;
-use optc_kernel::{Kernel, ReduceOp};
+use optc_kernel::{Kernel, ReduceOp, Scope, StateShape};
 
 /// Code generation options.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,7 +45,9 @@ pub struct Options {
     /// Fuse `a * b + c` (and `a * b - c`, `c - a * b`) into one `fma`. Only set this when the
     /// target has a native FMA (`has_fma` on x86-64), or Cranelift lowers `fma` to a libcall.
     pub fma: bool,
-    /// How many f32x4 vectors the main loop processes per iteration (1 or 2; 2 by default).
+    /// How many f32x4 vectors the main loop of a stage without reduce outputs processes per
+    /// iteration (1 or 2; 2 by default). A stage with reduce outputs always processes 8 (the 32
+    /// lanes of a reduction).
     pub unroll: u32,
     /// The calling convention of the generated function (the host's C convention).
     pub call_conv: CallConv,
@@ -68,6 +73,15 @@ pub enum Error {
     /// The options are out of range.
     #[error("invalid Cranelift backend options: {0}")]
     Options(String),
+    /// The kernel needs what this backend does not lower: reductions over rows or columns, or
+    /// row- or column-shaped states (Adafactor's factored moments).
+    #[error("rule `{rule}`: the CPU backend cannot lower {what}")]
+    Unsupported {
+        /// The rule's name.
+        rule: String,
+        /// What it has.
+        what: String,
+    },
     /// The generated function failed Cranelift's verifier (a bug in this backend).
     #[error(
         "internal error: the generated Cranelift IR for rule `{rule}` does not verify: {message}"
@@ -108,9 +122,26 @@ fn emit_valid_stage(kernel: &Kernel, stage: usize, opts: &Options) -> Result<Fun
             kernel.stages.len()
         ))
     })?;
+    let unsupported = |what: String| Error::Unsupported {
+        rule: kernel.rule.clone(),
+        what,
+    };
+    if let Some(s) = kernel.states.iter().find(|s| s.shape != StateShape::Full) {
+        return Err(unsupported(format!(
+            "the row- or column-shaped state `{}`",
+            s.name
+        )));
+    }
     let mut reduce = Vec::with_capacity(st.reduce.len());
     for out in &st.reduce {
         let decl = &kernel.reductions[out.reduction.index()];
+        if matches!(decl.scope, Scope::Row | Scope::Col) {
+            return Err(unsupported(format!(
+                "the {}-scope reduction `{}`",
+                decl.scope.name(),
+                decl.name
+            )));
+        }
         let fold = match decl.op {
             ReduceOp::Sum => plan::Fold::Sum,
             ReduceOp::Max => plan::Fold::Max,
