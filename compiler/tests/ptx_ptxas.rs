@@ -1,6 +1,7 @@
 //! Every PTX module the backend emits (every stdlib rule in every flag combination, and the
-//! hand-built kernels of `ptx_kernels`) is assembled by NVIDIA's `ptxas` for sm_80 and sm_90,
-//! with and without fast math. ptxas is found through `OPTC_PTXAS`, else on `PATH`
+//! hand-built kernels of `ptx_kernels`, staged ones with reductions included), with the entries
+//! of every stage, is assembled by NVIDIA's `ptxas` for sm_80 and sm_90, with and without fast
+//! math. ptxas is found through `OPTC_PTXAS`, else on `PATH`
 //! (`.ci/fetch-ptxas.sh` downloads it). Without it the test is skipped with a message, except
 //! under CI (env `CI` set), where a missing ptxas is a failure.
 

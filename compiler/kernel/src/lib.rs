@@ -8,10 +8,12 @@
 //! - [`kernel`]: the fused kernel: host program, then stages (uniforms, per-element body,
 //!   stores, reduce outputs);
 //! - [`reduce`]: reductions and the one summation order every backend follows;
-//! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads.
+//! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads;
+//! - [`abi`] and [`table`]: the launch ABI of the PTX entries, as data the artifact carries.
 //!
 //! Nothing here parses `.opt` source or optimizes; see `optc-compiler` for that.
 
+pub mod abi;
 pub mod arena;
 pub mod artifact;
 pub mod eval;

@@ -31,6 +31,7 @@
 mod bench;
 mod driver;
 mod error;
+mod launch;
 mod optimizer;
 mod signature;
 mod step;

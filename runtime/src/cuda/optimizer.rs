@@ -3,9 +3,10 @@
 
 use super::driver;
 use super::error::{Context, CudaError};
+use super::launch::LaunchBuffers;
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use cudarc::nvrtc::Ptx;
-use optc_kernel::artifact::PtxModule;
+use optc_kernel::artifact::{PtxModule, StageEntries};
 use optc_kernel::{Artifact, Init, Kernel};
 use std::sync::Arc;
 
@@ -65,8 +66,9 @@ pub struct CudaOptimizer {
     pub(crate) params: Vec<ParamSlot>,
     pub(crate) shape: LaunchShape,
     pub(crate) multiprocessors: u32,
-    pub(crate) table_buf: Option<CudaSlice<u8>>,
-    pub(crate) chunk_buf: Option<CudaSlice<u8>>,
+    /// Stage 0's entry list, from the artifact.
+    pub(crate) entries: StageEntries,
+    pub(crate) buffers: LaunchBuffers,
 }
 
 impl CudaOptimizer {
@@ -115,10 +117,15 @@ impl CudaOptimizer {
                 .load_function(name)
                 .during(format!("finding entry `{name}` in the PTX module"))
         };
+        let entries = ptx
+            .stages
+            .first()
+            .cloned()
+            .ok_or_else(|| CudaError::NoPtx(kernel.rule.clone()))?;
         let (vector, scalar, multi) = (
-            function(&ptx.vector_entry)?,
-            function(&ptx.scalar_entry)?,
-            function(&ptx.multi_entry)?,
+            function(&entries.vector.name)?,
+            function(&entries.scalar.name)?,
+            function(&entries.multi.name)?,
         );
         let multiprocessors = u32::try_from(driver::multiprocessors(&ctx)?).unwrap_or(u32::MAX);
         Ok(CudaOptimizer {
@@ -132,8 +139,8 @@ impl CudaOptimizer {
             params: Vec::new(),
             shape: LaunchShape::default(),
             multiprocessors,
-            table_buf: None,
-            chunk_buf: None,
+            entries,
+            buffers: LaunchBuffers::default(),
         })
     }
 

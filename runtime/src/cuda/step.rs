@@ -3,10 +3,13 @@
 #![allow(unsafe_code)]
 
 use super::error::{Context, CudaError};
-use super::optimizer::{CudaOptimizer, ParamId};
-use super::table::{self, aligned16, TableLayout, Tensor};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use std::sync::Arc;
+use super::launch::{launch_stage, Grid};
+use super::optimizer::{CudaOptimizer, ParamId, ParamSlot};
+use super::table::{aligned16, Tensor};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop,
+};
+use optc_kernel::abi::Param;
 
 /// Blocks for `work` units of `block` threads each, between 1 and `max_blocks`.
 pub(crate) fn grid(work: u64, block: u32, max_blocks: u32) -> u32 {
@@ -16,11 +19,47 @@ pub(crate) fn grid(work: u64, block: u32, max_blocks: u32) -> u32 {
         .clamp(1, max_blocks.max(1))
 }
 
-/// The raw address of one of our own state buffers. The buffers are only ever used on the
-/// optimizer's stream, so stream order alone keeps their reads and writes in sequence.
-fn state_ptr(buf: &mut CudaSlice<f32>, stream: &Arc<CudaStream>) -> u64 {
-    let (ptr, _sync) = buf.device_ptr_mut(stream);
-    ptr
+/// The raw addresses of a tensor's state buffers, with the guards that record the launch as a
+/// write of each buffer. The guards must live until the launch is queued: a guard dropped
+/// earlier records its event before the kernel, so work on another stream that waits for the
+/// state (for example a reader of [`CudaOptimizer::state_slice`]) could run before the step.
+fn state_ptrs<'a>(
+    states: &'a mut [CudaSlice<f32>],
+    stream: &'a CudaStream,
+) -> (Vec<u64>, Vec<SyncOnDrop<'a>>) {
+    states.iter_mut().map(|s| s.device_ptr_mut(stream)).unzip()
+}
+
+/// One argument of a single-tensor launch.
+enum Arg {
+    U64(u64),
+    F32(f32),
+}
+
+/// The arguments of a single-tensor launch in the order of the entry's parameter list (from
+/// the artifact).
+fn single_args(
+    params: &[Param],
+    ptrs: &[u64],
+    n: u64,
+    uniforms: &[f32],
+) -> Result<Vec<Arg>, CudaError> {
+    params
+        .iter()
+        .map(|p| match *p {
+            Param::Buffer { index } => ptrs.get(index).copied().map(Arg::U64),
+            Param::Len => Some(Arg::U64(n)),
+            Param::Uniform { index } => uniforms.get(index).copied().map(Arg::F32),
+            _ => None,
+        })
+        .map(|a| {
+            a.ok_or_else(|| {
+                CudaError::Buffers(format!(
+                    "a single-tensor entry takes parameters ({params:?}) this launch cannot pass"
+                ))
+            })
+        })
+        .collect()
 }
 
 impl CudaOptimizer {
@@ -77,8 +116,9 @@ impl CudaOptimizer {
             .ok_or_else(|| CudaError::Buffers("the step count would overflow".into()))?;
         let host = self.kernel.eval_host(&self.hypers, t, &slot.scalars, &[])?;
         if slot.len > 0 {
+            let (states, _state_syncs) = state_ptrs(&mut slot.states, &stream);
             let mut ptrs = vec![p, g];
-            ptrs.extend(slot.states.iter_mut().map(|s| state_ptr(s, &stream)));
+            ptrs.extend(states);
             if let Some(bad) = ptrs.iter().find(|p| !p.is_multiple_of(4)) {
                 return Err(CudaError::Buffers(format!(
                     "device pointer {bad:#x} is not 4-byte aligned"
@@ -87,28 +127,29 @@ impl CudaOptimizer {
             let vector = ptrs.iter().all(|p| aligned16(*p));
             let n = slot.len as u64;
             let uniforms: Vec<f32> = host.uniforms[0].iter().map(|u| *u as f32).collect();
-            let (func, work) = if vector {
-                (&self.vector, n / 4)
+            let (func, entry, work) = if vector {
+                (&self.vector, &self.entries.vector, n / 4)
             } else {
-                (&self.scalar, n)
+                (&self.scalar, &self.entries.scalar, n)
             };
+            let args = single_args(&entry.params, &ptrs, n, &uniforms)?;
             let cfg = LaunchConfig {
                 grid_dim: (grid(work, block, max_blocks), 1, 1),
                 block_dim: (block, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut launch = stream.launch_builder(func);
-            for ptr in &ptrs {
-                launch.arg(ptr);
+            for a in &args {
+                match a {
+                    Arg::U64(x) => launch.arg(x),
+                    Arg::F32(x) => launch.arg(x),
+                };
             }
-            launch.arg(&n);
-            for u in &uniforms {
-                launch.arg(u);
-            }
-            // SAFETY: the arguments match the entry's parameters (buffer pointers in
-            // `Kernel::buffers` order, n, uniforms), which `signature::check` verified against
-            // the PTX when the module was loaded; every pointer covers
-            // `n` f32 (the caller's contract for p and g, our allocations for the states).
+            // SAFETY: `args` follows the entry's parameter list, which `signature::check`
+            // matched against the kernel (buffer pointers in `Kernel::buffers` order, n,
+            // uniforms) when the module was loaded; every pointer covers `n` f32 (the caller's
+            // contract for p and g, our allocations for the states), and the state guards live
+            // until the launch is queued.
             unsafe { launch.launch(cfg) }.during(format!("launching `{}`", self.kernel.rule))?;
         }
         slot.t = t;
@@ -161,17 +202,30 @@ impl CudaOptimizer {
             *s = true;
         }
         let stream = self.stream.clone();
+        let grid = Grid::fit(
+            self.shape.block,
+            self.max_blocks(),
+            self.shape.chunk_elems,
+            &self.entries,
+        );
         let mut tensors = Vec::with_capacity(items.len());
         let mut updates = Vec::with_capacity(items.len());
+        // The state guards of every tensor live until the launch is queued (see `state_ptrs`).
+        let mut state_syncs = Vec::with_capacity(items.len());
+        let mut slots: Vec<Option<&mut ParamSlot>> = self.params.iter_mut().map(Some).collect();
         for &(id, p, g) in items {
-            let slot = &mut self.params[id.index()];
+            let Some(slot) = slots.get_mut(id.index()).and_then(Option::take) else {
+                return Err(CudaError::UnknownParam(id.index()));
+            };
             let t = slot
                 .t
                 .checked_add(1)
                 .ok_or_else(|| CudaError::Buffers("the step count would overflow".into()))?;
             let host = self.kernel.eval_host(&self.hypers, t, &slot.scalars, &[])?;
+            let (states, syncs) = state_ptrs(&mut slot.states, &stream);
+            state_syncs.push(syncs);
             let mut pointers = vec![p, g];
-            pointers.extend(slot.states.iter_mut().map(|s| state_ptr(s, &stream)));
+            pointers.extend(states);
             if let Some(bad) = pointers.iter().find(|p| !p.is_multiple_of(4)) {
                 return Err(CudaError::Buffers(format!(
                     "device pointer {bad:#x} is not 4-byte aligned"
@@ -184,46 +238,18 @@ impl CudaOptimizer {
             });
             updates.push((id, t, host.scalars));
         }
-        let table = table::build(
-            TableLayout::of(&self.kernel),
+        // A one-stage kernel without reductions (`only_stage`, checked at load): no partials.
+        launch_stage(
+            &stream,
+            &self.multi,
+            &self.entries,
+            0,
             &tensors,
-            self.shape.chunk_elems,
+            grid,
+            &mut self.buffers,
         )?;
-        if table.num_chunks > 0 {
-            let records = upload(
-                &stream,
-                &mut self.table_buf,
-                &table.records,
-                "the tensor table",
-            )?;
-            let chunks = upload(
-                &stream,
-                &mut self.chunk_buf,
-                &table.chunks,
-                "the chunk list",
-            )?;
-            let num_chunks = table.num_chunks as u64;
-            let chunk_elems = self.shape.chunk_elems as u64;
-            let cfg = LaunchConfig {
-                grid_dim: (grid(num_chunks, 1, self.max_blocks()), 1, 1),
-                block_dim: (self.shape.block, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut launch = stream.launch_builder(&self.multi);
-            launch
-                .arg(&records)
-                .arg(&chunks)
-                .arg(&num_chunks)
-                .arg(&chunk_elems);
-            // SAFETY: the arguments match the multi-tensor entry (table, chunks, count, chunk
-            // size; checked by `signature::check` at load, with the record size); the table was
-            // built with the layout the PTX backend reads (one definition, `optc_kernel::table`),
-            // its pointers
-            // are the caller's (contract above) and our state allocations, and both arrays are
-            // queued for upload on this stream before the launch and kept alive in `self`.
-            unsafe { launch.launch(cfg) }
-                .during(format!("launching `{}` (multi-tensor)", self.kernel.rule))?;
-        }
+        drop(state_syncs);
+        drop(slots);
         for (id, t, scalars) in updates {
             let slot = &mut self.params[id.index()];
             slot.t = t;
@@ -231,32 +257,6 @@ impl CudaOptimizer {
         }
         Ok(())
     }
-}
-
-/// Copies `bytes` into `buf` (grown when too small) and returns its device address.
-fn upload(
-    stream: &Arc<CudaStream>,
-    buf: &mut Option<CudaSlice<u8>>,
-    bytes: &[u8],
-    what: &str,
-) -> Result<u64, CudaError> {
-    if buf.as_ref().is_none_or(|b| b.len() < bytes.len()) {
-        let cap = bytes.len().next_power_of_two().max(256);
-        *buf = Some(
-            stream
-                .alloc_zeros::<u8>(cap)
-                .during(format!("allocating {what}"))?,
-        );
-    }
-    let Some(dst) = buf.as_mut() else {
-        return Err(CudaError::Buffers(format!("no buffer for {what}")));
-    };
-    let mut view = dst.slice_mut(..bytes.len());
-    stream
-        .memcpy_htod(bytes, &mut view)
-        .during(format!("uploading {what}"))?;
-    let (ptr, _sync) = dst.device_ptr(stream);
-    Ok(ptr)
 }
 
 #[cfg(test)]
