@@ -64,7 +64,7 @@ fn warp_partial(op: ReduceOp, xs: &[f32], vector: bool) -> f32 {
 /// Deterministic values: mostly in [-1, 1), with values that tell orders apart (huge and tiny
 /// magnitudes, signed zeros) sprinkled in, and for every third seed infinities and NaN too.
 fn data(n: usize, seed: u64) -> Vec<f32> {
-    let specials = seed % 3 == 0;
+    let specials = seed.is_multiple_of(3);
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|i| {
