@@ -1,11 +1,12 @@
 //! Every stdlib rule parses, checks cleanly and compiles for every flag set; the optimized IR of
-//! each is snapshotted, and no uniform work is left in any kernel body.
+//! each is snapshotted (staged rules included), and no uniform work is left in any kernel body.
 
-use optc_compiler::{stdlib, Rule};
+use optc_compiler::{stdlib, CompileOptions, RankClass, Rule};
 use optc_kernel::{BinaryOp, Expr, Kernel};
 
 fn rules() -> Vec<Rule> {
     stdlib::names()
+        .chain(stdlib::STAGED_RULES.iter().map(|(n, _)| *n))
         .map(|n| match stdlib::rule(n) {
             Some(Ok(r)) => r,
             Some(Err(d)) => panic!("stdlib rule {n} does not compile:\n{d}"),
@@ -24,30 +25,51 @@ fn stdlib_is_clean() {
 
 /// Whether any body node is uniform work: an op whose operands are all arguments or literals.
 fn uniform_work_in_body(k: &Kernel) -> Vec<String> {
-    let leafish = |h: optc_kernel::Handle<Expr>| {
-        matches!(
-            k.stages[0].body[h],
-            Expr::Uniform(_) | Expr::Const(_) | Expr::Bool(_)
-        )
+    let mut out = Vec::new();
+    for (j, st) in k.stages.iter().enumerate() {
+        let leafish = |h: optc_kernel::Handle<Expr>| {
+            matches!(
+                st.body[h],
+                Expr::Uniform(_) | Expr::Const(_) | Expr::Bool(_)
+            )
+        };
+        out.extend(
+            st.body
+                .iter()
+                .filter(|(_, e)| {
+                    let ops: Vec<_> = e.operands().collect();
+                    !ops.is_empty() && ops.iter().all(|o| leafish(*o))
+                })
+                .map(|(h, e)| format!("stage {j}: %{} = {e:?}", h.index())),
+        );
+    }
+    out
+}
+
+/// Every kernel of a rule: one per flag set, and per rank class for rules that read `matrix`.
+fn kernels(r: &Rule) -> Vec<(Vec<bool>, Kernel)> {
+    let ranks: &[RankClass] = if r.uses_rank() {
+        &[RankClass::Matrix, RankClass::Vector]
+    } else {
+        &[RankClass::Any]
     };
-    k.stages[0]
-        .body
-        .iter()
-        .filter(|(_, e)| {
-            let ops: Vec<_> = e.operands().collect();
-            !ops.is_empty() && ops.iter().all(|o| leafish(*o))
-        })
-        .map(|(h, e)| format!("%{} = {e:?}", h.index()))
-        .collect()
+    let mut out = Vec::new();
+    for flags in r.flag_sets() {
+        for &rank in ranks {
+            let options = CompileOptions { clip: false, rank };
+            let k = r
+                .specialize_values_with(&flags, &options)
+                .unwrap_or_else(|e| panic!("{e}"));
+            out.push((flags.clone(), k));
+        }
+    }
+    out
 }
 
 #[test]
 fn no_uniform_work_or_pow_in_any_body() {
     for r in rules() {
-        for flags in r.flag_sets() {
-            let k = r
-                .specialize_values(&flags)
-                .unwrap_or_else(|e| panic!("{e}"));
+        for (flags, k) in kernels(&r) {
             let bad = uniform_work_in_body(&k);
             assert!(
                 bad.is_empty(),
@@ -55,10 +77,11 @@ fn no_uniform_work_or_pow_in_any_body() {
                 r.name(),
                 flags
             );
-            let pow = k.stages[0]
-                .body
-                .iter()
-                .any(|(_, e)| matches!(e, Expr::Binary(BinaryOp::Pow, ..)));
+            let pow = k.stages.iter().any(|st| {
+                st.body
+                    .iter()
+                    .any(|(_, e)| matches!(e, Expr::Binary(BinaryOp::Pow, ..)))
+            });
             assert!(!pow, "{} {:?} has a per-element pow\n{k}", r.name(), flags);
         }
     }
@@ -69,10 +92,7 @@ fn optimized_ir_snapshots() {
     for r in rules() {
         // One snapshot per flag set whose kernel differs from the defaults' kernel.
         let mut seen: Vec<String> = Vec::new();
-        for flags in r.flag_sets() {
-            let k = r
-                .specialize_values(&flags)
-                .unwrap_or_else(|e| panic!("{e}"));
+        for (flags, k) in kernels(&r) {
             let text = k.to_string();
             let body = text.split("\n").skip(1).collect::<Vec<_>>().join("\n");
             if seen.contains(&body) {
@@ -86,10 +106,15 @@ fn optimized_ir_snapshots() {
                 .filter(|(_, v)| **v)
                 .map(|(f, _)| f.name.clone())
                 .collect();
+            let rank = match k.rank {
+                RankClass::Any => "",
+                RankClass::Matrix => "@matrix",
+                RankClass::Vector => "@vector",
+            };
             let name = if tag.is_empty() {
-                r.name().to_string()
+                format!("{}{rank}", r.name())
             } else {
-                format!("{}+{}", r.name(), tag.join("+"))
+                format!("{}+{}{rank}", r.name(), tag.join("+"))
             };
             insta::assert_snapshot!(name, text);
         }

@@ -32,4 +32,6 @@ pub use kernel::{
     ReduceOutput, ScalarDecl, ScalarUpdate, Stage, StateDecl, StateShape, Store, FORMAT_VERSION,
 };
 pub use op::{BinaryOp, Real, UnaryOp};
-pub use reduce::{ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, REDUCE_BLOCK, REDUCE_LANES};
+pub use reduce::{
+    ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, GRAD_NORM_REDUCTION, REDUCE_BLOCK, REDUCE_LANES,
+};

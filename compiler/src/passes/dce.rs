@@ -6,9 +6,9 @@
 //! dropped. A live state whose flag condition is false for this flag set is an error.
 
 use crate::diag::Diagnostic;
-use crate::ir::{Builder, Function, Program};
+use crate::ir::{Builder, Function, Program, Reduction};
 use optc_kernel::eval::eval_arena;
-use optc_kernel::{Expr, Handle, ScalarId, Slot, StateId};
+use optc_kernel::{Expr, Handle, ReductionId, ScalarId, Slot, StateId};
 
 /// The function after elimination, with states and scalars renumbered densely.
 #[derive(Clone, Debug)]
@@ -22,7 +22,12 @@ pub struct Live {
 }
 
 /// Removes dead nodes, stores and states from `f`.
-pub fn dce(f: &Function, program: &Program, flags: &[bool]) -> Result<Live, Diagnostic> {
+pub fn dce(
+    f: &Function,
+    program: &Program,
+    flags: &[bool],
+    matrix: bool,
+) -> Result<Live, Diagnostic> {
     let n = f.exprs.len();
     let mut reached = vec![false; n];
     let mut live_states = vec![false; program.states.len()];
@@ -42,6 +47,11 @@ pub fn dce(f: &Function, program: &Program, flags: &[bool]) -> Result<Live, Diag
             match f.exprs[h] {
                 Expr::Load(Slot::State(s)) => live_states[s.index()] = true,
                 Expr::Scalar(s) => live_scalars[s.index()] = true,
+                Expr::Reduced(r) => {
+                    if let Some(red) = f.reductions.get(r.index()) {
+                        roots.push(red.arg);
+                    }
+                }
                 ref e => roots.extend(e.operands()),
             }
         }
@@ -63,7 +73,7 @@ pub fn dce(f: &Function, program: &Program, flags: &[bool]) -> Result<Live, Diag
         }
     }
 
-    check_conditions(f, program, flags, &reached, &live_states)?;
+    check_conditions(f, program, flags, matrix, &reached, &live_states)?;
 
     let states: Vec<usize> = (0..live_states.len()).filter(|&i| live_states[i]).collect();
     let scalars: Vec<usize> = (0..live_scalars.len())
@@ -74,6 +84,23 @@ pub fn dce(f: &Function, program: &Program, flags: &[bool]) -> Result<Live, Diag
     let scalar_id =
         |old: ScalarId| ScalarId::new(scalars.iter().position(|&s| s == old.index()).unwrap_or(0));
 
+    // Live reductions, renumbered densely.
+    let live_reductions: Vec<usize> = (0..f.reductions.len())
+        .filter(|&i| {
+            f.exprs
+                .iter()
+                .any(|(h, e)| reached[h.index()] && *e == Expr::Reduced(ReductionId::new(i)))
+        })
+        .collect();
+    let reduction_id = |old: ReductionId| {
+        ReductionId::new(
+            live_reductions
+                .iter()
+                .position(|&r| r == old.index())
+                .unwrap_or(0),
+        )
+    };
+
     let mut b = Builder::default();
     let mut new_of: Vec<Option<Handle<Expr>>> = vec![None; n];
     for (h, e) in f.exprs.iter() {
@@ -83,6 +110,7 @@ pub fn dce(f: &Function, program: &Program, flags: &[bool]) -> Result<Live, Diag
         let e = match *e {
             Expr::Load(Slot::State(s)) => Expr::Load(Slot::State(state_id(s))),
             Expr::Scalar(s) => Expr::Scalar(scalar_id(s)),
+            Expr::Reduced(r) => Expr::Reduced(reduction_id(r)),
             // Operands of a reached node are reached.
             ref other => other.map_operands(|o| new_of[o.index()].unwrap_or(o)),
         };
@@ -108,6 +136,12 @@ pub fn dce(f: &Function, program: &Program, flags: &[bool]) -> Result<Live, Diag
             out.scalar_stores.push((scalar_id(*s), nh));
         }
     }
+    for &i in &live_reductions {
+        let r = &f.reductions[i];
+        if let Some(arg) = new_of[r.arg.index()] {
+            out.reductions.push(Reduction { arg, ..r.clone() });
+        }
+    }
     Ok(Live {
         func: out,
         states,
@@ -120,12 +154,14 @@ fn check_conditions(
     f: &Function,
     program: &Program,
     flags: &[bool],
+    matrix: bool,
     reached: &[bool],
     live_states: &[bool],
 ) -> Result<(), Diagnostic> {
     let mut values: Vec<f64> = Vec::new();
     let ok = eval_arena(&program.decl, &mut values, |e| match e {
         Expr::Hyper(_) => Ok(f64::NAN),
+        Expr::Flag(crate::ir::MATRIX_FLAG) => Ok(if matrix { 1.0 } else { 0.0 }),
         Expr::Flag(i) => Ok(if flags.get(i.index()).copied().unwrap_or(false) {
             1.0
         } else {
