@@ -213,3 +213,42 @@ fn stdlib_ptx_snapshots() {
         insta::assert_snapshot!(format!("stdlib_{name}"), m.source);
     }
 }
+
+/// The staged stdlib rules (every rank class) and AdamW clipped by the global norm.
+#[test]
+fn staged_ptx_snapshots() {
+    use optc_compiler::passes::CompileOptions;
+    use optc_kernel::RankClass;
+    let mut cases: Vec<(String, &str, CompileOptions)> = Vec::new();
+    for (name, _) in optc_compiler::stdlib::STAGED_RULES {
+        let rule = match optc_compiler::stdlib::rule(name) {
+            Some(Ok(rule)) => rule,
+            other => panic!("stdlib rule {name}: {other:?}"),
+        };
+        if rule.uses_rank() {
+            for rank in [RankClass::Matrix, RankClass::Vector] {
+                let tag = format!("{name}_{rank:?}").to_lowercase();
+                let options = CompileOptions { clip: false, rank };
+                cases.push((tag, name, options));
+            }
+        } else {
+            cases.push((name.to_string(), name, CompileOptions::default()));
+        }
+    }
+    let clip = CompileOptions {
+        clip: true,
+        ..CompileOptions::default()
+    };
+    cases.push(("adamw_clip".into(), "adamw", clip));
+    for (tag, name, options) in cases {
+        let rule = optc_compiler::stdlib::rule(name)
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("{name}"));
+        let kernel = rule
+            .specialize_with(&[], &options)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let m = emit(&kernel, &Options::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        optc_kernel::abi::check(&kernel, &m).unwrap_or_else(|e| panic!("{name}: {e}"));
+        insta::assert_snapshot!(format!("staged_{tag}"), m.source);
+    }
+}
