@@ -208,4 +208,204 @@ mod tests {
         assert_eq!((g.block, g.chunk_elems), (100, 8));
         assert_eq!(Grid::fit(1024, 1, 4, &entries(true)).block, 1024);
     }
+
+    /// Whether a GPU is present; prints why not (and fails under `OPTC_REQUIRE_GPU`).
+    #[cfg(feature = "compiler")]
+    fn gpu_present(test: &str) -> bool {
+        let reason = if !super::super::driver_available() {
+            Some("no CUDA driver".to_string())
+        } else {
+            match super::super::devices() {
+                Ok(d) if !d.is_empty() => None,
+                Ok(_) => Some("no CUDA device".to_string()),
+                Err(e) => Some(e.to_string()),
+            }
+        };
+        match reason {
+            None => true,
+            Some(r) => {
+                assert!(
+                    std::env::var_os("OPTC_REQUIRE_GPU").is_none(),
+                    "{test}: {r}, but OPTC_REQUIRE_GPU is set"
+                );
+                eprintln!("SKIPPED {test}: {r}");
+                false
+            }
+        }
+    }
+
+    /// Deterministic values in [-1, 1).
+    #[cfg(feature = "compiler")]
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005) | 1;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Stage 0 of every staged stdlib rule (and of AdamW clipped by the global norm) on the GPU,
+    /// through its vector and scalar entries (raw launches with the arguments their lists name)
+    /// and through [`launch_stage`] (the multi-tensor entry), against the reference: the stage
+    /// body evaluated per element by `optc_kernel::eval` (the interpreter's evaluator) for the
+    /// stores, and `optc_kernel::reduce::block_partial` of each block, bit for bit. Skips without
+    /// a GPU.
+    #[cfg(feature = "compiler")]
+    #[test]
+    fn reducing_stages_match_the_reference_order_on_a_gpu() {
+        use cudarc::driver::CudaContext;
+        use cudarc::nvrtc::Ptx;
+        use optc_compiler::CompileOptions;
+        use optc_kernel::eval::eval_arena;
+        use optc_kernel::reduce::{block_partial, REDUCE_BLOCK};
+        use optc_kernel::{Expr, RankClass, Slot};
+        if !gpu_present("reducing_stages_match_the_reference_order_on_a_gpu") {
+            return;
+        }
+        let mut kernels = Vec::new();
+        for (name, _) in optc_compiler::stdlib::STAGED_RULES
+            .iter()
+            .chain(&[("adamw", "")])
+        {
+            let rule = optc_compiler::stdlib::rule(name)
+                .and_then(Result::ok)
+                .unwrap_or_else(|| panic!("{name}"));
+            let rank = if rule.uses_rank() {
+                RankClass::Matrix
+            } else {
+                RankClass::Any
+            };
+            let options = CompileOptions {
+                clip: *name == "adamw",
+                rank,
+            };
+            let k = rule.specialize_with(&[], &options).expect("specialize");
+            if !k.stages[0].reduce.is_empty() {
+                kernels.push(k);
+            }
+        }
+        let buffer = |slot: Slot| match slot {
+            Slot::Param => 0,
+            Slot::Grad => 1,
+            Slot::State(s) => 2 + s.index(),
+        };
+        let ctx = CudaContext::new(0).expect("context");
+        let stream = ctx.default_stream();
+        for k in kernels {
+            let m = optc_compiler::backend::ptx::emit(&k, &Default::default()).expect("emit");
+            let module = ctx
+                .load_module(Ptx::from_src(m.source.clone()))
+                .expect("load");
+            let (stage, e) = (&k.stages[0], &m.stages[0]);
+            let hypers = k.default_hypers();
+            let scalars = k.initial_scalars(&hypers).expect("scalars");
+            let unknown = vec![f64::NAN; k.reductions.len()];
+            let host = k.eval_host(&hypers, 1, &scalars, &unknown).expect("host");
+            let uniforms: Vec<f32> = host.uniforms[0].iter().map(|u| *u as f32).collect();
+            for n in [1usize, 31, 4095, 4096, 4097, 3 * 4096 + 5, 70_001] {
+                let mut bufs = vec![data(n, 5), data(n, 6)];
+                bufs.extend(k.states.iter().map(|_| data(n, 7)));
+                let mut stored = bufs.clone();
+                let mut values: Vec<f32> = Vec::new();
+                let mut reduced = vec![Vec::with_capacity(n); stage.reduce.len()];
+                for i in 0..n {
+                    eval_arena(&stage.body, &mut values, |x| match *x {
+                        Expr::Uniform(u) => uniforms.get(u.index()).copied().ok_or(()),
+                        Expr::Load(slot) => Ok(bufs[buffer(slot)][i]),
+                        _ => Err(()),
+                    })
+                    .expect("eval");
+                    for (r, out) in stage.reduce.iter().enumerate() {
+                        reduced[r].push(values[out.value.index()]);
+                    }
+                    for s in &stage.stores {
+                        stored[buffer(s.slot)][i] = values[s.value.index()];
+                    }
+                }
+                let want: Vec<f32> = stage
+                    .reduce
+                    .iter()
+                    .zip(&reduced)
+                    .flat_map(|(out, xs)| {
+                        let op = k.reductions[out.reduction.index()].op;
+                        xs.chunks(REDUCE_BLOCK)
+                            .map(move |b| block_partial(op, b))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                let same = |a: &[f32], b: &[f32]| {
+                    a.len() == b.len()
+                        && a.iter()
+                            .zip(b)
+                            .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+                };
+                for which in ["vector", "scalar", "multi"] {
+                    let mut dev: Vec<CudaSlice<f32>> = bufs
+                        .iter()
+                        .map(|b| stream.clone_htod(b).expect("upload"))
+                        .collect();
+                    let ptrs: Vec<u64> = dev.iter().map(|b| b.device_ptr(&stream).0).collect();
+                    let got = if which == "multi" {
+                        let tensor = Tensor {
+                            pointers: ptrs.clone(),
+                            len: n,
+                            uniforms: uniforms.clone(),
+                        };
+                        let grid = Grid::fit(256, 2, 2 * REDUCE_BLOCK, e);
+                        let mut scratch = LaunchBuffers::default();
+                        let mut parts = launch_stage(
+                            &stream,
+                            &module.load_function(&e.multi.name).expect("entry"),
+                            e,
+                            stage.reduce.len(),
+                            &[tensor],
+                            grid,
+                            &mut scratch,
+                        )
+                        .expect("launch_stage");
+                        parts.pop().unwrap_or_default()
+                    } else {
+                        let entry = if which == "vector" {
+                            &e.vector
+                        } else {
+                            &e.scalar
+                        };
+                        let func = module.load_function(&entry.name).expect("entry");
+                        let partials = stream.alloc_zeros::<f32>(want.len()).expect("partials");
+                        let pp = partials.device_ptr(&stream).0;
+                        let len = n as u64;
+                        let mut launch = stream.launch_builder(&func);
+                        for p in &entry.params {
+                            match *p {
+                                Param::Buffer { index } => launch.arg(&ptrs[index]),
+                                Param::Len => launch.arg(&len),
+                                Param::Partials => launch.arg(&pp),
+                                Param::Uniform { index } => launch.arg(&uniforms[index]),
+                                other => panic!("single entry parameter {other:?}"),
+                            };
+                        }
+                        let cfg = LaunchConfig {
+                            grid_dim: (3, 1, 1),
+                            block_dim: (256, 1, 1),
+                            shared_mem_bytes: 0,
+                        };
+                        // SAFETY: the arguments follow the entry's parameter list; every pointer
+                        // is a live allocation of `n` f32 (the buffers) or of every partial.
+                        unsafe { launch.launch(cfg) }.expect("launch");
+                        stream.clone_dtoh(&partials).expect("partials back")
+                    };
+                    let what = format!("{} n={n} {which}", k.rule);
+                    assert!(same(&got, &want), "{what}: partials {got:?} vs {want:?}");
+                    for (i, d) in dev.iter_mut().enumerate() {
+                        let back = stream.clone_dtoh(d).expect("download");
+                        assert!(same(&back, &stored[i]), "{what}: buffer {i}");
+                    }
+                }
+            }
+        }
+    }
 }
