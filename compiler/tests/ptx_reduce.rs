@@ -253,3 +253,23 @@ fn reducing_stage_snapshot() {
     let m = emit(&ptx_kernels::trust_ratio(), &Options::default()).expect("emit");
     insta::assert_snapshot!(m.source);
 }
+
+#[test]
+fn artifacts_carry_the_entry_lists_and_refuse_lists_that_do_not_fit() {
+    use optc_kernel::{Artifact, ArtifactError};
+    let k = ptx_kernels::trust_ratio();
+    let m = emit(&k, &Options::default()).expect("emit");
+    let text = Artifact::new(k.clone(), Some(m.clone()))
+        .to_json()
+        .expect("json");
+    assert!(text.contains(r#""kind": "partials""#), "{text}");
+    let back = Artifact::from_json(&text).expect("reads back");
+    assert_eq!(back.ptx.as_ref(), Some(&m));
+    // Another stage's list swapped in: the artifact is refused before any runtime sees it.
+    let mut wrong = m.clone();
+    wrong.stages.swap(0, 1);
+    let text = Artifact::new(k, Some(wrong)).to_json().expect("json");
+    let err = Artifact::from_json(&text).expect_err("lists do not fit");
+    assert!(matches!(err, ArtifactError::Entries { .. }), "{err}");
+    assert!(err.to_string().contains("recompile the rule"), "{err}");
+}
