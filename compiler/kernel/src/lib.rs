@@ -8,6 +8,7 @@
 //! - [`kernel`]: the fused kernel: host program, then stages (uniforms, per-element body,
 //!   stores, reduce outputs);
 //! - [`reduce`]: reductions and the one summation order every backend follows;
+//! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads;
 //! - [`abi`] and [`table`]: the launch ABI of the PTX entries, as data the artifact carries.
 //!
@@ -23,6 +24,7 @@ pub mod num;
 pub mod op;
 pub mod reduce;
 pub mod table;
+pub mod valid;
 
 pub use arena::{Arena, Handle};
 pub use artifact::{Artifact, ArtifactError};
@@ -35,3 +37,4 @@ pub use op::{BinaryOp, Real, UnaryOp};
 pub use reduce::{
     ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, GRAD_NORM_REDUCTION, REDUCE_BLOCK, REDUCE_LANES,
 };
+pub use valid::ValidKernel;
