@@ -71,6 +71,7 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     // default becomes the value given.
     let options = optc_compiler::CompileOptions {
         clip: max_grad_norm.is_some(),
+        ..Default::default()
     };
     let mut kernel = rule.specialize_with(&overrides, &options)?;
     if let Some(v) = max_grad_norm {
