@@ -27,17 +27,17 @@ fn count(text: &str, needle: &str) -> usize {
 fn adamw_loads_each_buffer_once_and_stores_each_written_buffer_once() {
     let k = ptx_kernels::adamw();
     let m = emit(&k, &Options::default()).expect("emit");
-    let v4 = entry(&m.source, &m.vector_entry);
+    let v4 = entry(&m.source, &m.stages[0].vector.name);
     // Vector loop: p, g, m, v loaded as v4; p, m, v stored as v4. Tail: the same, scalar.
     assert_eq!(count(v4, "ld.global.v4.f32"), 4);
     assert_eq!(count(v4, "st.global.v4.f32"), 3);
     assert_eq!(count(v4, "ld.global.f32"), 4);
     assert_eq!(count(v4, "st.global.f32"), 3);
-    let scalar = entry(&m.source, &m.scalar_entry);
+    let scalar = entry(&m.source, &m.stages[0].scalar.name);
     assert_eq!(count(scalar, "ld.global.f32"), 4);
     assert_eq!(count(scalar, "st.global.f32"), 3);
     assert_eq!(count(scalar, ".v4."), 0);
-    let multi = entry(&m.source, &m.multi_entry);
+    let multi = entry(&m.source, &m.stages[0].multi.name);
     assert_eq!(count(multi, "ld.global.v4.f32"), 4);
     assert_eq!(count(multi, "st.global.v4.f32"), 3);
     // 4 scalar element loads plus the 8 per-tensor uniforms read from the table record.
@@ -89,7 +89,7 @@ fn default_rounding_is_ieee_and_fast_math_is_opt_in() {
 fn boolean_uniforms_become_predicates_once_before_the_loop() {
     let k = ptx_kernels::sgd_selects();
     let m = emit(&k, &Options::default()).expect("emit");
-    let v4 = entry(&m.source, &m.vector_entry);
+    let v4 = entry(&m.source, &m.stages[0].vector.name);
     let loop_start = v4.find("$L_vec_body").expect("loop label");
     let (prologue, rest) = v4.split_at(loop_start);
     // maximize, first step and nesterov: one `setp.ne` each, all before the loop.
@@ -116,7 +116,7 @@ fn min_max_sign_and_pow_lowerings() {
     assert!(!m70.source.contains(".NaN"), "sm_75 has no min/max.NaN");
     assert!(m70.source.contains("setp.nan.f32"));
     let p = emit(&ptx_kernels::exp_log_pow(), &Options::default()).expect("emit");
-    let scalar = entry(&p.source, &p.scalar_entry);
+    let scalar = entry(&p.source, &p.stages[0].scalar.name);
     // g^2 and g^-3 are multiplications (g^-3 then a division); |g|^power is the general pow.
     assert_eq!(
         count(scalar, "lg2.approx.f32"),
@@ -166,28 +166,29 @@ fn options_are_checked() {
 #[test]
 fn entry_names_are_identifiers_and_the_header_states_the_abi() {
     let k = ptx_kernels::slow_weights();
-    let (v, s, mt) = entry_names(&k);
+    let (v, s, mt) = entry_names(&k, 0);
     assert_eq!(
         (v.as_str(), s.as_str(), mt.as_str()),
         (
-            "optc_slow_weights_v4",
-            "optc_slow_weights_scalar",
-            "optc_slow_weights_multi"
+            "optc_slow_weights_s0_v4",
+            "optc_slow_weights_s0_scalar",
+            "optc_slow_weights_s0_multi"
         )
     );
     let m = emit(&k, &Options::default()).expect("emit");
     assert!(m
         .source
-        .contains("Buffers (.u64, in order): p, g, slow; then n (.u64); then 1 uniforms"));
+        .contains("Buffers (.u64, in order): p, g, slow; then n (.u64);"));
+    assert!(m.source.contains("Stage 0: 1 uniforms, 0 reduce outputs"));
     let stride = TableLayout::of(&k).stride();
     assert_eq!(
         stride,
         8 * 3 + 16 + 8,
         "3 pointers, n, flags, 1 uniform padded to 8"
     );
-    assert!(m.source.contains(&format!("record: {stride} bytes")));
+    assert!(m.source.contains(&format!("table record {stride} bytes")));
     // p is read but not written: no store to it.
-    let scalar = entry(&m.source, &m.scalar_entry);
+    let scalar = entry(&m.source, &m.stages[0].scalar.name);
     assert_eq!(count(scalar, "st.global.f32"), 1);
     assert_eq!(count(scalar, "ld.global.f32"), 2);
 }
@@ -210,5 +211,44 @@ fn stdlib_ptx_snapshots() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let m = emit(&kernel, &Options::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         insta::assert_snapshot!(format!("stdlib_{name}"), m.source);
+    }
+}
+
+/// The staged stdlib rules (every rank class) and AdamW clipped by the global norm.
+#[test]
+fn staged_ptx_snapshots() {
+    use optc_compiler::passes::CompileOptions;
+    use optc_kernel::RankClass;
+    let mut cases: Vec<(String, &str, CompileOptions)> = Vec::new();
+    for (name, _) in optc_compiler::stdlib::STAGED_RULES {
+        let rule = match optc_compiler::stdlib::rule(name) {
+            Some(Ok(rule)) => rule,
+            other => panic!("stdlib rule {name}: {other:?}"),
+        };
+        if rule.uses_rank() {
+            for rank in [RankClass::Matrix, RankClass::Vector] {
+                let tag = format!("{name}_{rank:?}").to_lowercase();
+                let options = CompileOptions { clip: false, rank };
+                cases.push((tag, name, options));
+            }
+        } else {
+            cases.push((name.to_string(), name, CompileOptions::default()));
+        }
+    }
+    let clip = CompileOptions {
+        clip: true,
+        ..CompileOptions::default()
+    };
+    cases.push(("adamw_clip".into(), "adamw", clip));
+    for (tag, name, options) in cases {
+        let rule = optc_compiler::stdlib::rule(name)
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("{name}"));
+        let kernel = rule
+            .specialize_with(&[], &options)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let m = emit(&kernel, &Options::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        optc_kernel::abi::check(&kernel, &m).unwrap_or_else(|e| panic!("{name}: {e}"));
+        insta::assert_snapshot!(format!("staged_{tag}"), m.source);
     }
 }

@@ -1,13 +1,16 @@
 //! Every PTX module the backend emits (every stdlib rule in every flag combination, and the
-//! hand-built kernels of `ptx_kernels`) is assembled by NVIDIA's `ptxas` for sm_80 and sm_90,
-//! with and without fast math. ptxas is found through `OPTC_PTXAS`, else on `PATH`
+//! hand-built kernels of `ptx_kernels`, staged ones with reductions included), with the entries
+//! of every stage, is assembled by NVIDIA's `ptxas` for sm_80 and sm_90, with and without fast
+//! math. ptxas is found through `OPTC_PTXAS`, else on `PATH`
 //! (`.ci/fetch-ptxas.sh` downloads it). Without it the test is skipped with a message, except
 //! under CI (env `CI` set), where a missing ptxas is a failure.
 
 mod ptx_kernels;
 
 use optc_compiler::backend::ptx::{emit, Options};
+use optc_compiler::passes::CompileOptions;
 use optc_compiler::{stdlib, Kernel};
+use optc_kernel::RankClass;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -47,20 +50,36 @@ fn assemble(ptxas: &PathBuf, source: &str, name: &str, arch: &str) -> Result<(),
     }
 }
 
-/// Every stdlib rule in every flag combination, then the hand-built kernels.
+/// Every stdlib rule (staged ones included) in every flag combination and rank class, each
+/// also clipped by the global norm with its default flags, then the hand-built kernels.
 fn kernels() -> Vec<(String, Kernel)> {
     let mut out = Vec::new();
-    for name in stdlib::names() {
+    let staged = stdlib::STAGED_RULES.iter().map(|(n, _)| *n);
+    for name in stdlib::names().chain(staged) {
         let rule = match stdlib::rule(name) {
             Some(Ok(rule)) => rule,
             other => panic!("stdlib rule {name} does not compile: {other:?}"),
         };
-        for flags in rule.flag_sets() {
-            let kernel = rule
-                .specialize_values(&flags)
-                .unwrap_or_else(|e| panic!("{name} {flags:?}: {e}"));
-            let bits: String = flags.iter().map(|f| if *f { '1' } else { '0' }).collect();
-            out.push((format!("{name}-{bits}"), kernel));
+        let ranks = if rule.uses_rank() {
+            vec![RankClass::Matrix, RankClass::Vector]
+        } else {
+            vec![RankClass::Any]
+        };
+        for rank in ranks {
+            for (i, flags) in rule.flag_sets().into_iter().enumerate() {
+                for clip in [false, true] {
+                    if clip && i > 0 {
+                        continue;
+                    }
+                    let options = CompileOptions { clip, rank };
+                    let kernel = rule
+                        .specialize_values_with(&flags, &options)
+                        .unwrap_or_else(|e| panic!("{name} {flags:?} {options:?}: {e}"));
+                    let bits: String = flags.iter().map(|f| if *f { '1' } else { '0' }).collect();
+                    let tag = format!("{rank:?}{}", if clip { "-clip" } else { "" });
+                    out.push((format!("{name}-{bits}-{tag}"), kernel));
+                }
+            }
         }
     }
     for kernel in ptx_kernels::all() {

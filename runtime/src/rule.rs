@@ -194,7 +194,10 @@ impl Rule {
             }
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) => {
-                let options = optc_compiler::CompileOptions { clip };
+                let options = optc_compiler::CompileOptions {
+                    clip,
+                    ..Default::default()
+                };
                 rule.specialize_values_with(flags, &options)
                     .map_err(|e| RuntimeError::Compile(e.to_string()))
             }

@@ -73,7 +73,7 @@ fn kernels() -> Vec<Kernel> {
             );
         }
     }
-    out.extend(ptx_kernels::all());
+    out.extend(ptx_kernels::elementwise());
     out
 }
 

@@ -2,27 +2,51 @@
 //! `.opt` source and without the compiler.
 //!
 //! Stored as JSON (`*.optc.json`): the format version, the kernel description (buffer order, host
-//! program, hyper defaults, flags) and the PTX text with its entry-point names.
+//! program, hyper defaults, flags) and the PTX text with, per stage, its entry points, their
+//! parameters and the multi-tensor record layout as data ([`crate::abi`]).
 
+use crate::abi::Param;
 use crate::kernel::{Kernel, KernelError, FORMAT_VERSION};
+use crate::table::TableLayout;
 use serde::{Deserialize, Serialize};
 
-/// PTX for one kernel: a vectorized entry and a scalar-only entry (used when a buffer is not
-/// 16-byte aligned).
+/// One entry point of a PTX module: its name and its parameters, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PtxEntry {
+    /// The `.entry` name.
+    pub name: String,
+    /// Its parameters ([`crate::abi`]); the launcher passes one argument per parameter.
+    pub params: Vec<Param>,
+}
+
+/// The entries of one stage and what their launches must respect (see `docs/cuda.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageEntries {
+    /// The entry with the `ld.global.v4.f32` body (every pointer 16-byte aligned).
+    pub vector: PtxEntry,
+    /// The one-element-at-a-time entry (any 4-byte alignment).
+    pub scalar: PtxEntry,
+    /// The multi-tensor entry, which walks a device-side table of tensors.
+    pub multi: PtxEntry,
+    /// The layout of one tensor record of the multi-tensor table.
+    pub record: TableLayout,
+    /// `chunk_elems` of the multi-tensor entry must be a positive multiple of this.
+    pub chunk_multiple: usize,
+    /// Threads per block must be a multiple of this (32 for a stage with reductions).
+    pub block_multiple: u32,
+}
+
+/// PTX for one kernel: one module with three entries per stage, listed as data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PtxModule {
     /// `.version` of the PTX, for example `8.0`.
     pub version: String,
     /// `.target`, for example `sm_80`.
     pub target: String,
-    /// The PTX source (one module holding both entries).
+    /// The PTX source (one module holding every entry).
     pub source: String,
-    /// The name of the entry with the `ld.global.v4.f32` body.
-    pub vector_entry: String,
-    /// The name of the scalar-only entry.
-    pub scalar_entry: String,
-    /// The name of the multi-tensor entry, which walks a device-side table of tensors.
-    pub multi_entry: String,
+    /// The entries of each stage, in stage order.
+    pub stages: Vec<StageEntries>,
 }
 
 /// A compiled rule, as written by `optc compile --target cuda`.
@@ -53,6 +77,16 @@ pub enum ArtifactError {
     /// The kernel in it does not hold together.
     #[error(transparent)]
     Invalid(#[from] KernelError),
+    /// Its PTX entry lists do not fit its kernel.
+    #[error(
+        "the PTX entries in the artifact do not fit rule `{rule}`: {reason}; recompile the rule"
+    )]
+    Entries {
+        /// The rule's name.
+        rule: String,
+        /// What does not fit.
+        reason: String,
+    },
 }
 
 impl Artifact {
@@ -85,6 +119,12 @@ impl Artifact {
         }
         let artifact: Artifact = serde_json::from_str(text)?;
         artifact.kernel.validate()?;
+        if let Some(ptx) = &artifact.ptx {
+            crate::abi::check(&artifact.kernel, ptx).map_err(|reason| ArtifactError::Entries {
+                rule: artifact.kernel.rule.clone(),
+                reason,
+            })?;
+        }
         Ok(artifact)
     }
 }

@@ -9,10 +9,12 @@
 //!   stores, reduce outputs);
 //! - [`reduce`]: reductions and the one summation order every backend follows;
 //! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
-//! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads.
+//! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads;
+//! - [`abi`] and [`table`]: the launch ABI of the PTX entries, as data the artifact carries.
 //!
 //! Nothing here parses `.opt` source or optimizes; see `optc-compiler` for that.
 
+pub mod abi;
 pub mod arena;
 pub mod artifact;
 pub mod eval;

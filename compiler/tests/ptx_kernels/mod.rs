@@ -1,15 +1,18 @@
-//! Hand-built kernels for the PTX tests, covering every op, boolean uniforms, scalar states and
-//! both state inits. (The stdlib rules join them once the frontend lands.)
+//! Hand-built kernels for the PTX tests, covering every op, boolean uniforms, scalar states,
+//! both state inits, and staged kernels with Sum and Max reductions of Tensor and Step scope.
 #![allow(dead_code)]
 
 use optc_kernel::{
-    Arena, BinaryOp as B, Expr, FlagValue, Handle, HyperDecl, HyperId, Init, Kernel, ScalarDecl,
-    ScalarId, ScalarUpdate, Slot, Stage, StateDecl, StateId, Store, UnaryOp as U, UniformId,
+    Arena, BinaryOp as B, Expr, FlagValue, Handle, HyperDecl, HyperId, Init, Kernel, ReduceOp,
+    ReduceOutput, ReductionDecl, ReductionId, ScalarDecl, ScalarId, ScalarUpdate, Scope, Slot,
+    Stage, StateDecl, StateId, Store, UnaryOp as U, UniformId,
 };
 
-/// Builds a kernel node by node.
+/// Builds a kernel node by node, stage by stage (body nodes, uniforms and stores go to the
+/// current stage).
 pub struct Builder {
     pub k: Kernel,
+    cur: usize,
 }
 
 impl Builder {
@@ -37,7 +40,29 @@ impl Builder {
                 reductions: vec![],
                 stages: vec![Stage::default()],
             },
+            cur: 0,
         }
+    }
+    /// Starts the next stage.
+    pub fn next_stage(&mut self) {
+        self.k.stages.push(Stage::default());
+        self.cur = self.k.stages.len() - 1;
+    }
+    /// Folds body value `value` of the current stage into a new reduction; returns its host
+    /// leaf.
+    pub fn reduce(&mut self, op: ReduceOp, scope: Scope, value: Handle<Expr>) -> Handle<Expr> {
+        let id = ReductionId::new(self.k.reductions.len());
+        self.k.reductions.push(ReductionDecl {
+            name: format!("r{}", id.index()),
+            op,
+            scope,
+            stage: self.cur,
+        });
+        self.k.stages[self.cur].reduce.push(ReduceOutput {
+            reduction: id,
+            value,
+        });
+        self.host(Expr::Reduced(id))
     }
     /// A state starting at `Some(value)`, or at a copy of `p` for `None`.
     pub fn state(&mut self, name: &str, init: Option<f64>) -> Slot {
@@ -80,13 +105,13 @@ impl Builder {
     }
     /// Makes host node `h` a uniform and returns its body leaf.
     pub fn uniform(&mut self, h: Handle<Expr>) -> Handle<Expr> {
-        self.k.stages[0].uniforms.push(h);
+        self.k.stages[self.cur].uniforms.push(h);
         self.b(Expr::Uniform(UniformId::new(
-            self.k.stages[0].uniforms.len() - 1,
+            self.k.stages[self.cur].uniforms.len() - 1,
         )))
     }
     pub fn b(&mut self, e: Expr) -> Handle<Expr> {
-        self.k.stages[0].body.append(e)
+        self.k.stages[self.cur].body.append(e)
     }
     pub fn load(&mut self, s: Slot) -> Handle<Expr> {
         self.b(Expr::Load(s))
@@ -104,7 +129,7 @@ impl Builder {
         self.b(Expr::Select(c, a, b))
     }
     pub fn store(&mut self, slot: Slot, value: Handle<Expr>) {
-        self.k.stages[0].stores.push(Store { slot, value });
+        self.k.stages[self.cur].stores.push(Store { slot, value });
     }
     pub fn finish(self) -> Kernel {
         if let Err(e) = self.k.validate() {
@@ -311,8 +336,108 @@ pub fn slow_weights() -> Kernel {
     k.finish()
 }
 
-/// Every hand-built kernel.
-pub fn all() -> Vec<Kernel> {
+/// LAMB-like trust ratio in two stages. Stage 0 reads p and g and reduces `sum(p*p)`,
+/// `sum(g*g)` (Tensor scope) and `max(|g|)`; the host computes `ratio = |p| / |g|` (1 when either
+/// norm is 0); stage 1 writes `p - lr * ratio * g / (1 + max|g|)`.
+pub fn trust_ratio() -> Kernel {
+    let mut k = Builder::new("trust ratio", &[("lr", 0.1)]);
+    let p = k.load(Slot::Param);
+    let g = k.load(Slot::Grad);
+    let pp = k.bin(B::Mul, p, p);
+    let gg = k.bin(B::Mul, g, g);
+    let ag = k.un(U::Abs, g);
+    let sp = k.reduce(ReduceOp::Sum, Scope::Tensor, pp);
+    let sg = k.reduce(ReduceOp::Sum, Scope::Tensor, gg);
+    let mg = k.reduce(ReduceOp::Max, Scope::Tensor, ag);
+    let lr = k.hyper(0);
+    let (pn, gn) = (
+        k.host(Expr::Unary(U::Sqrt, sp)),
+        k.host(Expr::Unary(U::Sqrt, sg)),
+    );
+    let zero = k.hc(0.0);
+    let one = k.hc(1.0);
+    let p_pos = k.hb(B::Gt, pn, zero);
+    let g_pos = k.hb(B::Gt, gn, zero);
+    let both = k.hb(B::And, p_pos, g_pos);
+    let q = k.hb(B::Div, pn, gn);
+    let ratio = k.host(Expr::Select(both, q, one));
+    let step = k.hb(B::Mul, lr, ratio);
+    let den = k.hb(B::Add, one, mg);
+    let inv = k.hb(B::Div, one, den);
+    k.next_stage();
+    let us = k.uniform(step);
+    let ui = k.uniform(inv);
+    let p = k.load(Slot::Param);
+    let g = k.load(Slot::Grad);
+    let sg = k.bin(B::Mul, us, g);
+    let d = k.bin(B::Mul, sg, ui);
+    let p1 = k.bin(B::Sub, p, d);
+    k.store(Slot::Param, p1);
+    k.finish()
+}
+
+/// SGD with momentum, clipped by the global norm: stage 0 reduces `sum(g*g)` over the step
+/// (Step scope); stage 1 writes `m = mu m + clip g` and `p - lr m` with
+/// `clip = min(1, max_norm / (sqrt(total) + 1e-6))`.
+pub fn clipped_momentum() -> Kernel {
+    let mut k = Builder::new(
+        "clipped momentum",
+        &[("lr", 0.1), ("momentum", 0.9), ("max_grad_norm", 1.0)],
+    );
+    let m = k.state("m", Some(0.0));
+    let g = k.load(Slot::Grad);
+    let gg = k.bin(B::Mul, g, g);
+    let total = k.reduce(ReduceOp::Sum, Scope::Step, gg);
+    let (lr, mu, max_norm) = (k.hyper(0), k.hyper(1), k.hyper(2));
+    let norm = k.host(Expr::Unary(U::Sqrt, total));
+    let tiny = k.hc(1e-6);
+    let den = k.hb(B::Add, norm, tiny);
+    let q = k.hb(B::Div, max_norm, den);
+    let one = k.hc(1.0);
+    let clip = k.hb(B::Min, one, q);
+    k.next_stage();
+    let (ulr, umu, uclip) = (k.uniform(lr), k.uniform(mu), k.uniform(clip));
+    let p = k.load(Slot::Param);
+    let g = k.load(Slot::Grad);
+    let mv = k.load(m);
+    let cg = k.bin(B::Mul, uclip, g);
+    let mm = k.bin(B::Mul, umu, mv);
+    let m1 = k.bin(B::Add, mm, cg);
+    let step = k.bin(B::Mul, ulr, m1);
+    let p1 = k.bin(B::Sub, p, step);
+    k.store(m, m1);
+    k.store(Slot::Param, p1);
+    k.finish()
+}
+
+/// One stage that both stores and reduces: `m = g`, with `max(-|p| - 1)` (every value negative,
+/// so a zero-filled tail would show) and `sum(g * -0.0)` (a sum of signed zeros) kept in scalar
+/// states after the step.
+pub fn store_and_reduce() -> Kernel {
+    let mut k = Builder::new("store and reduce", &[]);
+    let m = k.state("m", Some(0.0));
+    let seen_max = k.scalar("seen_max", 0.0);
+    let _ = seen_max;
+    let seen_sum = k.scalar("seen_sum", 0.0);
+    let _ = seen_sum;
+    let p = k.load(Slot::Param);
+    let g = k.load(Slot::Grad);
+    let ap = k.un(U::Abs, p);
+    let nap = k.un(U::Neg, ap);
+    let one = k.c(1.0);
+    let neg = k.bin(B::Sub, nap, one);
+    let nz = k.c(-0.0);
+    let z = k.bin(B::Mul, g, nz);
+    let mx = k.reduce(ReduceOp::Max, Scope::Tensor, neg);
+    let sm = k.reduce(ReduceOp::Sum, Scope::Tensor, z);
+    k.store(m, g);
+    k.scalar_update(0, mx);
+    k.scalar_update(1, sm);
+    k.finish()
+}
+
+/// Every hand-built kernel without reductions.
+pub fn elementwise() -> Vec<Kernel> {
     vec![
         adamw(),
         sgd_selects(),
@@ -320,4 +445,16 @@ pub fn all() -> Vec<Kernel> {
         exp_log_pow(),
         slow_weights(),
     ]
+}
+
+/// Every hand-built staged kernel with reductions.
+pub fn staged() -> Vec<Kernel> {
+    vec![trust_ratio(), clipped_momentum(), store_and_reduce()]
+}
+
+/// Every hand-built kernel.
+pub fn all() -> Vec<Kernel> {
+    let mut all = elementwise();
+    all.extend(staged());
+    all
 }

@@ -14,7 +14,7 @@
 
 use super::driver;
 use super::error::{Context, CudaError};
-use super::step::{launch_multi, LaunchBuffers};
+use super::launch::{launch_stage, Grid, LaunchBuffers};
 use super::table::Tensor;
 use crate::error::RuntimeError;
 use crate::executor::{Executor, Partials, StageTensor, StateInit, TensorData};
@@ -23,7 +23,7 @@ use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop,
 };
 use cudarc::nvrtc::Ptx;
-use optc_kernel::artifact::PtxModule;
+use optc_kernel::artifact::{PtxModule, StageEntries};
 use optc_kernel::ValidKernel;
 use std::sync::Arc;
 
@@ -137,7 +137,8 @@ impl<'a> crate::Update<'a> {
 /// A kernel loaded on the device.
 struct Loaded {
     kernel: ValidKernel,
-    multi: CudaFunction,
+    /// Each stage's multi-tensor entry, with the stage's entry list from the artifact.
+    stages: Vec<(CudaFunction, StageEntries)>,
     _module: Arc<CudaModule>,
 }
 
@@ -277,12 +278,6 @@ impl Executor for CudaExecutor {
         kernel: ValidKernel,
         ptx: Option<&PtxModule>,
     ) -> Result<usize, RuntimeError> {
-        if kernel.stages.len() != 1 || !kernel.stages[0].reduce.is_empty() {
-            return Err(RuntimeError::Unsupported(format!(
-                "rule `{}` has reductions or several stages (clipping adds one), which the CUDA launcher does not run yet",
-                kernel.rule
-            )));
-        }
         #[cfg(feature = "compiler")]
         let emitted;
         let ptx = match ptx {
@@ -305,13 +300,17 @@ impl Executor for CudaExecutor {
                 "loading the PTX module (.version {}, .target {}; the driver must support both)",
                 ptx.version, ptx.target
             ))?;
-        let multi = module.load_function(&ptx.multi_entry).during(format!(
-            "finding entry `{}` in the PTX module",
-            ptx.multi_entry
-        ))?;
+        let mut stages = Vec::with_capacity(ptx.stages.len());
+        for e in &ptx.stages {
+            let multi = module.load_function(&e.multi.name).during(format!(
+                "finding entry `{}` in the PTX module",
+                e.multi.name
+            ))?;
+            stages.push((multi, e.clone()));
+        }
         self.kernels.push(Loaded {
             kernel,
-            multi,
+            stages,
             _module: module,
         });
         Ok(self.kernels.len() - 1)
@@ -355,11 +354,12 @@ impl Executor for CudaExecutor {
         stage: usize,
         tensors: &mut [StageTensor<'_, '_>],
     ) -> Result<Partials, RuntimeError> {
-        if stage != 0 {
-            return Err(internal(&format!("stage {stage} of a one-stage kernel")));
-        }
         let stream = self.stream.clone();
         let loaded = &self.kernels[kernel];
+        let Some((multi, entries)) = loaded.stages.get(stage) else {
+            return Err(internal(&format!("kernel {kernel} has no stage {stage}")));
+        };
+        let outputs = loaded.kernel.stages[stage].reduce.len();
         let writes_p = loaded.kernel.buffers().first().is_some_and(|b| b.written);
         // Host tensors are staged in device copies for the launch.
         let mut staged: Vec<Option<(CudaSlice<f32>, CudaSlice<f32>)>> = Vec::new();
@@ -425,16 +425,33 @@ impl Executor for CudaExecutor {
         let max_blocks = self
             .multiprocessors
             .saturating_mul(self.shape.blocks_per_sm);
-        launch_multi(
-            &stream,
-            &loaded.multi,
-            &loaded.kernel,
-            &launch,
-            self.shape,
+        let grid = Grid::fit(
+            self.shape.block,
             max_blocks,
+            self.shape.chunk_elems,
+            entries,
+        );
+        let flat = launch_stage(
+            &stream,
+            multi,
+            entries,
+            outputs,
+            &launch,
+            grid,
             &mut self.buffers,
         )?;
         drop(guards);
+        // `[tensor][output * blocks + block]` into `[tensor][output][block]`.
+        let partials: Partials = flat
+            .into_iter()
+            .zip(&launch)
+            .map(|(v, t)| {
+                let blocks = t.len.div_ceil(optc_kernel::REDUCE_BLOCK);
+                (0..outputs)
+                    .map(|r| v.get(r * blocks..(r + 1) * blocks).unwrap_or(&[]).to_vec())
+                    .collect()
+            })
+            .collect();
         if writes_p {
             for (t, copy) in tensors.iter_mut().zip(staged) {
                 if let (TensorData::Host { param, .. }, Some((p, _))) = (&mut *t.data, copy) {
@@ -446,7 +463,7 @@ impl Executor for CudaExecutor {
                 }
             }
         }
-        Ok(vec![Vec::new(); tensors.len()])
+        Ok(partials)
     }
 
     fn read_states(&self, param: usize) -> Result<Vec<Vec<f32>>, RuntimeError> {

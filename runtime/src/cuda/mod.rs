@@ -35,8 +35,8 @@ mod bench;
 mod driver;
 mod error;
 mod executor;
+mod launch;
 mod signature;
-mod step;
 mod table;
 
 pub use bench::{copy_bandwidth, CopyBandwidth};

@@ -1,7 +1,7 @@
 //! The per-element body: which nodes run where, and the PTX of every op.
 //!
-//! Takes a validated [`Kernel`] and gives, for one entry, the instructions of the body for one
-//! element (one lane). Nodes that do not depend on any load ("uniform" nodes: constants,
+//! Takes one [`Stage`] of a validated [`Kernel`] and gives, for one entry, the instructions of
+//! the stage's body for one element (one lane). Nodes that do not depend on any load ("uniform" nodes: constants,
 //! uniforms and what is computed from them only) are lowered once per launch (or once per tensor
 //! in the multi-tensor entry) by [`Lowering::lower`] with `varying = false`; the others once per
 //! lane with `varying = true`.
@@ -13,7 +13,7 @@
 
 use super::asm::{f32_imm, Asm, Reg};
 use super::{Error, Options};
-use optc_kernel::{BinaryOp, Expr, Handle, Kernel, Slot, UnaryOp};
+use optc_kernel::{Arena, BinaryOp, Expr, Handle, Kernel, Slot, Stage, UnaryOp};
 
 /// The largest `|n|` for which `x ^ n` with a constant integer `n` becomes multiplications.
 const MAX_POWI: f64 = 64.0;
@@ -21,9 +21,9 @@ const NAN: &str = "0f7FFFFFFF";
 const ONE: &str = "0f3F800000";
 const ZERO: &str = "0f00000000";
 
-/// What the emitter learned about the body once, shared by every entry.
+/// What the emitter learned about a stage's body once, shared by every entry of the stage.
 pub(crate) struct Plan {
-    /// The node is reachable from a store.
+    /// The node is reachable from a store or a reduce output.
     pub live: Vec<bool>,
     /// The node depends on a load.
     pub varying: Vec<bool>,
@@ -36,8 +36,8 @@ pub(crate) struct Plan {
 }
 
 /// `x ^ n` with a constant integer `n` small enough for multiplications.
-fn const_int_exponent(kernel: &Kernel, b: Handle<Expr>) -> Option<i64> {
-    match kernel.stages[0].body.get(b) {
+fn const_int_exponent(body: &Arena<Expr>, b: Handle<Expr>) -> Option<i64> {
+    match body.get(b) {
         Some(Expr::Const(c)) if c.fract() == 0.0 && c.abs() <= MAX_POWI => Some(*c as i64),
         _ => None,
     }
@@ -52,20 +52,25 @@ fn natural_pred(e: &Expr) -> bool {
 }
 
 impl Plan {
-    /// Analyses the body of a validated kernel.
-    pub(crate) fn new(kernel: &Kernel) -> Result<Plan, Error> {
-        let n = kernel.stages[0].body.len();
+    /// Analyses the body of a stage of a validated kernel.
+    pub(crate) fn new(stage: &Stage) -> Result<Plan, Error> {
+        let body = &stage.body;
+        let n = body.len();
         let mut live = vec![false; n];
-        for s in &kernel.stages[0].stores {
-            live[s.value.index()] = true;
+        let outputs = || {
+            let stores = stage.stores.iter().map(|s| s.value);
+            stores.chain(stage.reduce.iter().map(|r| r.value))
+        };
+        for v in outputs() {
+            live[v.index()] = true;
         }
-        for (h, e) in kernel.stages[0].body.iter().rev() {
+        for (h, e) in body.iter().rev() {
             if !live[h.index()] {
                 continue;
             }
             match *e {
                 // A constant integer exponent becomes multiplications: it needs no register.
-                Expr::Binary(BinaryOp::Pow, a, b) if const_int_exponent(kernel, b).is_some() => {
+                Expr::Binary(BinaryOp::Pow, a, b) if const_int_exponent(body, b).is_some() => {
                     live[a.index()] = true;
                 }
                 _ => e.operands().for_each(|o| live[o.index()] = true),
@@ -74,8 +79,8 @@ impl Plan {
         let mut varying = vec![false; n];
         let mut want_f = vec![false; n];
         let mut want_p = vec![false; n];
-        let mut uniform_used = vec![false; kernel.stages[0].uniforms.len()];
-        for (h, e) in kernel.stages[0].body.iter() {
+        let mut uniform_used = vec![false; stage.uniforms.len()];
+        for (h, e) in body.iter() {
             let i = h.index();
             varying[i] = match e {
                 Expr::Load(_) => true,
@@ -112,7 +117,7 @@ impl Plan {
                         &mut want_f
                     };
                     want[a.index()] = true;
-                    let skip_b = op == BinaryOp::Pow && const_int_exponent(kernel, b).is_some();
+                    let skip_b = op == BinaryOp::Pow && const_int_exponent(body, b).is_some();
                     if !skip_b {
                         want[b.index()] = true;
                     }
@@ -125,8 +130,8 @@ impl Plan {
                 _ => {}
             }
         }
-        for s in &kernel.stages[0].stores {
-            want_f[s.value.index()] = true;
+        for v in outputs() {
+            want_f[v.index()] = true;
         }
         Ok(Plan {
             live,
@@ -152,10 +157,10 @@ pub(crate) struct Env {
 }
 
 impl Env {
-    /// No node lowered yet.
-    pub(crate) fn new(kernel: &Kernel) -> Env {
+    /// No node of `body` lowered yet.
+    pub(crate) fn new(body: &Arena<Expr>) -> Env {
         Env {
-            vals: vec![Val::default(); kernel.stages[0].body.len()],
+            vals: vec![Val::default(); body.len()],
         }
     }
 
@@ -175,9 +180,12 @@ impl Env {
     }
 }
 
-/// Lowers body nodes for one kernel under one set of options.
+/// Lowers the body nodes of one stage of a kernel under one set of options.
 pub(crate) struct Lowering<'k> {
     pub kernel: &'k Kernel,
+    /// The stage being lowered, and its position in the kernel.
+    pub stage: &'k Stage,
+    pub stage_index: usize,
     pub plan: &'k Plan,
     pub opts: &'k Options,
     /// `min.NaN`/`max.NaN` exist (sm_80 and later).
@@ -195,7 +203,7 @@ impl Lowering<'_> {
         uniform: &[Option<Reg>],
         load: &dyn Fn(Slot) -> Option<Reg>,
     ) -> Result<(), Error> {
-        for (h, e) in self.kernel.stages[0].body.iter() {
+        for (h, e) in self.stage.body.iter() {
             let i = h.index();
             if !self.plan.live[i] || self.plan.varying[i] != varying {
                 continue;
@@ -268,7 +276,9 @@ impl Lowering<'_> {
                     let name = if op == BinaryOp::And { "and" } else { "or" };
                     asm.ins(format!("{name}.pred {d}, {}, {}", env.p(a)?, env.p(b)?));
                     d
-                } else if let (BinaryOp::Pow, Some(n)) = (op, const_int_exponent(self.kernel, b)) {
+                } else if let (BinaryOp::Pow, Some(n)) =
+                    (op, const_int_exponent(&self.stage.body, b))
+                {
                     self.powi(asm, env.f(a)?, n)
                 } else {
                     self.binary(asm, op, env.f(a)?, env.f(b)?)
@@ -486,8 +496,17 @@ impl Lowering<'_> {
     /// result is `a & b` for max and `a | b` for min, bitwise: that picks +0 (max) or -0 (min)
     /// from a pair of zeros and is `a` otherwise, whatever the hardware does with zero signs.
     fn min_max(&self, asm: &mut Asm, max: bool, a: &Reg, b: &Reg) -> Reg {
+        self.min_max_with(asm, max, a, b, self.ftz())
+    }
+
+    /// `max` as `op.rs` defines it whatever the options (no flush to zero): the fold of a Max
+    /// reduction.
+    pub(crate) fn exact_max(&self, asm: &mut Asm, a: &Reg, b: &Reg) -> Reg {
+        self.min_max_with(asm, true, a, b, "")
+    }
+
+    fn min_max_with(&self, asm: &mut Asm, max: bool, a: &Reg, b: &Reg, ftz: &str) -> Reg {
         let name = if max { "max" } else { "min" };
-        let ftz = self.ftz();
         let m = asm.f();
         if self.nan_minmax {
             asm.ins(format!("{name}{ftz}.NaN.f32 {m}, {a}, {b}"));

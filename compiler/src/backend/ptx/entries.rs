@@ -1,14 +1,18 @@
-//! The three entries of a module: vector (`ld/st.global.v4.f32` grid-stride loop with a scalar
+//! The three entries of an elementwise stage (one without reduce outputs; see `reduce.rs` for
+//! the others): vector (`ld/st.global.v4.f32` grid-stride loop with a scalar
 //! tail), scalar (grid-stride loop of single elements, for buffers that are not 16-byte aligned),
 //! and multi-tensor (blocks walk a chunk list over a device-side tensor table).
 //!
-//! Takes the [`Lowering`] of a kernel; gives each entry's complete `.entry` text. Every buffer
-//! that the body reads is loaded once per element, every written buffer stored once.
+//! Takes the [`Lowering`] of a stage; gives each entry's complete `.entry` text. Every buffer
+//! that the body reads is loaded once per element, every written buffer stored once. The
+//! parameters of every entry are declared from [`optc_kernel::abi`], the list the artifact
+//! carries.
 
 use super::asm::{Asm, Reg};
 use super::body::{Env, Lowering};
 use super::layout::{TableLayout, CHUNK_RECORD_BYTES, FLAG_ALIGNED};
 use super::Error;
+use optc_kernel::abi::{multi_params, single_params, Param};
 use optc_kernel::{BufferUse, Slot};
 
 /// A buffer that the body touches, with its global base address register.
@@ -18,60 +22,84 @@ struct Base {
 }
 
 /// Registers shared by the sections of one entry.
-struct Frame {
+pub(crate) struct Frame {
     bases: Vec<Base>,
     uniforms: Vec<Option<Reg>>,
     prologue: Env,
 }
 
-fn header(name: &str, params: &[String]) -> String {
+/// The `.entry` line and its parameter declarations.
+pub(crate) fn header(name: &str, params: &[String]) -> String {
     let list: Vec<String> = params.iter().map(|p| format!("\t{p}")).collect();
     format!(".visible .entry {name}(\n{}\n)\n", list.join(",\n"))
 }
 
-/// The parameters of the single-tensor entries: buffer pointers, `n`, uniforms.
-fn single_params(low: &Lowering<'_>, name: &str) -> Vec<String> {
-    let mut params: Vec<String> = (0..low.kernel.buffers().len())
-        .map(|i| format!(".param .u64 {name}_b{i}"))
-        .collect();
-    params.push(format!(".param .u64 {name}_n"));
-    params.extend(
-        (0..low.kernel.stages[0].uniforms.len()).map(|u| format!(".param .f32 {name}_u{u}")),
-    );
+fn decls(name: &str, params: &[Param]) -> Vec<String> {
     params
+        .iter()
+        .map(|p| format!(".param .{} {}", p.ptx_type(), p.ptx_name(name)))
+        .collect()
 }
 
 impl Lowering<'_> {
+    /// The declarations of the single-tensor entries' parameters.
+    pub(crate) fn single_param_decls(&self, name: &str) -> Vec<String> {
+        decls(name, &single_params(self.kernel, self.stage_index))
+    }
+
+    /// The declarations of the multi-tensor entry's parameters.
+    pub(crate) fn multi_param_decls(&self, name: &str) -> Vec<String> {
+        decls(name, &multi_params())
+    }
+
     fn used_buffers(&self) -> Vec<(usize, BufferUse)> {
         self.kernel
-            .buffers()
+            .stage_buffers(self.stage_index)
             .into_iter()
             .enumerate()
             .filter(|(_, b)| b.read || b.written)
             .collect()
     }
 
-    /// Loads the single-tensor parameters and lowers the uniform nodes.
-    fn single_frame(&self, asm: &mut Asm, name: &str) -> Result<(Frame, Reg), Error> {
+    /// Loads the single-tensor parameters and lowers the uniform nodes. Gives the frame, `n`
+    /// and, in a reducing stage, the partials address.
+    pub(crate) fn single_frame(
+        &self,
+        asm: &mut Asm,
+        name: &str,
+    ) -> Result<(Frame, Reg, Option<Reg>), Error> {
         let mut bases = Vec::new();
         for (i, use_) in self.used_buffers() {
             let (raw, reg) = (asm.rd(), asm.rd());
-            asm.ins(format!("ld.param.u64 {raw}, [{name}_b{i}]"));
+            let param = Param::Buffer { index: i }.ptx_name(name);
+            asm.ins(format!("ld.param.u64 {raw}, [{param}]"));
             asm.ins(format!("cvta.to.global.u64 {reg}, {raw}"));
             bases.push(Base { use_, reg });
         }
         let n = asm.rd();
-        asm.ins(format!("ld.param.u64 {n}, [{name}_n]"));
-        let mut uniforms = vec![None; self.kernel.stages[0].uniforms.len()];
+        asm.ins(format!("ld.param.u64 {n}, [{}]", Param::Len.ptx_name(name)));
+        let partials = if self.stage.reduce.is_empty() {
+            None
+        } else {
+            let (raw, reg) = (asm.rd(), asm.rd());
+            asm.ins(format!(
+                "ld.param.u64 {raw}, [{}]",
+                Param::Partials.ptx_name(name)
+            ));
+            asm.ins(format!("cvta.to.global.u64 {reg}, {raw}"));
+            Some(reg)
+        };
+        let mut uniforms = vec![None; self.stage.uniforms.len()];
         for (u, used) in self.plan.uniform_used.iter().enumerate() {
             if *used {
                 let r = asm.f();
-                asm.ins(format!("ld.param.f32 {r}, [{name}_u{u}]"));
+                let param = Param::Uniform { index: u }.ptx_name(name);
+                asm.ins(format!("ld.param.f32 {r}, [{param}]"));
                 uniforms[u] = Some(r);
             }
         }
         let frame = self.frame(asm, bases, uniforms)?;
-        Ok((frame, n))
+        Ok((frame, n, partials))
     }
 
     fn frame(
@@ -80,7 +108,7 @@ impl Lowering<'_> {
         bases: Vec<Base>,
         uniforms: Vec<Option<Reg>>,
     ) -> Result<Frame, Error> {
-        let mut prologue = Env::new(self.kernel);
+        let mut prologue = Env::new(&self.stage.body);
         asm.comment("uniform nodes");
         self.lower(asm, &mut prologue, false, &uniforms, &|_| None)?;
         Ok(Frame {
@@ -104,17 +132,16 @@ impl Lowering<'_> {
         (gid, stride)
     }
 
-    /// The body on 4 consecutive elements at byte offset `off` (16-byte aligned).
-    fn vector_elements(&self, asm: &mut Asm, frame: &Frame, off: &Reg) -> Result<(), Error> {
-        self.elements(asm, frame, off, 4)
-    }
-
-    /// The body on one element at byte offset `off`.
-    fn scalar_element(&self, asm: &mut Asm, frame: &Frame, off: &Reg) -> Result<(), Error> {
-        self.elements(asm, frame, off, 1)
-    }
-
-    fn elements(&self, asm: &mut Asm, frame: &Frame, off: &Reg, lanes: usize) -> Result<(), Error> {
+    /// The body on `lanes` (4 or 1) consecutive elements at byte offset `off` (16-byte aligned
+    /// for 4): loads, the body, stores. Gives the f32 register of each reduce output (in the
+    /// stage's order) for each of the elements.
+    pub(crate) fn elements(
+        &self,
+        asm: &mut Asm,
+        frame: &Frame,
+        off: &Reg,
+        lanes: usize,
+    ) -> Result<Vec<Vec<Reg>>, Error> {
         let (ld, st) = if lanes == 4 {
             ("ld.global.v4.f32", "st.global.v4.f32")
         } else {
@@ -147,7 +174,7 @@ impl Lowering<'_> {
             self.lower(asm, &mut env, true, &frame.uniforms, &load)?;
             envs.push(env);
         }
-        for store in &self.kernel.stages[0].stores {
+        for store in &self.stage.stores {
             let addr = addrs
                 .iter()
                 .find(|(s, _)| *s == store.slot)
@@ -159,14 +186,18 @@ impl Lowering<'_> {
                 .collect::<Result<Vec<Reg>, Error>>()?;
             asm.ins(format!("{st} [{addr}], {}", vector(&regs)));
         }
-        Ok(())
+        self.stage
+            .reduce
+            .iter()
+            .map(|r| envs.iter().map(|env| env.f(r.value).cloned()).collect())
+            .collect()
     }
 
     /// The vector entry: a grid-stride loop over groups of 4 elements, then the `n % 4` tail
     /// elements, one per thread of the first threads of the grid.
     pub(crate) fn vector_entry(&self, name: &str) -> Result<String, Error> {
         let mut asm = Asm::default();
-        let (frame, n) = self.single_frame(&mut asm, name)?;
+        let (frame, n, _) = self.single_frame(&mut asm, name)?;
         let (gid, stride) = self.grid_index(&mut asm);
         let (groups, i, off, p) = (asm.rd(), asm.rd(), asm.rd(), asm.p());
         let (body, tail, done) = (asm.label("vec_body"), asm.label("tail"), asm.label("done"));
@@ -176,7 +207,7 @@ impl Lowering<'_> {
         asm.ins(format!("@{p} bra {tail}"));
         asm.place(&body);
         asm.ins(format!("shl.b64 {off}, {i}, 4"));
-        self.vector_elements(&mut asm, &frame, &off)?;
+        self.elements(&mut asm, &frame, &off, 4)?;
         asm.ins(format!("add.s64 {i}, {i}, {stride}"));
         asm.ins(format!("setp.lt.u64 {p}, {i}, {groups}"));
         asm.ins(format!("@{p} bra {body}"));
@@ -187,12 +218,12 @@ impl Lowering<'_> {
         asm.ins(format!("setp.ge.u64 {q}, {j}, {n}"));
         asm.ins(format!("@{q} bra {done}"));
         asm.ins(format!("shl.b64 {toff}, {j}, 2"));
-        self.scalar_element(&mut asm, &frame, &toff)?;
+        self.elements(&mut asm, &frame, &toff, 1)?;
         asm.place(&done);
         asm.ins("ret");
         Ok(format!(
             "{}{{\n{}}}\n",
-            header(name, &single_params(self, name)),
+            header(name, &self.single_param_decls(name)),
             asm.finish()
         ))
     }
@@ -200,7 +231,7 @@ impl Lowering<'_> {
     /// The scalar entry: a grid-stride loop over single elements; any alignment of 4 bytes.
     pub(crate) fn scalar_entry(&self, name: &str) -> Result<String, Error> {
         let mut asm = Asm::default();
-        let (frame, n) = self.single_frame(&mut asm, name)?;
+        let (frame, n, _) = self.single_frame(&mut asm, name)?;
         let (gid, stride) = self.grid_index(&mut asm);
         let (i, off, p) = (asm.rd(), asm.rd(), asm.p());
         let (body, done) = (asm.label("body"), asm.label("done"));
@@ -209,7 +240,7 @@ impl Lowering<'_> {
         asm.ins(format!("@{p} bra {done}"));
         asm.place(&body);
         asm.ins(format!("shl.b64 {off}, {i}, 2"));
-        self.scalar_element(&mut asm, &frame, &off)?;
+        self.elements(&mut asm, &frame, &off, 1)?;
         asm.ins(format!("add.s64 {i}, {i}, {stride}"));
         asm.ins(format!("setp.lt.u64 {p}, {i}, {n}"));
         asm.ins(format!("@{p} bra {body}"));
@@ -217,9 +248,77 @@ impl Lowering<'_> {
         asm.ins("ret");
         Ok(format!(
             "{}{{\n{}}}\n",
-            header(name, &single_params(self, name)),
+            header(name, &self.single_param_decls(name)),
             asm.finish()
         ))
+    }
+
+    /// Reads chunk `c`'s record: gives the address of its tensor's record and the chunk's index
+    /// within the tensor (u64).
+    pub(crate) fn chunk_record(
+        &self,
+        asm: &mut Asm,
+        layout: &TableLayout,
+        chunks: &Reg,
+        table: &Reg,
+        c: &Reg,
+    ) -> (Reg, Reg) {
+        let (crec, ti, ki, ti64, ki64, rec) =
+            (asm.rd(), asm.r(), asm.r(), asm.rd(), asm.rd(), asm.rd());
+        asm.ins(format!(
+            "mad.lo.u64 {crec}, {c}, {CHUNK_RECORD_BYTES}, {chunks}"
+        ));
+        asm.ins(format!("ld.global.u32 {ti}, [{crec}]"));
+        asm.ins(format!("ld.global.u32 {ki}, [{crec}+4]"));
+        asm.ins(format!("cvt.u64.u32 {ti64}, {ti}"));
+        asm.ins(format!("cvt.u64.u32 {ki64}, {ki}"));
+        asm.ins(format!(
+            "mad.lo.u64 {rec}, {ti64}, {}, {table}",
+            layout.stride()
+        ));
+        (rec, ki64)
+    }
+
+    /// Reads a tensor record at `rec` (buffer pointers, `n`, flags, uniforms) and lowers the
+    /// uniform nodes. Gives the frame, `n` and the flags.
+    pub(crate) fn record_frame(
+        &self,
+        asm: &mut Asm,
+        layout: &TableLayout,
+        rec: &Reg,
+    ) -> Result<(Frame, Reg, Reg), Error> {
+        let mut bases = Vec::new();
+        for (i, use_) in self.used_buffers() {
+            let (raw, reg) = (asm.rd(), asm.rd());
+            asm.ins(format!(
+                "ld.global.u64 {raw}, [{rec}+{}]",
+                layout.pointer_offset(i)
+            ));
+            asm.ins(format!("cvta.to.global.u64 {reg}, {raw}"));
+            bases.push(Base { use_, reg });
+        }
+        let (n, flags) = (asm.rd(), asm.r());
+        asm.ins(format!(
+            "ld.global.u64 {n}, [{rec}+{}]",
+            layout.len_offset()
+        ));
+        asm.ins(format!(
+            "ld.global.u32 {flags}, [{rec}+{}]",
+            layout.flags_offset()
+        ));
+        let mut uniforms = vec![None; self.stage.uniforms.len()];
+        for (u, used) in self.plan.uniform_used.iter().enumerate() {
+            if *used {
+                let r = asm.f();
+                asm.ins(format!(
+                    "ld.global.f32 {r}, [{rec}+{}]",
+                    layout.uniform_offset(u)
+                ));
+                uniforms[u] = Some(r);
+            }
+        }
+        let frame = self.frame(asm, bases, uniforms)?;
+        Ok((frame, n, flags))
     }
 
     /// The multi-tensor entry. Parameters: the tensor table, the chunk list, the number of
@@ -228,13 +327,8 @@ impl Lowering<'_> {
     /// the tensor's uniform nodes, and steps the chunk's elements: groups of 4 when the record
     /// says the tensor is aligned, then single elements.
     pub(crate) fn multi_entry(&self, name: &str) -> Result<String, Error> {
-        let layout = TableLayout::of(self.kernel);
-        let params = vec![
-            format!(".param .u64 {name}_table"),
-            format!(".param .u64 {name}_chunks"),
-            format!(".param .u64 {name}_num_chunks"),
-            format!(".param .u64 {name}_chunk_elems"),
-        ];
+        let layout = TableLayout::of_stage(self.kernel, self.stage_index);
+        let params = self.multi_param_decls(name);
         let mut asm = Asm::default();
         let (table, chunks, raw_t, raw_c, num_chunks, chunk_elems) =
             (asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd());
@@ -260,51 +354,8 @@ impl Lowering<'_> {
         asm.ins(format!("@{p} bra {done}"));
         asm.place(&chunk_loop);
 
-        // The chunk record and the tensor record.
-        let (crec, ti, ki, ti64, ki64, rec) =
-            (asm.rd(), asm.r(), asm.r(), asm.rd(), asm.rd(), asm.rd());
-        asm.ins(format!(
-            "mad.lo.u64 {crec}, {c}, {CHUNK_RECORD_BYTES}, {chunks}"
-        ));
-        asm.ins(format!("ld.global.u32 {ti}, [{crec}]"));
-        asm.ins(format!("ld.global.u32 {ki}, [{crec}+4]"));
-        asm.ins(format!("cvt.u64.u32 {ti64}, {ti}"));
-        asm.ins(format!("cvt.u64.u32 {ki64}, {ki}"));
-        asm.ins(format!(
-            "mad.lo.u64 {rec}, {ti64}, {}, {table}",
-            layout.stride()
-        ));
-        let mut bases = Vec::new();
-        for (i, use_) in self.used_buffers() {
-            let (raw, reg) = (asm.rd(), asm.rd());
-            asm.ins(format!(
-                "ld.global.u64 {raw}, [{rec}+{}]",
-                layout.pointer_offset(i)
-            ));
-            asm.ins(format!("cvta.to.global.u64 {reg}, {raw}"));
-            bases.push(Base { use_, reg });
-        }
-        let (n, flags) = (asm.rd(), asm.r());
-        asm.ins(format!(
-            "ld.global.u64 {n}, [{rec}+{}]",
-            layout.len_offset()
-        ));
-        asm.ins(format!(
-            "ld.global.u32 {flags}, [{rec}+{}]",
-            layout.flags_offset()
-        ));
-        let mut uniforms = vec![None; self.kernel.stages[0].uniforms.len()];
-        for (u, used) in self.plan.uniform_used.iter().enumerate() {
-            if *used {
-                let r = asm.f();
-                asm.ins(format!(
-                    "ld.global.f32 {r}, [{rec}+{}]",
-                    layout.uniform_offset(u)
-                ));
-                uniforms[u] = Some(r);
-            }
-        }
-        let frame = self.frame(&mut asm, bases, uniforms)?;
+        let (rec, ki64) = self.chunk_record(&mut asm, &layout, &chunks, &table, &c);
+        let (frame, n, flags) = self.record_frame(&mut asm, &layout, &rec)?;
 
         // The chunk's range [start, end) and its vector part [start, vend).
         let (start, end0, end, len, vlen, vend) =
@@ -330,7 +381,7 @@ impl Lowering<'_> {
         asm.ins(format!("@{q} bra {scalar}"));
         asm.place(&vbody);
         asm.ins(format!("shl.b64 {off}, {i}, 2"));
-        self.vector_elements(&mut asm, &frame, &off)?;
+        self.elements(&mut asm, &frame, &off, 4)?;
         asm.ins(format!("add.s64 {i}, {i}, {vstep}"));
         asm.ins(format!("setp.lt.u64 {q}, {i}, {vend}"));
         asm.ins(format!("@{q} bra {vbody}"));
@@ -344,7 +395,7 @@ impl Lowering<'_> {
         asm.ins(format!("@{r} bra {next}"));
         asm.place(&sbody);
         asm.ins(format!("shl.b64 {soff}, {j}, 2"));
-        self.scalar_element(&mut asm, &frame, &soff)?;
+        self.elements(&mut asm, &frame, &soff, 1)?;
         asm.ins(format!("add.s64 {j}, {j}, {ntid64}"));
         asm.ins(format!("setp.lt.u64 {r}, {j}, {end}"));
         asm.ins(format!("@{r} bra {sbody}"));

@@ -1,24 +1,30 @@
 //! Kernel -> PTX text (CUDA).
 //!
-//! Takes a validated [`Kernel`] and gives one PTX module ([`PtxModule`]) with three entries that
-//! share the kernel ABI described in `docs/cuda.md`:
+//! Takes a validated [`Kernel`] and gives one PTX module ([`PtxModule`]) with three entries per
+//! stage, listed in the module as data ([`optc_kernel::abi`]; `docs/cuda.md` describes the ABI):
 //!
-//! - **vector** (`<base>_v4`): a 64-bit grid-stride loop over groups of 4 elements with
+//! - **vector** (`<base>_s<k>_v4`): a 64-bit grid-stride loop over groups of 4 elements with
 //!   `ld.global.v4.f32`/`st.global.v4.f32`, then a scalar tail for the last `n % 4` elements.
 //!   Every buffer pointer must be 16-byte aligned.
-//! - **scalar** (`<base>_scalar`): the same body, one element at a time; any 4-byte alignment.
-//! - **multi** (`<base>_multi`): steps many tensors in one launch by walking a device-side table
-//!   of tensors and a chunk list ([`layout`]).
+//! - **scalar** (`<base>_s<k>_scalar`): the same body, one element at a time; any 4-byte
+//!   alignment.
+//! - **multi** (`<base>_s<k>_multi`): steps many tensors in one launch by walking a device-side
+//!   table of tensors and a chunk list ([`layout`]).
+//!
+//! A stage with reduce outputs also writes one f32 partial per block of 4096 elements per
+//! output, in the order of `docs/stages.md` (one warp per block; see `reduce.rs`); the host
+//! combines them.
 //!
 //! The single-tensor entries take `.param .u64` buffer pointers in [`Kernel::buffers`] order
-//! (every buffer, used or not), then `.param .u64 n`, then one `.param .f32` per uniform
-//! (boolean uniforms as 1.0/0.0).
+//! (every buffer, used or not), then `.param .u64 n`, then (in a reducing stage) the partials
+//! pointer, then one `.param .f32` per uniform of the stage (boolean uniforms as 1.0/0.0).
 //!
 //! Arithmetic is IEEE round-to-nearest (`.rn`) by default: `add/sub/mul/fma/div/sqrt` are
 //! correctly rounded, `rsqrt` is `sqrt.rn` then `rcp.rn` (the meaning in `op.rs`), `min`/`max`
 //! propagate NaN and order `-0 < +0`. `exp` and `log` use `ex2.approx`/`lg2.approx` with argument
 //! scaling, within the error budget stated in `docs/cuda.md`. [`Options::fast_math`] opts into
-//! `sqrt.approx`, `rsqrt.approx`, `div.full`, flush-to-zero and contraction of `mul`+`add`.
+//! `sqrt.approx`, `rsqrt.approx`, `div.full`, flush-to-zero and contraction of `mul`+`add` in the
+//! body (never in the reductions' folds).
 //!
 //! Each buffer the body reads is loaded once per element and each written buffer stored once.
 //! The output is checked with `ptxas` for `sm_80` and `sm_90` by `compiler/tests/ptx_ptxas.rs`.
@@ -27,10 +33,13 @@ mod asm;
 mod body;
 mod entries;
 pub mod layout;
+mod reduce;
 
 use body::{Lowering, Plan};
-use optc_kernel::artifact::PtxModule;
-use optc_kernel::{Kernel, KernelError};
+use optc_kernel::abi;
+use optc_kernel::artifact::{PtxEntry, PtxModule, StageEntries};
+use optc_kernel::reduce::Scope;
+use optc_kernel::{Kernel, KernelError, StateShape};
 
 /// How to generate PTX.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,14 +82,17 @@ pub enum Error {
         "unsupported PTX target `{0}`: expected `sm_52` or newer, for example `sm_80` or `sm_90`"
     )]
     Target(String),
+    /// The kernel uses something this backend does not lower.
+    #[error("the PTX backend cannot compile this kernel: {0}")]
+    Unsupported(String),
     /// A bug in this backend (the kernel was valid but could not be lowered).
     #[error("internal error in the PTX backend: {0}")]
     Internal(String),
 }
 
-/// The entry names of a kernel's module: `optc_<rule>_{v4,scalar,multi}`, with every character
-/// of the rule name that is not a letter, digit or `_` replaced by `_`.
-pub fn entry_names(kernel: &Kernel) -> (String, String, String) {
+/// The entry names of stage `stage` of a kernel: `optc_<rule>_s<stage>_{v4,scalar,multi}`, with
+/// every character of the rule name that is not a letter, digit or `_` replaced by `_`.
+pub fn entry_names(kernel: &Kernel, stage: usize) -> (String, String, String) {
     let rule: String = kernel
         .rule
         .chars()
@@ -92,7 +104,7 @@ pub fn entry_names(kernel: &Kernel) -> (String, String, String) {
             }
         })
         .collect();
-    let base = format!("optc_{rule}");
+    let base = format!("optc_{rule}_s{stage}");
     (
         format!("{base}_v4"),
         format!("{base}_scalar"),
@@ -114,7 +126,6 @@ fn parse_target(target: &str) -> Option<u32> {
 /// Generates the PTX module of a kernel.
 pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
     kernel.validate()?;
-    kernel.only_stage()?;
     let sm = parse_target(&opts.target)
         .filter(|sm| *sm >= 52)
         .ok_or_else(|| Error::Target(opts.target.clone()))?;
@@ -138,15 +149,23 @@ pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
             ),
         });
     }
-    let plan = Plan::new(kernel)?;
-    let low = Lowering {
-        kernel,
-        plan: &plan,
-        opts,
-        nan_minmax: sm >= 80,
-    };
-    let (vector_entry, scalar_entry, multi_entry) = entry_names(kernel);
-    let layout = layout::TableLayout::of(kernel);
+    if let Some(r) = kernel
+        .reductions
+        .iter()
+        .find(|r| matches!(r.scope, Scope::Row | Scope::Col))
+    {
+        return Err(Error::Unsupported(format!(
+            "reduction `{}` has {} scope; the PTX backend reduces over tensors and steps only",
+            r.name,
+            r.scope.name()
+        )));
+    }
+    if let Some(s) = kernel.states.iter().find(|s| s.shape != StateShape::Full) {
+        return Err(Error::Unsupported(format!(
+            "state `{}` is a row or column vector; the PTX backend steps full-shape states only",
+            s.name
+        )));
+    }
     let flags: Vec<String> = kernel
         .flags
         .iter()
@@ -159,29 +178,76 @@ pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
         .collect();
     let mut source = format!(
         "//\n// Generated by optc from rule `{}` [{}]{}. Do not edit.\n\
-         // Buffers (.u64, in order): {}; then n (.u64); then {} uniforms (.f32).\n\
-         // Multi-tensor table record: {} bytes (see docs/cuda.md).\n//\n\n\
-         .version {}\n.target {}\n.address_size 64\n\n",
+         // Buffers (.u64, in order): {}; then n (.u64); in a stage with reductions the partials\n\
+         // pointer (.u64); then the stage's uniforms (.f32). See docs/cuda.md.\n",
         kernel.rule,
         flags.join(", "),
         if opts.fast_math { ", fast math" } else { "" },
         buffers.join(", "),
-        kernel.stages[0].uniforms.len(),
-        layout.stride(),
-        opts.version,
-        opts.target,
     );
-    source.push_str(&low.vector_entry(&vector_entry)?);
+    let mut entries = Vec::with_capacity(kernel.stages.len());
+    let mut text = String::new();
+    for (k, stage) in kernel.stages.iter().enumerate() {
+        let plan = Plan::new(stage)?;
+        let low = Lowering {
+            kernel,
+            stage,
+            stage_index: k,
+            plan: &plan,
+            opts,
+            nan_minmax: sm >= 80,
+        };
+        let (vector, scalar, multi) = entry_names(kernel, k);
+        let record = layout::TableLayout::of_stage(kernel, k);
+        source.push_str(&format!(
+            "// Stage {k}: {} uniforms, {} reduce outputs, multi-tensor table record {} bytes.\n",
+            stage.uniforms.len(),
+            stage.reduce.len(),
+            record.stride()
+        ));
+        if stage.reduce.is_empty() {
+            text.push_str(&low.vector_entry(&vector)?);
+            text.push('\n');
+            text.push_str(&low.scalar_entry(&scalar)?);
+            text.push('\n');
+            text.push_str(&low.multi_entry(&multi)?);
+        } else {
+            text.push_str(&low.reduce_single_entry(&vector, true)?);
+            text.push('\n');
+            text.push_str(&low.reduce_single_entry(&scalar, false)?);
+            text.push('\n');
+            text.push_str(&low.reduce_multi_entry(&multi)?);
+        }
+        text.push('\n');
+        let single = abi::single_params(kernel, k);
+        entries.push(StageEntries {
+            vector: PtxEntry {
+                name: vector,
+                params: single.clone(),
+            },
+            scalar: PtxEntry {
+                name: scalar,
+                params: single,
+            },
+            multi: PtxEntry {
+                name: multi,
+                params: abi::multi_params(),
+            },
+            record,
+            chunk_multiple: abi::chunk_multiple(kernel, k),
+            block_multiple: abi::block_multiple(kernel, k),
+        });
+    }
+    source.push_str(&format!(
+        "//\n\n.version {}\n.target {}\n.address_size 64\n\n",
+        opts.version, opts.target
+    ));
+    source.push_str(text.trim_end());
     source.push('\n');
-    source.push_str(&low.scalar_entry(&scalar_entry)?);
-    source.push('\n');
-    source.push_str(&low.multi_entry(&multi_entry)?);
     Ok(PtxModule {
         version: opts.version.clone(),
         target: opts.target.clone(),
         source,
-        vector_entry,
-        scalar_entry,
-        multi_entry,
+        stages: entries,
     })
 }
