@@ -30,6 +30,9 @@ struct Manifest {
     states: Vec<String>,
     scalar_states: Vec<String>,
     data: String,
+    /// `staged` for the tensor set of the staged rules and the clipped cases (absent: classic).
+    #[serde(default)]
+    tensor_set: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,6 +322,12 @@ fn manifests() -> Vec<PathBuf> {
         }
     }
     out.sort();
+    // Until the staged rules and the `max_grad_norm` option land, only the classic set replays.
+    out.retain(|p| {
+        let man: Manifest = serde_json::from_slice(&read(p))
+            .unwrap_or_else(|e| panic!("bad manifest {}: {e}", p.display()));
+        man.tensor_set.is_none()
+    });
     out
 }
 
@@ -401,8 +410,12 @@ fn stdlib_defaults_match_the_reference_classes() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/fixtures/defaults.json");
     let defaults: Defaults =
         serde_json::from_slice(&read(&path)).unwrap_or_else(|e| panic!("bad defaults.json: {e}"));
-    assert_eq!(defaults.rules.len(), 12);
+    assert_eq!(defaults.rules.len(), 16);
     for (name, want) in &defaults.rules {
+        // Until the staged rules land on main.
+        if ["lamb", "lars", "adafactor", "stableadamw"].contains(&name.as_str()) {
+            continue;
+        }
         let rule = optc_compiler::stdlib::rule(name)
             .unwrap_or_else(|| panic!("no stdlib rule `{name}`"))
             .unwrap_or_else(|d| panic!("stdlib rule `{name}` does not compile: {d}"));
