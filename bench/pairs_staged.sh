@@ -1,0 +1,32 @@
+#!/bin/bash
+# Back-to-back pairs of `optc bench` on the staged rules and their PyTorch peers (bench/torch_staged.py),
+# printed as BENCHMARKS.md table rows:
+#   | what | optc ms/step | in-run probe ms | kernel / probe | B/element | peer ms/step | optc speed / peer |
+# usage: [OPTC=path/to/optc] [PY=python-with-torch] bash bench/pairs_staged.sh PAIRS SHAPE_ARGS...
+# e.g.   bash bench/pairs_staged.sh 3 --n 16777216
+#        bash bench/pairs_staged.sh 3 --shapes gpt2-small
+# SHAPE_ARGS go to both sides (--n N [--tensors K] or --shapes gpt2-small).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OPTC=${OPTC:-./target/release/optc}
+PY=${PY:-python3}
+n=$1; shift
+pairs=(
+  "adamw --set max_grad_norm=1|adamw-clip"
+  "lamb|lamb"
+  "adafactor|adafactor"
+)
+for i in $(seq 1 "$n"); do
+  for pair in "${pairs[@]}"; do
+    rule=${pair%|*}; peer=${pair#*|}
+    # shellcheck disable=SC2086 # $rule holds the rule and its --set options
+    o=$("$OPTC" bench $rule "$@" --threads 2 --iters 10 --json 2>/dev/null | tail -1)
+    t=$("$PY" bench/torch_staged.py --peer "$peer" "$@" --threads 2 --iters 10 --json 2>/dev/null | tail -1)
+    "$PY" - "$rule" "$o" "$t" <<'PY'
+import json, sys
+what, o, t = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+print(f"| `{what}` | {o['step_s']*1e3:.1f} | {o['probe_s']*1e3:.1f} | {o['fraction_of_probe']:.2f} | "
+      f"{o['bytes_per_element']} | {t['step_s']*1e3:.1f} | {t['step_s']/o['step_s']:.2f} |")
+PY
+  done
+done
