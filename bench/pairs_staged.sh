@@ -2,7 +2,7 @@
 # Back-to-back pairs of `optc bench` on the staged rules and their PyTorch peers (bench/torch_staged.py),
 # printed as BENCHMARKS.md table rows:
 #   | what | optc ms/step | in-run probe ms | kernel / probe | B/element | peer ms/step | optc speed / peer |
-# usage: [OPTC=path/to/optc] [PY=python-with-torch] bash bench/pairs_staged.sh PAIRS SHAPE_ARGS...
+# usage: [OPTC=path/to/optc] [PY=python-with-torch] [ITERS=10] bash bench/pairs_staged.sh PAIRS SHAPE_ARGS...
 # e.g.   bash bench/pairs_staged.sh 3 --n 16777216
 #        bash bench/pairs_staged.sh 3 --shapes gpt2-small
 # SHAPE_ARGS go to both sides (--n N [--tensors K] or --shapes gpt2-small).
@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OPTC=${OPTC:-./target/release/optc}
 PY=${PY:-python3}
+ITERS=${ITERS:-10}
 n=$1; shift
 pairs=(
   "adamw --set max_grad_norm=1|adamw-clip"
@@ -20,8 +21,8 @@ for i in $(seq 1 "$n"); do
   for pair in "${pairs[@]}"; do
     rule=${pair%|*}; peer=${pair#*|}
     # shellcheck disable=SC2086 # $rule holds the rule and its --set options
-    o=$("$OPTC" bench $rule "$@" --threads 2 --iters 10 --json 2>/dev/null | tail -1)
-    t=$("$PY" bench/torch_staged.py --peer "$peer" "$@" --threads 2 --iters 10 --json 2>/dev/null | tail -1)
+    o=$("$OPTC" bench $rule "$@" --threads 2 --iters "$ITERS" --json 2>/dev/null | tail -1)
+    t=$("$PY" bench/torch_staged.py --peer "$peer" "$@" --threads 2 --iters "$ITERS" --json 2>/dev/null | tail -1)
     "$PY" - "$rule" "$o" "$t" <<'PY'
 import json, sys
 what, o, t = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
