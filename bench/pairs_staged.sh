@@ -12,6 +12,8 @@ OPTC=${OPTC:-./target/release/optc}
 PY=${PY:-python3}
 ITERS=${ITERS:-10}
 n=$1; shift
+err=$(mktemp)
+trap 'rm -f "$err"' EXIT
 pairs=(
   "adamw --set max_grad_norm=1|adamw-clip"
   "lamb|lamb"
@@ -21,8 +23,11 @@ for i in $(seq 1 "$n"); do
   for pair in "${pairs[@]}"; do
     rule=${pair%|*}; peer=${pair#*|}
     # shellcheck disable=SC2086 # $rule holds the rule and its --set options
-    o=$("$OPTC" bench $rule "$@" --threads 2 --iters "$ITERS" --json 2>/dev/null | tail -1)
-    t=$("$PY" bench/torch_staged.py --peer "$peer" "$@" --threads 2 --iters "$ITERS" --json 2>/dev/null | tail -1)
+    # stderr is kept apart (progress bars) and shown only when a side fails.
+    o=$("$OPTC" bench $rule "$@" --threads 2 --iters "$ITERS" --json 2>"$err" | tail -1) ||
+      { echo "optc bench $rule failed:" >&2; cat "$err" >&2; exit 1; }
+    t=$("$PY" bench/torch_staged.py --peer "$peer" "$@" --threads 2 --iters "$ITERS" --json 2>"$err" | tail -1) ||
+      { echo "bench/torch_staged.py --peer $peer failed:" >&2; cat "$err" >&2; exit 1; }
     "$PY" - "$rule" "$o" "$t" <<'PY'
 import json, sys
 what, o, t = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
