@@ -50,6 +50,7 @@ fn json_report_has_the_promised_fields() {
         v["bytes_per_element"], 28,
         "AdamW moves p, g, m, v in and p, m, v out"
     );
+    assert_eq!(v["passes"], 1);
     let ratio = v["bytes_per_s"].as_f64().unwrap_or_default()
         / v["probe_bytes_per_s"].as_f64().unwrap_or(1.0);
     assert!((ratio - v["fraction_of_probe"].as_f64().unwrap_or_default()).abs() < 1e-9);

@@ -163,6 +163,13 @@ fn check_against_interp(
     args.extend(extra);
     let (code, stderr) = optc(&args);
     assert_eq!(code, 0, "{stderr}");
+    // The output was written atomically: no temporary file is left next to it.
+    let mut files: Vec<String> = std::fs::read_dir(&d)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["g.safetensors", "out.safetensors", "p.safetensors"]);
 
     let compiled = optc_compiler::stdlib::rule(rule)
         .expect("stdlib")
@@ -206,6 +213,7 @@ fn check_against_interp(
 #[test]
 fn run_matches_the_interpreter() {
     check_against_interp("adamw", &[], &[("lr", 0.01)], &["--target", "interp"], 4);
+    check_against_interp("adamw", &[], &[], &["--no-fma", "--threads", "3"], 4);
     check_against_interp(
         "adamw",
         &[("amsgrad", true)],
@@ -357,5 +365,62 @@ fn run_errors_exit_1_with_a_clear_message() {
     ]);
     expect(r, "is not a safetensors file");
     assert!(!out.exists(), "no output is written on error");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `--set max_grad_norm=V` clips over every tensor of the file in one call and writes each step's
+/// total norm: sqrt of the f64 sum, over the tensors in registration order (`b`, `w`: sorted), of
+/// each tensor's sum of `g·g` in the order of `optc_kernel::reduce`.
+#[test]
+fn run_clips_by_the_global_norm_of_every_tensor_and_writes_the_norms() {
+    use optc_kernel::reduce::{reduce, ReduceOp};
+    let d = dir("clip");
+    let c = case(&d);
+    let out = d.join("out.safetensors");
+    let (code, stderr) = optc(&[
+        "sgd",
+        "--params",
+        c.p.to_str().expect("p"),
+        "--grads",
+        c.g.to_str().expect("g"),
+        "--steps",
+        "4",
+        "--set",
+        "max_grad_norm=0.5",
+        "--set",
+        "lr=0.1",
+        "--no-fma",
+        "-o",
+        out.to_str().expect("o"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let out_bytes = std::fs::read(&out).expect("out");
+    let st = SafeTensors::deserialize(&out_bytes).expect("out parses");
+    let v = st.tensor("__optc__/grad_norm").expect("the norms");
+    assert_eq!((v.dtype(), v.shape()), (Dtype::F64, &[4usize][..]));
+    let got: Vec<f64> = v
+        .data()
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect();
+    let (mut w, mut b) = (c.w.clone(), c.b.clone());
+    for (k, norm) in got.iter().enumerate() {
+        let gw = &c.gw[6 * k..6 * (k + 1)];
+        let gb = &c.gb[3 * k..3 * (k + 1)];
+        let sq = |g: &[f32]| reduce(ReduceOp::Sum, &g.iter().map(|x| x * x).collect::<Vec<_>>());
+        let total = (-0.0 + sq(gb)) + sq(gw);
+        assert_eq!(norm.to_bits(), total.sqrt().to_bits(), "step {}", k + 1);
+        // Plain SGD on the clipped gradient, as torch after clip_grad_norm_.
+        let coef = (0.5 / (total.sqrt() + 1e-6)).min(1.0) as f32;
+        let lr = 0.1f64 as f32;
+        for (p, g) in w.iter_mut().zip(gw) {
+            *p -= lr * (g * coef);
+        }
+        for (p, g) in b.iter_mut().zip(gb) {
+            *p -= lr * (g * coef);
+        }
+    }
+    assert_eq!(read_f32(&st, "w"), bits(&w));
+    assert_eq!(read_f32(&st, "b"), bits(&b));
     let _ = std::fs::remove_dir_all(&d);
 }

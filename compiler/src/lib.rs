@@ -27,6 +27,7 @@ pub mod syntax;
 pub use diag::{Diagnostic, Diagnostics, Severity, Span};
 pub use ir::{FlagInfo, HyperInfo};
 pub use optc_kernel::Kernel;
+pub use passes::CompileOptions;
 
 use std::fmt;
 
@@ -206,7 +207,26 @@ impl Rule {
 
     /// Compiles the kernel for explicit flag values, one per flag in declaration order.
     pub fn specialize_values(&self, flags: &[bool]) -> Result<Kernel, CompileError> {
-        passes::compile(&self.program, flags).map_err(|d| {
+        self.specialize_values_with(flags, &CompileOptions::default())
+    }
+
+    /// Like [`Rule::specialize`], with compile options (such as clipping by global norm).
+    pub fn specialize_with(
+        &self,
+        overrides: &[(&str, bool)],
+        options: &CompileOptions,
+    ) -> Result<Kernel, CompileError> {
+        let values = self.flag_values(overrides)?;
+        self.specialize_values_with(&values, options)
+    }
+
+    /// Like [`Rule::specialize_values`], with compile options.
+    pub fn specialize_values_with(
+        &self,
+        flags: &[bool],
+        options: &CompileOptions,
+    ) -> Result<Kernel, CompileError> {
+        passes::compile_with(&self.program, flags, options).map_err(|d| {
             let mut diags = Diagnostics::new(&self.file_name, &self.source);
             diags.push(d);
             CompileError::Diagnostics(diags)

@@ -17,9 +17,21 @@ pub const RULES: &[(&str, &str)] = &[
     ("lion", include_str!("../../stdlib/lion.opt")),
 ];
 
-/// The source of stdlib rule `name`.
+/// The stdlib rules with reductions, whose kernels have several stages: `(name, source)`. They
+/// join [`RULES`] (and [`names`]) once every backend runs staged kernels (issue 10); until then
+/// the compiler, the interpreter and `optc compile` take them like any other rule.
+pub const STAGED_RULES: &[(&str, &str)] = &[
+    ("lamb", include_str!("../../stdlib/lamb.opt")),
+    ("stableadamw", include_str!("../../stdlib/stableadamw.opt")),
+];
+
+/// The source of stdlib rule `name` (in [`RULES`] or [`STAGED_RULES`]).
 pub fn source(name: &str) -> Option<&'static str> {
-    RULES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    RULES
+        .iter()
+        .chain(STAGED_RULES)
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
 }
 
 /// The names of the stdlib rules.

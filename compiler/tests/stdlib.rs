@@ -1,11 +1,12 @@
 //! Every stdlib rule parses, checks cleanly and compiles for every flag set; the optimized IR of
-//! each is snapshotted, and no uniform work is left in any kernel body.
+//! each is snapshotted (staged rules included), and no uniform work is left in any kernel body.
 
 use optc_compiler::{stdlib, Rule};
 use optc_kernel::{BinaryOp, Expr, Kernel};
 
 fn rules() -> Vec<Rule> {
     stdlib::names()
+        .chain(stdlib::STAGED_RULES.iter().map(|(n, _)| *n))
         .map(|n| match stdlib::rule(n) {
             Some(Ok(r)) => r,
             Some(Err(d)) => panic!("stdlib rule {n} does not compile:\n{d}"),
@@ -24,21 +25,25 @@ fn stdlib_is_clean() {
 
 /// Whether any body node is uniform work: an op whose operands are all arguments or literals.
 fn uniform_work_in_body(k: &Kernel) -> Vec<String> {
-    let leafish = |h: optc_kernel::Handle<Expr>| {
-        matches!(
-            k.stages[0].body[h],
-            Expr::Uniform(_) | Expr::Const(_) | Expr::Bool(_)
-        )
-    };
-    k.stages[0]
-        .body
-        .iter()
-        .filter(|(_, e)| {
-            let ops: Vec<_> = e.operands().collect();
-            !ops.is_empty() && ops.iter().all(|o| leafish(*o))
-        })
-        .map(|(h, e)| format!("%{} = {e:?}", h.index()))
-        .collect()
+    let mut out = Vec::new();
+    for (j, st) in k.stages.iter().enumerate() {
+        let leafish = |h: optc_kernel::Handle<Expr>| {
+            matches!(
+                st.body[h],
+                Expr::Uniform(_) | Expr::Const(_) | Expr::Bool(_)
+            )
+        };
+        out.extend(
+            st.body
+                .iter()
+                .filter(|(_, e)| {
+                    let ops: Vec<_> = e.operands().collect();
+                    !ops.is_empty() && ops.iter().all(|o| leafish(*o))
+                })
+                .map(|(h, e)| format!("stage {j}: %{} = {e:?}", h.index())),
+        );
+    }
+    out
 }
 
 #[test]
@@ -55,10 +60,11 @@ fn no_uniform_work_or_pow_in_any_body() {
                 r.name(),
                 flags
             );
-            let pow = k.stages[0]
-                .body
-                .iter()
-                .any(|(_, e)| matches!(e, Expr::Binary(BinaryOp::Pow, ..)));
+            let pow = k.stages.iter().any(|st| {
+                st.body
+                    .iter()
+                    .any(|(_, e)| matches!(e, Expr::Binary(BinaryOp::Pow, ..)))
+            });
             assert!(!pow, "{} {:?} has a per-element pow\n{k}", r.name(), flags);
         }
     }

@@ -22,7 +22,7 @@
 
 use crate::bytes::f32_vec;
 use crate::error::RuntimeError;
-use crate::optimizer::{Optimizer, ParamState};
+use crate::optimizer::{Optimizer, Progress};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -79,7 +79,7 @@ impl Optimizer {
                     .rule
                     .flags()
                     .iter()
-                    .zip(&self.kernels[g.kernel].flags)
+                    .zip(&self.kernel_flags[g.kernel])
                     .map(|(d, &v)| (d.name.clone(), v))
                     .collect(),
             })
@@ -87,14 +87,15 @@ impl Optimizer {
         let params = self
             .params
             .iter()
-            .map(|p| {
-                let kernel = self.kernels[self.groups[p.group].kernel].executor.kernel();
-                let stepped = p.state.is_some();
+            .enumerate()
+            .map(|(i, p)| {
+                let kernel = self.param_kernel(i);
+                let stepped = p.progress.is_some();
                 ParamMeta {
                     name: p.name.clone(),
                     shape: p.shape.clone(),
                     group: p.group,
-                    step: p.state.as_ref().map_or(0, |s| s.step),
+                    step: p.progress.as_ref().map_or(0, |s| s.step),
                     states: if stepped {
                         kernel.states.iter().map(|s| s.name.clone()).collect()
                     } else {
@@ -111,7 +112,7 @@ impl Optimizer {
         Meta {
             format: CHECKPOINT_FORMAT,
             rule: self.rule.name().to_string(),
-            hypers: self.rule.hypers().iter().map(|h| h.name.clone()).collect(),
+            hypers: self.hypers.iter().map(|h| h.name.clone()).collect(),
             groups,
             params,
         }
@@ -129,7 +130,7 @@ impl Optimizer {
         let scalars: Vec<f64> = self
             .params
             .iter()
-            .filter_map(|p| p.state.as_ref())
+            .filter_map(|p| p.progress.as_ref())
             .flat_map(|s| s.scalars.iter().copied())
             .collect();
         let owned = [
@@ -153,9 +154,20 @@ impl Optimizer {
             ));
         }
         let mut keys: HashSet<String> = tensors.iter().map(|(k, _)| k.clone()).collect();
-        for (p, pm) in self.params.iter().zip(&meta.params) {
-            let Some(state) = &p.state else { continue };
-            for (name, buf) in pm.states.iter().zip(&state.buffers) {
+        let buffers: Vec<Vec<Vec<f32>>> = self
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p.progress {
+                Some(_) => self.exec.read_states(i),
+                None => Ok(Vec::new()),
+            })
+            .collect::<Result<_, _>>()?;
+        for ((p, pm), bufs) in self.params.iter().zip(&meta.params).zip(&buffers) {
+            if p.progress.is_none() {
+                continue;
+            }
+            for (name, buf) in pm.states.iter().zip(bufs) {
                 let key = format!("{}.{}", p.name, name);
                 if !keys.insert(key.clone()) {
                     return Err(err(format!(
@@ -172,10 +184,11 @@ impl Optimizer {
         Ok(safetensors::serialize(tensors, Some(info))?)
     }
 
-    /// Writes all optimizer state to a safetensors file.
+    /// Writes all optimizer state to a safetensors file, atomically: a crash or an error while
+    /// saving leaves an existing file at `path` as it was ([`crate::atomic`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), RuntimeError> {
         let bytes = self.to_bytes()?;
-        std::fs::write(path.as_ref(), bytes).map_err(|source| RuntimeError::Io {
+        crate::atomic::write_atomic(path.as_ref(), &bytes).map_err(|source| RuntimeError::Io {
             path: path.as_ref().display().to_string(),
             source,
         })
@@ -262,7 +275,8 @@ impl Optimizer {
             .map(|p| p.scalars.len())
             .sum();
         let scalars = read_f64(SCALARS, total)?;
-        let mut states: Vec<Option<ParamState>> = Vec::with_capacity(meta.params.len());
+        let mut states: Vec<Option<(Progress, Vec<Vec<f32>>)>> =
+            Vec::with_capacity(meta.params.len());
         let mut offset = 0;
         for (saved, mine) in meta.params.iter().zip(&ours.params) {
             if (&saved.name, &saved.shape, saved.group) != (&mine.name, &mine.shape, mine.group) {
@@ -275,9 +289,7 @@ impl Optimizer {
                 states.push(None);
                 continue;
             }
-            let kernel = self.kernels[self.groups[saved.group].kernel]
-                .executor
-                .kernel();
+            let kernel = self.exec.kernel(self.groups[saved.group].kernel);
             let want_states: Vec<&str> = kernel.states.iter().map(|s| s.name.as_str()).collect();
             let want_scalars: Vec<&str> = kernel.scalars.iter().map(|s| s.name.as_str()).collect();
             if saved.states != want_states || saved.scalars != want_scalars {
@@ -303,19 +315,33 @@ impl Optimizer {
                 buffers.push(f32_vec(&key, view.data())?);
             }
             let n = saved.scalars.len();
-            states.push(Some(ParamState {
-                step: saved.step,
-                scalars: scalars[offset..offset + n].to_vec(),
+            states.push(Some((
+                Progress {
+                    step: saved.step,
+                    scalars: scalars[offset..offset + n].to_vec(),
+                },
                 buffers,
-            }));
+            )));
             offset += n;
+        }
+        // The only step that can fail on a device (an upload); everything below is infallible.
+        let uploads = states
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_mut().map(|(_, b)| (i, std::mem::take(b))))
+            .collect();
+        self.exec.write_states(uploads)?;
+        for (i, s) in states.iter().enumerate() {
+            if s.is_none() {
+                self.exec.drop_states(i);
+            }
         }
         for (g, row) in self.groups.iter_mut().zip(hypers.chunks_exact(h.max(1))) {
             g.hypers.copy_from_slice(&row[..h]);
         }
         self.defaults = defaults;
         for (p, s) in self.params.iter_mut().zip(states) {
-            p.state = s;
+            p.progress = s.map(|(progress, _)| progress);
         }
         Ok(())
     }

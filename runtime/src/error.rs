@@ -131,6 +131,13 @@ pub enum RuntimeError {
     /// A safetensors buffer could not be read or written.
     #[error("safetensors: {0}")]
     Safetensors(#[from] safetensors::SafeTensorError),
+    /// The CUDA target failed (no driver, a driver error, PTX that does not fit).
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda::CudaError),
+    /// An artifact could not be read.
+    #[error(transparent)]
+    Artifact(#[from] optc_kernel::ArtifactError),
     /// A feature this build lacks.
     #[error("{0}")]
     Unsupported(String),
@@ -145,7 +152,7 @@ fn hint(suggestion: &Option<String>) -> String {
 
 /// An [`RuntimeError::UnknownName`] with the closest of `known` as suggestion: a name within a
 /// third of its length in edits (at least one), or with Jaro-Winkler similarity of at least 0.8.
-#[cfg(feature = "compiler")]
+#[cfg(any(feature = "compiler", feature = "cuda"))]
 pub(crate) fn unknown_name<'a>(
     kind: NameKind,
     name: &str,

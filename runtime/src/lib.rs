@@ -9,9 +9,12 @@
 //! - [`Rule`]: where kernels come from (a prebuilt [`optc_kernel::Kernel`], or with the feature
 //!   `compiler` a `.opt` file, a string, or a rule of the embedded standard library);
 //! - [`Optimizer`]: parameter groups (each with its flags and hypers), registered parameters, the
-//!   optimizer state it owns, and [`Optimizer::step`]; checkpoints with [`Optimizer::save`] and
-//!   [`Optimizer::load`] (layout in [`checkpoint`]);
-//! - [`Update`]: one parameter and its gradient for a step, from f32 slices or bytes;
+//!   optimizer state it owns, and [`Optimizer::step`] (which runs the kernel's stages and returns a
+//!   [`StepReport`]); checkpoints with [`Optimizer::save`] and [`Optimizer::load`] (layout in
+//!   [`checkpoint`]); one optimizer for every [`Target`], each with an executor that holds the
+//!   states in its own memory; [`Options::max_grad_norm`] clips any rule by the global norm;
+//! - [`Update`]: one parameter and its gradient for a step, from f32 slices or bytes (or device
+//!   buffers on CUDA);
 //! - [`RuntimeError`]: every error, with a clear message.
 //!
 //! ```
@@ -28,32 +31,40 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`probe`] holds the bandwidth probe `optc bench` compares kernels with.
+//! [`atomic`] is how optc writes files (checkpoints and every CLI output): a temporary file,
+//! fsync, rename. [`probe`] holds the bandwidth probe `optc bench` compares kernels with.
 
 // Without the default feature `compiler`, only what loading a compiled artifact needs is built:
-// the CUDA runtime (feature `cuda`), byte views and errors. The CPU JIT, the interpreter target and
-// the `Optimizer` compile rules in process and need the compiler.
+// the `Optimizer` on the CUDA target (feature `cuda`), checkpoints, byte views and errors. The CPU
+// JIT and the interpreter target compile rules in process and need the compiler.
+pub mod atomic;
 pub mod bytes;
-#[cfg(feature = "compiler")]
+#[cfg(any(feature = "compiler", feature = "cuda"))]
 pub mod checkpoint;
 #[cfg(feature = "compiler")]
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
+#[cfg(any(feature = "compiler", feature = "cuda"))]
+mod executor;
 #[cfg(feature = "compiler")]
+mod host;
+#[cfg(any(feature = "compiler", feature = "cuda"))]
 mod optimizer;
 #[cfg(feature = "compiler")]
 pub mod probe;
-#[cfg(feature = "compiler")]
+#[cfg(any(feature = "compiler", feature = "cuda"))]
 mod rule;
-#[cfg(feature = "compiler")]
+#[cfg(any(feature = "compiler", feature = "cuda"))]
+mod stages;
+#[cfg(any(feature = "compiler", feature = "cuda"))]
 mod target;
 
 pub use error::{NameKind, RuntimeError};
-#[cfg(feature = "compiler")]
-pub use optimizer::{GroupId, Optimizer, Options, Update};
-#[cfg(feature = "compiler")]
+#[cfg(any(feature = "compiler", feature = "cuda"))]
+pub use optimizer::{GroupId, Optimizer, Options, StepReport, Update};
+#[cfg(any(feature = "compiler", feature = "cuda"))]
 pub use rule::Rule;
-#[cfg(feature = "compiler")]
+#[cfg(any(feature = "compiler", feature = "cuda"))]
 pub use target::Target;

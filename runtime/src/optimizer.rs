@@ -1,21 +1,28 @@
-//! The optimizer: parameter groups, owned state, and the step.
+//! The optimizer: parameter groups, owned state, and the step, once for every target.
 //!
 //! Takes a [`Rule`], registered parameter names and shapes (in groups, each group with its flags
-//! and hypers), and per step the parameters and their gradients as f32 slices. Gives the updated
-//! parameters, in place. Owns every state: per-element buffers, scalar states and the step count,
-//! all kept per parameter as torch.optim does, and created at a parameter's first step from the
-//! rule's initial values (`Init::Param` copies the parameter as it is then).
+//! and hypers), and per step the parameters and their gradients ([`Update`]: host slices, or on
+//! CUDA device buffers). Gives the updated parameters, in place, and a [`StepReport`]. Owns every
+//! state, kept per parameter as torch.optim does and created at a parameter's first step from the
+//! rule's initial values (`Init::Param` copies the parameter as it is then): the step count and
+//! scalar states on the host, the per-element states in the target's memory, held by its
+//! [`Executor`] (the only part that differs between targets).
 //!
 //! Guarantees: one compiled kernel per flag set, cached for the optimizer's lifetime (changing a
-//! hyper never recompiles); every tensor of a step goes through one pass of the thread pool per
-//! kernel; a step that returns an error has changed nothing, because every name, length and host
-//! value is checked before any memory is touched.
+//! hyper never recompiles); every tensor of a step goes through one pass of the target per kernel;
+//! a step that returns an error has changed nothing, because every name, length and host value is
+//! checked before any memory is touched.
 
-use crate::cpu::TensorArgs;
 use crate::error::{unknown_name, NameKind, RuntimeError};
+use crate::executor::{Executor, StageTensor, StateInit, TensorData};
 use crate::rule::Rule;
-use crate::target::{Executor, Job, Target};
-use optc_kernel::{HostValues, Init, Kernel};
+use crate::stages;
+use crate::target::Target;
+use optc_kernel::GRAD_NORM_REDUCTION;
+
+/// The hyper that clipping by global norm adds (`optc_compiler`'s clip pass).
+const MAX_GRAD_NORM: &str = "max_grad_norm";
+use optc_kernel::{HyperDecl, Init, Kernel, ValidKernel};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -35,6 +42,16 @@ pub struct Options {
     /// Let the CPU JIT fuse `a * b + c` into one rounding (faster on hosts with FMA). With
     /// `false`, the CPU target gives the reference interpreter's results bit for bit.
     pub allow_fma: bool,
+    /// Clip by the global gradient norm before the update, as
+    /// `torch.nn.utils.clip_grad_norm_(params, max_grad_norm)` does, over every tensor of each
+    /// `step` call across groups, fused into the rule's own passes. It adds the hyper
+    /// `max_grad_norm` (set to this value; change it with [`Optimizer::set_hyper`]), and every
+    /// step reports the total norm ([`StepReport::grad_norm`]). `f64::INFINITY` reports the norm
+    /// without clipping (the gradient is multiplied by exactly 1).
+    pub max_grad_norm: Option<f64>,
+    /// Where and how the CUDA target runs (ignored by the other targets).
+    #[cfg(feature = "cuda")]
+    pub cuda: crate::cuda::CudaOptions,
 }
 
 impl Default for Options {
@@ -45,6 +62,9 @@ impl Default for Options {
             pool: None,
             flags: Vec::new(),
             allow_fma: true,
+            max_grad_norm: None,
+            #[cfg(feature = "cuda")]
+            cuda: crate::cuda::CudaOptions::default(),
         }
     }
 }
@@ -63,21 +83,20 @@ impl GroupId {
     }
 }
 
-/// One parameter's part of a step: its name, its data (updated in place) and its gradient.
-#[derive(Debug)]
+/// One parameter's part of a step: its name, its data (updated in place) and its gradient, in
+/// host memory or (for [`Target::Cuda`](crate::Target)) in device memory.
 pub struct Update<'a> {
-    /// The name the parameter was registered under.
-    pub name: &'a str,
-    /// The parameter, updated in place.
-    pub param: &'a mut [f32],
-    /// Its gradient.
-    pub grad: &'a [f32],
+    pub(crate) name: &'a str,
+    pub(crate) data: TensorData<'a>,
 }
 
 impl<'a> Update<'a> {
-    /// An update of parameter `name`.
+    /// An update of parameter `name` from host slices.
     pub fn new(name: &'a str, param: &'a mut [f32], grad: &'a [f32]) -> Self {
-        Update { name, param, grad }
+        Update {
+            name,
+            data: TensorData::Host { param, grad },
+        }
     }
 
     /// An update from little-endian f32 bytes (viewed without copying). Fails when a buffer is
@@ -87,30 +106,54 @@ impl<'a> Update<'a> {
         param: &'a mut [u8],
         grad: &'a [u8],
     ) -> Result<Self, RuntimeError> {
-        Ok(Update {
+        Ok(Update::new(
             name,
-            param: crate::bytes::f32_slice_mut(name, param)?,
-            grad: crate::bytes::f32_slice(name, grad)?,
-        })
+            crate::bytes::f32_slice_mut(name, param)?,
+            crate::bytes::f32_slice(name, grad)?,
+        ))
+    }
+
+    /// The parameter's name.
+    pub fn name(&self) -> &str {
+        self.name
     }
 }
 
+impl std::fmt::Debug for Update<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (p, g) = self.data.lens();
+        f.debug_struct("Update")
+            .field("name", &self.name)
+            .field("param_len", &p)
+            .field("grad_len", &g)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a step computed besides the update itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct StepReport {
+    /// The total gradient norm over every tensor of the step (what
+    /// `torch.nn.utils.clip_grad_norm_` returns), when the step computed it: with
+    /// `max_grad_norm` set, before clipping.
+    pub grad_norm: Option<f64>,
+}
+
 pub(crate) struct Group {
-    /// Index into `Optimizer::kernels`.
+    /// The executor's index of the group's kernel.
     pub kernel: usize,
     /// Hyper values, in the rule's order.
     pub hypers: Vec<f64>,
 }
 
-/// The state of one parameter after at least one step.
+/// A parameter's host-side progress after at least one step: its step count and scalar states.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct ParamState {
+pub(crate) struct Progress {
     /// Steps taken (`t` of the last step).
     pub step: u64,
     /// Scalar states, in the kernel's order.
     pub scalars: Vec<f64>,
-    /// Per-element states, in the kernel's order.
-    pub buffers: Vec<Vec<f32>>,
 }
 
 pub(crate) struct Param {
@@ -118,25 +161,22 @@ pub(crate) struct Param {
     pub shape: Vec<usize>,
     pub len: usize,
     pub group: usize,
-    /// `None` until the first step.
-    pub state: Option<ParamState>,
+    /// `None` until the first step (and then the executor holds no states for it).
+    pub progress: Option<Progress>,
 }
 
-pub(crate) struct CachedKernel {
-    pub flags: Vec<bool>,
-    pub executor: Executor,
-}
-
-/// An optimizer: a rule, its compiled kernels, parameter groups and all optimizer state.
-/// See the module docs.
+/// An optimizer: a rule, its compiled kernels, parameter groups and all optimizer state, on one
+/// target. See the module docs.
 pub struct Optimizer {
     pub(crate) rule: Rule,
-    target: Target,
-    allow_fma: bool,
-    pool: Option<Arc<rayon::ThreadPool>>,
-    pub(crate) kernels: Vec<CachedKernel>,
-    compiles: usize,
+    pub(crate) exec: Box<dyn Executor>,
+    /// The flag vector of each of the executor's kernels, by kernel index.
+    pub(crate) kernel_flags: Vec<Vec<bool>>,
+    /// The hypers every kernel takes, in order: the rule's (and those options add).
+    pub(crate) hypers: Vec<HyperDecl>,
     pub(crate) defaults: Vec<f64>,
+    /// `Options::max_grad_norm`: whether kernels clip, and the hyper's initial value.
+    max_grad_norm: Option<f64>,
     pub(crate) groups: Vec<Group>,
     pub(crate) params: Vec<Param>,
     by_name: HashMap<String, usize>,
@@ -148,26 +188,25 @@ impl Optimizer {
         Optimizer::with_options(rule, Options::default())
     }
 
-    /// An optimizer built with `options`. Compiles group 0's kernel.
+    /// An optimizer built with `options`. Compiles (or loads) group 0's kernel.
     pub fn with_options(rule: Rule, options: Options) -> Result<Optimizer, RuntimeError> {
-        let pool = match options.threads {
-            Some(n) => Some(Arc::new(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .build()
-                    .map_err(|e| RuntimeError::ThreadPool(e.to_string()))?,
-            )),
-            None => options.pool,
-        };
-        let defaults = rule.hypers().iter().map(|h| h.default).collect();
+        if let Some(v) = options.max_grad_norm {
+            if v.is_nan() || v <= 0.0 {
+                return Err(RuntimeError::Unsupported(format!(
+                    "max_grad_norm must be positive (or infinite, to report the norm without clipping); got {v}"
+                )));
+            }
+        }
+        let exec = crate::target::executor(&options)?;
+        let hypers = rule.hypers().to_vec();
+        let defaults = hypers.iter().map(|h| h.default).collect();
         let mut opt = Optimizer {
             rule,
-            target: options.target,
-            allow_fma: options.allow_fma,
-            pool,
-            kernels: Vec::new(),
-            compiles: 0,
+            exec,
+            kernel_flags: Vec::new(),
+            hypers,
             defaults,
+            max_grad_norm: options.max_grad_norm,
             groups: Vec::new(),
             params: Vec::new(),
             by_name: HashMap::new(),
@@ -188,12 +227,12 @@ impl Optimizer {
 
     /// The target the kernels run on.
     pub fn target(&self) -> Target {
-        self.target
+        self.exec.target()
     }
 
     /// How many kernels this optimizer has compiled: one per distinct flag set, never more.
     pub fn compile_count(&self) -> usize {
-        self.compiles
+        self.kernel_flags.len()
     }
 
     /// Adds a parameter group with the rule's default flags overridden by `flags`, and the current
@@ -201,14 +240,33 @@ impl Optimizer {
     /// flag set is cached.
     pub fn add_group(&mut self, flags: &[(&str, bool)]) -> Result<GroupId, RuntimeError> {
         let flags = self.rule.resolve_flags(flags)?;
-        let kernel = match self.kernels.iter().position(|k| k.flags == flags) {
+        let kernel = match self.kernel_flags.iter().position(|k| *k == flags) {
             Some(i) => i,
             None => {
-                let kernel = self.rule.specialize(&flags)?;
-                let executor = Executor::compile(self.target, &kernel, self.allow_fma)?;
-                self.compiles += 1;
-                self.kernels.push(CachedKernel { flags, executor });
-                self.kernels.len() - 1
+                let clip = self.max_grad_norm.is_some();
+                let kernel = ValidKernel::new(self.rule.specialize(&flags, clip)?)?;
+                stages::check_supported(&kernel)?;
+                let names = |h: &[HyperDecl]| h.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
+                if self.kernel_flags.is_empty() {
+                    // The first kernel defines the hypers: the rule's and those options add.
+                    self.hypers = kernel.hypers.clone();
+                    self.defaults = kernel.default_hypers();
+                    if let Some(v) = self.max_grad_norm {
+                        let i = self.hyper_index(MAX_GRAD_NORM)?;
+                        self.defaults[i] = v;
+                    }
+                } else if names(&kernel.hypers) != names(&self.hypers) {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "internal: the kernel of rule `{}` takes hypers {:?}, the optimizer has {:?}",
+                        self.rule.name(),
+                        names(&kernel.hypers),
+                        names(&self.hypers)
+                    )));
+                }
+                let index = self.exec.load(kernel, self.rule.ptx())?;
+                debug_assert_eq!(index, self.kernel_flags.len());
+                self.kernel_flags.push(flags);
+                index
             }
         };
         self.groups.push(Group {
@@ -216,6 +274,34 @@ impl Optimizer {
             hypers: self.defaults.clone(),
         });
         Ok(GroupId(self.groups.len() - 1))
+    }
+
+    /// The stream a CUDA optimizer queues all its work on (`None` on other targets). Steps are
+    /// asynchronous; reading states back waits for them.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_stream(&self) -> Option<&Arc<crate::cuda::cudarc::driver::CudaStream>> {
+        self.exec.cuda_ref().map(|c| c.stream())
+    }
+
+    /// The launch shape of a CUDA optimizer (`None` on other targets).
+    #[cfg(feature = "cuda")]
+    pub fn launch_shape(&self) -> Option<crate::cuda::LaunchShape> {
+        self.exec.cuda_ref().map(|c| c.launch_shape())
+    }
+
+    /// Changes the launch shape of a CUDA optimizer (for tuning; results do not depend on it).
+    #[cfg(feature = "cuda")]
+    pub fn set_launch_shape(
+        &mut self,
+        shape: crate::cuda::LaunchShape,
+    ) -> Result<(), RuntimeError> {
+        match self.exec.cuda() {
+            Some(c) => Ok(c.set_launch_shape(shape)?),
+            None => Err(RuntimeError::Unsupported(format!(
+                "a launch shape is a CUDA setting; this optimizer runs on {}",
+                self.exec.target()
+            ))),
+        }
     }
 
     /// The number of parameter groups.
@@ -226,7 +312,12 @@ impl Optimizer {
     /// The kernel a group runs.
     pub fn kernel(&self, group: GroupId) -> Result<&Kernel, RuntimeError> {
         let g = self.group(group)?;
-        Ok(self.kernels[g.kernel].executor.kernel())
+        Ok(self.exec.kernel(g.kernel).kernel())
+    }
+
+    pub(crate) fn param_kernel(&self, param: usize) -> &ValidKernel {
+        self.exec
+            .kernel(self.groups[self.params[param].group].kernel)
     }
 
     /// Registers parameter `name` of `shape` in group 0.
@@ -257,7 +348,7 @@ impl Optimizer {
             shape: shape.to_vec(),
             len,
             group: group.0,
-            state: None,
+            progress: None,
         });
         Ok(())
     }
@@ -275,7 +366,7 @@ impl Optimizer {
     /// Sets hyper `name` in every group, and as the default of groups added later. Never
     /// recompiles.
     pub fn set_hyper(&mut self, name: &str, value: f64) -> Result<(), RuntimeError> {
-        let i = self.rule.hyper_index(name)?;
+        let i = self.hyper_index(name)?;
         self.defaults[i] = value;
         for g in &mut self.groups {
             g.hypers[i] = value;
@@ -290,7 +381,7 @@ impl Optimizer {
         name: &str,
         value: f64,
     ) -> Result<(), RuntimeError> {
-        let i = self.rule.hyper_index(name)?;
+        let i = self.hyper_index(name)?;
         self.group(group)?;
         self.groups[group.0].hypers[i] = value;
         Ok(())
@@ -298,39 +389,41 @@ impl Optimizer {
 
     /// The value of hyper `name` in `group`.
     pub fn hyper(&self, group: GroupId, name: &str) -> Result<f64, RuntimeError> {
-        let i = self.rule.hyper_index(name)?;
+        let i = self.hyper_index(name)?;
         Ok(self.group(group)?.hypers[i])
     }
 
     /// The number of steps parameter `name` has taken.
     pub fn step_count(&self, name: &str) -> Result<u64, RuntimeError> {
         Ok(self.params[self.param_index(name)?]
-            .state
+            .progress
             .as_ref()
             .map_or(0, |s| s.step))
     }
 
-    /// The per-element states of parameter `name` as `(state name, values)`, in the kernel's order;
-    /// empty before its first step.
-    pub fn states(&self, name: &str) -> Result<Vec<(&str, &[f32])>, RuntimeError> {
-        let p = &self.params[self.param_index(name)?];
-        let kernel = self.kernels[self.groups[p.group].kernel].executor.kernel();
-        Ok(match &p.state {
-            None => Vec::new(),
-            Some(s) => kernel
-                .states
-                .iter()
-                .zip(&s.buffers)
-                .map(|(d, b)| (d.name.as_str(), b.as_slice()))
-                .collect(),
-        })
+    /// The per-element states of parameter `name` as `(state name, values)`, in the kernel's
+    /// order, copied to the host (on CUDA this waits for queued steps); empty before its first
+    /// step.
+    pub fn states(&self, name: &str) -> Result<Vec<(&str, Vec<f32>)>, RuntimeError> {
+        let index = self.param_index(name)?;
+        if self.params[index].progress.is_none() {
+            return Ok(Vec::new());
+        }
+        let kernel = self.param_kernel(index);
+        let values = self.exec.read_states(index)?;
+        Ok(kernel
+            .states
+            .iter()
+            .zip(values)
+            .map(|(d, b)| (d.name.as_str(), b))
+            .collect())
     }
 
     /// The scalar states of parameter `name` as `(name, value)`; empty before its first step.
     pub fn scalars(&self, name: &str) -> Result<Vec<(&str, f64)>, RuntimeError> {
-        let p = &self.params[self.param_index(name)?];
-        let kernel = self.kernels[self.groups[p.group].kernel].executor.kernel();
-        Ok(match &p.state {
+        let index = self.param_index(name)?;
+        let kernel = self.param_kernel(index);
+        Ok(match &self.params[index].progress {
             None => Vec::new(),
             Some(s) => kernel
                 .scalars
@@ -343,14 +436,14 @@ impl Optimizer {
 
     /// Steps every parameter in `updates` once (parameters left out are not stepped, as torch
     /// skips parameters without a gradient). All tensors sharing a kernel go through one pass of
-    /// the thread pool. On error nothing has changed.
+    /// the target per stage. On error nothing has changed.
     pub fn step<'a>(
         &mut self,
         updates: impl IntoIterator<Item = Update<'a>>,
-    ) -> Result<(), RuntimeError> {
-        let updates: Vec<Update<'a>> = updates.into_iter().collect();
+    ) -> Result<StepReport, RuntimeError> {
+        let mut updates: Vec<Update<'a>> = updates.into_iter().collect();
         let plans = self.plan(&updates)?;
-        self.execute(updates, plans)
+        self.execute(&mut updates, plans)
     }
 
     /// Steps every registered parameter, given in registration order, with its gradient.
@@ -358,7 +451,7 @@ impl Optimizer {
         &mut self,
         params: &mut [&mut [f32]],
         grads: &[&[f32]],
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<StepReport, RuntimeError> {
         if params.len() != self.params.len() {
             return Err(RuntimeError::Count {
                 what: "parameters",
@@ -380,6 +473,21 @@ impl Optimizer {
             .zip(grads)
             .map(|((name, p), g)| Update::new(name, p, g));
         self.step(updates)
+    }
+
+    /// The position of hyper `name`, or an error with a did-you-mean hint.
+    fn hyper_index(&self, name: &str) -> Result<usize, RuntimeError> {
+        self.hypers
+            .iter()
+            .position(|h| h.name == name)
+            .ok_or_else(|| {
+                unknown_name(
+                    NameKind::Hyper,
+                    name,
+                    format!("in rule `{}`", self.rule.name()),
+                    self.hypers.iter().map(|h| h.name.as_str()),
+                )
+            })
     }
 
     pub(crate) fn group(&self, group: GroupId) -> Result<&Group, RuntimeError> {
@@ -409,10 +517,8 @@ impl Optimizer {
                 return Err(RuntimeError::DuplicateParam(u.name.to_string()));
             }
             let p = &self.params[index];
-            for (what, found) in [
-                ("the parameter", u.param.len()),
-                ("the gradient", u.grad.len()),
-            ] {
+            let (param_len, grad_len) = u.data.lens();
+            for (what, found) in [("the parameter", param_len), ("the gradient", grad_len)] {
                 if found != p.len {
                     return Err(RuntimeError::Length {
                         name: p.name.clone(),
@@ -423,8 +529,8 @@ impl Optimizer {
                 }
             }
             let group = &self.groups[p.group];
-            let kernel = self.kernels[group.kernel].executor.kernel();
-            let (t, scalars, init) = match &p.state {
+            let kernel = self.exec.kernel(group.kernel);
+            let (t, scalars, init) = match &p.progress {
                 Some(s) => (
                     s.step.checked_add(1).ok_or_else(|| {
                         RuntimeError::Checkpoint(format!(
@@ -438,114 +544,182 @@ impl Optimizer {
                 None => {
                     let values = kernel.eval_init(&group.hypers)?;
                     let scalars = kernel.initial_scalars(&group.hypers)?;
-                    let init: Vec<Option<f32>> = kernel
+                    let init: Vec<StateInit> = kernel
                         .states
                         .iter()
                         .map(|s| match s.init {
-                            Init::Param => None,
-                            Init::Value(h) => Some(values[h.index()] as f32),
+                            Init::Param => StateInit::Param,
+                            Init::Value(h) => StateInit::Value(values[h.index()] as f32),
                         })
                         .collect();
                     (1, scalars, Some(init))
                 }
             };
-            let host = kernel.eval_host(&group.hypers, t, &scalars, &[])?;
+            // Stage 0's uniforms (and, without reductions, the new scalars) are known now; the
+            // host program of a validated kernel cannot fail later with more reductions known.
+            let reduced = vec![f64::NAN; kernel.reductions.len()];
+            let host = kernel.eval_host(&group.hypers, t, &scalars, &reduced)?;
             plans.push(Plan {
                 index,
+                group: p.group,
                 kernel: group.kernel,
                 t,
-                scalars,
                 init,
-                host,
+                uniforms: host.uniforms[0].iter().map(|&x| x as f32).collect(),
+                scalars_before: scalars,
+                scalars: host.scalars,
+                reduced,
             });
         }
         Ok(plans)
     }
 
-    /// Creates missing states, runs one pass per kernel, then commits scalars and step counts.
-    fn execute(&mut self, updates: Vec<Update<'_>>, plans: Vec<Plan>) -> Result<(), RuntimeError> {
-        for (u, plan) in updates.iter().zip(&plans) {
-            if let Some(init) = &plan.init {
-                let buffers = init
-                    .iter()
-                    .map(|v| match v {
-                        Some(x) => vec![*x; u.param.len()],
-                        None => u.param.to_vec(),
-                    })
-                    .collect();
-                self.params[plan.index].state = Some(ParamState {
-                    step: 0,
-                    scalars: plan.scalars.clone(),
-                    buffers,
-                });
+    /// Runs the stage schedule, then commits scalars and step counts. A failure here is a device
+    /// fault (never user input); first-step parameters are then left stateless so that no
+    /// half-made state is ever stepped or saved.
+    fn execute(
+        &mut self,
+        updates: &mut [Update<'_>],
+        mut plans: Vec<Plan>,
+    ) -> Result<StepReport, RuntimeError> {
+        let report = match self.run_schedule(updates, &mut plans) {
+            Ok(report) => report,
+            Err(e) => {
+                for plan in plans.iter().filter(|p| p.init.is_some()) {
+                    self.exec.drop_states(plan.index);
+                }
+                return Err(e);
             }
-        }
-        let mut slots: Vec<Option<&mut Param>> = self.params.iter_mut().map(Some).collect();
-        let mut jobs: Vec<Vec<Job<'_>>> = (0..self.kernels.len()).map(|_| Vec::new()).collect();
-        for (u, plan) in updates.into_iter().zip(&plans) {
-            let Some(Some(param)) = slots.get_mut(plan.index).map(Option::take) else {
-                return Err(RuntimeError::DuplicateParam(u.name.to_string()));
-            };
-            let group = &self.groups[param.group];
-            let Some(state) = param.state.as_mut() else {
-                return Err(RuntimeError::Unsupported(format!(
-                    "internal: `{}` has no state",
-                    u.name
-                )));
-            };
-            jobs[plan.kernel].push(Job {
-                args: TensorArgs {
-                    param: u.param,
-                    grad: u.grad,
-                    states: state.buffers.iter_mut().map(Vec::as_mut_slice).collect(),
-                    uniforms: plan.host.uniforms[0].iter().map(|&x| x as f32).collect(),
-                },
-                hypers: &group.hypers,
-                t: plan.t,
-                scalars: &plan.scalars,
+        };
+        for plan in plans {
+            self.params[plan.index].progress = Some(Progress {
+                step: plan.t,
+                scalars: plan.scalars,
             });
         }
-        let mut result = Ok(());
-        for (kernel, jobs) in self.kernels.iter().zip(jobs) {
-            if !jobs.is_empty() && result.is_ok() {
-                result = kernel.executor.run(jobs, self.pool.as_deref());
+        Ok(report)
+    }
+
+    /// The stage schedule of one step (`docs/stages.md`): create missing states; then for each
+    /// stage, every tensor that has it in one pass of the executor per kernel, its partials
+    /// finalized (Tensor scope per tensor, Step scope once over every tensor of the call), and
+    /// the host program run for the next stage's uniforms; finally the scalar updates.
+    fn run_schedule(
+        &mut self,
+        updates: &mut [Update<'_>],
+        plans: &mut [Plan],
+    ) -> Result<StepReport, RuntimeError> {
+        for (u, plan) in updates.iter().zip(plans.iter()) {
+            if let Some(init) = &plan.init {
+                let len = self.params[plan.index].len;
+                self.exec
+                    .create_states(plan.index, len, init, &u.data, plan.kernel)?;
             }
         }
-        if let Err(e) = result {
-            // Not reachable with a validated kernel; keep first-step parameters stateless so that
-            // no half-made state is ever stepped or saved.
-            for plan in plans.iter().filter(|p| p.init.is_some()) {
-                self.params[plan.index].state = None;
+        let depth = plans
+            .iter()
+            .map(|p| self.exec.kernel(p.kernel).stages.len())
+            .max()
+            .unwrap_or(0);
+        let mut report = StepReport::default();
+        for stage in 0..depth {
+            // This stage's uniforms of every tensor that has the stage.
+            let mut uniforms: Vec<Option<Vec<f32>>> = Vec::with_capacity(plans.len());
+            for plan in plans.iter_mut() {
+                let kernel = self.exec.kernel(plan.kernel);
+                uniforms.push(if stage >= kernel.stages.len() {
+                    None
+                } else if stage == 0 {
+                    Some(std::mem::take(&mut plan.uniforms))
+                } else {
+                    let hypers = &self.groups[plan.group].hypers;
+                    let host =
+                        kernel.eval_host(hypers, plan.t, &plan.scalars_before, &plan.reduced)?;
+                    Some(host.uniforms[stage].iter().map(|&x| x as f32).collect())
+                });
             }
-            return Err(e);
-        }
-        for plan in plans {
-            if let Some(state) = self.params[plan.index].state.as_mut() {
-                state.step = plan.t;
-                state.scalars = plan.host.scalars;
+            let mut by_kernel: Vec<(Vec<usize>, Vec<StageTensor<'_, '_>>)> =
+                (0..self.kernel_flags.len())
+                    .map(|_| Default::default())
+                    .collect();
+            for (i, (u, plan)) in updates.iter_mut().zip(plans.iter()).enumerate() {
+                if let Some(uniforms) = uniforms[i].take() {
+                    let (who, tensors) = &mut by_kernel[plan.kernel];
+                    who.push(i);
+                    tensors.push(StageTensor {
+                        param: plan.index,
+                        data: &mut u.data,
+                        uniforms,
+                    });
+                }
+            }
+            let mut step_parts = Vec::new();
+            for (kernel, (who, mut tensors)) in by_kernel.into_iter().enumerate() {
+                if tensors.is_empty() {
+                    continue;
+                }
+                let partials = self.exec.run_stage(kernel, stage, &mut tensors)?;
+                drop(tensors);
+                let k = self.exec.kernel(kernel);
+                for (&i, parts) in who.iter().zip(&partials) {
+                    let plan = &mut plans[i];
+                    stages::finalize_tensor(
+                        k,
+                        stage,
+                        i,
+                        plan.index,
+                        parts,
+                        &mut plan.reduced,
+                        &mut step_parts,
+                    )?;
+                }
+            }
+            if !step_parts.is_empty() {
+                let mut reduced: Vec<&mut Vec<f64>> =
+                    plans.iter_mut().map(|p| &mut p.reduced).collect();
+                for (name, value) in stages::combine_step(step_parts, &mut reduced) {
+                    if name == GRAD_NORM_REDUCTION {
+                        report.grad_norm = Some(value.sqrt());
+                    }
+                }
             }
         }
-        Ok(())
+        for plan in plans.iter_mut() {
+            let kernel = self.exec.kernel(plan.kernel);
+            if !kernel.reductions.is_empty() {
+                let hypers = &self.groups[plan.group].hypers;
+                plan.scalars = kernel
+                    .eval_host(hypers, plan.t, &plan.scalars_before, &plan.reduced)?
+                    .scalars;
+            }
+        }
+        Ok(report)
     }
 }
 
-/// What [`Optimizer::plan`] computed for one update.
+/// What [`Optimizer::plan`] computed for one update, and what the schedule adds.
 struct Plan {
     index: usize,
+    group: usize,
     kernel: usize,
     t: u64,
+    /// For a first step: how each state starts.
+    init: Option<Vec<StateInit>>,
+    /// Stage 0's uniforms, rounded to f32.
+    uniforms: Vec<f32>,
     /// Scalar states before the step.
+    scalars_before: Vec<f64>,
+    /// Scalar states after the step (final once every reduction is known).
     scalars: Vec<f64>,
-    /// For a first step: each state's constant initial value, or `None` for a copy of `p`.
-    init: Option<Vec<Option<f32>>>,
-    host: HostValues,
+    /// The kernel's reductions finalized so far (NaN before their stage).
+    reduced: Vec<f64>,
 }
 
 impl std::fmt::Debug for Optimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Optimizer")
             .field("rule", &self.rule.name())
-            .field("target", &self.target)
+            .field("target", &self.exec.target())
             .field("groups", &self.groups.len())
             .field("params", &self.params.len())
             .finish_non_exhaustive()

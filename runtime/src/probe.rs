@@ -1,13 +1,15 @@
 //! A memory-bandwidth probe with a kernel's read/write shape, for stating speed as a fraction of
 //! what this machine can move in the same run.
 //!
-//! Takes a kernel's buffer use ([`optc_kernel::Kernel::buffers`]: which buffers are read, which
-//! written) and a list of tensor lengths; owns buffers of that shape and makes one pass over them
-//! with a plain, vectorizable Rust loop: every element of every read buffer is loaded once and
-//! every written buffer is stored once, split into `(tensor, range)` work items the way the CPU
-//! executor splits them ([`crate::cpu::MIN_CHUNK`], [`crate::cpu::CHUNK_ALIGN`]), over the same
-//! rayon pool. The bytes it moves per element equal the kernel's
-//! [`optc_kernel::Kernel::bytes_per_element`], so `kernel time / probe time` is the kernel's
+//! Takes the buffer use of each pass a kernel makes over the data (one list per stage, each as
+//! [`optc_kernel::BufferUse`]: which buffers are read, which written) and a list of tensor
+//! lengths; owns one buffer per tensor per buffer the kernel touches and makes, per run, one pass
+//! over them per stage with a plain, vectorizable Rust loop: in each pass every element of every
+//! buffer read in that stage is loaded once and every buffer written in it is stored once (a pass
+//! that writes nothing sums what it reads, as a reduction does), split into `(tensor, range)`
+//! work items the way the CPU executor splits them ([`crate::cpu::MIN_CHUNK`],
+//! [`crate::cpu::CHUNK_ALIGN`]), over the same rayon pool. The bytes it moves per element are
+//! the sum over the passes, as for the kernel, so `kernel time / probe time` is the kernel's
 //! fraction of the bandwidth limit.
 
 use crate::cpu::{CHUNK_ALIGN, MIN_CHUNK};
@@ -19,18 +21,12 @@ const BLOCK: usize = 256;
 /// Chunks per thread for load balance (as the CPU executor).
 const CHUNKS_PER_THREAD: usize = 4;
 
-/// Buffers of one kernel's shape, and the pass that streams through them. See the module docs.
+/// Buffers of one kernel's shape, and the passes that stream through them. See the module docs.
 pub struct BandwidthProbe {
-    /// Per tensor: read-only, read-write and write-only buffers.
-    tensors: Vec<ProbeTensor>,
-    reads: usize,
-    writes: usize,
-}
-
-struct ProbeTensor {
-    read_only: Vec<Vec<f32>>,
-    read_write: Vec<Vec<f32>>,
-    write_only: Vec<Vec<f32>>,
+    /// Per tensor, one buffer per buffer position of the passes (empty where no pass uses it).
+    tensors: Vec<Vec<Vec<f32>>>,
+    /// Per pass, how it uses each buffer position.
+    passes: Vec<Vec<BufferUse>>,
 }
 
 /// One work item: matching ranges of one tensor's buffers.
@@ -41,67 +37,78 @@ struct Item<'a> {
 }
 
 impl BandwidthProbe {
-    /// Allocates buffers with the read/write shape of `buffers` for tensors of lengths `lens`,
+    /// A probe of one pass with the read/write shape of `buffers`, for tensors of lengths `lens`,
     /// filled with small non-zero values (no denormals).
     pub fn new(buffers: &[BufferUse], lens: &[usize]) -> Self {
-        let count = |read: bool, written: bool| {
-            buffers
-                .iter()
-                .filter(|b| b.read == read && b.written == written)
-                .count()
-        };
-        let (ro, rw, wo) = (count(true, false), count(true, true), count(false, true));
-        let make = |k: usize, n: usize, seed: usize| -> Vec<Vec<f32>> {
-            (0..k)
-                .map(|i| vec![0.25 + 0.125 * (seed + i) as f32; n])
-                .collect()
-        };
+        Self::with_passes(&[buffers.to_vec()], lens)
+    }
+
+    /// A probe of one pass per entry of `passes` (a staged kernel's stages, in order), each with
+    /// that read/write shape, over one set of buffers for tensors of lengths `lens`.
+    pub fn with_passes(passes: &[Vec<BufferUse>], lens: &[usize]) -> Self {
+        let slots = passes.iter().map(Vec::len).max().unwrap_or(0);
+        let touched: Vec<bool> = (0..slots)
+            .map(|k| {
+                passes
+                    .iter()
+                    .any(|p| p.get(k).is_some_and(|b| b.read || b.written))
+            })
+            .collect();
         BandwidthProbe {
             tensors: lens
                 .iter()
-                .map(|&n| ProbeTensor {
-                    read_only: make(ro, n, 0),
-                    read_write: make(rw, n, ro),
-                    write_only: make(wo, n, ro + rw),
+                .map(|&n| {
+                    touched
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &t)| {
+                            let fill = 0.25 + 0.125 * k as f32;
+                            if t {
+                                vec![fill; n]
+                            } else {
+                                Vec::new()
+                            }
+                        })
+                        .collect()
                 })
                 .collect(),
-            reads: ro + rw,
-            writes: rw + wo,
+            passes: passes.to_vec(),
         }
     }
 
-    /// Bytes one pass moves per element: 4 per buffer read and 4 per buffer written.
+    /// Bytes one run moves per element, over all its passes: 4 per buffer read and 4 per buffer
+    /// written in each pass.
     pub fn bytes_per_element(&self) -> usize {
-        4 * (self.reads + self.writes)
+        self.passes
+            .iter()
+            .flatten()
+            .map(|b| 4 * (usize::from(b.read) + usize::from(b.written)))
+            .sum()
     }
 
-    /// One pass over every buffer on `pool` (rayon's global pool when `None`).
+    /// One run: each pass in turn over every buffer, on `pool` (rayon's global pool when
+    /// `None`).
     pub fn run(&mut self, pool: Option<&rayon::ThreadPool>) {
         let threads = pool.map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
-        let lens: Vec<usize> = self.tensors.iter().map(ProbeTensor::len).collect();
-        let chunk = chunk_len(&lens, threads);
-        let scale = 0.5 / self.reads.max(1) as f32;
-        let mut items = Vec::new();
-        for t in &mut self.tensors {
-            split_tensor(t, chunk, &mut items);
-        }
-        let pass = move || items.into_par_iter().for_each(|item| stream(item, scale));
-        match pool {
-            Some(p) => p.install(pass),
-            None => pass(),
-        }
-    }
-}
-
-impl ProbeTensor {
-    fn len(&self) -> usize {
-        self.read_only
+        let lens: Vec<usize> = self
+            .tensors
             .iter()
-            .chain(&self.read_write)
-            .chain(&self.write_only)
-            .map(Vec::len)
-            .next()
-            .unwrap_or(0)
+            .map(|t| t.iter().map(Vec::len).max().unwrap_or(0))
+            .collect();
+        let chunk = chunk_len(&lens, threads);
+        for uses in &self.passes {
+            let reads = uses.iter().filter(|b| b.read).count();
+            let scale = 0.5 / reads.max(1) as f32;
+            let mut items = Vec::new();
+            for t in &mut self.tensors {
+                split_tensor(t, uses, chunk, &mut items);
+            }
+            let pass = move || items.into_par_iter().for_each(|item| stream(item, scale));
+            match pool {
+                Some(p) => p.install(pass),
+                None => pass(),
+            }
+        }
     }
 }
 
@@ -114,13 +121,32 @@ fn chunk_len(lens: &[usize], threads: usize) -> usize {
     target.max(MIN_CHUNK)
 }
 
-/// Cuts one tensor's buffers into work items of `chunk` elements (the last absorbs a remainder
-/// shorter than two chunks, as the executor does).
-fn split_tensor<'a>(t: &'a mut ProbeTensor, chunk: usize, items: &mut Vec<Item<'a>>) {
-    let len = t.len();
-    let mut ro: Vec<&'a [f32]> = t.read_only.iter().map(Vec::as_slice).collect();
-    let mut rw: Vec<&'a mut [f32]> = t.read_write.iter_mut().map(Vec::as_mut_slice).collect();
-    let mut wo: Vec<&'a mut [f32]> = t.write_only.iter_mut().map(Vec::as_mut_slice).collect();
+/// Cuts the buffers of one tensor that the pass `uses` touches into work items of `chunk`
+/// elements (the last absorbs a remainder shorter than two chunks, as the executor does).
+fn split_tensor<'a>(
+    t: &'a mut [Vec<f32>],
+    uses: &[BufferUse],
+    chunk: usize,
+    items: &mut Vec<Item<'a>>,
+) {
+    let mut ro: Vec<&'a [f32]> = Vec::new();
+    let mut rw: Vec<&'a mut [f32]> = Vec::new();
+    let mut wo: Vec<&'a mut [f32]> = Vec::new();
+    for (buf, u) in t.iter_mut().zip(uses) {
+        match (u.read, u.written) {
+            (true, false) => ro.push(buf.as_slice()),
+            (true, true) => rw.push(buf.as_mut_slice()),
+            (false, true) => wo.push(buf.as_mut_slice()),
+            (false, false) => {}
+        }
+    }
+    let len = ro
+        .iter()
+        .map(|s| s.len())
+        .chain(rw.iter().map(|s| s.len()))
+        .chain(wo.iter().map(|s| s.len()))
+        .max()
+        .unwrap_or(0);
     let mut rest = len;
     while rest > 0 {
         let take = if rest < 2 * chunk { rest } else { chunk };
@@ -149,8 +175,13 @@ fn split_tensor<'a>(t: &'a mut ProbeTensor, chunk: usize, items: &mut Vec<Item<'
     }
 }
 
-/// Streams one item: the fused loop for the common shapes, the blocked loop for the rest.
+/// Streams one item: the sum for a pass that writes nothing, the fused loop for the common
+/// shapes, the blocked loop for the rest.
 fn stream(item: Item<'_>, scale: f32) {
+    if item.read_write.is_empty() && item.write_only.is_empty() {
+        std::hint::black_box(sum(&item.read_only));
+        return;
+    }
     macro_rules! dispatch {
         ($(($ro:literal, $rw:literal, $wo:literal)),*) => {
             match (item.read_only.len(), item.read_write.len(), item.write_only.len()) {
@@ -248,6 +279,21 @@ fn fused<const RO: usize, const RW: usize, const WO: usize>(item: Item<'_>, scal
     }
 }
 
+/// The sum of every element of `bufs`, in `LANES` independent lanes (so that it vectorizes).
+fn sum(bufs: &[&[f32]]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    for s in bufs {
+        let body = s.len() - s.len() % LANES;
+        for i in (0..body).step_by(LANES) {
+            add_lanes(&mut acc, &s[i..i + LANES]);
+        }
+        for (a, x) in acc.iter_mut().zip(&s[body..]) {
+            *a += *x;
+        }
+    }
+    acc.iter().sum()
+}
+
 #[inline(always)]
 fn add_lanes(acc: &mut [f32; LANES], src: &[f32]) {
     for (a, x) in acc.iter_mut().zip(src) {
@@ -325,14 +371,44 @@ mod tests {
         assert_eq!(probe.bytes_per_element(), 28);
         probe.run(None);
         // Every read-write element went from its start value v to v/2 + (sum of reads)/8:
-        // reads are g = 0.25, p = 0.375, m = 0.5, v = 0.625, sum 1.75, scale 0.5/4.
-        for t in &probe.tensors {
-            for (buf, start) in t.read_write.iter().zip([0.375f32, 0.5, 0.625]) {
+        // reads are p = 0.25, g = 0.375, m = 0.5, v = 0.625, sum 1.75, scale 0.5/4.
+        for (t, &n) in probe.tensors.iter().zip(&lens) {
+            for k in [0, 2, 3] {
+                let start = 0.25 + 0.125 * k as f32;
                 let want = start * 0.5 + 1.75 * 0.125;
-                assert!(buf.iter().all(|&x| x == want), "{start}");
+                assert_eq!(t[k].len(), n);
+                assert!(t[k].iter().all(|&x| x == want), "{start}");
             }
-            assert!(t.read_only[0].iter().all(|&x| x == 0.25));
+            assert!(t[1].iter().all(|&x| x == 0.375));
         }
+    }
+
+    #[test]
+    fn staged_probe_moves_the_sum_of_its_passes() {
+        // Clipped AdamW: a pass that reads g only, then the AdamW pass; an unused buffer.
+        let mut g_only: Vec<BufferUse> = adamw_shape()
+            .into_iter()
+            .map(|b| BufferUse {
+                read: b.slot == Slot::Grad,
+                written: false,
+                ..b
+            })
+            .collect();
+        g_only.push(BufferUse {
+            slot: Slot::State(StateId(2)),
+            read: false,
+            written: false,
+        });
+        let lens = [MIN_CHUNK * 2 + 3, 17];
+        let mut probe = BandwidthProbe::with_passes(&[g_only, adamw_shape()], &lens);
+        assert_eq!(probe.bytes_per_element(), 4 + 28);
+        probe.run(None);
+        for t in &probe.tensors {
+            assert!(t[0].iter().all(|&x| x == 0.25 * 0.5 + 1.75 * 0.125));
+            assert!(t[1].iter().all(|&x| x == 0.375));
+            assert!(t[4].is_empty(), "a buffer no pass touches is not allocated");
+        }
+        assert_eq!(sum(&[&[1.0; 37], &[0.5; 3]]), 38.5);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! mismatch.
 
 use crate::error::{unknown_name, NameKind, RuntimeError};
-use optc_kernel::{FlagValue, HyperDecl, Kernel};
+use optc_kernel::artifact::PtxModule;
+use optc_kernel::{Artifact, FlagValue, HyperDecl, Kernel};
 
 /// An optimizer rule, ready to be specialized into kernels. See the module docs.
 pub struct Rule {
@@ -19,7 +20,7 @@ pub struct Rule {
 }
 
 enum Source {
-    Kernel(Box<Kernel>),
+    Kernel(Box<Kernel>, Option<PtxModule>),
     #[cfg(feature = "compiler")]
     Compiler(Box<optc_compiler::Rule>),
 }
@@ -34,8 +35,34 @@ impl Rule {
             name: kernel.rule.clone(),
             hypers: kernel.hypers.clone(),
             flags: kernel.flags.clone(),
-            source: Source::Kernel(Box::new(kernel)),
+            source: Source::Kernel(Box::new(kernel), None),
         })
+    }
+
+    /// A rule from a compiled artifact (`optc compile --target cuda`): its kernel and, for the
+    /// CUDA target, its PTX. Needs no compiler. Fails when the kernel does not validate.
+    pub fn from_artifact(artifact: Artifact) -> Result<Rule, RuntimeError> {
+        artifact.kernel.validate()?;
+        Ok(Rule {
+            name: artifact.kernel.rule.clone(),
+            hypers: artifact.kernel.hypers.clone(),
+            flags: artifact.kernel.flags.clone(),
+            source: Source::Kernel(Box::new(artifact.kernel), artifact.ptx),
+        })
+    }
+
+    /// Parses an artifact's JSON (`*.optc.json`) into a rule ([`Rule::from_artifact`]).
+    pub fn from_artifact_json(json: &str) -> Result<Rule, RuntimeError> {
+        Rule::from_artifact(Artifact::from_json(json)?)
+    }
+
+    /// The PTX this rule came with (an artifact's); `None` for rules compiled in process.
+    pub(crate) fn ptx(&self) -> Option<&PtxModule> {
+        match &self.source {
+            Source::Kernel(_, ptx) => ptx.as_ref(),
+            #[cfg(feature = "compiler")]
+            Source::Compiler(_) => None,
+        }
     }
 
     /// A rule parsed and checked by the compiler; kernels are specialized from it on demand.
@@ -122,21 +149,6 @@ impl Rule {
         &self.flags
     }
 
-    /// The position of hyper `name`, or an error with a did-you-mean hint.
-    pub(crate) fn hyper_index(&self, name: &str) -> Result<usize, RuntimeError> {
-        self.hypers
-            .iter()
-            .position(|h| h.name == name)
-            .ok_or_else(|| {
-                unknown_name(
-                    NameKind::Hyper,
-                    name,
-                    format!("in rule `{}`", self.name),
-                    self.hypers.iter().map(|h| h.name.as_str()),
-                )
-            })
-    }
-
     /// The full flag vector (declaration order) for the defaults overridden by `set`.
     pub(crate) fn resolve_flags(&self, set: &[(&str, bool)]) -> Result<Vec<bool>, RuntimeError> {
         let mut values: Vec<bool> = self.flags.iter().map(|f| f.value).collect();
@@ -158,10 +170,17 @@ impl Rule {
         Ok(values)
     }
 
-    /// The kernel specialized for `flags` (a full vector from [`Rule::resolve_flags`]).
-    pub(crate) fn specialize(&self, flags: &[bool]) -> Result<Kernel, RuntimeError> {
+    /// The kernel specialized for `flags` (a full vector from [`Rule::resolve_flags`]), with
+    /// clipping by global norm (the hyper `max_grad_norm`) when `clip`.
+    pub(crate) fn specialize(&self, flags: &[bool], clip: bool) -> Result<Kernel, RuntimeError> {
         match &self.source {
-            Source::Kernel(kernel) => {
+            Source::Kernel(kernel, _) => {
+                if clip && kernel.grad_norm_reduction().is_none() {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "the prebuilt kernel of rule `{}` was compiled without clipping; compile it with `optc compile --set max_grad_norm=V` to clip",
+                        self.name
+                    )));
+                }
                 for (decl, &want) in self.flags.iter().zip(flags) {
                     if decl.value != want {
                         return Err(RuntimeError::FixedFlag {
@@ -174,9 +193,11 @@ impl Rule {
                 Ok((**kernel).clone())
             }
             #[cfg(feature = "compiler")]
-            Source::Compiler(rule) => rule
-                .specialize_values(flags)
-                .map_err(|e| RuntimeError::Compile(e.to_string())),
+            Source::Compiler(rule) => {
+                let options = optc_compiler::CompileOptions { clip };
+                rule.specialize_values_with(flags, &options)
+                    .map_err(|e| RuntimeError::Compile(e.to_string()))
+            }
         }
     }
 }

@@ -185,7 +185,7 @@ fn step_counts_and_scalars_are_per_parameter() {
         &[g[1].clone()],
     );
     let got = opt.states("b").expect("b");
-    assert_eq!(bits(got[0].1), bits(&states[0]));
+    assert_eq!(bits(&got[0].1), bits(&states[0]));
     assert_eq!(got[1].1[0], 2.0 + g[1][0]);
     assert_ne!(bits(&states[0]), bits(&before), "the step changes slow");
 }

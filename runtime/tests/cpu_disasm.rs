@@ -29,7 +29,7 @@ fn cpu_disasm_adamw() {
         fma: has_fma,
         ..Default::default()
     };
-    let func = optc_compiler::backend::clif::emit(&k, &opts).expect("lowers");
+    let func = optc_compiler::backend::clif::emit_stage(&k, 0, &opts).expect("lowers");
     let mut ctx = cranelift_codegen::Context::for_function(func);
     ctx.set_disasm(true);
     let mut ctrl = cranelift_codegen::control::ControlPlane::default();

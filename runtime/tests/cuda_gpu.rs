@@ -1,6 +1,7 @@
 //! GPU results against the reference interpreter, for every stdlib rule in every flag
-//! combination and the hand-built kernels: single tensors (vector and scalar entries),
-//! many tensors in one multi-tensor launch, hyper changes, special values, state round trips.
+//! combination and the hand-built kernels, through the one `Optimizer` on `Target::Cuda`: single
+//! tensors, misaligned views, many tensors in one launch, hyper changes, special values, host
+//! slices, and checkpoints saved on the GPU and resumed.
 //!
 //! Needs an NVIDIA GPU and driver; without one each test prints why it is skipped and passes,
 //! unless `OPTC_REQUIRE_GPU` is set (as on GPU CI machines), where it fails.
@@ -12,9 +13,11 @@
 mod ptx_kernels;
 
 use optc_compiler::backend::interp::{step_f32, Buffers};
-use optc_compiler::backend::ptx::{emit, Options};
 use optc_kernel::{BinaryOp, Expr, Init, Kernel, UnaryOp};
-use optc_runtime::cuda::{devices, driver_available, CudaOptimizer, ParamId};
+use optc_runtime::cuda::cudarc::driver::CudaStream;
+use optc_runtime::cuda::{devices, driver_available};
+use optc_runtime::{Optimizer, Options, Rule, Target, Update};
+use std::sync::Arc;
 
 /// Whether a GPU is present; prints the reason when not (and fails under `OPTC_REQUIRE_GPU`).
 fn gpu_present(test: &str) -> bool {
@@ -147,26 +150,34 @@ impl Reference {
         step_f32(k, hypers, self.t, &mut self.scalars, bufs).expect("interpreter step");
     }
 
-    fn compare(&self, k: &Kernel, opt: &CudaOptimizer, id: ParamId, p: &[f32], what: &str) {
+    fn compare(&self, k: &Kernel, opt: &Optimizer, name: &str, p: &[f32], what: &str) {
         let rel = tolerance(k);
         check(&format!("{} {what}: p", k.rule), p, &self.p, rel);
-        for (s, want) in k.states.iter().zip(&self.states) {
-            let got = opt.state(id, &s.name).expect("state");
-            check(
-                &format!("{} {what}: state {}", k.rule, s.name),
-                &got,
-                want,
-                rel,
-            );
+        let states = opt.states(name).expect("states");
+        assert_eq!(states.len(), self.states.len(), "{what}: state count");
+        for ((s, got), want) in states.iter().zip(&self.states) {
+            check(&format!("{} {what}: state {s}", k.rule), got, want, rel);
         }
-        assert_eq!(opt.steps(id).expect("steps"), self.t);
-        assert_eq!(opt.scalars(id).expect("scalars"), self.scalars.as_slice());
+        assert_eq!(opt.step_count(name).expect("steps"), self.t);
+        let scalars: Vec<f64> = opt
+            .scalars(name)
+            .expect("scalars")
+            .iter()
+            .map(|s| s.1)
+            .collect();
+        assert_eq!(scalars, self.scalars);
     }
 }
 
-fn load(k: &Kernel) -> CudaOptimizer {
-    let ptx = emit(k, &Options::default()).expect("emit");
-    CudaOptimizer::new(k.clone(), &ptx, 0).expect("load on device 0")
+fn load(k: &Kernel) -> (Optimizer, Arc<CudaStream>) {
+    let options = Options {
+        target: Target::Cuda,
+        ..Options::default()
+    };
+    let opt = Optimizer::with_options(Rule::from_kernel(k.clone()).expect("rule"), options)
+        .expect("load on device 0");
+    let stream = opt.cuda_stream().expect("a CUDA optimizer").clone();
+    (opt, stream)
 }
 
 #[test]
@@ -176,12 +187,11 @@ fn single_tensor_steps_match_the_interpreter() {
     }
     for k in kernels() {
         for n in [0usize, 1, 3, 4, 1027, 70_001] {
-            let mut opt = load(&k);
-            let stream = opt.stream().clone();
+            let (mut opt, stream) = load(&k);
             let mut hypers = k.default_hypers();
             let p0 = data(n, 1);
             let mut p = stream.clone_htod(&p0).expect("upload p");
-            let id = opt.add_param(&p).expect("add_param");
+            opt.add_param("w", &[n]).expect("add_param");
             let mut reference = Reference::new(&k, &hypers, &p0);
             for step in 0..3u64 {
                 if step == 2 {
@@ -192,24 +202,45 @@ fn single_tensor_steps_match_the_interpreter() {
                 }
                 let g0 = data(n, 100 + step);
                 let g = stream.clone_htod(&g0).expect("upload g");
-                opt.step(id, &mut p, &g).expect("step");
+                opt.step([Update::cuda("w", &mut p, &g, &stream)])
+                    .expect("step");
                 reference.step(&k, &hypers, &g0);
                 let got = stream.clone_dtoh(&p).expect("download p");
-                reference.compare(&k, &opt, id, &got, &format!("n={n} step {}", step + 1));
+                reference.compare(&k, &opt, "w", &got, &format!("n={n} step {}", step + 1));
             }
         }
     }
 }
 
 #[test]
-fn misaligned_buffers_use_the_scalar_entry_and_match() {
-    if !gpu_present("misaligned_buffers_use_the_scalar_entry_and_match") {
+fn host_slices_step_on_the_gpu_and_match() {
+    if !gpu_present("host_slices_step_on_the_gpu_and_match") {
+        return;
+    }
+    for k in kernels() {
+        let n = 5000;
+        let (mut opt, _stream) = load(&k);
+        let hypers = k.default_hypers();
+        let mut p = data(n, 21);
+        opt.add_param("w", &[n]).expect("add_param");
+        let mut reference = Reference::new(&k, &hypers, &p);
+        for step in 0..2u64 {
+            let g = data(n, 200 + step);
+            opt.step([Update::new("w", &mut p, &g)]).expect("step");
+            reference.step(&k, &hypers, &g);
+        }
+        reference.compare(&k, &opt, "w", &p, "host slices");
+    }
+}
+
+#[test]
+fn misaligned_buffers_match() {
+    if !gpu_present("misaligned_buffers_match") {
         return;
     }
     for k in kernels() {
         let n = 4099;
-        let mut opt = load(&k);
-        let stream = opt.stream().clone();
+        let (mut opt, stream) = load(&k);
         let hypers = k.default_hypers();
         let p0 = data(n + 1, 7);
         let g0 = data(n + 1, 8);
@@ -218,41 +249,41 @@ fn misaligned_buffers_use_the_scalar_entry_and_match() {
         // Views that start one element in: 4-byte but not 16-byte aligned.
         let mut p = p_all.slice_mut(1..);
         let g = g_all.slice(1..);
-        let id = opt.add_param(&p).expect("add_param");
+        opt.add_param("w", &[n]).expect("add_param");
         let mut reference = Reference::new(&k, &hypers, &p0[1..]);
         for _ in 0..2 {
-            opt.step(id, &mut p, &g).expect("step");
+            opt.step([Update::cuda("w", &mut p, &g, &stream)])
+                .expect("step");
             reference.step(&k, &hypers, &g0[1..]);
         }
         let got = stream.clone_dtoh(&p).expect("download");
-        reference.compare(&k, &opt, id, &got, "misaligned");
+        reference.compare(&k, &opt, "w", &got, "misaligned");
     }
 }
 
 #[test]
-fn one_multi_tensor_launch_matches_per_tensor_interpretation() {
-    if !gpu_present("one_multi_tensor_launch_matches_per_tensor_interpretation") {
+fn one_launch_over_many_tensors_matches_per_tensor_interpretation() {
+    if !gpu_present("one_launch_over_many_tensors_matches_per_tensor_interpretation") {
         return;
     }
     for k in kernels() {
         let lens = [5usize, 4096, 33_001, 1, 0, 100_003];
-        let mut opt = load(&k);
-        let stream = opt.stream().clone();
+        let names: Vec<String> = (0..lens.len()).map(|i| format!("t{i}")).collect();
+        let (mut opt, stream) = load(&k);
         let hypers = k.default_hypers();
         let mut ps = Vec::new();
         let mut refs = Vec::new();
-        let mut ids = Vec::new();
         for (i, &n) in lens.iter().enumerate() {
             let p0 = data(n, 10 + i as u64);
-            let p = stream.clone_htod(&p0).expect("upload");
-            ids.push(opt.add_param(&p).expect("add_param"));
+            ps.push(stream.clone_htod(&p0).expect("upload"));
+            opt.add_param(&names[i], &[n]).expect("add_param");
             refs.push(Reference::new(&k, &hypers, &p0));
-            ps.push(p);
         }
         // Tensor 1 takes a step alone first, so its step count (and uniforms) differ.
         let g1 = data(lens[1], 99);
         let g1_dev = stream.clone_htod(&g1).expect("upload");
-        opt.step(ids[1], &mut ps[1], &g1_dev).expect("step");
+        opt.step([Update::cuda(&names[1], &mut ps[1], &g1_dev, &stream)])
+            .expect("step");
         refs[1].step(&k, &hypers, &g1);
         for round in 0..2u64 {
             let gs0: Vec<Vec<f32>> = lens
@@ -264,20 +295,19 @@ fn one_multi_tensor_launch_matches_per_tensor_interpretation() {
                 .iter()
                 .map(|g| stream.clone_htod(g).expect("upload"))
                 .collect();
-            let mut items: Vec<_> = ps
-                .iter_mut()
+            let updates = names
+                .iter()
+                .zip(ps.iter_mut())
                 .zip(&gs)
-                .zip(&ids)
-                .map(|((p, g), id)| (*id, p, g))
-                .collect();
-            opt.step_many(&mut items).expect("step_many");
+                .map(|((n, p), g)| Update::cuda(n, p, g, &stream));
+            opt.step(updates).expect("step");
             for (r, g) in refs.iter_mut().zip(&gs0) {
                 r.step(&k, &hypers, g);
             }
         }
-        for ((r, p), id) in refs.iter().zip(&ps).zip(&ids) {
+        for ((r, p), name) in refs.iter().zip(&ps).zip(&names) {
             let got = stream.clone_dtoh(p).expect("download");
-            r.compare(&k, &opt, *id, &got, &format!("multi tensor {}", id.index()));
+            r.compare(&k, &opt, name, &got, &format!("multi tensor {name}"));
         }
     }
 }
@@ -306,8 +336,7 @@ fn special_values_follow_the_op_definitions() {
         ptx_kernels::exp_log_pow(),
         ptx_kernels::adamw(),
     ] {
-        let mut opt = load(&k);
-        let stream = opt.stream().clone();
+        let (mut opt, stream) = load(&k);
         let hypers = k.default_hypers();
         let mut p0 = Vec::new();
         let mut g0 = Vec::new();
@@ -319,31 +348,50 @@ fn special_values_follow_the_op_definitions() {
         }
         let mut p = stream.clone_htod(&p0).expect("upload");
         let g = stream.clone_htod(&g0).expect("upload");
-        let id = opt.add_param(&p).expect("add_param");
+        opt.add_param("w", &[p0.len()]).expect("add_param");
         let mut reference = Reference::new(&k, &hypers, &p0);
-        opt.step(id, &mut p, &g).expect("step");
+        opt.step([Update::cuda("w", &mut p, &g, &stream)])
+            .expect("step");
         reference.step(&k, &hypers, &g0);
         let got = stream.clone_dtoh(&p).expect("download");
-        reference.compare(&k, &opt, id, &got, "special values");
+        reference.compare(&k, &opt, "w", &got, "special values");
     }
 }
 
 #[test]
-fn states_and_progress_round_trip() {
-    if !gpu_present("states_and_progress_round_trip") {
+fn checkpoints_saved_on_the_gpu_resume_exactly() {
+    if !gpu_present("checkpoints_saved_on_the_gpu_resume_exactly") {
         return;
     }
     let k = ptx_kernels::exp_log_pow();
-    let mut opt = load(&k);
-    let stream = opt.stream().clone();
-    let p = stream.clone_htod(&data(10, 3)).expect("upload");
-    let id = opt.add_param(&p).expect("add_param");
-    let acc = data(10, 4);
-    opt.set_state(id, "acc", &acc).expect("set_state");
-    assert_eq!(opt.state(id, "acc").expect("state"), acc);
-    opt.set_progress(id, 7, &[0.25]).expect("set_progress");
-    assert_eq!(opt.steps(id).expect("steps"), 7);
-    assert!(opt.set_state(id, "acc", &acc[..3]).is_err());
-    assert!(opt.state(id, "nope").is_err());
+    let hypers = k.default_hypers();
+    let (mut opt, stream) = load(&k);
+    let p0 = data(1000, 3);
+    let mut p = stream.clone_htod(&p0).expect("upload");
+    opt.add_param("w", &[1000]).expect("add_param");
+    let mut reference = Reference::new(&k, &hypers, &p0);
+    let g0 = data(1000, 4);
+    let g = stream.clone_htod(&g0).expect("upload");
+    opt.step([Update::cuda("w", &mut p, &g, &stream)])
+        .expect("step");
+    reference.step(&k, &hypers, &g0);
+    let saved = opt.to_bytes().expect("save");
+    let (mut resumed, _) = load(&k);
+    resumed.add_param("w", &[1000]).expect("add_param");
+    resumed.load_bytes(&saved).expect("load");
+    let after_one = stream.clone_dtoh(&p).expect("download");
+    let mut q = stream.clone_htod(&after_one).expect("upload");
+    opt.step([Update::cuda("w", &mut p, &g, &stream)])
+        .expect("step");
+    resumed
+        .step([Update::cuda("w", &mut q, &g, &stream)])
+        .expect("step");
+    reference.step(&k, &hypers, &g0);
+    let got = stream.clone_dtoh(&q).expect("download");
+    reference.compare(&k, &resumed, "w", &got, "resumed");
+    assert_eq!(
+        resumed.states("w").expect("states"),
+        opt.states("w").expect("states")
+    );
     assert!(opt.set_hyper("nope", 1.0).is_err());
 }

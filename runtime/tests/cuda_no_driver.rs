@@ -5,9 +5,17 @@
 #[path = "../../compiler/tests/ptx_kernels/mod.rs"]
 mod ptx_kernels;
 
-use optc_compiler::backend::ptx::{emit, Options};
+use optc_compiler::backend::ptx::{emit, Options as PtxOptions};
 use optc_kernel::Artifact;
-use optc_runtime::cuda::{copy_bandwidth, devices, driver_available, CudaError, CudaOptimizer};
+use optc_runtime::cuda::{copy_bandwidth, devices, driver_available, CudaError};
+use optc_runtime::{Optimizer, Options, Rule, RuntimeError, Target};
+
+fn cuda() -> Options {
+    Options {
+        target: Target::Cuda,
+        ..Options::default()
+    }
+}
 
 #[test]
 fn entry_points_fail_cleanly_without_a_driver() {
@@ -16,17 +24,21 @@ fn entry_points_fail_cleanly_without_a_driver() {
         return;
     }
     let kernel = ptx_kernels::adamw();
-    let ptx = emit(&kernel, &Options::default()).expect("emit");
-    let err = CudaOptimizer::new(kernel.clone(), &ptx, 0)
-        .err()
-        .expect("no driver");
-    assert!(matches!(err, CudaError::NoDriver), "{err}");
+    let rule = Rule::from_kernel(kernel.clone()).expect("rule");
+    let err = Optimizer::with_options(rule, cuda()).expect_err("no driver");
+    assert!(
+        matches!(err, RuntimeError::Cuda(CudaError::NoDriver)),
+        "{err}"
+    );
     assert!(err.to_string().contains("no CUDA driver"), "{err}");
+    let ptx = emit(&kernel, &PtxOptions::default()).expect("emit");
     let artifact = Artifact::new(kernel, Some(ptx));
-    let err = CudaOptimizer::from_artifact_json(&artifact.to_json().expect("serialize"), 0)
-        .err()
-        .expect("no driver");
-    assert!(matches!(err, CudaError::NoDriver), "{err}");
+    let rule = Rule::from_artifact_json(&artifact.to_json().expect("serialize")).expect("rule");
+    let err = Optimizer::with_options(rule, cuda()).expect_err("no driver");
+    assert!(
+        matches!(err, RuntimeError::Cuda(CudaError::NoDriver)),
+        "{err}"
+    );
     assert!(matches!(devices(), Err(CudaError::NoDriver)));
     assert!(matches!(
         copy_bandwidth(0, 1 << 20, 3),
@@ -36,23 +48,12 @@ fn entry_points_fail_cleanly_without_a_driver() {
 
 #[test]
 fn artifact_problems_are_reported_before_touching_the_driver() {
-    let kernel = ptx_kernels::sgd_selects();
-    let no_ptx = Artifact::new(kernel.clone(), None);
-    let err = CudaOptimizer::from_artifact(&no_ptx, 0)
-        .err()
-        .expect("no PTX");
-    assert!(matches!(err, CudaError::NoPtx(_)), "{err}");
-    assert!(err.to_string().contains("--target cuda"), "{err}");
-    let err = CudaOptimizer::from_artifact_json("{ not json", 0)
-        .err()
-        .expect("bad json");
-    assert!(matches!(err, CudaError::Artifact(_)), "{err}");
-    let mut broken = kernel;
+    let err = Rule::from_artifact_json("{ not json").expect_err("bad json");
+    assert!(matches!(err, RuntimeError::Artifact(_)), "{err}");
+    let mut broken = ptx_kernels::sgd_selects();
+    let ptx = emit(&broken, &PtxOptions::default()).expect("emit");
     let dup = broken.stages[0].stores[0];
     broken.stages[0].stores.push(dup);
-    let ptx = emit(&ptx_kernels::sgd_selects(), &Options::default()).expect("emit");
-    let err = CudaOptimizer::new(broken, &ptx, 0)
-        .err()
-        .expect("invalid kernel");
-    assert!(matches!(err, CudaError::Kernel(_)), "{err}");
+    let err = Rule::from_artifact(Artifact::new(broken, Some(ptx))).expect_err("invalid kernel");
+    assert!(matches!(err, RuntimeError::Kernel(_)), "{err}");
 }

@@ -6,10 +6,11 @@
 //! [`Optimizer`] API (what a user gets: host program, validation and one pass of the pool per
 //! step), interleaved with passes of a [`BandwidthProbe`] of the same read/write shape on the
 //! same pool, so both see the same machine state. Reports median times, elements/s, bytes/s
-//! (from [`optc_kernel::Kernel::bytes_per_element`]) and the kernel's fraction of the probe;
+//! (from [`optc_kernel::Kernel::bytes_per_element`], summed over the stages) and the kernel's
+//! fraction of the probe, which makes one pass per stage with the same reads and writes;
 //! `--json` prints one JSON object as the last line.
 
-use super::source::{load_rule, split_sets};
+use super::source::{load_rule, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use optc_runtime::probe::BandwidthProbe;
@@ -41,7 +42,8 @@ pub struct BenchArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
-    /// Set a hyper or a flag (`--set amsgrad=true`); repeatable.
+    /// Set a hyper or a flag (`--set amsgrad=true`); `--set max_grad_norm=V` clips by the
+    /// global gradient norm, as torch.nn.utils.clip_grad_norm_ before the step; repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
     /// Where to run. On CUDA the probe is a device-to-device copy of the same number of bytes.
@@ -114,7 +116,9 @@ pub struct BenchReport {
     pub threads: usize,
     /// Timed iterations.
     pub iters: usize,
-    /// Bytes the kernel moves per element.
+    /// Passes over the data per step (the kernel's stages).
+    pub passes: usize,
+    /// Bytes the kernel moves per element, summed over its passes.
     pub bytes_per_element: usize,
     /// Median seconds per kernel step.
     pub step_s: f64,
@@ -159,6 +163,7 @@ impl BenchReport {
             tensors,
             threads,
             iters: steps.len(),
+            passes: kernel.stages.len(),
             bytes_per_element: bpe,
             step_s,
             step_min_s: steps
@@ -179,20 +184,21 @@ impl BenchReport {
 /// Runs `optc bench`.
 pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let compiled = load_rule(&args.rule)?;
-    let (flags, hypers) = split_sets(&compiled, &args.set)?;
+    let (flags, mut hypers) = split_sets(&compiled, &args.set)?;
+    let max_grad_norm = take_max_grad_norm(&compiled, &mut hypers);
     let shapes = match args.shapes {
         Some(ShapePreset::Gpt2Small) => gpt2_small(),
         None => even_split(args.n, args.tensors)?,
     };
+    let options = Options {
+        flags,
+        max_grad_norm,
+        ..Options::default()
+    };
+    let rule = Rule::from_compiled(compiled);
     let report = match args.target {
-        BenchTarget::Cpu => bench(
-            Rule::from_compiled(compiled),
-            flags,
-            &hypers,
-            &shapes,
-            &args,
-        )?,
-        BenchTarget::Cuda => super::cuda::bench(&compiled, &flags, &hypers, &shapes, &args)?,
+        BenchTarget::Cpu => bench(rule, options, &hypers, &shapes, &args)?,
+        BenchTarget::Cuda => super::cuda::bench(rule, options, &hypers, &shapes, &args)?,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -217,7 +223,7 @@ fn even_split(n: usize, k: usize) -> Result<Vec<(String, Vec<usize>)>, String> {
 /// Times the kernel through the optimizer and the probe on the same pool, interleaved.
 pub fn bench(
     rule: Rule,
-    flags: Vec<(String, bool)>,
+    options: Options,
     hypers: &[(String, f64)],
     shapes: &[(String, Vec<usize>)],
     args: &BenchArgs,
@@ -229,8 +235,7 @@ pub fn bench(
     let pool = Arc::new(builder.build()?);
     let options = Options {
         pool: Some(pool.clone()),
-        flags: flags.clone(),
-        ..Options::default()
+        ..options
     };
     let mut opt = Optimizer::with_options(rule, options)?;
     for (name, value) in hypers {
@@ -249,7 +254,12 @@ pub fn bench(
     // Small values: a long run stays finite for any rule.
     let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| fill(n, 0.5)).collect();
     let grads: Vec<Vec<f32>> = lens.iter().map(|&n| fill(n, 1e-3)).collect();
-    let mut probe = BandwidthProbe::new(&kernel.buffers(), &lens);
+    // The probe makes one pass per stage with that stage's reads and writes: the same summed
+    // traffic as the step.
+    let passes: Vec<_> = (0..kernel.stages.len())
+        .map(|s| kernel.stage_buffers(s))
+        .collect();
+    let mut probe = BandwidthProbe::with_passes(&passes, &lens);
 
     let total = args.warmup + args.iters.max(1);
     let bar = progress(total, elements);
@@ -341,13 +351,14 @@ fn print_report(r: &BenchReport) {
     let g = 1e9;
     let flags: Vec<String> = r.flags.iter().map(|(n, v)| format!("{n}={v}")).collect();
     println!(
-        "rule {} [{}]: {} elements in {} tensor(s), {} thread(s), {} B/element",
+        "rule {} [{}]: {} elements in {} tensor(s), {} thread(s), {} B/element over {} pass(es)",
         r.rule,
         flags.join(", "),
         r.elements,
         r.tensors,
         r.threads,
-        r.bytes_per_element
+        r.bytes_per_element,
+        r.passes
     );
     println!(
         "kernel: {:.3} ms/step (median of {}, min {:.3} ms), {:.3} G elements/s, {:.1} GB/s",
@@ -358,7 +369,7 @@ fn print_report(r: &BenchReport) {
         r.bytes_per_s / g
     );
     println!(
-        "probe:  {:.3} ms/pass, {:.1} GB/s (same reads and writes, plain Rust loop, same pool)",
+        "probe:  {:.3} ms/step, {:.1} GB/s (same reads and writes per pass, plain Rust loop, same pool)",
         r.probe_s * 1e3,
         r.probe_bytes_per_s / g
     );

@@ -40,7 +40,9 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
     /// Set a hyper or flag: `RULE:NAME=VALUE` for one rule, `NAME=VALUE` for every rule that
-    /// declares NAME. RULE is the label in the table (the rule's `optimizer` name). Repeatable.
+    /// declares NAME. RULE is the label in the table (the rule's `optimizer` name).
+    /// `max_grad_norm=V` clips every compiled rule by the global gradient norm, as
+    /// torch.nn.utils.clip_grad_norm_ before each step. Repeatable.
     #[arg(long = "set", value_name = "RULE:NAME=VALUE")]
     pub set: Vec<String>,
     /// What runs compiled rules: `cpu` (the JIT a training loop uses) or `interp` (the reference
@@ -162,6 +164,7 @@ pub fn apply_set(contenders: &mut [Box<dyn Contender>], arg: &str) -> Result<(),
             let declares = |c: &dyn Contender| {
                 c.hypers().iter().any(|(n, _)| n == name)
                     || c.flags().iter().any(|(n, _)| n == name)
+                    || (name == crate::compare::stepper::MAX_GRAD_NORM && c.clips())
             };
             let mut applied = false;
             for c in contenders.iter_mut() {
@@ -195,7 +198,8 @@ pub fn write_outputs(c: &Comparison, dir: &std::path::Path) -> Result<(), Compar
     let json_path = dir.join("results.json");
     let json =
         serde_json::to_string(&c.thinned(JSON_POINTS)).map_err(|e| output(&json_path, &e))?;
-    std::fs::write(&json_path, json).map_err(|e| output(&json_path, &e))?;
+    optc_runtime::atomic::write_atomic(&json_path, json.as_bytes())
+        .map_err(|e| output(&json_path, &e))?;
     let png_path = dir.join("curves.png");
     match plot::write_curves(c, &png_path)? {
         plot::PlotNote::Complete => {}

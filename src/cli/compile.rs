@@ -1,6 +1,6 @@
 //! `optc compile RULE [--target cpu|cuda] [--emit ir|clif|ptx|artifact] [--set flag=v]... [-o OUT]`
 
-use super::source::{load_rule, split_sets};
+use super::source::{load_rule, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
 use std::process::ExitCode;
 
@@ -37,7 +37,8 @@ pub struct CompileArgs {
     /// What to produce (default: `ir` for cpu, `artifact` for cuda).
     #[arg(long, value_enum)]
     pub emit: Option<Emit>,
-    /// Flag values, as `--set amsgrad=true` (hypers are runtime values and are not compiled in).
+    /// Flag values, as `--set amsgrad=true` (hypers are runtime values and are not compiled in);
+    /// `--set max_grad_norm=V` compiles in clipping by global norm (threshold V by default).
     #[arg(long = "set", value_name = "FLAG=VALUE")]
     pub sets: Vec<String>,
     /// PTX `.version` (cuda).
@@ -57,7 +58,8 @@ pub struct CompileArgs {
 /// Compiles and prints or writes the requested form.
 pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let rule = load_rule(&args.rule)?;
-    let (flags, hypers) = split_sets(&rule, &args.sets)?;
+    let (flags, mut hypers) = split_sets(&rule, &args.sets)?;
+    let max_grad_norm = take_max_grad_norm(&rule, &mut hypers);
     if let Some((name, _)) = hypers.first() {
         return Err(format!(
             "`--set {name}=...`: `{name}` is a hyper, a runtime value; `compile` takes flags only (hypers are set with `optc run --set` or the runtime API)"
@@ -65,7 +67,21 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .into());
     }
     let overrides: Vec<(&str, bool)> = flags.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-    let kernel = rule.specialize(&overrides)?;
+    // Clipping by global norm is compiled in; its threshold is the hyper `max_grad_norm`, whose
+    // default becomes the value given.
+    let options = optc_compiler::CompileOptions {
+        clip: max_grad_norm.is_some(),
+    };
+    let mut kernel = rule.specialize_with(&overrides, &options)?;
+    if let Some(v) = max_grad_norm {
+        for h in kernel
+            .hypers
+            .iter_mut()
+            .filter(|h| h.name == "max_grad_norm")
+        {
+            h.default = v;
+        }
+    }
     let emit = args.emit.unwrap_or(match args.target {
         Target::Cpu => Emit::Ir,
         Target::Cuda => Emit::Artifact,
@@ -91,7 +107,7 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     };
     match &args.output {
-        Some(path) => std::fs::write(path, text)
+        Some(path) => optc_runtime::atomic::write_atomic(path, text.as_bytes())
             .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?,
         None => super::print_out(&text)?,
     }

@@ -1,87 +1,18 @@
-//! The CUDA paths of `optc run` and `optc bench`, on `optc_runtime::cuda`.
+//! The CUDA parts of `optc run` and `optc bench`, on the one `Optimizer` with `Target::Cuda`.
 //!
 //! Without the `cuda` feature these return a clear error that says how to get a CUDA build.
 
-use super::run::{CliResult, Final, Tensor};
+use super::run::CliResult;
 
-/// Compiles `rule` for `flags` to PTX and loads it on GPU 0 with `hypers` set.
+/// The target `optc run --target cuda` uses: GPU 0.
 #[cfg(feature = "cuda")]
-fn load(
-    rule: &optc_compiler::Rule,
-    flags: &[(String, bool)],
-    hypers: &[(String, f64)],
-) -> CliResult<(optc_kernel::Kernel, optc_runtime::cuda::CudaOptimizer)> {
-    let overrides: Vec<(&str, bool)> = flags.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-    let kernel = rule.specialize(&overrides)?;
-    let ptx = optc_compiler::backend::ptx::emit(&kernel, &Default::default())?;
-    let mut opt = optc_runtime::cuda::CudaOptimizer::new(kernel.clone(), &ptx, 0)?;
-    for (name, value) in hypers {
-        opt.set_hyper(name, *value)?;
-    }
-    Ok((kernel, opt))
-}
-
-/// Steps every tensor `steps` times on GPU 0 and returns the final states; the tensors' data is
-/// replaced by the final parameters.
-#[cfg(feature = "cuda")]
-pub(crate) fn run_steps(
-    rule_spec: &str,
-    flags: &[(String, bool)],
-    hypers: &[(String, f64)],
-    tensors: &mut [Tensor<'_>],
-    steps: usize,
-) -> CliResult<Vec<Final>> {
-    let rule = super::source::load_rule(rule_spec)?;
-    let (kernel, mut opt) = load(&rule, flags, hypers)?;
-    let stream = opt.stream().clone();
-    let mut params = Vec::with_capacity(tensors.len());
-    let mut ids = Vec::with_capacity(tensors.len());
-    for t in tensors.iter() {
-        let p = stream.clone_htod(&t.data)?;
-        ids.push(opt.add_param(&p)?);
-        params.push(p);
-    }
-    for k in 0..steps {
-        let mut grads = Vec::with_capacity(tensors.len());
-        for t in tensors.iter() {
-            grads.push(stream.clone_htod(&t.grad_row(k)?)?);
-        }
-        let mut items: Vec<_> = ids
-            .iter()
-            .zip(params.iter_mut())
-            .zip(grads.iter())
-            .map(|((id, p), g)| (*id, p, g))
-            .collect();
-        opt.step_many(&mut items)?;
-    }
-    opt.synchronize()?;
-    let mut finals = Vec::with_capacity(tensors.len());
-    for ((t, p), id) in tensors.iter_mut().zip(&params).zip(&ids) {
-        t.data = stream.clone_dtoh(p)?;
-        let mut states = Vec::new();
-        for s in &kernel.states {
-            states.push((s.name.clone(), opt.state(*id, &s.name)?));
-        }
-        let scalars = kernel
-            .scalars
-            .iter()
-            .map(|s| s.name.clone())
-            .zip(opt.scalars(*id)?.iter().copied())
-            .collect();
-        finals.push(Final { states, scalars });
-    }
-    Ok(finals)
+pub(crate) fn target() -> CliResult<optc_runtime::Target> {
+    Ok(optc_runtime::Target::Cuda)
 }
 
 /// Without CUDA support compiled in: a clear error.
 #[cfg(not(feature = "cuda"))]
-pub(crate) fn run_steps(
-    _rule_spec: &str,
-    _flags: &[(String, bool)],
-    _hypers: &[(String, f64)],
-    _tensors: &mut [Tensor<'_>],
-    _steps: usize,
-) -> CliResult<Vec<Final>> {
+pub(crate) fn target() -> CliResult<optc_runtime::Target> {
     Err(no_cuda())
 }
 
@@ -92,47 +23,58 @@ pub(crate) fn no_cuda() -> Box<dyn std::error::Error> {
         .into()
 }
 
-/// `optc bench --target cuda`: times steps of every tensor in one multi-tensor launch on GPU 0,
-/// interleaved with a device-to-device copy of the same number of bytes.
+/// `optc bench --target cuda`: times steps of every tensor (one launch per stage) on GPU 0,
+/// with parameters and gradients on the device, then a device-to-device copy of the same number
+/// of bytes.
 #[cfg(feature = "cuda")]
 pub(crate) fn bench(
-    rule: &optc_compiler::Rule,
-    flags: &[(String, bool)],
+    rule: optc_runtime::Rule,
+    options: optc_runtime::Options,
     hypers: &[(String, f64)],
     shapes: &[(String, Vec<usize>)],
     args: &super::bench::BenchArgs,
 ) -> CliResult<super::bench::BenchReport> {
     use super::bench::{fill, progress, BenchReport};
     use optc_runtime::cuda::copy_bandwidth;
+    use optc_runtime::{GroupId, Optimizer, Options, Target, Update};
     use std::time::Instant;
-    let (kernel, mut opt) = load(rule, flags, hypers)?;
-    let stream = opt.stream().clone();
+    let options = Options {
+        target: Target::Cuda,
+        ..options
+    };
+    let mut opt = Optimizer::with_options(rule, options)?;
+    for (name, value) in hypers {
+        opt.set_hyper(name, *value)?;
+    }
+    for (name, shape) in shapes {
+        opt.add_param(name, shape)?;
+    }
+    let kernel = opt.kernel(GroupId::DEFAULT)?.clone();
+    let stream = opt
+        .cuda_stream()
+        .ok_or("internal: a CUDA optimizer without a stream")?
+        .clone();
     let lens: Vec<usize> = shapes.iter().map(|(_, s)| s.iter().product()).collect();
     let elements: usize = lens.iter().sum();
     let mut params = Vec::with_capacity(lens.len());
     let mut grads = Vec::with_capacity(lens.len());
-    let mut ids = Vec::with_capacity(lens.len());
     for &n in &lens {
-        let p = stream.clone_htod(&fill(n, 0.5))?;
-        ids.push(opt.add_param(&p)?);
-        params.push(p);
+        params.push(stream.clone_htod(&fill(n, 0.5))?);
         grads.push(stream.clone_htod(&fill(n, 1e-3))?);
     }
-    let bpe = kernel.bytes_per_element();
-    let bytes = bpe * elements;
+    let bytes = kernel.bytes_per_element() * elements;
     let total = args.warmup + args.iters.max(1);
     let bar = progress(total, elements);
     let mut steps = Vec::new();
     for i in 0..total {
         let start = Instant::now();
-        let mut items: Vec<_> = ids
+        let updates = shapes
             .iter()
             .zip(params.iter_mut())
             .zip(grads.iter())
-            .map(|((id, p), g)| (*id, p, g))
-            .collect();
-        opt.step_many(&mut items)?;
-        opt.synchronize()?;
+            .map(|(((name, _), p), g)| Update::cuda(name, p, g, &stream));
+        opt.step(updates)?;
+        stream.synchronize()?;
         if i >= args.warmup {
             steps.push(start.elapsed());
         }
@@ -157,8 +99,8 @@ pub(crate) fn bench(
 /// Without CUDA support compiled in: a clear error.
 #[cfg(not(feature = "cuda"))]
 pub(crate) fn bench(
-    _rule: &optc_compiler::Rule,
-    _flags: &[(String, bool)],
+    _rule: optc_runtime::Rule,
+    _options: optc_runtime::Options,
     _hypers: &[(String, f64)],
     _shapes: &[(String, Vec<usize>)],
     _args: &super::bench::BenchArgs,

@@ -6,9 +6,12 @@
 //! `k` is the gradient at step `k + 1`), a step count `N <= N'`, and `--set` hypers and flags.
 //! Gives `OUT.safetensors` with each final parameter under its name, each per-element state as
 //! `NAME.STATE` (f32, the parameter's shape) and each scalar state as `NAME.SCALAR` (f64, shape
-//! `[]`). Every input is checked before the first step; any problem is an error (exit code 1).
+//! `[]`), and with `--set max_grad_norm=V` (clipping by the global norm over every tensor of the
+//! file, each step one call) the total gradient norm of each step as `__optc__/grad_norm` (f64,
+//! `[steps]`). Every input is checked before the first step; any problem is an error (exit code
+//! 1). The output is written atomically.
 
-use super::source::{load_rule, split_sets};
+use super::source::{load_rule, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
 use optc_runtime::bytes::{f32_bytes, f32_vec};
 use optc_runtime::{Optimizer, Options, Rule, Target, Update};
@@ -35,7 +38,9 @@ pub struct RunArgs {
     /// How many steps to take (at most N', the gradients' first dimension).
     #[arg(long, value_name = "N")]
     pub steps: usize,
-    /// Set a hyper (`--set lr=1e-4`) or a flag (`--set amsgrad=true`); repeatable.
+    /// Set a hyper (`--set lr=1e-4`) or a flag (`--set amsgrad=true`); `--set max_grad_norm=V`
+    /// clips by the global gradient norm over every tensor of a step, as
+    /// torch.nn.utils.clip_grad_norm_ before the step; repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
     /// Where to run the kernel.
@@ -65,24 +70,24 @@ pub enum RunTarget {
 }
 
 /// One parameter: its name, shape, data, and its gradient history as raw f32 bytes.
-pub(crate) struct Tensor<'a> {
-    pub(crate) name: String,
-    pub(crate) shape: Vec<usize>,
-    pub(crate) data: Vec<f32>,
-    pub(crate) grads: &'a [u8],
+struct Tensor<'a> {
+    name: String,
+    shape: Vec<usize>,
+    data: Vec<f32>,
+    grads: &'a [u8],
 }
 
 /// A parameter's final state, as written to the output file.
-pub(crate) struct Final {
+struct Final {
     /// Per-element states by name.
-    pub(crate) states: Vec<(String, Vec<f32>)>,
+    states: Vec<(String, Vec<f32>)>,
     /// Scalar states by name.
-    pub(crate) scalars: Vec<(String, f64)>,
+    scalars: Vec<(String, f64)>,
 }
 
 impl Tensor<'_> {
     /// The gradient row of step `k + 1`.
-    pub(crate) fn grad_row(&self, k: usize) -> CliResult<Vec<f32>> {
+    fn grad_row(&self, k: usize) -> CliResult<Vec<f32>> {
         let bytes = 4 * self.data.len();
         Ok(f32_vec(
             &self.name,
@@ -94,7 +99,8 @@ impl Tensor<'_> {
 /// Runs `optc run`.
 pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     let compiled = load_rule(&args.rule)?;
-    let (flags, hypers) = split_sets(&compiled, &args.set)?;
+    let (flags, mut hypers) = split_sets(&compiled, &args.set)?;
+    let max_grad_norm = take_max_grad_norm(&compiled, &mut hypers);
     let rule = Rule::from_compiled(compiled);
 
     let p_bytes = read(&args.params)?;
@@ -106,18 +112,14 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     let target = match args.target {
         RunTarget::Cpu => Target::Cpu,
         RunTarget::Interp => Target::Interp,
-        RunTarget::Cuda => {
-            let finals =
-                super::cuda::run_steps(&args.rule, &flags, &hypers, &mut tensors, args.steps)?;
-            write_output(&tensors, &finals, &args.output)?;
-            return Ok(ExitCode::SUCCESS);
-        }
+        RunTarget::Cuda => super::cuda::target()?,
     };
     let options = Options {
         target,
         threads: args.threads,
         flags,
         allow_fma: !args.no_fma,
+        max_grad_norm,
         ..Options::default()
     };
     let mut opt = Optimizer::with_options(rule, options)?;
@@ -128,6 +130,7 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
         opt.add_param(&t.name, &t.shape)?;
     }
     let mut rows: Vec<Vec<f32>> = tensors.iter().map(|t| vec![0.0; t.data.len()]).collect();
+    let mut norms = Vec::new();
     for k in 0..args.steps {
         for (t, row) in tensors.iter().zip(&mut rows) {
             *row = t.grad_row(k)?;
@@ -136,7 +139,9 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
             .iter_mut()
             .zip(&rows)
             .map(|(t, g)| Update::new(&t.name, &mut t.data, g));
-        opt.step(updates)?;
+        // Every tensor of the file in one call: a global norm covers them all.
+        let report = opt.step(updates)?;
+        norms.extend(report.grad_norm);
     }
     let mut finals = Vec::with_capacity(tensors.len());
     for t in &tensors {
@@ -144,7 +149,7 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
             states: opt
                 .states(&t.name)?
                 .into_iter()
-                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .map(|(n, v)| (n.to_string(), v))
                 .collect(),
             scalars: opt
                 .scalars(&t.name)?
@@ -153,7 +158,7 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
                 .collect(),
         });
     }
-    write_output(&tensors, &finals, &args.output)?;
+    write_output(&tensors, &finals, &norms, &args.output)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -230,8 +235,17 @@ fn match_tensors<'a>(
     Ok(out)
 }
 
-/// Writes the parameters, `NAME.STATE` states and `NAME.SCALAR` scalar states.
-fn write_output(tensors: &[Tensor<'_>], finals: &[Final], path: &Path) -> CliResult<()> {
+/// The output key of the total gradient norm of each step (F64 `[steps]`), written when the steps
+/// computed it (`--set max_grad_norm=V`).
+pub const GRAD_NORM_KEY: &str = "__optc__/grad_norm";
+
+/// Writes the parameters, `NAME.STATE` states, `NAME.SCALAR` scalar states and the gradient norms.
+fn write_output(
+    tensors: &[Tensor<'_>],
+    finals: &[Final],
+    norms: &[f64],
+    path: &Path,
+) -> CliResult<()> {
     let mut owned: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
     let mut put = |key: String, entry: (Dtype, Vec<usize>, Vec<u8>)| -> CliResult<()> {
         match owned.insert(key.clone(), entry) {
@@ -257,11 +271,19 @@ fn write_output(tensors: &[Tensor<'_>], finals: &[Final], path: &Path) -> CliRes
             )?;
         }
     }
+    if !norms.is_empty() {
+        let bytes = norms.iter().flat_map(|v| v.to_le_bytes()).collect();
+        put(
+            GRAD_NORM_KEY.to_string(),
+            (Dtype::F64, vec![norms.len()], bytes),
+        )?;
+    }
     let mut views = Vec::with_capacity(owned.len());
     for (key, (dtype, shape, data)) in &owned {
         views.push((key.as_str(), TensorView::new(*dtype, shape.clone(), data)?));
     }
-    safetensors::serialize_to_file(views, None, path)
+    let bytes = safetensors::serialize(views, None)?;
+    optc_runtime::atomic::write_atomic(path, &bytes)
         .map_err(|e| format!("cannot write `{}`: {e}", path.display()).into())
 }
 

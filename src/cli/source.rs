@@ -52,8 +52,13 @@ pub fn load_rule(spec: &str) -> Result<Rule, LoadError> {
 /// Flag and hyper settings from `--set`: `(flags, hypers)`.
 pub type Settings = (Vec<(String, bool)>, Vec<(String, f64)>);
 
+/// The optimizer option `--set max_grad_norm=V` sets for any rule: clip by the global gradient
+/// norm, as `torch.nn.utils.clip_grad_norm_(params, V)` before the step.
+pub const MAX_GRAD_NORM: &str = "max_grad_norm";
+
 /// Parses `NAME=VALUE` pairs from `--set`, split into flags (`true`/`false` for a declared flag)
-/// and hypers (numbers).
+/// and hypers (numbers). `max_grad_norm` is accepted for every rule (a positive number) and comes
+/// back among the hypers; [`take_max_grad_norm`] takes it out.
 pub fn split_sets(rule: &Rule, sets: &[String]) -> Result<Settings, String> {
     let mut flags = Vec::new();
     let mut hypers = Vec::new();
@@ -72,12 +77,15 @@ pub fn split_sets(rule: &Rule, sets: &[String]) -> Result<Settings, String> {
                 return Err(format!("`--set {name}` is given twice"));
             }
             flags.push((name.to_string(), v));
-        } else if rule.hypers().iter().any(|h| h.name == name) {
+        } else if rule.hypers().iter().any(|h| h.name == name) || name == MAX_GRAD_NORM {
             let v: f64 = value
                 .parse()
                 .map_err(|_| format!("`--set {s}`: hyper `{name}` takes a number"))?;
             if !v.is_finite() {
                 return Err(format!("`--set {s}`: hyper `{name}` must be finite"));
+            }
+            if name == MAX_GRAD_NORM && v <= 0.0 {
+                return Err(format!("`--set {s}`: `{name}` must be positive"));
             }
             if hypers.iter().any(|(n, _): &(String, f64)| n == name) {
                 return Err(format!("`--set {name}` is given twice"));
@@ -100,4 +108,13 @@ pub fn split_sets(rule: &Rule, sets: &[String]) -> Result<Settings, String> {
         }
     }
     Ok((flags, hypers))
+}
+
+/// Takes `max_grad_norm` out of parsed hypers, unless the rule declares a hyper of that name.
+pub fn take_max_grad_norm(rule: &Rule, hypers: &mut Vec<(String, f64)>) -> Option<f64> {
+    if rule.hypers().iter().any(|h| h.name == MAX_GRAD_NORM) {
+        return None;
+    }
+    let i = hypers.iter().position(|(n, _)| n == MAX_GRAD_NORM)?;
+    Some(hypers.remove(i).1)
 }

@@ -69,27 +69,32 @@ pub enum PlotNote {
     },
 }
 
-/// Draw `comparison` to `path` (PNG, 1000 pixels wide).
+/// Draw `comparison` to `path` (PNG, 1000 pixels wide), atomically (`optc_runtime::atomic`).
 pub fn write_curves(comparison: &Comparison, path: &Path) -> Result<PlotNote, CompareError> {
-    match draw(comparison, path, true) {
-        Ok(()) => Ok(PlotNote::Complete),
+    let mut note = PlotNote::Complete;
+    optc_runtime::atomic::replace_with(path, |tmp| match draw(comparison, tmp, true) {
+        Ok(()) => Ok(()),
         Err(with_text) => {
-            draw(comparison, path, false).map_err(|e| CompareError::Output {
-                path: path.to_path_buf(),
-                message: format!("{e} (with text: {with_text})"),
-            })?;
+            draw(comparison, tmp, false)
+                .map_err(|e| std::io::Error::other(format!("{e} (with text: {with_text})")))?;
             let legend = comparison
                 .entries
                 .iter()
                 .enumerate()
                 .map(|(i, e)| (e.label.clone(), COLORS[i % COLORS.len()].1.to_string()))
                 .collect();
-            Ok(PlotNote::NoText {
+            note = PlotNote::NoText {
                 reason: with_text,
                 legend,
-            })
+            };
+            Ok(())
         }
-    }
+    })
+    .map_err(|e| CompareError::Output {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(note)
 }
 
 fn draw(c: &Comparison, path: &Path, text: bool) -> Result<(), String> {

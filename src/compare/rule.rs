@@ -41,6 +41,7 @@ pub struct RuleContender {
     rule: optc_compiler::Rule,
     hypers: Vec<(String, f64)>,
     flags: Vec<(String, bool)>,
+    max_grad_norm: Option<f64>,
     backend: Backend,
 }
 
@@ -95,6 +96,7 @@ impl RuleContender {
                 .map(|f| (f.name.clone(), f.default))
                 .collect(),
             rule,
+            max_grad_norm: None,
             backend,
         })
     }
@@ -108,6 +110,7 @@ impl RuleContender {
         let options = Options {
             target: self.backend.target(),
             flags: self.flags.clone(),
+            max_grad_norm: self.max_grad_norm,
             ..Options::default()
         };
         let mut optimizer =
@@ -153,6 +156,13 @@ impl Contender for RuleContender {
             }
             None => Err(crate::compare::stepper::unknown_setting(self, name)),
         }
+    }
+    fn set_max_grad_norm(&mut self, value: f64) -> Result<(), CompareError> {
+        self.max_grad_norm = Some(value);
+        Ok(())
+    }
+    fn clips(&self) -> bool {
+        true
     }
     fn build(&self, tensors: &[TensorSpec]) -> Result<Box<dyn Stepper>, CompareError> {
         let (optimizer, names) = self.optimizer(tensors).map_err(|e| CompareError::Rule {

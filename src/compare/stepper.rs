@@ -38,9 +38,23 @@ pub trait Contender {
         let _ = value;
         Err(unknown_setting(self, name))
     }
+    /// Clip by the global gradient norm (`--set max_grad_norm=V`, as
+    /// `torch.nn.utils.clip_grad_norm_` before each step). Contenders that cannot clip say so.
+    fn set_max_grad_norm(&mut self, value: f64) -> Result<(), CompareError> {
+        let _ = value;
+        Err(unknown_setting(self, MAX_GRAD_NORM))
+    }
+    /// Whether [`Contender::set_max_grad_norm`] is supported (an unlabeled `--set
+    /// max_grad_norm=V` applies to every contender that can clip).
+    fn clips(&self) -> bool {
+        false
+    }
     /// A fresh stepper (states at their initial values) for these tensors.
     fn build(&self, tensors: &[TensorSpec]) -> Result<Box<dyn Stepper>, CompareError>;
 }
+
+/// The optimizer option every compiled rule takes (`Options::max_grad_norm`).
+pub const MAX_GRAD_NORM: &str = "max_grad_norm";
 
 /// The error for a name that is neither a hyper nor a flag of `c`, with the nearest one.
 pub fn unknown_setting<C: Contender + ?Sized>(c: &C, name: &str) -> CompareError {
@@ -79,6 +93,15 @@ pub fn apply_setting(c: &mut dyn Contender, name: &str, raw: &str) -> Result<(),
             _ => return Err(bad("a flag takes `true` or `false`".to_string())),
         };
         c.set_flag(name, value)
+    } else if name == MAX_GRAD_NORM {
+        let value: f64 = raw
+            .trim()
+            .parse()
+            .map_err(|_| bad("max_grad_norm takes a number".to_string()))?;
+        if value.is_nan() || value <= 0.0 {
+            return Err(bad("max_grad_norm must be positive".to_string()));
+        }
+        c.set_max_grad_norm(value)
     } else {
         Err(unknown_setting(c, name))
     }

@@ -369,6 +369,15 @@ impl Kernel {
         }
     }
 
+    /// The reduction that clipping by global norm added, if the kernel clips: the Step-scope sum
+    /// of `g * g`, whose square root is the step's total gradient norm.
+    pub fn grad_norm_reduction(&self) -> Option<ReductionId> {
+        self.reductions
+            .iter()
+            .position(|r| r.name == crate::reduce::GRAD_NORM_REDUCTION && r.scope == Scope::Step)
+            .map(ReductionId::new)
+    }
+
     /// Whether some reduction has Step scope (the runtime must finish stage 0 on every tensor
     /// of the step before it can go on).
     pub fn has_step_reduction(&self) -> bool {

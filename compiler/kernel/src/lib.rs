@@ -8,6 +8,7 @@
 //! - [`kernel`]: the fused kernel: host program, then stages (uniforms, per-element body,
 //!   stores, reduce outputs);
 //! - [`reduce`]: reductions and the one summation order every backend follows;
+//! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads.
 //!
 //! Nothing here parses `.opt` source or optimizes; see `optc-compiler` for that.
@@ -21,6 +22,7 @@ pub mod num;
 pub mod op;
 pub mod reduce;
 pub mod table;
+pub mod valid;
 
 pub use arena::{Arena, Handle};
 pub use artifact::{Artifact, ArtifactError};
@@ -30,4 +32,7 @@ pub use kernel::{
     ReduceOutput, ScalarDecl, ScalarUpdate, Stage, StateDecl, StateShape, Store, FORMAT_VERSION,
 };
 pub use op::{BinaryOp, Real, UnaryOp};
-pub use reduce::{ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, REDUCE_BLOCK, REDUCE_LANES};
+pub use reduce::{
+    ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, GRAD_NORM_REDUCTION, REDUCE_BLOCK, REDUCE_LANES,
+};
+pub use valid::ValidKernel;

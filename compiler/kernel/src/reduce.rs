@@ -14,6 +14,11 @@ pub const REDUCE_LANES: usize = 32;
 /// Rows per block of a Col-scope reduction.
 pub const COL_BLOCK_ROWS: usize = 64;
 
+/// The name of the reduction that clipping by global norm adds (the Step-scope sum of `g * g`);
+/// a runtime reports `sqrt` of its value as the step's total gradient norm
+/// ([`crate::Kernel::grad_norm_reduction`]).
+pub const GRAD_NORM_REDUCTION: &str = "clip: sum(g * g)";
+
 /// What a reduction computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -53,6 +53,18 @@ pub const FUNCTIONS: &[(&str, usize)] = &[
     ("lerp", 3),
 ];
 
+/// The built-in reductions: name and number of arguments. Each takes per-element values and
+/// gives one value (uniform): `sum`, `mean`, `norm` (L2), `dot` and `amax` (the largest element)
+/// over the tensor, `global_norm` (L2) over every tensor of the step.
+pub const REDUCTIONS: &[(&str, usize)] = &[
+    ("sum", 1),
+    ("mean", 1),
+    ("norm", 1),
+    ("dot", 2),
+    ("amax", 1),
+    ("global_norm", 1),
+];
+
 /// The names bound by the runtime.
 pub const BUILTIN_NAMES: &[&str] = &["p", "g", "t"];
 

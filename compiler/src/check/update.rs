@@ -2,7 +2,7 @@
 //! and the states that are read but never written.
 
 use super::decls::{suggest, symbol_type, DeclTable, Symbol};
-use super::{Ty, Uniformity, FUNCTIONS};
+use super::{Ty, Uniformity, FUNCTIONS, REDUCTIONS};
 use crate::diag::{Diagnostic, Span};
 use crate::syntax::ast::{self, ExprKind, Stmt};
 use optc_kernel::{BinaryOp, UnaryOp};
@@ -376,7 +376,51 @@ impl Checker<'_> {
                         ));
                     }
                 }
+                if let Some((_, arity)) = REDUCTIONS.iter().find(|(n, _)| *n == f.name) {
+                    if *arity != args.len() {
+                        let s = if *arity == 1 { "" } else { "s" };
+                        self.out.push(
+                            Diagnostic::error(
+                                "E0107",
+                                format!(
+                                    "`{}` takes {arity} argument{s}, found {}",
+                                    f.name,
+                                    args.len()
+                                ),
+                                e.span,
+                                format!("expected {arity} argument{s}"),
+                            )
+                            .hint(signature(&f.name)),
+                        );
+                    } else if uni == Uniformity::Uniform {
+                        self.out.push(
+                            Diagnostic::error(
+                                "E0503",
+                                format!("`{}` of a uniform value", f.name),
+                                e.span,
+                                "every element has the same value here",
+                            )
+                            .hint(format!(
+                                "`{}` reduces per-element values such as `g`, `p` or a state; \
+                                 a uniform value needs no reduction",
+                                f.name
+                            )),
+                        );
+                    }
+                    return (Ty::Num, Uniformity::Uniform);
+                }
                 match FUNCTIONS.iter().find(|(n, _)| *n == f.name) {
+                    Some((_, 2)) if f.name == "max" && args.len() == 1 => {
+                        self.out.push(
+                            Diagnostic::error(
+                                "E0107",
+                                "`max` takes 2 arguments, found 1",
+                                e.span,
+                                "elementwise `max(a, b)` needs two values",
+                            )
+                            .hint("for the largest element of a tensor, use `amax(x)`"),
+                        );
+                    }
                     Some((_, arity)) if *arity != args.len() => {
                         let s = if *arity == 1 { "" } else { "s" };
                         self.out.push(
@@ -401,10 +445,11 @@ impl Checker<'_> {
                             f.span,
                             "not a built-in function",
                         );
-                        if let Some(s) = suggest(&f.name, FUNCTIONS.iter().map(|(n, _)| *n)) {
+                        let known = FUNCTIONS.iter().chain(REDUCTIONS).map(|(n, _)| *n);
+                        if let Some(s) = suggest(&f.name, known) {
                             d = d.hint(s);
                         }
-                        d = d.hint("the built-in functions are sqrt, rsqrt, abs, sign, exp, log, min, max, clamp and lerp");
+                        d = d.hint("the built-in functions are sqrt, rsqrt, abs, sign, exp, log, min, max, clamp and lerp; the reductions are sum, mean, norm, dot, amax and global_norm");
                         self.out.push(d);
                     }
                 }
@@ -474,6 +519,7 @@ fn signature(f: &str) -> String {
         "min" | "max" => format!("usage: {f}(a, b)"),
         "clamp" => "usage: clamp(x, lo, hi)".into(),
         "lerp" => "usage: lerp(a, b, w) = a + w * (b - a)".into(),
+        "dot" => "usage: dot(a, b) = sum(a * b) over the tensor".into(),
         _ => format!("usage: {f}(x)"),
     }
 }

@@ -10,7 +10,8 @@ use crate::diag::Span;
 use crate::syntax::ast::{self, DeclKind, ExprKind, Stmt};
 use optc_kernel::eval::eval_arena;
 use optc_kernel::{
-    Arena, BinaryOp, Expr, FlagId, Handle, HyperId, Init, ScalarId, Slot, StateId, UnaryOp,
+    Arena, BinaryOp, Expr, FlagId, Handle, HyperId, Init, ReduceOp, ScalarId, Scope, Slot, StateId,
+    UnaryOp,
 };
 
 /// Lowers a checked file.
@@ -275,7 +276,37 @@ fn lower_expr(e: &ast::Expr, table: &DeclTable, env: &mut Env, b: &mut Builder) 
             let a: Vec<Handle<Expr>> = args.iter().map(|x| lower_expr(x, table, env, b)).collect();
             let arg = |i: usize| a.get(i).copied();
             let un = |op| arg(0).map(|x| Expr::Unary(op, x));
+            let sq =
+                |b: &mut Builder, x: Handle<Expr>| b.add(Expr::Binary(BinaryOp::Mul, x, x), span);
             let node = match f.name.as_str() {
+                "sum" | "amax" if a.len() == 1 => {
+                    let op = if f.name == "sum" {
+                        ReduceOp::Sum
+                    } else {
+                        ReduceOp::Max
+                    };
+                    return b.reduce(op, Scope::Tensor, a[0], &f.name, span);
+                }
+                "mean" if a.len() == 1 => {
+                    let s = b.reduce(ReduceOp::Sum, Scope::Tensor, a[0], "mean", span);
+                    let one = b.add(Expr::Const(1.0), span);
+                    let n = b.reduce(ReduceOp::Sum, Scope::Tensor, one, "numel", span);
+                    Some(Expr::Binary(BinaryOp::Div, s, n))
+                }
+                "norm" | "global_norm" if a.len() == 1 => {
+                    let scope = if f.name == "norm" {
+                        Scope::Tensor
+                    } else {
+                        Scope::Step
+                    };
+                    let x2 = sq(b, a[0]);
+                    let s = b.reduce(ReduceOp::Sum, scope, x2, &f.name, span);
+                    Some(Expr::Unary(UnaryOp::Sqrt, s))
+                }
+                "dot" if a.len() == 2 => {
+                    let xy = b.add(Expr::Binary(BinaryOp::Mul, a[0], a[1]), span);
+                    return b.reduce(ReduceOp::Sum, Scope::Tensor, xy, "dot", span);
+                }
                 "sqrt" => un(UnaryOp::Sqrt),
                 "rsqrt" => un(UnaryOp::Rsqrt),
                 "abs" => un(UnaryOp::Abs),

@@ -11,7 +11,7 @@
 pub mod lower;
 
 use crate::diag::Span;
-use optc_kernel::{Arena, Expr, Handle, Init, ScalarId, Slot};
+use optc_kernel::{Arena, Expr, Handle, Init, ReduceOp, ScalarId, Scope, Slot};
 use std::collections::HashMap;
 
 /// A hyper as declared.
@@ -92,6 +92,22 @@ pub struct Function {
     pub stores: Vec<(Slot, Handle<Expr>)>,
     /// The final value of each written scalar state.
     pub scalar_stores: Vec<(ScalarId, Handle<Expr>)>,
+    /// The reductions: `Expr::Reduced(i)` is the result of `reductions[i]`, whose argument is a
+    /// node before it.
+    pub reductions: Vec<Reduction>,
+}
+
+/// A reduction in the whole-rule IR: `op` of the per-element values `arg` over `scope`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reduction {
+    /// What it computes.
+    pub op: ReduceOp,
+    /// Over which elements.
+    pub scope: Scope,
+    /// The per-element value reduced.
+    pub arg: Handle<Expr>,
+    /// What the source called (for the IR text), such as `norm`.
+    pub name: String,
 }
 
 impl Function {
@@ -161,6 +177,34 @@ impl Builder {
         }
         h
     }
+    /// Adds the reduction `op` of `arg` over `scope` (or finds an identical one) and returns
+    /// its `Expr::Reduced` node.
+    pub fn reduce(
+        &mut self,
+        op: ReduceOp,
+        scope: Scope,
+        arg: Handle<Expr>,
+        name: &str,
+        span: Span,
+    ) -> Handle<Expr> {
+        let reds = &mut self.func.reductions;
+        let i = match reds
+            .iter()
+            .position(|r| r.op == op && r.scope == scope && r.arg == arg)
+        {
+            Some(i) => i,
+            None => {
+                reds.push(Reduction {
+                    op,
+                    scope,
+                    arg,
+                    name: name.to_string(),
+                });
+                reds.len() - 1
+            }
+        };
+        self.add(Expr::Reduced(optc_kernel::ReductionId::new(i)), span)
+    }
     /// The node behind a handle.
     pub fn get(&self, h: Handle<Expr>) -> Expr {
         self.func.exprs[h]
@@ -201,6 +245,14 @@ pub fn rebuild(
         .iter()
         .map(|&(s, h)| (s, new_of[h.index()]))
         .filter(|&(s, h)| out.exprs[h] != Expr::Scalar(s))
+        .collect();
+    out.reductions = f
+        .reductions
+        .iter()
+        .map(|r| Reduction {
+            arg: new_of[r.arg.index()],
+            ..r.clone()
+        })
         .collect();
     out
 }

@@ -6,9 +6,9 @@
 //! dropped. A live state whose flag condition is false for this flag set is an error.
 
 use crate::diag::Diagnostic;
-use crate::ir::{Builder, Function, Program};
+use crate::ir::{Builder, Function, Program, Reduction};
 use optc_kernel::eval::eval_arena;
-use optc_kernel::{Expr, Handle, ScalarId, Slot, StateId};
+use optc_kernel::{Expr, Handle, ReductionId, ScalarId, Slot, StateId};
 
 /// The function after elimination, with states and scalars renumbered densely.
 #[derive(Clone, Debug)]
@@ -42,6 +42,11 @@ pub fn dce(f: &Function, program: &Program, flags: &[bool]) -> Result<Live, Diag
             match f.exprs[h] {
                 Expr::Load(Slot::State(s)) => live_states[s.index()] = true,
                 Expr::Scalar(s) => live_scalars[s.index()] = true,
+                Expr::Reduced(r) => {
+                    if let Some(red) = f.reductions.get(r.index()) {
+                        roots.push(red.arg);
+                    }
+                }
                 ref e => roots.extend(e.operands()),
             }
         }
@@ -74,6 +79,23 @@ pub fn dce(f: &Function, program: &Program, flags: &[bool]) -> Result<Live, Diag
     let scalar_id =
         |old: ScalarId| ScalarId::new(scalars.iter().position(|&s| s == old.index()).unwrap_or(0));
 
+    // Live reductions, renumbered densely.
+    let live_reductions: Vec<usize> = (0..f.reductions.len())
+        .filter(|&i| {
+            f.exprs
+                .iter()
+                .any(|(h, e)| reached[h.index()] && *e == Expr::Reduced(ReductionId::new(i)))
+        })
+        .collect();
+    let reduction_id = |old: ReductionId| {
+        ReductionId::new(
+            live_reductions
+                .iter()
+                .position(|&r| r == old.index())
+                .unwrap_or(0),
+        )
+    };
+
     let mut b = Builder::default();
     let mut new_of: Vec<Option<Handle<Expr>>> = vec![None; n];
     for (h, e) in f.exprs.iter() {
@@ -83,6 +105,7 @@ pub fn dce(f: &Function, program: &Program, flags: &[bool]) -> Result<Live, Diag
         let e = match *e {
             Expr::Load(Slot::State(s)) => Expr::Load(Slot::State(state_id(s))),
             Expr::Scalar(s) => Expr::Scalar(scalar_id(s)),
+            Expr::Reduced(r) => Expr::Reduced(reduction_id(r)),
             // Operands of a reached node are reached.
             ref other => other.map_operands(|o| new_of[o.index()].unwrap_or(o)),
         };
@@ -106,6 +129,12 @@ pub fn dce(f: &Function, program: &Program, flags: &[bool]) -> Result<Live, Diag
     for (s, h) in &f.scalar_stores {
         if let (true, Some(nh)) = (live_scalars[s.index()], new_of[h.index()]) {
             out.scalar_stores.push((scalar_id(*s), nh));
+        }
+    }
+    for &i in &live_reductions {
+        let r = &f.reductions[i];
+        if let Some(arg) = new_of[r.arg.index()] {
+            out.reductions.push(Reduction { arg, ..r.clone() });
         }
     }
     Ok(Live {

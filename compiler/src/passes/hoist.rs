@@ -1,9 +1,18 @@
-//! Hoisting: splits a specialized, live function into the host program and the kernel body.
+//! Hoisting and stage splitting: splits a specialized, live function into the host program and
+//! the kernel's stages.
 //!
-//! Every uniform value that a per-element node or a store needs, other than a literal, is computed
-//! by the host program (f64, once per step) and passed as a kernel argument; literals stay in the
-//! body as immediates. The body therefore holds per-element nodes only, plus argument and literal
-//! leaves. Scalar-state updates are host values.
+//! **Stages.** The update is cut at its reductions. A node's level is the number of reductions
+//! between it and the step's inputs; a reduction of a level-`k` value is produced by stage `k`,
+//! and its result is a host value from stage `k + 1` on. Work of one level shares one pass. A
+//! store goes in the earliest stage that can compute it, unless a later stage loads the
+//! buffer's old value: then in the last such stage (a fixed point). A later stage that needs a
+//! value stored by an earlier one loads the buffer (the new value) instead of recomputing it;
+//! anything else it recomputes from the buffers' old values.
+//!
+//! **Host and bodies.** Every uniform value that a per-element node, a store or a reduce output
+//! needs, other than a literal, is computed by the host program (f64, once per step, reading
+//! finalized reductions as `Expr::Reduced`) and passed as a uniform of that stage; literals stay in
+//! the body as immediates. Scalar-state updates are host values, taken after the last stage.
 
 use super::classify::classify;
 use super::dce::Live;
@@ -11,10 +20,74 @@ use crate::check::Uniformity;
 use crate::diag::Diagnostic;
 use crate::ir::{Builder, Program};
 use optc_kernel::{
-    Arena, BinaryOp, Expr, FlagValue, Handle, HyperDecl, Init, Kernel, RankClass, ScalarDecl,
-    ScalarUpdate, Stage, StateDecl, StateShape, Store, UnaryOp, UniformId,
+    Arena, BinaryOp, Expr, FlagValue, Handle, HyperDecl, Init, Kernel, RankClass, ReduceOutput,
+    ReductionDecl, ReductionId, ScalarDecl, ScalarUpdate, Slot, Stage, StateDecl, StateShape,
+    Store, UnaryOp, UniformId,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+
+/// What one stage computes: its per-element nodes, the buffers whose old value it loads, and the
+/// nodes it reads as a buffer stored by an earlier stage.
+struct StagePlan {
+    /// `nodes[i]`: node `i` of the function is computed in this stage's body.
+    nodes: Vec<bool>,
+    /// Buffers this stage loads as they were when the step began.
+    loads_old: BTreeSet<Slot>,
+    /// Per-element nodes that are the stored value of a buffer written by an earlier stage: the
+    /// stage loads that buffer instead of recomputing the value.
+    stored_before: HashMap<usize, Slot>,
+}
+
+/// The plan of stage `j`, given where each store and reduction goes.
+fn plan_stage(
+    f: &crate::ir::Function,
+    cls: &[Uniformity],
+    j: usize,
+    store_stage: &[usize],
+    reps: &[usize],
+    red_stage: &[usize],
+) -> StagePlan {
+    let mut plan = StagePlan {
+        nodes: vec![false; f.exprs.len()],
+        loads_old: BTreeSet::new(),
+        stored_before: HashMap::new(),
+    };
+    let mut earlier: HashMap<usize, Slot> = HashMap::new();
+    for ((slot, h), &s) in f.stores.iter().zip(store_stage) {
+        if s < j {
+            earlier.entry(h.index()).or_insert(*slot);
+        }
+    }
+    let mut roots: Vec<Handle<Expr>> = f
+        .stores
+        .iter()
+        .zip(store_stage)
+        .filter(|(_, &s)| s == j)
+        .map(|((_, h), _)| *h)
+        .collect();
+    roots.extend(
+        reps.iter()
+            .filter(|&&i| red_stage[i] == j)
+            .map(|&i| f.reductions[i].arg),
+    );
+    while let Some(h) = roots.pop() {
+        if cls[h.index()] != Uniformity::PerElement || plan.nodes[h.index()] {
+            continue;
+        }
+        if let Some(slot) = earlier.get(&h.index()) {
+            plan.stored_before.insert(h.index(), *slot);
+            continue;
+        }
+        plan.nodes[h.index()] = true;
+        match f.exprs[h] {
+            Expr::Load(slot) => {
+                plan.loads_old.insert(slot);
+            }
+            ref e => roots.extend(e.operands()),
+        }
+    }
+    plan
+}
 
 /// `1 / c` when the literal `c` is a power of two whose reciprocal is a normal f32, so that
 /// `x / c == x * (1 / c)` exactly.
@@ -33,29 +106,91 @@ fn exact_reciprocal(e: &Expr) -> Option<f64> {
 pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, Diagnostic> {
     let f = &live.func;
     let cls = classify(f);
-    let is_literal = |h: Handle<Expr>| matches!(f.exprs[h], Expr::Const(_) | Expr::Bool(_));
+    let n = f.exprs.len();
+    let per_element = |h: Handle<Expr>| cls[h.index()] == Uniformity::PerElement;
+
+    // Identical reductions (same op, scope and argument after CSE) are one.
+    let rep: Vec<usize> = (0..f.reductions.len())
+        .map(|i| {
+            let r = &f.reductions[i];
+            (0..i)
+                .find(|&j| {
+                    let o = &f.reductions[j];
+                    o.op == r.op && o.scope == r.scope && o.arg == r.arg
+                })
+                .unwrap_or(i)
+        })
+        .collect();
+    let reps: Vec<usize> = (0..rep.len()).filter(|&i| rep[i] == i).collect();
+    let kernel_red =
+        |i: usize| ReductionId::new(reps.iter().position(|&r| r == rep[i]).unwrap_or(0));
+
+    // The level of a node: how many reductions stand between it and the step's inputs. A
+    // per-element node of level k is computable in stage k or later; a reduction of a level-k
+    // argument is produced by stage k.
+    let mut level = vec![0usize; n];
+    for (h, e) in f.exprs.iter() {
+        level[h.index()] = match *e {
+            Expr::Reduced(r) => f
+                .reductions
+                .get(r.index())
+                .map_or(0, |red| level[red.arg.index()] + 1),
+            ref e => e.operands().map(|o| level[o.index()]).max().unwrap_or(0),
+        };
+    }
+    let red_stage: Vec<usize> = f.reductions.iter().map(|r| level[r.arg.index()]).collect();
+    // Each store goes in the earliest stage that can compute it, unless a later stage needs the
+    // buffer's old value: then in that later stage (a fixed point, since stages only grow).
+    let mut store_stage: Vec<usize> = f.stores.iter().map(|(_, h)| level[h.index()]).collect();
+    let stages = 1 + store_stage
+        .iter()
+        .chain(reps.iter().map(|&i| &red_stage[i]))
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let plan = loop {
+        let plan: Vec<StagePlan> = (0..stages)
+            .map(|j| plan_stage(f, &cls, j, &store_stage, &reps, &red_stage))
+            .collect();
+        let mut changed = false;
+        for (i, (slot, _)) in f.stores.iter().enumerate() {
+            let last_old = (0..stages)
+                .rev()
+                .find(|&j| plan[j].loads_old.contains(slot));
+            if let Some(j) = last_old.filter(|&j| j > store_stage[i]) {
+                store_stage[i] = j;
+                changed = true;
+            }
+        }
+        if !changed {
+            break plan;
+        }
+    };
 
     // Which uniform nodes the host must compute.
-    let mut needed = vec![false; f.exprs.len()];
-    let mut wanted_by_body = Vec::new();
-    for (h, e) in f.exprs.iter() {
-        if cls[h.index()] == Uniformity::PerElement {
-            for o in e.operands() {
-                if cls[o.index()] == Uniformity::Uniform && !is_literal(o) {
-                    wanted_by_body.push(o);
-                }
+    let is_literal = |h: Handle<Expr>| matches!(f.exprs[h], Expr::Const(_) | Expr::Bool(_));
+    let mut needed = vec![false; n];
+    let mut wanted = Vec::new();
+    for st in &plan {
+        for (h, e) in f.exprs.iter() {
+            if st.nodes[h.index()] {
+                wanted.extend(e.operands().filter(|&o| !per_element(o) && !is_literal(o)));
             }
         }
     }
     for (_, h) in &f.stores {
-        if cls[h.index()] == Uniformity::Uniform && !is_literal(*h) {
-            wanted_by_body.push(*h);
+        if !per_element(*h) && !is_literal(*h) {
+            wanted.push(*h);
         }
     }
-    for h in wanted_by_body
-        .iter()
-        .chain(f.scalar_stores.iter().map(|(_, h)| h))
-    {
+    for &i in &reps {
+        let a = f.reductions[i].arg;
+        if !per_element(a) && !is_literal(a) {
+            wanted.push(a);
+        }
+    }
+    wanted.extend(f.scalar_stores.iter().map(|(_, h)| *h));
+    for h in wanted {
         needed[h.index()] = true;
     }
     for (h, e) in f.exprs.iter().rev() {
@@ -70,8 +205,11 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
     let mut host = Builder::sharing();
     let mut host_of: HashMap<usize, Handle<Expr>> = HashMap::new();
     for (h, e) in f.exprs.iter() {
-        if needed[h.index()] && cls[h.index()] == Uniformity::Uniform {
-            let e = e.map_operands(|o| host_of.get(&o.index()).copied().unwrap_or(o));
+        if needed[h.index()] && !per_element(h) {
+            let e = match *e {
+                Expr::Reduced(r) => Expr::Reduced(kernel_red(r.index())),
+                ref e => e.map_operands(|o| host_of.get(&o.index()).copied().unwrap_or(o)),
+            };
             host_of.insert(h.index(), host.add(e, f.span(h)));
         }
     }
@@ -83,8 +221,7 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
     let mut recip_of: HashMap<usize, (Handle<Expr>, Handle<Expr>)> = HashMap::new();
     for (h, e) in f.exprs.iter() {
         if let Expr::Binary(BinaryOp::Div, a, b) = *e {
-            let divides_elements = cls[h.index()] == Uniformity::PerElement
-                && cls[a.index()] == Uniformity::PerElement;
+            let divides_elements = per_element(h) && per_element(a);
             if let (true, Some(hb)) = (divides_elements, host_of.get(&b.index())) {
                 recip_of.entry(b.index()).or_insert_with(|| {
                     let sp = f.span(b);
@@ -108,7 +245,6 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
             }
         }
     }
-    let mut uniforms: Vec<Handle<Expr>> = Vec::new();
     fn uniform_of(uniforms: &mut Vec<Handle<Expr>>, host_h: Handle<Expr>) -> UniformId {
         match uniforms.iter().position(|u| *u == host_h) {
             Some(i) => UniformId::new(i),
@@ -119,57 +255,92 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
         }
     }
 
-    // Body.
-    let mut body = Builder::sharing();
-    let mut body_of: HashMap<usize, Handle<Expr>> = HashMap::new();
-    let to_body = |h: Handle<Expr>,
-                   body: &mut Builder,
-                   body_of: &HashMap<usize, Handle<Expr>>,
-                   uniforms: &mut Vec<Handle<Expr>>|
-     -> Handle<Expr> {
-        if let Some(b) = body_of.get(&h.index()) {
-            return *b;
-        }
-        let e = f.exprs[h];
-        let node = match e {
-            Expr::Const(_) | Expr::Bool(_) => e,
-            _ => match host_of.get(&h.index()) {
-                Some(hh) => Expr::Uniform(uniform_of(uniforms, *hh)),
-                None => Expr::Const(f64::NAN),
-            },
-        };
-        body.add(node, f.span(h))
-    };
-    for (h, e) in f.exprs.iter() {
-        if cls[h.index()] != Uniformity::PerElement {
-            continue;
-        }
-        let e = match *e {
-            Expr::Binary(BinaryOp::Div, a, b) if recip_of.contains_key(&b.index()) => {
-                let (scaled, scale) = recip_of[&b.index()];
-                let a = to_body(a, &mut body, &body_of, &mut uniforms);
-                let r = body.add(Expr::Uniform(uniform_of(&mut uniforms, scaled)), f.span(b));
-                let s = body.add(Expr::Uniform(uniform_of(&mut uniforms, scale)), f.span(b));
-                let ar = body.add(Expr::Binary(BinaryOp::Mul, a, r), f.span(h));
-                Expr::Binary(BinaryOp::Mul, ar, s)
+    // Stage bodies.
+    let mut kernel_stages = Vec::with_capacity(stages);
+    for (j, st) in plan.iter().enumerate() {
+        let mut uniforms: Vec<Handle<Expr>> = Vec::new();
+        let mut body = Builder::sharing();
+        let mut body_of: HashMap<usize, Handle<Expr>> = HashMap::new();
+        let to_body = |h: Handle<Expr>,
+                       body: &mut Builder,
+                       body_of: &HashMap<usize, Handle<Expr>>,
+                       uniforms: &mut Vec<Handle<Expr>>|
+         -> Handle<Expr> {
+            if let Some(b) = body_of.get(&h.index()) {
+                return *b;
             }
-            Expr::Binary(BinaryOp::Div, a, b) if exact_reciprocal(&f.exprs[b]).is_some() => {
-                let a = to_body(a, &mut body, &body_of, &mut uniforms);
-                let r = exact_reciprocal(&f.exprs[b]).unwrap_or(1.0);
-                let r = body.add(Expr::Const(r), f.span(b));
-                Expr::Binary(BinaryOp::Mul, a, r)
+            if let Some(slot) = st.stored_before.get(&h.index()) {
+                return body.add(Expr::Load(*slot), f.span(h));
             }
-            ref other => other.map_operands(|o| to_body(o, &mut body, &body_of, &mut uniforms)),
+            let e = f.exprs[h];
+            let node = match e {
+                Expr::Const(_) | Expr::Bool(_) => e,
+                _ => match host_of.get(&h.index()) {
+                    Some(hh) => Expr::Uniform(uniform_of(uniforms, *hh)),
+                    None => Expr::Const(f64::NAN),
+                },
+            };
+            body.add(node, f.span(h))
         };
-        let nb = body.add(e, f.span(h));
-        body_of.insert(h.index(), nb);
+        for (h, e) in f.exprs.iter() {
+            if !st.nodes[h.index()] {
+                continue;
+            }
+            let e = match *e {
+                Expr::Binary(BinaryOp::Div, a, b) if recip_of.contains_key(&b.index()) => {
+                    let (scaled, scale) = recip_of[&b.index()];
+                    let a = to_body(a, &mut body, &body_of, &mut uniforms);
+                    let r = body.add(Expr::Uniform(uniform_of(&mut uniforms, scaled)), f.span(b));
+                    let s = body.add(Expr::Uniform(uniform_of(&mut uniforms, scale)), f.span(b));
+                    let ar = body.add(Expr::Binary(BinaryOp::Mul, a, r), f.span(h));
+                    Expr::Binary(BinaryOp::Mul, ar, s)
+                }
+                Expr::Binary(BinaryOp::Div, a, b) if exact_reciprocal(&f.exprs[b]).is_some() => {
+                    let a = to_body(a, &mut body, &body_of, &mut uniforms);
+                    let r = exact_reciprocal(&f.exprs[b]).unwrap_or(1.0);
+                    let r = body.add(Expr::Const(r), f.span(b));
+                    Expr::Binary(BinaryOp::Mul, a, r)
+                }
+                ref other => other.map_operands(|o| to_body(o, &mut body, &body_of, &mut uniforms)),
+            };
+            let nb = body.add(e, f.span(h));
+            body_of.insert(h.index(), nb);
+        }
+        let stores: Vec<Store> = f
+            .stores
+            .iter()
+            .zip(&store_stage)
+            .filter(|(_, &s)| s == j)
+            .map(|(&(slot, h), _)| Store {
+                slot,
+                value: to_body(h, &mut body, &body_of, &mut uniforms),
+            })
+            .collect();
+        let reduce: Vec<ReduceOutput> = reps
+            .iter()
+            .filter(|&&i| red_stage[i] == j)
+            .map(|&i| ReduceOutput {
+                reduction: kernel_red(i),
+                value: to_body(f.reductions[i].arg, &mut body, &body_of, &mut uniforms),
+            })
+            .collect();
+        kernel_stages.push(Stage {
+            uniforms,
+            body: body.func.exprs,
+            stores,
+            reduce,
+        });
     }
-    let stores: Vec<Store> = f
-        .stores
+    let reductions: Vec<ReductionDecl> = reps
         .iter()
-        .map(|&(slot, h)| Store {
-            slot,
-            value: to_body(h, &mut body, &body_of, &mut uniforms),
+        .map(|&i| {
+            let r = &f.reductions[i];
+            ReductionDecl {
+                name: r.name.clone(),
+                op: r.op,
+                scope: r.scope,
+                stage: red_stage[i],
+            }
         })
         .collect();
     let scalar_updates: Vec<ScalarUpdate> = f
@@ -254,13 +425,8 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
         rank: RankClass::Any,
         host: host.func.exprs,
         scalar_updates,
-        reductions: Vec::new(),
-        stages: vec![Stage {
-            uniforms,
-            body: body.func.exprs,
-            stores,
-            reduce: Vec::new(),
-        }],
+        reductions,
+        stages: kernel_stages,
     };
     kernel.validate().map_err(|e| {
         Diagnostic::error(

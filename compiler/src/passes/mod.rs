@@ -6,11 +6,15 @@
 //! 3. [`cse`]: identical nodes are shared;
 //! 4. [`dce`]: nodes no live store needs are dropped, and so are states that no live value reads;
 //!    a state that survives although its flag condition is false is an error;
-//! 5. [`classify`] and [`hoist`]: each node is uniform or per-element; every uniform value that a
-//!    per-element node needs becomes a host-program value and a kernel argument, so the body does
-//!    per-element work only.
+//! 5. [`classify`] and [`hoist`]: each node is uniform or per-element; the update is cut into
+//!    stages at its reductions; every uniform value that a per-element node needs becomes a
+//!    host-program value and a stage argument, so each body does per-element work only.
+//!
+//! With [`CompileOptions::clip`], [`clip`] first rewrites every read of `g` to the gradient
+//! clipped by the global norm.
 
 pub mod classify;
+pub mod clip;
 pub mod cse;
 pub mod dce;
 pub mod fold;
@@ -21,8 +25,40 @@ use crate::diag::Diagnostic;
 use crate::ir::Program;
 use optc_kernel::Kernel;
 
+/// Options of the compilation that are not flags of the rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Clip the gradients by their global norm (a hyper `max_grad_norm` is added; see
+    /// [`clip`]).
+    pub clip: bool,
+}
+
 /// Runs the whole pipeline for the flag values `flags` (one per declared flag, in order).
 pub fn compile(program: &Program, flags: &[bool]) -> Result<Kernel, Diagnostic> {
+    compile_with(program, flags, &CompileOptions::default())
+}
+
+/// Like [`compile`], with options.
+pub fn compile_with(
+    program: &Program,
+    flags: &[bool],
+    options: &CompileOptions,
+) -> Result<Kernel, Diagnostic> {
+    let clipped;
+    let program = if options.clip {
+        clipped = clip::add_clipping(program).map_err(|name| {
+            Diagnostic::error(
+                "E0701",
+                format!("the rule declares a hyper `{name}`, which clipping adds"),
+                Default::default(),
+                "here",
+            )
+            .hint("rename the hyper, or compile without clipping")
+        })?;
+        &clipped
+    } else {
+        program
+    };
     let f = specialize::specialize(&program.update, flags);
     let f = fold::fold(&f);
     let f = cse::cse(&f);

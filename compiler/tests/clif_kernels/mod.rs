@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use optc_kernel::{
-    Arena, BinaryOp as B, Expr, Handle, HyperDecl, Init, Kernel, Slot, Stage, StateDecl, StateId,
-    Store, UnaryOp as U, UniformId,
+    Arena, BinaryOp as B, Expr, Handle, HyperDecl, Init, Kernel, ReduceOp, ReduceOutput,
+    ReductionDecl, ReductionId, Scope, Slot, Stage, StateDecl, StateId, Store, UnaryOp as U,
+    UniformId,
 };
 
 /// A small builder for kernels.
@@ -62,13 +63,13 @@ impl Kb {
     }
     /// Makes host node `h` a uniform and returns a body node reading it.
     pub fn uniform(&mut self, h: H) -> H {
-        let id = UniformId::new(self.k.stages[0].uniforms.len());
-        self.k.stages[0].uniforms.push(h);
+        let id = UniformId::new(self.cur().uniforms.len());
+        self.cur().uniforms.push(h);
         self.e(Expr::Uniform(id))
     }
     /// A body node.
     pub fn e(&mut self, e: Expr) -> H {
-        self.k.stages[0].body.append(e)
+        self.cur().body.append(e)
     }
     pub fn c(&mut self, c: f64) -> H {
         self.e(Expr::Const(c))
@@ -86,7 +87,33 @@ impl Kb {
         self.e(Expr::Select(c, a, b))
     }
     pub fn store(&mut self, slot: Slot, value: H) {
-        self.k.stages[0].stores.push(Store { slot, value });
+        self.cur().stores.push(Store { slot, value });
+    }
+    /// The stage being built (the last).
+    fn cur(&mut self) -> &mut Stage {
+        let last = self.k.stages.len() - 1;
+        &mut self.k.stages[last]
+    }
+    /// Starts the next stage: later body nodes, uniforms, stores and reduce outputs go to it.
+    pub fn next_stage(&mut self) {
+        self.k.stages.push(Stage::default());
+    }
+    /// Folds body node `value` of the current stage into a new reduction; returns the host node
+    /// of its finalized value.
+    pub fn reduce(&mut self, op: ReduceOp, scope: Scope, value: H) -> H {
+        let stage = self.k.stages.len() - 1;
+        let id = ReductionId::new(self.k.reductions.len());
+        self.k.reductions.push(ReductionDecl {
+            name: format!("r{}", id.index()),
+            op,
+            scope,
+            stage,
+        });
+        self.cur().reduce.push(ReduceOutput {
+            reduction: id,
+            value,
+        });
+        self.h(Expr::Reduced(id))
     }
     pub fn finish(self) -> Kernel {
         self.k.validate().expect("hand-built kernel is valid");
@@ -330,6 +357,63 @@ pub fn transcendental() -> Kernel {
     k.finish()
 }
 
+/// One stage that stores `p - lr * g` and folds five values: `sum(g)`, `max(g)` (Tensor scope),
+/// `sum(g * g)` (Step scope), `sum(g > p)` (a boolean as a number) and `max(p * g)`.
+pub fn reducer() -> Kernel {
+    let mut k = Kb::new("reducer", &[("lr", 0.5)], &[]);
+    let lr = k.hyper(0);
+    let ulr = k.uniform(lr);
+    let p = k.load(Slot::Param);
+    let g = k.load(Slot::Grad);
+    let step = k.bin(B::Mul, ulr, g);
+    let p2 = k.bin(B::Sub, p, step);
+    k.store(Slot::Param, p2);
+    k.reduce(ReduceOp::Sum, Scope::Tensor, g);
+    k.reduce(ReduceOp::Max, Scope::Tensor, g);
+    let gg = k.bin(B::Mul, g, g);
+    k.reduce(ReduceOp::Sum, Scope::Step, gg);
+    let gt = k.bin(B::Gt, g, p);
+    k.reduce(ReduceOp::Sum, Scope::Tensor, gt);
+    let pg = k.bin(B::Mul, p, g);
+    k.reduce(ReduceOp::Max, Scope::Tensor, pg);
+    k.finish()
+}
+
+/// Two stages, LAMB-like: stage 0 updates `m = beta * m + g` and folds `sum(p * p)` and
+/// `sum(m' * m')`; the host makes `ratio = lr * sqrt(sum p²) / sqrt(sum m²)` (or `lr` when a norm
+/// is 0); stage 1 steps `p = p - ratio * m` (reading the `m` stage 0 stored).
+pub fn two_stage() -> Kernel {
+    let mut k = Kb::new("two_stage", &[("lr", 0.1), ("beta", 0.9)], &["m"]);
+    let (lr, beta) = (k.hyper(0), k.hyper(1));
+    let ubeta = k.uniform(beta);
+    let p = k.load(Slot::Param);
+    let g = k.load(Slot::Grad);
+    let m = k.load(st(0));
+    let bm = k.bin(B::Mul, ubeta, m);
+    let m2 = k.bin(B::Add, bm, g);
+    k.store(st(0), m2);
+    let pp = k.bin(B::Mul, p, p);
+    let p_sq = k.reduce(ReduceOp::Sum, Scope::Tensor, pp);
+    let mm = k.bin(B::Mul, m2, m2);
+    let m_sq = k.reduce(ReduceOp::Sum, Scope::Tensor, mm);
+    let pn = k.h(Expr::Unary(U::Sqrt, p_sq));
+    let mn = k.h(Expr::Unary(U::Sqrt, m_sq));
+    let zero = k.hc(0.0);
+    let both = k.hb(B::Mul, pn, mn);
+    let ok = k.hb(B::Gt, both, zero);
+    let trust = k.hb(B::Div, pn, mn);
+    let scaled = k.hb(B::Mul, lr, trust);
+    let ratio = k.h(Expr::Select(ok, scaled, lr));
+    k.next_stage();
+    let uratio = k.uniform(ratio);
+    let p = k.load(Slot::Param);
+    let m = k.load(st(0));
+    let upd = k.bin(B::Mul, uratio, m);
+    let p2 = k.bin(B::Sub, p, upd);
+    k.store(Slot::Param, p2);
+    k.finish()
+}
+
 /// Every hand-built kernel, by name.
 pub fn all() -> Vec<Kernel> {
     vec![
@@ -339,5 +423,7 @@ pub fn all() -> Vec<Kernel> {
         logic(),
         elementary(),
         transcendental(),
+        reducer(),
+        two_stage(),
     ]
 }

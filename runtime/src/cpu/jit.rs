@@ -1,27 +1,40 @@
-//! The JIT: Cranelift code for the host ISA, and the calls into it.
+//! The JIT: Cranelift code for the host ISA, one function per stage, and the calls into them.
 //!
-//! All unsafe code of the CPU path is here. The generated function has the ABI described in
+//! All unsafe code of the CPU path is here. The generated functions have the ABI described in
 //! [`optc_compiler::backend::clif`]: `extern "C" fn(bufs: *const *mut f32, n: u64, uniforms:
-//! *const f32)`; it reads and writes exactly `n` elements from each buffer pointer and reads one
-//! f32 per uniform, and it never writes the gradient buffer.
+//! *const f32)` for a stage without reduce outputs, and with two more arguments `(partials: *mut
+//! f32, stride: u64)` for a stage with them; a function reads and writes exactly `n` elements
+//! from each buffer pointer, reads one f32 per uniform, writes `partials[r * stride + b]` for each
+//! reduce output `r` and each block `b < n.div_ceil(REDUCE_BLOCK)`, and never writes the
+//! gradient buffer.
 #![allow(unsafe_code)]
 
-use super::split::{self, WorkItem};
-use super::{CpuError, TensorArgs};
+use super::split::{self, WorkItem, CHUNK_ALIGN};
+use super::{CpuError, Partials, TensorArgs};
 use cranelift_codegen::ir::UserFuncName;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 use optc_compiler::backend::clif;
-use optc_kernel::Kernel;
+use optc_kernel::{Kernel, REDUCE_BLOCK};
 use std::marker::PhantomData;
 use std::sync::Mutex;
 
-type KernelFn = unsafe extern "C" fn(*const *mut f32, u64, *const f32);
+type MapFn = unsafe extern "C" fn(*const *mut f32, u64, *const f32);
+type ReduceFn = unsafe extern "C" fn(*const *mut f32, u64, *const f32, *mut f32, u64);
 
-/// A JIT-compiled kernel function and the memory that holds it.
+/// One stage's compiled function.
+#[derive(Clone, Copy)]
+enum StageFn {
+    /// A stage without reduce outputs.
+    Map(MapFn),
+    /// A stage with `outputs` reduce outputs.
+    Reduce(ReduceFn, usize),
+}
+
+/// The JIT-compiled functions of a kernel's stages and the memory that holds them.
 pub(super) struct Code {
-    func: KernelFn,
+    stages: Vec<StageFn>,
     /// Whether the code uses FMA.
     pub fma: bool,
     /// Kept only to free the code on drop (a `Mutex` so that `Code` is `Sync`; never locked).
@@ -33,7 +46,7 @@ fn jit_err(e: impl std::fmt::Display) -> CpuError {
 }
 
 impl Code {
-    /// Lowers and compiles `kernel` (already validated) for the host.
+    /// Lowers and compiles every stage of `kernel` (already validated) for the host.
     pub fn compile(kernel: &Kernel, allow_fma: bool) -> Result<Code, CpuError> {
         let mut flags = settings::builder();
         // The lowering already hoists every loop invariant, and the frontend has done CSE and
@@ -59,71 +72,142 @@ impl Code {
             call_conv: isa.default_call_conv(),
             ..clif::Options::default()
         };
-        let func = clif::emit(kernel, &opts)?;
+        let funcs = clif::emit(kernel, &opts)?;
         let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
-        let mut ctx = module.make_context();
-        ctx.func = func;
-        let id = module
-            .declare_function(
-                &clif::func_name(kernel),
-                Linkage::Export,
-                &ctx.func.signature,
-            )
-            .map_err(jit_err)?;
-        ctx.func.name = UserFuncName::user(0, id.as_u32());
-        module.define_function(id, &mut ctx).map_err(jit_err)?;
-        module.clear_context(&mut ctx);
+        let mut ids = Vec::with_capacity(funcs.len());
+        for (k, func) in funcs.into_iter().enumerate() {
+            let mut ctx = module.make_context();
+            ctx.func = func;
+            let id = module
+                .declare_function(
+                    &clif::func_name(kernel, k),
+                    Linkage::Export,
+                    &ctx.func.signature,
+                )
+                .map_err(jit_err)?;
+            ctx.func.name = UserFuncName::user(0, id.as_u32());
+            module.define_function(id, &mut ctx).map_err(jit_err)?;
+            module.clear_context(&mut ctx);
+            ids.push(id);
+        }
         module.finalize_definitions().map_err(jit_err)?;
-        let ptr = module.get_finalized_function(id);
-        // SAFETY: `ptr` is the finalized (executable) code of the function just defined, whose
-        // signature is `(i64, i64, i64) -> ()` in the host's default C calling convention, which is
-        // what `KernelFn` is on a 64-bit host. It stays valid until `module` is freed in `drop`.
-        let func = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
+        let stages = ids
+            .iter()
+            .zip(&kernel.stages)
+            .map(|(&id, st)| {
+                let ptr = module.get_finalized_function(id);
+                if st.reduce.is_empty() {
+                    // SAFETY: `ptr` is the finalized (executable) code of a function just
+                    // defined, whose signature (a stage without reduce outputs) is
+                    // `(i64, i64, i64) -> ()` in the host's default C calling convention, which is
+                    // what `MapFn` is on a 64-bit host. It stays valid until `module` is freed in
+                    // `drop`.
+                    StageFn::Map(unsafe { std::mem::transmute::<*const u8, MapFn>(ptr) })
+                } else {
+                    // SAFETY: as above, for a stage with reduce outputs, whose signature is
+                    // `(i64, i64, i64, i64, i64) -> ()`, which is what `ReduceFn` is.
+                    let f = unsafe { std::mem::transmute::<*const u8, ReduceFn>(ptr) };
+                    StageFn::Reduce(f, st.reduce.len())
+                }
+            })
+            .collect();
         Ok(Code {
-            func,
+            stages,
             fma,
             module: Mutex::new(Some(module)),
         })
     }
 
-    /// Runs the kernel on elements `[start, start + len)` of `t`.
+    /// Runs stage `stage` on elements `[start, start + len)` of `t`; a reducing stage writes its
+    /// partials of blocks `start / REDUCE_BLOCK ..` of `t` into `out`.
     ///
     /// # Safety
-    /// `start + len <= t.len`, and no other thread accesses those elements of `t`'s written
-    /// buffers while this runs.
-    unsafe fn run(&self, t: &RawTensor<'_>, start: usize, len: usize) {
+    /// `stage` is in range, `start + len <= t.len`, `start` is a multiple of `REDUCE_BLOCK` for a
+    /// reducing stage, `out` is `t`'s partials region of this stage (laid out as
+    /// [`Partials::layout`] says), and no other thread accesses those elements of `t`'s written
+    /// buffers or those partials while this runs.
+    unsafe fn run(&self, stage: usize, t: &RawTensor<'_>, start: usize, len: usize, out: RawOut) {
         if len == 0 {
             return;
         }
         // SAFETY: by the caller's contract the range is inside every buffer (all have `t.len`
         // elements, checked when `t` was made), so offsetting each base pointer stays in bounds.
         let ptrs: Vec<*mut f32> = t.ptrs.iter().map(|p| unsafe { p.add(start) }).collect();
-        // SAFETY: `ptrs` holds one valid pointer per buffer in `Kernel::buffers` order, each with
-        // at least `len` elements after it; `t.uniforms` holds one f32 per uniform; the function
-        // touches nothing else and never writes the gradient (validated kernel). Exclusive access
-        // to the written range is the caller's contract.
-        unsafe { (self.func)(ptrs.as_ptr(), len as u64, t.uniforms.as_ptr()) };
+        match self.stages[stage] {
+            // SAFETY: `ptrs` holds one valid pointer per buffer in `Kernel::buffers` order, each
+            // with at least `len` elements after it; `t.uniforms` holds one f32 per uniform of the
+            // stage; the function touches nothing else and never writes the gradient (validated
+            // kernel). Exclusive access to the written range is the caller's contract.
+            StageFn::Map(f) => unsafe { f(ptrs.as_ptr(), len as u64, t.uniforms.as_ptr()) },
+            StageFn::Reduce(f, _) => {
+                // SAFETY: `out.ptr` has `outputs * out.stride` f32s (the tensor's region), and
+                // the range's blocks are `start / REDUCE_BLOCK ..` up to at most `out.stride`, so
+                // the function's writes `out.ptr[first + r * stride + b]` stay in the region.
+                let first = unsafe { out.ptr.add(start / REDUCE_BLOCK) };
+                // SAFETY: as for `Map`, and the partials written are this range's own (the
+                // caller's contract).
+                unsafe {
+                    f(
+                        ptrs.as_ptr(),
+                        len as u64,
+                        t.uniforms.as_ptr(),
+                        first,
+                        out.stride as u64,
+                    )
+                }
+            }
+        }
     }
 
-    /// Runs one tensor on the current thread (its arguments already checked).
+    /// Runs stage 0 of a kernel without reductions on one tensor on the current thread (its
+    /// arguments already checked).
     pub fn run_one(&self, args: &mut TensorArgs<'_>) {
+        if self.outputs(0) > 0 {
+            return;
+        }
         let t = RawTensor::new(args);
-        // SAFETY: the whole range of `t`, whose buffers are borrowed mutably (or shared, for the
-        // read-only gradient) through `args` for the duration of the call.
-        unsafe { self.run(&t, 0, t.len) };
+        let out = RawOut {
+            ptr: std::ptr::null_mut(),
+            stride: 0,
+        };
+        // SAFETY: stage 0 exists (a kernel has at least one), has no reduce outputs (so `out` is
+        // never used), and runs on the whole range of `t`, whose buffers are borrowed mutably (or
+        // shared, for the read-only gradient) through `args` for the duration of the call.
+        unsafe { self.run(0, &t, 0, t.len, out) };
     }
 
-    /// Runs many tensors (arguments already checked) in one parallel pass.
-    pub fn run_many(&self, tensors: &mut [TensorArgs<'_>], pool: Option<&rayon::ThreadPool>) {
+    /// The number of reduce outputs of stage `stage`.
+    pub fn outputs(&self, stage: usize) -> usize {
+        match self.stages.get(stage) {
+            Some(StageFn::Reduce(_, r)) => *r,
+            _ => 0,
+        }
+    }
+
+    /// Runs stage `stage` (in range) on many tensors (arguments already checked) in one parallel
+    /// pass; `partials` was laid out for these tensors and this stage.
+    pub fn run_stage(
+        &self,
+        stage: usize,
+        tensors: &mut [TensorArgs<'_>],
+        partials: &mut Partials,
+        pool: Option<&rayon::ThreadPool>,
+    ) {
         let raws: Vec<RawTensor> = tensors.iter_mut().map(RawTensor::new).collect();
         let lens: Vec<usize> = raws.iter().map(|r| r.len).collect();
+        let outs = partials.raw();
         let threads = pool.map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
-        let items = split::plan(&lens, threads);
-        if !disjoint_cover(&items, &lens) {
+        let align = if self.outputs(stage) > 0 {
+            REDUCE_BLOCK
+        } else {
+            CHUNK_ALIGN
+        };
+        let items = split::plan(&lens, threads, align);
+        if !disjoint_cover(&items, &lens, align) {
             // `split::plan` guarantees this (and is tested); never run on a bad plan.
-            for t in &raws {
+            for (t, out) in raws.iter().zip(&outs) {
                 // SAFETY: each whole tensor in turn, on this thread only.
-                unsafe { self.run(t, 0, t.len) };
+                unsafe { self.run(stage, t, 0, t.len, *out) };
             }
             return;
         }
@@ -132,17 +216,18 @@ impl Code {
         if lens.iter().sum::<usize>() <= split::MIN_CHUNK {
             for w in &items {
                 // SAFETY: as below; a single thread visits the disjoint, in-bounds items in turn.
-                unsafe { self.run(&raws[w.tensor], w.start, w.len) };
+                unsafe { self.run(stage, &raws[w.tensor], w.start, w.len, outs[w.tensor]) };
             }
             return;
         }
         let run = || {
             use rayon::prelude::*;
             items.par_iter().for_each(|w| {
-                // SAFETY: `disjoint_cover` checked that the items are in bounds and that no
-                // two items of a tensor overlap, so each range is accessed by one thread only;
-                // the buffers stay borrowed through `tensors` until the pass is over.
-                unsafe { self.run(&raws[w.tensor], w.start, w.len) };
+                // SAFETY: `disjoint_cover` checked that the items are in bounds, aligned and that
+                // no two items of a tensor overlap, so each range (and its blocks' partials) is
+                // accessed by one thread only; the buffers stay borrowed through `tensors` and
+                // the partials through `partials` until the pass is over.
+                unsafe { self.run(stage, &raws[w.tensor], w.start, w.len, outs[w.tensor]) };
             });
         };
         match pool {
@@ -152,12 +237,14 @@ impl Code {
     }
 }
 
-/// Whether the items of each tensor are in order, in bounds and non-overlapping.
-fn disjoint_cover(items: &[WorkItem], lens: &[usize]) -> bool {
+/// Whether the items of each tensor are in order, in bounds, non-overlapping and start at
+/// multiples of `align`.
+fn disjoint_cover(items: &[WorkItem], lens: &[usize], align: usize) -> bool {
     let mut next = vec![0usize; lens.len()];
     items.iter().all(|w| {
         let ok = w.tensor < lens.len()
             && w.start == next[w.tensor]
+            && w.start % align == 0
             && w.start
                 .checked_add(w.len)
                 .is_some_and(|e| e <= lens[w.tensor]);
@@ -175,12 +262,28 @@ impl Drop for Code {
             Err(poisoned) => poisoned.into_inner().take(),
         };
         if let Some(module) = module {
-            // SAFETY: `&mut self` means no call into the code is running, and `func` (the only
-            // pointer into it) is dropped with `self` and was never handed out.
+            // SAFETY: `&mut self` means no call into the code is running, and the function
+            // pointers (the only pointers into it) are dropped with `self` and never handed out.
             unsafe { module.free_memory() };
         }
     }
 }
+
+/// One tensor's partials region: where reduce output 0's partial of block 0 goes, and the
+/// distance between two outputs' partials (the tensor's block count).
+#[derive(Clone, Copy)]
+pub(super) struct RawOut {
+    /// The region's start (dangling, never written through, for a stage without outputs).
+    pub ptr: *mut f32,
+    /// The tensor's block count.
+    pub stride: usize,
+}
+
+// SAFETY: the pointer comes from the `&mut Partials` borrowed for the whole pass; threads only
+// write the partials of disjoint blocks.
+unsafe impl Send for RawOut {}
+// SAFETY: as above.
+unsafe impl Sync for RawOut {}
 
 /// One tensor's buffer pointers (in `Kernel::buffers` order) and uniforms, for sharing ranges of
 /// it between threads.

@@ -1,18 +1,25 @@
-//! CPU execution: a kernel JIT-compiled by Cranelift, run on slices, split over a rayon pool.
+//! CPU execution: a kernel's stages JIT-compiled by Cranelift, run on slices, split over a rayon
+//! pool.
 //!
-//! [`CpuKernel::compile`] validates an [`optc_kernel::Kernel`], lowers it with
+//! [`CpuKernel::compile`] validates an [`optc_kernel::Kernel`], lowers each of its stages with
 //! [`optc_compiler::backend::clif`] for the host ISA (FMA where the host has it) and JIT-compiles
-//! it. [`CpuKernel::step`] runs it on one tensor on the current thread;
-//! [`CpuKernel::step_many`] runs it on many tensors in one parallel pass: every tensor becomes one
-//! work item, or several contiguous chunks when it is large (see [`MIN_CHUNK`]).
+//! them. [`CpuKernel::run_stage`] runs one stage on many tensors in one parallel pass: every
+//! tensor becomes one work item, or several contiguous chunks when it is large (see
+//! [`MIN_CHUNK`]); for a stage with reduce outputs the chunks are whole blocks of
+//! [`optc_kernel::REDUCE_BLOCK`] elements and each writes the [`Partials`] of its blocks, so the
+//! partials do not depend on the chunking or the thread count. The caller combines them and runs
+//! the host program between stages. [`CpuKernel::step`] and [`CpuKernel::step_many`] are the
+//! shortcuts for a one-stage kernel without reductions.
 //!
 //! Every length and count is checked before any element is touched; a mismatch is a
 //! [`CpuError`] and leaves all data as it was.
 
 mod jit;
+mod partials;
 mod split;
 
 use optc_kernel::{Kernel, KernelError};
+pub use partials::Partials;
 pub use split::{WorkItem, CHUNK_ALIGN, MIN_CHUNK};
 
 /// One tensor's buffers and uniforms for one step.
@@ -23,7 +30,8 @@ pub struct TensorArgs<'a> {
     pub grad: &'a [f32],
     /// The per-element states, in `kernel.states` order, updated in place.
     pub states: Vec<&'a mut [f32]>,
-    /// The uniform arguments: [`Kernel::eval_host`]'s values rounded to f32, booleans as 1.0/0.0.
+    /// The uniform arguments of the stage being run: [`Kernel::eval_host`]'s values for that
+    /// stage rounded to f32, booleans as 1.0/0.0.
     pub uniforms: Vec<f32>,
 }
 
@@ -83,11 +91,23 @@ pub enum CpuError {
         /// The number given.
         found: usize,
     },
+    /// No such stage.
+    #[error("rule `{rule}` has {stages} stages; there is no stage {stage}")]
+    Stage {
+        /// The rule's name.
+        rule: String,
+        /// The stage asked for.
+        stage: usize,
+        /// The number of stages.
+        stages: usize,
+    },
     /// The wrong number of uniforms.
-    #[error("tensor {tensor}: rule `{rule}` takes {expected} uniform arguments, got {found} (compute them with Kernel::eval_host)")]
+    #[error("tensor {tensor}: stage {stage} of rule `{rule}` takes {expected} uniform arguments, got {found} (compute them with Kernel::eval_host)")]
     UniformCount {
         /// The rule's name.
         rule: String,
+        /// The stage.
+        stage: usize,
         /// The tensor's position in the list.
         tensor: usize,
         /// The number the kernel takes.
@@ -113,7 +133,6 @@ impl CpuKernel {
     /// Like [`CpuKernel::compile`], with options.
     pub fn compile_with(kernel: &Kernel, options: &CpuOptions) -> Result<CpuKernel, CpuError> {
         kernel.validate()?;
-        kernel.only_stage()?;
         let code = jit::Code::compile(kernel, options.allow_fma)?;
         Ok(CpuKernel {
             kernel: kernel.clone(),
@@ -132,9 +151,10 @@ impl CpuKernel {
         self.code.fma
     }
 
-    /// Checks one tensor's arguments against the kernel.
-    fn check(&self, tensor: usize, args: &TensorArgs<'_>) -> Result<(), CpuError> {
+    /// Checks one tensor's arguments against stage `stage` (in range) of the kernel.
+    fn check(&self, stage: usize, tensor: usize, args: &TensorArgs<'_>) -> Result<(), CpuError> {
         let k = &self.kernel;
+        let nu = k.stages[stage].uniforms.len();
         if args.states.len() != k.states.len() {
             return Err(CpuError::StateCount {
                 rule: k.rule.clone(),
@@ -149,11 +169,12 @@ impl CpuKernel {
                 found: args.states.len(),
             });
         }
-        if args.uniforms.len() != k.stages[0].uniforms.len() {
+        if args.uniforms.len() != nu {
             return Err(CpuError::UniformCount {
                 rule: k.rule.clone(),
+                stage,
                 tensor,
-                expected: k.stages[0].uniforms.len(),
+                expected: nu,
                 found: args.uniforms.len(),
             });
         }
@@ -178,29 +199,55 @@ impl CpuKernel {
         Ok(())
     }
 
-    /// Steps one tensor on the current thread.
+    /// Runs stage `stage` on `tensors` in one pass over `pool` (rayon's global pool when
+    /// `None`), and lays out `partials` for them and fills it with the block partials of the
+    /// stage's reduce outputs (none for a stage without). Large tensors are split into contiguous
+    /// chunks (multiples of [`CHUNK_ALIGN`] elements, or of [`optc_kernel::REDUCE_BLOCK`] for a
+    /// stage with reduce outputs; at least [`MIN_CHUNK`]); small ones stay whole. Every element
+    /// and every partial is the same, bit for bit, with any pool. Nothing is touched unless every
+    /// tensor's arguments fit.
+    pub fn run_stage(
+        &self,
+        stage: usize,
+        tensors: &mut [TensorArgs<'_>],
+        partials: &mut Partials,
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<(), CpuError> {
+        if stage >= self.kernel.stages.len() {
+            return Err(CpuError::Stage {
+                rule: self.kernel.rule.clone(),
+                stage,
+                stages: self.kernel.stages.len(),
+            });
+        }
+        for (i, t) in tensors.iter().enumerate() {
+            self.check(stage, i, t)?;
+        }
+        let lens: Vec<usize> = tensors.iter().map(|t| t.param.len()).collect();
+        partials.layout(&lens, self.code.outputs(stage));
+        self.code.run_stage(stage, tensors, partials, pool);
+        Ok(())
+    }
+
+    /// Steps one tensor on the current thread: a one-stage kernel without reductions only.
     pub fn step(&self, args: TensorArgs<'_>) -> Result<(), CpuError> {
-        self.check(0, &args)?;
+        self.kernel.only_stage()?;
+        self.check(0, 0, &args)?;
         let mut args = args;
         self.code.run_one(&mut args);
         Ok(())
     }
 
-    /// Steps many tensors in one pass over `pool` (rayon's global pool when `None`). Large
-    /// tensors are split into contiguous chunks (multiples of [`CHUNK_ALIGN`] elements, at
-    /// least [`MIN_CHUNK`]); small ones stay whole. The result equals calling
-    /// [`CpuKernel::step`] on each tensor, bit for bit. Nothing is touched unless every tensor's
-    /// arguments fit.
+    /// Steps many tensors in one pass over `pool` (rayon's global pool when `None`): a one-stage
+    /// kernel without reductions only (see [`CpuKernel::run_stage`] for the others). The result
+    /// equals calling [`CpuKernel::step`] on each tensor, bit for bit.
     pub fn step_many(
         &self,
         tensors: Vec<TensorArgs<'_>>,
         pool: Option<&rayon::ThreadPool>,
     ) -> Result<(), CpuError> {
-        for (i, t) in tensors.iter().enumerate() {
-            self.check(i, t)?;
-        }
+        self.kernel.only_stage()?;
         let mut tensors = tensors;
-        self.code.run_many(&mut tensors, pool);
-        Ok(())
+        self.run_stage(0, &mut tensors, &mut Partials::new(), pool)
     }
 }

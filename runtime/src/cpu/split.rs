@@ -2,9 +2,12 @@
 //! `(tensor, range)` work items out, for one parallel pass.
 //!
 //! Guarantees: the items of each tensor are contiguous, in order, do not overlap and cover it
-//! exactly; every chunk boundary is a multiple of [`CHUNK_ALIGN`] elements; a tensor of at most
-//! `2 * MIN_CHUNK` elements is one item; no chunk is shorter than [`MIN_CHUNK`]; empty tensors
-//! give no item.
+//! exactly; every chunk boundary is a multiple of the alignment asked for ([`CHUNK_ALIGN`]
+//! elements, or `REDUCE_BLOCK` for a stage with reductions, so that every reduction block lies in
+//! one chunk); a tensor of at most `2 * MIN_CHUNK` elements is one item; no chunk is shorter than
+//! [`MIN_CHUNK`]; empty tensors give no item. The chunking depends on the thread count, but the
+//! results do not: every element's value and every block partial is computed the same way in
+//! any chunk.
 
 /// The smallest chunk a tensor is split into: 32K elements.
 ///
@@ -33,11 +36,13 @@ pub struct WorkItem {
     pub len: usize,
 }
 
-/// Splits tensors of lengths `lens` into work items for `threads` threads.
-pub fn plan(lens: &[usize], threads: usize) -> Vec<WorkItem> {
+/// Splits tensors of lengths `lens` into work items for `threads` threads, with chunk boundaries
+/// at multiples of `align` (a power of two that divides [`MIN_CHUNK`]).
+pub fn plan(lens: &[usize], threads: usize, align: usize) -> Vec<WorkItem> {
+    let align = align.clamp(1, MIN_CHUNK);
     let total: usize = lens.iter().sum();
     let pieces = threads.max(1) * CHUNKS_PER_THREAD;
-    let target = total.div_ceil(pieces).div_ceil(CHUNK_ALIGN) * CHUNK_ALIGN;
+    let target = total.div_ceil(pieces).div_ceil(align) * align;
     let chunk = target.max(MIN_CHUNK);
     let mut items = Vec::new();
     for (tensor, &len) in lens.iter().enumerate() {
@@ -62,13 +67,19 @@ mod tests {
     use super::*;
 
     fn check(lens: &[usize], threads: usize) -> Vec<WorkItem> {
-        let items = plan(lens, threads);
+        let items = check_aligned(lens, threads, CHUNK_ALIGN);
+        check_aligned(lens, threads, 4096);
+        items
+    }
+
+    fn check_aligned(lens: &[usize], threads: usize, align: usize) -> Vec<WorkItem> {
+        let items = plan(lens, threads, align);
         for (t, &len) in lens.iter().enumerate() {
             let mine: Vec<&WorkItem> = items.iter().filter(|w| w.tensor == t).collect();
             let mut at = 0;
             for w in &mine {
                 assert_eq!(w.start, at, "items of tensor {t} are not contiguous");
-                assert_eq!(w.start % CHUNK_ALIGN, 0);
+                assert_eq!(w.start % align, 0);
                 assert!(w.len >= MIN_CHUNK.min(len));
                 at += w.len;
             }

@@ -47,29 +47,6 @@ pub enum CudaError {
         /// What does not fit.
         reason: String,
     },
-    /// No hyperparameter of that name.
-    #[error("rule `{rule}` has no hyperparameter `{name}` (it has: {known})")]
-    UnknownHyper {
-        /// The rule.
-        rule: String,
-        /// The name asked for.
-        name: String,
-        /// The names it has, comma-separated.
-        known: String,
-    },
-    /// No state of that name.
-    #[error("rule `{rule}` has no per-element state `{name}` (it has: {known})")]
-    UnknownState {
-        /// The rule.
-        rule: String,
-        /// The name asked for.
-        name: String,
-        /// The names it has, comma-separated.
-        known: String,
-    },
-    /// A [`ParamId`](super::ParamId) that this optimizer did not give out.
-    #[error("unknown parameter id {0}")]
-    UnknownParam(usize),
     /// Buffers that do not fit: wrong lengths, misaligned pointers, a tensor twice in one launch.
     #[error("{0}")]
     Buffers(String),

@@ -2,36 +2,39 @@
 //! this builds and runs without a CUDA toolkit, and returns [`CudaError::NoDriver`] on a machine
 //! without one).
 //!
-//! Takes a compiled [`Artifact`](optc_kernel::Artifact) (or a [`Kernel`](optc_kernel::Kernel)
-//! with its [`PtxModule`](optc_kernel::artifact::PtxModule)); gives a [`CudaOptimizer`] that owns
-//! the optimizer state on the device and steps parameters in place:
+//! The CUDA target of the one [`Optimizer`](crate::Optimizer): `Options { target: Target::Cuda,
+//! cuda: CudaOptions { .. }, .. }` with a rule from an artifact ([`Rule::from_artifact`], no
+//! compiler needed) or, with the feature `compiler`, from source. The optimizer then has groups,
+//! hypers, checkpoints and step reports exactly as on the CPU; its states live on the device:
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use optc_runtime::cuda::CudaOptimizer;
+//! use optc_runtime::{Optimizer, Options, Rule, Target, Update};
 //! let text = std::fs::read_to_string("adamw.optc.json").unwrap_or_default();
-//! let mut opt = CudaOptimizer::from_artifact_json(&text, 0)?;
-//! let stream = opt.stream().clone();
+//! let options = Options { target: Target::Cuda, ..Options::default() };
+//! let mut opt = Optimizer::with_options(Rule::from_artifact_json(&text)?, options)?;
+//! let stream = opt.cuda_stream().expect("a CUDA optimizer").clone();
 //! let mut p = stream.clone_htod(&[1.0f32; 1000])?;
 //! let g = stream.clone_htod(&[0.1f32; 1000])?;
-//! let id = opt.add_param(&p)?;
+//! opt.add_param("w", &[1000])?;
 //! opt.set_hyper("lr", 1e-3)?;
-//! opt.step(id, &mut p, &g)?;
-//! let m = opt.state(id, "m")?;
-//! # let _ = m; Ok(()) }
+//! opt.step([Update::cuda("w", &mut p, &g, &stream)])?;
+//! let states = opt.states("w")?; // copied back to the host
+//! # let _ = states; Ok(()) }
 //! ```
+//!
+//! [`Rule::from_artifact`]: crate::Rule::from_artifact
 //!
 //! Guarantees: no cudarc call is made before [`driver_available`] has confirmed that the driver
 //! library loads; every failure is a [`CudaError`], never a panic. Per-tensor step counts and
-//! scalar states live on the host; the host program runs in f64 once per tensor per step. The
-//! vector entry is used when every pointer of a tensor is 16-byte aligned, else the scalar entry;
-//! [`CudaOptimizer::step_many`] steps a list of tensors with one launch of the multi-tensor entry.
-//! The kernel ABI is described in `docs/cuda.md`.
+//! scalar states live on the host; the host program runs in f64 once per tensor per step. Each
+//! stage of a step is one launch of the multi-tensor entry over every tensor of a kernel. The
+//! kernel ABI is described in `docs/cuda.md`.
 
 mod bench;
 mod driver;
 mod error;
-mod optimizer;
+mod executor;
 mod signature;
 mod step;
 mod table;
@@ -39,7 +42,8 @@ mod table;
 pub use bench::{copy_bandwidth, CopyBandwidth};
 pub use driver::{devices, driver_available, DeviceInfo};
 pub use error::CudaError;
-pub use optimizer::{CudaOptimizer, LaunchShape, ParamId};
+pub(crate) use executor::CudaExecutor;
+pub use executor::{CudaOptions, DeviceTensor, LaunchShape};
 pub use table::{TableLayout, CHUNK_RECORD_BYTES, FLAG_ALIGNED};
 
 /// cudarc itself, so callers can name the exact types this API takes (`CudaSlice`, `CudaStream`)

@@ -126,6 +126,21 @@ pub fn uniforms(k: &Kernel, t: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The uniforms of stage `stage` at step 1 with default hypers and initial scalars, given the
+/// finalized reductions (`NaN` for those not known yet), rounded to f32.
+pub fn stage_uniforms(k: &Kernel, stage: usize, reduced: &[f64]) -> Vec<f32> {
+    let hypers = k.default_hypers();
+    let scalars = k.initial_scalars(&hypers).expect("scalars");
+    let mut all = vec![f64::NAN; k.reductions.len()];
+    all[..reduced.len()].copy_from_slice(reduced);
+    k.eval_host(&hypers, 1, &scalars, &all)
+        .expect("host program")
+        .uniforms[stage]
+        .iter()
+        .map(|&u| u as f32)
+        .collect()
+}
+
 /// Steps `t` from element `off` on with the reference interpreter (f32).
 pub fn step_ref(k: &Kernel, t: &mut Tensor, off: usize, step: u64) {
     let hypers = k.default_hypers();

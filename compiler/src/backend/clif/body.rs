@@ -1,35 +1,40 @@
-//! Builds the function: entry block (buffer pointers, uniforms, loop-invariant nodes), the
-//! unrolled f32x4 main loop, one more f32x4 step when unrolled, and the tail through a stack copy.
+//! Builds the function of one stage: the entry block (buffer pointers, uniforms, loop-invariant
+//! nodes), then the loops: for a stage without reduce outputs, the unrolled f32x4 main loop, one
+//! more f32x4 step when unrolled, and the tail through a stack copy; for a stage with reduce outputs,
+//! the blocked loops of [`super::reduce`].
 
 use super::gen::Gen;
 use super::math;
-use super::plan::{buffer_index, Fused, Kind, Plan};
+use super::plan::{buffer_index, Fused, Kind, Plan, StageView};
 use super::Options;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::types::{F32, F32X4, I64};
 use cranelift_codegen::ir::{
-    AbiParam, BlockArg, Function, InstBuilder, MemFlagsData, Signature, StackSlotData,
+    AbiParam, Block, BlockArg, Function, InstBuilder, MemFlagsData, Signature, StackSlotData,
     StackSlotKind, UserFuncName, Value,
 };
 use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use optc_kernel::{BinaryOp, Expr, Handle, Kernel, UnaryOp};
+use optc_kernel::{BinaryOp, Expr, Handle, UnaryOp};
 
 /// Buffer element loads and stores: may be unaligned (any f32 address), never trap.
-fn elem_flags() -> MemFlagsData {
+pub(super) fn elem_flags() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
 /// The lowered values of the body nodes for one vector of elements.
 #[derive(Clone)]
-struct Env {
+pub(super) struct Env {
     num: Vec<Option<Value>>,
     mask: Vec<Option<Value>>,
 }
 
-struct Lower<'k> {
-    kernel: &'k Kernel,
-    plan: Plan,
+/// A stage and its analysis.
+pub(super) struct Lower<'k> {
+    /// The stage.
+    pub stage: StageView<'k>,
+    /// Its analysis.
+    pub plan: Plan,
 }
 
 impl Lower<'_> {
@@ -84,7 +89,7 @@ impl Lower<'_> {
             env.num[i] = Some(g.b.ins().fma(xv, yv, cv));
             return;
         }
-        let e = self.kernel.stages[0].body[h];
+        let e = self.stage.body[h];
         match e {
             Expr::Const(c) => env.num[i] = Some(g.f32s(c as f32)),
             Expr::Bool(b) => env.mask[i] = Some(g.i32s(if b { -1 } else { 0 })),
@@ -168,7 +173,7 @@ impl Lower<'_> {
             return;
         }
         if op == BinaryOp::Pow {
-            if let Expr::Const(c) = self.kernel.stages[0].body[b] {
+            if let Expr::Const(c) = self.stage.body[b] {
                 if let Some(n) = math::small_int(c) {
                     let x = self.num(g, env, a);
                     env.num[i] = Some(math::powi(g, x, n));
@@ -202,15 +207,16 @@ impl Lower<'_> {
     }
 
     /// One vector of elements: loads every live-read buffer at `addrs[k] + offset`, computes the
-    /// per-element nodes, stores every written buffer.
-    fn vector(
+    /// per-element nodes, stores every written buffer. Returns the f32x4 value of each reduce
+    /// output, in stage order.
+    pub fn vector(
         &self,
         g: &mut Gen,
         inv: &Env,
         addrs: &[Option<Value>],
         offset: i32,
         uniforms: Value,
-    ) {
+    ) -> Vec<Value> {
         let loaded: Vec<Option<Value>> = addrs
             .iter()
             .zip(&self.plan.read)
@@ -220,39 +226,192 @@ impl Lower<'_> {
             })
             .collect();
         let mut env = inv.clone();
-        for h in self.kernel.stages[0].body.handles() {
+        for h in self.stage.body.handles() {
             if self.plan.live[h.index()] && !self.plan.invariant[h.index()] {
                 self.node(g, &mut env, h, uniforms, &loaded);
             }
         }
-        for s in &self.kernel.stages[0].stores {
+        for s in self.stage.stores {
             let v = self.num(g, &mut env, s.value);
             if let Some(a) = addrs[buffer_index(s.slot)] {
                 g.b.ins().store(elem_flags(), v, a, offset);
             }
         }
+        self.stage
+            .reduce
+            .iter()
+            .map(|&(_, v)| self.num(g, &mut env, v))
+            .collect()
     }
 }
 
-fn args(vals: &[Value]) -> Vec<BlockArg> {
+pub(super) fn args(vals: &[Value]) -> Vec<BlockArg> {
     vals.iter().map(|&v| BlockArg::Value(v)).collect()
 }
 
-/// Builds the whole function for a validated kernel.
-pub(super) fn build(kernel: &Kernel, opts: &Options, name: UserFuncName) -> Function {
+/// What the entry block made: the function's arguments, each used buffer's pointer, and the
+/// loop-invariant nodes.
+pub(super) struct Entry {
+    /// The number of elements.
+    pub n: Value,
+    /// The uniforms' address.
+    pub uniforms: Value,
+    /// The partials' address and the distance between two reduce outputs' partials (in f32s),
+    /// for a stage with reduce outputs.
+    pub partials: Option<(Value, Value)>,
+    /// The address of each buffer the stage reads or writes (in buffer order).
+    pub ptrs: Vec<Option<Value>>,
+    /// Whether each buffer is read or written.
+    pub used: Vec<bool>,
+    /// The invariant nodes' values.
+    pub inv: Env,
+}
+
+/// Builds the whole function for one stage of a validated kernel.
+pub(super) fn build(stage: StageView<'_>, opts: &Options, name: UserFuncName) -> Function {
+    let reduces = !stage.reduce.is_empty();
     let mut sig = Signature::new(opts.call_conv);
-    sig.params = vec![AbiParam::new(I64); 3];
+    sig.params = vec![AbiParam::new(I64); if reduces { 5 } else { 3 }];
     let mut func = Function::with_name_signature(name, sig);
     let mut fctx = FunctionBuilderContext::new();
     let mut g = Gen::new(FunctionBuilder::new(&mut func, &mut fctx));
-    let lower = Lower {
-        kernel,
-        plan: Plan::new(kernel, opts.fma),
-    };
-    let plan = &lower.plan;
-    let step = 4 * i64::from(opts.unroll);
+    let plan = Plan::new(&stage, opts.fma);
+    let lower = Lower { stage, plan };
 
-    let entry = g.b.create_block();
+    // Entry: buffer pointers, uniforms and every loop-invariant node.
+    let entry_block = g.b.create_block();
+    g.b.append_block_params_for_function_params(entry_block);
+    g.b.switch_to_block(entry_block);
+    let params = g.b.block_params(entry_block).to_vec();
+    let (bufs, n, uniforms) = (params[0], params[1], params[2]);
+    let nbuf = lower.plan.read.len();
+    let used: Vec<bool> = (0..nbuf)
+        .map(|k| lower.plan.read[k] || lower.plan.written[k])
+        .collect();
+    let ptrs: Vec<Option<Value>> = (0..nbuf)
+        .map(|k| {
+            used[k].then(|| {
+                let off = i32::try_from(8 * k).unwrap_or(i32::MAX);
+                g.b.ins().load(I64, MemFlagsData::trusted(), bufs, off)
+            })
+        })
+        .collect();
+    let n_nodes = lower.stage.body.len();
+    let mut inv = Env {
+        num: vec![None; n_nodes],
+        mask: vec![None; n_nodes],
+    };
+    for h in lower.stage.body.handles() {
+        if lower.plan.live[h.index()] && lower.plan.invariant[h.index()] {
+            lower.node(&mut g, &mut inv, h, uniforms, &[]);
+        }
+    }
+    let entry = Entry {
+        n,
+        uniforms,
+        partials: reduces.then(|| (params[3], params[4])),
+        ptrs,
+        used,
+        inv,
+    };
+    if let Some((partials, stride)) = entry.partials {
+        super::reduce::loops(&mut g, &lower, &entry, partials, stride);
+    } else {
+        elementwise(&mut g, &lower, &entry, opts.unroll);
+    }
+
+    g.b.seal_all_blocks();
+    g.b.finalize(TargetFrontendConfig {
+        default_call_conv: opts.call_conv,
+        pointer_width: target_lexicon::PointerWidth::U64,
+        page_size_align_log2: 12,
+    });
+    func
+}
+
+/// Adds `byte_off` to every buffer pointer.
+pub(super) fn offset_ptrs(
+    g: &mut Gen,
+    ptrs: &[Option<Value>],
+    byte_off: Value,
+) -> Vec<Option<Value>> {
+    ptrs.iter()
+        .map(|p| p.map(|p| g.b.ins().iadd(p, byte_off)))
+        .collect()
+}
+
+/// Stack buffers of `bytes` bytes, one per used buffer, zeroed; returns their addresses.
+pub(super) fn zeroed_slots(g: &mut Gen, used: &[bool], bytes: u32) -> Vec<Option<Value>> {
+    let slots: Vec<Option<Value>> = used
+        .iter()
+        .map(|&u| {
+            u.then(|| {
+                let ss = g.b.create_sized_stack_slot(StackSlotData::new(
+                    StackSlotKind::ExplicitSlot,
+                    bytes,
+                    4,
+                ));
+                g.b.ins().stack_addr(I64, ss, 0)
+            })
+        })
+        .collect();
+    let zero_v = g.f32s(0.0);
+    for s in slots.iter().flatten() {
+        for k in 0..bytes / 16 {
+            g.b.ins()
+                .store(MemFlagsData::trusted(), zero_v, *s, 16 * k as i32);
+        }
+    }
+    slots
+}
+
+/// Copies elements `[first, first + count)` of each buffer with `which[k]` between the buffer
+/// and its stack slot (into the slots when `into_slots`, else back out), in a loop made of the
+/// blocks `hdr` and `body`; continues at `done`. The current block must end with a jump to
+/// `hdr` passing `0`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn copy_loop(
+    g: &mut Gen,
+    ptrs: &[Option<Value>],
+    slots: &[Option<Value>],
+    first: Value,
+    count: Value,
+    which: &[bool],
+    into_slots: bool,
+    (hdr, body, done): (Block, Block, Block),
+) {
+    let j = g.b.append_block_param(hdr, I64);
+    g.b.switch_to_block(hdr);
+    let more = g.b.ins().icmp(IntCC::UnsignedLessThan, j, count);
+    g.b.ins().brif(more, body, &[], done, &[]);
+    g.b.switch_to_block(body);
+    let idx = g.b.ins().iadd(first, j);
+    let off = g.b.ins().ishl_imm_u(idx, 2);
+    let soff = g.b.ins().ishl_imm_u(j, 2);
+    for k in 0..ptrs.len() {
+        if let (true, Some(p), Some(s)) = (which[k], ptrs[k], slots[k]) {
+            let ea = g.b.ins().iadd(p, off);
+            let sa = g.b.ins().iadd(s, soff);
+            let (from, to, ff, tf) = if into_slots {
+                (ea, sa, elem_flags(), MemFlagsData::trusted())
+            } else {
+                (sa, ea, MemFlagsData::trusted(), elem_flags())
+            };
+            let v = g.b.ins().load(F32, ff, from, 0);
+            g.b.ins().store(tf, v, to, 0);
+        }
+    }
+    let next = g.b.ins().iadd_imm_s(j, 1);
+    g.b.ins().jump(hdr, &args(&[next]));
+}
+
+/// The loops of a stage without reduce outputs: `unroll` vectors per iteration, one more vector
+/// when unrolled, and the last `n % 4` elements through a zeroed 4-lane stack copy of each buffer.
+fn elementwise(g: &mut Gen, lower: &Lower<'_>, e: &Entry, unroll: u32) {
+    let plan = &lower.plan;
+    let step = 4 * i64::from(unroll);
+    let (n, uniforms, inv) = (e.n, e.uniforms, &e.inv);
+
     let main_hdr = g.b.create_block();
     let main_body = g.b.create_block();
     let after_main = g.b.create_block();
@@ -266,31 +425,6 @@ pub(super) fn build(kernel: &Kernel, opts: &Options, name: UserFuncName) -> Func
     let cout_body = g.b.create_block();
     let exit = g.b.create_block();
 
-    // Entry: buffer pointers, uniforms and every loop-invariant node.
-    g.b.append_block_params_for_function_params(entry);
-    g.b.switch_to_block(entry);
-    let params = g.b.block_params(entry).to_vec();
-    let (bufs, n, uniforms) = (params[0], params[1], params[2]);
-    let nbuf = plan.read.len();
-    let used: Vec<bool> = (0..nbuf).map(|k| plan.read[k] || plan.written[k]).collect();
-    let ptrs: Vec<Option<Value>> = (0..nbuf)
-        .map(|k| {
-            used[k].then(|| {
-                let off = i32::try_from(8 * k).unwrap_or(i32::MAX);
-                g.b.ins().load(I64, MemFlagsData::trusted(), bufs, off)
-            })
-        })
-        .collect();
-    let n_nodes = kernel.stages[0].body.len();
-    let mut inv = Env {
-        num: vec![None; n_nodes],
-        mask: vec![None; n_nodes],
-    };
-    for h in kernel.stages[0].body.handles() {
-        if plan.live[h.index()] && plan.invariant[h.index()] {
-            lower.node(&mut g, &mut inv, h, uniforms, &[]);
-        }
-    }
     let n_main = g.b.ins().band_imm_s(n, -step);
     let zero = g.b.ins().iconst(I64, 0);
     let jump = g.b.ins().jump(main_hdr, &args(&[zero]));
@@ -305,12 +439,9 @@ pub(super) fn build(kernel: &Kernel, opts: &Options, name: UserFuncName) -> Func
 
     g.b.switch_to_block(main_body);
     let byte_off = g.b.ins().ishl_imm_u(i, 2);
-    let addrs: Vec<Option<Value>> = ptrs
-        .iter()
-        .map(|p| p.map(|p| g.b.ins().iadd(p, byte_off)))
-        .collect();
-    for k in 0..opts.unroll {
-        lower.vector(&mut g, &inv, &addrs, 16 * k as i32, uniforms);
+    let addrs = offset_ptrs(g, &e.ptrs, byte_off);
+    for k in 0..unroll {
+        lower.vector(g, inv, &addrs, 16 * k as i32, uniforms);
     }
     let next = g.b.ins().iadd_imm_s(i, step);
     g.b.ins().jump(main_hdr, &args(&[next]));
@@ -318,7 +449,7 @@ pub(super) fn build(kernel: &Kernel, opts: &Options, name: UserFuncName) -> Func
     // One more single vector when unrolled.
     let i = g.b.append_block_param(after_main, I64);
     g.b.switch_to_block(after_main);
-    if opts.unroll > 1 {
+    if unroll > 1 {
         let rem = g.b.ins().isub(n, i);
         let fits =
             g.b.ins()
@@ -326,11 +457,8 @@ pub(super) fn build(kernel: &Kernel, opts: &Options, name: UserFuncName) -> Func
         g.b.ins().brif(fits, one_body, &[], tail_hdr, &args(&[i]));
         g.b.switch_to_block(one_body);
         let byte_off = g.b.ins().ishl_imm_u(i, 2);
-        let addrs: Vec<Option<Value>> = ptrs
-            .iter()
-            .map(|p| p.map(|p| g.b.ins().iadd(p, byte_off)))
-            .collect();
-        lower.vector(&mut g, &inv, &addrs, 0, uniforms);
+        let addrs = offset_ptrs(g, &e.ptrs, byte_off);
+        lower.vector(g, inv, &addrs, 0, uniforms);
         let next = g.b.ins().iadd_imm_s(i, 4);
         g.b.ins().jump(tail_hdr, &args(&[next]));
     } else {
@@ -346,67 +474,36 @@ pub(super) fn build(kernel: &Kernel, opts: &Options, name: UserFuncName) -> Func
     g.b.ins().brif(rem, tail_body, &[], exit, &[]);
 
     g.b.switch_to_block(tail_body);
-    let slots: Vec<Option<Value>> = used
-        .iter()
-        .map(|&u| {
-            u.then(|| {
-                let ss = g.b.create_sized_stack_slot(StackSlotData::new(
-                    StackSlotKind::ExplicitSlot,
-                    16,
-                    4,
-                ));
-                g.b.ins().stack_addr(I64, ss, 0)
-            })
-        })
-        .collect();
-    let zero_v = g.f32s(0.0);
-    for s in slots.iter().flatten() {
-        g.b.ins().store(MemFlagsData::trusted(), zero_v, *s, 0);
-    }
+    let slots = zeroed_slots(g, &e.used, 16);
     let zero = g.b.ins().iconst(I64, 0);
     g.b.ins().jump(cin_hdr, &args(&[zero]));
-
-    let copy_loop = |g: &mut Gen, hdr, body, done, which: &[bool], into_slots: bool| {
-        let j = g.b.append_block_param(hdr, I64);
-        g.b.switch_to_block(hdr);
-        let more = g.b.ins().icmp(IntCC::UnsignedLessThan, j, rem);
-        g.b.ins().brif(more, body, &[], done, &[]);
-        g.b.switch_to_block(body);
-        let idx = g.b.ins().iadd(i, j);
-        let off = g.b.ins().ishl_imm_u(idx, 2);
-        let soff = g.b.ins().ishl_imm_u(j, 2);
-        for k in 0..nbuf {
-            if let (true, Some(p), Some(s)) = (which[k], ptrs[k], slots[k]) {
-                let ea = g.b.ins().iadd(p, off);
-                let sa = g.b.ins().iadd(s, soff);
-                let (from, to, ff, tf) = if into_slots {
-                    (ea, sa, elem_flags(), MemFlagsData::trusted())
-                } else {
-                    (sa, ea, MemFlagsData::trusted(), elem_flags())
-                };
-                let v = g.b.ins().load(F32, ff, from, 0);
-                g.b.ins().store(tf, v, to, 0);
-            }
-        }
-        let next = g.b.ins().iadd_imm_s(j, 1);
-        g.b.ins().jump(hdr, &args(&[next]));
-    };
-    copy_loop(&mut g, cin_hdr, cin_body, compute, &plan.read, true);
+    let ptrs = &e.ptrs;
+    copy_loop(
+        g,
+        ptrs,
+        &slots,
+        i,
+        rem,
+        &plan.read,
+        true,
+        (cin_hdr, cin_body, compute),
+    );
 
     g.b.switch_to_block(compute);
-    lower.vector(&mut g, &inv, &slots, 0, uniforms);
+    lower.vector(g, inv, &slots, 0, uniforms);
     let zero = g.b.ins().iconst(I64, 0);
     g.b.ins().jump(cout_hdr, &args(&[zero]));
-    copy_loop(&mut g, cout_hdr, cout_body, exit, &plan.written, false);
+    copy_loop(
+        g,
+        ptrs,
+        &slots,
+        i,
+        rem,
+        &plan.written,
+        false,
+        (cout_hdr, cout_body, exit),
+    );
 
     g.b.switch_to_block(exit);
     g.b.ins().return_(&[]);
-
-    g.b.seal_all_blocks();
-    g.b.finalize(TargetFrontendConfig {
-        default_call_conv: opts.call_conv,
-        pointer_width: target_lexicon::PointerWidth::U64,
-        page_size_align_log2: 12,
-    });
-    func
 }

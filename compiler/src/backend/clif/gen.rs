@@ -122,6 +122,17 @@ impl<'a> Gen<'a> {
         self.cast(ty, r)
     }
 
+    /// The f32x4 whose lane `k` is lane `from[k]` of `x`.
+    pub fn lanes(&mut self, x: Value, from: [u8; 4]) -> Value {
+        let mut bytes = [0u8; 16];
+        for (k, &l) in from.iter().enumerate() {
+            for b in 0..4 {
+                bytes[4 * k + b] = 4 * l + b as u8;
+            }
+        }
+        self.shuffle(x, x, bytes)
+    }
+
     /// Lanes 0-1 and lanes 2-3 of an f32x4, each widened to an f64x2.
     pub fn widen(&mut self, x: Value) -> (Value, Value) {
         let lo = self.b.ins().fvpromote_low(x);

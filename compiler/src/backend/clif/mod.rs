@@ -1,20 +1,28 @@
 //! Kernel -> Cranelift IR for the CPU.
 //!
-//! Takes a validated [`Kernel`] and gives one Cranelift [`Function`] with the C ABI
-//! `extern "C" fn(bufs: *const *mut f32, n: u64, uniforms: *const f32)`:
+//! Takes a validated [`Kernel`] and gives one Cranelift [`Function`] per stage. A stage without
+//! reduce outputs has the C ABI `extern "C" fn(bufs: *const *mut f32, n: u64, uniforms: *const
+//! f32)`; a stage with reduce outputs takes two more arguments, `extern "C" fn(bufs, n, uniforms,
+//! partials: *mut f32, stride: u64)`:
 //!
 //! - `bufs[i]` points at the first element to process of buffer `i` in [`Kernel::buffers`] order
 //!   (`p`, `g`, then each state); any 4-byte-aligned address is fine (loads and stores are
 //!   unaligned-safe);
 //! - `n` is the number of elements to process;
-//! - `uniforms[j]` is `Expr::Uniform(j)` rounded to f32 (booleans as `1.0`/`0.0`).
+//! - `uniforms[j]` is the stage's `Expr::Uniform(j)` rounded to f32 (booleans as `1.0`/`0.0`);
+//! - `partials[r * stride + b]` receives the f32 block partial of the stage's reduce output `r`
+//!   (in [`optc_kernel::Stage::reduce`] order) over block `b` of the range, a block being
+//!   [`optc_kernel::REDUCE_BLOCK`] elements from the start of the range (the last may be short):
+//!   the range must start on a block boundary of the tensor. `stride >= n.div_ceil(REDUCE_BLOCK)`.
 //!
-//! The function has an f32x4 main loop (optionally unrolled) and a tail for the last `n % 4`
-//! elements. The tail copies those elements into a 4-lane stack buffer, runs the very same vector
-//! body on it and copies the written lanes back, so tail and main loop agree bit for bit by
-//! construction. Every buffer the body reads is loaded once per element, every written buffer is
-//! stored once. Uniforms and constants are splat before the loop. No op becomes a libcall: `fma` is
-//! only used with [`Options::fma`], and `exp`, `log` and `pow` are polynomials (see [`math`]).
+//! A stage without reduce outputs has an f32x4 main loop (optionally unrolled) and a tail for the
+//! last `n % 4` elements. The tail copies those elements into a 4-lane stack buffer, runs the very
+//! same vector body on it and copies the written lanes back, so tail and main loop agree bit for
+//! bit by construction. A stage with reduce outputs runs blocked loops (`reduce.rs`), in
+//! exactly the order of `docs/stages.md`. Every buffer the body reads is loaded once per element,
+//! every written buffer is stored once. Uniforms and constants are splat before the loop. No op
+//! becomes a libcall: `fma` is only used with [`Options::fma`], and `exp`, `log` and `pow` are
+//! polynomials (see [`math`]).
 //!
 //! Pure: this module builds IR and never runs it (the runtime JIT-compiles it).
 
@@ -22,10 +30,11 @@ mod body;
 mod gen;
 pub mod math;
 mod plan;
+mod reduce;
 
 use cranelift_codegen::ir::{Function, UserFuncName};
 use cranelift_codegen::isa::CallConv;
-use optc_kernel::Kernel;
+use optc_kernel::{Kernel, ReduceOp};
 
 /// Code generation options.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,17 +80,50 @@ pub enum Error {
     },
 }
 
-/// Lowers `kernel` to one Cranelift function (see the module documentation for its ABI).
-pub fn emit(kernel: &Kernel, opts: &Options) -> Result<Function, Error> {
+/// Lowers every stage of `kernel`, in order (see the module documentation for their ABI).
+pub fn emit(kernel: &Kernel, opts: &Options) -> Result<Vec<Function>, Error> {
     kernel.validate()?;
-    kernel.only_stage()?;
+    (0..kernel.stages.len())
+        .map(|k| emit_valid_stage(kernel, k, opts))
+        .collect()
+}
+
+/// Lowers stage `stage` of `kernel` to one Cranelift function.
+pub fn emit_stage(kernel: &Kernel, stage: usize, opts: &Options) -> Result<Function, Error> {
+    kernel.validate()?;
+    emit_valid_stage(kernel, stage, opts)
+}
+
+fn emit_valid_stage(kernel: &Kernel, stage: usize, opts: &Options) -> Result<Function, Error> {
     if !(1..=2).contains(&opts.unroll) {
         return Err(Error::Options(format!(
             "unroll must be 1 or 2, got {}",
             opts.unroll
         )));
     }
-    let func = body::build(kernel, opts, UserFuncName::testcase(func_name(kernel)));
+    let st = kernel.stages.get(stage).ok_or_else(|| {
+        Error::Options(format!(
+            "stage {stage} does not exist: rule `{}` has {} stages",
+            kernel.rule,
+            kernel.stages.len()
+        ))
+    })?;
+    let mut reduce = Vec::with_capacity(st.reduce.len());
+    for out in &st.reduce {
+        let decl = &kernel.reductions[out.reduction.index()];
+        let fold = match decl.op {
+            ReduceOp::Sum => plan::Fold::Sum,
+            ReduceOp::Max => plan::Fold::Max,
+        };
+        reduce.push((fold, out.value));
+    }
+    let view = plan::StageView {
+        body: &st.body,
+        stores: &st.stores,
+        reduce,
+        buffers: 2 + kernel.states.len(),
+    };
+    let func = body::build(view, opts, UserFuncName::testcase(func_name(kernel, stage)));
     let flags = cranelift_codegen::settings::Flags::new(cranelift_codegen::settings::builder());
     cranelift_codegen::verify_function(&func, &flags).map_err(|e| Error::Verify {
         rule: kernel.rule.clone(),
@@ -90,14 +132,21 @@ pub fn emit(kernel: &Kernel, opts: &Options) -> Result<Function, Error> {
     Ok(func)
 }
 
-/// The CLIF text of [`emit`]'s function, as `optc compile --target cpu --emit clif` prints it.
+/// The CLIF text of [`emit`]'s functions, as `optc compile --target cpu --emit clif` prints it
+/// (the stages in order, separated by a blank line).
 pub fn emit_text(kernel: &Kernel, opts: &Options) -> Result<String, Error> {
-    Ok(emit(kernel, opts)?.display().to_string())
+    let funcs = emit(kernel, opts)?;
+    Ok(funcs
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
-/// The function's name: `optc_` and the rule name with every character outside `[A-Za-z0-9_]`
-/// replaced by `_`.
-pub fn func_name(kernel: &Kernel) -> String {
+/// The name of stage `stage`'s function: `optc_` and the rule name with every character outside
+/// `[A-Za-z0-9_]` replaced by `_`, then `_s` and the stage number when the kernel has more than one
+/// stage.
+pub fn func_name(kernel: &Kernel, stage: usize) -> String {
     let rule: String = kernel
         .rule
         .chars()
@@ -109,5 +158,9 @@ pub fn func_name(kernel: &Kernel) -> String {
             }
         })
         .collect();
-    format!("optc_{rule}")
+    if kernel.stages.len() > 1 {
+        format!("optc_{rule}_s{stage}")
+    } else {
+        format!("optc_{rule}")
+    }
 }

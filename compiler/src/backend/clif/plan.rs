@@ -2,7 +2,28 @@
 //! element (computed once before the loop), which are booleans (lane masks), in which forms each
 //! node is used, and which `a * b ± c` become one `fma`.
 
-use optc_kernel::{BinaryOp, Expr, Handle, Kernel, Slot, UnaryOp};
+use optc_kernel::{Arena, BinaryOp, Expr, Handle, Slot, Store, UnaryOp};
+
+/// How a reduce output folds its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fold {
+    /// f32 `+` from `-0.0`.
+    Sum,
+    /// The `max` op (NaN-propagating, `-0 < +0`) from `-inf`.
+    Max,
+}
+
+/// What the lowering needs of one stage of a kernel.
+pub(super) struct StageView<'k> {
+    /// The per-element body.
+    pub body: &'k Arena<Expr>,
+    /// Its stores.
+    pub stores: &'k [Store],
+    /// Its reduce outputs, in stage order: how each folds, and the body value folded.
+    pub reduce: Vec<(Fold, Handle<Expr>)>,
+    /// The number of buffers (`p`, `g`, then each state).
+    pub buffers: usize,
+}
 
 /// How a node's value is represented natively.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +49,7 @@ pub(super) enum Fused {
 pub(super) struct Plan {
     /// Native representation.
     pub kind: Vec<Kind>,
-    /// Needed by some store.
+    /// Needed by some store or reduce output.
     pub live: Vec<bool>,
     /// Depends on no `Load`: computed once before the loop.
     pub invariant: Vec<bool>,
@@ -64,9 +85,9 @@ impl Plan {
         }
     }
 
-    /// Analyses the body of a validated kernel.
-    pub fn new(kernel: &Kernel, fma: bool) -> Plan {
-        let body = &kernel.stages[0].body;
+    /// Analyses the body of one stage of a validated kernel.
+    pub fn new(stage: &StageView<'_>, fma: bool) -> Plan {
+        let body = stage.body;
         let n = body.len();
         let mut kind = Vec::with_capacity(n);
         for (_, e) in body.iter() {
@@ -90,8 +111,11 @@ impl Plan {
                 uses[o.index()] += 1;
             }
         }
-        for s in &kernel.stages[0].stores {
+        for s in stage.stores {
             uses[s.value.index()] += 1;
+        }
+        for &(_, v) in &stage.reduce {
+            uses[v.index()] += 1;
         }
         let single_mul = |h: Handle<Expr>| match body[h] {
             Expr::Binary(BinaryOp::Mul, x, y) if uses[h.index()] == 1 => Some((x, y)),
@@ -122,14 +146,18 @@ impl Plan {
             need_num: vec![false; n],
             need_mask: vec![false; n],
             fused,
-            read: vec![false; 2 + kernel.states.len()],
-            written: vec![false; 2 + kernel.states.len()],
+            read: vec![false; stage.buffers],
+            written: vec![false; stage.buffers],
         };
 
-        for s in &kernel.stages[0].stores {
+        for s in stage.stores {
             plan.live[s.value.index()] = true;
             plan.need_num[s.value.index()] = true;
             plan.written[buffer_index(s.slot)] = true;
+        }
+        for &(_, v) in &stage.reduce {
+            plan.live[v.index()] = true;
+            plan.need_num[v.index()] = true;
         }
         for h in body.handles().rev() {
             if !plan.live[h.index()] {

@@ -1,0 +1,125 @@
+//! The executor: what a target (interpreter, CPU JIT, CUDA) implements so that one
+//! [`Optimizer`](crate::Optimizer) runs on it.
+//!
+//! The optimizer owns everything that is the same on every target: names, groups, hypers, step
+//! counts, scalar states, the host program, the stage schedule, all-or-nothing checks and
+//! checkpoints. An executor owns what lives in the target's memory: the loaded kernels and each
+//! parameter's per-element state buffers (keyed by the parameter's registration index), and it
+//! runs one stage of one kernel over a list of tensors whose uniforms are already computed,
+//! returning the stage's block partials.
+//!
+//! Contract: the optimizer checks every name, length and count before it calls an executor, so an
+//! executor may treat a mismatch as an internal error. An executor never changes a buffer unless
+//! the call succeeds, except `run_stage`, which fails only on a device error (a driver fault),
+//! never on user input.
+
+use crate::error::RuntimeError;
+use crate::target::Target;
+use optc_kernel::artifact::PtxModule;
+use optc_kernel::ValidKernel;
+
+/// A parameter and its gradient as the caller holds them for one step.
+pub(crate) enum TensorData<'a> {
+    /// Host memory (the interpreter and CPU targets; CUDA copies to and from the device).
+    Host {
+        /// The parameter, updated in place.
+        param: &'a mut [f32],
+        /// Its gradient.
+        grad: &'a [f32],
+    },
+    /// Device memory of the optimizer's CUDA context.
+    #[cfg(feature = "cuda")]
+    Device(crate::cuda::DeviceTensor<'a>),
+}
+
+impl TensorData<'_> {
+    /// Elements of the parameter and of the gradient.
+    pub fn lens(&self) -> (usize, usize) {
+        match self {
+            TensorData::Host { param, grad } => (param.len(), grad.len()),
+            #[cfg(feature = "cuda")]
+            TensorData::Device(d) => (d.param_len, d.grad_len),
+        }
+    }
+}
+
+/// One tensor's part of a stage.
+pub(crate) struct StageTensor<'s, 'a> {
+    /// The parameter's registration index (the executor finds its states by it).
+    pub param: usize,
+    /// The parameter and gradient.
+    pub data: &'s mut TensorData<'a>,
+    /// The stage's uniforms for this tensor, rounded to f32.
+    pub uniforms: Vec<f32>,
+}
+
+/// A stage's block partials: `[tensor][reduce output][block]`.
+pub(crate) type Partials = Vec<Vec<Vec<f32>>>;
+
+/// How a new state buffer starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum StateInit {
+    /// Every element is this value.
+    Value(f32),
+    /// A copy of the parameter as it is before the first step.
+    Param,
+}
+
+/// A target's memory and kernels. See the module docs.
+pub(crate) trait Executor: Send {
+    /// The target this executor runs on.
+    fn target(&self) -> Target;
+
+    /// Compiles or loads `kernel` for this target, with its PTX where the rule came with one
+    /// (an artifact); returns its index for [`Executor::run_stage`].
+    fn load(&mut self, kernel: ValidKernel, ptx: Option<&PtxModule>)
+        -> Result<usize, RuntimeError>;
+
+    /// The kernel of index `kernel`.
+    fn kernel(&self, kernel: usize) -> &ValidKernel;
+
+    /// Creates the per-element states of parameter `param` (`len` elements), one per entry of
+    /// `init`, from `data` where a state starts as a copy of the parameter, for kernel `kernel`.
+    /// Replaces any states the parameter had.
+    fn create_states(
+        &mut self,
+        param: usize,
+        len: usize,
+        init: &[StateInit],
+        data: &TensorData<'_>,
+        kernel: usize,
+    ) -> Result<(), RuntimeError>;
+
+    /// Forgets the states of parameter `param` (none is an error).
+    fn drop_states(&mut self, param: usize);
+
+    /// Runs stage `stage` of kernel `kernel` over `tensors` (every one of which has states).
+    /// Returns the stage's block partials: per tensor, per reduce output of the stage (in
+    /// `Stage::reduce` order), one f32 per block of `REDUCE_BLOCK` elements in block order,
+    /// each computed in the order of `optc_kernel::reduce::block_partial`.
+    fn run_stage(
+        &mut self,
+        kernel: usize,
+        stage: usize,
+        tensors: &mut [StageTensor<'_, '_>],
+    ) -> Result<Partials, RuntimeError>;
+
+    /// Copies parameter `param`'s states to the host, in the kernel's state order.
+    fn read_states(&self, param: usize) -> Result<Vec<Vec<f32>>, RuntimeError>;
+
+    /// Replaces the states of each `(param, values)` (from a checkpoint), creating them where a
+    /// parameter had none. All or nothing: on error no parameter's states have changed.
+    fn write_states(&mut self, states: Vec<(usize, Vec<Vec<f32>>)>) -> Result<(), RuntimeError>;
+
+    /// The CUDA executor, when this is one (for the optimizer's CUDA-only accessors).
+    #[cfg(feature = "cuda")]
+    fn cuda(&mut self) -> Option<&mut crate::cuda::CudaExecutor> {
+        None
+    }
+
+    /// The CUDA executor, when this is one.
+    #[cfg(feature = "cuda")]
+    fn cuda_ref(&self) -> Option<&crate::cuda::CudaExecutor> {
+        None
+    }
+}

@@ -1,0 +1,254 @@
+//! The host executors: the reference interpreter and the CPU JIT, over states in host memory.
+//!
+//! Takes validated kernels; gives an [`Executor`] whose state buffers are `Vec<f32>` per
+//! parameter. The CPU target runs a stage with one pass of the rayon pool over every tensor
+//! ([`crate::cpu::CpuKernel`]); the interpreter runs one element at a time on one thread and is
+//! the meaning every other target is judged against.
+
+use crate::cpu::{CpuKernel, CpuOptions, Partials, TensorArgs};
+use crate::error::RuntimeError;
+use crate::executor::{self, Executor, StageTensor, StateInit, TensorData};
+use crate::target::Target;
+use optc_kernel::artifact::PtxModule;
+use optc_kernel::ValidKernel;
+use std::sync::Arc;
+
+enum Compiled {
+    Cpu(Box<CpuKernel>, ValidKernel),
+    Interp(ValidKernel),
+}
+
+/// States in host memory, kernels for the CPU or the interpreter.
+pub(crate) struct HostExecutor {
+    target: Target,
+    allow_fma: bool,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    kernels: Vec<Compiled>,
+    /// Per registered parameter: its state buffers, once it has any.
+    states: Vec<Option<Vec<Vec<f32>>>>,
+}
+
+impl HostExecutor {
+    /// An executor for `Target::Cpu` (on `pool`, or rayon's global pool) or `Target::Interp`.
+    pub fn new(target: Target, allow_fma: bool, pool: Option<Arc<rayon::ThreadPool>>) -> Self {
+        HostExecutor {
+            target,
+            allow_fma,
+            pool,
+            kernels: Vec::new(),
+            states: Vec::new(),
+        }
+    }
+
+    fn slot(&mut self, param: usize) -> &mut Option<Vec<Vec<f32>>> {
+        if self.states.len() <= param {
+            self.states.resize_with(param + 1, || None);
+        }
+        &mut self.states[param]
+    }
+}
+
+fn internal(what: &str) -> RuntimeError {
+    RuntimeError::Unsupported(format!("internal: {what}"))
+}
+
+fn host<'s>(data: &'s mut TensorData<'_>) -> Result<(&'s mut [f32], &'s [f32]), RuntimeError> {
+    match data {
+        TensorData::Host { param, grad } => Ok((param, grad)),
+        #[cfg(feature = "cuda")]
+        TensorData::Device(_) => Err(RuntimeError::Unsupported(
+            "device buffers were given to an optimizer on a host target; step them with an optimizer built for Target::Cuda".into(),
+        )),
+    }
+}
+
+impl Executor for HostExecutor {
+    fn target(&self) -> Target {
+        self.target
+    }
+
+    fn load(
+        &mut self,
+        kernel: ValidKernel,
+        _ptx: Option<&PtxModule>,
+    ) -> Result<usize, RuntimeError> {
+        let compiled = match self.target {
+            Target::Interp => Compiled::Interp(kernel),
+            Target::Cpu => {
+                let options = CpuOptions {
+                    allow_fma: self.allow_fma,
+                };
+                Compiled::Cpu(
+                    Box::new(CpuKernel::compile_with(&kernel, &options)?),
+                    kernel,
+                )
+            }
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(internal(&format!(
+                    "the host executor cannot run on {other}"
+                )))
+            }
+        };
+        self.kernels.push(compiled);
+        Ok(self.kernels.len() - 1)
+    }
+
+    fn kernel(&self, kernel: usize) -> &ValidKernel {
+        match &self.kernels[kernel] {
+            Compiled::Cpu(_, k) | Compiled::Interp(k) => k,
+        }
+    }
+
+    fn create_states(
+        &mut self,
+        param: usize,
+        len: usize,
+        init: &[StateInit],
+        data: &TensorData<'_>,
+        _kernel: usize,
+    ) -> Result<(), RuntimeError> {
+        let p: &[f32] = match data {
+            TensorData::Host { param, .. } => param,
+            #[cfg(feature = "cuda")]
+            TensorData::Device(_) => &[],
+        };
+        let buffers = init
+            .iter()
+            .map(|i| match *i {
+                StateInit::Value(x) => Ok(vec![x; len]),
+                StateInit::Param if p.len() == len => Ok(p.to_vec()),
+                StateInit::Param => Err(internal("a state copies a parameter of another length")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        *self.slot(param) = Some(buffers);
+        Ok(())
+    }
+
+    fn drop_states(&mut self, param: usize) {
+        if let Some(s) = self.states.get_mut(param) {
+            *s = None;
+        }
+    }
+
+    fn run_stage(
+        &mut self,
+        kernel: usize,
+        stage: usize,
+        tensors: &mut [StageTensor<'_, '_>],
+    ) -> Result<executor::Partials, RuntimeError> {
+        let n = tensors.len();
+        // Borrow every tensor's states at once: each parameter appears at most once per step.
+        let mut slots: Vec<Option<&mut Vec<Vec<f32>>>> =
+            self.states.iter_mut().map(Option::as_mut).collect();
+        let mut args = Vec::with_capacity(n);
+        for t in tensors.iter_mut() {
+            let states = slots
+                .get_mut(t.param)
+                .and_then(Option::take)
+                .ok_or_else(|| internal("a stepped parameter has no states"))?;
+            let (param, grad) = host(t.data)?;
+            args.push(TensorArgs {
+                param,
+                grad,
+                states: states.iter_mut().map(Vec::as_mut_slice).collect(),
+                uniforms: std::mem::take(&mut t.uniforms),
+            });
+        }
+        match &self.kernels[kernel] {
+            Compiled::Cpu(k, valid) => {
+                let mut partials = Partials::new();
+                k.run_stage(stage, &mut args, &mut partials, self.pool.as_deref())?;
+                let outputs = valid.stages[stage].reduce.len();
+                Ok((0..n)
+                    .map(|t| (0..outputs).map(|o| partials.get(t, o).to_vec()).collect())
+                    .collect())
+            }
+            Compiled::Interp(k) => args
+                .into_iter()
+                .map(|a| interp_stage(k, stage, a))
+                .collect(),
+        }
+    }
+
+    fn read_states(&self, param: usize) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        Ok(self
+            .states
+            .get(param)
+            .and_then(Option::as_ref)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn write_states(&mut self, states: Vec<(usize, Vec<Vec<f32>>)>) -> Result<(), RuntimeError> {
+        for (param, values) in states {
+            *self.slot(param) = Some(values);
+        }
+        Ok(())
+    }
+}
+
+/// One tensor through one stage of the interpreter, with the stage's uniforms already computed:
+/// the body per element in f32 with the op definitions of `optc_kernel::op`, the stores, and each
+/// reduce output's block partials by `optc_kernel::reduce::block_partial` (the defining order).
+fn interp_stage(
+    kernel: &ValidKernel,
+    stage: usize,
+    args: TensorArgs<'_>,
+) -> Result<Vec<Vec<f32>>, RuntimeError> {
+    use optc_kernel::eval::eval_arena;
+    use optc_kernel::reduce::{block_partial, REDUCE_BLOCK};
+    use optc_kernel::{Expr, Slot};
+    let st = kernel
+        .stages
+        .get(stage)
+        .ok_or_else(|| internal(&format!("rule `{}` has no stage {stage}", kernel.rule)))?;
+    let TensorArgs {
+        param,
+        grad,
+        mut states,
+        uniforms,
+    } = args;
+    let n = param.len();
+    let mut outputs: Vec<Vec<f32>> = st.reduce.iter().map(|_| Vec::with_capacity(n)).collect();
+    let mut values: Vec<f32> = Vec::with_capacity(st.body.len());
+    for i in 0..n {
+        eval_arena(&st.body, &mut values, |e| match *e {
+            Expr::Uniform(u) => uniforms.get(u.index()).copied().ok_or(()),
+            Expr::Load(Slot::Param) => Ok(param[i]),
+            Expr::Load(Slot::Grad) => Ok(grad[i]),
+            Expr::Load(Slot::State(s)) => states
+                .get(s.index())
+                .and_then(|b| b.get(i))
+                .copied()
+                .ok_or(()),
+            _ => Err(()),
+        })
+        .map_err(|e| RuntimeError::Interp(format!("stage {stage} body: {e:?}")))?;
+        for (out, r) in outputs.iter_mut().zip(&st.reduce) {
+            out.push(values[r.value.index()]);
+        }
+        for s in &st.stores {
+            let v = values[s.value.index()];
+            match s.slot {
+                Slot::Param => param[i] = v,
+                Slot::Grad => {}
+                Slot::State(id) => {
+                    if let Some(b) = states.get_mut(id.index()) {
+                        b[i] = v;
+                    }
+                }
+            }
+        }
+    }
+    Ok(outputs
+        .iter()
+        .zip(&st.reduce)
+        .map(|(xs, r)| {
+            let op = kernel.reductions[r.reduction.index()].op;
+            xs.chunks(REDUCE_BLOCK)
+                .map(|b| block_partial(op, b))
+                .collect()
+        })
+        .collect())
+}
