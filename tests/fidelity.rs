@@ -31,9 +31,6 @@ struct Manifest {
     states: Vec<String>,
     scalar_states: Vec<String>,
     data: String,
-    /// `staged` for the tensor set of the staged rules and the clipped cases (absent: classic).
-    #[serde(default)]
-    tensor_set: Option<String>,
     /// Clipping by global norm before every step (clipped cases only).
     #[serde(default)]
     clip: Option<ClipSpec>,
@@ -144,7 +141,16 @@ fn read_manifest(path: &Path) -> Manifest {
 /// Replays one fixture with `rule` through an optimizer on `backend`. Returns the largest
 /// scaled error per quantity.
 fn replay(manifest_path: &Path, rule: Rule, backend: Backend) -> BTreeMap<String, f64> {
-    let man = read_manifest(manifest_path);
+    replay_manifest(&read_manifest(manifest_path), manifest_path, rule, backend)
+}
+
+/// [`replay`] of an already read (possibly altered) manifest.
+fn replay_manifest(
+    man: &Manifest,
+    manifest_path: &Path,
+    rule: Rule,
+    backend: Backend,
+) -> BTreeMap<String, f64> {
     let what = format!("{}/{} on {}", man.rule, man.case, backend.name);
     let dir = manifest_path.parent().unwrap_or(Path::new("."));
     let data_bytes = read(&dir.join(&man.data));
@@ -176,14 +182,9 @@ fn replay(manifest_path: &Path, rule: Rule, backend: Backend) -> BTreeMap<String
     let options = Options {
         target: backend.target,
         flags: man.flags.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        max_grad_norm: man.clip.as_ref().map(|c| c.max_grad_norm),
         ..Options::default()
     };
-    if let Some(clip) = &man.clip {
-        panic!(
-            "{what}: clipping (max_grad_norm = {}) needs the optimizer option",
-            clip.max_grad_norm
-        );
-    }
     let mut opt = Optimizer::with_options(rule, options).unwrap_or_else(|e| panic!("{what}: {e}"));
     for (name, value) in &man.hypers {
         opt.set_hyper(name, *value)
@@ -222,6 +223,9 @@ fn replay(manifest_path: &Path, rule: Rule, backend: Backend) -> BTreeMap<String
         Vec::new()
     };
 
+    // The total norms torch's clip_grad_norm_ returned, one per step, and the ones optc reports.
+    let norms_ref = man.clip.as_ref().map(|_| f32s(&data, "norm/total"));
+    let mut norms = Vec::new();
     let mut errs = BTreeMap::new();
     let mut record = |q: &str, e: f64| {
         let slot = errs.entry(q.to_string()).or_insert(0.0f64);
@@ -250,8 +254,16 @@ fn replay(manifest_path: &Path, rule: Rule, backend: Backend) -> BTreeMap<String
             .zip(p.iter_mut())
             .zip(&g)
             .map(|((spec, p), g)| Update::new(&spec.name, p, g));
-        opt.step(updates)
+        let report = opt
+            .step(updates)
             .unwrap_or_else(|e| panic!("{what}: step {t}: {e}"));
+        if norms_ref.is_some() {
+            norms.push(
+                report
+                    .grad_norm
+                    .unwrap_or_else(|| panic!("{what}: step {t} reported no gradient norm")),
+            );
+        }
 
         for (i, spec) in man.tensors.iter().enumerate() {
             let sampled = spec.sampled_steps.as_ref().unwrap_or(&man.sampled_steps);
@@ -290,6 +302,10 @@ fn replay(manifest_path: &Path, rule: Rule, backend: Backend) -> BTreeMap<String
                 record(s, scaled_error(&[*x], &r, None));
             }
         }
+    }
+    if let Some(r) = &norms_ref {
+        assert_eq!(norms.len(), r.len(), "{what}: one total norm per step");
+        record("total_norm", scaled_error(&norms, &widen(r), None));
     }
     errs
 }
@@ -342,10 +358,29 @@ fn the_budget_catches_plausible_mistakes() {
             "{rule}: `{new}` passed {case}: {errs:?}"
         );
     }
+    // Clipping: a threshold 10% off, or none at all, must fail the clipped fixtures.
+    for case in ["adamw/clip_defaults", "sgd/clip_momentum"] {
+        let path = fixtures_dir().join(format!("{case}.json"));
+        for scale in [1.1, f64::INFINITY] {
+            let mut man = read_manifest(&path);
+            let clip = man
+                .clip
+                .as_mut()
+                .unwrap_or_else(|| panic!("{case} is not clipped"));
+            clip.max_grad_norm *= scale;
+            let rule = Rule::stdlib(&man.rule).unwrap_or_else(|e| panic!("{case}: {e}"));
+            let errs = replay_manifest(&man, &path, rule, INTERP);
+            let worst = errs.values().fold(0.0f64, |a, e| a.max(*e));
+            assert!(
+                worst > 10.0 * BUDGET,
+                "{case} passed with max_grad_norm scaled by {scale}: {errs:?}"
+            );
+        }
+    }
 }
 
 /// The stdlib rules with fixtures: the 12 single-pass rules, then the staged ones.
-const RULES: [&str; 12] = [
+const RULES: [&str; 14] = [
     "sgd",
     "adagrad",
     "rmsprop",
@@ -358,6 +393,8 @@ const RULES: [&str; 12] = [
     "adabelief",
     "adabound",
     "lion",
+    "lamb",
+    "stableadamw",
 ];
 
 /// Every fixture manifest, sorted.
@@ -381,8 +418,8 @@ fn manifests() -> Vec<PathBuf> {
         }
     }
     out.sort();
-    // Until the staged rules and the `max_grad_norm` option land, only the classic set replays.
-    out.retain(|p| read_manifest(p).tensor_set.is_none());
+    // Until the staged rules land, only the rules in RULES replay.
+    out.retain(|p| RULES.contains(&read_manifest(p).rule.as_str()));
     out
 }
 
@@ -464,8 +501,8 @@ fn stdlib_defaults_match_the_reference_classes() {
         serde_json::from_slice(&read(&path)).unwrap_or_else(|e| panic!("bad defaults.json: {e}"));
     assert_eq!(defaults.rules.len(), 16);
     for (name, want) in &defaults.rules {
-        // Until the staged rules land on main.
-        if ["lamb", "lars", "adafactor", "stableadamw"].contains(&name.as_str()) {
+        // Until these staged rules land on main.
+        if !RULES.contains(&name.as_str()) {
             continue;
         }
         let rule = optc_compiler::stdlib::rule(name)
