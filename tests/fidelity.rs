@@ -59,8 +59,16 @@ struct ClipSpec {
     max_grad_norm: f64,
 }
 
+/// The checkout the fixtures are read from: `OPTC_REPO_DIR` if set (the GPU bundle, which runs
+/// this file from `tests/cuda_fidelity.rs` away from the checkout), else the one built from.
+fn repo_dir() -> PathBuf {
+    std::env::var_os("OPTC_REPO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    repo_dir().join("tests/fixtures")
 }
 
 fn read(path: &Path) -> Vec<u8> {
@@ -115,11 +123,13 @@ fn widen(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| f64::from(v)).collect()
 }
 
-/// Where a replay runs.
+/// Where a replay runs (`tests/cuda_fidelity.rs` adds the CUDA target).
 #[derive(Clone, Copy, Debug)]
-struct Backend {
-    name: &'static str,
-    target: Target,
+pub(crate) struct Backend {
+    /// The name printed in the results (`{name} worst {rule}: ...`).
+    pub(crate) name: &'static str,
+    /// The optimizer's target.
+    pub(crate) target: Target,
 }
 
 const INTERP: Backend = Backend {
@@ -425,7 +435,7 @@ fn manifests() -> Vec<PathBuf> {
 
 /// Replays every fixture on one backend; prints each case's errors and every rule's worst, and
 /// asserts the budget.
-fn replay_all(backend: Backend) {
+pub(crate) fn replay_all(backend: Backend) {
     let paths = manifests();
     let mut cases_per_rule: BTreeMap<String, usize> = BTreeMap::new();
     let mut worst_per_rule: BTreeMap<String, (f64, String)> = BTreeMap::new();
@@ -496,7 +506,7 @@ struct RuleDefaults {
 
 #[test]
 fn stdlib_defaults_match_the_reference_classes() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/fixtures/defaults.json");
+    let path = repo_dir().join("tools/fixtures/defaults.json");
     let defaults: Defaults =
         serde_json::from_slice(&read(&path)).unwrap_or_else(|e| panic!("bad defaults.json: {e}"));
     assert_eq!(defaults.rules.len(), 16);
