@@ -44,8 +44,16 @@ struct GradSpec {
     file: Option<String>,
 }
 
+/// The checkout the fixtures are read from: `OPTC_REPO_DIR` if set (the GPU bundle, which runs
+/// this file from `tests/cuda_fidelity.rs` away from the checkout), else the one built from.
+fn repo_dir() -> PathBuf {
+    std::env::var_os("OPTC_REPO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    repo_dir().join("tests/fixtures")
 }
 
 fn read(path: &Path) -> Vec<u8> {
@@ -101,7 +109,7 @@ fn widen(x: &[f32]) -> Vec<f64> {
 }
 
 /// One step of one tensor on some backend.
-type Stepper<'a> = dyn FnMut(&Kernel, &[f64], u64, &mut [f64], Buffers<'_, f32>) + 'a;
+pub(crate) type Stepper<'a> = dyn FnMut(&Kernel, &[f64], u64, &mut [f64], Buffers<'_, f32>) + 'a;
 
 /// Replays one fixture with `kernel` (specialized for the fixture's flags) through `step`.
 /// Returns the largest scaled error per quantity.
@@ -338,7 +346,7 @@ fn stdlib_kernel(manifest_path: &Path) -> (String, Kernel) {
 
 /// Replays every fixture on one backend; prints each case's errors and every rule's worst, and
 /// asserts the budget.
-fn replay_all(backend: &str, step: &mut Stepper<'_>) {
+pub(crate) fn replay_all(backend: &str, step: &mut Stepper<'_>) {
     let paths = manifests();
     assert!(
         paths.len() >= 36,
@@ -398,7 +406,7 @@ struct RuleDefaults {
 
 #[test]
 fn stdlib_defaults_match_the_reference_classes() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/fixtures/defaults.json");
+    let path = repo_dir().join("tools/fixtures/defaults.json");
     let defaults: Defaults =
         serde_json::from_slice(&read(&path)).unwrap_or_else(|e| panic!("bad defaults.json: {e}"));
     assert_eq!(defaults.rules.len(), 12);
@@ -445,13 +453,13 @@ fn every_stdlib_rule_matches_torch_on_the_cpu_jit() {
                 unreachable!()
             };
             let host = kernel
-                .eval_host(hypers, t, scalars)
+                .eval_host(hypers, t, scalars, &[])
                 .unwrap_or_else(|e| panic!("host program: {e}"));
             let args = TensorArgs {
                 param: bufs.param,
                 grad: bufs.grad,
                 states: bufs.states,
-                uniforms: host.uniforms.iter().map(|&u| u as f32).collect(),
+                uniforms: host.uniforms[0].iter().map(|&u| u as f32).collect(),
             };
             jit.step_many(vec![args], None)
                 .unwrap_or_else(|e| panic!("jit step: {e}"));

@@ -164,7 +164,9 @@ fn eval_program(
                     v[b.index()]
                 }
             }
-            Expr::Flag(_) | Expr::Uniform(_) => panic!("unexpected leaf {e:?} after specialize"),
+            Expr::Flag(_) | Expr::Uniform(_) | Expr::Reduced(_) => {
+                panic!("unexpected leaf {e:?} after specialize")
+            }
         };
         v.push(x);
     }
@@ -347,13 +349,13 @@ fn comparison_catches_a_wrong_kernel() {
     assert_eq!(want, 0.0);
     // Rebuild the body with its subtraction turned into an addition.
     let mut body = optc_kernel::Arena::new();
-    for (_, e) in kernel.body.iter() {
+    for (_, e) in kernel.stages[0].body.iter() {
         body.append(match *e {
             Expr::Binary(BinaryOp::Sub, a, b) => Expr::Binary(BinaryOp::Add, a, b),
             other => other,
         });
     }
-    kernel.body = body;
+    kernel.stages[0].body = body;
     let mut p = [1.0];
     step_f64(
         &kernel,
@@ -410,18 +412,18 @@ fn cse_shares_repeated_and_commuted_work() {
     assert!(before >= 5, "{before} products before the passes");
     // ...and the kernel computes g*g once and g*p once.
     assert_eq!(
-        count_binary(&k.body, BinaryOp::Mul, Slot::Grad, Slot::Grad),
+        count_binary(&k.stages[0].body, BinaryOp::Mul, Slot::Grad, Slot::Grad),
         1,
         "{k}"
     );
     assert_eq!(
-        count_binary(&k.body, BinaryOp::Mul, Slot::Grad, Slot::Param),
+        count_binary(&k.stages[0].body, BinaryOp::Mul, Slot::Grad, Slot::Param),
         1,
         "{k}"
     );
     // Each buffer is loaded once.
     for slot in [Slot::Param, Slot::Grad] {
-        let loads = k
+        let loads = k.stages[0]
             .body
             .iter()
             .filter(|(_, e)| **e == Expr::Load(slot))
@@ -435,13 +437,14 @@ fn fold_evaluates_literals_and_drops_dead_branches() {
     let src = "optimizer f\nflag sw = false\n\
                update { p = (p - (2 * 3) * g * 1 - 0) / (sw ? g : 1) }\n";
     let (_, k) = compile(src, &[]);
-    let literal =
-        |h: optc_kernel::Handle<Expr>| matches!(k.body[h], Expr::Const(_) | Expr::Bool(_));
+    let literal = |h: optc_kernel::Handle<Expr>| {
+        matches!(k.stages[0].body[h], Expr::Const(_) | Expr::Bool(_))
+    };
     assert!(
-        k.body.iter().any(|(_, e)| *e == Expr::Const(6.0)),
+        k.stages[0].body.iter().any(|(_, e)| *e == Expr::Const(6.0)),
         "2 * 3 not folded\n{k}"
     );
-    for (_, e) in k.body.iter() {
+    for (_, e) in k.stages[0].body.iter() {
         let ops: Vec<_> = e.operands().collect();
         assert!(
             ops.is_empty() || !ops.iter().all(|&o| literal(o)),
@@ -454,9 +457,9 @@ fn fold_evaluates_literals_and_drops_dead_branches() {
         );
     }
     // Nothing uniform is left to compute on the host: no hypers, and literals stay immediates.
-    assert!(k.uniforms.is_empty(), "{k}");
+    assert!(k.stages[0].uniforms.is_empty(), "{k}");
     // p - 6 * g: one mul and one sub.
-    let ops = k
+    let ops = k.stages[0]
         .body
         .iter()
         .filter(|(_, e)| matches!(e, Expr::Binary(..)))
@@ -498,7 +501,7 @@ fn dce_drops_self_feeding_states_and_flag_off_states() {
     assert_eq!(on.bytes_per_element(), 28, "{on}");
     // No body node refers to a dropped state.
     for k in [&off, &on] {
-        for (_, e) in k.body.iter() {
+        for (_, e) in k.stages[0].body.iter() {
             if let Expr::Load(Slot::State(s)) = e {
                 assert!(s.index() < k.states.len(), "{k}");
             }
@@ -522,9 +525,12 @@ update {
 ";
     let (_, k) = compile(src, &[]);
     let leafish = |h: optc_kernel::Handle<Expr>| {
-        matches!(k.body[h], Expr::Uniform(_) | Expr::Const(_) | Expr::Bool(_))
+        matches!(
+            k.stages[0].body[h],
+            Expr::Uniform(_) | Expr::Const(_) | Expr::Bool(_)
+        )
     };
-    for (_, e) in k.body.iter() {
+    for (_, e) in k.stages[0].body.iter() {
         assert!(
             !matches!(
                 e,

@@ -155,7 +155,8 @@ fn options_are_checked() {
     assert!(old.to_string().contains("sm_90 needs PTX 7.8"), "{old}");
     assert!(emit(&k, &with("8.5", "sm_90a")).is_ok());
     let mut broken = k.clone();
-    broken.stores.push(broken.stores[0]);
+    let dup = broken.stages[0].stores[0];
+    broken.stages[0].stores.push(dup);
     assert!(matches!(
         emit(&broken, &Options::default()),
         Err(Error::InvalidKernel(_))

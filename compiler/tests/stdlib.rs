@@ -25,9 +25,13 @@ fn stdlib_is_clean() {
 /// Whether any body node is uniform work: an op whose operands are all arguments or literals.
 fn uniform_work_in_body(k: &Kernel) -> Vec<String> {
     let leafish = |h: optc_kernel::Handle<Expr>| {
-        matches!(k.body[h], Expr::Uniform(_) | Expr::Const(_) | Expr::Bool(_))
+        matches!(
+            k.stages[0].body[h],
+            Expr::Uniform(_) | Expr::Const(_) | Expr::Bool(_)
+        )
     };
-    k.body
+    k.stages[0]
+        .body
         .iter()
         .filter(|(_, e)| {
             let ops: Vec<_> = e.operands().collect();
@@ -51,7 +55,7 @@ fn no_uniform_work_or_pow_in_any_body() {
                 r.name(),
                 flags
             );
-            let pow = k
+            let pow = k.stages[0]
                 .body
                 .iter()
                 .any(|(_, e)| matches!(e, Expr::Binary(BinaryOp::Pow, ..)));

@@ -449,7 +449,7 @@ impl Optimizer {
                     (1, scalars, Some(init))
                 }
             };
-            let host = kernel.eval_host(&group.hypers, t, &scalars)?;
+            let host = kernel.eval_host(&group.hypers, t, &scalars, &[])?;
             plans.push(Plan {
                 index,
                 kernel: group.kernel,
@@ -498,7 +498,7 @@ impl Optimizer {
                     param: u.param,
                     grad: u.grad,
                     states: state.buffers.iter_mut().map(Vec::as_mut_slice).collect(),
-                    uniforms: plan.host.uniforms.iter().map(|&x| x as f32).collect(),
+                    uniforms: plan.host.uniforms[0].iter().map(|&x| x as f32).collect(),
                 },
                 hypers: &group.hypers,
                 t: plan.t,

@@ -61,6 +61,7 @@ impl Executor {
         allow_fma: bool,
     ) -> Result<Executor, RuntimeError> {
         kernel.validate()?;
+        kernel.only_stage()?;
         Ok(match target {
             Target::Cpu => {
                 let options = CpuOptions { allow_fma };

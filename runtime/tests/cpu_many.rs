@@ -127,7 +127,7 @@ fn cpu_bad_arguments_are_errors_and_touch_nothing() {
 #[test]
 fn cpu_invalid_kernel_is_an_error() {
     let mut k = kernels::sgd();
-    k.stores[0].value = optc_kernel::Handle::new(999);
+    k.stages[0].stores[0].value = optc_kernel::Handle::new(999);
     assert!(matches!(CpuKernel::compile(&k), Err(CpuError::Kernel(_))));
 }
 

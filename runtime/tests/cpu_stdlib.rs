@@ -62,8 +62,8 @@ fn three_steps(k: &Kernel, cpu: &CpuKernel, input: &Tensor, off: usize) -> (Tens
     let mut want = input.clone();
     let mut got = input.clone();
     for t in 1..=3 {
-        let host = k.eval_host(&hypers, t, &scalars).expect("host");
-        let u: Vec<f32> = host.uniforms.iter().map(|&x| x as f32).collect();
+        let host = k.eval_host(&hypers, t, &scalars, &[]).expect("host");
+        let u: Vec<f32> = host.uniforms[0].iter().map(|&x| x as f32).collect();
         let mut s = scalars.clone();
         step_f32(
             k,

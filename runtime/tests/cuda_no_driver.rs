@@ -48,7 +48,8 @@ fn artifact_problems_are_reported_before_touching_the_driver() {
         .expect("bad json");
     assert!(matches!(err, CudaError::Artifact(_)), "{err}");
     let mut broken = kernel;
-    broken.stores.push(broken.stores[0]);
+    let dup = broken.stages[0].stores[0];
+    broken.stages[0].stores.push(dup);
     let ptx = emit(&ptx_kernels::sgd_selects(), &Options::default()).expect("emit");
     let err = CudaOptimizer::new(broken, &ptx, 0)
         .err()

@@ -92,7 +92,7 @@ impl Artifact {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Arena, Expr, HyperDecl};
+    use crate::{Arena, Expr, HyperDecl, Stage};
 
     #[test]
     fn non_finite_numbers_round_trip() {
@@ -110,11 +110,11 @@ mod tests {
             states: vec![],
             scalars: vec![],
             init: Arena::new(),
+            rank: Default::default(),
             host,
-            uniforms: vec![],
             scalar_updates: vec![],
-            body: Arena::new(),
-            stores: vec![],
+            reductions: vec![],
+            stages: vec![Stage::default()],
         };
         let text = Artifact::new(kernel, None).to_json().expect("serializes");
         let back = Artifact::from_json(&text).expect("reads back");

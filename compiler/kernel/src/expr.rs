@@ -2,7 +2,8 @@
 //!
 //! One `Expr` type serves three programs, each of which allows only some leaves:
 //! - the compiler's whole-rule IR: any leaf but `Uniform`;
-//! - the host program (uniform, f64, once per step): `Const`, `Bool`, `Hyper`, `Step`, `Scalar`;
+//! - the host program (uniform, f64, once per step): `Const`, `Bool`, `Hyper`, `Step`, `Scalar`,
+//!   `Reduced`;
 //! - the kernel body (per element, f32): `Const`, `Bool`, `Uniform`, `Load`.
 //!
 //! Operands always come before their users in an arena, so evaluating an arena in order is a
@@ -51,6 +52,10 @@ id_type!(
     /// A kernel argument computed by the host program.
     UniformId
 );
+id_type!(
+    /// A reduction of a kernel, by position in [`crate::Kernel::reductions`].
+    ReductionId
+);
 
 /// A per-element buffer the kernel reads or writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -82,6 +87,8 @@ pub enum Expr {
     Scalar(ScalarId),
     /// A kernel argument (kernel bodies only).
     Uniform(UniformId),
+    /// The finalized value of a reduction (host programs only, f64; uniform).
+    Reduced(ReductionId),
     /// The element of a buffer, as it was when the step began (per element).
     Load(Slot),
     /// A unary op.
@@ -132,6 +139,7 @@ impl Expr {
                 | Expr::Step
                 | Expr::Scalar(_)
                 | Expr::Uniform(_)
+                | Expr::Reduced(_)
         )
     }
 }

@@ -1,22 +1,27 @@
 //! The fused kernel: what the compiler hands to every backend and what an artifact stores.
 //!
-//! A [`Kernel`] is one optimizer rule specialized for one set of flags, split in two:
-//! - the **host program**, a DAG over hypers, `t` and scalar states that runs once per step per
-//!   tensor in f64 and yields the kernel's uniform arguments and the new scalar-state values;
-//! - the **body**, a DAG that runs once per element in f32 over the loaded buffer elements and the
-//!   uniforms, and the **stores**, one per written buffer.
+//! A [`Kernel`] is one optimizer rule specialized for one set of flags (and one rank class), as a
+//! schedule of [`Stage`]s (see `docs/stages.md`):
+//! - the **host program**, one DAG over hypers, `t`, scalar states and finalized reductions that
+//!   runs in f64 per step per tensor and yields each stage's uniform arguments and the new
+//!   scalar-state values;
+//! - per stage, the **body**, a DAG that runs once per element in f32 over the loaded buffer
+//!   elements and that stage's uniforms, its **stores**, one per written buffer, and its
+//!   **reduce outputs**, the body values it folds into reductions.
 //!
-//! Each buffer is loaded at most once and stored at most once per element. Buffers are passed to
-//! a kernel in the order of [`Kernel::buffers`].
+//! Within a stage each buffer is loaded at most once and stored at most once per element; a
+//! buffer is stored by at most one stage. Buffers are passed to every stage in the order of
+//! [`Kernel::buffers`].
 
 use crate::arena::{Arena, Handle};
 use crate::eval::{eval_arena, EvalError};
-use crate::expr::{Expr, ScalarId, Slot, StateId, UniformId};
+use crate::expr::{Expr, ReductionId, ScalarId, Slot, StateId, UniformId};
+use crate::reduce::{ReductionDecl, Scope};
 use serde::{Deserialize, Serialize};
 use std::fmt::{self, Write as _};
 
 /// The version of the serialized kernel and artifact format. Bumped on every incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A hyperparameter: a runtime scalar with a default. Changing it never recompiles.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,13 +52,66 @@ pub enum Init {
     Value(Handle<Expr>),
 }
 
-/// A per-element state buffer, with the parameter's shape.
+/// The shape of a state buffer, relative to its parameter seen as a matrix (leading dims are a
+/// batch, the last dim is the row; see `docs/stages.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateShape {
+    /// The parameter's shape: one value per element.
+    #[default]
+    Full,
+    /// One value per row: the parameter's shape without its last dim.
+    Rows,
+    /// One value per column: the parameter's shape without its second-to-last dim.
+    Cols,
+}
+
+/// A state buffer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StateDecl {
     /// Its name in the rule.
     pub name: String,
     /// Its initial value.
     pub init: Init,
+    /// Its shape.
+    #[serde(default)]
+    pub shape: StateShape,
+}
+
+/// Which tensors a kernel is for, when its rule branches on the rank (`matrix`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RankClass {
+    /// Every tensor (the rule does not look at the rank).
+    #[default]
+    Any,
+    /// Tensors with at least 2 dims.
+    Matrix,
+    /// Tensors with at most 1 dim.
+    Vector,
+}
+
+/// A body value folded into a reduction.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReduceOutput {
+    /// The reduction.
+    pub reduction: ReductionId,
+    /// The body node whose per-element value is folded.
+    pub value: Handle<Expr>,
+}
+
+/// One pass over a tensor's data.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    /// The stage's uniform arguments: `Expr::Uniform(i)` in its body is `host[uniforms[i]]`,
+    /// rounded to f32. Boolean uniforms are passed as `1.0` or `0.0`.
+    pub uniforms: Vec<Handle<Expr>>,
+    /// The per-element body over `Const`, `Bool`, `Uniform` and `Load` leaves, run in f32.
+    pub body: Arena<Expr>,
+    /// One store per buffer this stage writes.
+    pub stores: Vec<Store>,
+    /// The values this stage folds into reductions.
+    pub reduce: Vec<ReduceOutput>,
 }
 
 /// A scalar state: one number per parameter tensor, updated once per step by the host program.
@@ -65,7 +123,7 @@ pub struct ScalarDecl {
     pub init: Handle<Expr>,
 }
 
-/// A store of a body value into a buffer.
+/// A store of a stage's body value into a buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Store {
     /// The buffer written.
@@ -83,18 +141,18 @@ pub struct ScalarUpdate {
     pub value: Handle<Expr>,
 }
 
-/// How a kernel uses a buffer.
+/// How a kernel (or one stage) uses a buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BufferUse {
     /// The buffer.
     pub slot: Slot,
-    /// Whether the body loads it.
+    /// Whether a body loads it.
     pub read: bool,
-    /// Whether the body stores it.
+    /// Whether a body stores it.
     pub written: bool,
 }
 
-/// One optimizer rule, specialized for one flag set, fused into one per-element kernel.
+/// One optimizer rule, specialized for one flag set, fused into a schedule of stages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Kernel {
     /// The rule's name (`optimizer NAME`).
@@ -109,24 +167,40 @@ pub struct Kernel {
     pub scalars: Vec<ScalarDecl>,
     /// Initial values of states and scalars, over `Const` and `Hyper` leaves.
     pub init: Arena<Expr>,
-    /// The host program, over `Const`, `Bool`, `Hyper`, `Step` and `Scalar` leaves, run in f64.
+    /// The tensors this kernel is for.
+    #[serde(default)]
+    pub rank: RankClass,
+    /// The host program, over `Const`, `Bool`, `Hyper`, `Step`, `Scalar` and `Reduced` leaves,
+    /// run in f64.
     pub host: Arena<Expr>,
-    /// The kernel's uniform arguments: `Expr::Uniform(i)` in the body is `host[uniforms[i]]`,
-    /// rounded to f32. Boolean uniforms are passed as `1.0` or `0.0`.
-    pub uniforms: Vec<Handle<Expr>>,
-    /// New values of scalar states, taken after the uniforms are computed.
+    /// New values of scalar states, taken after the last stage (they may read every reduction).
     pub scalar_updates: Vec<ScalarUpdate>,
-    /// The per-element body over `Const`, `Bool`, `Uniform` and `Load` leaves, run in f32.
-    pub body: Arena<Expr>,
-    /// One store per written buffer.
-    pub stores: Vec<Store>,
+    /// The reductions; `Expr::Reduced` indexes this list.
+    pub reductions: Vec<ReductionDecl>,
+    /// The passes over the data, in order (at least one).
+    pub stages: Vec<Stage>,
+}
+
+impl Stage {
+    /// Whether this stage's body loads `slot`.
+    pub fn loads(&self, slot: Slot) -> bool {
+        self.body
+            .iter()
+            .any(|(_, e)| matches!(e, Expr::Load(s) if *s == slot))
+    }
+
+    /// Whether this stage stores `slot`.
+    pub fn stores_slot(&self, slot: Slot) -> bool {
+        self.stores.iter().any(|s| s.slot == slot)
+    }
 }
 
 /// What the host program yields for one step of one tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostValues {
-    /// The uniform arguments, in f64 (a backend rounds them to f32).
-    pub uniforms: Vec<f64>,
+    /// The uniform arguments of each stage, in f64 (a backend rounds them to f32). Those of a
+    /// stage are meaningful once every reduction of the earlier stages was given.
+    pub uniforms: Vec<Vec<f64>>,
     /// The scalar states after the step.
     pub scalars: Vec<f64>,
 }
@@ -142,28 +216,48 @@ pub struct KernelError {
 }
 
 impl Kernel {
-    /// The buffers in launch order: `p`, `g`, then each state, with how the body uses them.
+    /// The buffers in launch order: `p`, `g`, then each state, with how any stage uses them.
     pub fn buffers(&self) -> Vec<BufferUse> {
-        let mut slots = vec![Slot::Param, Slot::Grad];
-        slots.extend((0..self.states.len()).map(|i| Slot::State(StateId::new(i))));
-        slots
-            .into_iter()
+        self.slots()
             .map(|slot| BufferUse {
                 slot,
-                read: self
-                    .body
-                    .iter()
-                    .any(|(_, e)| matches!(e, Expr::Load(s) if *s == slot)),
-                written: self.stores.iter().any(|s| s.slot == slot),
+                read: self.stages.iter().any(|st| st.loads(slot)),
+                written: self.stages.iter().any(|st| st.stores_slot(slot)),
             })
             .collect()
     }
 
-    /// Bytes moved per element in fp32: 4 for each buffer read and 4 for each written.
-    pub fn bytes_per_element(&self) -> usize {
-        self.buffers()
+    /// The buffers in launch order with how stage `stage` uses them (none if out of range).
+    pub fn stage_buffers(&self, stage: usize) -> Vec<BufferUse> {
+        let st = self.stages.get(stage);
+        self.slots()
+            .map(|slot| BufferUse {
+                slot,
+                read: st.is_some_and(|st| st.loads(slot)),
+                written: st.is_some_and(|st| st.stores_slot(slot)),
+            })
+            .collect()
+    }
+
+    fn slots(&self) -> impl Iterator<Item = Slot> {
+        [Slot::Param, Slot::Grad]
+            .into_iter()
+            .chain((0..self.states.len()).map(|i| Slot::State(StateId::new(i))))
+    }
+
+    /// Bytes moved per element in fp32 by stage `stage`: 4 for each buffer it reads and 4 for
+    /// each it writes.
+    pub fn stage_bytes_per_element(&self, stage: usize) -> usize {
+        self.stage_buffers(stage)
             .iter()
             .map(|b| 4 * (b.read as usize + b.written as usize))
+            .sum()
+    }
+
+    /// Bytes moved per element in fp32 by the whole step: the sum over the stages.
+    pub fn bytes_per_element(&self) -> usize {
+        (0..self.stages.len())
+            .map(|i| self.stage_bytes_per_element(i))
             .sum()
     }
 
@@ -207,18 +301,33 @@ impl Kernel {
     }
 
     /// Runs the host program for step `t` (starting at 1) with the scalar states as they were
-    /// before the step.
+    /// before the step and the finalized reductions known so far, one per
+    /// [`Kernel::reductions`] (`NaN` for those not yet computed; a kernel without reductions
+    /// takes `&[]`).
+    ///
+    /// The uniforms of stage `k` are exact once `reduced` holds every reduction of the stages
+    /// before `k`: a runtime calls this before each stage (or once, for a one-stage kernel).
+    /// The scalar updates are exact once every reduction is known.
     pub fn eval_host(
         &self,
         hypers: &[f64],
         t: u64,
         scalars: &[f64],
+        reduced: &[f64],
     ) -> Result<HostValues, KernelError> {
+        if reduced.len() != self.reductions.len() {
+            return Err(self.error(format!(
+                "host program: {} reductions given, the kernel has {}",
+                reduced.len(),
+                self.reductions.len()
+            )));
+        }
         let mut values = Vec::new();
         eval_arena(&self.host, &mut values, |e| match *e {
             Expr::Hyper(h) => hypers.get(h.index()).copied().ok_or(()),
             Expr::Step => Ok(t as f64),
             Expr::Scalar(s) => scalars.get(s.index()).copied().ok_or(()),
+            Expr::Reduced(r) => reduced.get(r.index()).copied().ok_or(()),
             _ => Err(()),
         })
         .map_err(|e| self.error(format!("host program: {e:?}")))?;
@@ -227,9 +336,43 @@ impl Kernel {
             new_scalars[u.scalar.index()] = values[u.value.index()];
         }
         Ok(HostValues {
-            uniforms: self.uniforms.iter().map(|h| values[h.index()]).collect(),
+            uniforms: self
+                .stages
+                .iter()
+                .map(|st| st.uniforms.iter().map(|h| values[h.index()]).collect())
+                .collect(),
             scalars: new_scalars,
         })
+    }
+
+    /// The reductions stage `stage` produces, in [`Kernel::reductions`] order.
+    pub fn stage_reductions(&self, stage: usize) -> Vec<ReductionId> {
+        self.reductions
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.stage == stage)
+            .map(|(i, _)| ReductionId::new(i))
+            .collect()
+    }
+
+    /// The stage of a one-stage kernel without reductions (what optc had before stages), or an
+    /// error naming what the kernel has, for code that handles only that form.
+    pub fn only_stage(&self) -> Result<&Stage, KernelError> {
+        match self.stages.as_slice() {
+            [st] if self.reductions.is_empty() => Ok(st),
+            _ => Err(self.error(format!(
+                "this backend handles one-stage kernels without reductions; this one has {} \
+                 stages and {} reductions",
+                self.stages.len(),
+                self.reductions.len()
+            ))),
+        }
+    }
+
+    /// Whether some reduction has Step scope (the runtime must finish stage 0 on every tensor
+    /// of the step before it can go on).
+    pub fn has_step_reduction(&self) -> bool {
+        self.reductions.iter().any(|r| r.scope == Scope::Step)
     }
 
     fn error(&self, reason: String) -> KernelError {
@@ -240,12 +383,15 @@ impl Kernel {
     }
 
     /// Checks that every handle and id is in range, operands precede their users, each program
-    /// uses only the leaves it may, and each buffer is stored at most once. Backends assume a valid
-    /// kernel; the runtime validates every kernel it loads.
+    /// uses only the leaves it may, each buffer is stored at most once (by one stage), each
+    /// reduction is produced exactly once by its stage, and a stage's uniforms read only
+    /// reductions of earlier stages. Backends assume a valid kernel; the runtime validates every
+    /// kernel it loads.
     pub fn validate(&self) -> Result<(), KernelError> {
         let states = self.states.len();
         let scalars = self.scalars.len();
         let hypers = self.hypers.len();
+        let nred = self.reductions.len();
         let check = |arena: &Arena<Expr>, what: &str, leaf_ok: &dyn Fn(&Expr) -> bool| {
             for (h, e) in arena.iter() {
                 if e.operands().any(|o| o.index() >= h.index()) {
@@ -271,19 +417,106 @@ impl Kernel {
         check(&self.host, "host", &|e| match e {
             Expr::Const(_) | Expr::Bool(_) | Expr::Step => true,
             Expr::Scalar(s) => s.index() < scalars,
+            Expr::Reduced(r) => r.index() < nred,
             other => hyper_ok(other),
         })?;
-        let nu = self.uniforms.len();
-        check(&self.body, "body", &|e| match e {
-            Expr::Const(_) | Expr::Bool(_) => true,
-            Expr::Uniform(u) => u.index() < nu,
-            Expr::Load(Slot::State(s)) => s.index() < states,
-            Expr::Load(_) => true,
-            _ => false,
-        })?;
+        if self.stages.is_empty() {
+            return Err(self.error("the kernel has no stage".into()));
+        }
+        for r in &self.reductions {
+            if r.stage >= self.stages.len() {
+                return Err(self.error(format!(
+                    "reduction `{}` names stage {}, the kernel has {}",
+                    r.name,
+                    r.stage,
+                    self.stages.len()
+                )));
+            }
+            let matrix_only = matches!(r.scope, Scope::Row | Scope::Col);
+            if matrix_only && self.rank != RankClass::Matrix {
+                return Err(self.error(format!(
+                    "reduction `{}` has {} scope in a kernel that is not for matrices",
+                    r.name,
+                    r.scope.name()
+                )));
+            }
+        }
+        if self.rank != RankClass::Matrix && self.states.iter().any(|s| s.shape != StateShape::Full)
+        {
+            return Err(self.error("a row or column state in a kernel not for matrices".into()));
+        }
+        // The latest stage whose reductions each host node reads (`None`: none).
+        let mut after: Vec<Option<usize>> = Vec::with_capacity(self.host.len());
+        for (_, e) in self.host.iter() {
+            let own = match e {
+                Expr::Reduced(r) => Some(self.reductions[r.index()].stage),
+                _ => None,
+            };
+            let v = e.operands().map(|o| after[o.index()]).fold(own, Ord::max);
+            after.push(v);
+        }
         let in_range = |h: Handle<Expr>, a: &Arena<Expr>| h.index() < a.len();
-        if !self.uniforms.iter().all(|h| in_range(*h, &self.host)) {
-            return Err(self.error("a uniform refers outside the host program".into()));
+        let mut stored = Vec::new();
+        for (k, st) in self.stages.iter().enumerate() {
+            let nu = st.uniforms.len();
+            check(&st.body, &format!("stage {k} body"), &|e| match e {
+                Expr::Const(_) | Expr::Bool(_) => true,
+                Expr::Uniform(u) => u.index() < nu,
+                Expr::Load(Slot::State(s)) => s.index() < states,
+                Expr::Load(_) => true,
+                _ => false,
+            })?;
+            for h in &st.uniforms {
+                if !in_range(*h, &self.host) {
+                    return Err(self.error(format!(
+                        "a uniform of stage {k} refers outside the host program"
+                    )));
+                }
+                if after[h.index()].is_some_and(|s| s >= k) {
+                    return Err(self.error(format!(
+                        "a uniform of stage {k} reads a reduction of stage {k} or later"
+                    )));
+                }
+            }
+            for s in &st.stores {
+                if !in_range(s.value, &st.body) {
+                    return Err(self.error(format!("a store of stage {k} refers outside its body")));
+                }
+                if s.slot == Slot::Grad {
+                    return Err(self.error("the gradient is read-only".into()));
+                }
+                if let Slot::State(id) = s.slot {
+                    if id.index() >= states {
+                        return Err(self.error("a store names an unknown state".into()));
+                    }
+                }
+                if stored.contains(&s.slot) {
+                    return Err(self.error(format!(
+                        "buffer `{}` is stored twice",
+                        self.slot_name(s.slot)
+                    )));
+                }
+                stored.push(s.slot);
+            }
+            for out in &st.reduce {
+                let decl = self.reductions.get(out.reduction.index());
+                if decl.is_none_or(|d| d.stage != k) || !in_range(out.value, &st.body) {
+                    return Err(self.error(format!("a reduce output of stage {k} is out of range")));
+                }
+            }
+        }
+        for (i, r) in self.reductions.iter().enumerate() {
+            let outputs = self.stages[r.stage]
+                .reduce
+                .iter()
+                .filter(|o| o.reduction.index() == i)
+                .count();
+            if outputs != 1 {
+                return Err(self.error(format!(
+                    "reduction `{}` has {outputs} outputs in stage {}, not 1",
+                    r.name, r.stage
+                )));
+            }
         }
         for u in &self.scalar_updates {
             if u.scalar.index() >= scalars || !in_range(u.value, &self.host) {
@@ -299,27 +532,6 @@ impl Kernel {
         }
         if !self.scalars.iter().all(|s| in_range(s.init, &self.init)) {
             return Err(self.error("a scalar init is out of range".into()));
-        }
-        let mut seen = Vec::new();
-        for s in &self.stores {
-            if !in_range(s.value, &self.body) {
-                return Err(self.error("a store refers outside the body".into()));
-            }
-            if s.slot == Slot::Grad {
-                return Err(self.error("the gradient is read-only".into()));
-            }
-            if let Slot::State(id) = s.slot {
-                if id.index() >= states {
-                    return Err(self.error("a store names an unknown state".into()));
-                }
-            }
-            if seen.contains(&s.slot) {
-                return Err(self.error(format!(
-                    "buffer `{}` is stored twice",
-                    self.slot_name(s.slot)
-                )));
-            }
-            seen.push(s.slot);
         }
         Ok(())
     }
@@ -338,18 +550,38 @@ impl fmt::Display for Kernel {
             .iter()
             .map(|fl| format!("{}={}", fl.name, fl.value))
             .collect();
-        writeln!(f, "kernel {} [{}]", self.rule, flags.join(", "))?;
+        let rank = match self.rank {
+            RankClass::Any => "",
+            RankClass::Matrix => " for matrices",
+            RankClass::Vector => " for vectors",
+        };
+        writeln!(f, "kernel {} [{}]{rank}", self.rule, flags.join(", "))?;
         for h in &self.hypers {
             writeln!(f, "  hyper {} = {}", h.name, fmt_num(h.default))?;
         }
         for s in &self.states {
+            let shape = match s.shape {
+                StateShape::Full => "",
+                StateShape::Rows => " [rows]",
+                StateShape::Cols => " [cols]",
+            };
             match s.init {
-                Init::Param => writeln!(f, "  state {} = p", s.name)?,
-                Init::Value(h) => writeln!(f, "  state {} = init%{}", s.name, h.index())?,
+                Init::Param => writeln!(f, "  state {}{shape} = p", s.name)?,
+                Init::Value(h) => writeln!(f, "  state {}{shape} = init%{}", s.name, h.index())?,
             }
         }
         for s in &self.scalars {
             writeln!(f, "  scalar {} = init%{}", s.name, s.init.index())?;
+        }
+        for (i, r) in self.reductions.iter().enumerate() {
+            writeln!(
+                f,
+                "  reduction r{i} = {} over {}, stage {}: {}",
+                r.op.name(),
+                r.scope.name(),
+                r.stage,
+                r.name
+            )?;
         }
         if !self.init.is_empty() {
             writeln!(f, "init (f64, once per tensor):")?;
@@ -357,9 +589,6 @@ impl fmt::Display for Kernel {
         }
         writeln!(f, "host (f64, once per step):")?;
         self.write_arena(f, &self.host)?;
-        for (i, h) in self.uniforms.iter().enumerate() {
-            writeln!(f, "  uniform u{i} = %{}", h.index())?;
-        }
         for u in &self.scalar_updates {
             let name = self
                 .scalars
@@ -368,20 +597,55 @@ impl fmt::Display for Kernel {
                 .unwrap_or("?");
             writeln!(f, "  scalar {name} <- %{}", u.value.index())?;
         }
-        writeln!(
-            f,
-            "body (f32, per element; {} bytes/element):",
-            self.bytes_per_element()
-        )?;
-        self.write_arena(f, &self.body)?;
-        for s in &self.stores {
+        for (k, st) in self.stages.iter().enumerate() {
+            let names = |pick: fn(&BufferUse) -> bool| {
+                let v: Vec<&str> = self
+                    .stage_buffers(k)
+                    .iter()
+                    .filter(|b| pick(b))
+                    .map(|b| self.slot_name(b.slot))
+                    .collect();
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.join(" ")
+                }
+            };
             writeln!(
                 f,
-                "  store {} <- %{}",
-                self.slot_name(s.slot),
-                s.value.index()
+                "stage {k} (f32, per element; reads {}; writes {}; {} bytes/element):",
+                names(|b| b.read),
+                names(|b| b.written),
+                self.stage_bytes_per_element(k)
             )?;
+            for (i, h) in st.uniforms.iter().enumerate() {
+                writeln!(f, "  uniform u{i} = %{}", h.index())?;
+            }
+            self.write_arena(f, &st.body)?;
+            for s in &st.stores {
+                writeln!(
+                    f,
+                    "  store {} <- %{}",
+                    self.slot_name(s.slot),
+                    s.value.index()
+                )?;
+            }
+            for r in &st.reduce {
+                writeln!(
+                    f,
+                    "  reduce r{} <- %{}",
+                    r.reduction.index(),
+                    r.value.index()
+                )?;
+            }
         }
+        writeln!(
+            f,
+            "total: {} bytes/element in {} stage{}",
+            self.bytes_per_element(),
+            self.stages.len(),
+            if self.stages.len() == 1 { "" } else { "s" }
+        )?;
         Ok(())
     }
 }
@@ -413,6 +677,7 @@ impl Kernel {
                         .unwrap_or("?")
                 ),
                 Expr::Uniform(id) => write!(line, "uniform u{}", id.index()),
+                Expr::Reduced(id) => write!(line, "reduced r{}", id.index()),
                 Expr::Load(slot) => write!(line, "load {}", self.slot_name(slot)),
                 Expr::Unary(op, a) => write!(line, "{op} %{}", a.index()),
                 Expr::Binary(op, a, b) => write!(line, "{op} %{}, %{}", a.index(), b.index()),

@@ -5,7 +5,9 @@
 //!
 //! - [`op`]: the ops and their meaning, the single definition that every backend must match;
 //! - [`expr`]: the DAG node type used by every program of the IR;
-//! - [`kernel`]: the fused kernel: host program, uniforms, per-element body, stores;
+//! - [`kernel`]: the fused kernel: host program, then stages (uniforms, per-element body,
+//!   stores, reduce outputs);
+//! - [`reduce`]: reductions and the one summation order every backend follows;
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads.
 //!
 //! Nothing here parses `.opt` source or optimizes; see `optc-compiler` for that.
@@ -17,13 +19,15 @@ pub mod expr;
 pub mod kernel;
 pub mod num;
 pub mod op;
+pub mod reduce;
 pub mod table;
 
 pub use arena::{Arena, Handle};
 pub use artifact::{Artifact, ArtifactError};
-pub use expr::{Expr, FlagId, HyperId, ScalarId, Slot, StateId, UniformId};
+pub use expr::{Expr, FlagId, HyperId, ReductionId, ScalarId, Slot, StateId, UniformId};
 pub use kernel::{
-    BufferUse, FlagValue, HostValues, HyperDecl, Init, Kernel, KernelError, ScalarDecl,
-    ScalarUpdate, StateDecl, Store, FORMAT_VERSION,
+    BufferUse, FlagValue, HostValues, HyperDecl, Init, Kernel, KernelError, RankClass,
+    ReduceOutput, ScalarDecl, ScalarUpdate, Stage, StateDecl, StateShape, Store, FORMAT_VERSION,
 };
 pub use op::{BinaryOp, Real, UnaryOp};
+pub use reduce::{ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, REDUCE_BLOCK, REDUCE_LANES};

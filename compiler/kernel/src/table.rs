@@ -31,11 +31,17 @@ pub struct TableLayout {
 }
 
 impl TableLayout {
-    /// The layout for `kernel`.
+    /// The layout for stage 0 of `kernel` (the only stage of a one-stage kernel).
     pub fn of(kernel: &Kernel) -> TableLayout {
+        Self::of_stage(kernel, 0)
+    }
+
+    /// The layout for stage `stage` of `kernel`: every stage gets every buffer, and its own
+    /// uniforms.
+    pub fn of_stage(kernel: &Kernel, stage: usize) -> TableLayout {
         TableLayout {
             buffers: 2 + kernel.states.len(),
-            uniforms: kernel.uniforms.len(),
+            uniforms: kernel.stages.get(stage).map_or(0, |s| s.uniforms.len()),
         }
     }
 

@@ -1,12 +1,15 @@
 //! The reference interpreter: steps a fused kernel on slices, one element at a time.
 //!
-//! This is the meaning of a rule. It evaluates the host program in f64 exactly as every runtime
-//! does ([`Kernel::eval_host`]), then the body per element with the op definitions of
-//! [`optc_kernel::op`], in f32 ([`Precision::F32`], what backends are judged against) or in f64
-//! ([`Precision::F64`], on f64 buffers, for measuring float error itself).
+//! This is the meaning of a rule. Stage by stage, it evaluates the host program in f64 exactly as
+//! every runtime does ([`Kernel::eval_host`]), then the stage's body per element with the op
+//! definitions of [`optc_kernel::op`], in f32 ([`Precision::F32`], what backends are judged
+//! against) or in f64 ([`Precision::F64`], on f64 buffers, for measuring float error itself),
+//! then finalizes the stage's reductions in the order of [`optc_kernel::reduce`] (over every
+//! tensor of the call for Step scope) before the next stage.
 
 use optc_kernel::eval::eval_arena;
-use optc_kernel::{Expr, Kernel, KernelError, Real, Slot};
+use optc_kernel::reduce::{combine_totals, reduce};
+use optc_kernel::{Expr, Kernel, KernelError, Real, Scope, Slot};
 
 /// The arithmetic the body runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,8 +41,28 @@ pub enum InterpError {
     Shape(String),
 }
 
-/// Steps one tensor: runs the host program for step `t` with `scalars` (updated in place), then
-/// the body over every element in f32.
+/// One tensor of a step call: its group's hypers, its step count, its scalar states (updated in
+/// place) and its buffers.
+pub struct TensorStep<'a, R> {
+    /// The hypers of the tensor's group, in the kernel's order.
+    pub hypers: &'a [f64],
+    /// The tensor's step number (starting at 1).
+    pub t: u64,
+    /// The tensor's scalar states, updated in place.
+    pub scalars: &'a mut [f64],
+    /// The buffers.
+    pub bufs: Buffers<'a, R>,
+}
+
+/// What a step call computed besides the buffers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepReport {
+    /// The finalized value of every reduction, per tensor (in the order given): Tensor scope is
+    /// the tensor's own value, Step scope the same total for every tensor.
+    pub reduced: Vec<Vec<f64>>,
+}
+
+/// Steps one tensor (a step call of one tensor): runs the kernel's stages in f32.
 pub fn step_f32(
     kernel: &Kernel,
     hypers: &[f64],
@@ -47,7 +70,16 @@ pub fn step_f32(
     scalars: &mut [f64],
     bufs: Buffers<'_, f32>,
 ) -> Result<(), InterpError> {
-    step_generic::<f32>(kernel, hypers, t, scalars, bufs)
+    step_many(
+        kernel,
+        vec![TensorStep {
+            hypers,
+            t,
+            scalars,
+            bufs,
+        }],
+    )
+    .map(drop)
 }
 
 /// Like [`step_f32`], but the body runs in f64 on f64 buffers.
@@ -58,17 +90,112 @@ pub fn step_f64(
     scalars: &mut [f64],
     bufs: Buffers<'_, f64>,
 ) -> Result<(), InterpError> {
-    step_generic::<f64>(kernel, hypers, t, scalars, bufs)
+    step_many(
+        kernel,
+        vec![TensorStep {
+            hypers,
+            t,
+            scalars,
+            bufs,
+        }],
+    )
+    .map(drop)
 }
 
-fn step_generic<R: Real>(
+/// Steps every tensor of one step call, in the order given (the order the tensors were
+/// registered: it fixes the order of Step-scope totals). For each stage in turn: the host program
+/// gives each tensor's uniforms, the body runs per element over every tensor, the reduce
+/// outputs are reduced in the order of `optc_kernel::reduce`, and Tensor- and Step-scope results
+/// are finalized before the next stage. Scalar states are updated after the last stage.
+pub fn step_many<R: Real>(
     kernel: &Kernel,
-    hypers: &[f64],
-    t: u64,
-    scalars: &mut [f64],
-    bufs: Buffers<'_, R>,
-) -> Result<(), InterpError> {
+    mut tensors: Vec<TensorStep<'_, R>>,
+) -> Result<StepReport, InterpError> {
     kernel.validate()?;
+    for ts in &tensors {
+        check_shapes(kernel, ts)?;
+    }
+    if let Some(r) = kernel
+        .reductions
+        .iter()
+        .find(|r| matches!(r.scope, Scope::Row | Scope::Col))
+    {
+        return Err(InterpError::Shape(format!(
+            "reduction `{}` has {} scope, which needs the tensor's matrix shape",
+            r.name,
+            r.scope.name()
+        )));
+    }
+    let nred = kernel.reductions.len();
+    let mut reduced = vec![vec![f64::NAN; nred]; tensors.len()];
+    let mut values: Vec<R> = Vec::new();
+    let mut outputs: Vec<Vec<R>> = Vec::new();
+    for (k, stage) in kernel.stages.iter().enumerate() {
+        let ids = kernel.stage_reductions(k);
+        for (ti, ts) in tensors.iter_mut().enumerate() {
+            let host = kernel.eval_host(ts.hypers, ts.t, ts.scalars, &reduced[ti])?;
+            let uniforms: Vec<R> = host.uniforms[k].iter().map(|&u| R::from_f64(u)).collect();
+            let n = ts.bufs.param.len();
+            outputs.clear();
+            outputs.resize_with(stage.reduce.len(), || Vec::with_capacity(n));
+            let Buffers {
+                param,
+                grad,
+                states,
+            } = &mut ts.bufs;
+            for i in 0..n {
+                let load = |slot: Slot| match slot {
+                    Slot::Param => param[i],
+                    Slot::Grad => grad[i],
+                    Slot::State(s) => states[s.index()][i],
+                };
+                eval_arena(&stage.body, &mut values, |e| match *e {
+                    Expr::Uniform(u) => uniforms.get(u.index()).copied().ok_or(()),
+                    Expr::Load(slot) => Ok(load(slot)),
+                    _ => Err(()),
+                })
+                .map_err(|e| {
+                    InterpError::Kernel(KernelError {
+                        rule: kernel.rule.clone(),
+                        reason: format!("stage {k} body: {e:?}"),
+                    })
+                })?;
+                for (out, r) in outputs.iter_mut().zip(&stage.reduce) {
+                    out.push(values[r.value.index()]);
+                }
+                for s in &stage.stores {
+                    let v = values[s.value.index()];
+                    match s.slot {
+                        Slot::Param => param[i] = v,
+                        Slot::Grad => {}
+                        Slot::State(id) => states[id.index()][i] = v,
+                    }
+                }
+            }
+            for (out, r) in outputs.iter().zip(&stage.reduce) {
+                let op = kernel.reductions[r.reduction.index()].op;
+                reduced[ti][r.reduction.index()] = reduce(op, out);
+            }
+        }
+        for id in ids {
+            let decl = &kernel.reductions[id.index()];
+            if decl.scope == Scope::Step {
+                let total = combine_totals(decl.op, reduced.iter().map(|r| r[id.index()]));
+                for r in &mut reduced {
+                    r[id.index()] = total;
+                }
+            }
+        }
+    }
+    for (ti, ts) in tensors.iter_mut().enumerate() {
+        let host = kernel.eval_host(ts.hypers, ts.t, ts.scalars, &reduced[ti])?;
+        ts.scalars.copy_from_slice(&host.scalars);
+    }
+    Ok(StepReport { reduced })
+}
+
+fn check_shapes<R>(kernel: &Kernel, ts: &TensorStep<'_, R>) -> Result<(), InterpError> {
+    let bufs = &ts.bufs;
     let n = bufs.param.len();
     if bufs.grad.len() != n || bufs.states.iter().any(|s| s.len() != n) {
         return Err(InterpError::Shape(format!(
@@ -85,50 +212,15 @@ fn step_generic<R: Real>(
             bufs.states.len()
         )));
     }
-    if scalars.len() != kernel.scalars.len() || hypers.len() != kernel.hypers.len() {
+    if ts.scalars.len() != kernel.scalars.len() || ts.hypers.len() != kernel.hypers.len() {
         return Err(InterpError::Shape(format!(
             "rule `{}` needs {} hypers and {} scalar states, got {} and {}",
             kernel.rule,
             kernel.hypers.len(),
             kernel.scalars.len(),
-            hypers.len(),
-            scalars.len()
+            ts.hypers.len(),
+            ts.scalars.len()
         )));
     }
-    let host = kernel.eval_host(hypers, t, scalars)?;
-    let uniforms: Vec<R> = host.uniforms.iter().map(|&u| R::from_f64(u)).collect();
-    let Buffers {
-        param,
-        grad,
-        mut states,
-    } = bufs;
-    let mut values: Vec<R> = Vec::with_capacity(kernel.body.len());
-    for i in 0..n {
-        let load = |slot: Slot| match slot {
-            Slot::Param => param[i],
-            Slot::Grad => grad[i],
-            Slot::State(s) => states[s.index()][i],
-        };
-        eval_arena(&kernel.body, &mut values, |e| match *e {
-            Expr::Uniform(u) => uniforms.get(u.index()).copied().ok_or(()),
-            Expr::Load(slot) => Ok(load(slot)),
-            _ => Err(()),
-        })
-        .map_err(|e| {
-            InterpError::Kernel(KernelError {
-                rule: kernel.rule.clone(),
-                reason: format!("body: {e:?}"),
-            })
-        })?;
-        for s in &kernel.stores {
-            let v = values[s.value.index()];
-            match s.slot {
-                Slot::Param => param[i] = v,
-                Slot::Grad => {}
-                Slot::State(id) => states[id.index()][i] = v,
-            }
-        }
-    }
-    scalars.copy_from_slice(&host.scalars);
     Ok(())
 }

@@ -129,6 +129,7 @@ fn key(e: &Expr) -> Key {
         Expr::Unary(op, a) => (8, op as u64, h(a), 0, 0),
         Expr::Binary(op, a, b) => (9, op as u64, h(a), h(b), 0),
         Expr::Select(c, a, b) => (10, 0, h(c), h(a), h(b)),
+        Expr::Reduced(i) => (11, i.0 as u64, 0, 0, 0),
     }
 }
 

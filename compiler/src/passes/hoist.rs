@@ -11,8 +11,8 @@ use crate::check::Uniformity;
 use crate::diag::Diagnostic;
 use crate::ir::{Builder, Program};
 use optc_kernel::{
-    Arena, BinaryOp, Expr, FlagValue, Handle, HyperDecl, Init, Kernel, ScalarDecl, ScalarUpdate,
-    StateDecl, Store, UnaryOp, UniformId,
+    Arena, BinaryOp, Expr, FlagValue, Handle, HyperDecl, Init, Kernel, RankClass, ScalarDecl,
+    ScalarUpdate, Stage, StateDecl, StateShape, Store, UnaryOp, UniformId,
 };
 use std::collections::HashMap;
 
@@ -216,6 +216,7 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
                     Init::Param => Init::Param,
                     Init::Value(h) => Init::Value(copy_init(h)),
                 },
+                shape: StateShape::Full,
             }
         })
         .collect();
@@ -250,11 +251,16 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
         states,
         scalars,
         init,
+        rank: RankClass::Any,
         host: host.func.exprs,
-        uniforms,
         scalar_updates,
-        body: body.func.exprs,
-        stores,
+        reductions: Vec::new(),
+        stages: vec![Stage {
+            uniforms,
+            body: body.func.exprs,
+            stores,
+            reduce: Vec::new(),
+        }],
     };
     kernel.validate().map_err(|e| {
         Diagnostic::error(

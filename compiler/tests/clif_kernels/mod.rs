@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use optc_kernel::{
-    Arena, BinaryOp as B, Expr, Handle, HyperDecl, Init, Kernel, Slot, StateDecl, StateId, Store,
-    UnaryOp as U, UniformId,
+    Arena, BinaryOp as B, Expr, Handle, HyperDecl, Init, Kernel, Slot, Stage, StateDecl, StateId,
+    Store, UnaryOp as U, UniformId,
 };
 
 /// A small builder for kernels.
@@ -34,15 +34,16 @@ impl Kb {
                     .map(|n| StateDecl {
                         name: (*n).into(),
                         init: Init::Value(zero),
+                        shape: Default::default(),
                     })
                     .collect(),
                 scalars: vec![],
                 init,
+                rank: Default::default(),
                 host: Arena::new(),
-                uniforms: vec![],
                 scalar_updates: vec![],
-                body: Arena::new(),
-                stores: vec![],
+                reductions: vec![],
+                stages: vec![Stage::default()],
             },
         }
     }
@@ -61,13 +62,13 @@ impl Kb {
     }
     /// Makes host node `h` a uniform and returns a body node reading it.
     pub fn uniform(&mut self, h: H) -> H {
-        let id = UniformId::new(self.k.uniforms.len());
-        self.k.uniforms.push(h);
+        let id = UniformId::new(self.k.stages[0].uniforms.len());
+        self.k.stages[0].uniforms.push(h);
         self.e(Expr::Uniform(id))
     }
     /// A body node.
     pub fn e(&mut self, e: Expr) -> H {
-        self.k.body.append(e)
+        self.k.stages[0].body.append(e)
     }
     pub fn c(&mut self, c: f64) -> H {
         self.e(Expr::Const(c))
@@ -85,7 +86,7 @@ impl Kb {
         self.e(Expr::Select(c, a, b))
     }
     pub fn store(&mut self, slot: Slot, value: H) {
-        self.k.stores.push(Store { slot, value });
+        self.k.stages[0].stores.push(Store { slot, value });
     }
     pub fn finish(self) -> Kernel {
         self.k.validate().expect("hand-built kernel is valid");

@@ -4,7 +4,7 @@
 
 use optc_kernel::{
     Arena, BinaryOp as B, Expr, FlagValue, Handle, HyperDecl, HyperId, Init, Kernel, ScalarDecl,
-    ScalarId, ScalarUpdate, Slot, StateDecl, StateId, Store, UnaryOp as U, UniformId,
+    ScalarId, ScalarUpdate, Slot, Stage, StateDecl, StateId, Store, UnaryOp as U, UniformId,
 };
 
 /// Builds a kernel node by node.
@@ -31,11 +31,11 @@ impl Builder {
                 states: vec![],
                 scalars: vec![],
                 init: Arena::new(),
+                rank: Default::default(),
                 host: Arena::new(),
-                uniforms: vec![],
                 scalar_updates: vec![],
-                body: Arena::new(),
-                stores: vec![],
+                reductions: vec![],
+                stages: vec![Stage::default()],
             },
         }
     }
@@ -48,6 +48,7 @@ impl Builder {
         self.k.states.push(StateDecl {
             name: name.into(),
             init,
+            shape: Default::default(),
         });
         Slot::State(StateId::new(self.k.states.len() - 1))
     }
@@ -79,11 +80,13 @@ impl Builder {
     }
     /// Makes host node `h` a uniform and returns its body leaf.
     pub fn uniform(&mut self, h: Handle<Expr>) -> Handle<Expr> {
-        self.k.uniforms.push(h);
-        self.b(Expr::Uniform(UniformId::new(self.k.uniforms.len() - 1)))
+        self.k.stages[0].uniforms.push(h);
+        self.b(Expr::Uniform(UniformId::new(
+            self.k.stages[0].uniforms.len() - 1,
+        )))
     }
     pub fn b(&mut self, e: Expr) -> Handle<Expr> {
-        self.k.body.append(e)
+        self.k.stages[0].body.append(e)
     }
     pub fn load(&mut self, s: Slot) -> Handle<Expr> {
         self.b(Expr::Load(s))
@@ -101,7 +104,7 @@ impl Builder {
         self.b(Expr::Select(c, a, b))
     }
     pub fn store(&mut self, slot: Slot, value: Handle<Expr>) {
-        self.k.stores.push(Store { slot, value });
+        self.k.stages[0].stores.push(Store { slot, value });
     }
     pub fn finish(self) -> Kernel {
         if let Err(e) = self.k.validate() {

@@ -113,6 +113,7 @@ impl CpuKernel {
     /// Like [`CpuKernel::compile`], with options.
     pub fn compile_with(kernel: &Kernel, options: &CpuOptions) -> Result<CpuKernel, CpuError> {
         kernel.validate()?;
+        kernel.only_stage()?;
         let code = jit::Code::compile(kernel, options.allow_fma)?;
         Ok(CpuKernel {
             kernel: kernel.clone(),
@@ -148,11 +149,11 @@ impl CpuKernel {
                 found: args.states.len(),
             });
         }
-        if args.uniforms.len() != k.uniforms.len() {
+        if args.uniforms.len() != k.stages[0].uniforms.len() {
             return Err(CpuError::UniformCount {
                 rule: k.rule.clone(),
                 tensor,
-                expected: k.uniforms.len(),
+                expected: k.stages[0].uniforms.len(),
                 found: args.uniforms.len(),
             });
         }

@@ -101,6 +101,7 @@ impl CudaOptimizer {
         stream: Arc<CudaStream>,
     ) -> Result<Self, CudaError> {
         kernel.validate()?;
+        kernel.only_stage()?;
         super::signature::check(&kernel, ptx)?;
         let ctx = stream.context().clone();
         let module = ctx

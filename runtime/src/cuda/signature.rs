@@ -37,7 +37,7 @@ pub(crate) fn check(kernel: &Kernel, ptx: &PtxModule) -> Result<(), CudaError> {
     let mut direct: Vec<String> = vec!["u64".into(); buffers + 1];
     direct.extend(std::iter::repeat_n(
         "f32".to_string(),
-        kernel.uniforms.len(),
+        kernel.stages[0].uniforms.len(),
     ));
     for entry in [&ptx.vector_entry, &ptx.scalar_entry] {
         let params = entry_params(&ptx.source, entry)
@@ -48,7 +48,7 @@ pub(crate) fn check(kernel: &Kernel, ptx: &PtxModule) -> Result<(), CudaError> {
                 params.len(),
                 params.join(", "),
                 buffers,
-                kernel.uniforms.len()
+                kernel.stages[0].uniforms.len()
             )));
         }
     }

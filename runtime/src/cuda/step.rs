@@ -75,7 +75,7 @@ impl CudaOptimizer {
             .t
             .checked_add(1)
             .ok_or_else(|| CudaError::Buffers("the step count would overflow".into()))?;
-        let host = self.kernel.eval_host(&self.hypers, t, &slot.scalars)?;
+        let host = self.kernel.eval_host(&self.hypers, t, &slot.scalars, &[])?;
         if slot.len > 0 {
             let mut ptrs = vec![p, g];
             ptrs.extend(slot.states.iter_mut().map(|s| state_ptr(s, &stream)));
@@ -86,7 +86,7 @@ impl CudaOptimizer {
             }
             let vector = ptrs.iter().all(|p| aligned16(*p));
             let n = slot.len as u64;
-            let uniforms: Vec<f32> = host.uniforms.iter().map(|u| *u as f32).collect();
+            let uniforms: Vec<f32> = host.uniforms[0].iter().map(|u| *u as f32).collect();
             let (func, work) = if vector {
                 (&self.vector, n / 4)
             } else {
@@ -169,7 +169,7 @@ impl CudaOptimizer {
                 .t
                 .checked_add(1)
                 .ok_or_else(|| CudaError::Buffers("the step count would overflow".into()))?;
-            let host = self.kernel.eval_host(&self.hypers, t, &slot.scalars)?;
+            let host = self.kernel.eval_host(&self.hypers, t, &slot.scalars, &[])?;
             let mut pointers = vec![p, g];
             pointers.extend(slot.states.iter_mut().map(|s| state_ptr(s, &stream)));
             if let Some(bad) = pointers.iter().find(|p| !p.is_multiple_of(4)) {
@@ -180,7 +180,7 @@ impl CudaOptimizer {
             tensors.push(Tensor {
                 pointers,
                 len: slot.len,
-                uniforms: host.uniforms.iter().map(|u| *u as f32).collect(),
+                uniforms: host.uniforms[0].iter().map(|u| *u as f32).collect(),
             });
             updates.push((id, t, host.scalars));
         }

@@ -3,7 +3,7 @@
 
 use optc_kernel::{
     Arena, BinaryOp, Expr, FlagValue, HyperDecl, HyperId, Init, Kernel, ScalarDecl, ScalarId,
-    ScalarUpdate, Slot, StateDecl, StateId, Store, UnaryOp,
+    ScalarUpdate, Slot, Stage, StateDecl, StateId, Store, UnaryOp,
 };
 
 fn hyper(name: &str, default: f64) -> HyperDecl {
@@ -79,32 +79,39 @@ pub fn adamw() -> Kernel {
             StateDecl {
                 name: "m".into(),
                 init: Init::Value(zero),
+                shape: Default::default(),
             },
             StateDecl {
                 name: "v".into(),
                 init: Init::Value(zero),
+                shape: Default::default(),
             },
         ],
         scalars: vec![],
         init,
+        rank: Default::default(),
         host,
-        uniforms,
         scalar_updates: vec![],
-        body,
-        stores: vec![
-            Store {
-                slot: Slot::Param,
-                value: p2,
-            },
-            Store {
-                slot: Slot::State(StateId(0)),
-                value: m2,
-            },
-            Store {
-                slot: Slot::State(StateId(1)),
-                value: v2,
-            },
-        ],
+        reductions: vec![],
+        stages: vec![Stage {
+            uniforms,
+            body,
+            reduce: vec![],
+            stores: vec![
+                Store {
+                    slot: Slot::Param,
+                    value: p2,
+                },
+                Store {
+                    slot: Slot::State(StateId(0)),
+                    value: m2,
+                },
+                Store {
+                    slot: Slot::State(StateId(1)),
+                    value: v2,
+                },
+            ],
+        }],
     }
 }
 
@@ -142,10 +149,12 @@ pub fn toy() -> Kernel {
             StateDecl {
                 name: "slow".into(),
                 init: Init::Param,
+                shape: Default::default(),
             },
             StateDecl {
                 name: "c".into(),
                 init: Init::Value(c0),
+                shape: Default::default(),
             },
         ],
         scalars: vec![ScalarDecl {
@@ -153,27 +162,32 @@ pub fn toy() -> Kernel {
             init: one,
         }],
         init,
+        rank: Default::default(),
         host,
-        uniforms: vec![u0],
+        reductions: vec![],
         scalar_updates: vec![ScalarUpdate {
             scalar: ScalarId(0),
             value: acc2,
         }],
-        body,
-        stores: vec![
-            Store {
-                slot: Slot::Param,
-                value: p2,
-            },
-            Store {
-                slot: Slot::State(StateId(0)),
-                value: slow2,
-            },
-            Store {
-                slot: Slot::State(StateId(1)),
-                value: c2,
-            },
-        ],
+        stages: vec![Stage {
+            uniforms: vec![u0],
+            body,
+            reduce: vec![],
+            stores: vec![
+                Store {
+                    slot: Slot::Param,
+                    value: p2,
+                },
+                Store {
+                    slot: Slot::State(StateId(0)),
+                    value: slow2,
+                },
+                Store {
+                    slot: Slot::State(StateId(1)),
+                    value: c2,
+                },
+            ],
+        }],
     }
 }
 

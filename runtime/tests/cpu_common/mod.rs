@@ -118,9 +118,9 @@ impl Tensor {
 pub fn uniforms(k: &Kernel, t: u64) -> Vec<f32> {
     let hypers = k.default_hypers();
     let scalars = k.initial_scalars(&hypers).expect("scalars");
-    k.eval_host(&hypers, t, &scalars)
+    k.eval_host(&hypers, t, &scalars, &[])
         .expect("host program")
-        .uniforms
+        .uniforms[0]
         .iter()
         .map(|&u| u as f32)
         .collect()

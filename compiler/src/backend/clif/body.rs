@@ -84,7 +84,7 @@ impl Lower<'_> {
             env.num[i] = Some(g.b.ins().fma(xv, yv, cv));
             return;
         }
-        let e = self.kernel.body[h];
+        let e = self.kernel.stages[0].body[h];
         match e {
             Expr::Const(c) => env.num[i] = Some(g.f32s(c as f32)),
             Expr::Bool(b) => env.mask[i] = Some(g.i32s(if b { -1 } else { 0 })),
@@ -107,7 +107,7 @@ impl Lower<'_> {
                 }
             }
             // Not allowed in a validated body.
-            Expr::Hyper(_) | Expr::Flag(_) | Expr::Step | Expr::Scalar(_) => {
+            Expr::Hyper(_) | Expr::Flag(_) | Expr::Step | Expr::Scalar(_) | Expr::Reduced(_) => {
                 env.num[i] = Some(g.f32s(f32::NAN));
             }
         }
@@ -168,7 +168,7 @@ impl Lower<'_> {
             return;
         }
         if op == BinaryOp::Pow {
-            if let Expr::Const(c) = self.kernel.body[b] {
+            if let Expr::Const(c) = self.kernel.stages[0].body[b] {
                 if let Some(n) = math::small_int(c) {
                     let x = self.num(g, env, a);
                     env.num[i] = Some(math::powi(g, x, n));
@@ -220,12 +220,12 @@ impl Lower<'_> {
             })
             .collect();
         let mut env = inv.clone();
-        for h in self.kernel.body.handles() {
+        for h in self.kernel.stages[0].body.handles() {
             if self.plan.live[h.index()] && !self.plan.invariant[h.index()] {
                 self.node(g, &mut env, h, uniforms, &loaded);
             }
         }
-        for s in &self.kernel.stores {
+        for s in &self.kernel.stages[0].stores {
             let v = self.num(g, &mut env, s.value);
             if let Some(a) = addrs[buffer_index(s.slot)] {
                 g.b.ins().store(elem_flags(), v, a, offset);
@@ -281,12 +281,12 @@ pub(super) fn build(kernel: &Kernel, opts: &Options, name: UserFuncName) -> Func
             })
         })
         .collect();
-    let n_nodes = kernel.body.len();
+    let n_nodes = kernel.stages[0].body.len();
     let mut inv = Env {
         num: vec![None; n_nodes],
         mask: vec![None; n_nodes],
     };
-    for h in kernel.body.handles() {
+    for h in kernel.stages[0].body.handles() {
         if plan.live[h.index()] && plan.invariant[h.index()] {
             lower.node(&mut g, &mut inv, h, uniforms, &[]);
         }

@@ -74,6 +74,7 @@ pub enum Error {
 /// Lowers `kernel` to one Cranelift function (see the module documentation for its ABI).
 pub fn emit(kernel: &Kernel, opts: &Options) -> Result<Function, Error> {
     kernel.validate()?;
+    kernel.only_stage()?;
     if !(1..=2).contains(&opts.unroll) {
         return Err(Error::Options(format!(
             "unroll must be 1 or 2, got {}",

@@ -66,7 +66,7 @@ impl Plan {
 
     /// Analyses the body of a validated kernel.
     pub fn new(kernel: &Kernel, fma: bool) -> Plan {
-        let body = &kernel.body;
+        let body = &kernel.stages[0].body;
         let n = body.len();
         let mut kind = Vec::with_capacity(n);
         for (_, e) in body.iter() {
@@ -90,7 +90,7 @@ impl Plan {
                 uses[o.index()] += 1;
             }
         }
-        for s in &kernel.stores {
+        for s in &kernel.stages[0].stores {
             uses[s.value.index()] += 1;
         }
         let single_mul = |h: Handle<Expr>| match body[h] {
@@ -126,7 +126,7 @@ impl Plan {
             written: vec![false; 2 + kernel.states.len()],
         };
 
-        for s in &kernel.stores {
+        for s in &kernel.stages[0].stores {
             plan.live[s.value.index()] = true;
             plan.need_num[s.value.index()] = true;
             plan.written[buffer_index(s.slot)] = true;

@@ -37,7 +37,7 @@ pub(crate) struct Plan {
 
 /// `x ^ n` with a constant integer `n` small enough for multiplications.
 fn const_int_exponent(kernel: &Kernel, b: Handle<Expr>) -> Option<i64> {
-    match kernel.body.get(b) {
+    match kernel.stages[0].body.get(b) {
         Some(Expr::Const(c)) if c.fract() == 0.0 && c.abs() <= MAX_POWI => Some(*c as i64),
         _ => None,
     }
@@ -54,12 +54,12 @@ fn natural_pred(e: &Expr) -> bool {
 impl Plan {
     /// Analyses the body of a validated kernel.
     pub(crate) fn new(kernel: &Kernel) -> Result<Plan, Error> {
-        let n = kernel.body.len();
+        let n = kernel.stages[0].body.len();
         let mut live = vec![false; n];
-        for s in &kernel.stores {
+        for s in &kernel.stages[0].stores {
             live[s.value.index()] = true;
         }
-        for (h, e) in kernel.body.iter().rev() {
+        for (h, e) in kernel.stages[0].body.iter().rev() {
             if !live[h.index()] {
                 continue;
             }
@@ -74,8 +74,8 @@ impl Plan {
         let mut varying = vec![false; n];
         let mut want_f = vec![false; n];
         let mut want_p = vec![false; n];
-        let mut uniform_used = vec![false; kernel.uniforms.len()];
-        for (h, e) in kernel.body.iter() {
+        let mut uniform_used = vec![false; kernel.stages[0].uniforms.len()];
+        for (h, e) in kernel.stages[0].body.iter() {
             let i = h.index();
             varying[i] = match e {
                 Expr::Load(_) => true,
@@ -125,7 +125,7 @@ impl Plan {
                 _ => {}
             }
         }
-        for s in &kernel.stores {
+        for s in &kernel.stages[0].stores {
             want_f[s.value.index()] = true;
         }
         Ok(Plan {
@@ -155,7 +155,7 @@ impl Env {
     /// No node lowered yet.
     pub(crate) fn new(kernel: &Kernel) -> Env {
         Env {
-            vals: vec![Val::default(); kernel.body.len()],
+            vals: vec![Val::default(); kernel.stages[0].body.len()],
         }
     }
 
@@ -195,7 +195,7 @@ impl Lowering<'_> {
         uniform: &[Option<Reg>],
         load: &dyn Fn(Slot) -> Option<Reg>,
     ) -> Result<(), Error> {
-        for (h, e) in self.kernel.body.iter() {
+        for (h, e) in self.kernel.stages[0].body.iter() {
             let i = h.index();
             if !self.plan.live[i] || self.plan.varying[i] != varying {
                 continue;

@@ -35,7 +35,9 @@ fn single_params(low: &Lowering<'_>, name: &str) -> Vec<String> {
         .map(|i| format!(".param .u64 {name}_b{i}"))
         .collect();
     params.push(format!(".param .u64 {name}_n"));
-    params.extend((0..low.kernel.uniforms.len()).map(|u| format!(".param .f32 {name}_u{u}")));
+    params.extend(
+        (0..low.kernel.stages[0].uniforms.len()).map(|u| format!(".param .f32 {name}_u{u}")),
+    );
     params
 }
 
@@ -60,7 +62,7 @@ impl Lowering<'_> {
         }
         let n = asm.rd();
         asm.ins(format!("ld.param.u64 {n}, [{name}_n]"));
-        let mut uniforms = vec![None; self.kernel.uniforms.len()];
+        let mut uniforms = vec![None; self.kernel.stages[0].uniforms.len()];
         for (u, used) in self.plan.uniform_used.iter().enumerate() {
             if *used {
                 let r = asm.f();
@@ -145,7 +147,7 @@ impl Lowering<'_> {
             self.lower(asm, &mut env, true, &frame.uniforms, &load)?;
             envs.push(env);
         }
-        for store in &self.kernel.stores {
+        for store in &self.kernel.stages[0].stores {
             let addr = addrs
                 .iter()
                 .find(|(s, _)| *s == store.slot)
@@ -291,7 +293,7 @@ impl Lowering<'_> {
             "ld.global.u32 {flags}, [{rec}+{}]",
             layout.flags_offset()
         ));
-        let mut uniforms = vec![None; self.kernel.uniforms.len()];
+        let mut uniforms = vec![None; self.kernel.stages[0].uniforms.len()];
         for (u, used) in self.plan.uniform_used.iter().enumerate() {
             if *used {
                 let r = asm.f();

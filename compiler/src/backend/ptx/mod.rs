@@ -114,6 +114,7 @@ fn parse_target(target: &str) -> Option<u32> {
 /// Generates the PTX module of a kernel.
 pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
     kernel.validate()?;
+    kernel.only_stage()?;
     let sm = parse_target(&opts.target)
         .filter(|sm| *sm >= 52)
         .ok_or_else(|| Error::Target(opts.target.clone()))?;
@@ -165,7 +166,7 @@ pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
         flags.join(", "),
         if opts.fast_math { ", fast math" } else { "" },
         buffers.join(", "),
-        kernel.uniforms.len(),
+        kernel.stages[0].uniforms.len(),
         layout.stride(),
         opts.version,
         opts.target,
