@@ -123,7 +123,11 @@ fn check_torch_names(file: &ast::File, out: &mut Vec<Diagnostic>) {
             out.push(
                 Diagnostic::error(
                     "E0206",
-                    format!("`{} {}` has the torch name `step`", d.kind.keyword(), d.name.name),
+                    format!(
+                        "`{} {}` has the torch name `step`",
+                        d.kind.keyword(),
+                        d.name.name
+                    ),
                     id.span,
                     "reserved for the step count",
                 )
