@@ -4,8 +4,7 @@
 //! ratio (candle_nn time / optc time) as the last line, in JSON.
 //!
 //! Run with `cargo run --release -p optc-candle --example gpt2_step -- [--threads T] [--iters N]`.
-//! `--threads` sizes optc's pool (default: all cores); candle's elementwise CPU ops run on the
-//! calling thread. Needs about 3 GiB of memory.
+//! `--threads` sizes optc's pool (default: all cores). Needs about 3 GiB of memory.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
