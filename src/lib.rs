@@ -26,7 +26,9 @@ pub use optc_compiler::stdlib;
 pub use optc_kernel as kernel;
 pub use optc_kernel::{Artifact, Kernel};
 pub use optc_runtime as runtime;
-pub use optc_runtime::{GroupId, Optimizer, Options, Rule, RuntimeError, Target, Update};
+pub use optc_runtime::{
+    GroupId, Optimizer, Options, Rule, RuntimeError, StateFormat, Target, Update,
+};
 
 pub mod cli;
 pub mod compare;

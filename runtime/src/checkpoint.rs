@@ -32,7 +32,7 @@ use std::path::Path;
 /// The checkpoint layout version written and read.
 pub const CHECKPOINT_FORMAT: u32 = 1;
 
-const META_KEY: &str = "optc";
+pub(crate) const META_KEY: &str = "optc";
 const HYPERS: &str = "__optc__/hypers";
 const DEFAULTS: &str = "__optc__/defaults";
 const SCALARS: &str = "__optc__/scalars";
@@ -172,13 +172,10 @@ impl Optimizer {
         Ok(safetensors::serialize(tensors, Some(info))?)
     }
 
-    /// Writes all optimizer state to a safetensors file.
+    /// Writes all optimizer state to a safetensors file, atomically (see
+    /// [`Optimizer::save_state`] for torch's convention).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), RuntimeError> {
-        let bytes = self.to_bytes()?;
-        std::fs::write(path.as_ref(), bytes).map_err(|source| RuntimeError::Io {
-            path: path.as_ref().display().to_string(),
-            source,
-        })
+        crate::file::write_atomic(path.as_ref(), &self.to_bytes()?)
     }
 
     /// Reads optimizer state from a safetensors file written by [`Optimizer::save`].

@@ -10,7 +10,8 @@
 //!   `compiler` a `.opt` file, a string, or a rule of the embedded standard library);
 //! - [`Optimizer`]: parameter groups (each with its flags and hypers), registered parameters, the
 //!   optimizer state it owns, and [`Optimizer::step`]; checkpoints with [`Optimizer::save`] and
-//!   [`Optimizer::load`] (layout in [`checkpoint`]);
+//!   [`Optimizer::load`] (layout in [`checkpoint`]); torch-convention state in and out with
+//!   [`Optimizer::save_state`] and [`Optimizer::resume`] (layout in [`torch_state`]);
 //! - [`Update`]: one parameter and its gradient for a step, from f32 slices or bytes;
 //! - [`RuntimeError`]: every error, with a clear message.
 //!
@@ -42,6 +43,8 @@ pub mod cpu;
 pub mod cuda;
 mod error;
 #[cfg(feature = "compiler")]
+mod file;
+#[cfg(feature = "compiler")]
 mod optimizer;
 #[cfg(feature = "compiler")]
 pub mod probe;
@@ -49,6 +52,8 @@ pub mod probe;
 mod rule;
 #[cfg(feature = "compiler")]
 mod target;
+#[cfg(feature = "compiler")]
+pub mod torch_state;
 
 pub use error::{NameKind, RuntimeError};
 #[cfg(feature = "compiler")]
@@ -57,3 +62,5 @@ pub use optimizer::{GroupId, Optimizer, Options, Update};
 pub use rule::Rule;
 #[cfg(feature = "compiler")]
 pub use target::Target;
+#[cfg(feature = "compiler")]
+pub use torch_state::StateFormat;

@@ -6,12 +6,14 @@
 //! `k` is the gradient at step `k + 1`), a step count `N <= N'`, and `--set` hypers and flags.
 //! Gives `OUT.safetensors` with each final parameter under its name, each per-element state as
 //! `NAME.STATE` (f32, the parameter's shape) and each scalar state as `NAME.SCALAR` (f64, shape
-//! `[]`). Every input is checked before the first step; any problem is an error (exit code 1).
+//! `[]`). `--resume` starts from a saved optimizer state (optc's or torch's layout, told apart by
+//! content) and `--save-state` writes the final one. Every input is checked before the first step;
+//! any problem is an error (exit code 1).
 
 use super::source::{load_rule, split_sets};
 use clap::{Args, ValueEnum};
 use optc_runtime::bytes::{f32_bytes, f32_vec};
-use optc_runtime::{Optimizer, Options, Rule, Target, Update};
+use optc_runtime::{Optimizer, Options, Rule, StateFormat, Target, Update};
 
 pub(crate) type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 use safetensors::tensor::TensorView;
@@ -51,6 +53,25 @@ pub struct RunArgs {
     /// The output file.
     #[arg(short = 'o', long = "output", value_name = "OUT.safetensors")]
     pub output: PathBuf,
+    /// Start from this optimizer state: an optc checkpoint or a torch-convention file
+    /// (`NAME.step`, `NAME.exp_avg`, ...; docs/torch.md), told apart by content.
+    #[arg(long, value_name = "STATE.safetensors")]
+    pub resume: Option<PathBuf>,
+    /// Also write the final optimizer state to this file.
+    #[arg(long, value_name = "STATE.safetensors")]
+    pub save_state: Option<PathBuf>,
+    /// The layout of --save-state: optc's checkpoint or torch's convention.
+    #[arg(long, value_enum, default_value_t = StateFormatArg::Optc, requires = "save_state")]
+    pub state_format: StateFormatArg,
+}
+
+/// The layouts `--save-state` can write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateFormatArg {
+    /// optc's checkpoint: hypers, groups and flags included, read back bit for bit.
+    Optc,
+    /// torch's convention: `NAME.step` and each state under torch's name (docs/torch.md).
+    Torch,
 }
 
 /// The targets `optc run` can use.
@@ -107,6 +128,9 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
         RunTarget::Cpu => Target::Cpu,
         RunTarget::Interp => Target::Interp,
         RunTarget::Cuda => {
+            if args.resume.is_some() || args.save_state.is_some() {
+                return Err("--resume and --save-state work with --target cpu and interp; the CUDA path of `optc run` keeps its state on the device".into());
+            }
             let finals =
                 super::cuda::run_steps(&args.rule, &flags, &hypers, &mut tensors, args.steps)?;
             write_output(&tensors, &finals, &args.output)?;
@@ -126,6 +150,10 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     }
     for t in &tensors {
         opt.add_param(&t.name, &t.shape)?;
+    }
+    if let Some(path) = &args.resume {
+        opt.resume(path)
+            .map_err(|e| format!("--resume `{}`: {e}", path.display()))?;
     }
     let mut rows: Vec<Vec<f32>> = tensors.iter().map(|t| vec![0.0; t.data.len()]).collect();
     for k in 0..args.steps {
@@ -154,6 +182,14 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
         });
     }
     write_output(&tensors, &finals, &args.output)?;
+    if let Some(path) = &args.save_state {
+        let format = match args.state_format {
+            StateFormatArg::Optc => StateFormat::Optc,
+            StateFormatArg::Torch => StateFormat::Torch,
+        };
+        opt.save_state(path, format)
+            .map_err(|e| format!("--save-state `{}`: {e}", path.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
