@@ -30,7 +30,7 @@ pub use optc_kernel::{Artifact, Kernel};
 pub use optc_runtime as runtime;
 pub use optc_runtime::{
     GroupId, HyperSchedule, Optimizer, Options, Rule, RuntimeError, Schedule, ScheduleError,
-    Scheduler, Target, Update,
+    Scheduler, StateFormat, Target, Update,
 };
 
 pub mod cli;

@@ -32,7 +32,7 @@ use std::path::Path;
 /// The checkpoint layout version written and read.
 pub const CHECKPOINT_FORMAT: u32 = 1;
 
-const META_KEY: &str = "optc";
+pub(crate) const META_KEY: &str = "optc";
 const HYPERS: &str = "__optc__/hypers";
 const DEFAULTS: &str = "__optc__/defaults";
 const SCALARS: &str = "__optc__/scalars";
@@ -185,7 +185,8 @@ impl Optimizer {
     }
 
     /// Writes all optimizer state to a safetensors file, atomically: a crash or an error while
-    /// saving leaves an existing file at `path` as it was ([`crate::atomic`]).
+    /// saving leaves an existing file at `path` as it was ([`crate::atomic`]); see
+    /// [`Optimizer::save_state`] for torch's convention.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), RuntimeError> {
         let bytes = self.to_bytes()?;
         crate::atomic::write_atomic(path.as_ref(), &bytes).map_err(|source| RuntimeError::Io {

@@ -120,6 +120,9 @@ pub enum RuntimeError {
     /// A checkpoint does not fit this optimizer or is malformed.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// A torch-convention state file does not fit this optimizer or is malformed.
+    #[error("torch state: {0}")]
+    TorchState(String),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

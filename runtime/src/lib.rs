@@ -13,6 +13,8 @@
 //!   [`StepReport`]); checkpoints with [`Optimizer::save`] and [`Optimizer::load`] (layout in
 //!   [`checkpoint`]); one optimizer for every [`Target`], each with an executor that holds the
 //!   states in its own memory; [`Options::max_grad_norm`] clips any rule by the global norm;
+//!   torch-convention state in and out with [`Optimizer::save_state`] and [`Optimizer::resume`]
+//!   (layout in [`torch_state`]);
 //! - [`Update`]: one parameter and its gradient for a step, from f32 slices or bytes (or device
 //!   buffers on CUDA);
 //! - [`RuntimeError`]: every error, with a clear message.
@@ -64,6 +66,8 @@ pub mod schedule;
 mod stages;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 mod target;
+#[cfg(feature = "compiler")]
+pub mod torch_state;
 
 pub use error::{NameKind, RuntimeError};
 #[cfg(any(feature = "compiler", feature = "cuda"))]
@@ -75,3 +79,5 @@ pub use schedule::Scheduler;
 pub use schedule::{HyperSchedule, Schedule, ScheduleError};
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 pub use target::Target;
+#[cfg(feature = "compiler")]
+pub use torch_state::StateFormat;

@@ -16,6 +16,8 @@ pub struct Rule {
     name: String,
     hypers: Vec<HyperDecl>,
     flags: Vec<FlagValue>,
+    /// Each state's torch name, by state name; `None` for a rule from a prebuilt kernel.
+    torch_names: Option<Vec<(String, String)>>,
     source: Source,
 }
 
@@ -35,6 +37,7 @@ impl Rule {
             name: kernel.rule.clone(),
             hypers: kernel.hypers.clone(),
             flags: kernel.flags.clone(),
+            torch_names: None,
             source: Source::Kernel(Box::new(kernel), None),
         })
     }
@@ -86,6 +89,16 @@ impl Rule {
                     value: f.default,
                 })
                 .collect(),
+            torch_names: Some(
+                rule.program()
+                    .states
+                    .iter()
+                    .map(|s| {
+                        let torch = s.torch_name.clone().unwrap_or_else(|| s.name.clone());
+                        (s.name.clone(), torch)
+                    })
+                    .collect(),
+            ),
             source: Source::Compiler(Box::new(rule)),
         }
     }
@@ -147,6 +160,17 @@ impl Rule {
     /// values it was built with).
     pub fn flags(&self) -> &[FlagValue] {
         &self.flags
+    }
+
+    /// The name torch gives state `state` (`exp_avg` for adamw's `m`): its `as` name, or its own.
+    /// `None` for a state the rule does not declare, and for every state of a rule made from a
+    /// prebuilt kernel (kernels do not record torch names).
+    pub fn torch_name(&self, state: &str) -> Option<&str> {
+        self.torch_names
+            .as_ref()?
+            .iter()
+            .find(|(s, _)| s == state)
+            .map(|(_, t)| t.as_str())
     }
 
     /// The full flag vector (declaration order) for the defaults overridden by `set`.

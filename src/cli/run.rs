@@ -9,12 +9,14 @@
 //! `[]`), and with `--set max_grad_norm=V` (clipping by the global norm over every tensor of the
 //! file, each step one call) the total gradient norm of each step as `__optc__/grad_norm` (f64,
 //! `[steps]`). Every input is checked before the first step; any problem is an error (exit code
-//! 1). The output is written atomically.
+//! 1). `--resume` starts from a saved optimizer state
+//! (optc's or torch's layout, told apart by content) and `--save-state` writes the final one. The
+//! outputs are written atomically.
 
 use super::source::{load_rule, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
 use optc_runtime::bytes::{f32_bytes, f32_vec};
-use optc_runtime::{Optimizer, Options, Rule, Target, Update};
+use optc_runtime::{Optimizer, Options, Rule, StateFormat, Target, Update};
 
 pub(crate) type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 use safetensors::tensor::TensorView;
@@ -60,6 +62,25 @@ pub struct RunArgs {
     /// The output file.
     #[arg(short = 'o', long = "output", value_name = "OUT.safetensors")]
     pub output: PathBuf,
+    /// Start from this optimizer state: an optc checkpoint or a torch-convention file
+    /// (`NAME.step`, `NAME.exp_avg`, ...; docs/torch.md), told apart by content.
+    #[arg(long, value_name = "STATE.safetensors")]
+    pub resume: Option<PathBuf>,
+    /// Also write the final optimizer state to this file.
+    #[arg(long, value_name = "STATE.safetensors")]
+    pub save_state: Option<PathBuf>,
+    /// The layout of --save-state: optc's checkpoint or torch's convention.
+    #[arg(long, value_enum, default_value_t = StateFormatArg::Optc, requires = "save_state")]
+    pub state_format: StateFormatArg,
+}
+
+/// The layouts `--save-state` can write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StateFormatArg {
+    /// optc's checkpoint: hypers, groups and flags included, read back bit for bit.
+    Optc,
+    /// torch's convention: `NAME.step` and each state under torch's name (docs/torch.md).
+    Torch,
 }
 
 /// The targets `optc run` can use.
@@ -134,6 +155,10 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     for t in &tensors {
         opt.add_param(&t.name, &t.shape)?;
     }
+    if let Some(path) = &args.resume {
+        opt.resume(path)
+            .map_err(|e| format!("--resume `{}`: {e}", path.display()))?;
+    }
     let scheduler = optc_runtime::Scheduler::new(&opt, &schedules)?;
     let mut rows: Vec<Vec<f32>> = tensors.iter().map(|t| vec![0.0; t.data.len()]).collect();
     let mut norms = Vec::new();
@@ -166,6 +191,14 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
         });
     }
     write_output(&tensors, &finals, &norms, &args.output)?;
+    if let Some(path) = &args.save_state {
+        let format = match args.state_format {
+            StateFormatArg::Optc => StateFormat::Optc,
+            StateFormatArg::Torch => StateFormat::Torch,
+        };
+        opt.save_state(path, format)
+            .map_err(|e| format!("--save-state `{}`: {e}", path.display()))?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

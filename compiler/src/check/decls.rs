@@ -108,7 +108,50 @@ pub(super) fn check_decls(file: &ast::File, out: &mut Vec<Diagnostic>) -> DeclTa
     for d in &file.decls {
         check_value(d, &table, out);
     }
+    check_torch_names(file, out);
     table
+}
+
+/// The names states and scalars have in torch-convention state files (`NAME.exp_avg`): a state's
+/// `as` name or its own, a scalar's own. They must differ from each other and from `step`.
+fn check_torch_names(file: &ast::File, out: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<&str, Span> = HashMap::new();
+    for d in &file.decls {
+        let id = match d.kind {
+            DeclKind::State => d.torch_name.as_ref().unwrap_or(&d.name),
+            DeclKind::Scalar => &d.name,
+            DeclKind::Hyper | DeclKind::Flag => continue,
+        };
+        let name = id.name.as_str();
+        if name == "step" {
+            out.push(
+                Diagnostic::error(
+                    "E0206",
+                    format!(
+                        "`{} {}` has the torch name `step`",
+                        d.kind.keyword(),
+                        d.name.name
+                    ),
+                    id.span,
+                    "reserved for the step count",
+                )
+                .hint("torch state files keep the step count under `NAME.step`; pick another name"),
+            );
+        } else if let Some(first) = seen.get(name) {
+            out.push(
+                Diagnostic::error(
+                    "E0206",
+                    format!("two states have the torch name `{name}`"),
+                    id.span,
+                    "used again here",
+                )
+                .with(*first, "first used here")
+                .hint("each state and scalar needs its own torch name (`state m = 0 as exp_avg`)"),
+            );
+        } else {
+            seen.insert(name, id.span);
+        }
+    }
 }
 
 /// Checks that a declaration's value has the form its kind needs.

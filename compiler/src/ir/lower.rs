@@ -52,6 +52,7 @@ pub fn lower(file: &ast::File, table: &DeclTable) -> Program {
                     name: d.name.name.clone(),
                     init,
                     condition,
+                    torch_name: d.torch_name.as_ref().map(|t| t.name.clone()),
                     span: d.name.span,
                 });
             }

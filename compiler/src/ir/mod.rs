@@ -45,6 +45,8 @@ pub struct StateInfo {
     pub init: Init,
     /// The flag condition under which it exists: a node of [`Program::decl`].
     pub condition: Option<Handle<Expr>>,
+    /// The name torch gives it (`state m = 0 as exp_avg`); `None` when it has the same name.
+    pub torch_name: Option<String>,
     /// Where it was declared.
     pub span: Span,
 }

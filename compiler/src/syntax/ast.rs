@@ -61,6 +61,8 @@ pub struct Decl {
     pub value: Expr,
     /// For states: the flag condition under which the state exists.
     pub condition: Option<Expr>,
+    /// For states: the name torch gives it (`as exp_avg`), used in torch-convention state files.
+    pub torch_name: Option<Ident>,
     /// The `///` lines before the declaration.
     pub doc: String,
     /// The whole declaration.

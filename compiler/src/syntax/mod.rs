@@ -146,6 +146,7 @@ fn rule_name(r: &Rule) -> Option<&'static str> {
         Rule::let_stmt | Rule::kw_let => "`let`",
         Rule::if_stmt | Rule::kw_if => "`if`",
         Rule::kw_else => "`else`",
+        Rule::kw_as | Rule::torch_name => "`as NAME`",
         Rule::assign_stmt => "an assignment",
         Rule::expr
         | Rule::logic_or
@@ -533,10 +534,12 @@ fn build_decl(p: Pair<'_, Rule>, source: &str) -> Result<Decl, Diagnostic> {
     let span = span_of(&p);
     let doc = doc_above(source, span.start as usize);
     let mut name = None;
+    let mut torch_name = None;
     let mut exprs = Vec::new();
     for x in p.into_inner() {
         match x.as_rule() {
             Rule::ident => name = Some(ident(&x)),
+            Rule::torch_name => torch_name = Some(ident(&x)),
             Rule::expr => exprs.push(build_expr(x)?),
             _ => {}
         }
@@ -548,6 +551,7 @@ fn build_decl(p: Pair<'_, Rule>, source: &str) -> Result<Decl, Diagnostic> {
             name,
             value,
             condition: exprs.next(),
+            torch_name,
             doc,
             span,
         }),
