@@ -27,6 +27,7 @@ pub mod syntax;
 pub use diag::{Diagnostic, Diagnostics, Severity, Span};
 pub use ir::{FlagInfo, HyperInfo};
 pub use optc_kernel::Kernel;
+pub use optc_kernel::RankClass;
 pub use passes::CompileOptions;
 
 use std::fmt;
@@ -104,12 +105,21 @@ impl Rule {
             file_name: file_name.to_string(),
             source: source.to_string(),
         };
-        // Every flag combination must compile; report the first that does not, located.
+        // Every flag combination (and rank class) must compile; report the first that does not,
+        // located.
+        let ranks: &[RankClass] = if rule.program.uses_rank() {
+            &[RankClass::Matrix, RankClass::Vector]
+        } else {
+            &[RankClass::Any]
+        };
         for flags in rule.flag_sets() {
-            if let Err(d) = passes::compile(&rule.program, &flags) {
-                let mut diags = Diagnostics::new(file_name, source);
-                diags.push(d);
-                return Err(diags);
+            for &rank in ranks {
+                let options = CompileOptions { clip: false, rank };
+                if let Err(d) = passes::compile_with(&rule.program, &flags, &options) {
+                    let mut diags = Diagnostics::new(file_name, source);
+                    diags.push(d);
+                    return Err(diags);
+                }
             }
         }
         Ok(rule)
@@ -155,6 +165,11 @@ impl Rule {
     /// The flags, in declaration order.
     pub fn flags(&self) -> &[FlagInfo] {
         &self.program.flags
+    }
+    /// Whether the rule reads the built-in `matrix` condition: it then compiles to one kernel
+    /// per rank class ([`CompileOptions::rank`]), and the runtime picks the kernel per tensor.
+    pub fn uses_rank(&self) -> bool {
+        self.program.uses_rank()
     }
     /// The flag-generic IR.
     pub fn program(&self) -> &ir::Program {

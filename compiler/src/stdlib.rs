@@ -23,6 +23,7 @@ pub const RULES: &[(&str, &str)] = &[
 pub const STAGED_RULES: &[(&str, &str)] = &[
     ("lamb", include_str!("../../stdlib/lamb.opt")),
     ("stableadamw", include_str!("../../stdlib/stableadamw.opt")),
+    ("lars", include_str!("../../stdlib/lars.opt")),
 ];
 
 /// The source of stdlib rule `name` (in [`RULES`] or [`STAGED_RULES`]).

@@ -6,7 +6,7 @@
 //! threads), so a recursion that only fits in a larger main-thread stack still fails here. The
 //! mutations come from a fixed-seed PRNG: a failure reproduces exactly.
 
-use optc_compiler::{stdlib, Diagnostics, Rule};
+use optc_compiler::{stdlib, CompileOptions, Diagnostics, RankClass, Rule};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// The stack of test threads and `std::thread::spawn`.
@@ -60,15 +60,23 @@ fn exercise(bytes: &[u8], what: &str) -> Result<bool, String> {
         let shown_len = String::from_utf8_lossy(bytes).len();
         match Rule::parse_bytes("fuzz.opt", bytes) {
             Ok(rule) => {
+                let ranks: &[RankClass] = if rule.uses_rank() {
+                    &[RankClass::Matrix, RankClass::Vector]
+                } else {
+                    &[RankClass::Any]
+                };
                 for flags in rule.flag_sets() {
-                    match rule.specialize_values(&flags) {
-                        Ok(k) => k
-                            .validate()
-                            .map_err(|e| format!("{what}: {flags:?}: invalid kernel: {e}"))?,
-                        Err(e) => {
-                            return Err(format!(
-                                "{what}: parse accepted it but {flags:?} fails: {e}"
-                            ))
+                    for &rank in ranks {
+                        let options = CompileOptions { clip: false, rank };
+                        match rule.specialize_values_with(&flags, &options) {
+                            Ok(k) => k.validate().map_err(|e| {
+                                format!("{what}: {flags:?} {rank:?}: invalid kernel: {e}")
+                            })?,
+                            Err(e) => {
+                                return Err(format!(
+                                    "{what}: parse accepted it but {flags:?} {rank:?} fails: {e}"
+                                ))
+                            }
                         }
                     }
                 }
@@ -230,7 +238,7 @@ fn mutated_stdlib_files() {
         let mut rng = Rng(0x6f70_7463);
         let mut failures = Vec::new();
         let (mut total, mut accepted) = (0, 0);
-        for (name, src) in stdlib::RULES {
+        for (name, src) in stdlib::RULES.iter().chain(stdlib::STAGED_RULES) {
             for (what, bytes) in mutants(src.as_bytes(), &mut rng) {
                 total += 1;
                 match exercise(&bytes, &format!("{name}: {what}")) {

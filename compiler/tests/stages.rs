@@ -11,7 +11,13 @@ fn rule(name: &str) -> Rule {
 
 fn clipped(name: &str, flags: &[(&str, bool)]) -> Kernel {
     rule(name)
-        .specialize_with(flags, &CompileOptions { clip: true })
+        .specialize_with(
+            flags,
+            &CompileOptions {
+                clip: true,
+                ..Default::default()
+            },
+        )
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -55,7 +61,13 @@ fn clipping_a_rule_that_declares_max_grad_norm_is_an_error() {
     let src = "optimizer x\nhyper lr = 1\nhyper max_grad_norm = 1\nupdate { p = p - lr * max_grad_norm * g }\n";
     let r = Rule::parse("x.opt", src).expect("parses");
     let err = r
-        .specialize_with(&[], &CompileOptions { clip: true })
+        .specialize_with(
+            &[],
+            &CompileOptions {
+                clip: true,
+                ..Default::default()
+            },
+        )
         .expect_err("clash");
     assert!(err.to_string().contains("E0701"), "{err}");
 }

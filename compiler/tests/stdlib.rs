@@ -1,7 +1,7 @@
 //! Every stdlib rule parses, checks cleanly and compiles for every flag set; the optimized IR of
 //! each is snapshotted (staged rules included), and no uniform work is left in any kernel body.
 
-use optc_compiler::{stdlib, Rule};
+use optc_compiler::{stdlib, CompileOptions, RankClass, Rule};
 use optc_kernel::{BinaryOp, Expr, Kernel};
 
 fn rules() -> Vec<Rule> {
@@ -46,13 +46,30 @@ fn uniform_work_in_body(k: &Kernel) -> Vec<String> {
     out
 }
 
+/// Every kernel of a rule: one per flag set, and per rank class for rules that read `matrix`.
+fn kernels(r: &Rule) -> Vec<(Vec<bool>, Kernel)> {
+    let ranks: &[RankClass] = if r.uses_rank() {
+        &[RankClass::Matrix, RankClass::Vector]
+    } else {
+        &[RankClass::Any]
+    };
+    let mut out = Vec::new();
+    for flags in r.flag_sets() {
+        for &rank in ranks {
+            let options = CompileOptions { clip: false, rank };
+            let k = r
+                .specialize_values_with(&flags, &options)
+                .unwrap_or_else(|e| panic!("{e}"));
+            out.push((flags.clone(), k));
+        }
+    }
+    out
+}
+
 #[test]
 fn no_uniform_work_or_pow_in_any_body() {
     for r in rules() {
-        for flags in r.flag_sets() {
-            let k = r
-                .specialize_values(&flags)
-                .unwrap_or_else(|e| panic!("{e}"));
+        for (flags, k) in kernels(&r) {
             let bad = uniform_work_in_body(&k);
             assert!(
                 bad.is_empty(),
@@ -75,10 +92,7 @@ fn optimized_ir_snapshots() {
     for r in rules() {
         // One snapshot per flag set whose kernel differs from the defaults' kernel.
         let mut seen: Vec<String> = Vec::new();
-        for flags in r.flag_sets() {
-            let k = r
-                .specialize_values(&flags)
-                .unwrap_or_else(|e| panic!("{e}"));
+        for (flags, k) in kernels(&r) {
             let text = k.to_string();
             let body = text.split("\n").skip(1).collect::<Vec<_>>().join("\n");
             if seen.contains(&body) {
@@ -92,10 +106,15 @@ fn optimized_ir_snapshots() {
                 .filter(|(_, v)| **v)
                 .map(|(f, _)| f.name.clone())
                 .collect();
+            let rank = match k.rank {
+                RankClass::Any => "",
+                RankClass::Matrix => "@matrix",
+                RankClass::Vector => "@vector",
+            };
             let name = if tag.is_empty() {
-                r.name().to_string()
+                format!("{}{rank}", r.name())
             } else {
-                format!("{}+{}", r.name(), tag.join("+"))
+                format!("{}+{}{rank}", r.name(), tag.join("+"))
             };
             insta::assert_snapshot!(name, text);
         }

@@ -1,4 +1,5 @@
-//! `optc compile RULE [--target cpu|cuda] [--emit ir|clif|ptx|artifact] [--set flag=v]... [-o OUT]`
+//! `optc compile RULE [--target cpu|cuda] [--emit ir|clif|ptx|artifact] [--set flag=v]...
+//! [--clip] [--rank matrix|vector] [-o OUT]`
 
 use super::source::{load_rule, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
@@ -26,6 +27,15 @@ pub enum Emit {
     Artifact,
 }
 
+/// The rank class to compile a rule that reads `matrix` for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Rank {
+    /// Tensors with 2 or more dims.
+    Matrix,
+    /// Tensors with 0 or 1 dim.
+    Vector,
+}
+
 /// Arguments of `optc compile`.
 #[derive(Args, Debug)]
 pub struct CompileArgs {
@@ -37,6 +47,12 @@ pub struct CompileArgs {
     /// What to produce (default: `ir` for cpu, `artifact` for cuda).
     #[arg(long, value_enum)]
     pub emit: Option<Emit>,
+    /// Clip the gradients by their global norm (adds the hyper `max_grad_norm`).
+    #[arg(long)]
+    pub clip: bool,
+    /// The rank class, for rules that read `matrix` (such as `lars`).
+    #[arg(long, value_enum)]
+    pub rank: Option<Rank>,
     /// Flag values, as `--set amsgrad=true` (hypers are runtime values and are not compiled in);
     /// `--set max_grad_norm=V` compiles in clipping by global norm (threshold V by default).
     #[arg(long = "set", value_name = "FLAG=VALUE")]
@@ -67,10 +83,23 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .into());
     }
     let overrides: Vec<(&str, bool)> = flags.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let rank = match (args.rank, rule.uses_rank()) {
+        (Some(Rank::Matrix), _) => optc_compiler::RankClass::Matrix,
+        (Some(Rank::Vector), _) => optc_compiler::RankClass::Vector,
+        (None, false) => optc_compiler::RankClass::Any,
+        (None, true) => {
+            return Err(format!(
+                "rule `{}` reads `matrix`, so it has one kernel per rank class: pass `--rank matrix` or `--rank vector`",
+                rule.name()
+            )
+            .into())
+        }
+    };
     // Clipping by global norm is compiled in; its threshold is the hyper `max_grad_norm`, whose
-    // default becomes the value given.
+    // default becomes the value given with `--set max_grad_norm=V`.
     let options = optc_compiler::CompileOptions {
-        clip: max_grad_norm.is_some(),
+        clip: args.clip || max_grad_norm.is_some(),
+        rank,
     };
     let mut kernel = rule.specialize_with(&overrides, &options)?;
     if let Some(v) = max_grad_norm {

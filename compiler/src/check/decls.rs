@@ -24,6 +24,9 @@ pub enum Symbol {
     Scalar(usize),
 }
 
+/// The flag index of the built-in `matrix` condition (`crate::ir::MATRIX_FLAG`).
+pub const MATRIX_FLAG_INDEX: usize = u32::MAX as usize;
+
 /// The file-level names.
 #[derive(Debug, Default)]
 pub struct DeclTable {
@@ -38,6 +41,7 @@ impl DeclTable {
             "p" => Some(Symbol::Param),
             "g" => Some(Symbol::Grad),
             "t" => Some(Symbol::Step),
+            "matrix" => Some(Symbol::Flag(MATRIX_FLAG_INDEX)),
             _ => self.names.get(name).map(|(s, _)| *s),
         }
     }

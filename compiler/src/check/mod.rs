@@ -66,7 +66,7 @@ pub const REDUCTIONS: &[(&str, usize)] = &[
 ];
 
 /// The names bound by the runtime.
-pub const BUILTIN_NAMES: &[&str] = &["p", "g", "t"];
+pub const BUILTIN_NAMES: &[&str] = &["p", "g", "t", "matrix"];
 
 /// Checks a parsed rule. Returns every diagnostic found, errors and warnings.
 pub fn check(file: &ast::File) -> Vec<Diagnostic> {

@@ -81,6 +81,20 @@ pub struct Program {
     pub update: Function,
 }
 
+/// The flag id of the built-in `matrix` condition: true when the tensor has at least 2 dims.
+/// Specialized per tensor rank class like a flag (see [`optc_kernel::RankClass`]).
+pub const MATRIX_FLAG: optc_kernel::FlagId = optc_kernel::FlagId(u32::MAX);
+
+impl Program {
+    /// Whether the rule reads the built-in `matrix` condition, so that it compiles to one kernel
+    /// per rank class.
+    pub fn uses_rank(&self) -> bool {
+        let is_matrix = |e: &Expr| *e == Expr::Flag(MATRIX_FLAG);
+        self.update.exprs.iter().any(|(_, e)| is_matrix(e))
+            || self.decl.iter().any(|(_, e)| is_matrix(e))
+    }
+}
+
 /// A DAG with its stores. Operands precede users; `spans[i]` is the source of node `i`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Function {

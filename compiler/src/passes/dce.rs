@@ -22,7 +22,12 @@ pub struct Live {
 }
 
 /// Removes dead nodes, stores and states from `f`.
-pub fn dce(f: &Function, program: &Program, flags: &[bool]) -> Result<Live, Diagnostic> {
+pub fn dce(
+    f: &Function,
+    program: &Program,
+    flags: &[bool],
+    matrix: bool,
+) -> Result<Live, Diagnostic> {
     let n = f.exprs.len();
     let mut reached = vec![false; n];
     let mut live_states = vec![false; program.states.len()];
@@ -68,7 +73,7 @@ pub fn dce(f: &Function, program: &Program, flags: &[bool]) -> Result<Live, Diag
         }
     }
 
-    check_conditions(f, program, flags, &reached, &live_states)?;
+    check_conditions(f, program, flags, matrix, &reached, &live_states)?;
 
     let states: Vec<usize> = (0..live_states.len()).filter(|&i| live_states[i]).collect();
     let scalars: Vec<usize> = (0..live_scalars.len())
@@ -149,12 +154,14 @@ fn check_conditions(
     f: &Function,
     program: &Program,
     flags: &[bool],
+    matrix: bool,
     reached: &[bool],
     live_states: &[bool],
 ) -> Result<(), Diagnostic> {
     let mut values: Vec<f64> = Vec::new();
     let ok = eval_arena(&program.decl, &mut values, |e| match e {
         Expr::Hyper(_) => Ok(f64::NAN),
+        Expr::Flag(crate::ir::MATRIX_FLAG) => Ok(if matrix { 1.0 } else { 0.0 }),
         Expr::Flag(i) => Ok(if flags.get(i.index()).copied().unwrap_or(false) {
             1.0
         } else {

@@ -23,7 +23,7 @@ pub mod specialize;
 
 use crate::diag::Diagnostic;
 use crate::ir::Program;
-use optc_kernel::Kernel;
+use optc_kernel::{Kernel, RankClass};
 
 /// Options of the compilation that are not flags of the rule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -31,6 +31,9 @@ pub struct CompileOptions {
     /// Clip the gradients by their global norm (a hyper `max_grad_norm` is added; see
     /// [`clip`]).
     pub clip: bool,
+    /// The rank class to compile for. A rule that reads `matrix` needs `Matrix` or `Vector`;
+    /// any other rule gives a kernel for `Any` tensor whatever this says.
+    pub rank: RankClass,
 }
 
 /// Runs the whole pipeline for the flag values `flags` (one per declared flag, in order).
@@ -59,9 +62,28 @@ pub fn compile_with(
     } else {
         program
     };
-    let f = specialize::specialize(&program.update, flags);
+    let rank = match (program.uses_rank(), options.rank) {
+        (false, _) => RankClass::Any,
+        (true, RankClass::Any) => {
+            return Err(Diagnostic::error(
+                "E0702",
+                format!(
+                    "rule `{}` reads `matrix`, so it compiles to one kernel per rank class",
+                    program.name
+                ),
+                Default::default(),
+                "here",
+            )
+            .hint("compile it for matrices (2 or more dims) or for vectors (0 or 1 dim)"))
+        }
+        (true, r) => r,
+    };
+    let matrix = rank == RankClass::Matrix;
+    let f = specialize::specialize_rank(&program.update, flags, matrix);
     let f = fold::fold(&f);
     let f = cse::cse(&f);
-    let live = dce::dce(&f, program, flags)?;
-    hoist::hoist(program, flags, &live)
+    let live = dce::dce(&f, program, flags, matrix)?;
+    let mut kernel = hoist::hoist(program, flags, &live)?;
+    kernel.rank = rank;
+    Ok(kernel)
 }

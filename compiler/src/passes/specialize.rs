@@ -1,11 +1,18 @@
 //! Flag specialization: replaces each `Flag(i)` leaf with `Bool(flags[i])`.
 
-use crate::ir::{rebuild, Builder, Function};
+use crate::ir::{rebuild, Builder, Function, MATRIX_FLAG};
 use optc_kernel::Expr;
 
-/// `f` with every flag replaced by its value. A flag missing from `flags` counts as false.
+/// `f` with every flag replaced by its value. A flag missing from `flags` counts as false, and
+/// so does `matrix`.
 pub fn specialize(f: &Function, flags: &[bool]) -> Function {
+    specialize_rank(f, flags, false)
+}
+
+/// Like [`specialize`], with the value of the built-in `matrix` condition.
+pub fn specialize_rank(f: &Function, flags: &[bool], matrix: bool) -> Function {
     rebuild(f, Builder::default(), |b, _, e, span| match e {
+        Expr::Flag(MATRIX_FLAG) => b.add(Expr::Bool(matrix), span),
         Expr::Flag(i) => b.add(
             Expr::Bool(flags.get(i.index()).copied().unwrap_or(false)),
             span,
