@@ -35,6 +35,30 @@ pub(crate) fn check_supported(kernel: &Kernel) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Errors, when `kernel` is loaded next to `loaded` (the optimizer's other kernels: other flag
+/// sets and rank classes), unless each of its Step-scope reductions is produced in the same stage
+/// as the reduction of that name and op in every other kernel, so that one combine per stage
+/// covers every tensor of a step.
+pub(crate) fn check_step_stages<'k>(
+    kernel: &Kernel,
+    loaded: impl Iterator<Item = &'k Kernel>,
+) -> Result<(), RuntimeError> {
+    let steps = |k: &'k Kernel| k.reductions.iter().filter(|r| r.scope == Scope::Step);
+    for other in loaded {
+        for r in kernel.reductions.iter().filter(|r| r.scope == Scope::Step) {
+            if let Some(o) = steps(other).find(|o| o.name == r.name && o.op == r.op) {
+                if o.stage != r.stage {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "step-scope reduction `{}` of rule `{}` is made in stage {} of one kernel and in stage {} of another; one step must finalize it once, for every tensor",
+                        r.name, kernel.rule, o.stage, r.stage
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One tensor's contribution to a Step-scope reduction.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct StepPart {
