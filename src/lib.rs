@@ -17,6 +17,8 @@
 //! ```
 //!
 //! - [`Optimizer`], [`Rule`], [`Update`]: load a rule, register parameters, step them.
+//! - [`Schedule`], [`HyperSchedule`], [`Scheduler`]: hyper schedules set once per step (never a
+//!   recompile); `docs/schedules.md`.
 //! - [`compiler`]: parse, check and compile rules (`compiler::Rule`, [`stdlib`]).
 //! - [`runtime`]: the runtime in full (CPU executor, CUDA behind the feature `cuda`, checkpoints).
 //! - [`kernel`]: the fused-kernel description and the artifact format.
@@ -26,7 +28,10 @@ pub use optc_compiler::stdlib;
 pub use optc_kernel as kernel;
 pub use optc_kernel::{Artifact, Kernel};
 pub use optc_runtime as runtime;
-pub use optc_runtime::{GroupId, Optimizer, Options, Rule, RuntimeError, Target, Update};
+pub use optc_runtime::{
+    GroupId, HyperSchedule, Optimizer, Options, Rule, RuntimeError, Schedule, ScheduleError,
+    Scheduler, Target, Update,
+};
 
 pub mod cli;
 pub mod compare;

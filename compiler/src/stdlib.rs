@@ -15,6 +15,7 @@ pub const RULES: &[(&str, &str)] = &[
     ("adabelief", include_str!("../../stdlib/adabelief.opt")),
     ("adabound", include_str!("../../stdlib/adabound.opt")),
     ("lion", include_str!("../../stdlib/lion.opt")),
+    ("adamsgd", include_str!("../../stdlib/adamsgd.opt")),
 ];
 
 /// The stdlib rules with reductions, whose kernels have several stages: `(name, source)`. They

@@ -33,6 +33,9 @@
 //!
 //! [`atomic`] is how optc writes files (checkpoints and every CLI output): a temporary file,
 //! fsync, rename. [`probe`] holds the bandwidth probe `optc bench` compares kernels with.
+//!
+//! [`schedule`] holds hyper schedules (`cosine(warmup=100, total=1000)`), applied per step by a
+//! [`Scheduler`](schedule::Scheduler) without recompiling.
 
 // Without the default feature `compiler`, only what loading a compiled artifact needs is built:
 // the `Optimizer` on the CUDA target (feature `cuda`), checkpoints, byte views and errors. The CPU
@@ -56,6 +59,7 @@ mod optimizer;
 pub mod probe;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 mod rule;
+pub mod schedule;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 mod stages;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
@@ -66,5 +70,8 @@ pub use error::{NameKind, RuntimeError};
 pub use optimizer::{GroupId, Optimizer, Options, StepReport, Update};
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 pub use rule::Rule;
+#[cfg(any(feature = "compiler", feature = "cuda"))]
+pub use schedule::Scheduler;
+pub use schedule::{HyperSchedule, Schedule, ScheduleError};
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 pub use target::Target;

@@ -21,7 +21,8 @@ use crate::compare::{
 #[derive(Args, Debug, Clone)]
 #[command(after_help = "Examples:\n  \
     optc compare adamw my.opt --task digits-mlp --seeds 5\n  \
-    optc compare sgd adamw --task quadratic --set sgd:lr=1e-3 --set adamw:lr=1e-2\n\n\
+    optc compare sgd adamw --task quadratic --set sgd:lr=1e-3 --set adamw:lr=1e-2\n  \
+    optc compare adamw sgd --set sgd:lr=0.1 --schedule 'lr=cosine(warmup=100, total=1000)'\n\n\
     Tasks: digits-mlp (MLP on 8x8 digits, target 95% test accuracy), rosenbrock (100-D, target \
     loss <= 1e-2), quadratic (100-D, condition number 1e3, target loss <= 1e-3).")]
 pub struct CompareArgs {
@@ -45,6 +46,11 @@ pub struct CompareArgs {
     /// torch.nn.utils.clip_grad_norm_ before each step. Repeatable.
     #[arg(long = "set", value_name = "RULE:NAME=VALUE")]
     pub set: Vec<String>,
+    /// Make a hyper follow a schedule: `RULE:NAME=SPEC` for one rule, `NAME=SPEC` for every rule
+    /// that declares NAME, e.g. `lr=cosine(warmup=100, total=1000, floor=1e-5)`; the base value is
+    /// the hyper's (after `--set`). Schedules: docs/schedules.md. Repeatable.
+    #[arg(long = "schedule", value_name = "[RULE:]NAME=SPEC")]
+    pub schedule: Vec<String>,
     /// What runs compiled rules: `cpu` (the JIT a training loop uses) or `interp` (the reference
     /// interpreter, slow, for checking).
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
@@ -76,6 +82,7 @@ pub fn execute(args: &CompareArgs) -> Result<Comparison, CompareError> {
     for arg in &args.set {
         apply_set(&mut contenders, arg)?;
     }
+    let contenders = crate::compare::schedule::attach(contenders, &args.schedule)?;
 
     let total = contenders.len() as u64 * args.seeds * steps as u64;
     let mut bar = Bar::new(total);

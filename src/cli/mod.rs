@@ -8,6 +8,7 @@ mod cuda;
 pub mod list;
 pub mod run;
 pub mod source;
+pub mod tune;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -36,6 +37,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Time a rule's step on the CPU against a bandwidth probe measured in the same run.
     Bench(bench::BenchArgs),
+    /// Search a rule's hypers on a built-in task with successive halving; print a leaderboard.
+    Tune(tune::TuneArgs),
 }
 
 /// Runs a parsed command line.
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::List(a) => list::run(a),
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Tune(a) => tune::run(a),
     }
 }
 

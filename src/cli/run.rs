@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// torch.nn.utils.clip_grad_norm_ before the step; repeatable.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub set: Vec<String>,
+    /// Make a hyper follow a schedule, e.g. `--schedule 'lr=cosine(warmup=100, total=1000)'`;
+    /// the base value is the hyper's (after `--set`). Schedules: docs/schedules.md. Repeatable.
+    #[arg(long = "schedule", value_name = "NAME=SPEC")]
+    pub schedule: Vec<String>,
     /// Where to run the kernel.
     #[arg(long, value_enum, default_value_t = RunTarget::Cpu)]
     pub target: RunTarget,
@@ -101,6 +105,7 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     let compiled = load_rule(&args.rule)?;
     let (flags, mut hypers) = split_sets(&compiled, &args.set)?;
     let max_grad_norm = take_max_grad_norm(&compiled, &mut hypers);
+    let schedules = parse_schedules(&compiled, &args.schedule)?;
     let rule = Rule::from_compiled(compiled);
 
     let p_bytes = read(&args.params)?;
@@ -129,6 +134,7 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     for t in &tensors {
         opt.add_param(&t.name, &t.shape)?;
     }
+    let scheduler = optc_runtime::Scheduler::new(&opt, &schedules)?;
     let mut rows: Vec<Vec<f32>> = tensors.iter().map(|t| vec![0.0; t.data.len()]).collect();
     let mut norms = Vec::new();
     for k in 0..args.steps {
@@ -139,6 +145,7 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
             .iter_mut()
             .zip(&rows)
             .map(|(t, g)| Update::new(&t.name, &mut t.data, g));
+        scheduler.apply(&mut opt, k as u64)?;
         // Every tensor of the file in one call: a global norm covers them all.
         let report = opt.step(updates)?;
         norms.extend(report.grad_norm);
@@ -160,6 +167,36 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     }
     write_output(&tensors, &finals, &norms, &args.output)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses every `--schedule NAME=SPEC`, checking that the rule declares NAME and that no hyper
+/// has two schedules.
+pub(crate) fn parse_schedules(
+    rule: &optc_compiler::Rule,
+    args: &[String],
+) -> CliResult<Vec<optc_runtime::HyperSchedule>> {
+    let mut out: Vec<optc_runtime::HyperSchedule> = Vec::with_capacity(args.len());
+    for arg in args {
+        let s = optc_runtime::HyperSchedule::parse(arg)
+            .map_err(|e| format!("bad `--schedule`: {e}"))?;
+        if !rule.hypers().iter().any(|h| h.name == s.name) {
+            let mut msg = format!(
+                "`--schedule {arg}`: rule `{}` has no hyper `{}`",
+                rule.name(),
+                s.name
+            );
+            let names = rule.hypers().iter().map(|h| h.name.as_str());
+            if let Some(c) = optc_compiler::diag::did_you_mean(&s.name, names) {
+                msg.push_str(&format!(" (did you mean `{c}`?)"));
+            }
+            return Err(msg.into());
+        }
+        if out.iter().any(|o| o.name == s.name) {
+            return Err(format!("`--schedule {}=...` is given twice", s.name).into());
+        }
+        out.push(s);
+    }
+    Ok(out)
 }
 
 fn read(path: &Path) -> CliResult<Vec<u8>> {

@@ -16,14 +16,19 @@ pub mod reference;
 pub mod rng;
 pub mod rule;
 pub mod run;
+pub mod schedule;
 pub mod stepper;
 pub mod summary;
 pub mod table;
 pub mod task;
+pub mod tune;
+pub mod tune_plot;
+pub mod tune_space;
 
 pub use error::{did_you_mean, CompareError};
 pub use rule::{Backend, RuleContender};
 pub use run::{run_seed, EvalPoint, RunRecord};
+pub use schedule::Scheduled;
 pub use stepper::{apply_setting, Contender, StepError, Stepper};
 pub use summary::{Spread, Summary};
 pub use task::{Eval, Target, Task};
@@ -59,6 +64,9 @@ pub struct Entry {
     pub hypers: Vec<HyperValue>,
     /// Its flag values.
     pub flags: Vec<FlagValue>,
+    /// Its scheduled hypers, as `NAME=SPEC` (absent from the JSON when there are none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<String>,
     /// The aggregate over seeds.
     pub summary: Summary,
     /// Every seeded run.
@@ -145,6 +153,7 @@ pub fn compare(
                 .into_iter()
                 .map(|(name, value)| FlagValue { name, value })
                 .collect(),
+            schedules: c.schedules().iter().map(ToString::to_string).collect(),
             summary: Summary::of(&runs),
             runs,
         });

@@ -207,6 +207,28 @@ impl Stepper for ReferenceStepper {
         Ok(())
     }
 
+    fn set_hyper(&mut self, name: &str, value: f64) -> Result<(), StepError> {
+        let has_buffer = !self.m.is_empty();
+        let slot = match name {
+            "lr" => &mut self.lr,
+            "beta1" => &mut self.beta1,
+            "beta2" => &mut self.beta2,
+            "eps" => &mut self.eps,
+            "weight_decay" => &mut self.weight_decay,
+            // The buffer exists only when the run started with momentum.
+            "momentum" if (value != 0.0) == has_buffer => &mut self.momentum,
+            "momentum" => {
+                return Err(format!(
+                    "reference sgd cannot switch momentum on or off during a run (to {value})"
+                )
+                .into())
+            }
+            _ => return Err(format!("reference optimizer has no hyper `{name}`").into()),
+        };
+        *slot = value;
+        Ok(())
+    }
+
     fn state_bytes(&self) -> usize {
         let bytes = |s: &Vec<Vec<f32>>| s.iter().map(|t| t.len() * 4).sum::<usize>();
         bytes(&self.m) + bytes(&self.v)

@@ -205,4 +205,9 @@ impl Stepper for RuntimeStepper {
             })
             .sum()
     }
+
+    fn set_hyper(&mut self, name: &str, value: f64) -> Result<(), StepError> {
+        // Never recompiles: the kernel reads hypers through the host program.
+        Ok(self.optimizer.set_hyper(name, value)?)
+    }
 }

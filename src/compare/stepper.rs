@@ -17,6 +17,8 @@ pub trait Stepper {
     fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>]) -> Result<(), StepError>;
     /// Bytes of optimizer state held for all tensors (per-element states and scalar states).
     fn state_bytes(&self) -> usize;
+    /// Set a hyperparameter for the following steps (what a schedule calls once per step).
+    fn set_hyper(&mut self, name: &str, value: f64) -> Result<(), StepError>;
 }
 
 /// One optimizer entered in a comparison.
@@ -48,6 +50,11 @@ pub trait Contender {
     /// max_grad_norm=V` applies to every contender that can clip).
     fn clips(&self) -> bool {
         false
+    }
+    /// The hypers that follow a schedule in this contender's runs (none by default; see
+    /// [`crate::compare::schedule::Scheduled`]).
+    fn schedules(&self) -> Vec<optc_runtime::HyperSchedule> {
+        Vec::new()
     }
     /// A fresh stepper (states at their initial values) for these tensors.
     fn build(&self, tensors: &[TensorSpec]) -> Result<Box<dyn Stepper>, CompareError>;
