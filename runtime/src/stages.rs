@@ -13,6 +13,16 @@ use optc_kernel::{Kernel, StateShape};
 
 /// Errors, when a kernel is loaded (before any step), unless every reduction of `kernel` has a
 /// scope this schedule finalizes (Tensor or Step) and every state has the parameter's shape.
+///
+/// Row and Col scopes (Adafactor) are refused because no compiler produces them yet and the
+/// kernel contract does not yet say how a later stage reads a `[rows]` or `[cols]` value (the
+/// open question of `docs/stages.md`, "Not done yet"). Once it does, this module gets
+/// `finalize_rows`/`finalize_cols` (`optc_kernel::reduce::{row_reduce, col_reduce}` over a tensor
+/// viewed as `[batch, rows, cols]`, the last two dims, leading dims as batch), the executors
+/// create `StateShape::Rows`/`Cols` buffers of `batch * rows` / `batch * cols` elements, and
+/// [`crate::executor::Partials`] carries per-row (blocks of a row) and per-column (blocks of
+/// `COL_BLOCK_ROWS` rows) partials; the interpreter (`optc_compiler::backend::interp`) refuses
+/// them too.
 pub(crate) fn check_supported(kernel: &Kernel) -> Result<(), RuntimeError> {
     if let Some(r) = kernel
         .reductions
