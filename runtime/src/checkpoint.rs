@@ -79,7 +79,7 @@ impl Optimizer {
                     .rule
                     .flags()
                     .iter()
-                    .zip(&self.kernel_flags[g.kernel])
+                    .zip(&g.flags)
                     .map(|(d, &v)| (d.name.clone(), v))
                     .collect(),
             })
@@ -89,7 +89,7 @@ impl Optimizer {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let kernel = self.param_kernel(i);
+                let kernel = self.kernel_of(i);
                 let stepped = p.progress.is_some();
                 ParamMeta {
                     name: p.name.clone(),
@@ -279,7 +279,7 @@ impl Optimizer {
         let mut states: Vec<Option<(Progress, Vec<Vec<f32>>)>> =
             Vec::with_capacity(meta.params.len());
         let mut offset = 0;
-        for (saved, mine) in meta.params.iter().zip(&ours.params) {
+        for (i, (saved, mine)) in meta.params.iter().zip(&ours.params).enumerate() {
             if (&saved.name, &saved.shape, saved.group) != (&mine.name, &mine.shape, mine.group) {
                 return Err(err(format!(
                     "parameter `{}` {:?} in group {} was saved where this optimizer has `{}` {:?} in group {}",
@@ -290,7 +290,7 @@ impl Optimizer {
                 states.push(None);
                 continue;
             }
-            let kernel = self.exec.kernel(self.groups[saved.group].kernel);
+            let kernel = self.kernel_of(i);
             let want_states: Vec<&str> = kernel.states.iter().map(|s| s.name.as_str()).collect();
             let want_scalars: Vec<&str> = kernel.scalars.iter().map(|s| s.name.as_str()).collect();
             if saved.states != want_states || saved.scalars != want_scalars {

@@ -189,66 +189,23 @@ impl Executor for HostExecutor {
 }
 
 /// One tensor through one stage of the interpreter, with the stage's uniforms already computed:
-/// the body per element in f32 with the op definitions of `optc_kernel::op`, the stores, and each
-/// reduce output's block partials by `optc_kernel::reduce::block_partial` (the defining order).
+/// `optc_compiler::backend::interp::run_stage`, the one meaning of a stage.
 fn interp_stage(
     kernel: &ValidKernel,
     stage: usize,
     args: TensorArgs<'_>,
 ) -> Result<Vec<Vec<f32>>, RuntimeError> {
-    use optc_kernel::eval::eval_arena;
-    use optc_kernel::reduce::{block_partial, REDUCE_BLOCK};
-    use optc_kernel::{Expr, Slot};
-    let st = kernel
-        .stages
-        .get(stage)
-        .ok_or_else(|| internal(&format!("rule `{}` has no stage {stage}", kernel.rule)))?;
+    use optc_compiler::backend::interp::{run_stage, Buffers};
     let TensorArgs {
         param,
         grad,
-        mut states,
+        states,
         uniforms,
     } = args;
-    let n = param.len();
-    let mut outputs: Vec<Vec<f32>> = st.reduce.iter().map(|_| Vec::with_capacity(n)).collect();
-    let mut values: Vec<f32> = Vec::with_capacity(st.body.len());
-    for i in 0..n {
-        eval_arena(&st.body, &mut values, |e| match *e {
-            Expr::Uniform(u) => uniforms.get(u.index()).copied().ok_or(()),
-            Expr::Load(Slot::Param) => Ok(param[i]),
-            Expr::Load(Slot::Grad) => Ok(grad[i]),
-            Expr::Load(Slot::State(s)) => states
-                .get(s.index())
-                .and_then(|b| b.get(i))
-                .copied()
-                .ok_or(()),
-            _ => Err(()),
-        })
-        .map_err(|e| RuntimeError::Interp(format!("stage {stage} body: {e:?}")))?;
-        for (out, r) in outputs.iter_mut().zip(&st.reduce) {
-            out.push(values[r.value.index()]);
-        }
-        for s in &st.stores {
-            let v = values[s.value.index()];
-            match s.slot {
-                Slot::Param => param[i] = v,
-                Slot::Grad => {}
-                Slot::State(id) => {
-                    if let Some(b) = states.get_mut(id.index()) {
-                        b[i] = v;
-                    }
-                }
-            }
-        }
-    }
-    Ok(outputs
-        .iter()
-        .zip(&st.reduce)
-        .map(|(xs, r)| {
-            let op = kernel.reductions[r.reduction.index()].op;
-            xs.chunks(REDUCE_BLOCK)
-                .map(|b| block_partial(op, b))
-                .collect()
-        })
-        .collect())
+    let bufs = Buffers {
+        param,
+        grad,
+        states,
+    };
+    run_stage(kernel, stage, &uniforms, bufs).map_err(|e| RuntimeError::Interp(e.to_string()))
 }

@@ -8,8 +8,11 @@
 //! scalar states on the host, the per-element states in the target's memory, held by its
 //! [`Executor`] (the only part that differs between targets).
 //!
-//! Guarantees: one compiled kernel per flag set, cached for the optimizer's lifetime (changing a
-//! hyper never recompiles); every tensor of a step goes through one pass of the target per kernel;
+//! Guarantees: one compiled kernel per flag set and rank class, cached for the optimizer's
+//! lifetime (changing a hyper never recompiles). A rule that reads the built-in `matrix`
+//! condition has one kernel per rank class (`Matrix` for tensors of 2 or more dims, `Vector` for
+//! 0 or 1), and each parameter runs the kernel of its shape's class, so a group's tensors may use
+//! two kernels. Every tensor of a step goes through one pass of the target per kernel and stage;
 //! a step that returns an error has changed nothing, because every name, length and host value is
 //! checked before any memory is touched.
 
@@ -22,7 +25,7 @@ use optc_kernel::GRAD_NORM_REDUCTION;
 
 /// The hyper that clipping by global norm adds (`optc_compiler`'s clip pass).
 const MAX_GRAD_NORM: &str = "max_grad_norm";
-use optc_kernel::{HyperDecl, Init, Kernel, ValidKernel};
+use optc_kernel::{HyperDecl, Init, Kernel, RankClass, ValidKernel};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -141,8 +144,11 @@ pub struct StepReport {
 }
 
 pub(crate) struct Group {
-    /// The executor's index of the group's kernel.
-    pub kernel: usize,
+    /// The group's flag vector, in the rule's order.
+    pub flags: Vec<bool>,
+    /// The executor's index of the group's kernel for each rank class the rule has (one entry,
+    /// `Any`, unless the rule reads `matrix`), in [`Rule::rank_classes`] order.
+    pub kernels: Vec<(RankClass, usize)>,
     /// Hyper values, in the rule's order.
     pub hypers: Vec<f64>,
 }
@@ -161,6 +167,8 @@ pub(crate) struct Param {
     pub shape: Vec<usize>,
     pub len: usize,
     pub group: usize,
+    /// The executor's index of the kernel it runs (its group's, for its rank class).
+    pub kernel: usize,
     /// `None` until the first step (and then the executor holds no states for it).
     pub progress: Option<Progress>,
 }
@@ -170,8 +178,8 @@ pub(crate) struct Param {
 pub struct Optimizer {
     pub(crate) rule: Rule,
     pub(crate) exec: Box<dyn Executor>,
-    /// The flag vector of each of the executor's kernels, by kernel index.
-    pub(crate) kernel_flags: Vec<Vec<bool>>,
+    /// The flag vector and rank class of each of the executor's kernels, by kernel index.
+    kernel_keys: Vec<(Vec<bool>, RankClass)>,
     /// The hypers every kernel takes, in order: the rule's (and those options add).
     pub(crate) hypers: Vec<HyperDecl>,
     pub(crate) defaults: Vec<f64>,
@@ -203,7 +211,7 @@ impl Optimizer {
         let mut opt = Optimizer {
             rule,
             exec,
-            kernel_flags: Vec::new(),
+            kernel_keys: Vec::new(),
             hypers,
             defaults,
             max_grad_norm: options.max_grad_norm,
@@ -230,24 +238,43 @@ impl Optimizer {
         self.exec.target()
     }
 
-    /// How many kernels this optimizer has compiled: one per distinct flag set, never more.
+    /// How many kernels this optimizer has compiled: one per distinct flag set and rank class,
+    /// never more.
     pub fn compile_count(&self) -> usize {
-        self.kernel_flags.len()
+        self.kernel_keys.len()
     }
 
     /// Adds a parameter group with the rule's default flags overridden by `flags`, and the current
-    /// default hypers (see [`Optimizer::set_hyper`]). Compiles a kernel unless one for the same
-    /// flag set is cached.
+    /// default hypers (see [`Optimizer::set_hyper`]). Compiles the group's kernels (one per rank
+    /// class of the rule) unless they are cached for the same flag set.
     pub fn add_group(&mut self, flags: &[(&str, bool)]) -> Result<GroupId, RuntimeError> {
         let flags = self.rule.resolve_flags(flags)?;
-        let kernel = match self.kernel_flags.iter().position(|k| *k == flags) {
+        let mut kernels = Vec::new();
+        for rank in self.rule.rank_classes() {
+            kernels.push((rank, self.kernel_index(&flags, rank)?));
+        }
+        self.groups.push(Group {
+            flags,
+            kernels,
+            hypers: self.defaults.clone(),
+        });
+        Ok(GroupId(self.groups.len() - 1))
+    }
+
+    /// The executor's index of the kernel for `flags` and `rank`, compiled and loaded unless it is
+    /// cached.
+    fn kernel_index(&mut self, flags: &[bool], rank: RankClass) -> Result<usize, RuntimeError> {
+        let key = (flags.to_vec(), rank);
+        Ok(match self.kernel_keys.iter().position(|k| *k == key) {
             Some(i) => i,
             None => {
                 let clip = self.max_grad_norm.is_some();
-                let kernel = ValidKernel::new(self.rule.specialize(&flags, clip)?)?;
+                let kernel = ValidKernel::new(self.rule.specialize(flags, rank, clip)?)?;
                 stages::check_supported(&kernel)?;
+                let loaded = (0..self.kernel_keys.len()).map(|i| self.exec.kernel(i).kernel());
+                stages::check_step_stages(&kernel, loaded)?;
                 let names = |h: &[HyperDecl]| h.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
-                if self.kernel_flags.is_empty() {
+                if self.kernel_keys.is_empty() {
                     // The first kernel defines the hypers: the rule's and those options add.
                     self.hypers = kernel.hypers.clone();
                     self.defaults = kernel.default_hypers();
@@ -264,16 +291,11 @@ impl Optimizer {
                     )));
                 }
                 let index = self.exec.load(kernel, self.rule.ptx())?;
-                debug_assert_eq!(index, self.kernel_flags.len());
-                self.kernel_flags.push(flags);
+                debug_assert_eq!(index, self.kernel_keys.len());
+                self.kernel_keys.push(key);
                 index
             }
-        };
-        self.groups.push(Group {
-            kernel,
-            hypers: self.defaults.clone(),
-        });
-        Ok(GroupId(self.groups.len() - 1))
+        })
     }
 
     /// The stream a CUDA optimizer queues all its work on (`None` on other targets). Steps are
@@ -309,15 +331,21 @@ impl Optimizer {
         self.groups.len()
     }
 
-    /// The kernel a group runs.
+    /// The kernel a group runs: for a rule with rank classes (one that reads `matrix`), the one
+    /// for matrices; [`Optimizer::param_kernel`] gives the one a parameter runs.
     pub fn kernel(&self, group: GroupId) -> Result<&Kernel, RuntimeError> {
         let g = self.group(group)?;
-        Ok(self.exec.kernel(g.kernel).kernel())
+        Ok(self.exec.kernel(g.kernels[0].1).kernel())
     }
 
-    pub(crate) fn param_kernel(&self, param: usize) -> &ValidKernel {
-        self.exec
-            .kernel(self.groups[self.params[param].group].kernel)
+    /// The kernel parameter `name` runs: its group's, for the rank class of its shape.
+    pub fn param_kernel(&self, name: &str) -> Result<&Kernel, RuntimeError> {
+        Ok(self.kernel_of(self.param_index(name)?).kernel())
+    }
+
+    /// The kernel of the parameter of registration index `param`.
+    pub(crate) fn kernel_of(&self, param: usize) -> &ValidKernel {
+        self.exec.kernel(self.params[param].kernel)
     }
 
     /// Registers parameter `name` of `shape` in group 0.
@@ -332,7 +360,7 @@ impl Optimizer {
         name: &str,
         shape: &[usize],
     ) -> Result<(), RuntimeError> {
-        self.group(group)?;
+        let g = self.group(group)?;
         if self.by_name.contains_key(name) {
             return Err(RuntimeError::DuplicateParam(name.to_string()));
         }
@@ -342,12 +370,28 @@ impl Optimizer {
             .ok_or_else(|| {
                 RuntimeError::Unsupported(format!("the shape {shape:?} of `{name}` is too large"))
             })?;
+        let rank = rank_class(shape);
+        let kernel = g
+            .kernels
+            .iter()
+            .find(|(r, _)| *r == RankClass::Any || *r == rank)
+            .map(|&(_, k)| k)
+            .ok_or_else(|| {
+                RuntimeError::Unsupported(format!(
+                    "parameter `{name}` of shape {shape:?} needs the {} kernel of rule `{}`, which was prebuilt for {} tensors only; compile the rule with `--rank {}` for it",
+                    rank_name(rank),
+                    self.rule.name(),
+                    rank_name(g.kernels[0].0),
+                    rank_name(rank)
+                ))
+            })?;
         self.by_name.insert(name.to_string(), self.params.len());
         self.params.push(Param {
             name: name.to_string(),
             shape: shape.to_vec(),
             len,
             group: group.0,
+            kernel,
             progress: None,
         });
         Ok(())
@@ -409,7 +453,7 @@ impl Optimizer {
         if self.params[index].progress.is_none() {
             return Ok(Vec::new());
         }
-        let kernel = self.param_kernel(index);
+        let kernel = self.kernel_of(index);
         let values = self.exec.read_states(index)?;
         Ok(kernel
             .states
@@ -422,7 +466,7 @@ impl Optimizer {
     /// The scalar states of parameter `name` as `(name, value)`; empty before its first step.
     pub fn scalars(&self, name: &str) -> Result<Vec<(&str, f64)>, RuntimeError> {
         let index = self.param_index(name)?;
-        let kernel = self.param_kernel(index);
+        let kernel = self.kernel_of(index);
         Ok(match &self.params[index].progress {
             None => Vec::new(),
             Some(s) => kernel
@@ -529,7 +573,7 @@ impl Optimizer {
                 }
             }
             let group = &self.groups[p.group];
-            let kernel = self.exec.kernel(group.kernel);
+            let kernel = self.exec.kernel(p.kernel);
             let (t, scalars, init) = match &p.progress {
                 Some(s) => (
                     s.step.checked_add(1).ok_or_else(|| {
@@ -562,7 +606,7 @@ impl Optimizer {
             plans.push(Plan {
                 index,
                 group: p.group,
-                kernel: group.kernel,
+                kernel: p.kernel,
                 t,
                 init,
                 uniforms: host.uniforms[0].iter().map(|&x| x as f32).collect(),
@@ -639,7 +683,7 @@ impl Optimizer {
                 });
             }
             let mut by_kernel: Vec<(Vec<usize>, Vec<StageTensor<'_, '_>>)> =
-                (0..self.kernel_flags.len())
+                (0..self.kernel_keys.len())
                     .map(|_| Default::default())
                     .collect();
             for (i, (u, plan)) in updates.iter_mut().zip(plans.iter()).enumerate() {
@@ -723,5 +767,24 @@ impl std::fmt::Debug for Optimizer {
             .field("groups", &self.groups.len())
             .field("params", &self.params.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// The rank class of a tensor of `shape`: `Matrix` for 2 or more dims, `Vector` for 0 or 1
+/// (the built-in `matrix` condition of the language).
+fn rank_class(shape: &[usize]) -> RankClass {
+    if shape.len() >= 2 {
+        RankClass::Matrix
+    } else {
+        RankClass::Vector
+    }
+}
+
+/// How `--rank` spells a rank class.
+fn rank_name(rank: RankClass) -> &'static str {
+    match rank {
+        RankClass::Any => "any",
+        RankClass::Matrix => "matrix",
+        RankClass::Vector => "vector",
     }
 }

@@ -9,7 +9,7 @@
 
 use crate::error::{unknown_name, NameKind, RuntimeError};
 use optc_kernel::artifact::PtxModule;
-use optc_kernel::{Artifact, FlagValue, HyperDecl, Kernel};
+use optc_kernel::{Artifact, FlagValue, HyperDecl, Kernel, RankClass};
 
 /// An optimizer rule, ready to be specialized into kernels. See the module docs.
 pub struct Rule {
@@ -194,11 +194,37 @@ impl Rule {
         Ok(values)
     }
 
-    /// The kernel specialized for `flags` (a full vector from [`Rule::resolve_flags`]), with
-    /// clipping by global norm (the hyper `max_grad_norm`) when `clip`.
-    pub(crate) fn specialize(&self, flags: &[bool], clip: bool) -> Result<Kernel, RuntimeError> {
+    /// The rank classes this rule has one kernel each for: `[Matrix, Vector]` for a rule that
+    /// reads the built-in `matrix` condition, else `[Any]`; a prebuilt kernel has its own class.
+    pub(crate) fn rank_classes(&self) -> Vec<RankClass> {
+        match &self.source {
+            Source::Kernel(kernel, _) => vec![kernel.rank],
+            #[cfg(feature = "compiler")]
+            Source::Compiler(rule) if rule.uses_rank() => {
+                vec![RankClass::Matrix, RankClass::Vector]
+            }
+            #[cfg(feature = "compiler")]
+            Source::Compiler(_) => vec![RankClass::Any],
+        }
+    }
+
+    /// The kernel specialized for `flags` (a full vector from [`Rule::resolve_flags`]) and the
+    /// rank class `rank` (one of [`Rule::rank_classes`]), with clipping by global norm (the hyper
+    /// `max_grad_norm`) when `clip`.
+    pub(crate) fn specialize(
+        &self,
+        flags: &[bool],
+        rank: RankClass,
+        clip: bool,
+    ) -> Result<Kernel, RuntimeError> {
         match &self.source {
             Source::Kernel(kernel, _) => {
+                if kernel.rank != rank {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "internal: the prebuilt kernel of rule `{}` is for {:?} tensors, not {rank:?}",
+                        self.name, kernel.rank
+                    )));
+                }
                 if clip && kernel.grad_norm_reduction().is_none() {
                     return Err(RuntimeError::Unsupported(format!(
                         "the prebuilt kernel of rule `{}` was compiled without clipping; compile it with `optc compile --set max_grad_norm=V` to clip",
@@ -218,10 +244,7 @@ impl Rule {
             }
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) => {
-                let options = optc_compiler::CompileOptions {
-                    clip,
-                    ..Default::default()
-                };
+                let options = optc_compiler::CompileOptions { clip, rank };
                 rule.specialize_values_with(flags, &options)
                     .map_err(|e| RuntimeError::Compile(e.to_string()))
             }

@@ -13,6 +13,16 @@ use optc_kernel::{Kernel, StateShape};
 
 /// Errors, when a kernel is loaded (before any step), unless every reduction of `kernel` has a
 /// scope this schedule finalizes (Tensor or Step) and every state has the parameter's shape.
+///
+/// Row and Col scopes (Adafactor) are refused because no compiler produces them yet and the
+/// kernel contract does not yet say how a later stage reads a `[rows]` or `[cols]` value (the
+/// open question of `docs/stages.md`, "Not done yet"). Once it does, this module gets
+/// `finalize_rows`/`finalize_cols` (`optc_kernel::reduce::{row_reduce, col_reduce}` over a tensor
+/// viewed as `[batch, rows, cols]`, the last two dims, leading dims as batch), the executors
+/// create `StateShape::Rows`/`Cols` buffers of `batch * rows` / `batch * cols` elements, and
+/// [`crate::executor::Partials`] carries per-row (blocks of a row) and per-column (blocks of
+/// `COL_BLOCK_ROWS` rows) partials; the interpreter (`optc_compiler::backend::interp`) refuses
+/// them too.
 pub(crate) fn check_supported(kernel: &Kernel) -> Result<(), RuntimeError> {
     if let Some(r) = kernel
         .reductions
@@ -31,6 +41,30 @@ pub(crate) fn check_supported(kernel: &Kernel) -> Result<(), RuntimeError> {
             "state `{}` of rule `{}` is a row or column vector; the optimizer holds full-shape states only",
             s.name, kernel.rule
         )));
+    }
+    Ok(())
+}
+
+/// Errors, when `kernel` is loaded next to `loaded` (the optimizer's other kernels: other flag
+/// sets and rank classes), unless each of its Step-scope reductions is produced in the same stage
+/// as the reduction of that name and op in every other kernel, so that one combine per stage
+/// covers every tensor of a step.
+pub(crate) fn check_step_stages<'k>(
+    kernel: &Kernel,
+    loaded: impl Iterator<Item = &'k Kernel>,
+) -> Result<(), RuntimeError> {
+    let steps = |k: &'k Kernel| k.reductions.iter().filter(|r| r.scope == Scope::Step);
+    for other in loaded {
+        for r in kernel.reductions.iter().filter(|r| r.scope == Scope::Step) {
+            if let Some(o) = steps(other).find(|o| o.name == r.name && o.op == r.op) {
+                if o.stage != r.stage {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "step-scope reduction `{}` of rule `{}` is made in stage {} of one kernel and in stage {} of another; one step must finalize it once, for every tensor",
+                        r.name, kernel.rule, o.stage, r.stage
+                    )));
+                }
+            }
+        }
     }
     Ok(())
 }

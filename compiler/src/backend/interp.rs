@@ -194,6 +194,77 @@ pub fn step_many<R: Real>(
     Ok(StepReport { reduced })
 }
 
+/// Runs stage `stage` of `kernel` over one tensor whose uniforms for the stage are already
+/// computed (`uniforms`, from [`Kernel::eval_host`]): the body per element, the stores, and, per
+/// reduce output of the stage (in `Stage::reduce` order), the block partials in block order by
+/// [`optc_kernel::reduce::block_partial`]. For runtimes that run the host program and finalize
+/// the reductions themselves; the kernel is assumed validated.
+pub fn run_stage<R: Real>(
+    kernel: &Kernel,
+    stage: usize,
+    uniforms: &[R],
+    bufs: Buffers<'_, R>,
+) -> Result<Vec<Vec<R>>, InterpError> {
+    use optc_kernel::reduce::{block_partial, REDUCE_BLOCK};
+    let st = kernel.stages.get(stage).ok_or_else(|| {
+        InterpError::Shape(format!("rule `{}` has no stage {stage}", kernel.rule))
+    })?;
+    let Buffers {
+        param,
+        grad,
+        mut states,
+    } = bufs;
+    let n = param.len();
+    if grad.len() != n || states.len() != kernel.states.len() || states.iter().any(|s| s.len() != n)
+    {
+        return Err(InterpError::Shape(format!(
+            "rule `{}` needs p, g and {} states of one length; got p {n}, g {}, states {:?}",
+            kernel.rule,
+            kernel.states.len(),
+            grad.len(),
+            states.iter().map(|s| s.len()).collect::<Vec<_>>()
+        )));
+    }
+    let mut outputs: Vec<Vec<R>> = st.reduce.iter().map(|_| Vec::with_capacity(n)).collect();
+    let mut values: Vec<R> = Vec::with_capacity(st.body.len());
+    for i in 0..n {
+        eval_arena(&st.body, &mut values, |e| match *e {
+            Expr::Uniform(u) => uniforms.get(u.index()).copied().ok_or(()),
+            Expr::Load(Slot::Param) => Ok(param[i]),
+            Expr::Load(Slot::Grad) => Ok(grad[i]),
+            Expr::Load(Slot::State(s)) => Ok(states[s.index()][i]),
+            _ => Err(()),
+        })
+        .map_err(|e| {
+            InterpError::Kernel(KernelError {
+                rule: kernel.rule.clone(),
+                reason: format!("stage {stage} body: {e:?}"),
+            })
+        })?;
+        for (out, r) in outputs.iter_mut().zip(&st.reduce) {
+            out.push(values[r.value.index()]);
+        }
+        for s in &st.stores {
+            let v = values[s.value.index()];
+            match s.slot {
+                Slot::Param => param[i] = v,
+                Slot::Grad => {}
+                Slot::State(id) => states[id.index()][i] = v,
+            }
+        }
+    }
+    Ok(outputs
+        .iter()
+        .zip(&st.reduce)
+        .map(|(xs, r)| {
+            let op = kernel.reductions[r.reduction.index()].op;
+            xs.chunks(REDUCE_BLOCK)
+                .map(|b| block_partial(op, b))
+                .collect()
+        })
+        .collect())
+}
+
 fn check_shapes<R>(kernel: &Kernel, ts: &TensorStep<'_, R>) -> Result<(), InterpError> {
     let bufs = &ts.bufs;
     let n = bufs.param.len();
