@@ -40,7 +40,21 @@ struct Nest<'a> {
 
 /// Steps `items` with one optc step per batch of [`NEST`] items.
 pub(crate) fn step(opt: &mut Optimizer, items: &[Item]) -> candle_core::Result<()> {
-    if shares_storage(items) {
+    let shared = shares_storage(items);
+    if (shared || items.len() > NEST) && step_wide(opt, items)? {
+        // A step-wide reduction (clipping by global norm, `global_norm`) must see every tensor in
+        // one optc step; batches would each get their own norm, silently.
+        return Err(candle_core::Error::Msg(format!(
+            "this rule reduces over the whole step (global norm), so optc-candle must step all {} vars in one call, but {}; use at most {NEST} vars without shared storage per optimizer, or clip per group",
+            items.len(),
+            if shared {
+                "two of them share a storage".to_string()
+            } else {
+                format!("it steps at most {NEST} vars per call")
+            }
+        )));
+    }
+    if shared {
         for item in items {
             run(opt, std::slice::from_ref(item))?;
         }
@@ -50,6 +64,19 @@ pub(crate) fn step(opt: &mut Optimizer, items: &[Item]) -> candle_core::Result<(
         run(opt, batch)?;
     }
     Ok(())
+}
+
+/// Whether the kernel of some item has a Step-scope reduction.
+fn step_wide(opt: &Optimizer, items: &[Item]) -> candle_core::Result<bool> {
+    for item in items {
+        let kernel = opt
+            .param_kernel(&item.name)
+            .map_err(candle_core::Error::wrap)?;
+        if kernel.has_step_reduction() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn run(opt: &mut Optimizer, items: &[Item]) -> candle_core::Result<()> {
@@ -134,7 +161,10 @@ impl InplaceOp2 for Nest<'_> {
         let mut updates: Vec<Update<'_>> = updates;
         updates.push(Update::new(&item.name, &mut param[a..b], &grad[c..d]));
         match rest.first() {
-            None => opt.step(updates).map_err(candle_core::Error::wrap),
+            None => opt
+                .step(updates)
+                .map(|_report| ())
+                .map_err(candle_core::Error::wrap),
             Some(next) => {
                 let nest = Nest {
                     items: rest,

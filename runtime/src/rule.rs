@@ -50,6 +50,7 @@ impl Rule {
             name: artifact.kernel.rule.clone(),
             hypers: artifact.kernel.hypers.clone(),
             flags: artifact.kernel.flags.clone(),
+            torch_names: None,
             source: Source::Kernel(Box::new(artifact.kernel), artifact.ptx),
         })
     }

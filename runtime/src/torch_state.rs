@@ -19,7 +19,7 @@
 //! or a step that is not a whole number is an error that names the key.
 
 use crate::error::RuntimeError;
-use crate::optimizer::{Optimizer, ParamState};
+use crate::optimizer::{Optimizer, Progress};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeSet;
@@ -96,8 +96,7 @@ fn number(key: &str, view: &TensorView<'_>) -> Result<f64, RuntimeError> {
 impl Optimizer {
     /// The torch names of the states of the kernel parameter `index` runs, in the kernel's order.
     fn torch_names(&self, index: usize) -> Result<Vec<String>, RuntimeError> {
-        let p = &self.params[index];
-        let kernel = self.kernels[self.groups[p.group].kernel].executor.kernel();
+        let kernel = self.kernel_of(index);
         kernel
             .states
             .iter()
@@ -116,15 +115,16 @@ impl Optimizer {
     pub fn to_torch_bytes(&self) -> Result<Vec<u8>, RuntimeError> {
         let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (index, p) in self.params.iter().enumerate() {
-            let Some(state) = &p.state else { continue };
-            let kernel = self.kernels[self.groups[p.group].kernel].executor.kernel();
+            let Some(state) = &p.progress else { continue };
+            let kernel = self.kernel_of(index);
+            let buffers = self.exec.read_states(index)?;
             owned.push((
                 step_key(&p.name),
                 Dtype::F64,
                 vec![],
                 (state.step as f64).to_le_bytes().to_vec(),
             ));
-            for (torch, buf) in self.torch_names(index)?.iter().zip(&state.buffers) {
+            for (torch, buf) in self.torch_names(index)?.iter().zip(&buffers) {
                 owned.push((
                     format!("{}.{torch}", p.name),
                     Dtype::F32,
@@ -159,10 +159,11 @@ impl Optimizer {
     pub fn load_torch_bytes(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
         let st = SafeTensors::deserialize(bytes)?;
         let mut unused: BTreeSet<String> = st.names().into_iter().map(str::to_string).collect();
-        let mut states: Vec<Option<ParamState>> = Vec::with_capacity(self.params.len());
+        let mut states: Vec<Option<(Progress, Vec<Vec<f32>>)>> =
+            Vec::with_capacity(self.params.len());
         for index in 0..self.params.len() {
             let p = &self.params[index];
-            let kernel = self.kernels[self.groups[p.group].kernel].executor.kernel();
+            let kernel = self.kernel_of(index);
             let torch = self.torch_names(index)?;
             let scalar_names: Vec<&str> = kernel.scalars.iter().map(|s| s.name.as_str()).collect();
             let skey = step_key(&p.name);
@@ -225,11 +226,7 @@ impl Optimizer {
                 scalars.push(number(key, &view)?);
                 unused.remove(key);
             }
-            states.push(Some(ParamState {
-                step,
-                scalars,
-                buffers,
-            }));
+            states.push(Some((Progress { step, scalars }, buffers)));
         }
         if let Some(key) = unused.iter().next() {
             let known: Vec<String> = self.params.iter().map(|p| p.name.clone()).collect();
@@ -248,8 +245,20 @@ impl Optimizer {
                 "`{key}` belongs to no state of this optimizer{hint}"
             )));
         }
+        // The only step that can fail on a device (an upload); everything below is infallible.
+        let uploads = states
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_mut().map(|(_, b)| (i, std::mem::take(b))))
+            .collect();
+        self.exec.write_states(uploads)?;
+        for (i, s) in states.iter().enumerate() {
+            if s.is_none() {
+                self.exec.drop_states(i);
+            }
+        }
         for (p, s) in self.params.iter_mut().zip(states) {
-            p.state = s;
+            p.progress = s.map(|(progress, _)| progress);
         }
         Ok(())
     }
