@@ -157,3 +157,52 @@ pub(crate) fn combine_step(
     }
     results
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use optc_kernel::reduce::ReductionDecl;
+    use optc_kernel::{Arena, RankClass};
+
+    /// A kernel whose only interesting part is its reductions (`check_step_stages` reads no
+    /// more).
+    fn with_reductions(rank: RankClass, reductions: Vec<ReductionDecl>) -> Kernel {
+        Kernel {
+            rule: "r".into(),
+            flags: vec![],
+            hypers: vec![],
+            states: vec![],
+            scalars: vec![],
+            init: Arena::new(),
+            rank,
+            host: Arena::new(),
+            scalar_updates: vec![],
+            reductions,
+            stages: vec![],
+        }
+    }
+
+    fn decl(name: &str, scope: Scope, stage: usize) -> ReductionDecl {
+        ReductionDecl {
+            name: name.into(),
+            op: ReduceOp::Sum,
+            scope,
+            stage,
+        }
+    }
+
+    #[test]
+    fn a_step_reduction_must_be_made_in_the_same_stage_by_every_kernel() {
+        let matrix = with_reductions(
+            RankClass::Matrix,
+            vec![decl("n", Scope::Tensor, 0), decl("total", Scope::Step, 1)],
+        );
+        let same = with_reductions(RankClass::Vector, vec![decl("total", Scope::Step, 1)]);
+        let other = with_reductions(RankClass::Vector, vec![decl("total", Scope::Step, 0)]);
+        let tensor = with_reductions(RankClass::Vector, vec![decl("n", Scope::Tensor, 3)]);
+        assert!(check_step_stages(&same, [&matrix].into_iter()).is_ok());
+        assert!(check_step_stages(&tensor, [&matrix].into_iter()).is_ok());
+        let err = check_step_stages(&other, [&matrix].into_iter()).expect_err("stages differ");
+        assert!(err.to_string().contains("`total`"), "{err}");
+    }
+}
