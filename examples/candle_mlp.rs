@@ -144,6 +144,9 @@ fn logits(p: &[Var], x: &Tensor) -> candle_core::Result<Tensor> {
         .broadcast_add(p[3].as_tensor())
 }
 
+/// One optimizer step, given the loss, for either optimizer.
+type StepFn = Box<dyn FnMut(&Tensor) -> candle_core::Result<()>>;
+
 /// Trains the MLP full batch for `steps` steps with `which` and `hypers`.
 pub fn train(
     data: &Data,
@@ -152,7 +155,7 @@ pub fn train(
     steps: usize,
 ) -> candle_core::Result<Run> {
     let params = init()?;
-    let mut opt: Box<dyn FnMut(&Tensor) -> candle_core::Result<()>> = match which {
+    let mut opt: StepFn = match which {
         Which::Optc => {
             let rule = Rule::stdlib("adamw").map_err(candle_core::Error::wrap)?;
             let config = Config::new(rule)

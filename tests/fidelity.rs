@@ -390,7 +390,7 @@ fn the_budget_catches_plausible_mistakes() {
 }
 
 /// The stdlib rules with fixtures: the 12 single-pass rules, then the staged ones.
-const RULES: [&str; 14] = [
+const RULES: [&str; 15] = [
     "sgd",
     "adagrad",
     "rmsprop",
@@ -405,6 +405,7 @@ const RULES: [&str; 14] = [
     "lion",
     "lamb",
     "stableadamw",
+    "lars",
 ];
 
 /// Every fixture manifest, sorted.

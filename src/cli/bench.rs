@@ -244,7 +244,7 @@ pub fn bench(
     for (name, shape) in shapes {
         opt.add_param(name, shape)?;
     }
-    let kernel = opt.kernel(GroupId::DEFAULT)?.clone();
+    let kernel = bench_kernel(&opt, shapes)?;
     let lens: Vec<usize> = shapes.iter().map(|(_, s)| s.iter().product()).collect();
     let elements: usize = lens.iter().sum();
     // p, g and the states, plus the probe's own buffers (one per buffer the kernel touches).
@@ -374,4 +374,27 @@ fn print_report(r: &BenchReport) {
         r.probe_bytes_per_s / g
     );
     println!("kernel / probe: {:.2}", r.fraction_of_probe);
+}
+
+/// The one kernel every benchmarked tensor runs. A rule with rank classes (one that reads
+/// `matrix`, such as `lars`) runs one kernel for matrices and another for vectors; the probe and
+/// the byte count describe one kernel, so a bench over both classes at once is refused.
+pub(crate) fn bench_kernel(
+    opt: &Optimizer,
+    shapes: &[(String, Vec<usize>)],
+) -> Result<optc_kernel::Kernel, Box<dyn std::error::Error>> {
+    let Some((first, _)) = shapes.first() else {
+        return Ok(opt.kernel(GroupId::DEFAULT)?.clone());
+    };
+    let kernel = opt.param_kernel(first)?;
+    for (name, shape) in shapes {
+        if opt.param_kernel(name)?.rank != kernel.rank {
+            return Err(format!(
+                "rule `{}` runs one kernel for matrices and another for vectors, and these shapes mix both (`{first}` and `{name}` {shape:?}); bench one rank class at a time (`--n N` gives vectors)",
+                kernel.rule
+            )
+            .into());
+        }
+    }
+    Ok(kernel.clone())
 }

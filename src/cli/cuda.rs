@@ -36,7 +36,7 @@ pub(crate) fn bench(
 ) -> CliResult<super::bench::BenchReport> {
     use super::bench::{fill, progress, BenchReport};
     use optc_runtime::cuda::copy_bandwidth;
-    use optc_runtime::{GroupId, Optimizer, Options, Target, Update};
+    use optc_runtime::{Optimizer, Options, Target, Update};
     use std::time::Instant;
     let options = Options {
         target: Target::Cuda,
@@ -49,7 +49,7 @@ pub(crate) fn bench(
     for (name, shape) in shapes {
         opt.add_param(name, shape)?;
     }
-    let kernel = opt.kernel(GroupId::DEFAULT)?.clone();
+    let kernel = super::bench::bench_kernel(&opt, shapes)?;
     let stream = opt
         .cuda_stream()
         .ok_or("internal: a CUDA optimizer without a stream")?

@@ -245,9 +245,9 @@ pub fn write_outputs(r: &TuneResult, dir: &std::path::Path) -> Result<(), Compar
             }
         }
     })
-    .or_else(|e| match plotted.take() {
-        Some(Err(plot_error)) => Err(plot_error),
-        _ => Err(err(&png_path, &e)),
+    .map_err(|e| match plotted.take() {
+        Some(Err(plot_error)) => plot_error,
+        _ => err(&png_path, &e),
     })?;
     let note = match plotted {
         Some(Ok(note)) => note,
