@@ -4,7 +4,7 @@
 //!
 //! Run with `cargo run --release --example training_loop`.
 
-use optc::runtime::{GroupId, Optimizer, Rule, Update};
+use optc::{GroupId, Optimizer, Rule, Update};
 
 /// A toy model: fit `params` to fixed targets under the loss 0.5 * ||p - target||^2, whose
 /// gradient is `p - target`.
@@ -61,7 +61,7 @@ fn lr_at(step: usize, total: usize) -> f64 {
 }
 
 /// An AdamW optimizer for the model: weights in group 0, biases in a group without decay.
-fn optimizer(model: &Model) -> Result<Optimizer, optc::runtime::RuntimeError> {
+fn optimizer(model: &Model) -> Result<Optimizer, optc::RuntimeError> {
     let mut opt = Optimizer::new(Rule::stdlib("adamw")?)?;
     let no_decay = opt.add_group(&[])?;
     opt.set_group_hyper(no_decay, "weight_decay", 0.0)?;
@@ -76,7 +76,7 @@ fn optimizer(model: &Model) -> Result<Optimizer, optc::runtime::RuntimeError> {
     Ok(opt)
 }
 
-fn step(opt: &mut Optimizer, model: &mut Model) -> Result<f32, optc::runtime::RuntimeError> {
+fn step(opt: &mut Optimizer, model: &mut Model) -> Result<f32, optc::RuntimeError> {
     let (loss, grads) = model.grads();
     let updates = model
         .names

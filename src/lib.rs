@@ -16,22 +16,27 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - [`Optimizer`], [`Rule`], [`Update`]: load a rule, register parameters, step them.
-//! - [`Schedule`], [`HyperSchedule`], [`Scheduler`]: hyper schedules set once per step (never a
-//!   recompile); `docs/schedules.md`.
-//! - [`compiler`]: parse, check and compile rules (`compiler::Rule`, [`stdlib`]).
-//! - [`runtime`]: the runtime in full (CPU executor, CUDA behind the feature `cuda`, checkpoints).
-//! - [`kernel`]: the fused-kernel description and the artifact format.
+//! The public API, in full (the `optc` command-line tool and its `compare`/`tune` harness are
+//! private to the binary):
+//!
+//! - [`Rule`]: a rule from a `.opt` file, a string, the embedded [`stdlib`], or a compiled
+//!   [`Artifact`] (a [`Kernel`] plus PTX);
+//! - [`Optimizer`], built with [`Options`] (its [`Target`], threads, flags, `max_grad_norm`):
+//!   parameter groups ([`GroupId`]), hypers, [`Optimizer::step`] over [`Update`]s returning a
+//!   [`StepReport`], checkpoints (`save`/`load`) and torch-convention state
+//!   (`save_state`/`resume`, [`StateFormat`]);
+//! - [`Schedule`], [`HyperSchedule`], [`Scheduler`]: hyper schedules set once per step, never a
+//!   recompile (`docs/schedules.md`);
+//! - errors: [`RuntimeError`] (every runtime error), [`CompileError`] and [`Diagnostics`] (rule
+//!   files, rendered with `file:line:col`), [`ScheduleError`], [`ArtifactError`];
+//! - with the feature `cuda`, [`cuda`]: devices, the driver check and device-buffer updates.
 
-pub use optc_compiler as compiler;
 pub use optc_compiler::stdlib;
-pub use optc_kernel as kernel;
-pub use optc_kernel::{Artifact, Kernel};
-pub use optc_runtime as runtime;
+pub use optc_compiler::{CompileError, Diagnostics};
+pub use optc_kernel::{Artifact, ArtifactError, Kernel};
+#[cfg(feature = "cuda")]
+pub use optc_runtime::cuda;
 pub use optc_runtime::{
     GroupId, HyperSchedule, Optimizer, Options, Rule, RuntimeError, Schedule, ScheduleError,
-    Scheduler, StateFormat, Target, Update,
+    Scheduler, StateFormat, StepReport, Target, Update,
 };
-
-pub mod cli;
-pub mod compare;

@@ -1,12 +1,15 @@
 //! The `optc` command-line tool.
 
+mod cli;
+mod compare;
+
 use clap::Parser as _;
-use optc::cli::source::LoadError;
-use optc::compiler::CompileError;
+use cli::source::LoadError;
+use optc_compiler::CompileError;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match optc::cli::Cli::try_parse() {
+    let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             // `--help` and `--version` are not errors; every bad argument exits with 1.
@@ -18,7 +21,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    match optc::cli::run(cli) {
+    match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
             // Rendered diagnostics carry their own `error[E....]:` headers.

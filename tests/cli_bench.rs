@@ -84,17 +84,3 @@ fn flags_change_the_kernel_and_bad_input_is_an_error() {
     assert_eq!(code, 1);
     assert!(err.contains("hyper `lr` takes a number"), "{err}");
 }
-
-#[test]
-fn gpt2_small_preset_has_124m_parameters_in_148_tensors() {
-    let shapes = optc::cli::bench::gpt2_small();
-    assert_eq!(shapes.len(), 148);
-    let total: usize = shapes
-        .iter()
-        .map(|(_, s)| s.iter().product::<usize>())
-        .sum();
-    assert_eq!(
-        total, 124_439_808,
-        "GPT-2 small with the LM head tied to wte"
-    );
-}

@@ -398,3 +398,20 @@ pub(crate) fn bench_kernel(
     }
     Ok(kernel.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gpt2_small_preset_has_124m_parameters_in_148_tensors() {
+        let shapes = super::gpt2_small();
+        assert_eq!(shapes.len(), 148);
+        let total: usize = shapes
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        assert_eq!(
+            total, 124_439_808,
+            "GPT-2 small with the LM head tied to wte"
+        );
+    }
+}

@@ -197,11 +197,13 @@ impl DigitsMlp {
     }
 
     /// The data set.
+    #[allow(dead_code)] // part of the harness's surface; not every item has a caller
     pub fn data(&self) -> &Digits {
         &self.data
     }
 
     /// The model.
+    #[allow(dead_code)] // part of the harness's surface; not every item has a caller
     pub fn model(&self) -> Mlp {
         self.model
     }

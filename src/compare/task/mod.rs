@@ -11,7 +11,11 @@ mod digits_data;
 mod quadratic;
 mod rosenbrock;
 
+#[allow(unused_imports)]
+// the harness's surface (private to the binary; parts serve only its tests)
 pub use digits::{DigitsMlp, Mlp};
+#[allow(unused_imports)]
+// the harness's surface (private to the binary; parts serve only its tests)
 pub use digits_data::{Digits, DIGITS_TEST, DIGITS_TRAIN};
 pub use quadratic::Quadratic;
 pub use rosenbrock::Rosenbrock;
@@ -72,6 +76,7 @@ impl TensorSpec {
     }
 
     /// Whether the tensor has no elements.
+    #[allow(dead_code)] // part of the harness's surface; not every item has a caller
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -4,8 +4,8 @@
 //! O(eps f / h); with h = 1e-5 both are far below the tolerances used here on these smooth (or,
 //! for ReLU, almost everywhere smooth) functions.
 
-use optc::compare::rng::Pcg32;
-use optc::compare::task::{DigitsMlp, Mlp, Quadratic, Rosenbrock};
+use crate::compare::rng::Pcg32;
+use crate::compare::task::{DigitsMlp, Mlp, Quadratic, Rosenbrock};
 
 const H: f64 = 1e-5;
 

@@ -1,15 +1,15 @@
 //! Compiled stdlib rules in the harness, stepped by the runtime, checked against the plain-Rust
 //! references and against each other across backends.
 
-use optc::compare::reference::{Reference, ReferenceKind};
-use optc::compare::{compare, task, Backend, Contender, RuleContender, Silent};
+use crate::compare::reference::{Reference, ReferenceKind};
+use crate::compare::{compare, task, Backend, Contender, RuleContender, Silent};
 
 fn stdlib(name: &str, backend: Backend) -> Box<dyn Contender> {
     Box::new(RuleContender::load(name, backend, false).expect("stdlib rule loads"))
 }
 
 /// Largest relative difference of the evaluated losses of the first run of two entries.
-fn max_rel_diff(c: &optc::compare::Comparison, i: usize, j: usize) -> f64 {
+fn max_rel_diff(c: &crate::compare::Comparison, i: usize, j: usize) -> f64 {
     let (a, b) = (&c.entries[i].runs[0], &c.entries[j].runs[0]);
     assert_eq!(a.evals.len(), b.evals.len());
     a.evals
@@ -62,11 +62,11 @@ fn stdlib_adamw_reaches_90_percent_test_accuracy_on_digits() {
 #[test]
 fn sgd_flags_and_hypers_are_settable_and_reported() {
     let mut c = stdlib("sgd", Backend::Cpu);
-    optc::compare::apply_setting(c.as_mut(), "nesterov", "true").expect("sgd has nesterov");
-    optc::compare::apply_setting(c.as_mut(), "momentum", "0.9").expect("sgd has momentum");
+    crate::compare::apply_setting(c.as_mut(), "nesterov", "true").expect("sgd has nesterov");
+    crate::compare::apply_setting(c.as_mut(), "momentum", "0.9").expect("sgd has momentum");
     assert!(c.flags().contains(&("nesterov".to_string(), true)));
     assert!(c.hypers().contains(&("momentum".to_string(), 0.9)));
-    let err = optc::compare::apply_setting(c.as_mut(), "nesterov", "yes").expect_err("not a bool");
+    let err = crate::compare::apply_setting(c.as_mut(), "nesterov", "yes").expect_err("not a bool");
     assert!(
         err.to_string().contains("a flag takes `true` or `false`"),
         "{err}"
@@ -81,9 +81,9 @@ fn a_flag_changes_the_trajectory() {
     let mut plain = stdlib("sgd", Backend::Cpu);
     let mut nesterov = stdlib("sgd", Backend::Cpu);
     for c in [&mut plain, &mut nesterov] {
-        optc::compare::apply_setting(c.as_mut(), "momentum", "0.9").expect("momentum");
+        crate::compare::apply_setting(c.as_mut(), "momentum", "0.9").expect("momentum");
     }
-    optc::compare::apply_setting(nesterov.as_mut(), "nesterov", "true").expect("nesterov");
+    crate::compare::apply_setting(nesterov.as_mut(), "nesterov", "true").expect("nesterov");
     let c = compare(&*t, &[plain, nesterov], 20, 1, &mut Silent).expect("runs");
     assert!(max_rel_diff(&c, 0, 1) > 1e-3);
 }

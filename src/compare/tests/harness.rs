@@ -1,7 +1,7 @@
 //! The harness with the plain-Rust reference optimizers: determinism and a digits accuracy bar.
 
-use optc::compare::reference::{Reference, ReferenceKind};
-use optc::compare::{apply_setting, compare, run_seed, task, Contender, RunRecord, Silent};
+use crate::compare::reference::{Reference, ReferenceKind};
+use crate::compare::{apply_setting, compare, run_seed, task, Contender, RunRecord, Silent};
 
 fn adamw() -> Box<dyn Contender> {
     Box::new(Reference::new(ReferenceKind::AdamW, "adamw"))
