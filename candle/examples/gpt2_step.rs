@@ -12,36 +12,6 @@ use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
 use optc_candle::{Config, Group, OptcOptimizer, Options, Rule};
 use std::time::Instant;
 
-/// GPT-2 small as Hugging Face's `GPT2LMHeadModel` has it (LM head tied to `wte`), the shapes of
-/// `optc bench --shapes gpt2-small`.
-fn gpt2_small() -> Vec<(String, Vec<usize>)> {
-    let (d, ff, vocab, ctx) = (768, 3072, 50257, 1024);
-    let mut shapes = vec![
-        ("wte.weight".to_string(), vec![vocab, d]),
-        ("wpe.weight".to_string(), vec![ctx, d]),
-    ];
-    for i in 0..12 {
-        let block: [(&str, Vec<usize>); 12] = [
-            ("ln_1.weight", vec![d]),
-            ("ln_1.bias", vec![d]),
-            ("attn.c_attn.weight", vec![d, 3 * d]),
-            ("attn.c_attn.bias", vec![3 * d]),
-            ("attn.c_proj.weight", vec![d, d]),
-            ("attn.c_proj.bias", vec![d]),
-            ("ln_2.weight", vec![d]),
-            ("ln_2.bias", vec![d]),
-            ("mlp.c_fc.weight", vec![d, ff]),
-            ("mlp.c_fc.bias", vec![ff]),
-            ("mlp.c_proj.weight", vec![ff, d]),
-            ("mlp.c_proj.bias", vec![d]),
-        ];
-        shapes.extend(block.into_iter().map(|(n, s)| (format!("h.{i}.{n}"), s)));
-    }
-    shapes.push(("ln_f.weight".to_string(), vec![d]));
-    shapes.push(("ln_f.bias".to_string(), vec![d]));
-    shapes
-}
-
 fn arg(name: &str) -> Result<Option<usize>, String> {
     let args: Vec<String> = std::env::args().collect();
     match args.iter().position(|a| a == name) {
@@ -63,7 +33,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads = arg("--threads")?;
     let iters = arg("--iters")?.unwrap_or(10);
-    let shapes = gpt2_small();
+    let shapes = optc_runtime::shapes::gpt2_small();
     let elements: usize = shapes
         .iter()
         .map(|(_, s)| s.iter().product::<usize>())

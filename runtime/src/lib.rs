@@ -62,6 +62,7 @@ pub mod probe;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 mod rule;
 pub mod schedule;
+pub mod shapes;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 mod stages;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
