@@ -8,7 +8,7 @@
 //! tensor of the call for Step scope) before the next stage.
 
 use optc_kernel::eval::eval_arena;
-use optc_kernel::reduce::{combine_totals, reduce};
+use optc_kernel::reduce::{combine, combine_totals};
 use optc_kernel::{Expr, Kernel, KernelError, Real, Scope, Slot};
 
 /// The arithmetic the body runs in.
@@ -128,53 +128,20 @@ pub fn step_many<R: Real>(
     }
     let nred = kernel.reductions.len();
     let mut reduced = vec![vec![f64::NAN; nred]; tensors.len()];
-    let mut values: Vec<R> = Vec::new();
-    let mut outputs: Vec<Vec<R>> = Vec::new();
-    for (k, stage) in kernel.stages.iter().enumerate() {
+    for k in 0..kernel.stages.len() {
         let ids = kernel.stage_reductions(k);
         for (ti, ts) in tensors.iter_mut().enumerate() {
             let host = kernel.eval_host(ts.hypers, ts.t, ts.scalars, &reduced[ti])?;
             let uniforms: Vec<R> = host.uniforms[k].iter().map(|&u| R::from_f64(u)).collect();
-            let n = ts.bufs.param.len();
-            outputs.clear();
-            outputs.resize_with(stage.reduce.len(), || Vec::with_capacity(n));
-            let Buffers {
-                param,
-                grad,
-                states,
-            } = &mut ts.bufs;
-            for i in 0..n {
-                let load = |slot: Slot| match slot {
-                    Slot::Param => param[i],
-                    Slot::Grad => grad[i],
-                    Slot::State(s) => states[s.index()][i],
-                };
-                eval_arena(&stage.body, &mut values, |e| match *e {
-                    Expr::Uniform(u) => uniforms.get(u.index()).copied().ok_or(()),
-                    Expr::Load(slot) => Ok(load(slot)),
-                    _ => Err(()),
-                })
-                .map_err(|e| {
-                    InterpError::Kernel(KernelError {
-                        rule: kernel.rule.clone(),
-                        reason: format!("stage {k} body: {e:?}"),
-                    })
-                })?;
-                for (out, r) in outputs.iter_mut().zip(&stage.reduce) {
-                    out.push(values[r.value.index()]);
-                }
-                for s in &stage.stores {
-                    let v = values[s.value.index()];
-                    match s.slot {
-                        Slot::Param => param[i] = v,
-                        Slot::Grad => {}
-                        Slot::State(id) => states[id.index()][i] = v,
-                    }
-                }
-            }
-            for (out, r) in outputs.iter().zip(&stage.reduce) {
+            let bufs = Buffers {
+                param: &mut *ts.bufs.param,
+                grad: ts.bufs.grad,
+                states: ts.bufs.states.iter_mut().map(|s| &mut **s).collect(),
+            };
+            let partials = run_stage(kernel, k, &uniforms, bufs)?;
+            for (blocks, r) in partials.into_iter().zip(&kernel.stages[k].reduce) {
                 let op = kernel.reductions[r.reduction.index()].op;
-                reduced[ti][r.reduction.index()] = reduce(op, out);
+                reduced[ti][r.reduction.index()] = combine(op, blocks);
             }
         }
         for id in ids {
