@@ -25,6 +25,7 @@ pub const STAGED_RULES: &[(&str, &str)] = &[
     ("lamb", include_str!("../../stdlib/lamb.opt")),
     ("stableadamw", include_str!("../../stdlib/stableadamw.opt")),
     ("lars", include_str!("../../stdlib/lars.opt")),
+    ("adafactor", include_str!("../../stdlib/adafactor.opt")),
 ];
 
 /// The source of stdlib rule `name` (in [`RULES`] or [`STAGED_RULES`]).

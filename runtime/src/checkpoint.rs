@@ -163,11 +163,18 @@ impl Optimizer {
                 None => Ok(Vec::new()),
             })
             .collect::<Result<_, _>>()?;
-        for ((p, pm), bufs) in self.params.iter().zip(&meta.params).zip(&buffers) {
+        for (i, ((p, pm), bufs)) in self
+            .params
+            .iter()
+            .zip(&meta.params)
+            .zip(&buffers)
+            .enumerate()
+        {
             if p.progress.is_none() {
                 continue;
             }
-            for (name, buf) in pm.states.iter().zip(bufs) {
+            let kernel = self.kernel_of(i);
+            for ((name, buf), decl) in pm.states.iter().zip(bufs).zip(&kernel.states) {
                 let key = format!("{}.{}", p.name, name);
                 if !keys.insert(key.clone()) {
                     return Err(err(format!(
@@ -176,7 +183,11 @@ impl Optimizer {
                 }
                 tensors.push((
                     key,
-                    TensorView::new(Dtype::F32, p.shape.clone(), bytemuck::cast_slice(buf))?,
+                    TensorView::new(
+                        Dtype::F32,
+                        decl.shape.dims_of(&p.shape),
+                        bytemuck::cast_slice(buf),
+                    )?,
                 ));
             }
         }
@@ -300,17 +311,18 @@ impl Optimizer {
                 )));
             }
             let mut buffers = Vec::with_capacity(saved.states.len());
-            for s in &saved.states {
+            for (s, decl) in saved.states.iter().zip(&kernel.states) {
                 let key = format!("{}.{}", saved.name, s);
                 let view = st
                     .tensor(&key)
                     .map_err(|_| err(format!("tensor `{key}` is missing")))?;
-                if view.dtype() != Dtype::F32 || view.shape() != saved.shape.as_slice() {
+                let want = decl.shape.dims_of(&saved.shape);
+                if view.dtype() != Dtype::F32 || view.shape() != want.as_slice() {
                     return Err(err(format!(
                         "tensor `{key}` is {:?} {:?}, expected F32 {:?}",
                         view.dtype(),
                         view.shape(),
-                        saved.shape
+                        want
                     )));
                 }
                 buffers.push(f32_vec(&key, view.data())?);

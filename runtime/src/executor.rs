@@ -51,9 +51,15 @@ pub(crate) struct StageTensor<'s, 'a> {
     pub data: &'s mut TensorData<'a>,
     /// The stage's uniforms for this tensor, rounded to f32.
     pub uniforms: Vec<f32>,
+    /// The stage's `[rows]`/`[cols]` values for this tensor (`Kernel::stage_vectors`), rounded
+    /// to f32; empty for kernels without them.
+    pub vectors: Vec<Vec<f32>>,
+    /// The tensor's matrix view, for kernels with `[rows]`/`[cols]` values.
+    pub dims: Option<optc_kernel::MatrixDims>,
 }
 
-/// A stage's block partials: `[tensor][reduce output][block]`.
+/// A stage's block partials: `[tensor][reduce output][block]` (for a Row- or Col-scope output,
+/// the layout of `optc_kernel::reduce::{row_partials, col_partials}`).
 pub(crate) type Partials = Vec<Vec<Vec<f32>>>;
 
 /// How a new state buffer starts.
@@ -78,13 +84,13 @@ pub(crate) trait Executor: Send {
     /// The kernel of index `kernel`.
     fn kernel(&self, kernel: usize) -> &ValidKernel;
 
-    /// Creates the per-element states of parameter `param` (`len` elements), one per entry of
-    /// `init`, from `data` where a state starts as a copy of the parameter, for kernel `kernel`.
-    /// Replaces any states the parameter had.
+    /// Creates the states of parameter `param`, one per entry of `init` with `lens[i]` elements
+    /// (the parameter's length, or a `[rows]`/`[cols]` state's), from `data` where a state starts
+    /// as a copy of the parameter, for kernel `kernel`. Replaces any states the parameter had.
     fn create_states(
         &mut self,
         param: usize,
-        len: usize,
+        lens: &[usize],
         init: &[StateInit],
         data: &TensorData<'_>,
         kernel: usize,
@@ -110,6 +116,32 @@ pub(crate) trait Executor: Send {
     /// Replaces the states of each `(param, values)` (from a checkpoint), creating them where a
     /// parameter had none. All or nothing: on error no parameter's states have changed.
     fn write_states(&mut self, states: Vec<(usize, Vec<Vec<f32>>)>) -> Result<(), RuntimeError>;
+
+    /// Copies state `state` of parameter `param` to the host (a `[rows]`/`[cols]` state the
+    /// host's vector program reads).
+    fn read_state(&self, param: usize, state: usize) -> Result<Vec<f32>, RuntimeError> {
+        self.read_states(param)?
+            .into_iter()
+            .nth(state)
+            .ok_or_else(|| RuntimeError::Unsupported("internal: no such state".into()))
+    }
+
+    /// Replaces states of parameter `param` (`(state, values)`, the new `[rows]`/`[cols]` states
+    /// the host's vector program computed).
+    fn write_vector_states(
+        &mut self,
+        param: usize,
+        values: Vec<(usize, Vec<f32>)>,
+    ) -> Result<(), RuntimeError> {
+        let mut all = self.read_states(param)?;
+        for (s, v) in values {
+            match all.get_mut(s) {
+                Some(slot) if slot.len() == v.len() => *slot = v,
+                _ => return Err(RuntimeError::Unsupported("internal: no such state".into())),
+            }
+        }
+        self.write_states(vec![(param, all)])
+    }
 
     /// The CUDA executor, when this is one (for the optimizer's CUDA-only accessors).
     #[cfg(feature = "cuda")]

@@ -103,7 +103,7 @@ impl Executor for HostExecutor {
     fn create_states(
         &mut self,
         param: usize,
-        len: usize,
+        lens: &[usize],
         init: &[StateInit],
         data: &TensorData<'_>,
         _kernel: usize,
@@ -115,7 +115,8 @@ impl Executor for HostExecutor {
         };
         let buffers = init
             .iter()
-            .map(|i| match *i {
+            .zip(lens)
+            .map(|(i, &len)| match *i {
                 StateInit::Value(x) => Ok(vec![x; len]),
                 StateInit::Param if p.len() == len => Ok(p.to_vec()),
                 StateInit::Param => Err(internal("a state copies a parameter of another length")),
@@ -138,6 +139,7 @@ impl Executor for HostExecutor {
         tensors: &mut [StageTensor<'_, '_>],
     ) -> Result<executor::Partials, RuntimeError> {
         let n = tensors.len();
+        let mut matrix = Vec::with_capacity(n);
         // Borrow every tensor's states at once: each parameter appears at most once per step.
         let mut slots: Vec<Option<&mut Vec<Vec<f32>>>> =
             self.states.iter_mut().map(Option::as_mut).collect();
@@ -154,6 +156,7 @@ impl Executor for HostExecutor {
                 states: states.iter_mut().map(Vec::as_mut_slice).collect(),
                 uniforms: std::mem::take(&mut t.uniforms),
             });
+            matrix.push((std::mem::take(&mut t.vectors), t.dims));
         }
         match &self.kernels[kernel] {
             Compiled::Cpu(k, valid) => {
@@ -166,7 +169,8 @@ impl Executor for HostExecutor {
             }
             Compiled::Interp(k) => args
                 .into_iter()
-                .map(|a| interp_stage(k, stage, a))
+                .zip(matrix)
+                .map(|(a, (vectors, dims))| interp_stage(k, stage, a, &vectors, dims))
                 .collect(),
         }
     }
@@ -186,6 +190,37 @@ impl Executor for HostExecutor {
         }
         Ok(())
     }
+
+    fn read_state(&self, param: usize, state: usize) -> Result<Vec<f32>, RuntimeError> {
+        self.states
+            .get(param)
+            .and_then(Option::as_ref)
+            .and_then(|s| s.get(state))
+            .cloned()
+            .ok_or_else(|| internal("a stepped parameter has no such state"))
+    }
+
+    fn write_vector_states(
+        &mut self,
+        param: usize,
+        values: Vec<(usize, Vec<f32>)>,
+    ) -> Result<(), RuntimeError> {
+        let states = self
+            .states
+            .get_mut(param)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| internal("a stepped parameter has no states"))?;
+        if values
+            .iter()
+            .any(|(s, v)| states.get(*s).is_none_or(|b| b.len() != v.len()))
+        {
+            return Err(internal("a vector state of another length"));
+        }
+        for (s, v) in values {
+            states[s] = v;
+        }
+        Ok(())
+    }
 }
 
 /// One tensor through one stage of the interpreter, with the stage's uniforms already computed:
@@ -194,8 +229,10 @@ fn interp_stage(
     kernel: &ValidKernel,
     stage: usize,
     args: TensorArgs<'_>,
+    vectors: &[Vec<f32>],
+    dims: Option<optc_kernel::MatrixDims>,
 ) -> Result<Vec<Vec<f32>>, RuntimeError> {
-    use optc_compiler::backend::interp::{run_stage, Buffers};
+    use optc_compiler::backend::interp::{run_stage_matrix, Buffers};
     let TensorArgs {
         param,
         grad,
@@ -207,5 +244,6 @@ fn interp_stage(
         grad,
         states,
     };
-    run_stage(kernel, stage, &uniforms, bufs).map_err(|e| RuntimeError::Interp(e.to_string()))
+    run_stage_matrix(kernel, stage, &uniforms, vectors, dims, bufs)
+        .map_err(|e| RuntimeError::Interp(e.to_string()))
 }

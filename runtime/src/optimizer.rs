@@ -25,7 +25,7 @@ use optc_kernel::GRAD_NORM_REDUCTION;
 
 /// The hyper that clipping by global norm adds (`optc_compiler`'s clip pass).
 const MAX_GRAD_NORM: &str = "max_grad_norm";
-use optc_kernel::{HyperDecl, Init, Kernel, RankClass, ValidKernel};
+use optc_kernel::{HyperDecl, Init, Kernel, MatrixDims, RankClass, StateShape, ValidKernel};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -270,7 +270,7 @@ impl Optimizer {
             None => {
                 let clip = self.max_grad_norm.is_some();
                 let kernel = ValidKernel::new(self.rule.specialize(flags, rank, clip)?)?;
-                stages::check_supported(&kernel)?;
+                stages::check_supported(&kernel, self.exec.target())?;
                 let loaded = (0..self.kernel_keys.len()).map(|i| self.exec.kernel(i).kernel());
                 stages::check_step_stages(&kernel, loaded)?;
                 let names = |h: &[HyperDecl]| h.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
@@ -603,7 +603,20 @@ impl Optimizer {
             // host program of a validated kernel cannot fail later with more reductions known.
             let reduced = vec![f64::NAN; kernel.reductions.len()];
             let host = kernel.eval_host(&group.hypers, t, &scalars, &reduced)?;
+            let dims = if kernel.is_factored() {
+                Some(MatrixDims::of_shape(&p.shape).ok_or_else(|| {
+                    RuntimeError::Unsupported(format!(
+                        "internal: parameter `{}` of shape {:?} runs a kernel for matrices",
+                        p.name, p.shape
+                    ))
+                })?)
+            } else {
+                None
+            };
             plans.push(Plan {
+                dims,
+                reduced_vec: vec![Vec::new(); kernel.reductions.len()],
+                vector_states: Vec::new(),
                 index,
                 group: p.group,
                 kernel: p.kernel,
@@ -653,11 +666,33 @@ impl Optimizer {
         updates: &mut [Update<'_>],
         plans: &mut [Plan],
     ) -> Result<StepReport, RuntimeError> {
-        for (u, plan) in updates.iter().zip(plans.iter()) {
+        for (u, plan) in updates.iter().zip(plans.iter_mut()) {
+            let shapes: Vec<StateShape> = self
+                .exec
+                .kernel(plan.kernel)
+                .states
+                .iter()
+                .map(|s| s.shape)
+                .collect();
             if let Some(init) = &plan.init {
                 let len = self.params[plan.index].len;
+                let lens: Vec<usize> = shapes
+                    .iter()
+                    .map(|&s| plan.dims.map_or(len, |d| d.len(s)))
+                    .collect();
                 self.exec
-                    .create_states(plan.index, len, init, &u.data, plan.kernel)?;
+                    .create_states(plan.index, &lens, init, &u.data, plan.kernel)?;
+            }
+            if plan.dims.is_some() {
+                let mut states = Vec::with_capacity(shapes.len());
+                for (i, s) in shapes.iter().enumerate() {
+                    states.push(if *s == StateShape::Full {
+                        Vec::new()
+                    } else {
+                        self.exec.read_state(plan.index, i)?
+                    });
+                }
+                plan.vector_states = states;
             }
         }
         let depth = plans
@@ -667,19 +702,30 @@ impl Optimizer {
             .unwrap_or(0);
         let mut report = StepReport::default();
         for stage in 0..depth {
-            // This stage's uniforms of every tensor that has the stage.
-            let mut uniforms: Vec<Option<Vec<f32>>> = Vec::with_capacity(plans.len());
+            // This stage's uniforms (and [rows]/[cols] values) of every tensor that has the stage.
+            let mut uniforms: Vec<Option<(Vec<f32>, Vec<Vec<f32>>)>> =
+                Vec::with_capacity(plans.len());
             for plan in plans.iter_mut() {
                 let kernel = self.exec.kernel(plan.kernel);
                 uniforms.push(if stage >= kernel.stages.len() {
                     None
-                } else if stage == 0 {
-                    Some(std::mem::take(&mut plan.uniforms))
+                } else if stage == 0 && plan.dims.is_none() {
+                    Some((std::mem::take(&mut plan.uniforms), Vec::new()))
                 } else {
                     let hypers = &self.groups[plan.group].hypers;
                     let host =
                         kernel.eval_host(hypers, plan.t, &plan.scalars_before, &plan.reduced)?;
-                    Some(host.uniforms[stage].iter().map(|&x| x as f32).collect())
+                    let vectors = match plan.dims {
+                        Some(dims) => {
+                            let values = eval_vectors(kernel, dims, &host, plan)?;
+                            kernel.stage_vectors::<f32>(stage, &values)
+                        }
+                        None => Vec::new(),
+                    };
+                    Some((
+                        host.uniforms[stage].iter().map(|&x| x as f32).collect(),
+                        vectors,
+                    ))
                 });
             }
             let mut by_kernel: Vec<(Vec<usize>, Vec<StageTensor<'_, '_>>)> =
@@ -687,13 +733,15 @@ impl Optimizer {
                     .map(|_| Default::default())
                     .collect();
             for (i, (u, plan)) in updates.iter_mut().zip(plans.iter()).enumerate() {
-                if let Some(uniforms) = uniforms[i].take() {
+                if let Some((uniforms, vectors)) = uniforms[i].take() {
                     let (who, tensors) = &mut by_kernel[plan.kernel];
                     who.push(i);
                     tensors.push(StageTensor {
                         param: plan.index,
                         data: &mut u.data,
                         uniforms,
+                        vectors,
+                        dims: plan.dims,
                     });
                 }
             }
@@ -713,7 +761,11 @@ impl Optimizer {
                         i,
                         plan.index,
                         parts,
-                        &mut plan.reduced,
+                        stages::Finalized {
+                            reduced: &mut plan.reduced,
+                            vectors: &mut plan.reduced_vec,
+                            dims: plan.dims,
+                        },
                         &mut step_parts,
                     )?;
                 }
@@ -732,13 +784,29 @@ impl Optimizer {
             let kernel = self.exec.kernel(plan.kernel);
             if !kernel.reductions.is_empty() {
                 let hypers = &self.groups[plan.group].hypers;
-                plan.scalars = kernel
-                    .eval_host(hypers, plan.t, &plan.scalars_before, &plan.reduced)?
-                    .scalars;
+                let host = kernel.eval_host(hypers, plan.t, &plan.scalars_before, &plan.reduced)?;
+                if let Some(dims) = plan.dims.filter(|_| !kernel.vectors.stores.is_empty()) {
+                    let values = eval_vectors(kernel, dims, &host, plan)?;
+                    let stores = kernel.vector_stores::<f32>(dims, &values);
+                    self.exec.write_vector_states(plan.index, stores)?;
+                }
+                plan.scalars = host.scalars;
             }
         }
         Ok(report)
     }
+}
+
+/// The host's vector program of one tensor (`docs/stages.md`, "Row and column values"), with the
+/// reductions finalized so far and the `[rows]`/`[cols]` states as the step began.
+fn eval_vectors(
+    kernel: &Kernel,
+    dims: MatrixDims,
+    host: &optc_kernel::HostValues,
+    plan: &Plan,
+) -> Result<Vec<Vec<f64>>, RuntimeError> {
+    let states: Vec<&[f32]> = plan.vector_states.iter().map(Vec::as_slice).collect();
+    Ok(kernel.eval_vectors(dims, &host.inputs, &plan.reduced_vec, &states)?)
 }
 
 /// What [`Optimizer::plan`] computed for one update, and what the schedule adds.
@@ -757,6 +825,13 @@ struct Plan {
     scalars: Vec<f64>,
     /// The kernel's reductions finalized so far (NaN before their stage).
     reduced: Vec<f64>,
+    /// The tensor's matrix view, for a kernel with `[rows]`/`[cols]` values.
+    dims: Option<MatrixDims>,
+    /// The kernel's Row- and Col-scope reductions finalized so far (empty before their stage).
+    reduced_vec: Vec<Vec<f64>>,
+    /// The kernel's `[rows]`/`[cols]` states as they were when the step began (empty for the
+    /// others, and for kernels without them).
+    vector_states: Vec<Vec<f32>>,
 }
 
 impl std::fmt::Debug for Optimizer {

@@ -58,6 +58,7 @@ fn two_stage() -> Kernel {
         init,
         rank: Default::default(),
         host,
+        vectors: Default::default(),
         scalar_updates: vec![ScalarUpdate {
             scalar: ScalarId(0),
             value: total,
@@ -247,18 +248,15 @@ fn the_cpu_gives_the_interpreters_bits_with_any_thread_count() {
 }
 
 #[test]
-fn scopes_the_schedule_cannot_finalize_are_refused_when_the_kernel_loads() {
-    let mut k = two_stage();
-    k.rank = optc_kernel::RankClass::Matrix;
-    k.reductions[1].scope = Scope::Row;
+fn row_and_col_scopes_are_refused_on_the_cpu_jit_when_the_kernel_loads() {
     let options = Options {
-        target: Target::Interp,
+        target: Target::Cpu,
         ..Options::default()
     };
-    let err = Optimizer::with_options(Rule::from_kernel(k).expect("valid"), options)
-        .expect_err("row scope");
+    let err = Optimizer::with_options(Rule::stdlib("adafactor").expect("stdlib"), options)
+        .expect_err("row scope on the CPU JIT");
     assert_eq!(
         err.to_string(),
-        "reduction `peak` of rule `two_stage` has row scope; the optimizer finalizes tensor and step scopes only"
+        "rule `adafactor` cannot run on cpu: its row-scope reduction `row_mean` runs on the interpreter only so far (use Target::Interp, `--target interp`)"
     );
 }

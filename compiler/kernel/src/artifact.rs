@@ -153,6 +153,7 @@ mod tests {
             rank: Default::default(),
             host,
             scalar_updates: vec![],
+            vectors: Default::default(),
             reductions: vec![],
             stages: vec![Stage::default()],
         };

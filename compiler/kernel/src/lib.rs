@@ -8,6 +8,7 @@
 //! - [`kernel`]: the fused kernel: host program, then stages (uniforms, per-element body,
 //!   stores, reduce outputs);
 //! - [`reduce`]: reductions and the one summation order every backend follows;
+//! - [`vector`]: `[rows]`/`[cols]` values and the host's vector program of a matrix kernel;
 //! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads;
 //! - [`abi`] and [`table`]: the launch ABI of the PTX entries, as data the artifact carries.
@@ -25,10 +26,11 @@ pub mod op;
 pub mod reduce;
 pub mod table;
 pub mod valid;
+pub mod vector;
 
 pub use arena::{Arena, Handle};
 pub use artifact::{Artifact, ArtifactError};
-pub use expr::{Expr, FlagId, HyperId, ReductionId, ScalarId, Slot, StateId, UniformId};
+pub use expr::{Expr, FlagId, HyperId, ReductionId, ScalarId, Slot, StateId, UniformId, VectorId};
 pub use kernel::{
     BufferUse, FlagValue, HostValues, HyperDecl, Init, Kernel, KernelError, RankClass,
     ReduceOutput, ScalarDecl, ScalarUpdate, Stage, StateDecl, StateShape, Store, FORMAT_VERSION,
@@ -38,3 +40,4 @@ pub use reduce::{
     ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, GRAD_NORM_REDUCTION, REDUCE_BLOCK, REDUCE_LANES,
 };
 pub use valid::ValidKernel;
+pub use vector::{MatrixDims, VecShape, VectorProgram};

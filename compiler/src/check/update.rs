@@ -1,7 +1,7 @@
 //! The update block: name resolution with `let` scopes, assignment targets, types, uniformity,
 //! and the states that are read but never written.
 
-use super::decls::{suggest, symbol_type, DeclTable, Symbol};
+use super::decls::{implies_matrix, implies_vector, suggest, symbol_type, DeclTable, Symbol};
 use super::{Ty, Uniformity, FUNCTIONS, REDUCTIONS};
 use crate::diag::{Diagnostic, Span};
 use crate::syntax::ast::{self, ExprKind, Stmt};
@@ -23,6 +23,9 @@ struct Checker<'a> {
     written_states: BTreeSet<usize>,
     first_read: Vec<Option<Span>>,
     assigns_p: bool,
+    /// How many enclosing `if matrix` branches (or `matrix ? a : b` true branches) there are:
+    /// `[rows]`/`[cols]` values need at least one (E0505).
+    under_matrix: usize,
 }
 
 pub(super) fn check_update(file: &ast::File, table: &DeclTable, out: &mut Vec<Diagnostic>) {
@@ -39,6 +42,7 @@ pub(super) fn check_update(file: &ast::File, table: &DeclTable, out: &mut Vec<Di
         written_states: BTreeSet::new(),
         first_read: vec![None; n_states],
         assigns_p: false,
+        under_matrix: 0,
     };
     c.block(&file.update);
     let states: Vec<&ast::Decl> = file
@@ -147,21 +151,27 @@ impl Checker<'_> {
                         .hint("compare it: `if momentum != 0 { ... }`"),
                     );
                 }
-                if uni == Uniformity::PerElement {
+                if uni != Uniformity::Uniform {
                     self.out.push(
-                        Diagnostic::error("E0502", "the condition of `if` must be uniform", cond.span, "this depends on `p`, `g` or a state")
+                        Diagnostic::error("E0502", "the condition of `if` must be uniform", cond.span, format!("this is {}", uni.name()))
                             .hint("a flag condition must be uniform; to choose per element, use `cond ? a : b`"),
                     );
                 }
                 let before = self.locals.clone();
+                let (m_then, m_else) =
+                    (implies_matrix(cond) as usize, implies_vector(cond) as usize);
+                self.under_matrix += m_then;
                 self.block(then);
+                self.under_matrix -= m_then;
                 let after_then = std::mem::replace(&mut self.locals, before);
                 if let Some(b) = otherwise {
+                    self.under_matrix += m_else;
                     self.block(b);
+                    self.under_matrix -= m_else;
                 }
                 // A local assigned a per-element value in either branch is per-element after.
                 for (l, t) in self.locals.iter_mut().zip(after_then) {
-                    l.uni = l.uni.max(t.uni);
+                    l.uni = l.uni.join(t.uni);
                 }
             }
         }
@@ -222,14 +232,35 @@ impl Checker<'_> {
                     Some(Symbol::Param) => self.assigns_p = true,
                     Some(Symbol::State(i)) => {
                         self.written_states.insert(i);
+                        let want = match self.table.state_shape(i) {
+                            optc_kernel::StateShape::Rows => Some(Uniformity::Rows),
+                            optc_kernel::StateShape::Cols => Some(Uniformity::Cols),
+                            optc_kernel::StateShape::Full => None,
+                        };
+                        if let Some(want) = want.filter(|w| uni != *w && uni != Uniformity::Uniform) {
+                            let hint = match uni {
+                                Uniformity::PerElement if want == Uniformity::Rows => "reduce it over each row first, as in `row_mean(g * g)`",
+                                Uniformity::PerElement => "reduce it over each column first, as in `col_mean(g * g)`",
+                                _ => "a [rows] state takes [rows] values (and uniform ones); a [cols] state takes [cols] values",
+                            };
+                            self.out.push(
+                                Diagnostic::error(
+                                    "E0508",
+                                    format!("`{name}` is {} state, but this is {}", if want == Uniformity::Rows { "a [rows]" } else { "a [cols]" }, uni.name()),
+                                    value.span,
+                                    format!("expected {}", want.name()),
+                                )
+                                .hint(hint),
+                            );
+                        }
                     }
-                    Some(Symbol::Scalar(_)) if uni == Uniformity::PerElement => {
+                    Some(Symbol::Scalar(_)) if uni != Uniformity::Uniform => {
                         self.out.push(
                             Diagnostic::error(
                                 "E0501",
                                 format!("scalar state `{name}` must get a uniform value"),
                                 value.span,
-                                "this depends on `p`, `g` or a state",
+                                format!("this is {}", uni.name()),
                             )
                             .hint("a scalar state is one number per tensor; compute it from hypers, `t` and scalar states"),
                         );
@@ -285,7 +316,7 @@ impl Checker<'_> {
             ExprKind::Binary(op, a, b) => {
                 let (ta, ua) = self.expr(a);
                 let (tb, ub) = self.expr(b);
-                let uni = ua.max(ub);
+                let uni = ua.join(ub);
                 let (want, result) = if op.is_logical() {
                     (Some(Ty::Bool), Ty::Bool)
                 } else if matches!(op, BinaryOp::Eq | BinaryOp::Ne) {
@@ -331,8 +362,13 @@ impl Checker<'_> {
             }
             ExprKind::Ternary(c, a, b) => {
                 let (tc, uc) = self.expr(c);
+                let (m_a, m_b) = (implies_matrix(c) as usize, implies_vector(c) as usize);
+                self.under_matrix += m_a;
                 let (ta, ua) = self.expr(a);
+                self.under_matrix -= m_a;
+                self.under_matrix += m_b;
                 let (tb, ub) = self.expr(b);
+                self.under_matrix -= m_b;
                 if tc != Ty::Bool {
                     self.out.push(
                         Diagnostic::error(
@@ -360,13 +396,13 @@ impl Checker<'_> {
                         .hint("both branches must be numbers, or both booleans"),
                     );
                 }
-                (ta, uc.max(ua).max(ub))
+                (ta, uc.join(ua).join(ub))
             }
             ExprKind::Call(f, args) => {
                 let mut uni = Uniformity::Uniform;
                 for a in args {
                     let (t, u) = self.expr(a);
-                    uni = uni.max(u);
+                    uni = uni.join(u);
                     if t != Ty::Num {
                         self.out.push(Diagnostic::error(
                             "E0403",
@@ -392,6 +428,8 @@ impl Checker<'_> {
                             )
                             .hint(signature(&f.name)),
                         );
+                    } else if let Some(u) = self.vector_reduction(&f.name, uni, e.span) {
+                        return (Ty::Num, u);
                     } else if uni == Uniformity::Uniform {
                         self.out.push(
                             Diagnostic::error(
@@ -449,7 +487,7 @@ impl Checker<'_> {
                         if let Some(s) = suggest(&f.name, known) {
                             d = d.hint(s);
                         }
-                        d = d.hint("the built-in functions are sqrt, rsqrt, abs, sign, exp, log, min, max, clamp and lerp; the reductions are sum, mean, norm, dot, amax and global_norm");
+                        d = d.hint("the built-in functions are sqrt, rsqrt, abs, sign, exp, log, min, max, clamp and lerp; the reductions are sum, mean, norm, dot, amax, global_norm, row_mean and col_mean");
                         self.out.push(d);
                     }
                 }
@@ -465,9 +503,27 @@ impl Checker<'_> {
         match self.table.get(n) {
             Some(sym) => {
                 let uni = match sym {
-                    Symbol::Param | Symbol::Grad | Symbol::State(_) => Uniformity::PerElement,
+                    Symbol::State(i) => match self.table.state_shape(i) {
+                        optc_kernel::StateShape::Rows => Uniformity::Rows,
+                        optc_kernel::StateShape::Cols => Uniformity::Cols,
+                        optc_kernel::StateShape::Full => Uniformity::PerElement,
+                    },
+                    Symbol::Param | Symbol::Grad => Uniformity::PerElement,
                     _ => Uniformity::Uniform,
                 };
+                if uni.is_vector() && self.under_matrix == 0 {
+                    self.out.push(self.not_under_matrix(
+                        format!(
+                            "`{n}` is {} state, which only matrices have",
+                            if uni == Uniformity::Rows {
+                                "a [rows]"
+                            } else {
+                                "a [cols]"
+                            }
+                        ),
+                        span,
+                    ));
+                }
                 if let Symbol::State(i) = sym {
                     self.read_states.insert(i);
                     if let Some(slot) = self.first_read.get_mut(i) {
@@ -491,6 +547,65 @@ impl Checker<'_> {
                 (Ty::Num, Uniformity::Uniform)
             }
         }
+    }
+}
+
+impl Checker<'_> {
+    /// The row and column rules of reductions: `row_mean`/`col_mean` take a per-element value
+    /// and give a `[rows]`/`[cols]` one, under `matrix` (E0505); `mean` of a `[rows]`/`[cols]`
+    /// value is its per-matrix mean (a value of the same kind); every other reduction of a
+    /// `[rows]`/`[cols]` value is E0507. Returns the result's uniformity when the reduction is
+    /// one of these (after reporting any error), `None` for an ordinary tensor reduction.
+    fn vector_reduction(&mut self, f: &str, arg: Uniformity, span: Span) -> Option<Uniformity> {
+        let result = match f {
+            "row_mean" | "col_mean" => {
+                if self.under_matrix == 0 {
+                    self.out
+                        .push(self.not_under_matrix(format!("`{f}` needs a matrix"), span));
+                }
+                if arg == Uniformity::Uniform {
+                    self.out.push(
+                        Diagnostic::error("E0503", format!("`{f}` of a uniform value"), span, "every element has the same value here")
+                            .hint(format!("`{f}` reduces per-element values such as `g * g`; a uniform value needs no reduction")),
+                    );
+                } else if arg.is_vector() {
+                    self.out.push(
+                        Diagnostic::error(
+                            "E0507",
+                            format!("`{f}` reduces a per-element value, but this is {}", arg.name()),
+                            span,
+                            format!("`{f}` of {}", arg.name()),
+                        )
+                        .hint("`mean(x)` of a [rows] or [cols] value averages it over the rows or columns of each matrix"),
+                    );
+                }
+                if f == "row_mean" {
+                    Uniformity::Rows
+                } else {
+                    Uniformity::Cols
+                }
+            }
+            "mean" if arg.is_vector() => arg,
+            _ if arg.is_vector() => {
+                self.out.push(
+                    Diagnostic::error(
+                        "E0507",
+                        format!("`{f}` of {}", arg.name()),
+                        span,
+                        "reductions over the tensor take per-element values",
+                    )
+                    .hint("`mean(x)` of a [rows] or [cols] value averages it over the rows or columns of each matrix; it is the only reduction of such values"),
+                );
+                Uniformity::Uniform
+            }
+            _ => return None,
+        };
+        Some(result)
+    }
+
+    fn not_under_matrix(&self, message: String, span: Span) -> Diagnostic {
+        Diagnostic::error("E0505", message, span, "used where the tensor may have rank 0 or 1")
+            .hint("use it under `if matrix { ... }` (or `matrix ? ... : ...`) and give tensors of rank 0 or 1 their own update, as torch's Adafactor does")
     }
 }
 

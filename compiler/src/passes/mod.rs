@@ -83,7 +83,5 @@ pub fn compile_with(
     let f = fold::fold(&f);
     let f = cse::cse(&f);
     let live = dce::dce(&f, program, flags, matrix)?;
-    let mut kernel = hoist::hoist(program, flags, &live)?;
-    kernel.rank = rank;
-    Ok(kernel)
+    hoist::hoist(program, flags, &live, rank)
 }

@@ -43,6 +43,7 @@ impl Kb {
                 rank: Default::default(),
                 host: Arena::new(),
                 scalar_updates: vec![],
+                vectors: Default::default(),
                 reductions: vec![],
                 stages: vec![Stage::default()],
             },

@@ -37,6 +37,7 @@ impl Builder {
                 rank: Default::default(),
                 host: Arena::new(),
                 scalar_updates: vec![],
+                vectors: Default::default(),
                 reductions: vec![],
                 stages: vec![Stage::default()],
             },

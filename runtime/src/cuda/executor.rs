@@ -323,7 +323,7 @@ impl Executor for CudaExecutor {
     fn create_states(
         &mut self,
         param: usize,
-        len: usize,
+        lens: &[usize],
         init: &[StateInit],
         data: &TensorData<'_>,
         kernel: usize,
@@ -335,7 +335,7 @@ impl Executor for CudaExecutor {
             .map(|s| s.name.clone())
             .collect();
         let mut buffers = Vec::with_capacity(init.len());
-        for (i, name) in init.iter().zip(&names) {
+        for ((i, name), &len) in init.iter().zip(&names).zip(lens) {
             buffers.push(self.new_state(len, *i, data, name)?);
         }
         *self.slot(param) = Some(buffers);

@@ -92,6 +92,7 @@ pub fn adamw() -> Kernel {
         rank: Default::default(),
         host,
         scalar_updates: vec![],
+        vectors: Default::default(),
         reductions: vec![],
         stages: vec![Stage {
             uniforms,
@@ -165,6 +166,7 @@ pub fn toy() -> Kernel {
         rank: Default::default(),
         host,
         reductions: vec![],
+        vectors: Default::default(),
         scalar_updates: vec![ScalarUpdate {
             scalar: ScalarId(0),
             value: acc2,

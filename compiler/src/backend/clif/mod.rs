@@ -132,6 +132,11 @@ fn emit_valid_stage(kernel: &Kernel, stage: usize, opts: &Options) -> Result<Fun
             s.name
         )));
     }
+    if !kernel.vectors.is_empty() {
+        return Err(unsupported(
+            "[rows]/[cols] values (a vector program)".into(),
+        ));
+    }
     let mut reduce = Vec::with_capacity(st.reduce.len());
     for out in &st.reduce {
         let decl = &kernel.reductions[out.reduction.index()];
