@@ -409,11 +409,6 @@ const RULES: [&str; 16] = [
     "adafactor",
 ];
 
-/// Rules whose kernels (Row/Col reductions, `[rows]`/`[cols]` states) only the interpreter runs
-/// so far: the optimizer refuses them on the CPU JIT and CUDA (`runtime::stages::check_supported`),
-/// so those replays leave them out, and say so.
-const INTERP_ONLY: [&str; 1] = ["adafactor"];
-
 /// Every fixture manifest, sorted.
 fn manifests() -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -443,14 +438,7 @@ fn manifests() -> Vec<PathBuf> {
 /// Replays every fixture on one backend; prints each case's errors and every rule's worst, and
 /// asserts the budget.
 pub(crate) fn replay_all(backend: Backend) {
-    let mut paths = manifests();
-    if backend.target != Target::Interp {
-        paths.retain(|p| !INTERP_ONLY.contains(&read_manifest(p).rule.as_str()));
-        println!(
-            "{}: not replayed (interpreter only): {INTERP_ONLY:?}",
-            backend.name
-        );
-    }
+    let paths = manifests();
     let mut cases_per_rule: BTreeMap<String, usize> = BTreeMap::new();
     let mut worst_per_rule: BTreeMap<String, (f64, String)> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -481,9 +469,6 @@ pub(crate) fn replay_all(backend: Backend) {
         }
     }
     for rule in RULES {
-        if backend.target != Target::Interp && INTERP_ONLY.contains(&rule) {
-            continue;
-        }
         let n = cases_per_rule.get(rule).copied().unwrap_or(0);
         assert!(n >= 3, "{rule}: {n} fixture cases, expected at least 3");
     }

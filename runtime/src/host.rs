@@ -5,7 +5,7 @@
 //! ([`crate::cpu::CpuKernel`]); the interpreter runs one element at a time on one thread and is
 //! the meaning every other target is judged against.
 
-use crate::cpu::{CpuKernel, CpuOptions, Partials, TensorArgs};
+use crate::cpu::{CpuKernel, CpuOptions, Partials, RowKernel, RowTensor, TensorArgs};
 use crate::error::RuntimeError;
 use crate::executor::{self, Executor, StageTensor, StateInit, TensorData};
 use crate::target::Target;
@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 enum Compiled {
     Cpu(Box<CpuKernel>, ValidKernel),
+    /// A factored kernel on the CPU: its row form, called per row.
+    CpuRows(Box<RowKernel>, ValidKernel),
     Interp(ValidKernel),
 }
 
@@ -74,6 +76,10 @@ impl Executor for HostExecutor {
     ) -> Result<usize, RuntimeError> {
         let compiled = match self.target {
             Target::Interp => Compiled::Interp(kernel),
+            Target::Cpu if kernel.is_factored() => Compiled::CpuRows(
+                Box::new(RowKernel::compile(&kernel, self.allow_fma)?),
+                kernel,
+            ),
             Target::Cpu => {
                 let options = CpuOptions {
                     allow_fma: self.allow_fma,
@@ -96,7 +102,7 @@ impl Executor for HostExecutor {
 
     fn kernel(&self, kernel: usize) -> &ValidKernel {
         match &self.kernels[kernel] {
-            Compiled::Cpu(_, k) | Compiled::Interp(k) => k,
+            Compiled::Cpu(_, k) | Compiled::CpuRows(_, k) | Compiled::Interp(k) => k,
         }
     }
 
@@ -166,6 +172,18 @@ impl Executor for HostExecutor {
                 Ok((0..n)
                     .map(|t| (0..outputs).map(|o| partials.get(t, o).to_vec()).collect())
                     .collect())
+            }
+            Compiled::CpuRows(k, _) => {
+                let mut rows = Vec::with_capacity(n);
+                for (a, (vectors, dims)) in args.into_iter().zip(matrix) {
+                    let dims = dims.ok_or_else(|| internal("a factored stage without dims"))?;
+                    rows.push(RowTensor {
+                        args: a,
+                        vectors,
+                        dims,
+                    });
+                }
+                Ok(k.run_stage(stage, &mut rows, self.pool.as_deref())?)
             }
             Compiled::Interp(k) => args
                 .into_iter()

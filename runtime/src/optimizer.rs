@@ -703,8 +703,7 @@ impl Optimizer {
         let mut report = StepReport::default();
         for stage in 0..depth {
             // This stage's uniforms (and [rows]/[cols] values) of every tensor that has the stage.
-            let mut uniforms: Vec<Option<(Vec<f32>, Vec<Vec<f32>>)>> =
-                Vec::with_capacity(plans.len());
+            let mut uniforms: Vec<Option<StageArgs>> = Vec::with_capacity(plans.len());
             for plan in plans.iter_mut() {
                 let kernel = self.exec.kernel(plan.kernel);
                 uniforms.push(if stage >= kernel.stages.len() {
@@ -808,6 +807,9 @@ fn eval_vectors(
     let states: Vec<&[f32]> = plan.vector_states.iter().map(Vec::as_slice).collect();
     Ok(kernel.eval_vectors(dims, &host.inputs, &plan.reduced_vec, &states)?)
 }
+
+/// One tensor's arguments of a stage: its uniforms and its `[rows]`/`[cols]` values.
+type StageArgs = (Vec<f32>, Vec<Vec<f32>>);
 
 /// What [`Optimizer::plan`] computed for one update, and what the schedule adds.
 struct Plan {

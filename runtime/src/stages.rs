@@ -14,10 +14,10 @@ use optc_kernel::{Kernel, MatrixDims, StateShape};
 
 /// Errors, when a kernel is loaded on `target` (before any step), unless the target runs its
 /// Row- and Col-scope reductions and `[rows]`/`[cols]` values (`docs/stages.md`, "Row and column
-/// values"): the interpreter does; the CPU JIT and CUDA backends do not yet, and say so here
-/// rather than at the first step.
+/// values"): the interpreter and the CPU JIT (through the row form) do; CUDA does not yet, and
+/// says so here rather than at the first step.
 pub(crate) fn check_supported(kernel: &Kernel, target: Target) -> Result<(), RuntimeError> {
-    if target == Target::Interp || !kernel.is_factored() {
+    if matches!(target, Target::Interp | Target::Cpu) || !kernel.is_factored() {
         return Ok(());
     }
     let what = match kernel
@@ -32,7 +32,7 @@ pub(crate) fn check_supported(kernel: &Kernel, target: Target) -> Result<(), Run
         },
     };
     Err(RuntimeError::Unsupported(format!(
-        "rule `{}` cannot run on {target}: {what} runs on the interpreter only so far (use Target::Interp, `--target interp`)",
+        "rule `{}` cannot run on {target}: {what} runs on the interpreter and the CPU only so far (use Target::Cpu, `--target cpu`)",
         kernel.rule
     )))
 }
@@ -205,6 +205,27 @@ mod tests {
             scope,
             stage,
         }
+    }
+
+    /// CUDA refuses a factored kernel when it loads (before any step); the host targets run it.
+    #[cfg(all(feature = "compiler", feature = "cuda"))]
+    #[test]
+    fn factored_kernels_are_refused_on_cuda_only() {
+        let rule = optc_compiler::stdlib::rule("adafactor")
+            .and_then(Result::ok)
+            .expect("stdlib");
+        let options = optc_compiler::CompileOptions {
+            rank: RankClass::Matrix,
+            ..Default::default()
+        };
+        let k = rule.specialize_with(&[], &options).expect("kernel");
+        assert!(check_supported(&k, Target::Interp).is_ok());
+        assert!(check_supported(&k, Target::Cpu).is_ok());
+        let err = check_supported(&k, Target::Cuda).expect_err("cuda");
+        assert_eq!(
+            err.to_string(),
+            "rule `adafactor` cannot run on cuda: its row-scope reduction `row_mean` runs on the interpreter and the CPU only so far (use Target::Cpu, `--target cpu`)"
+        );
     }
 
     #[test]

@@ -246,17 +246,3 @@ fn the_cpu_gives_the_interpreters_bits_with_any_thread_count() {
         assert_eq!(run(Target::Cpu, threads), want, "{threads} threads");
     }
 }
-
-#[test]
-fn row_and_col_scopes_are_refused_on_the_cpu_jit_when_the_kernel_loads() {
-    let options = Options {
-        target: Target::Cpu,
-        ..Options::default()
-    };
-    let err = Optimizer::with_options(Rule::stdlib("adafactor").expect("stdlib"), options)
-        .expect_err("row scope on the CPU JIT");
-    assert_eq!(
-        err.to_string(),
-        "rule `adafactor` cannot run on cpu: its row-scope reduction `row_mean` runs on the interpreter only so far (use Target::Interp, `--target interp`)"
-    );
-}

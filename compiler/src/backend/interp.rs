@@ -335,6 +335,10 @@ pub fn run_stage_matrix<R: Real>(
             match decl.scope {
                 Scope::Row => row_partials(decl.op, xs, dims),
                 Scope::Col => col_partials(decl.op, xs, dims),
+                // A factored kernel runs row by row: its tensor sums are blocked per row.
+                Scope::Tensor | Scope::Step if kernel.is_factored() => {
+                    row_partials(decl.op, xs, dims)
+                }
                 Scope::Tensor | Scope::Step => xs
                     .chunks(REDUCE_BLOCK)
                     .map(|b| block_partial(decl.op, b))
