@@ -9,6 +9,8 @@
 //!   stores, reduce outputs);
 //! - [`reduce`]: reductions and the one summation order every backend follows;
 //! - [`vector`]: `[rows]`/`[cols]` values and the host's vector program of a matrix kernel;
+//! - [`dtype`] and [`quant`]: storage dtypes, and the one definition of every conversion between
+//!   a stored value and f32 (rounding, stochastic rounding, 8-bit block quantization);
 //! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads;
 //! - [`abi`] and [`table`]: the launch ABI of the PTX entries, as data the artifact carries.
@@ -18,11 +20,13 @@
 pub mod abi;
 pub mod arena;
 pub mod artifact;
+pub mod dtype;
 pub mod eval;
 pub mod expr;
 pub mod kernel;
 pub mod num;
 pub mod op;
+pub mod quant;
 pub mod reduce;
 pub mod table;
 pub mod valid;
@@ -30,6 +34,7 @@ pub mod vector;
 
 pub use arena::{Arena, Handle};
 pub use artifact::{Artifact, ArtifactError};
+pub use dtype::Dtype;
 pub use expr::{Expr, FlagId, HyperId, ReductionId, ScalarId, Slot, StateId, UniformId, VectorId};
 pub use kernel::{
     BufferUse, FlagValue, HostValues, HyperDecl, Init, Kernel, KernelError, RankClass,
