@@ -117,6 +117,16 @@ pub fn measure(
     })
 }
 
+/// JIT-compiles `kernel` as the CPU target does (a factored kernel through its row form);
+/// returns whether the code fuses multiply-adds.
+fn jit(kernel: &optc_kernel::Kernel) -> Result<bool, optc_runtime::cpu::CpuError> {
+    Ok(if kernel.is_factored() {
+        RowKernel::compile(kernel, true)?.uses_fma()
+    } else {
+        CpuKernel::compile(kernel)?.uses_fma()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,14 +159,4 @@ mod tests {
         assert!(measure("lars.opt", source, &flags, false, RankClass::Any).is_err());
         assert!(measure("lars.opt", source, &flags, false, RankClass::Matrix).is_ok());
     }
-}
-
-/// JIT-compiles `kernel` as the CPU target does (a factored kernel through its row form);
-/// returns whether the code fuses multiply-adds.
-fn jit(kernel: &optc_kernel::Kernel) -> Result<bool, optc_runtime::cpu::CpuError> {
-    Ok(if kernel.is_factored() {
-        RowKernel::compile(kernel, true)?.uses_fma()
-    } else {
-        CpuKernel::compile(kernel)?.uses_fma()
-    })
 }
