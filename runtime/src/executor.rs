@@ -52,9 +52,12 @@ pub(crate) struct StageTensor<'s, 'a> {
     /// The stage's uniforms for this tensor, rounded to f32.
     pub uniforms: Vec<f32>,
     /// The stage's `[rows]`/`[cols]` values for this tensor (`Kernel::stage_vectors`), rounded
-    /// to f32; empty for kernels without them.
+    /// to f32; empty for kernels without them. (CUDA, which refuses such kernels, reads
+    /// neither.)
+    #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
     pub vectors: Vec<Vec<f32>>,
     /// The tensor's matrix view, for kernels with `[rows]`/`[cols]` values.
+    #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
     pub dims: Option<optc_kernel::MatrixDims>,
 }
 

@@ -57,7 +57,7 @@ id_type!(
     ReductionId
 );
 id_type!(
-    /// A `[rows]` or `[cols]` value of a stage, by position in [`crate::Stage::vectors`].
+    /// A `[rows]` or `[cols]` value of a stage, by position in the stage's list of [`crate::VectorProgram::stages`].
     VectorId
 );
 
@@ -96,8 +96,8 @@ pub enum Expr {
     /// The element of a buffer, as it was when the step began (per element). In the host vector
     /// program ([`crate::VectorProgram`]), the row (column) of a `[rows]` (`[cols]`) state.
     Load(Slot),
-    /// A `[rows]` or `[cols]` value of the stage (kernel bodies only): `Stage::vectors[i]` at this
-    /// element's row or column.
+    /// A `[rows]` or `[cols]` value of the stage (kernel bodies only): node
+    /// `VectorProgram::stages[stage][i]` at this element's row or column.
     Vector(VectorId),
     /// The mean of a `[rows]` (`[cols]`) value over the rows (columns) of each matrix, the same for
     /// every row (column) of that matrix (host vector programs and the whole-rule IR only).
