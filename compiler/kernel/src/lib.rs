@@ -9,6 +9,7 @@
 //!   stores, reduce outputs);
 //! - [`reduce`]: reductions and the one summation order every backend follows;
 //! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
+//! - [`variant`]: the conditions on hypers that choose a kernel variant per step;
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads;
 //! - [`abi`] and [`table`]: the launch ABI of the PTX entries, as data the artifact carries.
 //!
@@ -25,6 +26,7 @@ pub mod op;
 pub mod reduce;
 pub mod table;
 pub mod valid;
+pub mod variant;
 
 pub use arena::{Arena, Handle};
 pub use artifact::{Artifact, ArtifactError};
@@ -38,3 +40,4 @@ pub use reduce::{
     ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, GRAD_NORM_REDUCTION, REDUCE_BLOCK, REDUCE_LANES,
 };
 pub use valid::ValidKernel;
+pub use variant::{Condition, ConditionValue, Conditions, VariantId, MAX_CONDITIONS};
