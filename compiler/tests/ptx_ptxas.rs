@@ -81,7 +81,7 @@ fn kernels() -> Vec<(String, Kernel)> {
                     out.push((format!("{name}-{bits}-{tag}"), kernel));
                     // The kernel variants the runtime picks between (the first flag set's).
                     if i == 0 && !clip {
-                        let conds = rule.conditions(&flags, &options).unwrap();
+                        let conds = rule.conditions(&flags, &options).expect("ok");
                         for v in conds.variants().filter(|_| !conds.is_empty()) {
                             let k = rule
                                 .specialize_variant(&flags, &options, v)

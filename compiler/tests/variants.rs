@@ -26,11 +26,13 @@ fn any() -> CompileOptions {
 fn sgd_moves_12_bytes_without_momentum() {
     let r = rule("sgd");
     let flags = defaults(&r);
-    let conds = r.conditions(&flags, &any()).unwrap();
+    let conds = r.conditions(&flags, &any()).expect("ok");
     let texts: Vec<&str> = conds.conditions.iter().map(|c| c.text.as_str()).collect();
     assert_eq!(texts, ["weight_decay != 0", "momentum != 0"]);
     let bytes = |v| {
-        let k = r.specialize_variant(&flags, &any(), VariantId(v)).unwrap();
+        let k = r
+            .specialize_variant(&flags, &any(), VariantId(v))
+            .expect("ok");
         (k.bytes_per_element(), k.states.len())
     };
     // Bit 0: weight decay; bit 1: momentum.
@@ -39,21 +41,28 @@ fn sgd_moves_12_bytes_without_momentum() {
     assert_eq!(bytes(2), (20, 1));
     assert_eq!(bytes(3), (20, 1));
     // The description kernel keeps the selects, and the buffer.
-    assert_eq!(r.specialize_values(&flags).unwrap().bytes_per_element(), 20);
+    assert_eq!(
+        r.specialize_values(&flags).expect("ok").bytes_per_element(),
+        20
+    );
 }
 
 #[test]
 fn rmsprop_moves_20_bytes_without_momentum() {
     let r = rule("rmsprop");
     let flags = defaults(&r);
-    let conds = r.conditions(&flags, &any()).unwrap();
+    let conds = r.conditions(&flags, &any()).expect("ok");
     let texts: Vec<&str> = conds.conditions.iter().map(|c| c.text.as_str()).collect();
     assert_eq!(texts, ["weight_decay != 0", "momentum > 0"]);
-    let k = r.specialize_variant(&flags, &any(), VariantId(0)).unwrap();
+    let k = r
+        .specialize_variant(&flags, &any(), VariantId(0))
+        .expect("ok");
     assert_eq!(k.bytes_per_element(), 20);
     let names: Vec<&str> = k.states.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["v"]);
-    let k = r.specialize_variant(&flags, &any(), VariantId(2)).unwrap();
+    let k = r
+        .specialize_variant(&flags, &any(), VariantId(2))
+        .expect("ok");
     assert_eq!(k.bytes_per_element(), 28);
 }
 
@@ -62,7 +71,7 @@ fn conditions_on_t_stay_in_the_kernel() {
     // radam's `rho_t > 5` reads t, adamsgd's `t <= switch_step` too: neither is a condition.
     for name in ["radam", "adamsgd"] {
         let r = rule(name);
-        let conds = r.conditions(&defaults(&r), &any()).unwrap();
+        let conds = r.conditions(&defaults(&r), &any()).expect("ok");
         assert!(
             conds.conditions.iter().all(|c| !c.text.contains('t')
                 || c.text.contains("weight_decay")
@@ -72,7 +81,7 @@ fn conditions_on_t_stay_in_the_kernel() {
         );
         let k = r
             .specialize_variant(&defaults(&r), &any(), VariantId(0))
-            .unwrap();
+            .expect("ok");
         let selects = k.stages[0]
             .body
             .iter()
@@ -98,7 +107,7 @@ fn same(a: &[f32], b: &[f32]) -> bool {
 }
 
 fn init_values(k: &Kernel, hypers: &[f64], p: &[f32]) -> Vec<Vec<f32>> {
-    let values = k.eval_init(hypers).unwrap();
+    let values = k.eval_init(hypers).expect("ok");
     k.states
         .iter()
         .map(|s| match s.init {
@@ -110,11 +119,11 @@ fn init_values(k: &Kernel, hypers: &[f64], p: &[f32]) -> Vec<Vec<f32>> {
 
 /// Runs `steps` steps of the description kernel and of the selected variants side by side.
 fn agree(r: &Rule, flags: &[bool], options: &CompileOptions) {
-    let base = r.specialize_values_with(flags, options).unwrap();
-    let conds = r.conditions(flags, options).unwrap();
+    let base = r.specialize_values_with(flags, options).expect("ok");
+    let conds = r.conditions(flags, options).expect("ok");
     let variants: Vec<Kernel> = conds
         .variants()
-        .map(|v| r.specialize_variant(flags, options, v).unwrap())
+        .map(|v| r.specialize_variant(flags, options, v).expect("ok"))
         .collect();
     // The hypers the conditions read, toggled between their default and another value.
     let mut toggled: Vec<usize> = conds
@@ -134,7 +143,7 @@ fn agree(r: &Rule, flags: &[bool], options: &CompileOptions) {
     let mut p1 = p0.clone();
     let mut base_states = init_values(&base, &defaults, &p0);
     let mut mine: Vec<Option<Vec<f32>>> = vec![None; base.states.len()];
-    let mut s0 = base.initial_scalars(&defaults).unwrap();
+    let mut s0 = base.initial_scalars(&defaults).expect("ok");
     let mut s1 = s0.clone();
     let pattern = [0usize, 1, 3, 2, 0, 2, 1, 3, 3, 0];
     for (i, &mask) in pattern.iter().enumerate() {
@@ -157,13 +166,18 @@ fn agree(r: &Rule, flags: &[bool], options: &CompileOptions) {
                 states: base_states.iter_mut().map(Vec::as_mut_slice).collect(),
             },
         )
-        .unwrap();
-        let v = conds.select(&hypers).unwrap();
+        .expect("ok");
+        let v = conds.select(&hypers).expect("ok");
         let k = &variants[v.index()];
         let slots: Vec<usize> = k
             .states
             .iter()
-            .map(|s| base.states.iter().position(|b| b.name == s.name).unwrap())
+            .map(|s| {
+                base.states
+                    .iter()
+                    .position(|b| b.name == s.name)
+                    .expect("ok")
+            })
             .collect();
         let fresh = init_values(k, &hypers, &p1);
         for (i, &at) in slots.iter().enumerate() {
@@ -174,7 +188,7 @@ fn agree(r: &Rule, flags: &[bool], options: &CompileOptions) {
         let mut taken: Vec<Option<&mut Vec<f32>>> = mine.iter_mut().map(Option::as_mut).collect();
         let states = slots
             .iter()
-            .map(|&at| taken[at].take().unwrap().as_mut_slice())
+            .map(|&at| taken[at].take().expect("ok").as_mut_slice())
             .collect();
         step_f32(
             k,
@@ -187,7 +201,7 @@ fn agree(r: &Rule, flags: &[bool], options: &CompileOptions) {
                 states,
             },
         )
-        .unwrap();
+        .expect("ok");
         let what = format!("{} {flags:?} {:?} step {t} {v}", r.name(), options.rank);
         assert!(same(&p0, &p1), "{what}: p differs\n{k}");
         assert_eq!(
@@ -253,10 +267,10 @@ fn the_listing_names_conditions_and_bytes() {
         };
         let options = CompileOptions { clip: false, rank };
         let flags = defaults(&r);
-        let conds = r.conditions(&flags, &options).unwrap();
+        let conds = r.conditions(&flags, &options).expect("ok");
         let kernels: Vec<Kernel> = conds
             .variants()
-            .map(|v| r.specialize_variant(&flags, &options, v).unwrap())
+            .map(|v| r.specialize_variant(&flags, &options, v).expect("ok"))
             .collect();
         text.push_str(&format!("{name}:\n"));
         text.push_str(&optc_kernel::variant::listing(&conds, &kernels));
@@ -269,6 +283,6 @@ fn a_variant_prints_its_condition_values() {
     let r = rule("sgd");
     let k = r
         .specialize_variant(&defaults(&r), &any(), VariantId(2))
-        .unwrap();
+        .expect("ok");
     insta::assert_snapshot!(k.to_string());
 }

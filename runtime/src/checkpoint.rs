@@ -24,7 +24,7 @@
 
 use crate::bytes::f32_vec;
 use crate::error::RuntimeError;
-use crate::optimizer::{Optimizer, Progress};
+use crate::optimizer::{Optimizer, Progress, SavedState};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -285,8 +285,7 @@ impl Optimizer {
             .map(|p| p.scalars.len())
             .sum();
         let scalars = read_f64(SCALARS, total)?;
-        let mut states: Vec<Option<(Progress, Vec<Option<Vec<f32>>>)>> =
-            Vec::with_capacity(meta.params.len());
+        let mut states: Vec<SavedState> = Vec::with_capacity(meta.params.len());
         let mut offset = 0;
         for (i, (saved, mine)) in meta.params.iter().zip(&ours.params).enumerate() {
             if (&saved.name, &saved.shape, saved.group) != (&mine.name, &mine.shape, mine.group) {

@@ -168,6 +168,10 @@ pub(crate) struct Progress {
     pub scalars: Vec<f64>,
 }
 
+/// A parameter's state as read from a file: its progress and its states by position (`None`:
+/// not allocated), or `None` for a parameter not stepped yet.
+pub(crate) type SavedState = Option<(Progress, Vec<Option<Vec<f32>>>)>;
+
 pub(crate) struct Param {
     pub name: String,
     pub shape: Vec<usize>,

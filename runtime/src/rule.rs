@@ -261,7 +261,11 @@ impl Rule {
         clip: bool,
     ) -> Result<Conditions, RuntimeError> {
         match &self.source {
-            Source::Kernel(a) => Ok(a.conditions.clone()),
+            Source::Kernel(a) => {
+                // The artifact is for one flag set, rank class and clipping: `specialize` checks.
+                let _ = (flags, rank, clip);
+                Ok(a.conditions.clone())
+            }
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) => {
                 let options = optc_compiler::CompileOptions { clip, rank };
@@ -281,15 +285,17 @@ impl Rule {
         variant: VariantId,
     ) -> Result<(Kernel, Option<PtxModule>), RuntimeError> {
         match &self.source {
-            Source::Kernel(a) => a
-                .variant(variant)
-                .map(|(k, ptx)| (k.clone(), ptx.cloned()))
-                .ok_or_else(|| {
-                    RuntimeError::Unsupported(format!(
-                        "internal: the artifact of rule `{}` has no variant {variant}",
-                        self.name
-                    ))
-                }),
+            Source::Kernel(a) => {
+                let _ = (flags, rank, clip);
+                a.variant(variant)
+                    .map(|(k, ptx)| (k.clone(), ptx.cloned()))
+                    .ok_or_else(|| {
+                        RuntimeError::Unsupported(format!(
+                            "internal: the artifact of rule `{}` has no variant {variant}",
+                            self.name
+                        ))
+                    })
+            }
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) => {
                 let options = optc_compiler::CompileOptions { clip, rank };

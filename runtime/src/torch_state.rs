@@ -25,7 +25,7 @@
 //! later step needs it. A state the selected variant uses must be present.
 
 use crate::error::RuntimeError;
-use crate::optimizer::{Optimizer, Progress};
+use crate::optimizer::{Optimizer, Progress, SavedState};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeSet;
@@ -175,9 +175,8 @@ impl Optimizer {
             let slots = self.families[family].slots(self.exec.kernel(k))?;
             needed.push(slots);
         }
-        let mut states: Vec<Option<(Progress, Vec<Option<Vec<f32>>>)>> =
-            Vec::with_capacity(self.params.len());
-        for index in 0..self.params.len() {
+        let mut states: Vec<SavedState> = Vec::with_capacity(self.params.len());
+        for (index, needed) in needed.iter().enumerate() {
             let p = &self.params[index];
             let kernel = &self.family_of(index).base;
             let torch = self.torch_names(index)?;
@@ -213,7 +212,7 @@ impl Optimizer {
             }
             let mut buffers = Vec::with_capacity(torch.len());
             for (at, key) in keys[..torch.len()].iter().enumerate() {
-                if st.tensor(key).is_err() && !needed[index].contains(&at) {
+                if st.tensor(key).is_err() && !needed.contains(&at) {
                     // Not used with the current hypers (torch's `momentum_buffer` at momentum 0).
                     buffers.push(None);
                     continue;
