@@ -81,7 +81,15 @@ fn switching_matches_the_selects(target: Target, rule: &str, toggles: &[(&str, f
         .expect("rule")
         .expect("parses");
     let flags: Vec<bool> = parsed.flags().iter().map(|f| f.default).collect();
-    let description = parsed.specialize_values(&flags).expect("description");
+    let rank = if parsed.uses_rank() {
+        optc_compiler::RankClass::Matrix
+    } else {
+        optc_compiler::RankClass::Any
+    };
+    let options = optc_compiler::CompileOptions { clip: false, rank };
+    let description = parsed
+        .specialize_values_with(&flags, &options)
+        .expect("description");
     assert_eq!(description.hypers, base.hypers);
     let hyper = |name: &str| {
         description
@@ -106,7 +114,8 @@ fn switching_matches_the_selects(target: Target, rule: &str, toggles: &[(&str, f
     let pattern = [0usize, 0, 2, 3, 1, 0, 2, 2, 1, 3, 0, 2];
     for (i, &mask) in pattern.iter().enumerate() {
         for (j, (name, on)) in toggles.iter().enumerate() {
-            let v = if mask >> j & 1 == 1 { *on } else { 0.0 };
+            let off = description.hypers[hyper(name)].default;
+            let v = if mask >> j & 1 == 1 { *on } else { off };
             opt.set_hyper(name, v).expect("set");
             hypers[hyper(name)] = v;
         }
@@ -147,6 +156,51 @@ fn switching_variants_matches_the_selects_on_the_interpreter_and_the_cpu() {
             &[("momentum", 0.5), ("weight_decay", 0.1)],
         );
     }
+}
+
+#[test]
+fn every_stdlib_rule_with_conditions_matches_the_selects_on_the_cpu() {
+    let mut checked = 0;
+    for name in optc_compiler::stdlib::names() {
+        let parsed = optc_compiler::stdlib::rule(name)
+            .expect("rule")
+            .expect("parses");
+        let flags: Vec<bool> = parsed.flags().iter().map(|f| f.default).collect();
+        let rank = if parsed.uses_rank() {
+            optc_compiler::RankClass::Matrix
+        } else {
+            optc_compiler::RankClass::Any
+        };
+        let options = optc_compiler::CompileOptions { clip: false, rank };
+        let conds = parsed.conditions(&flags, &options).expect("conditions");
+        let mut hypers: Vec<usize> = conds
+            .program
+            .iter()
+            .filter_map(|(_, e)| match e {
+                optc_kernel::Expr::Hyper(h) => Some(h.index()),
+                _ => None,
+            })
+            .collect();
+        hypers.sort();
+        hypers.dedup();
+        let toggles: Vec<(&str, f64)> = hypers
+            .iter()
+            .take(2)
+            .map(|&h| {
+                let decl = &parsed.hypers()[h];
+                (
+                    decl.name.as_str(),
+                    if decl.default == 0.0 { 0.5 } else { 0.0 },
+                )
+            })
+            .collect();
+        if toggles.is_empty() {
+            continue;
+        }
+        switching_matches_the_selects(Target::Cpu, name, &toggles);
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} rules have conditions");
 }
 
 #[test]
