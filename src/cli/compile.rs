@@ -164,9 +164,15 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 if entries.is_empty() {
                     module.source
                 } else {
+                    // Each module after a comment line naming its variant (`--emit artifact`
+                    // holds them apart, as data).
                     entries
                         .iter()
-                        .filter_map(|e| e.ptx.as_ref().map(|p| p.source.clone()))
+                        .filter_map(|e| {
+                            let head = e.kernel.to_string();
+                            let head = head.lines().next().unwrap_or("");
+                            e.ptx.as_ref().map(|p| format!("// {head}\n{}", p.source))
+                        })
                         .collect::<Vec<_>>()
                         .join("\n")
                 }

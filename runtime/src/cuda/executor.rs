@@ -342,7 +342,16 @@ impl Executor for CudaExecutor {
             if at >= count {
                 return Err(internal("a state position out of range"));
             }
-            buffers.push((at, self.new_state(len, i, data, &format!("#{at}"))?));
+            // The state's name, from a loaded kernel that uses it (for error messages).
+            let name = self
+                .kernels
+                .iter()
+                .find_map(|k| {
+                    let i = k.slots.iter().position(|&s| s == at)?;
+                    k.kernel.states.get(i).map(|d| d.name.clone())
+                })
+                .unwrap_or_else(|| format!("#{at}"));
+            buffers.push((at, self.new_state(len, i, data, &name)?));
         }
         let states = self.slot(param);
         states.resize_with(count, || None);
