@@ -16,24 +16,15 @@ pub const RULES: &[(&str, &str)] = &[
     ("adabound", include_str!("../../stdlib/adabound.opt")),
     ("lion", include_str!("../../stdlib/lion.opt")),
     ("adamsgd", include_str!("../../stdlib/adamsgd.opt")),
-];
-
-/// The stdlib rules with reductions, whose kernels have several stages: `(name, source)`. They
-/// join [`RULES`] (and [`names`]) once every backend runs staged kernels (issue 10); until then
-/// the compiler, the interpreter and `optc compile` take them like any other rule.
-pub const STAGED_RULES: &[(&str, &str)] = &[
+    // With reductions: kernels of several stages.
     ("lamb", include_str!("../../stdlib/lamb.opt")),
     ("stableadamw", include_str!("../../stdlib/stableadamw.opt")),
     ("lars", include_str!("../../stdlib/lars.opt")),
 ];
 
-/// The source of stdlib rule `name` (in [`RULES`] or [`STAGED_RULES`]).
+/// The source of stdlib rule `name`.
 pub fn source(name: &str) -> Option<&'static str> {
-    RULES
-        .iter()
-        .chain(STAGED_RULES)
-        .find(|(n, _)| *n == name)
-        .map(|(_, s)| *s)
+    RULES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
 }
 
 /// The names of the stdlib rules.

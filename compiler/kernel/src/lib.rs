@@ -8,6 +8,8 @@
 //! - [`kernel`]: the fused kernel: host program, then stages (uniforms, per-element body,
 //!   stores, reduce outputs);
 //! - [`reduce`]: reductions and the one summation order every backend follows;
+//! - [`dtype`] and [`quant`]: storage dtypes, and the one definition of every conversion between
+//!   a stored value and f32 (rounding, stochastic rounding, 8-bit block quantization);
 //! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads;
 //! - [`abi`] and [`table`]: the launch ABI of the PTX entries, as data the artifact carries.
@@ -17,17 +19,20 @@
 pub mod abi;
 pub mod arena;
 pub mod artifact;
+pub mod dtype;
 pub mod eval;
 pub mod expr;
 pub mod kernel;
 pub mod num;
 pub mod op;
+pub mod quant;
 pub mod reduce;
 pub mod table;
 pub mod valid;
 
 pub use arena::{Arena, Handle};
 pub use artifact::{Artifact, ArtifactError};
+pub use dtype::Dtype;
 pub use expr::{Expr, FlagId, HyperId, ReductionId, ScalarId, Slot, StateId, UniformId};
 pub use kernel::{
     BufferUse, FlagValue, HostValues, HyperDecl, Init, Kernel, KernelError, RankClass,
