@@ -415,9 +415,7 @@ fn manifests() -> Vec<PathBuf> {
     let rules =
         std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
     for entry in rules.flatten() {
-        // `dtypes/` holds the storage-conversion references (tests of optc_kernel::dtype), not
-        // training runs.
-        if !entry.path().is_dir() || entry.file_name() == "dtypes" {
+        if !entry.path().is_dir() {
             continue;
         }
         for case in std::fs::read_dir(entry.path())
