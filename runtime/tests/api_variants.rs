@@ -263,3 +263,34 @@ fn checkpoints_and_torch_state_carry_only_allocated_states() {
         .expect_err("b lacks a buffer");
     assert!(err.to_string().contains("b.momentum_buffer"), "{err}");
 }
+
+#[test]
+fn groups_with_different_hypers_run_different_variants_in_one_step() {
+    let mut opt = sgd(Target::Cpu);
+    let fast = opt.add_group(&[]).expect("group");
+    opt.set_group_hyper(fast, "momentum", 0.9).expect("m");
+    opt.add_param("a", &[50]).expect("add");
+    opt.add_param_to(fast, "b", &[70]).expect("add");
+    assert_eq!(opt.compile_count(), 2);
+    assert_eq!(opt.param_kernel("a").expect("k").bytes_per_element(), 12);
+    assert_eq!(opt.param_kernel("b").expect("k").bytes_per_element(), 20);
+    let (mut a, mut b) = (data(50, 1), data(70, 2));
+    let (ga, gb) = (data(50, 3), data(70, 4));
+    // The same steps, each tensor in an optimizer of its own.
+    let mut alone_a = sgd(Target::Cpu);
+    alone_a.add_param("a", &[50]).expect("add");
+    let mut alone_b = sgd(Target::Cpu);
+    alone_b.set_hyper("momentum", 0.9).expect("m");
+    alone_b.add_param("b", &[70]).expect("add");
+    let (mut a2, mut b2) = (a.clone(), b.clone());
+    for _ in 0..3 {
+        opt.step([Update::new("a", &mut a, &ga), Update::new("b", &mut b, &gb)])
+            .expect("step");
+        alone_a.step([Update::new("a", &mut a2, &ga)]).expect("a");
+        alone_b.step([Update::new("b", &mut b2, &gb)]).expect("b");
+    }
+    assert_eq!(bits(&a), bits(&a2));
+    assert_eq!(bits(&b), bits(&b2));
+    assert!(opt.states("a").expect("s").is_empty());
+    assert_eq!(opt.states("b").expect("s").len(), 1);
+}
