@@ -210,29 +210,15 @@ fn text(f: &Function, h: Handle<Expr>, program: &Program) -> String {
             } else {
                 (op, a, b)
             };
-            let sym = match op {
-                BinaryOp::Add => "+",
-                BinaryOp::Sub => "-",
-                BinaryOp::Mul => "*",
-                BinaryOp::Div => "/",
-                BinaryOp::Pow => "^",
-                BinaryOp::Lt => "<",
-                BinaryOp::Le => "<=",
-                BinaryOp::Gt => ">",
-                BinaryOp::Ge => ">=",
-                BinaryOp::Eq => "==",
-                BinaryOp::Ne => "!=",
-                BinaryOp::And => "&&",
-                BinaryOp::Or => "||",
-                BinaryOp::Min | BinaryOp::Max => {
-                    return format!(
-                        "{}({}, {})",
-                        op.name(),
-                        text(f, a, program),
-                        text(f, b, program)
-                    )
-                }
-            };
+            if matches!(op, BinaryOp::Min | BinaryOp::Max) {
+                return format!(
+                    "{}({}, {})",
+                    op.symbol(),
+                    text(f, a, program),
+                    text(f, b, program)
+                );
+            }
+            let sym = op.symbol();
             format!("{} {sym} {}", paren(a), paren(b))
         }
         Expr::Select(c, a, b) => format!("{} ? {} : {}", paren(c), paren(a), paren(b)),
