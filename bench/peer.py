@@ -32,6 +32,7 @@ import time
 
 import torch
 
+sys.dont_write_bytecode = True  # no __pycache__ in bench/ or tools/fixtures/ from the imports below
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tools" / "fixtures"))

@@ -267,6 +267,7 @@ def main():
         raise SystemExit(f"ONLY: no stdlib rule {', '.join(sorted(unknown))} (optc list has {', '.join(names)})")
     torch_v, po_v = peer_versions(py)
 
+    commit = git_commit()  # before the run: BENCHMARKS.md may be edited while it runs
     start = time.monotonic()
     loads = [os.getloadavg()[0]]
     results = []
@@ -291,7 +292,7 @@ def main():
     meta = {
         "command": " ".join(env + ["python", "bench/table.py"]),
         "date": datetime.date.today().isoformat(),
-        "commit": git_commit(),
+        "commit": commit,
         "pairs": pairs,
         "iters": iters,
         "gpt2_iters": gpt2_iters,

@@ -1,4 +1,5 @@
-//! Every PTX module the backend emits (every stdlib rule in every flag combination, and the
+//! Every PTX module the backend emits (every stdlib rule in every flag combination, the kernel
+//! variants of its default-off flag set, and the
 //! hand-built kernels of `ptx_kernels`, staged ones with reductions included), with the entries
 //! of every stage, is assembled by NVIDIA's `ptxas` for sm_80 and sm_90, with and without fast
 //! math. ptxas is found through `OPTC_PTXAS`, else on `PATH`
@@ -77,6 +78,16 @@ fn kernels() -> Vec<(String, Kernel)> {
                     let bits: String = flags.iter().map(|f| if *f { '1' } else { '0' }).collect();
                     let tag = format!("{rank:?}{}", if clip { "-clip" } else { "" });
                     out.push((format!("{name}-{bits}-{tag}"), kernel));
+                    // The kernel variants the runtime picks between (the first flag set's).
+                    if i == 0 && !clip {
+                        let conds = rule.conditions(&flags, &options).expect("ok");
+                        for v in conds.variants().filter(|_| !conds.is_empty()) {
+                            let k = rule
+                                .specialize_variant(&flags, &options, v)
+                                .unwrap_or_else(|e| panic!("{name} {v}: {e}"));
+                            out.push((format!("{name}-{bits}-{tag}-{v}"), k));
+                        }
+                    }
                 }
             }
         }

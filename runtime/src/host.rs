@@ -25,9 +25,10 @@ pub(crate) struct HostExecutor {
     target: Target,
     allow_fma: bool,
     pool: Option<Arc<rayon::ThreadPool>>,
-    kernels: Vec<Compiled>,
-    /// Per registered parameter: its state buffers, once it has any.
-    states: Vec<Option<Vec<Vec<f32>>>>,
+    /// Each loaded kernel and the position of each of its states among a parameter's.
+    kernels: Vec<(Compiled, Vec<usize>)>,
+    /// Per registered parameter: its state buffers by position, each once it is allocated.
+    states: Vec<Vec<Option<Vec<f32>>>>,
 }
 
 impl HostExecutor {
@@ -42,9 +43,9 @@ impl HostExecutor {
         }
     }
 
-    fn slot(&mut self, param: usize) -> &mut Option<Vec<Vec<f32>>> {
+    fn slot(&mut self, param: usize) -> &mut Vec<Option<Vec<f32>>> {
         if self.states.len() <= param {
-            self.states.resize_with(param + 1, || None);
+            self.states.resize_with(param + 1, Vec::new);
         }
         &mut self.states[param]
     }
@@ -73,6 +74,7 @@ impl Executor for HostExecutor {
         &mut self,
         kernel: ValidKernel,
         _ptx: Option<&PtxModule>,
+        slots: Vec<usize>,
     ) -> Result<usize, RuntimeError> {
         let compiled = match self.target {
             Target::Interp => Compiled::Interp(kernel),
@@ -96,23 +98,26 @@ impl Executor for HostExecutor {
                 )))
             }
         };
-        self.kernels.push(compiled);
+        self.kernels.push((compiled, slots));
         Ok(self.kernels.len() - 1)
     }
 
     fn kernel(&self, kernel: usize) -> &ValidKernel {
-        match &self.kernels[kernel] {
+        match &self.kernels[kernel].0 {
             Compiled::Cpu(_, k) | Compiled::CpuRows(_, k) | Compiled::Interp(k) => k,
         }
+    }
+
+    fn kernel_count(&self) -> usize {
+        self.kernels.len()
     }
 
     fn create_states(
         &mut self,
         param: usize,
         lens: &[usize],
-        init: &[StateInit],
+        init: &[(usize, StateInit)],
         data: &TensorData<'_>,
-        _kernel: usize,
     ) -> Result<(), RuntimeError> {
         let p: &[f32] = match data {
             TensorData::Host { param, .. } => param,
@@ -121,21 +126,50 @@ impl Executor for HostExecutor {
         };
         let buffers = init
             .iter()
-            .zip(lens)
-            .map(|(i, &len)| match *i {
-                StateInit::Value(x) => Ok(vec![x; len]),
-                StateInit::Param if p.len() == len => Ok(p.to_vec()),
-                StateInit::Param => Err(internal("a state copies a parameter of another length")),
+            .map(|&(at, i)| {
+                let len = *lens
+                    .get(at)
+                    .ok_or_else(|| internal("a state position out of range"))?;
+                match i {
+                    StateInit::Value(x) => Ok((at, vec![x; len])),
+                    StateInit::Param if p.len() == len => Ok((at, p.to_vec())),
+                    StateInit::Param => {
+                        Err(internal("a state copies a parameter of another length"))
+                    }
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        *self.slot(param) = Some(buffers);
+        let states = self.slot(param);
+        states.resize_with(lens.len(), || None);
+        for (at, b) in buffers {
+            states[at] = Some(b);
+        }
         Ok(())
     }
 
-    fn drop_states(&mut self, param: usize) {
+    fn drop_states(&mut self, param: usize, which: Option<&[usize]>) {
         if let Some(s) = self.states.get_mut(param) {
-            *s = None;
+            match which {
+                None => s.clear(),
+                Some(which) => {
+                    for &i in which {
+                        if let Some(b) = s.get_mut(i) {
+                            *b = None;
+                        }
+                    }
+                    if s.iter().all(Option::is_none) {
+                        s.clear();
+                    }
+                }
+            }
         }
+    }
+
+    fn allocated(&self, param: usize) -> Vec<bool> {
+        self.states
+            .get(param)
+            .map(|s| s.iter().map(Option::is_some).collect())
+            .unwrap_or_default()
     }
 
     fn run_stage(
@@ -146,25 +180,41 @@ impl Executor for HostExecutor {
     ) -> Result<executor::Partials, RuntimeError> {
         let n = tensors.len();
         let mut matrix = Vec::with_capacity(n);
+        if let Some(last) = tensors.iter().map(|t| t.param).max() {
+            self.slot(last);
+        }
+        let (compiled, positions) = &self.kernels[kernel];
         // Borrow every tensor's states at once: each parameter appears at most once per step.
-        let mut slots: Vec<Option<&mut Vec<Vec<f32>>>> =
-            self.states.iter_mut().map(Option::as_mut).collect();
+        let mut slots: Vec<Option<&mut Vec<Option<Vec<f32>>>>> =
+            self.states.iter_mut().map(Some).collect();
         let mut args = Vec::with_capacity(n);
         for t in tensors.iter_mut() {
             let states = slots
                 .get_mut(t.param)
                 .and_then(Option::take)
                 .ok_or_else(|| internal("a stepped parameter has no states"))?;
+            let mut mine: Vec<Option<&mut [f32]>> = states
+                .iter_mut()
+                .map(|b| b.as_mut().map(Vec::as_mut_slice))
+                .collect();
+            let states = positions
+                .iter()
+                .map(|&at| {
+                    mine.get_mut(at)
+                        .and_then(Option::take)
+                        .ok_or_else(|| internal("a kernel's state is not allocated"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let (param, grad) = host(t.data)?;
             args.push(TensorArgs {
                 param,
                 grad,
-                states: states.iter_mut().map(Vec::as_mut_slice).collect(),
+                states,
                 uniforms: std::mem::take(&mut t.uniforms),
             });
             matrix.push((std::mem::take(&mut t.vectors), t.dims));
         }
-        match &self.kernels[kernel] {
+        match compiled {
             Compiled::Cpu(k, valid) => {
                 let mut partials = Partials::new();
                 k.run_stage(stage, &mut args, &mut partials, self.pool.as_deref())?;
@@ -193,51 +243,63 @@ impl Executor for HostExecutor {
         }
     }
 
-    fn read_states(&self, param: usize) -> Result<Vec<Vec<f32>>, RuntimeError> {
-        Ok(self
-            .states
-            .get(param)
-            .and_then(Option::as_ref)
-            .cloned()
-            .unwrap_or_default())
+    fn read_states(&self, param: usize) -> Result<Vec<Option<Vec<f32>>>, RuntimeError> {
+        Ok(self.states.get(param).cloned().unwrap_or_default())
     }
 
-    fn write_states(&mut self, states: Vec<(usize, Vec<Vec<f32>>)>) -> Result<(), RuntimeError> {
+    fn write_states(
+        &mut self,
+        states: Vec<(usize, Vec<Option<Vec<f32>>>)>,
+    ) -> Result<(), RuntimeError> {
         for (param, values) in states {
-            *self.slot(param) = Some(values);
+            *self.slot(param) = values;
         }
         Ok(())
     }
 
-    fn read_state(&self, param: usize, state: usize) -> Result<Vec<f32>, RuntimeError> {
-        self.states
-            .get(param)
-            .and_then(Option::as_ref)
-            .and_then(|s| s.get(state))
-            .cloned()
+    fn read_state(
+        &self,
+        param: usize,
+        kernel: usize,
+        state: usize,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let at = self.positions(kernel)?.get(state).copied();
+        at.and_then(|at| self.states.get(param)?.get(at)?.clone())
             .ok_or_else(|| internal("a stepped parameter has no such state"))
     }
 
     fn write_vector_states(
         &mut self,
         param: usize,
+        kernel: usize,
         values: Vec<(usize, Vec<f32>)>,
     ) -> Result<(), RuntimeError> {
+        let positions = self.positions(kernel)?.to_vec();
         let states = self
             .states
             .get_mut(param)
-            .and_then(Option::as_mut)
             .ok_or_else(|| internal("a stepped parameter has no states"))?;
-        if values
-            .iter()
-            .any(|(s, v)| states.get(*s).is_none_or(|b| b.len() != v.len()))
-        {
-            return Err(internal("a vector state of another length"));
+        let mut at = Vec::with_capacity(values.len());
+        for (s, v) in &values {
+            match positions
+                .get(*s)
+                .and_then(|&p| Some((p, states.get(p)?.as_ref()?)))
+            {
+                Some((p, b)) if b.len() == v.len() => at.push(p),
+                _ => return Err(internal("a vector state of another length")),
+            }
         }
-        for (s, v) in values {
-            states[s] = v;
+        for (p, (_, v)) in at.into_iter().zip(values) {
+            states[p] = Some(v);
         }
         Ok(())
+    }
+
+    fn positions(&self, kernel: usize) -> Result<&[usize], RuntimeError> {
+        self.kernels
+            .get(kernel)
+            .map(|(_, p)| p.as_slice())
+            .ok_or_else(|| internal("no such kernel"))
     }
 }
 

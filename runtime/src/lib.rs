@@ -69,6 +69,8 @@ mod stages;
 mod target;
 #[cfg(feature = "compiler")]
 pub mod torch_state;
+#[cfg(any(feature = "compiler", feature = "cuda"))]
+mod variants;
 
 pub use error::{NameKind, RuntimeError};
 #[cfg(any(feature = "compiler", feature = "cuda"))]

@@ -195,6 +195,7 @@ mod tests {
             init: Arena::new(),
             rank,
             host: Arena::new(),
+            variant: Vec::new(),
             scalar_updates: vec![],
             vectors: Default::default(),
             reductions,

@@ -59,6 +59,7 @@ fn two_stage() -> Kernel {
         rank: Default::default(),
         host,
         vectors: Default::default(),
+        variant: Vec::new(),
         scalar_updates: vec![ScalarUpdate {
             scalar: ScalarId(0),
             value: total,

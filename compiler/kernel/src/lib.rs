@@ -12,6 +12,7 @@
 //! - [`dtype`] and [`quant`]: storage dtypes, and the one definition of every conversion between
 //!   a stored value and f32 (rounding, stochastic rounding, 8-bit block quantization);
 //! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
+//! - [`variant`]: the conditions on hypers that choose a kernel variant per step;
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads;
 //! - [`abi`] and [`table`]: the launch ABI of the PTX entries, as data the artifact carries.
 //!
@@ -30,6 +31,7 @@ pub mod quant;
 pub mod reduce;
 pub mod table;
 pub mod valid;
+pub mod variant;
 pub mod vector;
 
 pub use arena::{Arena, Handle};
@@ -45,4 +47,5 @@ pub use reduce::{
     ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, GRAD_NORM_REDUCTION, REDUCE_BLOCK, REDUCE_LANES,
 };
 pub use valid::ValidKernel;
+pub use variant::{Condition, ConditionValue, Conditions, VariantId, MAX_CONDITIONS};
 pub use vector::{MatrixDims, VecShape, VectorProgram};

@@ -1,5 +1,5 @@
 //! optc's storage conversions against torch and bitsandbytes, bit for bit, on the references
-//! `tools/fixtures/dtypes.py` wrote (`tests/fixtures/dtypes/`); and stochastic rounding's
+//! `tools/fixtures/dtypes.py` wrote (`compiler/kernel/tests/fixtures/dtypes/`); and stochastic rounding's
 //! unbiasedness, against the exact mean of the values it rounds.
 
 use optc_kernel::dtype::{
@@ -14,7 +14,7 @@ impl Fixture {
     fn load() -> Fixture {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/dtypes/conversions.safetensors"
+            "/tests/fixtures/dtypes/conversions.safetensors"
         );
         Fixture(std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}")))
     }

@@ -326,7 +326,7 @@ impl Checker<'_> {
                 } else {
                     (Some(Ty::Num), Ty::Num)
                 };
-                let sym = op_symbol(*op);
+                let sym = op.symbol();
                 match want {
                     Some(w) => {
                         for (t, x) in [(ta, a), (tb, b)] {
@@ -606,26 +606,6 @@ impl Checker<'_> {
     fn not_under_matrix(&self, message: String, span: Span) -> Diagnostic {
         Diagnostic::error("E0505", message, span, "used where the tensor may have rank 0 or 1")
             .hint("use it under `if matrix { ... }` (or `matrix ? ... : ...`) and give tensors of rank 0 or 1 their own update, as torch's Adafactor does")
-    }
-}
-
-fn op_symbol(op: BinaryOp) -> &'static str {
-    match op {
-        BinaryOp::Add => "+",
-        BinaryOp::Sub => "-",
-        BinaryOp::Mul => "*",
-        BinaryOp::Div => "/",
-        BinaryOp::Pow => "^",
-        BinaryOp::Min => "min",
-        BinaryOp::Max => "max",
-        BinaryOp::Lt => "<",
-        BinaryOp::Le => "<=",
-        BinaryOp::Gt => ">",
-        BinaryOp::Ge => ">=",
-        BinaryOp::Eq => "==",
-        BinaryOp::Ne => "!=",
-        BinaryOp::And => "&&",
-        BinaryOp::Or => "||",
     }
 }
 

@@ -585,6 +585,7 @@ pub fn hoist(
         init,
         rank,
         host: host.func.exprs,
+        variant: Vec::new(),
         scalar_updates,
         reductions,
         stages: kernel_stages,

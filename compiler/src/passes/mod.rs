@@ -10,6 +10,10 @@
 //!    stages at its reductions; every uniform value that a per-element node needs becomes a
 //!    host-program value and a stage argument, so each body does per-element work only.
 //!
+//! [`variants`] runs the same passes once more per combination of the conditions on hypers
+//! alone (`if momentum != 0`), each condition a constant: the kernel variants the runtime picks
+//! from per step.
+//!
 //! With [`CompileOptions::clip`], [`clip`] first rewrites every read of `g` to the gradient
 //! clipped by the global norm.
 
@@ -20,6 +24,7 @@ pub mod dce;
 pub mod fold;
 pub mod hoist;
 pub mod specialize;
+pub mod variants;
 
 use crate::diag::Diagnostic;
 use crate::ir::Program;
@@ -41,15 +46,37 @@ pub fn compile(program: &Program, flags: &[bool]) -> Result<Kernel, Diagnostic> 
     compile_with(program, flags, &CompileOptions::default())
 }
 
-/// Like [`compile`], with options.
+/// Like [`compile`], with options. Every condition on hypers stays a select in the kernel (the
+/// flag set's description kernel); [`variants::compile_variant`] gives the kernels the runtime
+/// runs.
 pub fn compile_with(
     program: &Program,
     flags: &[bool],
     options: &CompileOptions,
 ) -> Result<Kernel, Diagnostic> {
-    let clipped;
+    let front = front(program, flags, options)?;
+    hoist::hoist(&front.program, flags, &front.base, front.rank)
+}
+
+/// The passes before hoisting, shared by the description kernel and its variants.
+pub(crate) struct Front<'p> {
+    /// The program, with clipping added when asked for.
+    pub program: std::borrow::Cow<'p, Program>,
+    /// The rank class compiled for.
+    pub rank: RankClass,
+    /// The update after specialization, folding and CSE.
+    pub func: crate::ir::Function,
+    /// Dead-code elimination of `func`.
+    pub base: dce::Live,
+}
+
+pub(crate) fn front<'p>(
+    program: &'p Program,
+    flags: &[bool],
+    options: &CompileOptions,
+) -> Result<Front<'p>, Diagnostic> {
     let program = if options.clip {
-        clipped = clip::add_clipping(program).map_err(|name| {
+        std::borrow::Cow::Owned(clip::add_clipping(program).map_err(|name| {
             Diagnostic::error(
                 "E0701",
                 format!("the rule declares a hyper `{name}`, which clipping adds"),
@@ -57,10 +84,9 @@ pub fn compile_with(
                 "here",
             )
             .hint("rename the hyper, or compile without clipping")
-        })?;
-        &clipped
+        })?)
     } else {
-        program
+        std::borrow::Cow::Borrowed(program)
     };
     let rank = match (program.uses_rank(), options.rank) {
         (false, _) => RankClass::Any,
@@ -81,7 +107,12 @@ pub fn compile_with(
     let matrix = rank == RankClass::Matrix;
     let f = specialize::specialize_rank(&program.update, flags, matrix);
     let f = fold::fold(&f);
-    let f = cse::cse(&f);
-    let live = dce::dce(&f, program, flags, matrix)?;
-    hoist::hoist(program, flags, &live, rank)
+    let func = cse::cse(&f);
+    let base = dce::dce(&func, &program, flags, matrix)?;
+    Ok(Front {
+        program,
+        rank,
+        func,
+        base,
+    })
 }

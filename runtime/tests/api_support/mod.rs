@@ -91,6 +91,7 @@ pub fn adamw() -> Kernel {
         init,
         rank: Default::default(),
         host,
+        variant: Vec::new(),
         scalar_updates: vec![],
         vectors: Default::default(),
         reductions: vec![],
@@ -167,6 +168,7 @@ pub fn toy() -> Kernel {
         host,
         reductions: vec![],
         vectors: Default::default(),
+        variant: Vec::new(),
         scalar_updates: vec![ScalarUpdate {
             scalar: ScalarId(0),
             value: acc2,

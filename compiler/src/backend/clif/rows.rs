@@ -199,6 +199,7 @@ pub fn row_form(kernel: &Kernel) -> Result<RowForm, super::Error> {
         reductions,
         stages,
         vectors: Default::default(),
+        variant: kernel.variant.clone(),
     };
     form.validate()?;
     Ok(RowForm {
