@@ -27,11 +27,16 @@ pub const STAGED_RULES: &[(&str, &str)] = &[
     ("lars", include_str!("../../stdlib/lars.opt")),
 ];
 
-/// The source of stdlib rule `name` (in [`RULES`] or [`STAGED_RULES`]).
+/// The stdlib rules with matrix stages (products between the per-element passes): `(name,
+/// source)`. They join [`RULES`] once every backend suite that walks it runs matrix stages.
+pub const MATRIX_RULES: &[(&str, &str)] = &[("muon", include_str!("../../stdlib/muon.opt"))];
+
+/// The source of stdlib rule `name` (in [`RULES`], [`STAGED_RULES`] or [`MATRIX_RULES`]).
 pub fn source(name: &str) -> Option<&'static str> {
     RULES
         .iter()
         .chain(STAGED_RULES)
+        .chain(MATRIX_RULES)
         .find(|(n, _)| *n == name)
         .map(|(_, s)| *s)
 }

@@ -35,6 +35,7 @@ fn reduce_then_add(op: ReduceOp, scope: Scope) -> Kernel {
         }],
         stages: vec![
             Stage {
+                matrix: None,
                 uniforms: vec![],
                 body: body0,
                 stores: vec![],
@@ -44,6 +45,7 @@ fn reduce_then_add(op: ReduceOp, scope: Scope) -> Kernel {
                 }],
             },
             Stage {
+                matrix: None,
                 uniforms: vec![r],
                 body: body1,
                 stores: vec![Store {
@@ -69,6 +71,7 @@ fn run(k: &Kernel, grads: &[Vec<f32>]) -> (Vec<Vec<f32>>, Vec<Vec<f64>>) {
             hypers: &[],
             t: 1,
             scalars: s,
+            view: None,
             bufs: Buffers {
                 param: p,
                 grad: g,

@@ -51,6 +51,8 @@ pub(crate) struct StageTensor<'s, 'a> {
     pub data: &'s mut TensorData<'a>,
     /// The stage's uniforms for this tensor, rounded to f32.
     pub uniforms: Vec<f32>,
+    /// The tensor's matrix view (tensors of 2 or more dims), for matrix programs.
+    pub view: Option<optc_kernel::matrix::WideView>,
 }
 
 /// A stage's block partials: `[tensor][reduce output][block]`.

@@ -8,6 +8,7 @@
 //! - [`kernel`]: the fused kernel: host program, then stages (uniforms, per-element body,
 //!   stores, reduce outputs);
 //! - [`reduce`]: reductions and the one summation order every backend follows;
+//! - [`matrix`]: matrix programs (products between the per-element passes) and their meaning;
 //! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads;
 //! - [`abi`] and [`table`]: the launch ABI of the PTX entries, as data the artifact carries.
@@ -20,6 +21,7 @@ pub mod artifact;
 pub mod eval;
 pub mod expr;
 pub mod kernel;
+pub mod matrix;
 pub mod num;
 pub mod op;
 pub mod reduce;

@@ -10,6 +10,8 @@
 //!    stages at its reductions; every uniform value that a per-element node needs becomes a
 //!    host-program value and a stage argument, so each body does per-element work only.
 //!
+//! Between 4 and 5, [`matrix`] turns matrix values into matrix programs of the stages.
+//!
 //! With [`CompileOptions::clip`], [`clip`] first rewrites every read of `g` to the gradient
 //! clipped by the global norm.
 
@@ -19,6 +21,7 @@ pub mod cse;
 pub mod dce;
 pub mod fold;
 pub mod hoist;
+pub mod matrix;
 pub mod specialize;
 
 use crate::diag::Diagnostic;
@@ -83,6 +86,7 @@ pub fn compile_with(
     let f = fold::fold(&f);
     let f = cse::cse(&f);
     let live = dce::dce(&f, program, flags, matrix)?;
+    let live = matrix::plan(live, matrix)?;
     let mut kernel = hoist::hoist(program, flags, &live)?;
     kernel.rank = rank;
     Ok(kernel)

@@ -278,6 +278,12 @@ impl Executor for CudaExecutor {
         kernel: ValidKernel,
         ptx: Option<&PtxModule>,
     ) -> Result<usize, RuntimeError> {
+        if let Some(k) = kernel.stages.iter().position(|s| s.matrix.is_some()) {
+            return Err(RuntimeError::Unsupported(format!(
+                "stage {k} of rule `{}` is a matrix stage (matrix products); the CUDA target does not run matrix stages in this build: step this optimizer on Target::Cpu",
+                kernel.rule
+            )));
+        }
         #[cfg(feature = "compiler")]
         let emitted;
         let ptx = match ptx {
