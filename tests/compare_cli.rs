@@ -193,5 +193,8 @@ fn muon_reaches_the_digits_target() {
             .expect("valid JSON");
     let summary = &json["entries"][0]["summary"];
     assert_eq!(summary["reached"], 2, "{summary}");
-    assert!(summary["test_accuracy"]["min"].as_f64().expect("accuracy") >= 0.95, "{summary}");
+    assert!(
+        summary["test_accuracy"]["min"].as_f64().expect("accuracy") >= 0.95,
+        "{summary}"
+    );
 }

@@ -54,7 +54,10 @@ fn assemble(ptxas: &PathBuf, source: &str, name: &str, arch: &str) -> Result<(),
 /// also clipped by the global norm with its default flags, then the hand-built kernels.
 fn kernels() -> Vec<(String, Kernel)> {
     let mut out = Vec::new();
-    let staged = stdlib::STAGED_RULES.iter().map(|(n, _)| *n);
+    let staged = stdlib::STAGED_RULES
+        .iter()
+        .chain(stdlib::MATRIX_RULES)
+        .map(|(n, _)| *n);
     for name in stdlib::names().chain(staged) {
         let rule = match stdlib::rule(name) {
             Some(Ok(rule)) => rule,
