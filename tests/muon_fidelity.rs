@@ -49,7 +49,7 @@ fn dir() -> PathBuf {
     std::env::var_os("OPTC_REPO_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-        .join("tests/fixtures/muon")
+        .join("tests/fixtures/matrix/muon")
 }
 
 fn f32s(st: &SafeTensors<'_>, key: &str) -> Vec<f32> {
