@@ -89,7 +89,10 @@ fn main() {
     let bf16 = std::env::args().any(|a| a == "--bf16");
     let source = optc_compiler::stdlib::source("muon").expect("muon");
     let no_ns = source.replace("flag ns_steps = 5", "flag ns_steps = 0");
-    assert_ne!(no_ns, source, "muon.opt no longer declares `flag ns_steps = 5`");
+    assert_ne!(
+        no_ns, source,
+        "muon.opt no longer declares `flag ns_steps = 5`"
+    );
     let full = time_steps(Rule::stdlib("muon").expect("muon"), threads, steps, bf16);
     let base = time_steps(
         Rule::from_source("muon_ns0.opt", &no_ns).expect("muon, 0 steps"),
@@ -98,7 +101,9 @@ fn main() {
         bf16,
     );
     // The products of one step: the matrix program of the matrix kernel, per 2-D tensor.
-    let rule = optc_compiler::stdlib::rule("muon").expect("muon").expect("checks");
+    let rule = optc_compiler::stdlib::rule("muon")
+        .expect("muon")
+        .expect("checks");
     let flags: Vec<bool> = rule
         .flags()
         .iter()
