@@ -29,7 +29,7 @@
 //!   recompile (`docs/schedules.md`);
 //! - errors: [`RuntimeError`] (every runtime error), [`CompileError`] and [`Diagnostics`] (rule
 //!   files, rendered with `file:line:col`), [`ScheduleError`], [`ArtifactError`];
-//! - with the feature `cuda`, [`cuda`]: devices, the driver check and device-buffer updates.
+//! - with the feature `cuda`, `cuda`: devices, the driver check and device-buffer updates.
 
 pub use optc_compiler::stdlib;
 pub use optc_compiler::{CompileError, Diagnostics};

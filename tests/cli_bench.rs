@@ -51,6 +51,23 @@ fn json_report_has_the_promised_fields() {
         "AdamW moves p, g, m, v in and p, m, v out"
     );
     assert_eq!(v["passes"], 1);
+    // The time from source to the runnable kernel, phase by phase (medians of repetitions).
+    let compile = &v["compile"];
+    for key in [
+        "total_s",
+        "parse_s",
+        "check_s",
+        "flag_sets_s",
+        "specialize_s",
+        "jit_s",
+        "clif_s",
+    ] {
+        assert!(
+            compile[key].as_f64().is_some_and(|x| x > 0.0),
+            "compile.{key} in {last}"
+        );
+    }
+    assert!(compile["reps"].as_u64().is_some_and(|r| r >= 5), "{last}");
     let ratio = v["bytes_per_s"].as_f64().unwrap_or_default()
         / v["probe_bytes_per_s"].as_f64().unwrap_or(1.0);
     assert!((ratio - v["fraction_of_probe"].as_f64().unwrap_or_default()).abs() < 1e-9);

@@ -14,7 +14,8 @@
 //! ```
 //!
 //! The entry point is [`Rule`]: parse and check a file once, then [`Rule::specialize`] it for
-//! each flag set. [`stdlib`] holds the embedded standard rules.
+//! each flag set, and [`Rule::specialize_variant`] for each combination of its conditions on
+//! hypers ([`Rule::conditions`]). [`stdlib`] holds the embedded standard rules.
 
 pub mod backend;
 pub mod check;
@@ -28,6 +29,7 @@ pub use diag::{Diagnostic, Diagnostics, Severity, Span};
 pub use ir::{FlagInfo, HyperInfo};
 pub use optc_kernel::Kernel;
 pub use optc_kernel::RankClass;
+pub use optc_kernel::{Conditions, VariantId};
 pub use passes::CompileOptions;
 
 use std::fmt;
@@ -115,7 +117,9 @@ impl Rule {
         for flags in rule.flag_sets() {
             for &rank in ranks {
                 let options = CompileOptions { clip: false, rank };
-                if let Err(d) = passes::compile_with(&rule.program, &flags, &options) {
+                let checked = passes::compile_with(&rule.program, &flags, &options)
+                    .and_then(|_| passes::variants::conditions(&rule.program, &flags, &options));
+                if let Err(d) = checked {
                     let mut diags = Diagnostics::new(file_name, source);
                     diags.push(d);
                     return Err(diags);
@@ -235,16 +239,41 @@ impl Rule {
         self.specialize_values_with(&values, options)
     }
 
-    /// Like [`Rule::specialize_values`], with compile options.
+    /// Like [`Rule::specialize_values`], with compile options. The kernel keeps every condition
+    /// on hypers as a select: it describes the flag set (its states are all those a variant may
+    /// use); [`Rule::specialize_variant`] gives the kernels a runtime runs.
     pub fn specialize_values_with(
         &self,
         flags: &[bool],
         options: &CompileOptions,
     ) -> Result<Kernel, CompileError> {
-        passes::compile_with(&self.program, flags, options).map_err(|d| {
-            let mut diags = Diagnostics::new(&self.file_name, &self.source);
-            diags.push(d);
-            CompileError::Diagnostics(diags)
-        })
+        passes::compile_with(&self.program, flags, options).map_err(|d| self.located(d))
+    }
+
+    /// The conditions on hypers alone that choose a kernel variant for the flag values `flags`
+    /// (see [`optc_kernel::variant`]).
+    pub fn conditions(
+        &self,
+        flags: &[bool],
+        options: &CompileOptions,
+    ) -> Result<Conditions, CompileError> {
+        passes::variants::conditions(&self.program, flags, options).map_err(|d| self.located(d))
+    }
+
+    /// The kernel of `variant` (of [`Rule::conditions`]) for the flag values `flags`.
+    pub fn specialize_variant(
+        &self,
+        flags: &[bool],
+        options: &CompileOptions,
+        variant: VariantId,
+    ) -> Result<Kernel, CompileError> {
+        passes::variants::compile_variant(&self.program, flags, options, variant)
+            .map_err(|d| self.located(d))
+    }
+
+    fn located(&self, d: Diagnostic) -> CompileError {
+        let mut diags = Diagnostics::new(&self.file_name, &self.source);
+        diags.push(d);
+        CompileError::Diagnostics(diags)
     }
 }

@@ -16,12 +16,7 @@ pub const RULES: &[(&str, &str)] = &[
     ("adabound", include_str!("../../stdlib/adabound.opt")),
     ("lion", include_str!("../../stdlib/lion.opt")),
     ("adamsgd", include_str!("../../stdlib/adamsgd.opt")),
-];
-
-/// The stdlib rules with reductions, whose kernels have several stages: `(name, source)`. They
-/// join [`RULES`] (and [`names`]) once every backend runs staged kernels (issue 10); until then
-/// the compiler, the interpreter and `optc compile` take them like any other rule.
-pub const STAGED_RULES: &[(&str, &str)] = &[
+    // With reductions: kernels of several stages.
     ("lamb", include_str!("../../stdlib/lamb.opt")),
     ("stableadamw", include_str!("../../stdlib/stableadamw.opt")),
     ("lars", include_str!("../../stdlib/lars.opt")),
@@ -31,11 +26,10 @@ pub const STAGED_RULES: &[(&str, &str)] = &[
 /// source)`. They join [`RULES`] once every backend suite that walks it runs matrix stages.
 pub const MATRIX_RULES: &[(&str, &str)] = &[("muon", include_str!("../../stdlib/muon.opt"))];
 
-/// The source of stdlib rule `name` (in [`RULES`], [`STAGED_RULES`] or [`MATRIX_RULES`]).
+/// The source of stdlib rule `name` (in [`RULES`] or [`MATRIX_RULES`]).
 pub fn source(name: &str) -> Option<&'static str> {
     RULES
         .iter()
-        .chain(STAGED_RULES)
         .chain(MATRIX_RULES)
         .find(|(n, _)| *n == name)
         .map(|(_, s)| *s)

@@ -26,6 +26,7 @@ fn reduce_then_add(op: ReduceOp, scope: Scope) -> Kernel {
         init: Arena::new(),
         rank: Default::default(),
         host,
+        variant: Vec::new(),
         scalar_updates: vec![],
         reductions: vec![ReductionDecl {
             name: "g".into(),

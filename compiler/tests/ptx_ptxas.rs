@@ -1,4 +1,5 @@
-//! Every PTX module the backend emits (every stdlib rule in every flag combination, and the
+//! Every PTX module the backend emits (every stdlib rule in every flag combination, the kernel
+//! variants of its default-off flag set, and the
 //! hand-built kernels of `ptx_kernels`, staged ones with reductions included), with the entries
 //! of every stage, is assembled by NVIDIA's `ptxas` for sm_80 and sm_90, with and without fast
 //! math. ptxas is found through `OPTC_PTXAS`, else on `PATH`
@@ -54,11 +55,8 @@ fn assemble(ptxas: &PathBuf, source: &str, name: &str, arch: &str) -> Result<(),
 /// also clipped by the global norm with its default flags, then the hand-built kernels.
 fn kernels() -> Vec<(String, Kernel)> {
     let mut out = Vec::new();
-    let staged = stdlib::STAGED_RULES
-        .iter()
-        .chain(stdlib::MATRIX_RULES)
-        .map(|(n, _)| *n);
-    for name in stdlib::names().chain(staged) {
+    let matrix = stdlib::MATRIX_RULES.iter().map(|(n, _)| *n);
+    for name in stdlib::names().chain(matrix) {
         let rule = match stdlib::rule(name) {
             Some(Ok(rule)) => rule,
             other => panic!("stdlib rule {name} does not compile: {other:?}"),
@@ -81,6 +79,16 @@ fn kernels() -> Vec<(String, Kernel)> {
                     let bits: String = flags.iter().map(|f| if *f { '1' } else { '0' }).collect();
                     let tag = format!("{rank:?}{}", if clip { "-clip" } else { "" });
                     out.push((format!("{name}-{bits}-{tag}"), kernel));
+                    // The kernel variants the runtime picks between (the first flag set's).
+                    if i == 0 && !clip {
+                        let conds = rule.conditions(&flags, &options).expect("ok");
+                        for v in conds.variants().filter(|_| !conds.is_empty()) {
+                            let k = rule
+                                .specialize_variant(&flags, &options, v)
+                                .unwrap_or_else(|e| panic!("{name} {v}: {e}"));
+                            out.push((format!("{name}-{bits}-{tag}-{v}"), k));
+                        }
+                    }
                 }
             }
         }

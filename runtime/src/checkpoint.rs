@@ -17,12 +17,14 @@
 //! The safetensors metadata key `optc` holds JSON: `{"format": 1, "rule": NAME, "hypers": [names],
 //! "groups": [{"flags": {name: bool}}], "params": [{"name", "shape", "group", "step", "states":
 //! [names], "scalars": [names]}]}`. A parameter with `step` 0 has not been stepped and has no
-//! state. Numbers that must round-trip exactly (hypers, scalars) are stored as F64 tensors, never as
+//! state. `states` lists the states the parameter has allocated, in its flag set's order: a
+//! state that no kernel variant has needed yet (SGD's `buf` while `momentum` is 0) is absent, and
+//! is allocated from its init when a later step needs it, as if it had never been saved. Numbers that must round-trip exactly (hypers, scalars) are stored as F64 tensors, never as
 //! JSON text; step counts are JSON integers.
 
 use crate::bytes::f32_vec;
 use crate::error::RuntimeError;
-use crate::optimizer::{Optimizer, Progress};
+use crate::optimizer::{Optimizer, Progress, SavedState};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -89,7 +91,8 @@ impl Optimizer {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let kernel = self.kernel_of(i);
+                let kernel = &self.family_of(i).base;
+                let allocated = self.exec.allocated(i);
                 let stepped = p.progress.is_some();
                 ParamMeta {
                     name: p.name.clone(),
@@ -97,7 +100,13 @@ impl Optimizer {
                     group: p.group,
                     step: p.progress.as_ref().map_or(0, |s| s.step),
                     states: if stepped {
-                        kernel.states.iter().map(|s| s.name.clone()).collect()
+                        kernel
+                            .states
+                            .iter()
+                            .zip(&allocated)
+                            .filter(|(_, &a)| a)
+                            .map(|(s, _)| s.name.clone())
+                            .collect()
                     } else {
                         Vec::new()
                     },
@@ -159,10 +168,10 @@ impl Optimizer {
             .iter()
             .enumerate()
             .map(|(i, p)| match p.progress {
-                Some(_) => self.exec.read_states(i),
+                Some(_) => Ok(self.exec.read_states(i)?.into_iter().flatten().collect()),
                 None => Ok(Vec::new()),
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, RuntimeError>>()?;
         for ((p, pm), bufs) in self.params.iter().zip(&meta.params).zip(&buffers) {
             if p.progress.is_none() {
                 continue;
@@ -276,8 +285,7 @@ impl Optimizer {
             .map(|p| p.scalars.len())
             .sum();
         let scalars = read_f64(SCALARS, total)?;
-        let mut states: Vec<Option<(Progress, Vec<Vec<f32>>)>> =
-            Vec::with_capacity(meta.params.len());
+        let mut states: Vec<SavedState> = Vec::with_capacity(meta.params.len());
         let mut offset = 0;
         for (i, (saved, mine)) in meta.params.iter().zip(&ours.params).enumerate() {
             if (&saved.name, &saved.shape, saved.group) != (&mine.name, &mine.shape, mine.group) {
@@ -290,17 +298,28 @@ impl Optimizer {
                 states.push(None);
                 continue;
             }
-            let kernel = self.kernel_of(i);
+            let kernel = &self.family_of(i).base;
             let want_states: Vec<&str> = kernel.states.iter().map(|s| s.name.as_str()).collect();
             let want_scalars: Vec<&str> = kernel.scalars.iter().map(|s| s.name.as_str()).collect();
-            if saved.states != want_states || saved.scalars != want_scalars {
+            // The saved states: some of the flag set's, in its order (those allocated then).
+            let mut positions = Vec::with_capacity(saved.states.len());
+            for s in &saved.states {
+                match want_states.iter().position(|w| w == s) {
+                    Some(at) if positions.last().is_none_or(|&l| l < at) => positions.push(at),
+                    _ => positions.clear(),
+                }
+                if positions.is_empty() {
+                    break;
+                }
+            }
+            if positions.len() != saved.states.len() || saved.scalars != want_scalars {
                 return Err(err(format!(
-                    "parameter `{}` has states {:?} and scalars {:?}, the kernel needs {:?} and {:?}",
+                    "parameter `{}` has states {:?} and scalars {:?}, the kernel has {:?} (or some of them, in this order) and {:?}",
                     saved.name, saved.states, saved.scalars, want_states, want_scalars
                 )));
             }
-            let mut buffers = Vec::with_capacity(saved.states.len());
-            for s in &saved.states {
+            let mut buffers: Vec<Option<Vec<f32>>> = vec![None; want_states.len()];
+            for (s, &at) in saved.states.iter().zip(&positions) {
                 let key = format!("{}.{}", saved.name, s);
                 let view = st
                     .tensor(&key)
@@ -313,7 +332,7 @@ impl Optimizer {
                         saved.shape
                     )));
                 }
-                buffers.push(f32_vec(&key, view.data())?);
+                buffers[at] = Some(f32_vec(&key, view.data())?);
             }
             let n = saved.scalars.len();
             states.push(Some((
@@ -334,7 +353,7 @@ impl Optimizer {
         self.exec.write_states(uploads)?;
         for (i, s) in states.iter().enumerate() {
             if s.is_none() {
-                self.exec.drop_states(i);
+                self.exec.drop_states(i, None);
             }
         }
         for (g, row) in self.groups.iter_mut().zip(hypers.chunks_exact(h.max(1))) {

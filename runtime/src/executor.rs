@@ -4,7 +4,8 @@
 //! The optimizer owns everything that is the same on every target: names, groups, hypers, step
 //! counts, scalar states, the host program, the stage schedule, all-or-nothing checks and
 //! checkpoints. An executor owns what lives in the target's memory: the loaded kernels and each
-//! parameter's per-element state buffers (keyed by the parameter's registration index), and it
+//! parameter's per-element state buffers (keyed by the parameter's registration index, each
+//! state allocated on its first use by some kernel variant), and it
 //! runs one stage of one kernel over a list of tensors whose uniforms are already computed,
 //! returning the stage's block partials.
 //!
@@ -75,32 +76,45 @@ pub(crate) trait Executor: Send {
     fn target(&self) -> Target;
 
     /// Compiles or loads `kernel` for this target, with its PTX where the rule came with one
-    /// (an artifact); returns its index for [`Executor::run_stage`].
-    fn load(&mut self, kernel: ValidKernel, ptx: Option<&PtxModule>)
-        -> Result<usize, RuntimeError>;
+    /// (an artifact); returns its index for [`Executor::run_stage`]. `slots[i]` is the position
+    /// of the kernel's state `i` among the parameter's states (its flag set's state list: a
+    /// kernel variant uses some of them).
+    fn load(
+        &mut self,
+        kernel: ValidKernel,
+        ptx: Option<&PtxModule>,
+        slots: Vec<usize>,
+    ) -> Result<usize, RuntimeError>;
 
     /// The kernel of index `kernel`.
     fn kernel(&self, kernel: usize) -> &ValidKernel;
 
-    /// Creates the per-element states of parameter `param` (`len` elements), one per entry of
-    /// `init`, from `data` where a state starts as a copy of the parameter, for kernel `kernel`.
-    /// Replaces any states the parameter had.
+    /// The number of loaded kernels.
+    fn kernel_count(&self) -> usize;
+
+    /// Allocates states of parameter `param` (`len` elements), which has `count` states in all:
+    /// each `(position, init)` of `init`, from `data` where a state starts as a copy of the
+    /// parameter. The parameter's other states are kept (or, for its first, not allocated).
     fn create_states(
         &mut self,
         param: usize,
         len: usize,
-        init: &[StateInit],
+        count: usize,
+        init: &[(usize, StateInit)],
         data: &TensorData<'_>,
-        kernel: usize,
     ) -> Result<(), RuntimeError>;
 
-    /// Forgets the states of parameter `param` (none is an error).
-    fn drop_states(&mut self, param: usize);
+    /// Forgets the states of parameter `param` at `which` positions, or all of them with `None`
+    /// (none is not an error).
+    fn drop_states(&mut self, param: usize, which: Option<&[usize]>);
 
-    /// Runs stage `stage` of kernel `kernel` over `tensors` (every one of which has states).
-    /// Returns the stage's block partials: per tensor, per reduce output of the stage (in
-    /// `Stage::reduce` order), one f32 per block of `REDUCE_BLOCK` elements in block order,
-    /// each computed in the order of `optc_kernel::reduce::block_partial`.
+    /// Which states of parameter `param` are allocated, by position (empty when none is).
+    fn allocated(&self, param: usize) -> Vec<bool>;
+
+    /// Runs stage `stage` of kernel `kernel` over `tensors` (each of which has the states the
+    /// kernel uses). Returns the stage's block partials: per tensor, per reduce output of the
+    /// stage (in `Stage::reduce` order), one f32 per block of `REDUCE_BLOCK` elements in block
+    /// order, each computed in the order of `optc_kernel::reduce::block_partial`.
     fn run_stage(
         &mut self,
         kernel: usize,
@@ -108,12 +122,16 @@ pub(crate) trait Executor: Send {
         tensors: &mut [StageTensor<'_, '_>],
     ) -> Result<Partials, RuntimeError>;
 
-    /// Copies parameter `param`'s states to the host, in the kernel's state order.
-    fn read_states(&self, param: usize) -> Result<Vec<Vec<f32>>, RuntimeError>;
+    /// Copies parameter `param`'s states to the host, by position (`None`: not allocated).
+    fn read_states(&self, param: usize) -> Result<Vec<Option<Vec<f32>>>, RuntimeError>;
 
-    /// Replaces the states of each `(param, values)` (from a checkpoint), creating them where a
-    /// parameter had none. All or nothing: on error no parameter's states have changed.
-    fn write_states(&mut self, states: Vec<(usize, Vec<Vec<f32>>)>) -> Result<(), RuntimeError>;
+    /// Replaces the states of each `(param, values)` (from a checkpoint), by position, creating
+    /// them where a parameter had none. All or nothing: on error no parameter's states have
+    /// changed.
+    fn write_states(
+        &mut self,
+        states: Vec<(usize, Vec<Option<Vec<f32>>>)>,
+    ) -> Result<(), RuntimeError>;
 
     /// The CUDA executor, when this is one (for the optimizer's CUDA-only accessors).
     #[cfg(feature = "cuda")]

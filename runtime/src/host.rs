@@ -25,9 +25,10 @@ pub(crate) struct HostExecutor {
     target: Target,
     allow_fma: bool,
     pool: Option<Arc<rayon::ThreadPool>>,
-    kernels: Vec<Compiled>,
-    /// Per registered parameter: its state buffers, once it has any.
-    states: Vec<Option<Vec<Vec<f32>>>>,
+    /// Each loaded kernel and the position of each of its states among a parameter's.
+    kernels: Vec<(Compiled, Vec<usize>)>,
+    /// Per registered parameter: its state buffers by position, each once it is allocated.
+    states: Vec<Vec<Option<Vec<f32>>>>,
 }
 
 impl HostExecutor {
@@ -42,9 +43,9 @@ impl HostExecutor {
         }
     }
 
-    fn slot(&mut self, param: usize) -> &mut Option<Vec<Vec<f32>>> {
+    fn slot(&mut self, param: usize) -> &mut Vec<Option<Vec<f32>>> {
         if self.states.len() <= param {
-            self.states.resize_with(param + 1, || None);
+            self.states.resize_with(param + 1, Vec::new);
         }
         &mut self.states[param]
     }
@@ -73,6 +74,7 @@ impl Executor for HostExecutor {
         &mut self,
         kernel: ValidKernel,
         _ptx: Option<&PtxModule>,
+        slots: Vec<usize>,
     ) -> Result<usize, RuntimeError> {
         let compiled = match self.target {
             Target::Interp => Compiled::Interp(kernel),
@@ -92,23 +94,27 @@ impl Executor for HostExecutor {
                 )))
             }
         };
-        self.kernels.push(compiled);
+        self.kernels.push((compiled, slots));
         Ok(self.kernels.len() - 1)
     }
 
     fn kernel(&self, kernel: usize) -> &ValidKernel {
-        match &self.kernels[kernel] {
+        match &self.kernels[kernel].0 {
             Compiled::Cpu(_, k) | Compiled::Interp(k) => k,
         }
+    }
+
+    fn kernel_count(&self) -> usize {
+        self.kernels.len()
     }
 
     fn create_states(
         &mut self,
         param: usize,
         len: usize,
-        init: &[StateInit],
+        count: usize,
+        init: &[(usize, StateInit)],
         data: &TensorData<'_>,
-        _kernel: usize,
     ) -> Result<(), RuntimeError> {
         let p: &[f32] = match data {
             TensorData::Host { param, .. } => param,
@@ -117,20 +123,46 @@ impl Executor for HostExecutor {
         };
         let buffers = init
             .iter()
-            .map(|i| match *i {
-                StateInit::Value(x) => Ok(vec![x; len]),
-                StateInit::Param if p.len() == len => Ok(p.to_vec()),
+            .map(|&(at, i)| match i {
+                StateInit::Value(x) => Ok((at, vec![x; len])),
+                StateInit::Param if p.len() == len => Ok((at, p.to_vec())),
                 StateInit::Param => Err(internal("a state copies a parameter of another length")),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        *self.slot(param) = Some(buffers);
+        if buffers.iter().any(|(at, _)| *at >= count) {
+            return Err(internal("a state position out of range"));
+        }
+        let states = self.slot(param);
+        states.resize_with(count, || None);
+        for (at, b) in buffers {
+            states[at] = Some(b);
+        }
         Ok(())
     }
 
-    fn drop_states(&mut self, param: usize) {
+    fn drop_states(&mut self, param: usize, which: Option<&[usize]>) {
         if let Some(s) = self.states.get_mut(param) {
-            *s = None;
+            match which {
+                None => s.clear(),
+                Some(which) => {
+                    for &i in which {
+                        if let Some(b) = s.get_mut(i) {
+                            *b = None;
+                        }
+                    }
+                    if s.iter().all(Option::is_none) {
+                        s.clear();
+                    }
+                }
+            }
         }
+    }
+
+    fn allocated(&self, param: usize) -> Vec<bool> {
+        self.states
+            .get(param)
+            .map(|s| s.iter().map(Option::is_some).collect())
+            .unwrap_or_default()
     }
 
     fn run_stage(
@@ -141,24 +173,40 @@ impl Executor for HostExecutor {
     ) -> Result<executor::Partials, RuntimeError> {
         let n = tensors.len();
         let views: Vec<_> = tensors.iter().map(|t| t.view).collect();
+        if let Some(last) = tensors.iter().map(|t| t.param).max() {
+            self.slot(last);
+        }
+        let (compiled, positions) = &self.kernels[kernel];
         // Borrow every tensor's states at once: each parameter appears at most once per step.
-        let mut slots: Vec<Option<&mut Vec<Vec<f32>>>> =
-            self.states.iter_mut().map(Option::as_mut).collect();
+        let mut slots: Vec<Option<&mut Vec<Option<Vec<f32>>>>> =
+            self.states.iter_mut().map(Some).collect();
         let mut args = Vec::with_capacity(n);
         for t in tensors.iter_mut() {
             let states = slots
                 .get_mut(t.param)
                 .and_then(Option::take)
                 .ok_or_else(|| internal("a stepped parameter has no states"))?;
+            let mut mine: Vec<Option<&mut [f32]>> = states
+                .iter_mut()
+                .map(|b| b.as_mut().map(Vec::as_mut_slice))
+                .collect();
+            let states = positions
+                .iter()
+                .map(|&at| {
+                    mine.get_mut(at)
+                        .and_then(Option::take)
+                        .ok_or_else(|| internal("a kernel's state is not allocated"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             let (param, grad) = host(t.data)?;
             args.push(TensorArgs {
                 param,
                 grad,
-                states: states.iter_mut().map(Vec::as_mut_slice).collect(),
+                states,
                 uniforms: std::mem::take(&mut t.uniforms),
             });
         }
-        let (valid, cpu) = match &self.kernels[kernel] {
+        let (valid, cpu) = match compiled {
             Compiled::Cpu(_, k) => (k, true),
             Compiled::Interp(k) => (k, false),
         };
@@ -189,7 +237,7 @@ impl Executor for HostExecutor {
                 }
             }
         }
-        match &self.kernels[kernel] {
+        match compiled {
             Compiled::Cpu(k, valid) => {
                 let mut partials = Partials::new();
                 k.run_stage(stage, &mut args, &mut partials, self.pool.as_deref())?;
@@ -205,18 +253,16 @@ impl Executor for HostExecutor {
         }
     }
 
-    fn read_states(&self, param: usize) -> Result<Vec<Vec<f32>>, RuntimeError> {
-        Ok(self
-            .states
-            .get(param)
-            .and_then(Option::as_ref)
-            .cloned()
-            .unwrap_or_default())
+    fn read_states(&self, param: usize) -> Result<Vec<Option<Vec<f32>>>, RuntimeError> {
+        Ok(self.states.get(param).cloned().unwrap_or_default())
     }
 
-    fn write_states(&mut self, states: Vec<(usize, Vec<Vec<f32>>)>) -> Result<(), RuntimeError> {
+    fn write_states(
+        &mut self,
+        states: Vec<(usize, Vec<Option<Vec<f32>>>)>,
+    ) -> Result<(), RuntimeError> {
         for (param, values) in states {
-            *self.slot(param) = Some(values);
+            *self.slot(param) = values;
         }
         Ok(())
     }

@@ -37,7 +37,7 @@
 //! fsync, rename. [`probe`] holds the bandwidth probe `optc bench` compares kernels with.
 //!
 //! [`schedule`] holds hyper schedules (`cosine(warmup=100, total=1000)`), applied per step by a
-//! [`Scheduler`](schedule::Scheduler) without recompiling.
+//! [`schedule::Scheduler`] without recompiling.
 
 // Without the default feature `compiler`, only what loading a compiled artifact needs is built:
 // the `Optimizer` on the CUDA target (feature `cuda`), checkpoints, byte views and errors. The CPU
@@ -71,6 +71,8 @@ mod stages;
 mod target;
 #[cfg(feature = "compiler")]
 pub mod torch_state;
+#[cfg(any(feature = "compiler", feature = "cuda"))]
+mod variants;
 
 pub use error::{NameKind, RuntimeError};
 #[cfg(any(feature = "compiler", feature = "cuda"))]

@@ -8,8 +8,13 @@
 //! scalar states on the host, the per-element states in the target's memory, held by its
 //! [`Executor`] (the only part that differs between targets).
 //!
-//! Guarantees: one compiled kernel per flag set and rank class, cached for the optimizer's
-//! lifetime (changing a hyper never recompiles). A rule that reads the built-in `matrix`
+//! Guarantees: one compiled kernel per flag set, rank class and kernel variant, cached for the
+//! optimizer's lifetime. A variant is chosen per step from the group's current hypers by the
+//! rule's conditions on hypers alone (`if momentum != 0`; [`optc_kernel::variant`]): changing a
+//! hyper compiles at most the variant it selects, the first time, and never again. A state only
+//! some variants use is allocated when a step first runs a variant that needs it, from its
+//! declared init evaluated at that moment (as torch allocates `momentum_buffer` at the first
+//! step with momentum), and kept when the hyper changes back. A rule that reads the built-in `matrix`
 //! condition has one kernel per rank class (`Matrix` for tensors of 2 or more dims, `Vector` for
 //! 0 or 1), and each parameter runs the kernel of its shape's class, so a group's tensors may use
 //! two kernels. Every tensor of a step goes through one pass of the target per kernel and stage;
@@ -21,6 +26,7 @@ use crate::executor::{Executor, StageTensor, StateInit, TensorData};
 use crate::rule::Rule;
 use crate::stages;
 use crate::target::Target;
+use crate::variants::Family;
 use optc_kernel::matrix::WideView;
 use optc_kernel::GRAD_NORM_REDUCTION;
 
@@ -147,8 +153,8 @@ pub struct StepReport {
 pub(crate) struct Group {
     /// The group's flag vector, in the rule's order.
     pub flags: Vec<bool>,
-    /// The executor's index of the group's kernel for each rank class the rule has (one entry,
-    /// `Any`, unless the rule reads `matrix`), in [`Rule::rank_classes`] order.
+    /// The optimizer's family (flag set and rank class) for each rank class the rule has (one
+    /// entry, `Any`, unless the rule reads `matrix`), in [`Rule::rank_classes`] order.
     pub kernels: Vec<(RankClass, usize)>,
     /// Hyper values, in the rule's order.
     pub hypers: Vec<f64>,
@@ -159,17 +165,21 @@ pub(crate) struct Group {
 pub(crate) struct Progress {
     /// Steps taken (`t` of the last step).
     pub step: u64,
-    /// Scalar states, in the kernel's order.
+    /// Scalar states, in the order of its family's kernels.
     pub scalars: Vec<f64>,
 }
+
+/// A parameter's state as read from a file: its progress and its states by position (`None`:
+/// not allocated), or `None` for a parameter not stepped yet.
+pub(crate) type SavedState = Option<(Progress, Vec<Option<Vec<f32>>>)>;
 
 pub(crate) struct Param {
     pub name: String,
     pub shape: Vec<usize>,
     pub len: usize,
     pub group: usize,
-    /// The executor's index of the kernel it runs (its group's, for its rank class).
-    pub kernel: usize,
+    /// The family of kernels it runs (its group's, for its rank class).
+    pub family: usize,
     /// `None` until the first step (and then the executor holds no states for it).
     pub progress: Option<Progress>,
 }
@@ -179,8 +189,8 @@ pub(crate) struct Param {
 pub struct Optimizer {
     pub(crate) rule: Rule,
     pub(crate) exec: Box<dyn Executor>,
-    /// The flag vector and rank class of each of the executor's kernels, by kernel index.
-    kernel_keys: Vec<(Vec<bool>, RankClass)>,
+    /// Each flag set and rank class in use, with its variants.
+    pub(crate) families: Vec<Family>,
     /// The hypers every kernel takes, in order: the rule's (and those options add).
     pub(crate) hypers: Vec<HyperDecl>,
     pub(crate) defaults: Vec<f64>,
@@ -212,7 +222,7 @@ impl Optimizer {
         let mut opt = Optimizer {
             rule,
             exec,
-            kernel_keys: Vec::new(),
+            families: Vec::new(),
             hypers,
             defaults,
             max_grad_norm: options.max_grad_norm,
@@ -239,64 +249,94 @@ impl Optimizer {
         self.exec.target()
     }
 
-    /// How many kernels this optimizer has compiled: one per distinct flag set and rank class,
-    /// never more.
+    /// How many kernels this optimizer has compiled: one per distinct flag set, rank class and
+    /// kernel variant that a step (or a group's creation) has selected, never more.
     pub fn compile_count(&self) -> usize {
-        self.kernel_keys.len()
+        self.exec.kernel_count()
     }
 
     /// Adds a parameter group with the rule's default flags overridden by `flags`, and the current
-    /// default hypers (see [`Optimizer::set_hyper`]). Compiles the group's kernels (one per rank
-    /// class of the rule) unless they are cached for the same flag set.
+    /// default hypers (see [`Optimizer::set_hyper`]). Compiles the kernels those hypers select
+    /// (one per rank class of the rule) unless they are cached.
     pub fn add_group(&mut self, flags: &[(&str, bool)]) -> Result<GroupId, RuntimeError> {
         let flags = self.rule.resolve_flags(flags)?;
-        let mut kernels = Vec::new();
+        let mut families = Vec::new();
         for rank in self.rule.rank_classes() {
-            kernels.push((rank, self.kernel_index(&flags, rank)?));
+            families.push((rank, self.family_index(&flags, rank)?));
+        }
+        for &(_, family) in &families {
+            let hypers = self.defaults.clone();
+            self.variant_kernel(family, &hypers)?;
         }
         self.groups.push(Group {
             flags,
-            kernels,
+            kernels: families,
             hypers: self.defaults.clone(),
         });
         Ok(GroupId(self.groups.len() - 1))
     }
 
-    /// The executor's index of the kernel for `flags` and `rank`, compiled and loaded unless it is
-    /// cached.
-    fn kernel_index(&mut self, flags: &[bool], rank: RankClass) -> Result<usize, RuntimeError> {
-        let key = (flags.to_vec(), rank);
-        Ok(match self.kernel_keys.iter().position(|k| *k == key) {
-            Some(i) => i,
-            None => {
-                let clip = self.max_grad_norm.is_some();
-                let kernel = ValidKernel::new(self.rule.specialize(flags, rank, clip)?)?;
-                stages::check_supported(&kernel)?;
-                let loaded = (0..self.kernel_keys.len()).map(|i| self.exec.kernel(i).kernel());
-                stages::check_step_stages(&kernel, loaded)?;
-                let names = |h: &[HyperDecl]| h.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
-                if self.kernel_keys.is_empty() {
-                    // The first kernel defines the hypers: the rule's and those options add.
-                    self.hypers = kernel.hypers.clone();
-                    self.defaults = kernel.default_hypers();
-                    if let Some(v) = self.max_grad_norm {
-                        let i = self.hyper_index(MAX_GRAD_NORM)?;
-                        self.defaults[i] = v;
-                    }
-                } else if names(&kernel.hypers) != names(&self.hypers) {
-                    return Err(RuntimeError::Unsupported(format!(
-                        "internal: the kernel of rule `{}` takes hypers {:?}, the optimizer has {:?}",
-                        self.rule.name(),
-                        names(&kernel.hypers),
-                        names(&self.hypers)
-                    )));
-                }
-                let index = self.exec.load(kernel, self.rule.ptx())?;
-                debug_assert_eq!(index, self.kernel_keys.len());
-                self.kernel_keys.push(key);
-                index
+    /// The index of the family for `flags` and `rank`, made (its description kernel compiled,
+    /// not loaded) unless it exists.
+    fn family_index(&mut self, flags: &[bool], rank: RankClass) -> Result<usize, RuntimeError> {
+        if let Some(i) = self
+            .families
+            .iter()
+            .position(|f| f.flags == flags && f.rank == rank)
+        {
+            return Ok(i);
+        }
+        let clip = self.max_grad_norm.is_some();
+        let base = self.rule.specialize(flags, rank, clip)?;
+        let conditions = self.rule.conditions(flags, rank, clip)?;
+        let names = |h: &[HyperDecl]| h.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
+        if self.families.is_empty() {
+            // The first kernel defines the hypers: the rule's and those options add.
+            self.hypers = base.hypers.clone();
+            self.defaults = base.default_hypers();
+            if let Some(v) = self.max_grad_norm {
+                let i = self.hyper_index(MAX_GRAD_NORM)?;
+                self.defaults[i] = v;
             }
-        })
+        } else if names(&base.hypers) != names(&self.hypers) {
+            return Err(RuntimeError::Unsupported(format!(
+                "internal: the kernel of rule `{}` takes hypers {:?}, the optimizer has {:?}",
+                self.rule.name(),
+                names(&base.hypers),
+                names(&self.hypers)
+            )));
+        }
+        self.families
+            .push(Family::new(flags.to_vec(), rank, base, conditions));
+        Ok(self.families.len() - 1)
+    }
+
+    /// The executor's index of the variant of `family` that `hypers` select, compiled and loaded
+    /// unless it is cached.
+    pub(crate) fn variant_kernel(
+        &mut self,
+        family: usize,
+        hypers: &[f64],
+    ) -> Result<usize, RuntimeError> {
+        let fam = &self.families[family];
+        let variant = fam.select(hypers)?;
+        if let Some(i) = fam.loaded.get(variant.index()).copied().flatten() {
+            return Ok(i);
+        }
+        let clip = self.max_grad_norm.is_some();
+        let (kernel, ptx) = self
+            .rule
+            .specialize_variant(&fam.flags, fam.rank, clip, variant)?;
+        let slots = fam.slots(&kernel)?;
+        let kernel = ValidKernel::new(kernel)?;
+        stages::check_supported(&kernel)?;
+        let loaded = (0..self.exec.kernel_count()).map(|i| self.exec.kernel(i).kernel());
+        stages::check_step_stages(&kernel, loaded)?;
+        let index = self.exec.load(kernel, ptx.as_ref(), slots)?;
+        if let Some(slot) = self.families[family].loaded.get_mut(variant.index()) {
+            *slot = Some(index);
+        }
+        Ok(index)
     }
 
     /// The stream a CUDA optimizer queues all its work on (`None` on other targets). Steps are
@@ -332,21 +372,37 @@ impl Optimizer {
         self.groups.len()
     }
 
-    /// The kernel a group runs: for a rule with rank classes (one that reads `matrix`), the one
-    /// for matrices; [`Optimizer::param_kernel`] gives the one a parameter runs.
+    /// The kernel a group runs with its current hypers: for a rule with rank classes (one that
+    /// reads `matrix`), the one for matrices; [`Optimizer::param_kernel`] gives the one a
+    /// parameter runs. When those hypers select a variant no step has compiled yet, this is the
+    /// flag set's description kernel (every condition on hypers a select), which moves at least
+    /// the bytes of any variant.
     pub fn kernel(&self, group: GroupId) -> Result<&Kernel, RuntimeError> {
         let g = self.group(group)?;
-        Ok(self.exec.kernel(g.kernels[0].1).kernel())
+        Ok(self.selected(g.kernels[0].1, &g.hypers))
     }
 
-    /// The kernel parameter `name` runs: its group's, for the rank class of its shape.
+    /// The kernel parameter `name` runs with its group's current hypers: its group's, for the
+    /// rank class of its shape (see [`Optimizer::kernel`] for a variant not compiled yet).
     pub fn param_kernel(&self, name: &str) -> Result<&Kernel, RuntimeError> {
-        Ok(self.kernel_of(self.param_index(name)?).kernel())
+        let p = &self.params[self.param_index(name)?];
+        Ok(self.selected(p.family, &self.groups[p.group].hypers))
     }
 
-    /// The kernel of the parameter of registration index `param`.
-    pub(crate) fn kernel_of(&self, param: usize) -> &ValidKernel {
-        self.exec.kernel(self.params[param].kernel)
+    fn selected(&self, family: usize, hypers: &[f64]) -> &Kernel {
+        let fam = &self.families[family];
+        match fam.select(hypers) {
+            Ok(v) => match fam.loaded.get(v.index()).copied().flatten() {
+                Some(k) => self.exec.kernel(k).kernel(),
+                None => &fam.base,
+            },
+            Err(_) => &fam.base,
+        }
+    }
+
+    /// The family of the parameter of registration index `param`.
+    pub(crate) fn family_of(&self, param: usize) -> &Family {
+        &self.families[self.params[param].family]
     }
 
     /// Registers parameter `name` of `shape` in group 0.
@@ -372,7 +428,7 @@ impl Optimizer {
                 RuntimeError::Unsupported(format!("the shape {shape:?} of `{name}` is too large"))
             })?;
         let rank = rank_class(shape);
-        let kernel = g
+        let family = g
             .kernels
             .iter()
             .find(|(r, _)| *r == RankClass::Any || *r == rank)
@@ -392,7 +448,7 @@ impl Optimizer {
             shape: shape.to_vec(),
             len,
             group: group.0,
-            kernel,
+            family,
             progress: None,
         });
         Ok(())
@@ -408,18 +464,33 @@ impl Optimizer {
         Ok(&self.params[self.param_index(name)?].shape)
     }
 
-    /// Sets hyper `name` in every group, and as the default of groups added later. Never
-    /// recompiles.
+    /// Sets hyper `name` in every group, and as the default of groups added later. Compiles
+    /// only a kernel variant that the new value selects for the first time (then cached).
     pub fn set_hyper(&mut self, name: &str, value: f64) -> Result<(), RuntimeError> {
         let i = self.hyper_index(name)?;
         self.defaults[i] = value;
         for g in &mut self.groups {
             g.hypers[i] = value;
         }
+        for g in 0..self.groups.len() {
+            self.load_selected(g)?;
+        }
         Ok(())
     }
 
-    /// Sets hyper `name` in one group. Never recompiles.
+    /// Loads the variants group `group`'s hypers select, so that [`Optimizer::kernel`] shows
+    /// them.
+    fn load_selected(&mut self, group: usize) -> Result<(), RuntimeError> {
+        let families: Vec<usize> = self.groups[group].kernels.iter().map(|k| k.1).collect();
+        let hypers = self.groups[group].hypers.clone();
+        for f in families {
+            self.variant_kernel(f, &hypers)?;
+        }
+        Ok(())
+    }
+
+    /// Sets hyper `name` in one group. Compiles only a kernel variant that the new value selects
+    /// for the first time (then cached).
     pub fn set_group_hyper(
         &mut self,
         group: GroupId,
@@ -429,7 +500,7 @@ impl Optimizer {
         let i = self.hyper_index(name)?;
         self.group(group)?;
         self.groups[group.0].hypers[i] = value;
-        Ok(())
+        self.load_selected(group.0)
     }
 
     /// The value of hyper `name` in `group`.
@@ -446,28 +517,30 @@ impl Optimizer {
             .map_or(0, |s| s.step))
     }
 
-    /// The per-element states of parameter `name` as `(state name, values)`, in the kernel's
-    /// order, copied to the host (on CUDA this waits for queued steps); empty before its first
-    /// step.
+    /// The per-element states of parameter `name` that are allocated, as `(state name,
+    /// values)`, in the order of its flag set's kernel, copied to the host (on CUDA this waits
+    /// for queued steps); empty before its first step. A state that no step has needed yet
+    /// (`buf` of SGD while `momentum` is 0) is not listed.
     pub fn states(&self, name: &str) -> Result<Vec<(&str, Vec<f32>)>, RuntimeError> {
         let index = self.param_index(name)?;
         if self.params[index].progress.is_none() {
             return Ok(Vec::new());
         }
-        let kernel = self.kernel_of(index);
+        let family = self.family_of(index);
         let values = self.exec.read_states(index)?;
-        Ok(kernel
+        Ok(family
+            .base
             .states
             .iter()
             .zip(values)
-            .map(|(d, b)| (d.name.as_str(), b))
+            .filter_map(|(d, b)| b.map(|b| (d.name.as_str(), b)))
             .collect())
     }
 
     /// The scalar states of parameter `name` as `(name, value)`; empty before its first step.
     pub fn scalars(&self, name: &str) -> Result<Vec<(&str, f64)>, RuntimeError> {
         let index = self.param_index(name)?;
-        let kernel = self.kernel_of(index);
+        let kernel = &self.family_of(index).base;
         Ok(match &self.params[index].progress {
             None => Vec::new(),
             Some(s) => kernel
@@ -487,7 +560,8 @@ impl Optimizer {
         updates: impl IntoIterator<Item = Update<'a>>,
     ) -> Result<StepReport, RuntimeError> {
         let mut updates: Vec<Update<'a>> = updates.into_iter().collect();
-        let plans = self.plan(&updates)?;
+        let kernels = self.select_variants(&updates)?;
+        let plans = self.plan(&updates, &kernels)?;
         self.execute(&mut updates, plans)
     }
 
@@ -552,11 +626,24 @@ impl Optimizer {
         })
     }
 
+    /// The kernel each update runs: the variant its group's hypers select, compiled (and cached)
+    /// where no step has used it yet. Changes no state.
+    fn select_variants(&mut self, updates: &[Update<'_>]) -> Result<Vec<usize>, RuntimeError> {
+        let mut kernels = Vec::with_capacity(updates.len());
+        for u in updates {
+            let p = &self.params[self.param_index(u.name)?];
+            let (family, group) = (p.family, p.group);
+            let hypers = self.groups[group].hypers.clone();
+            kernels.push(self.variant_kernel(family, &hypers)?);
+        }
+        Ok(kernels)
+    }
+
     /// Checks every update and computes everything fallible, touching nothing.
-    fn plan(&self, updates: &[Update<'_>]) -> Result<Vec<Plan>, RuntimeError> {
+    fn plan(&self, updates: &[Update<'_>], kernels: &[usize]) -> Result<Vec<Plan>, RuntimeError> {
         let mut seen = vec![false; self.params.len()];
         let mut plans = Vec::with_capacity(updates.len());
-        for u in updates {
+        for (u, &kernel_index) in updates.iter().zip(kernels) {
             let index = self.param_index(u.name)?;
             if std::mem::replace(&mut seen[index], true) {
                 return Err(RuntimeError::DuplicateParam(u.name.to_string()));
@@ -574,8 +661,9 @@ impl Optimizer {
                 }
             }
             let group = &self.groups[p.group];
-            let kernel = self.exec.kernel(p.kernel);
-            let (t, scalars, init) = match &p.progress {
+            let kernel = self.exec.kernel(kernel_index);
+            let family = &self.families[p.family];
+            let (t, scalars) = match &p.progress {
                 Some(s) => (
                     s.step.checked_add(1).ok_or_else(|| {
                         RuntimeError::Checkpoint(format!(
@@ -584,22 +672,33 @@ impl Optimizer {
                         ))
                     })?,
                     s.scalars.clone(),
-                    None,
                 ),
-                None => {
-                    let values = kernel.eval_init(&group.hypers)?;
-                    let scalars = kernel.initial_scalars(&group.hypers)?;
-                    let init: Vec<StateInit> = kernel
-                        .states
-                        .iter()
-                        .map(|s| match s.init {
-                            Init::Param => StateInit::Param,
-                            Init::Value(h) => StateInit::Value(values[h.index()] as f32),
-                        })
-                        .collect();
-                    (1, scalars, Some(init))
-                }
+                None => (1, kernel.initial_scalars(&group.hypers)?),
             };
+            // The states this variant uses that the parameter does not have yet.
+            let allocated = match p.progress {
+                Some(_) => self.exec.allocated(index),
+                None => Vec::new(),
+            };
+            let slots = family.slots(kernel)?;
+            let mut init = Vec::new();
+            if slots
+                .iter()
+                .any(|&at| !allocated.get(at).copied().unwrap_or(false))
+            {
+                let values = kernel.eval_init(&group.hypers)?;
+                for (s, &at) in kernel.states.iter().zip(&slots) {
+                    if !allocated.get(at).copied().unwrap_or(false) {
+                        init.push((
+                            at,
+                            match s.init {
+                                Init::Param => StateInit::Param,
+                                Init::Value(h) => StateInit::Value(values[h.index()] as f32),
+                            },
+                        ));
+                    }
+                }
+            }
             // Stage 0's uniforms (and, without reductions, the new scalars) are known now; the
             // host program of a validated kernel cannot fail later with more reductions known.
             let reduced = vec![f64::NAN; kernel.reductions.len()];
@@ -613,8 +712,10 @@ impl Optimizer {
             plans.push(Plan {
                 index,
                 group: p.group,
-                kernel: p.kernel,
+                kernel: kernel_index,
+                states: family.state_count(),
                 t,
+                first: p.progress.is_none(),
                 init,
                 uniforms: host.uniforms[0].iter().map(|&x| x as f32).collect(),
                 scalars_before: scalars,
@@ -637,8 +738,14 @@ impl Optimizer {
         let report = match self.run_schedule(updates, &mut plans) {
             Ok(report) => report,
             Err(e) => {
-                for plan in plans.iter().filter(|p| p.init.is_some()) {
-                    self.exec.drop_states(plan.index);
+                for plan in plans.iter().filter(|p| !p.init.is_empty()) {
+                    let made: Vec<usize> = plan.init.iter().map(|(at, _)| *at).collect();
+                    let which = if plan.first {
+                        None
+                    } else {
+                        Some(made.as_slice())
+                    };
+                    self.exec.drop_states(plan.index, which);
                 }
                 return Err(e);
             }
@@ -662,10 +769,10 @@ impl Optimizer {
         plans: &mut [Plan],
     ) -> Result<StepReport, RuntimeError> {
         for (u, plan) in updates.iter().zip(plans.iter()) {
-            if let Some(init) = &plan.init {
+            if !plan.init.is_empty() {
                 let len = self.params[plan.index].len;
                 self.exec
-                    .create_states(plan.index, len, init, &u.data, plan.kernel)?;
+                    .create_states(plan.index, len, plan.states, &plan.init, &u.data)?;
             }
         }
         let depth = plans
@@ -696,7 +803,7 @@ impl Optimizer {
                 });
             }
             let mut by_kernel: Vec<(Vec<usize>, Vec<StageTensor<'_, '_>>)> =
-                (0..self.kernel_keys.len())
+                (0..self.exec.kernel_count())
                     .map(|_| Default::default())
                     .collect();
             for (i, (u, plan)) in updates.iter_mut().zip(plans.iter()).enumerate() {
@@ -766,9 +873,13 @@ struct Plan {
     index: usize,
     group: usize,
     kernel: usize,
+    /// The number of states of the parameter's family.
+    states: usize,
     t: u64,
-    /// For a first step: how each state starts.
-    init: Option<Vec<StateInit>>,
+    /// Whether this is the parameter's first step.
+    first: bool,
+    /// The states to allocate before the step (by position in the family), and how each starts.
+    init: Vec<(usize, StateInit)>,
     /// Stage 0's uniforms, rounded to f32.
     uniforms: Vec<f32>,
     /// Scalar states before the step.

@@ -9,7 +9,7 @@
 
 use crate::error::{unknown_name, NameKind, RuntimeError};
 use optc_kernel::artifact::PtxModule;
-use optc_kernel::{Artifact, FlagValue, HyperDecl, Kernel, RankClass};
+use optc_kernel::{Artifact, Conditions, FlagValue, HyperDecl, Kernel, RankClass, VariantId};
 
 /// An optimizer rule, ready to be specialized into kernels. See the module docs.
 pub struct Rule {
@@ -22,7 +22,8 @@ pub struct Rule {
 }
 
 enum Source {
-    Kernel(Box<Kernel>, Option<PtxModule>),
+    /// A prebuilt kernel, or an artifact with its variants.
+    Kernel(Box<Artifact>),
     #[cfg(feature = "compiler")]
     Compiler(Box<optc_compiler::Rule>),
 }
@@ -38,7 +39,7 @@ impl Rule {
             hypers: kernel.hypers.clone(),
             flags: kernel.flags.clone(),
             torch_names: None,
-            source: Source::Kernel(Box::new(kernel), None),
+            source: Source::Kernel(Box::new(Artifact::new(kernel, None))),
         })
     }
 
@@ -46,27 +47,25 @@ impl Rule {
     /// CUDA target, its PTX. Needs no compiler. Fails when the kernel does not validate.
     pub fn from_artifact(artifact: Artifact) -> Result<Rule, RuntimeError> {
         artifact.kernel.validate()?;
+        for v in &artifact.variants {
+            v.kernel.validate()?;
+        }
+        artifact
+            .conditions
+            .validate(artifact.kernel.hypers.len())
+            .map_err(|e| RuntimeError::Unsupported(e.to_string()))?;
         Ok(Rule {
             name: artifact.kernel.rule.clone(),
             hypers: artifact.kernel.hypers.clone(),
             flags: artifact.kernel.flags.clone(),
             torch_names: None,
-            source: Source::Kernel(Box::new(artifact.kernel), artifact.ptx),
+            source: Source::Kernel(Box::new(artifact)),
         })
     }
 
     /// Parses an artifact's JSON (`*.optc.json`) into a rule ([`Rule::from_artifact`]).
     pub fn from_artifact_json(json: &str) -> Result<Rule, RuntimeError> {
         Rule::from_artifact(Artifact::from_json(json)?)
-    }
-
-    /// The PTX this rule came with (an artifact's); `None` for rules compiled in process.
-    pub(crate) fn ptx(&self) -> Option<&PtxModule> {
-        match &self.source {
-            Source::Kernel(_, ptx) => ptx.as_ref(),
-            #[cfg(feature = "compiler")]
-            Source::Compiler(_) => None,
-        }
     }
 
     /// A rule parsed and checked by the compiler; kernels are specialized from it on demand.
@@ -199,7 +198,7 @@ impl Rule {
     /// reads the built-in `matrix` condition, else `[Any]`; a prebuilt kernel has its own class.
     pub(crate) fn rank_classes(&self) -> Vec<RankClass> {
         match &self.source {
-            Source::Kernel(kernel, _) => vec![kernel.rank],
+            Source::Kernel(a) => vec![a.kernel.rank],
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) if rule.uses_rank() => {
                 vec![RankClass::Matrix, RankClass::Vector]
@@ -219,7 +218,8 @@ impl Rule {
         clip: bool,
     ) -> Result<Kernel, RuntimeError> {
         match &self.source {
-            Source::Kernel(kernel, _) => {
+            Source::Kernel(a) => {
+                let kernel = &a.kernel;
                 if kernel.rank != rank {
                     return Err(RuntimeError::Unsupported(format!(
                         "internal: the prebuilt kernel of rule `{}` is for {:?} tensors, not {rank:?}",
@@ -241,12 +241,66 @@ impl Rule {
                         });
                     }
                 }
-                Ok((**kernel).clone())
+                Ok(kernel.clone())
             }
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) => {
                 let options = optc_compiler::CompileOptions { clip, rank };
                 rule.specialize_values_with(flags, &options)
+                    .map_err(|e| RuntimeError::Compile(e.to_string()))
+            }
+        }
+    }
+
+    /// The conditions on hypers that choose among the variants of the kernel
+    /// [`Rule::specialize`] gives for the same arguments (which it checks).
+    pub(crate) fn conditions(
+        &self,
+        flags: &[bool],
+        rank: RankClass,
+        clip: bool,
+    ) -> Result<Conditions, RuntimeError> {
+        match &self.source {
+            Source::Kernel(a) => {
+                // The artifact is for one flag set, rank class and clipping: `specialize` checks.
+                let _ = (flags, rank, clip);
+                Ok(a.conditions.clone())
+            }
+            #[cfg(feature = "compiler")]
+            Source::Compiler(rule) => {
+                let options = optc_compiler::CompileOptions { clip, rank };
+                rule.conditions(flags, &options)
+                    .map_err(|e| RuntimeError::Compile(e.to_string()))
+            }
+        }
+    }
+
+    /// The kernel of `variant` (of [`Rule::conditions`]) and, for an artifact, its PTX. The
+    /// arguments are those [`Rule::specialize`] accepted.
+    pub(crate) fn specialize_variant(
+        &self,
+        flags: &[bool],
+        rank: RankClass,
+        clip: bool,
+        variant: VariantId,
+    ) -> Result<(Kernel, Option<PtxModule>), RuntimeError> {
+        match &self.source {
+            Source::Kernel(a) => {
+                let _ = (flags, rank, clip);
+                a.variant(variant)
+                    .map(|(k, ptx)| (k.clone(), ptx.cloned()))
+                    .ok_or_else(|| {
+                        RuntimeError::Unsupported(format!(
+                            "internal: the artifact of rule `{}` has no variant {variant}",
+                            self.name
+                        ))
+                    })
+            }
+            #[cfg(feature = "compiler")]
+            Source::Compiler(rule) => {
+                let options = optc_compiler::CompileOptions { clip, rank };
+                rule.specialize_variant(flags, &options, variant)
+                    .map(|k| (k, None))
                     .map_err(|e| RuntimeError::Compile(e.to_string()))
             }
         }

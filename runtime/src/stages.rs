@@ -176,6 +176,7 @@ mod tests {
             init: Arena::new(),
             rank,
             host: Arena::new(),
+            variant: Vec::new(),
             scalar_updates: vec![],
             reductions,
             stages: vec![],

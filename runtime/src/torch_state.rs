@@ -17,9 +17,15 @@
 //! state: the optimizer keeps its own. Every key is checked before anything changes: a missing
 //! state (say a flag differs from the torch run), a key for no parameter, a wrong shape or dtype,
 //! or a step that is not a whole number is an error that names the key.
+//!
+//! A state that only some kernel variants use (SGD's `momentum_buffer`, used while `momentum` is
+//! not 0) is written only once a step has allocated it, as torch leaves `momentum_buffer` out of
+//! its state while `momentum` is 0. Reading, such a state may be missing when the variant the
+//! group's current hypers select does not use it; it is then allocated from its init when a
+//! later step needs it. A state the selected variant uses must be present.
 
 use crate::error::RuntimeError;
-use crate::optimizer::{Optimizer, Progress};
+use crate::optimizer::{Optimizer, Progress, SavedState};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeSet;
@@ -94,9 +100,9 @@ fn number(key: &str, view: &TensorView<'_>) -> Result<f64, RuntimeError> {
 }
 
 impl Optimizer {
-    /// The torch names of the states of the kernel parameter `index` runs, in the kernel's order.
+    /// The torch names of the states of parameter `index`'s flag set, in its order.
     fn torch_names(&self, index: usize) -> Result<Vec<String>, RuntimeError> {
-        let kernel = self.kernel_of(index);
+        let kernel = &self.family_of(index).base;
         kernel
             .states
             .iter()
@@ -116,7 +122,7 @@ impl Optimizer {
         let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (index, p) in self.params.iter().enumerate() {
             let Some(state) = &p.progress else { continue };
-            let kernel = self.kernel_of(index);
+            let kernel = &self.family_of(index).base;
             let buffers = self.exec.read_states(index)?;
             owned.push((
                 step_key(&p.name),
@@ -125,6 +131,7 @@ impl Optimizer {
                 (state.step as f64).to_le_bytes().to_vec(),
             ));
             for (torch, buf) in self.torch_names(index)?.iter().zip(&buffers) {
+                let Some(buf) = buf else { continue };
                 owned.push((
                     format!("{}.{torch}", p.name),
                     Dtype::F32,
@@ -159,11 +166,19 @@ impl Optimizer {
     pub fn load_torch_bytes(&mut self, bytes: &[u8]) -> Result<(), RuntimeError> {
         let st = SafeTensors::deserialize(bytes)?;
         let mut unused: BTreeSet<String> = st.names().into_iter().map(str::to_string).collect();
-        let mut states: Vec<Option<(Progress, Vec<Vec<f32>>)>> =
-            Vec::with_capacity(self.params.len());
+        // The kernel each parameter would run next, for the states it cannot do without.
+        let mut needed = Vec::with_capacity(self.params.len());
         for index in 0..self.params.len() {
+            let (family, group) = (self.params[index].family, self.params[index].group);
+            let hypers = self.groups[group].hypers.clone();
+            let k = self.variant_kernel(family, &hypers)?;
+            let slots = self.families[family].slots(self.exec.kernel(k))?;
+            needed.push(slots);
+        }
+        let mut states: Vec<SavedState> = Vec::with_capacity(self.params.len());
+        for (index, needed) in needed.iter().enumerate() {
             let p = &self.params[index];
-            let kernel = self.kernel_of(index);
+            let kernel = &self.family_of(index).base;
             let torch = self.torch_names(index)?;
             let scalar_names: Vec<&str> = kernel.scalars.iter().map(|s| s.name.as_str()).collect();
             let skey = step_key(&p.name);
@@ -196,7 +211,12 @@ impl Optimizer {
                 continue;
             }
             let mut buffers = Vec::with_capacity(torch.len());
-            for key in &keys[..torch.len()] {
+            for (at, key) in keys[..torch.len()].iter().enumerate() {
+                if st.tensor(key).is_err() && !needed.contains(&at) {
+                    // Not used with the current hypers (torch's `momentum_buffer` at momentum 0).
+                    buffers.push(None);
+                    continue;
+                }
                 let view = st.tensor(key).map_err(|_| {
                     err(format!(
                         "`{key}` is missing; rule `{}` with these flags keeps {} for each parameter (do the flags match the torch run?)",
@@ -215,7 +235,7 @@ impl Optimizer {
                         p.shape
                     )));
                 }
-                buffers.push(crate::bytes::f32_vec(key, view.data())?);
+                buffers.push(Some(crate::bytes::f32_vec(key, view.data())?));
                 unused.remove(key);
             }
             let mut scalars = Vec::with_capacity(scalar_names.len());
@@ -254,7 +274,7 @@ impl Optimizer {
         self.exec.write_states(uploads)?;
         for (i, s) in states.iter().enumerate() {
             if s.is_none() {
-                self.exec.drop_states(i);
+                self.exec.drop_states(i, None);
             }
         }
         for (p, s) in self.params.iter_mut().zip(states) {

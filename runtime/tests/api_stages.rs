@@ -58,6 +58,7 @@ fn two_stage() -> Kernel {
         init,
         rank: Default::default(),
         host,
+        variant: Vec::new(),
         scalar_updates: vec![ScalarUpdate {
             scalar: ScalarId(0),
             value: total,

@@ -34,7 +34,6 @@ const FMA_REL_BUDGET: f32 = 4.0 * f32::EPSILON;
 
 fn rules() -> Vec<Rule> {
     stdlib::names()
-        .chain(stdlib::STAGED_RULES.iter().map(|(n, _)| *n))
         .map(|n| match stdlib::rule(n) {
             Some(Ok(r)) => r,
             other => panic!(

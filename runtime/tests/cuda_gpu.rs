@@ -66,6 +66,11 @@ fn kernels() -> Vec<Kernel> {
             Some(Ok(rule)) => rule,
             other => panic!("stdlib rule {name}: {other:?}"),
         };
+        // A rule with one kernel per rank class is stepped through the optimizer, which picks
+        // the kernel per tensor, by tests/cuda_fidelity.rs; its stages by launch.rs's tests.
+        if rule.uses_rank() {
+            continue;
+        }
         for flags in rule.flag_sets() {
             out.push(
                 rule.specialize_values(&flags)

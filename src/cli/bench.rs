@@ -8,9 +8,11 @@
 //! same pool, so both see the same machine state. Reports median times, elements/s, bytes/s
 //! (from [`optc_kernel::Kernel::bytes_per_element`], summed over the stages) and the kernel's
 //! fraction of the probe, which makes one pass per stage with the same reads and writes;
-//! `--json` prints one JSON object as the last line.
+//! on the CPU also the time from the rule's source to the runnable kernel, phase by phase
+//! ([`super::compile_time`]); `--json` prints one JSON object as the last line.
 
-use super::source::{load_rule, split_sets, take_max_grad_norm};
+use super::compile_time::{self, CompileTime};
+use super::source::{load_rule_source, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use optc_runtime::probe::BandwidthProbe;
@@ -104,6 +106,11 @@ pub struct BenchReport {
     pub probe_bytes_per_s: f64,
     /// `bytes_per_s / probe_bytes_per_s`.
     pub fraction_of_probe: f64,
+    /// The rank class of the benchmarked kernel.
+    pub rank: optc_kernel::RankClass,
+    /// The time from source to this kernel, runnable on the CPU (`--target cpu` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compile: Option<CompileTime>,
 }
 
 impl BenchReport {
@@ -147,13 +154,16 @@ impl BenchReport {
             bytes_per_s: bytes / step_s,
             probe_bytes_per_s: probe_bytes / probe_s,
             fraction_of_probe: (bytes / step_s) / (probe_bytes / probe_s),
+            rank: kernel.rank,
+            compile: None,
         }
     }
 }
 
 /// Runs `optc bench`.
 pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let compiled = load_rule(&args.rule)?;
+    let (compiled, source) = load_rule_source(&args.rule)?;
+    let file_name = compiled.file_name().to_string();
     let (flags, mut hypers) = split_sets(&compiled, &args.set)?;
     let max_grad_norm = take_max_grad_norm(&compiled, &mut hypers);
     let shapes = match args.shapes {
@@ -165,9 +175,21 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         max_grad_norm,
         ..Options::default()
     };
+    let clip = options.max_grad_norm.is_some();
     let rule = Rule::from_compiled(compiled);
     let report = match args.target {
-        BenchTarget::Cpu => bench(rule, options, &hypers, &shapes, &args)?,
+        BenchTarget::Cpu => {
+            let mut report = bench(rule, options, &hypers, &shapes, &args)?;
+            let flags: Vec<bool> = report.flags.iter().map(|(_, v)| *v).collect();
+            report.compile = Some(compile_time::measure(
+                &file_name,
+                &source,
+                &flags,
+                clip,
+                report.rank,
+            )?);
+            report
+        }
         BenchTarget::Cuda => super::cuda::bench(rule, options, &hypers, &shapes, &args)?,
     };
     if args.json {
@@ -344,6 +366,20 @@ fn print_report(r: &BenchReport) {
         r.probe_bytes_per_s / g
     );
     println!("kernel / probe: {:.2}", r.fraction_of_probe);
+    if let Some(c) = &r.compile {
+        let ms = 1e3;
+        println!(
+            "compile: {:.2} ms from source to a runnable CPU kernel (median of {}): parse {:.2}, check {:.2}, every flag set {:.2}, specialize {:.2}, JIT {:.2} (of which CLIF lowering {:.2})",
+            c.total_s * ms,
+            c.reps,
+            c.parse_s * ms,
+            c.check_s * ms,
+            c.flag_sets_s * ms,
+            c.specialize_s * ms,
+            c.jit_s * ms,
+            c.clif_s * ms
+        );
+    }
 }
 
 /// The one kernel every benchmarked tensor runs. A rule with rank classes (one that reads

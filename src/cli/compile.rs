@@ -100,14 +100,20 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         rank,
     };
     let mut kernel = rule.specialize_with(&overrides, &options)?;
+    let values = rule.flag_values(&overrides)?;
+    let conditions = rule.conditions(&values, &options)?;
+    let mut variants = Vec::new();
+    if !conditions.is_empty() {
+        for v in conditions.variants() {
+            variants.push(rule.specialize_variant(&values, &options, v)?);
+        }
+    }
     // The threshold given with `--set max_grad_norm=V` becomes the hyper's default.
     if let Some(v) = max_grad_norm {
-        for h in kernel
-            .hypers
-            .iter_mut()
-            .filter(|h| h.name == "max_grad_norm")
-        {
-            h.default = v;
+        for k in std::iter::once(&mut kernel).chain(variants.iter_mut()) {
+            for h in k.hypers.iter_mut().filter(|h| h.name == "max_grad_norm") {
+                h.default = v;
+            }
         }
     }
     let emit = args.emit.unwrap_or(match args.target {
@@ -115,7 +121,25 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Target::Cuda => Emit::Artifact,
     });
     let text = match (emit, args.target) {
+        // A rule with conditions on hypers: the variants table, then each variant the runtime
+        // may run (the kernel with the selects only describes the flag set).
+        (Emit::Ir, _) if !variants.is_empty() => {
+            let mut text = optc_kernel::variant::listing(&conditions, &variants);
+            for k in &variants {
+                text.push('\n');
+                text.push_str(&k.to_string());
+            }
+            text
+        }
         (Emit::Ir, _) => kernel.to_string(),
+        (Emit::Clif, Target::Cpu) if !variants.is_empty() => {
+            let mut text = String::new();
+            for k in &variants {
+                text.push_str(&format!("; {}\n", k.to_string().lines().next().unwrap_or("")));
+                text.push_str(&emit_clif(k)?);
+            }
+            text
+        }
         (Emit::Clif, Target::Cpu) => emit_clif(&kernel)?,
         (Emit::Ptx, Target::Cuda) | (Emit::Artifact, Target::Cuda) => {
             let opts = optc_compiler::backend::ptx::Options {
@@ -123,11 +147,39 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 target: args.sm.clone(),
                 fast_math: args.fast_math,
             };
-            let module = optc_compiler::backend::ptx::emit(&kernel, &opts).map_err(|e| format!("{e}"))?;
+            let emit_one = |k: &optc_kernel::Kernel| {
+                optc_compiler::backend::ptx::emit(k, &opts).map_err(|e| format!("{e}"))
+            };
+            let module = emit_one(&kernel)?;
+            let mut entries = Vec::with_capacity(variants.len());
+            for k in variants {
+                let ptx = emit_one(&k)?;
+                entries.push(optc_kernel::artifact::ArtifactVariant {
+                    kernel: k,
+                    ptx: Some(ptx),
+                });
+            }
             if emit == Emit::Ptx {
-                module.source
+                // One module per kernel: the variants the runtime picks from, else the one.
+                if entries.is_empty() {
+                    module.source
+                } else {
+                    // Each module after a comment line naming its variant (`--emit artifact`
+                    // holds them apart, as data).
+                    entries
+                        .iter()
+                        .filter_map(|e| {
+                            let head = e.kernel.to_string();
+                            let head = head.lines().next().unwrap_or("");
+                            e.ptx.as_ref().map(|p| format!("// {head}\n{}", p.source))
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }
             } else {
-                optc_kernel::Artifact::new(kernel, Some(module)).to_json()?
+                optc_kernel::Artifact::new(kernel, Some(module))
+                    .with_variants(conditions, entries)
+                    .to_json()?
             }
         }
         (e, t) => {

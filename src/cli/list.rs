@@ -13,9 +13,7 @@ pub struct ListArgs {}
 pub fn run(_args: ListArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     use std::fmt::Write as _;
     let mut out = String::new();
-    // The single-pass rules, then the staged ones (with reductions).
-    let staged = stdlib::STAGED_RULES.iter().map(|(n, _)| *n);
-    for name in stdlib::names().chain(staged) {
+    for name in stdlib::names() {
         let rule = match stdlib::rule(name) {
             Some(Ok(r)) => r,
             Some(Err(d)) => return Err(Box::new(d)),

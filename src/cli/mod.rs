@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod compare;
 pub mod compile;
+pub mod compile_time;
 mod cuda;
 pub mod list;
 pub mod run;

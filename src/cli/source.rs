@@ -28,6 +28,11 @@ impl std::error::Error for LoadError {}
 
 /// Loads `spec`: a path to a `.opt` file, or the name of a stdlib rule (`adamw`).
 pub fn load_rule(spec: &str) -> Result<Rule, LoadError> {
+    load_rule_source(spec).map(|(rule, _)| rule)
+}
+
+/// Like [`load_rule`], and the source text it was parsed from (for timing the compiler on it).
+pub fn load_rule_source(spec: &str) -> Result<(Rule, String), LoadError> {
     let path = Path::new(spec);
     // A bare stdlib name stays a stdlib name even if a folder of that name is in the way.
     let looks_like_path =
@@ -35,10 +40,14 @@ pub fn load_rule(spec: &str) -> Result<Rule, LoadError> {
     if path.is_file() || looks_like_path {
         let bytes =
             std::fs::read(path).map_err(|e| LoadError::Io(format!("cannot read `{spec}`: {e}")))?;
-        return Rule::parse_bytes(spec, &bytes).map_err(LoadError::Diagnostics);
+        let rule = Rule::parse_bytes(spec, &bytes).map_err(LoadError::Diagnostics)?;
+        // Parsing succeeded, so the bytes are UTF-8.
+        return Ok((rule, String::from_utf8_lossy(&bytes).into_owned()));
     }
-    if let Some(result) = stdlib::rule(spec) {
-        return result.map_err(LoadError::Diagnostics);
+    if let (Some(result), Some(source)) = (stdlib::rule(spec), stdlib::source(spec)) {
+        return result
+            .map(|rule| (rule, source.to_string()))
+            .map_err(LoadError::Diagnostics);
     }
     let names: Vec<&str> = stdlib::names().collect();
     let mut msg = format!("no such file `{spec}`, and no stdlib rule of that name");

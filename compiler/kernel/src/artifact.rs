@@ -8,6 +8,7 @@
 use crate::abi::Param;
 use crate::kernel::{Kernel, KernelError, FORMAT_VERSION};
 use crate::table::TableLayout;
+use crate::variant::{Conditions, VariantId};
 use serde::{Deserialize, Serialize};
 
 /// One entry point of a PTX module: its name and its parameters, in order.
@@ -54,9 +55,27 @@ pub struct PtxModule {
 pub struct Artifact {
     /// [`FORMAT_VERSION`] at the time of writing.
     pub format_version: u32,
-    /// The kernel description.
+    /// The kernel description: the flag set's kernel with every condition on hypers kept as a
+    /// select. Its states are every state a variant may allocate.
     pub kernel: Kernel,
-    /// The PTX, when compiled for CUDA.
+    /// The PTX of `kernel`, when compiled for CUDA.
+    pub ptx: Option<PtxModule>,
+    /// The conditions on hypers that choose a variant (`crate::variant`); empty when the rule has
+    /// none.
+    #[serde(default)]
+    pub conditions: Conditions,
+    /// One entry per variant, in [`VariantId`] order (`2^n` for `n` conditions); empty when
+    /// there are no conditions.
+    #[serde(default)]
+    pub variants: Vec<ArtifactVariant>,
+}
+
+/// One variant of an artifact: its kernel and, for CUDA, its PTX.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactVariant {
+    /// The variant's kernel.
+    pub kernel: Kernel,
+    /// Its PTX, when compiled for CUDA.
     pub ptx: Option<PtxModule>,
 }
 
@@ -90,13 +109,32 @@ pub enum ArtifactError {
 }
 
 impl Artifact {
-    /// Wraps a kernel (and its PTX) with the current format version.
+    /// Wraps a kernel (and its PTX) with the current format version, without variants.
     pub fn new(kernel: Kernel, ptx: Option<PtxModule>) -> Self {
         Artifact {
             format_version: FORMAT_VERSION,
             kernel,
             ptx,
+            conditions: Conditions::default(),
+            variants: Vec::new(),
         }
+    }
+
+    /// Adds the conditions and one variant per [`VariantId`] of them, in order.
+    pub fn with_variants(mut self, conditions: Conditions, variants: Vec<ArtifactVariant>) -> Self {
+        self.conditions = conditions;
+        self.variants = variants;
+        self
+    }
+
+    /// The kernel and PTX of `variant` (the description kernel when there are no conditions).
+    pub fn variant(&self, variant: VariantId) -> Option<(&Kernel, Option<&PtxModule>)> {
+        if self.conditions.is_empty() {
+            return (variant == VariantId(0)).then_some((&self.kernel, self.ptx.as_ref()));
+        }
+        self.variants
+            .get(variant.index())
+            .map(|v| (&v.kernel, v.ptx.as_ref()))
     }
 
     /// Serializes to JSON text.
@@ -118,12 +156,44 @@ impl Artifact {
             });
         }
         let artifact: Artifact = serde_json::from_str(text)?;
-        artifact.kernel.validate()?;
-        if let Some(ptx) = &artifact.ptx {
-            crate::abi::check(&artifact.kernel, ptx).map_err(|reason| ArtifactError::Entries {
-                rule: artifact.kernel.rule.clone(),
-                reason,
-            })?;
+        let rule = artifact.kernel.rule.clone();
+        let entries = |reason: String| ArtifactError::Entries {
+            rule: rule.clone(),
+            reason,
+        };
+        artifact
+            .conditions
+            .validate(artifact.kernel.hypers.len())
+            .map_err(|e| entries(e.to_string()))?;
+        let want = if artifact.conditions.is_empty() {
+            0
+        } else {
+            artifact.conditions.variants().count()
+        };
+        if artifact.variants.len() != want {
+            return Err(entries(format!(
+                "{} variants for {} conditions (expected {want})",
+                artifact.variants.len(),
+                artifact.conditions.conditions.len()
+            )));
+        }
+        let all = std::iter::once((&artifact.kernel, artifact.ptx.as_ref())).chain(
+            artifact
+                .variants
+                .iter()
+                .map(|v| (&v.kernel, v.ptx.as_ref())),
+        );
+        for (kernel, ptx) in all {
+            kernel.validate()?;
+            if kernel.hypers != artifact.kernel.hypers || kernel.flags != artifact.kernel.flags {
+                return Err(entries("a variant has other hypers or flags".into()));
+            }
+            if artifact.ptx.is_some() != ptx.is_some() {
+                return Err(entries("some variants have PTX and some do not".into()));
+            }
+            if let Some(ptx) = ptx {
+                crate::abi::check(kernel, ptx).map_err(entries)?;
+            }
         }
         Ok(artifact)
     }
@@ -152,6 +222,7 @@ mod tests {
             init: Arena::new(),
             rank: Default::default(),
             host,
+            variant: Vec::new(),
             scalar_updates: vec![],
             reductions: vec![],
             stages: vec![Stage::default()],

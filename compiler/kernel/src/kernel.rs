@@ -18,11 +18,12 @@ use crate::eval::{eval_arena, EvalError};
 use crate::expr::{Expr, ReductionId, ScalarId, Slot, StateId, UniformId};
 use crate::matrix::{Coef, MatExpr, MatrixProgram};
 use crate::reduce::{ReductionDecl, Scope};
+use crate::variant::ConditionValue;
 use serde::{Deserialize, Serialize};
 use std::fmt::{self, Write as _};
 
 /// The version of the serialized kernel and artifact format. Bumped on every incompatible change.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// A hyperparameter: a runtime scalar with a default. Changing it never recompiles.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -184,6 +185,10 @@ pub struct Kernel {
     pub reductions: Vec<ReductionDecl>,
     /// The passes over the data, in order (at least one).
     pub stages: Vec<Stage>,
+    /// For a variant (`crate::variant`): the value each condition on hypers has in it; empty
+    /// for a kernel that keeps every such condition as a select.
+    #[serde(default)]
+    pub variant: Vec<ConditionValue>,
 }
 
 impl Stage {
@@ -621,7 +626,22 @@ impl fmt::Display for Kernel {
             RankClass::Matrix => " for matrices",
             RankClass::Vector => " for vectors",
         };
-        writeln!(f, "kernel {} [{}]{rank}", self.rule, flags.join(", "))?;
+        let variant = if self.variant.is_empty() {
+            String::new()
+        } else {
+            let v: Vec<String> = self
+                .variant
+                .iter()
+                .map(|c| format!("({}) = {}", c.text, c.value))
+                .collect();
+            format!(" variant {{{}}}", v.join(", "))
+        };
+        writeln!(
+            f,
+            "kernel {} [{}]{rank}{variant}",
+            self.rule,
+            flags.join(", ")
+        )?;
         for h in &self.hypers {
             writeln!(f, "  hyper {} = {}", h.name, fmt_num(h.default))?;
         }

@@ -8,8 +8,11 @@
 //! - [`kernel`]: the fused kernel: host program, then stages (uniforms, per-element body,
 //!   stores, reduce outputs);
 //! - [`reduce`]: reductions and the one summation order every backend follows;
+//! - [`dtype`] and [`quant`]: storage dtypes, and the one definition of every conversion between
+//!   a stored value and f32 (rounding, stochastic rounding, 8-bit block quantization);
 //! - [`matrix`]: matrix programs (products between the per-element passes) and their meaning;
 //! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
+//! - [`variant`]: the conditions on hypers that choose a kernel variant per step;
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads;
 //! - [`abi`] and [`table`]: the launch ABI of the PTX entries, as data the artifact carries.
 //!
@@ -18,18 +21,22 @@
 pub mod abi;
 pub mod arena;
 pub mod artifact;
+pub mod dtype;
 pub mod eval;
 pub mod expr;
 pub mod kernel;
 pub mod matrix;
 pub mod num;
 pub mod op;
+pub mod quant;
 pub mod reduce;
 pub mod table;
 pub mod valid;
+pub mod variant;
 
 pub use arena::{Arena, Handle};
 pub use artifact::{Artifact, ArtifactError};
+pub use dtype::Dtype;
 pub use expr::{Expr, FlagId, HyperId, ReductionId, ScalarId, Slot, StateId, UniformId};
 pub use kernel::{
     BufferUse, FlagValue, HostValues, HyperDecl, Init, Kernel, KernelError, RankClass,
@@ -40,3 +47,4 @@ pub use reduce::{
     ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, GRAD_NORM_REDUCTION, REDUCE_BLOCK, REDUCE_LANES,
 };
 pub use valid::ValidKernel;
+pub use variant::{Condition, ConditionValue, Conditions, VariantId, MAX_CONDITIONS};

@@ -112,6 +112,27 @@ impl BinaryOp {
             BinaryOp::Or => "or",
         }
     }
+    /// The op as `.opt` source spells it: the infix operator (`+`, `<=`, `&&`, ...), or the
+    /// function name for `min` and `max`.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "+",
+            BinaryOp::Sub => "-",
+            BinaryOp::Mul => "*",
+            BinaryOp::Div => "/",
+            BinaryOp::Pow => "^",
+            BinaryOp::Min => "min",
+            BinaryOp::Max => "max",
+            BinaryOp::Lt => "<",
+            BinaryOp::Le => "<=",
+            BinaryOp::Gt => ">",
+            BinaryOp::Ge => ">=",
+            BinaryOp::Eq => "==",
+            BinaryOp::Ne => "!=",
+            BinaryOp::And => "&&",
+            BinaryOp::Or => "||",
+        }
+    }
     /// Whether the op compares two numbers and gives a boolean.
     pub fn is_comparison(self) -> bool {
         matches!(

@@ -350,7 +350,7 @@ impl Checker<'_> {
                 } else {
                     (Some(Ty::Num), Ty::Num)
                 };
-                let sym = op_symbol(*op);
+                let sym = op.symbol();
                 match want {
                     Some(w) => {
                         for (t, x) in [(ta, a), (tb, b)] {
@@ -625,26 +625,6 @@ impl Checker<'_> {
                 (Ty::Num, Uniformity::Uniform)
             }
         }
-    }
-}
-
-fn op_symbol(op: BinaryOp) -> &'static str {
-    match op {
-        BinaryOp::Add => "+",
-        BinaryOp::Sub => "-",
-        BinaryOp::Mul => "*",
-        BinaryOp::Div => "/",
-        BinaryOp::Pow => "^",
-        BinaryOp::Min => "min",
-        BinaryOp::Max => "max",
-        BinaryOp::Lt => "<",
-        BinaryOp::Le => "<=",
-        BinaryOp::Gt => ">",
-        BinaryOp::Ge => ">=",
-        BinaryOp::Eq => "==",
-        BinaryOp::Ne => "!=",
-        BinaryOp::And => "&&",
-        BinaryOp::Or => "||",
     }
 }
 

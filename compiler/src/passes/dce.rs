@@ -4,6 +4,13 @@
 //! live when its slot is live; this runs to a fixed point, so a state that only feeds itself (and
 //! never `p`) is dropped with its store and is not allocated. Nodes no live store reaches are
 //! dropped. A live state whose flag condition is false for this flag set is an error.
+//!
+//! For a kernel variant ([`dce_keeping`]) the states and scalars live in the flag set's kernel
+//! stay live wherever the variant still changes them: a variant must leave every buffer as the
+//! kernel with the selects would, so a state updated on every step but read only under a
+//! condition keeps being updated while the condition is false. A state whose store became its
+//! own old value (the untaken branch of `if momentum != 0 { buf = ... }`) is neither read nor
+//! written by the variant, and is not allocated until a variant needs it.
 
 use crate::diag::Diagnostic;
 use crate::ir::{matrix_of, Builder, Function, Program, Reduction};
@@ -19,6 +26,8 @@ pub struct Live {
     pub states: Vec<usize>,
     /// The program's index of each live scalar state.
     pub scalars: Vec<usize>,
+    /// Which nodes of the input function survive, indexed like it.
+    pub reached: Vec<bool>,
     /// The matrix stages, once `passes::matrix` has planned them.
     pub matrix: super::matrix::MatrixPlan,
 }
@@ -30,6 +39,28 @@ pub fn dce(
     flags: &[bool],
     matrix: bool,
 ) -> Result<Live, Diagnostic> {
+    dce_with(f, program, flags, matrix, None)
+}
+
+/// Like [`dce`] for a variant of the flag set whose elimination gave `base`: every store of a
+/// state or scalar live in `base` is kept (see the module docs).
+pub fn dce_keeping(
+    f: &Function,
+    program: &Program,
+    flags: &[bool],
+    matrix: bool,
+    base: &Live,
+) -> Result<Live, Diagnostic> {
+    dce_with(f, program, flags, matrix, Some(base))
+}
+
+fn dce_with(
+    f: &Function,
+    program: &Program,
+    flags: &[bool],
+    matrix: bool,
+    base: Option<&Live>,
+) -> Result<Live, Diagnostic> {
     let n = f.exprs.len();
     let mut reached = vec![false; n];
     let mut live_states = vec![false; program.states.len()];
@@ -40,6 +71,20 @@ pub fn dce(
         .filter(|(s, _)| *s == Slot::Param)
         .map(|(_, h)| *h)
         .collect();
+    if let Some(base) = base {
+        // `rebuild` already dropped the stores that became their slot's old value.
+        for (s, h) in &f.stores {
+            if let Slot::State(id) = s {
+                if base.states.contains(&id.index()) {
+                    live_states[id.index()] = true;
+                    roots.push(*h);
+                }
+            }
+        }
+        for &i in &base.scalars {
+            live_scalars[i] = true;
+        }
+    }
     loop {
         // Mark everything the current roots reach.
         while let Some(h) = roots.pop() {
@@ -170,6 +215,7 @@ pub fn dce(
         func: out,
         states,
         scalars,
+        reached,
         matrix: Default::default(),
     })
 }

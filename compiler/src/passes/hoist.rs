@@ -466,6 +466,7 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
             RankClass::Any
         },
         host: host.func.exprs,
+        variant: Vec::new(),
         scalar_updates,
         reductions,
         stages: kernel_stages,

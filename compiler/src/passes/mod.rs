@@ -10,6 +10,10 @@
 //!    stages at its reductions; every uniform value that a per-element node needs becomes a
 //!    host-program value and a stage argument, so each body does per-element work only.
 //!
+//! [`variants`] runs the same passes once more per combination of the conditions on hypers
+//! alone (`if momentum != 0`), each condition a constant: the kernel variants the runtime picks
+//! from per step.
+//!
 //! Between 4 and 5, [`matrix`] turns matrix values into matrix programs of the stages.
 //!
 //! With [`CompileOptions::clip`], [`clip`] first rewrites every read of `g` to the gradient
@@ -23,6 +27,7 @@ pub mod fold;
 pub mod hoist;
 pub mod matrix;
 pub mod specialize;
+pub mod variants;
 
 use crate::diag::Diagnostic;
 use crate::ir::Program;
@@ -44,15 +49,41 @@ pub fn compile(program: &Program, flags: &[bool]) -> Result<Kernel, Diagnostic> 
     compile_with(program, flags, &CompileOptions::default())
 }
 
-/// Like [`compile`], with options.
+/// Like [`compile`], with options. Every condition on hypers stays a select in the kernel (the
+/// flag set's description kernel); [`variants::compile_variant`] gives the kernels the runtime
+/// runs.
 pub fn compile_with(
     program: &Program,
     flags: &[bool],
     options: &CompileOptions,
 ) -> Result<Kernel, Diagnostic> {
-    let clipped;
+    let front = front(program, flags, options)?;
+    let for_matrices = front.rank == RankClass::Matrix;
+    let live = matrix::plan(front.base.clone(), for_matrices)?;
+    let mut kernel = hoist::hoist(&front.program, flags, &live)?;
+    kernel.rank = front.rank;
+    Ok(kernel)
+}
+
+/// The passes before hoisting, shared by the description kernel and its variants.
+pub(crate) struct Front<'p> {
+    /// The program, with clipping added when asked for.
+    pub program: std::borrow::Cow<'p, Program>,
+    /// The rank class compiled for.
+    pub rank: RankClass,
+    /// The update after specialization, folding and CSE.
+    pub func: crate::ir::Function,
+    /// Dead-code elimination of `func`.
+    pub base: dce::Live,
+}
+
+pub(crate) fn front<'p>(
+    program: &'p Program,
+    flags: &[bool],
+    options: &CompileOptions,
+) -> Result<Front<'p>, Diagnostic> {
     let program = if options.clip {
-        clipped = clip::add_clipping(program).map_err(|name| {
+        std::borrow::Cow::Owned(clip::add_clipping(program).map_err(|name| {
             Diagnostic::error(
                 "E0701",
                 format!("the rule declares a hyper `{name}`, which clipping adds"),
@@ -60,10 +91,9 @@ pub fn compile_with(
                 "here",
             )
             .hint("rename the hyper, or compile without clipping")
-        })?;
-        &clipped
+        })?)
     } else {
-        program
+        std::borrow::Cow::Borrowed(program)
     };
     let rank = match (program.uses_rank(), options.rank) {
         (false, _) => RankClass::Any,
@@ -84,10 +114,12 @@ pub fn compile_with(
     let matrix = rank == RankClass::Matrix;
     let f = specialize::specialize_rank(&program.update, flags, matrix);
     let f = fold::fold(&f);
-    let f = cse::cse(&f);
-    let live = dce::dce(&f, program, flags, matrix)?;
-    let live = matrix::plan(live, matrix)?;
-    let mut kernel = hoist::hoist(program, flags, &live)?;
-    kernel.rank = rank;
-    Ok(kernel)
+    let func = cse::cse(&f);
+    let base = dce::dce(&func, &program, flags, matrix)?;
+    Ok(Front {
+        program,
+        rank,
+        func,
+        base,
+    })
 }

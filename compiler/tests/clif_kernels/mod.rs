@@ -42,6 +42,7 @@ impl Kb {
                 init,
                 rank: Default::default(),
                 host: Arena::new(),
+                variant: Vec::new(),
                 scalar_updates: vec![],
                 reductions: vec![],
                 stages: vec![Stage::default()],

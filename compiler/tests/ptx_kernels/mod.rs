@@ -36,6 +36,7 @@ impl Builder {
                 init: Arena::new(),
                 rank: Default::default(),
                 host: Arena::new(),
+                variant: Vec::new(),
                 scalar_updates: vec![],
                 reductions: vec![],
                 stages: vec![Stage::default()],

@@ -54,6 +54,9 @@ impl Code {
         // of the uniforms back into the loop (and reloads them from spill slots there), which
         // measured about 2x slower on AdamW, so it stays off.
         flags.set("opt_level", "none").map_err(jit_err)?;
+        // `clif::emit` has already run the verifier on every function; running it again inside
+        // Cranelift's compile took most of the JIT time of the staged rules (issue 11, §4).
+        flags.set("enable_verifier", "false").map_err(jit_err)?;
         flags
             .set("use_colocated_libcalls", "false")
             .map_err(jit_err)?;

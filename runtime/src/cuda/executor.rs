@@ -137,6 +137,8 @@ impl<'a> crate::Update<'a> {
 /// A kernel loaded on the device.
 struct Loaded {
     kernel: ValidKernel,
+    /// The position of each of the kernel's states among a parameter's.
+    slots: Vec<usize>,
     /// Each stage's multi-tensor entry, with the stage's entry list from the artifact.
     stages: Vec<(CudaFunction, StageEntries)>,
     _module: Arc<CudaModule>,
@@ -148,7 +150,8 @@ pub(crate) struct CudaExecutor {
     shape: LaunchShape,
     multiprocessors: u32,
     kernels: Vec<Loaded>,
-    states: Vec<Option<Vec<CudaSlice<f32>>>>,
+    /// Per registered parameter: its state buffers by position, each once it is allocated.
+    states: Vec<Vec<Option<CudaSlice<f32>>>>,
     buffers: LaunchBuffers,
 }
 
@@ -260,9 +263,9 @@ impl CudaExecutor {
         }
     }
 
-    fn slot(&mut self, param: usize) -> &mut Option<Vec<CudaSlice<f32>>> {
+    fn slot(&mut self, param: usize) -> &mut Vec<Option<CudaSlice<f32>>> {
         if self.states.len() <= param {
-            self.states.resize_with(param + 1, || None);
+            self.states.resize_with(param + 1, Vec::new);
         }
         &mut self.states[param]
     }
@@ -277,6 +280,7 @@ impl Executor for CudaExecutor {
         &mut self,
         kernel: ValidKernel,
         ptx: Option<&PtxModule>,
+        slots: Vec<usize>,
     ) -> Result<usize, RuntimeError> {
         if let Some(k) = kernel.stages.iter().position(|s| s.matrix.is_some()) {
             return Err(RuntimeError::Unsupported(format!(
@@ -316,6 +320,7 @@ impl Executor for CudaExecutor {
         }
         self.kernels.push(Loaded {
             kernel,
+            slots,
             stages,
             _module: module,
         });
@@ -326,32 +331,65 @@ impl Executor for CudaExecutor {
         &self.kernels[kernel].kernel
     }
 
+    fn kernel_count(&self) -> usize {
+        self.kernels.len()
+    }
+
     fn create_states(
         &mut self,
         param: usize,
         len: usize,
-        init: &[StateInit],
+        count: usize,
+        init: &[(usize, StateInit)],
         data: &TensorData<'_>,
-        kernel: usize,
     ) -> Result<(), RuntimeError> {
-        let names: Vec<String> = self.kernels[kernel]
-            .kernel
-            .states
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
         let mut buffers = Vec::with_capacity(init.len());
-        for (i, name) in init.iter().zip(&names) {
-            buffers.push(self.new_state(len, *i, data, name)?);
+        for &(at, i) in init {
+            if at >= count {
+                return Err(internal("a state position out of range"));
+            }
+            // The state's name, from a loaded kernel that uses it (for error messages).
+            let name = self
+                .kernels
+                .iter()
+                .find_map(|k| {
+                    let i = k.slots.iter().position(|&s| s == at)?;
+                    k.kernel.states.get(i).map(|d| d.name.clone())
+                })
+                .unwrap_or_else(|| format!("#{at}"));
+            buffers.push((at, self.new_state(len, i, data, &name)?));
         }
-        *self.slot(param) = Some(buffers);
+        let states = self.slot(param);
+        states.resize_with(count, || None);
+        for (at, b) in buffers {
+            states[at] = Some(b);
+        }
         Ok(())
     }
 
-    fn drop_states(&mut self, param: usize) {
+    fn drop_states(&mut self, param: usize, which: Option<&[usize]>) {
         if let Some(s) = self.states.get_mut(param) {
-            *s = None;
+            match which {
+                None => s.clear(),
+                Some(which) => {
+                    for &i in which {
+                        if let Some(b) = s.get_mut(i) {
+                            *b = None;
+                        }
+                    }
+                    if s.iter().all(Option::is_none) {
+                        s.clear();
+                    }
+                }
+            }
         }
+    }
+
+    fn allocated(&self, param: usize) -> Vec<bool> {
+        self.states
+            .get(param)
+            .map(|s| s.iter().map(Option::is_some).collect())
+            .unwrap_or_default()
     }
 
     fn run_stage(
@@ -361,6 +399,9 @@ impl Executor for CudaExecutor {
         tensors: &mut [StageTensor<'_, '_>],
     ) -> Result<Partials, RuntimeError> {
         let stream = self.stream.clone();
+        if let Some(last) = tensors.iter().map(|t| t.param).max() {
+            self.slot(last);
+        }
         let loaded = &self.kernels[kernel];
         let Some((multi, entries)) = loaded.stages.get(stage) else {
             return Err(internal(&format!("kernel {kernel} has no stage {stage}")));
@@ -389,8 +430,8 @@ impl Executor for CudaExecutor {
                 TensorData::Device(_) => None,
             });
         }
-        let mut slots: Vec<Option<&mut Vec<CudaSlice<f32>>>> =
-            self.states.iter_mut().map(Option::as_mut).collect();
+        let mut slots: Vec<Option<&mut Vec<Option<CudaSlice<f32>>>>> =
+            self.states.iter_mut().map(Some).collect();
         let mut launch = Vec::with_capacity(tensors.len());
         // Every guard lives until the launch below is queued.
         let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
@@ -411,7 +452,13 @@ impl Executor for CudaExecutor {
                 (TensorData::Host { .. }, None) => return Err(internal("an unstaged host tensor")),
             };
             let mut pointers = vec![p, g];
-            for s in states.iter_mut() {
+            let mut mine: Vec<Option<&mut CudaSlice<f32>>> =
+                states.iter_mut().map(Option::as_mut).collect();
+            for &at in &loaded.slots {
+                let s = mine
+                    .get_mut(at)
+                    .and_then(Option::take)
+                    .ok_or_else(|| internal("a kernel's state is not allocated"))?;
                 let (ptr, sync) = s.device_ptr_mut(&stream);
                 pointers.push(ptr);
                 guards.push(sync);
@@ -472,32 +519,38 @@ impl Executor for CudaExecutor {
         Ok(partials)
     }
 
-    fn read_states(&self, param: usize) -> Result<Vec<Vec<f32>>, RuntimeError> {
-        let Some(Some(states)) = self.states.get(param) else {
+    fn read_states(&self, param: usize) -> Result<Vec<Option<Vec<f32>>>, RuntimeError> {
+        let Some(states) = self.states.get(param) else {
             return Ok(Vec::new());
         };
         let mut out = Vec::with_capacity(states.len());
         for s in states {
-            out.push(if s.is_empty() {
-                Vec::new()
-            } else {
-                self.stream.clone_dtoh(s).during("reading a state back")?
+            out.push(match s {
+                None => None,
+                Some(s) if s.is_empty() => Some(Vec::new()),
+                Some(s) => Some(self.stream.clone_dtoh(s).during("reading a state back")?),
             });
         }
         Ok(out)
     }
 
-    fn write_states(&mut self, states: Vec<(usize, Vec<Vec<f32>>)>) -> Result<(), RuntimeError> {
+    fn write_states(
+        &mut self,
+        states: Vec<(usize, Vec<Option<Vec<f32>>>)>,
+    ) -> Result<(), RuntimeError> {
         let mut uploaded = Vec::with_capacity(states.len());
         for (param, values) in states {
             let mut bufs = Vec::with_capacity(values.len());
             for v in &values {
-                bufs.push(self.upload(v, "a state")?);
+                bufs.push(match v {
+                    Some(v) => Some(self.upload(v, "a state")?),
+                    None => None,
+                });
             }
             uploaded.push((param, bufs));
         }
         for (param, bufs) in uploaded {
-            *self.slot(param) = Some(bufs);
+            *self.slot(param) = bufs;
         }
         Ok(())
     }

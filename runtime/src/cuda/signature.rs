@@ -34,9 +34,27 @@ mod tests {
 
     #[test]
     fn optc_ptx_fits_its_kernel() {
-        for rule in optc_compiler::stdlib::names() {
-            let (k, ptx) = ptx_of(rule, &[]);
-            check(&k, &ptx).unwrap_or_else(|e| panic!("{e}"));
+        use optc_compiler::CompileOptions;
+        use optc_kernel::RankClass;
+        for name in optc_compiler::stdlib::names() {
+            let rule = optc_compiler::stdlib::rule(name)
+                .and_then(Result::ok)
+                .unwrap_or_else(|| panic!("{name}"));
+            // A rule that reads `matrix` has one kernel per rank class.
+            let ranks = if rule.uses_rank() {
+                vec![RankClass::Matrix, RankClass::Vector]
+            } else {
+                vec![RankClass::Any]
+            };
+            for rank in ranks {
+                let options = CompileOptions { clip: false, rank };
+                let k = rule
+                    .specialize_with(&[], &options)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                let ptx = optc_compiler::backend::ptx::emit(&k, &Default::default())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                check(&k, &ptx).unwrap_or_else(|e| panic!("{name} {rank:?}: {e}"));
+            }
         }
     }
 

@@ -91,6 +91,7 @@ pub fn adamw() -> Kernel {
         init,
         rank: Default::default(),
         host,
+        variant: Vec::new(),
         scalar_updates: vec![],
         reductions: vec![],
         stages: vec![Stage {
@@ -166,6 +167,7 @@ pub fn toy() -> Kernel {
         rank: Default::default(),
         host,
         reductions: vec![],
+        variant: Vec::new(),
         scalar_updates: vec![ScalarUpdate {
             scalar: ScalarId(0),
             value: acc2,

@@ -77,6 +77,15 @@ impl Lower<'_> {
                 Fused::MulSub(x, y, c) => (x, y, c, true, false),
                 Fused::NegMulAdd(x, y, c) => (x, y, c, false, true),
             };
+            // Cranelift's `vfmadd213` overwrites its first factor. A loop-invariant factor (a
+            // splat that lives across the loop) there costs a register copy per use, and copies
+            // of this kind made the loop of AdamW several times slower than its arithmetic, so
+            // the per-element factor goes first (the product is the same either way).
+            let (x, y) = if self.plan.invariant[x.index()] && !self.plan.invariant[y.index()] {
+                (y, x)
+            } else {
+                (x, y)
+            };
             let mut xv = self.num(g, env, x);
             let yv = self.num(g, env, y);
             let mut cv = self.num(g, env, c);
