@@ -36,6 +36,7 @@ fn reduce_then_add(op: ReduceOp, scope: Scope) -> Kernel {
         }],
         stages: vec![
             Stage {
+                matrix: None,
                 uniforms: vec![],
                 body: body0,
                 stores: vec![],
@@ -45,6 +46,7 @@ fn reduce_then_add(op: ReduceOp, scope: Scope) -> Kernel {
                 }],
             },
             Stage {
+                matrix: None,
                 uniforms: vec![r],
                 body: body1,
                 stores: vec![Store {
@@ -70,6 +72,7 @@ fn run(k: &Kernel, grads: &[Vec<f32>]) -> (Vec<Vec<f32>>, Vec<Vec<f64>>) {
             hypers: &[],
             t: 1,
             scalars: s,
+            view: None,
             bufs: Buffers {
                 param: p,
                 grad: g,

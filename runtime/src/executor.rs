@@ -52,6 +52,10 @@ pub(crate) struct StageTensor<'s, 'a> {
     pub data: &'s mut TensorData<'a>,
     /// The stage's uniforms for this tensor, rounded to f32.
     pub uniforms: Vec<f32>,
+    /// The tensor's matrix view (tensors of 2 or more dims), for matrix programs (run by the
+    /// host executors only: the CUDA one refuses matrix stages when it loads a kernel).
+    #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
+    pub view: Option<optc_kernel::matrix::WideView>,
 }
 
 /// A stage's block partials: `[tensor][reduce output][block]`.

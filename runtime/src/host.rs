@@ -8,8 +8,10 @@
 use crate::cpu::{CpuKernel, CpuOptions, Partials, TensorArgs};
 use crate::error::RuntimeError;
 use crate::executor::{self, Executor, StageTensor, StateInit, TensorData};
+use crate::matrix::{self, MatrixArgs};
 use crate::target::Target;
 use optc_kernel::artifact::PtxModule;
+use optc_kernel::matrix::{reference_matmul, Mat};
 use optc_kernel::ValidKernel;
 use std::sync::Arc;
 
@@ -170,6 +172,7 @@ impl Executor for HostExecutor {
         tensors: &mut [StageTensor<'_, '_>],
     ) -> Result<executor::Partials, RuntimeError> {
         let n = tensors.len();
+        let views: Vec<_> = tensors.iter().map(|t| t.view).collect();
         if let Some(last) = tensors.iter().map(|t| t.param).max() {
             self.slot(last);
         }
@@ -202,6 +205,37 @@ impl Executor for HostExecutor {
                 states,
                 uniforms: std::mem::take(&mut t.uniforms),
             });
+        }
+        let (valid, cpu) = match compiled {
+            Compiled::Cpu(_, k) => (k, true),
+            Compiled::Interp(k) => (k, false),
+        };
+        if let Some(program) = &valid.stages[stage].matrix {
+            let threads = self
+                .pool
+                .as_deref()
+                .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+            for (a, view) in args.iter_mut().zip(&views) {
+                let margs = MatrixArgs {
+                    param: a.param,
+                    grad: a.grad,
+                    states: &mut a.states,
+                };
+                let run = || {
+                    let mut mm = |x: &Mat, y: &Mat| {
+                        if cpu {
+                            matrix::cpu::matmul(x, y, threads)
+                        } else {
+                            reference_matmul(x, y)
+                        }
+                    };
+                    matrix::run_program(&valid.rule, program, &a.uniforms, *view, margs, &mut mm)
+                };
+                match self.pool.as_deref() {
+                    Some(pool) if cpu => pool.install(run)?,
+                    _ => run()?,
+                }
+            }
         }
         match compiled {
             Compiled::Cpu(k, valid) => {

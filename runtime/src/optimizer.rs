@@ -27,6 +27,7 @@ use crate::rule::Rule;
 use crate::stages;
 use crate::target::Target;
 use crate::variants::Family;
+use optc_kernel::matrix::WideView;
 use optc_kernel::GRAD_NORM_REDUCTION;
 
 /// The hyper that clipping by global norm adds (`optc_compiler`'s clip pass).
@@ -701,7 +702,13 @@ impl Optimizer {
             // Stage 0's uniforms (and, without reductions, the new scalars) are known now; the
             // host program of a validated kernel cannot fail later with more reductions known.
             let reduced = vec![f64::NAN; kernel.reductions.len()];
-            let host = kernel.eval_host(&group.hypers, t, &scalars, &reduced)?;
+            let host = kernel.eval_host_for(
+                &group.hypers,
+                t,
+                &scalars,
+                &reduced,
+                WideView::of_shape(&p.shape),
+            )?;
             plans.push(Plan {
                 index,
                 group: p.group,
@@ -714,6 +721,7 @@ impl Optimizer {
                 scalars_before: scalars,
                 scalars: host.scalars,
                 reduced,
+                view: WideView::of_shape(&p.shape),
             });
         }
         Ok(plans)
@@ -784,8 +792,13 @@ impl Optimizer {
                     Some(std::mem::take(&mut plan.uniforms))
                 } else {
                     let hypers = &self.groups[plan.group].hypers;
-                    let host =
-                        kernel.eval_host(hypers, plan.t, &plan.scalars_before, &plan.reduced)?;
+                    let host = kernel.eval_host_for(
+                        hypers,
+                        plan.t,
+                        &plan.scalars_before,
+                        &plan.reduced,
+                        plan.view,
+                    )?;
                     Some(host.uniforms[stage].iter().map(|&x| x as f32).collect())
                 });
             }
@@ -801,6 +814,7 @@ impl Optimizer {
                         param: plan.index,
                         data: &mut u.data,
                         uniforms,
+                        view: plan.view,
                     });
                 }
             }
@@ -840,7 +854,13 @@ impl Optimizer {
             if !kernel.reductions.is_empty() {
                 let hypers = &self.groups[plan.group].hypers;
                 plan.scalars = kernel
-                    .eval_host(hypers, plan.t, &plan.scalars_before, &plan.reduced)?
+                    .eval_host_for(
+                        hypers,
+                        plan.t,
+                        &plan.scalars_before,
+                        &plan.reduced,
+                        plan.view,
+                    )?
                     .scalars;
             }
         }
@@ -868,6 +888,8 @@ struct Plan {
     scalars: Vec<f64>,
     /// The kernel's reductions finalized so far (NaN before their stage).
     reduced: Vec<f64>,
+    /// The tensor's matrix view (tensors of 2 or more dims).
+    view: Option<WideView>,
 }
 
 impl std::fmt::Debug for Optimizer {

@@ -69,6 +69,7 @@ fn two_stage() -> Kernel {
         ],
         stages: vec![
             Stage {
+                matrix: None,
                 uniforms: vec![],
                 body: body0,
                 stores: vec![],
@@ -84,6 +85,7 @@ fn two_stage() -> Kernel {
                 ],
             },
             Stage {
+                matrix: None,
                 uniforms: vec![step, peak],
                 body: body1,
                 stores: vec![

@@ -19,6 +19,7 @@ use super::dce::Live;
 use crate::check::Uniformity;
 use crate::diag::Diagnostic;
 use crate::ir::{Builder, Program};
+use optc_kernel::matrix::{Coef, MatExpr};
 use optc_kernel::{
     Arena, BinaryOp, Expr, FlagValue, Handle, HyperDecl, Init, Kernel, RankClass, ReduceOutput,
     ReductionDecl, ReductionId, ScalarDecl, ScalarUpdate, Slot, Stage, StateDecl, StateShape,
@@ -135,6 +136,8 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
                 .reductions
                 .get(r.index())
                 .map_or(0, |red| level[red.arg.index()] + 1),
+            // A matrix output is known from its matrix stage on (`passes::matrix`).
+            Expr::Load(slot) => live.matrix.load_level(slot),
             ref e => e.operands().map(|o| level[o.index()]).max().unwrap_or(0),
         };
     }
@@ -145,6 +148,7 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
     let stages = 1 + store_stage
         .iter()
         .chain(reps.iter().map(|&i| &red_stage[i]))
+        .chain(live.matrix.programs.iter().map(|p| &p.stage))
         .copied()
         .max()
         .unwrap_or(0);
@@ -190,6 +194,12 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
         }
     }
     wanted.extend(f.scalar_stores.iter().map(|(_, h)| *h));
+    wanted.extend(
+        live.matrix
+            .programs
+            .iter()
+            .flat_map(|p| p.coefs.iter().copied()),
+    );
     for h in wanted {
         needed[h.index()] = true;
     }
@@ -325,11 +335,30 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
             })
             .collect();
         kernel_stages.push(Stage {
+            matrix: None,
             uniforms,
             body: body.func.exprs,
             stores,
             reduce,
         });
+    }
+    // Matrix programs run at the start of their stage; their coefficients are stage uniforms.
+    for planned in &live.matrix.programs {
+        let Some(stage) = kernel_stages.get_mut(planned.stage) else {
+            continue;
+        };
+        let mut program = planned.program.clone();
+        for node in &mut program.nodes {
+            if let MatExpr::Scale(Coef::Uniform(u), a) = *node {
+                let c = planned.coefs[u.index()];
+                let coef = match host_of.get(&c.index()) {
+                    Some(hh) => Coef::Uniform(uniform_of(&mut stage.uniforms, *hh)),
+                    None => Coef::Const(f64::NAN),
+                };
+                *node = MatExpr::Scale(coef, a);
+            }
+        }
+        stage.matrix = Some(program);
     }
     let reductions: Vec<ReductionDecl> = reps
         .iter()
@@ -400,6 +429,15 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
         })
         .collect();
 
+    let mut states: Vec<StateDecl> = states;
+    if !live.matrix.scratch.is_empty() {
+        let zero = init.append(Expr::Const(0.0));
+        states.extend(live.matrix.scratch.iter().map(|name| StateDecl {
+            name: name.clone(),
+            init: Init::Value(zero),
+            shape: StateShape::Full,
+        }));
+    }
     let kernel = Kernel {
         rule: program.name.clone(),
         flags: program
@@ -422,7 +460,11 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
         states,
         scalars,
         init,
-        rank: RankClass::Any,
+        rank: if live.matrix.for_matrices {
+            RankClass::Matrix
+        } else {
+            RankClass::Any
+        },
         host: host.func.exprs,
         variant: Vec::new(),
         scalar_updates,

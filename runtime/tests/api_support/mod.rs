@@ -95,6 +95,7 @@ pub fn adamw() -> Kernel {
         scalar_updates: vec![],
         reductions: vec![],
         stages: vec![Stage {
+            matrix: None,
             uniforms,
             body,
             reduce: vec![],
@@ -172,6 +173,7 @@ pub fn toy() -> Kernel {
             value: acc2,
         }],
         stages: vec![Stage {
+            matrix: None,
             uniforms: vec![u0],
             body,
             reduce: vec![],
