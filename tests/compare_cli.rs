@@ -165,3 +165,36 @@ fn a_small_run_prints_the_table_and_writes_curves_and_results() {
     // AdamW keeps two f32 states (m, v) per parameter.
     assert_eq!(entries[0]["summary"]["state_bytes_per_param"], 8.0);
 }
+
+/// Issue 14: one Muon optimizer trains the whole digits MLP (Muon on the two weight matrices,
+/// its AdamW branch on the biases) and reaches the task's target accuracy (95%) within 200 steps
+/// at lr = 0.02 (the learning rate of Muon's reference and torch's example), on both seeds.
+#[test]
+fn muon_reaches_the_digits_target() {
+    let dir = scratch_dir("compare-muon");
+    let out = dir.to_string_lossy().into_owned();
+    let o = optc(&[
+        "compare",
+        "muon",
+        "--task",
+        "digits-mlp",
+        "--steps",
+        "200",
+        "--seeds",
+        "2",
+        "--set",
+        "muon:lr=0.02",
+        "--out",
+        &out,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("results.json")).expect("results.json"))
+            .expect("valid JSON");
+    let summary = &json["entries"][0]["summary"];
+    assert_eq!(summary["reached"], 2, "{summary}");
+    assert!(
+        summary["test_accuracy"]["min"].as_f64().expect("accuracy") >= 0.95,
+        "{summary}"
+    );
+}

@@ -23,9 +23,17 @@ pub const RULES: &[(&str, &str)] = &[
     ("adafactor", include_str!("../../stdlib/adafactor.opt")),
 ];
 
-/// The source of stdlib rule `name`.
+/// The stdlib rules with matrix stages (products between the per-element passes): `(name,
+/// source)`. They join [`RULES`] once every backend suite that walks it runs matrix stages.
+pub const MATRIX_RULES: &[(&str, &str)] = &[("muon", include_str!("../../stdlib/muon.opt"))];
+
+/// The source of stdlib rule `name` (in [`RULES`] or [`MATRIX_RULES`]).
 pub fn source(name: &str) -> Option<&'static str> {
-    RULES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    RULES
+        .iter()
+        .chain(MATRIX_RULES)
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
 }
 
 /// The names of the stdlib rules.

@@ -37,6 +37,7 @@ fn reduce_then_add(op: ReduceOp, scope: Scope) -> Kernel {
         }],
         stages: vec![
             Stage {
+                matrix: None,
                 uniforms: vec![],
                 body: body0,
                 stores: vec![],
@@ -46,6 +47,7 @@ fn reduce_then_add(op: ReduceOp, scope: Scope) -> Kernel {
                 }],
             },
             Stage {
+                matrix: None,
                 uniforms: vec![r],
                 body: body1,
                 stores: vec![Store {
@@ -71,6 +73,7 @@ fn run(k: &Kernel, grads: &[Vec<f32>]) -> (Vec<Vec<f32>>, Vec<Vec<f64>>) {
             hypers: &[],
             t: 1,
             scalars: s,
+            view: None,
             bufs: Buffers {
                 param: p,
                 grad: g,

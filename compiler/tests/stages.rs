@@ -109,6 +109,7 @@ fn clipping_scales_g_by_the_global_norm() {
             hypers: &hypers,
             t: 1,
             scalars: s,
+            view: None,
             bufs: Buffers {
                 param: p,
                 grad: g,

@@ -137,6 +137,7 @@ fn step(
             scalars,
             bufs,
             dims,
+            view: None,
         }],
     )
     .expect("ok");

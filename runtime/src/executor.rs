@@ -53,13 +53,16 @@ pub(crate) struct StageTensor<'s, 'a> {
     /// The stage's uniforms for this tensor, rounded to f32.
     pub uniforms: Vec<f32>,
     /// The stage's `[rows]`/`[cols]` values for this tensor (`Kernel::stage_vectors`), rounded
-    /// to f32; empty for kernels without them. (CUDA, which refuses such kernels, reads
-    /// neither.)
+    /// to f32; empty for kernels without them.
     #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
     pub vectors: Vec<Vec<f32>>,
-    /// The tensor's matrix view, for kernels with `[rows]`/`[cols]` values.
+    /// The tensor seen as matrices (its last two dims), for kernels with `[rows]`/`[cols]` values.
     #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
     pub dims: Option<optc_kernel::MatrixDims>,
+    /// The tensor's matrix view (tensors of 2 or more dims), for matrix programs (run by the
+    /// host executors only: the CUDA one refuses matrix stages when it loads a kernel).
+    #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
+    pub view: Option<optc_kernel::matrix::WideView>,
 }
 
 /// A stage's block partials: `[tensor][reduce output][block]` (for a Row- or Col-scope output,

@@ -8,8 +8,10 @@
 use crate::cpu::{CpuKernel, CpuOptions, Partials, RowKernel, RowTensor, TensorArgs};
 use crate::error::RuntimeError;
 use crate::executor::{self, Executor, StageTensor, StateInit, TensorData};
+use crate::matrix::{self, MatrixArgs};
 use crate::target::Target;
 use optc_kernel::artifact::PtxModule;
+use optc_kernel::matrix::{reference_matmul, Mat};
 use optc_kernel::ValidKernel;
 use std::sync::Arc;
 
@@ -179,7 +181,8 @@ impl Executor for HostExecutor {
         tensors: &mut [StageTensor<'_, '_>],
     ) -> Result<executor::Partials, RuntimeError> {
         let n = tensors.len();
-        let mut matrix = Vec::with_capacity(n);
+        let mut vecs = Vec::with_capacity(n);
+        let views: Vec<_> = tensors.iter().map(|t| t.view).collect();
         if let Some(last) = tensors.iter().map(|t| t.param).max() {
             self.slot(last);
         }
@@ -212,7 +215,38 @@ impl Executor for HostExecutor {
                 states,
                 uniforms: std::mem::take(&mut t.uniforms),
             });
-            matrix.push((std::mem::take(&mut t.vectors), t.dims));
+            vecs.push((std::mem::take(&mut t.vectors), t.dims));
+        }
+        let (valid, cpu) = match compiled {
+            Compiled::Cpu(_, k) | Compiled::CpuRows(_, k) => (k, true),
+            Compiled::Interp(k) => (k, false),
+        };
+        if let Some(program) = &valid.stages[stage].matrix {
+            let threads = self
+                .pool
+                .as_deref()
+                .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+            for (a, view) in args.iter_mut().zip(&views) {
+                let margs = MatrixArgs {
+                    param: a.param,
+                    grad: a.grad,
+                    states: &mut a.states,
+                };
+                let run = || {
+                    let mut mm = |x: &Mat, y: &Mat| {
+                        if cpu {
+                            matrix::cpu::matmul(x, y, threads)
+                        } else {
+                            reference_matmul(x, y)
+                        }
+                    };
+                    matrix::run_program(&valid.rule, program, &a.uniforms, *view, margs, &mut mm)
+                };
+                match self.pool.as_deref() {
+                    Some(pool) if cpu => pool.install(run)?,
+                    _ => run()?,
+                }
+            }
         }
         match compiled {
             Compiled::Cpu(k, valid) => {
@@ -225,7 +259,7 @@ impl Executor for HostExecutor {
             }
             Compiled::CpuRows(k, _) => {
                 let mut rows = Vec::with_capacity(n);
-                for (a, (vectors, dims)) in args.into_iter().zip(matrix) {
+                for (a, (vectors, dims)) in args.into_iter().zip(vecs) {
                     let dims = dims.ok_or_else(|| internal("a factored stage without dims"))?;
                     rows.push(RowTensor {
                         args: a,
@@ -237,7 +271,7 @@ impl Executor for HostExecutor {
             }
             Compiled::Interp(k) => args
                 .into_iter()
-                .zip(matrix)
+                .zip(vecs)
                 .map(|(a, (vectors, dims))| interp_stage(k, stage, a, &vectors, dims))
                 .collect(),
         }

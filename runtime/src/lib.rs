@@ -55,6 +55,8 @@ mod error;
 mod executor;
 #[cfg(feature = "compiler")]
 mod host;
+#[cfg(feature = "compiler")]
+mod matrix;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 mod optimizer;
 #[cfg(feature = "compiler")]

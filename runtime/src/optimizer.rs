@@ -27,6 +27,7 @@ use crate::rule::Rule;
 use crate::stages;
 use crate::target::Target;
 use crate::variants::Family;
+use optc_kernel::matrix::WideView;
 use optc_kernel::GRAD_NORM_REDUCTION;
 
 /// The hyper that clipping by global norm adds (`optc_compiler`'s clip pass).
@@ -701,7 +702,13 @@ impl Optimizer {
             // Stage 0's uniforms (and, without reductions, the new scalars) are known now; the
             // host program of a validated kernel cannot fail later with more reductions known.
             let reduced = vec![f64::NAN; kernel.reductions.len()];
-            let host = kernel.eval_host(&group.hypers, t, &scalars, &reduced)?;
+            let host = kernel.eval_host_for(
+                &group.hypers,
+                t,
+                &scalars,
+                &reduced,
+                WideView::of_shape(&p.shape),
+            )?;
             let dims = if kernel.is_factored() {
                 Some(MatrixDims::of_shape(&p.shape).ok_or_else(|| {
                     RuntimeError::Unsupported(format!(
@@ -743,6 +750,7 @@ impl Optimizer {
                 scalars_before: scalars,
                 scalars: host.scalars,
                 reduced,
+                view: WideView::of_shape(&p.shape),
             });
         }
         Ok(plans)
@@ -830,8 +838,13 @@ impl Optimizer {
                     Some((std::mem::take(&mut plan.uniforms), Vec::new()))
                 } else {
                     let hypers = &self.groups[plan.group].hypers;
-                    let host =
-                        kernel.eval_host(hypers, plan.t, &plan.scalars_before, &plan.reduced)?;
+                    let host = kernel.eval_host_for(
+                        hypers,
+                        plan.t,
+                        &plan.scalars_before,
+                        &plan.reduced,
+                        plan.view,
+                    )?;
                     let vectors = match plan.dims {
                         Some(dims) => {
                             let values = eval_vectors(kernel, dims, &host, plan)?;
@@ -859,6 +872,7 @@ impl Optimizer {
                         uniforms,
                         vectors,
                         dims: plan.dims,
+                        view: plan.view,
                     });
                 }
             }
@@ -901,7 +915,13 @@ impl Optimizer {
             let kernel = self.exec.kernel(plan.kernel);
             if !kernel.reductions.is_empty() {
                 let hypers = &self.groups[plan.group].hypers;
-                let host = kernel.eval_host(hypers, plan.t, &plan.scalars_before, &plan.reduced)?;
+                let host = kernel.eval_host_for(
+                    hypers,
+                    plan.t,
+                    &plan.scalars_before,
+                    &plan.reduced,
+                    plan.view,
+                )?;
                 if let Some(dims) = plan.dims.filter(|_| !kernel.vectors.stores.is_empty()) {
                     let values = eval_vectors(kernel, dims, &host, plan)?;
                     let stores = kernel.vector_stores::<f32>(dims, &values);
@@ -958,6 +978,8 @@ struct Plan {
     /// The kernel's `[rows]`/`[cols]` states as they were when the step began (empty for the
     /// others, and for kernels without them).
     vector_states: Vec<Vec<f32>>,
+    /// The tensor's matrix view (tensors of 2 or more dims).
+    view: Option<WideView>,
 }
 
 impl std::fmt::Debug for Optimizer {

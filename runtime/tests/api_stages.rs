@@ -70,6 +70,7 @@ fn two_stage() -> Kernel {
         ],
         stages: vec![
             Stage {
+                matrix: None,
                 uniforms: vec![],
                 body: body0,
                 stores: vec![],
@@ -85,6 +86,7 @@ fn two_stage() -> Kernel {
                 ],
             },
             Stage {
+                matrix: None,
                 uniforms: vec![step, peak],
                 body: body1,
                 stores: vec![

@@ -135,6 +135,7 @@ fn switching_matches_the_selects(target: Target, rule: &str, toggles: &[(&str, f
                     states: states.iter_mut().map(Vec::as_mut_slice).collect(),
                 },
                 dims: description.is_factored().then_some(dims),
+                view: None,
             }],
         )
         .expect("reference");

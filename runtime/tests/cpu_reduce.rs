@@ -315,6 +315,7 @@ fn cpu_staged_kernels_equal_the_interpreter_bit_for_bit() {
                     hypers: &hypers,
                     t: 1,
                     scalars: s,
+                    view: None,
                     bufs: Buffers {
                         param: &mut t.p,
                         grad: &t.g,

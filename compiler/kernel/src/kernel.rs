@@ -16,6 +16,7 @@
 use crate::arena::{Arena, Handle};
 use crate::eval::{eval_arena, EvalError};
 use crate::expr::{Expr, ReductionId, ScalarId, Slot, StateId, UniformId};
+use crate::matrix::{Coef, MatExpr, MatrixProgram};
 use crate::reduce::{ReductionDecl, Scope};
 use crate::variant::ConditionValue;
 use crate::vector::VectorProgram;
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt::{self, Write as _};
 
 /// The version of the serialized kernel and artifact format. Bumped on every incompatible change.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// A hyperparameter: a runtime scalar with a default. Changing it never recompiles.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -146,6 +147,10 @@ pub struct Stage {
     pub stores: Vec<Store>,
     /// The values this stage folds into reductions.
     pub reduce: Vec<ReduceOutput>,
+    /// A matrix program run once per tensor before the per-element pass, which sees the
+    /// buffers it writes (`crate::matrix`; matrix kernels only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<MatrixProgram>,
 }
 
 /// A scalar state: one number per parameter tensor, updated once per step by the host program.
@@ -359,6 +364,20 @@ impl Kernel {
         scalars: &[f64],
         reduced: &[f64],
     ) -> Result<HostValues, KernelError> {
+        self.eval_host_for(hypers, t, scalars, reduced, None)
+    }
+
+    /// Like [`Kernel::eval_host`], for a tensor of matrix view `view`: the leaves
+    /// [`crate::matrix::ROWS`] and [`crate::matrix::COLS`] (matrix kernels only) are its dim 0
+    /// and the product of its other dims.
+    pub fn eval_host_for(
+        &self,
+        hypers: &[f64],
+        t: u64,
+        scalars: &[f64],
+        reduced: &[f64],
+        view: Option<crate::matrix::WideView>,
+    ) -> Result<HostValues, KernelError> {
         if reduced.len() != self.reductions.len() {
             return Err(self.error(format!(
                 "host program: {} reductions given, the kernel has {}",
@@ -368,6 +387,8 @@ impl Kernel {
         }
         let mut values = Vec::new();
         eval_arena(&self.host, &mut values, |e| match *e {
+            Expr::Hyper(crate::matrix::ROWS) => view.map(|v| v.rows as f64).ok_or(()),
+            Expr::Hyper(crate::matrix::COLS) => view.map(|v| v.cols as f64).ok_or(()),
             Expr::Hyper(h) => hypers.get(h.index()).copied().ok_or(()),
             Expr::Step => Ok(t as f64),
             Expr::Scalar(s) => scalars.get(s.index()).copied().ok_or(()),
@@ -477,8 +498,10 @@ impl Kernel {
                 .get(r.index())
                 .is_some_and(|d| matches!(d.scope, Scope::Tensor | Scope::Step))
         };
+        let matrix_kernel = self.rank == RankClass::Matrix;
         check(&self.host, "host", &|e| match e {
             Expr::Const(_) | Expr::Bool(_) | Expr::Step => true,
+            Expr::Hyper(crate::matrix::ROWS | crate::matrix::COLS) => matrix_kernel,
             Expr::Scalar(s) => s.index() < scalars,
             // Row and Col results are vectors: the vector program reads them.
             Expr::Reduced(r) => scalar_scope(r),
@@ -526,6 +549,13 @@ impl Kernel {
         let mut stored = Vec::new();
         for (k, st) in self.stages.iter().enumerate() {
             let nu = st.uniforms.len();
+            if st
+                .body
+                .iter()
+                .any(|(_, e)| matches!(e, Expr::Unary(crate::op::UnaryOp::RoundBf16, _)))
+            {
+                return Err(self.error(format!("stage {k} body: round_bf16 is a host-only op")));
+            }
             check(&st.body, &format!("stage {k} body"), &|e| match e {
                 Expr::Const(_) | Expr::Bool(_) => true,
                 Expr::Uniform(u) => u.index() < nu,
@@ -571,6 +601,33 @@ impl Kernel {
                 if decl.is_none_or(|d| d.stage != k) || !in_range(out.value, &st.body) {
                     return Err(self.error(format!("a reduce output of stage {k} is out of range")));
                 }
+            }
+        }
+        for (k, st) in self.stages.iter().enumerate() {
+            let Some(mp) = &st.matrix else { continue };
+            if self.rank != RankClass::Matrix {
+                return Err(self.error(format!(
+                    "stage {k} has a matrix program in a kernel that is not for matrices"
+                )));
+            }
+            mp.shapes(st.uniforms.len())
+                .map_err(|e| self.error(format!("stage {k}: {e}")))?;
+            let slot_ok = |s: Slot| match s {
+                Slot::State(id) => id.index() < states,
+                _ => true,
+            };
+            if !mp.reads().into_iter().all(slot_ok) {
+                return Err(self.error(format!(
+                    "stage {k}: a matrix program reads an unknown state"
+                )));
+            }
+            for o in &mp.outputs {
+                if !slot_ok(o.slot) || stored.contains(&o.slot) {
+                    return Err(self.error(format!(
+                        "stage {k}: a matrix output writes a buffer that is unknown or stored twice"
+                    )));
+                }
+                stored.push(o.slot);
             }
         }
         for (i, r) in self.reductions.iter().enumerate() {
@@ -730,6 +787,9 @@ impl fmt::Display for Kernel {
             for (i, h) in self.vectors.stage(k).iter().enumerate() {
                 writeln!(f, "  vector v{i} = vectors %{}", h.index())?;
             }
+            if let Some(mp) = &st.matrix {
+                self.write_matrix(f, mp)?;
+            }
             self.write_arena(f, &st.body)?;
             for s in &st.stores {
                 writeln!(
@@ -760,6 +820,39 @@ impl fmt::Display for Kernel {
 }
 
 impl Kernel {
+    fn write_matrix(&self, f: &mut fmt::Formatter<'_>, mp: &MatrixProgram) -> fmt::Result {
+        let shapes = mp.shapes(usize::MAX).unwrap_or_default();
+        writeln!(
+            f,
+            "  matrix program (f32, once per tensor, before the per-element pass):"
+        )?;
+        for (i, e) in mp.nodes.iter().enumerate() {
+            let coef = |c: Coef| match c {
+                Coef::Const(x) => fmt_num(x),
+                Coef::Uniform(u) => format!("u{}", u.index()),
+            };
+            let text = match *e {
+                MatExpr::Buffer(s) => format!("wide {}", self.slot_name(s)),
+                MatExpr::Transpose(a) => format!("transpose @{a}"),
+                MatExpr::MatMul(a, b) => format!("matmul @{a}, @{b}"),
+                MatExpr::Scale(c, a) => format!("scale {}, @{a}", coef(c)),
+                MatExpr::Add(a, b) => format!("add @{a}, @{b}"),
+                MatExpr::Sub(a, b) => format!("sub @{a}, @{b}"),
+                MatExpr::Neg(a) => format!("neg @{a}"),
+                MatExpr::RoundBf16(a) => format!("round_bf16 @{a}"),
+            };
+            let shape = shapes
+                .get(i)
+                .map(|(r, c)| format!("{}×{}", r.name(), c.name()))
+                .unwrap_or_default();
+            writeln!(f, "  @{i} = {text}  ({shape})")?;
+        }
+        for o in &mp.outputs {
+            writeln!(f, "  write {} <- @{}", self.slot_name(o.slot), o.node)?;
+        }
+        Ok(())
+    }
+
     fn write_arena(&self, f: &mut fmt::Formatter<'_>, arena: &Arena<Expr>) -> fmt::Result {
         self.write_arena_with(f, arena, |_| "")
     }
@@ -776,6 +869,8 @@ impl Kernel {
             let _ = match *e {
                 Expr::Const(c) => write!(line, "const {}", fmt_num(c)),
                 Expr::Bool(b) => write!(line, "const {b}"),
+                Expr::Hyper(crate::matrix::ROWS) => write!(line, "rows"),
+                Expr::Hyper(crate::matrix::COLS) => write!(line, "cols"),
                 Expr::Hyper(id) => write!(
                     line,
                     "hyper {}",

@@ -11,6 +11,7 @@
 //! - [`vector`]: `[rows]`/`[cols]` values and the host's vector program of a matrix kernel;
 //! - [`dtype`] and [`quant`]: storage dtypes, and the one definition of every conversion between
 //!   a stored value and f32 (rounding, stochastic rounding, 8-bit block quantization);
+//! - [`matrix`]: matrix programs (products between the per-element passes) and their meaning;
 //! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
 //! - [`variant`]: the conditions on hypers that choose a kernel variant per step;
 //! - [`artifact`]: the file `optc compile --target cuda` writes and the runtime loads;
@@ -25,6 +26,7 @@ pub mod dtype;
 pub mod eval;
 pub mod expr;
 pub mod kernel;
+pub mod matrix;
 pub mod num;
 pub mod op;
 pub mod quant;

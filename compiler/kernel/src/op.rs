@@ -28,6 +28,10 @@ pub enum UnaryOp {
     Exp,
     /// `log(x)`, the natural logarithm.
     Log,
+    /// `round_bf16(x)`: `x` rounded to f32, then to the nearest bfloat16 (ties to even), as
+    /// torch's `.to(torch.bfloat16)` of an f32 value. Host programs only (`Kernel::validate`
+    /// refuses it in a body); matrices round with `MatExpr::RoundBf16`.
+    RoundBf16,
 }
 
 /// An operation with two operands.
@@ -78,6 +82,7 @@ impl UnaryOp {
             UnaryOp::Sign => "sign",
             UnaryOp::Exp => "exp",
             UnaryOp::Log => "log",
+            UnaryOp::RoundBf16 => "round_bf16",
         }
     }
     /// Whether the result is a boolean.
@@ -210,6 +215,7 @@ macro_rules! impl_real {
                     }
                     UnaryOp::Exp => x.exp(),
                     UnaryOp::Log => x.ln(),
+                    UnaryOp::RoundBf16 => crate::matrix::round_bf16(x as f32) as $t,
                 }
             }
             fn binary(op: BinaryOp, a: Self, b: Self) -> Self {

@@ -8,6 +8,7 @@
 //! tensor of the call for Step scope) before the next stage.
 
 use optc_kernel::eval::eval_arena;
+use optc_kernel::matrix::{self, reference_matmul, store_wide, WideView};
 use optc_kernel::reduce::{
     col_partials, combine, combine_totals, finalize_cols, finalize_rows, row_partials,
 };
@@ -57,6 +58,8 @@ pub struct TensorStep<'a, R> {
     /// The tensor seen as matrices (its shape's last two dims), for kernels with `[rows]`/`[cols]`
     /// values ([`Kernel::is_factored`]); `None` otherwise.
     pub dims: Option<MatrixDims>,
+    /// The tensor's matrix view, for kernels with matrix stages (`None` for the others).
+    pub view: Option<WideView>,
 }
 
 /// What a step call computed besides the buffers.
@@ -83,6 +86,7 @@ pub fn step_f32(
             scalars,
             bufs,
             dims: None,
+            view: None,
         }],
     )
     .map(drop)
@@ -104,6 +108,7 @@ pub fn step_f64(
             scalars,
             bufs,
             dims: None,
+            view: None,
         }],
     )
     .map(drop)
@@ -130,7 +135,7 @@ pub fn step_many<R: Real>(
     for k in 0..kernel.stages.len() {
         let ids = kernel.stage_reductions(k);
         for (ti, ts) in tensors.iter_mut().enumerate() {
-            let host = kernel.eval_host(ts.hypers, ts.t, ts.scalars, &reduced[ti])?;
+            let host = kernel.eval_host_for(ts.hypers, ts.t, ts.scalars, &reduced[ti], ts.view)?;
             let uniforms: Vec<R> = host.uniforms[k].iter().map(|&u| R::from_f64(u)).collect();
             let vectors: Vec<Vec<R>> = match ts.dims.filter(|_| factored) {
                 Some(dims) => {
@@ -140,6 +145,15 @@ pub fn step_many<R: Real>(
                 }
                 None => Vec::new(),
             };
+            if kernel.stages[k].matrix.is_some() {
+                let view = ts.view.ok_or_else(|| {
+                    InterpError::Shape(format!(
+                        "rule `{}` has matrix stages: give each tensor its matrix view",
+                        kernel.rule
+                    ))
+                })?;
+                run_matrix(kernel, k, &uniforms, &mut ts.bufs, view)?;
+            }
             let bufs = Buffers {
                 param: &mut *ts.bufs.param,
                 grad: ts.bufs.grad,
@@ -172,7 +186,7 @@ pub fn step_many<R: Real>(
         }
     }
     for (ti, ts) in tensors.iter_mut().enumerate() {
-        let host = kernel.eval_host(ts.hypers, ts.t, ts.scalars, &reduced[ti])?;
+        let host = kernel.eval_host_for(ts.hypers, ts.t, ts.scalars, &reduced[ti], ts.view)?;
         if let Some(dims) = ts.dims.filter(|_| !kernel.vectors.stores.is_empty()) {
             let values = eval_vectors(kernel, dims, &host.inputs, &reduced_vec[ti], &ts.bufs)?;
             for (s, v) in kernel.vector_stores::<R>(dims, &values) {
@@ -346,6 +360,59 @@ pub fn run_stage_matrix<R: Real>(
             }
         })
         .collect())
+}
+
+/// Runs the matrix program of stage `stage` (if it has one) for one tensor of `view`, with the
+/// stage's uniforms: `optc_kernel::matrix::run` with the reference triple-loop product, in f32
+/// (the meaning every backend is judged against). Call it before [`run_stage`] of that stage.
+pub fn run_matrix<R: Real>(
+    kernel: &Kernel,
+    stage: usize,
+    uniforms: &[R],
+    bufs: &mut Buffers<'_, R>,
+    view: WideView,
+) -> Result<(), InterpError> {
+    let Some(program) = kernel.stages.get(stage).and_then(|s| s.matrix.as_ref()) else {
+        return Ok(());
+    };
+    let n = view.rows * view.cols;
+    if bufs.param.len() != n {
+        return Err(InterpError::Shape(format!(
+            "rule `{}`: a tensor of {} elements viewed as {}×{}",
+            kernel.rule,
+            bufs.param.len(),
+            view.rows,
+            view.cols
+        )));
+    }
+    let to32 = |xs: &[R]| xs.iter().map(|x| x.to_f64() as f32).collect::<Vec<f32>>();
+    let read = |slot: Slot| -> Option<Vec<f32>> {
+        Some(match slot {
+            Slot::Param => to32(bufs.param),
+            Slot::Grad => to32(bufs.grad),
+            Slot::State(s) => to32(bufs.states.get(s.index())?),
+        })
+    };
+    let u32s: Vec<f32> = uniforms.iter().map(|u| u.to_f64() as f32).collect();
+    let outs = matrix::run(program, &u32s, view, &read, &mut |a, b| {
+        reference_matmul(a, b)
+    })
+    .map_err(InterpError::Shape)?;
+    for (o, m) in program.outputs.iter().zip(outs) {
+        let mut data = vec![0.0f32; n];
+        store_wide(&m, &mut data, view);
+        let target: &mut [R] = match o.slot {
+            Slot::State(s) => bufs
+                .states
+                .get_mut(s.index())
+                .ok_or_else(|| InterpError::Shape("a matrix output has no buffer".into()))?,
+            _ => return Err(InterpError::Shape("a matrix output writes p or g".into())),
+        };
+        for (t, x) in target.iter_mut().zip(data) {
+            *t = R::from_f64(x as f64);
+        }
+    }
+    Ok(())
 }
 
 fn check_shapes<R>(kernel: &Kernel, ts: &TensorStep<'_, R>) -> Result<(), InterpError> {

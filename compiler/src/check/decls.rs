@@ -23,7 +23,28 @@ pub enum Symbol {
     State(usize),
     /// The i-th scalar state.
     Scalar(usize),
+    /// The i-th count: a flag whose default is an integer (`flag ns_steps = 5`), a compile-time
+    /// integer for `repeat`.
+    Count(usize),
 }
+
+/// The largest `repeat` count (torch's Muon refuses 100 Newton–Schulz steps and more).
+pub const MAX_REPEAT: u32 = 99;
+
+/// The count a `flag` declaration's default gives, when it is a whole number.
+pub fn count_value(e: &ast::Expr) -> Option<u32> {
+    match e.kind {
+        ExprKind::Number(x) if x >= 0.0 && x.fract() == 0.0 && x <= MAX_REPEAT as f64 => {
+            Some(x as u32)
+        }
+        _ => None,
+    }
+}
+
+/// The hyper index of the built-in `rows` (`optc_kernel::matrix::ROWS`).
+pub const ROWS_INDEX: usize = optc_kernel::matrix::ROWS.0 as usize;
+/// The hyper index of the built-in `cols` (`optc_kernel::matrix::COLS`).
+pub const COLS_INDEX: usize = optc_kernel::matrix::COLS.0 as usize;
 
 /// The flag index of the built-in `matrix` condition (`crate::ir::MATRIX_FLAG`).
 pub const MATRIX_FLAG_INDEX: usize = u32::MAX as usize;
@@ -52,6 +73,8 @@ impl DeclTable {
             "g" => Some(Symbol::Grad),
             "t" => Some(Symbol::Step),
             "matrix" => Some(Symbol::Flag(MATRIX_FLAG_INDEX)),
+            "rows" => Some(Symbol::Hyper(ROWS_INDEX)),
+            "cols" => Some(Symbol::Hyper(COLS_INDEX)),
             _ => self.names.get(name).map(|(s, _)| *s),
         }
     }
@@ -66,11 +89,13 @@ impl DeclTable {
 
 pub(super) fn check_decls(file: &ast::File, out: &mut Vec<Diagnostic>) -> DeclTable {
     let mut table = DeclTable::default();
-    let mut counts = [0usize; 4];
+    let mut counts = [0usize; 5];
     for d in &file.decls {
         let name = &d.name.name;
+        let is_count = d.kind == DeclKind::Flag && matches!(d.value.kind, ExprKind::Number(_));
         let idx = match d.kind {
             DeclKind::Hyper => 0,
+            DeclKind::Flag if is_count => 4,
             DeclKind::Flag => 1,
             DeclKind::State => 2,
             DeclKind::Scalar => 3,
@@ -79,6 +104,7 @@ pub(super) fn check_decls(file: &ast::File, out: &mut Vec<Diagnostic>) -> DeclTa
         counts[idx] += 1;
         let sym = match d.kind {
             DeclKind::Hyper => Symbol::Hyper(id),
+            DeclKind::Flag if is_count => Symbol::Count(id),
             DeclKind::Flag => Symbol::Flag(id),
             DeclKind::State => Symbol::State(id),
             DeclKind::Scalar => Symbol::Scalar(id),
@@ -207,12 +233,27 @@ fn check_value(d: &ast::Decl, table: &DeclTable, out: &mut Vec<Diagnostic>) {
             }
         }
         DeclKind::Flag => {
-            if !matches!(d.value.kind, ExprKind::Bool(_)) {
+            if matches!(d.value.kind, ExprKind::Number(_)) && count_value(&d.value).is_none() {
+                out.push(
+                    Diagnostic::error(
+                        "E0804",
+                        format!(
+                            "the count `{}` must be a whole number from 0 to {MAX_REPEAT}",
+                            d.name.name
+                        ),
+                        d.value.span,
+                        "not a repeat count",
+                    )
+                    .hint(
+                        "an integer flag is a compile-time repeat count, as in `flag ns_steps = 5`",
+                    ),
+                );
+            } else if !matches!(d.value.kind, ExprKind::Bool(_) | ExprKind::Number(_)) {
                 out.push(
                     Diagnostic::error(
                         "E0202",
                         format!(
-                            "the default of flag `{}` must be `true` or `false`",
+                            "the default of flag `{}` must be `true`, `false` or a whole number",
                             d.name.name
                         ),
                         d.value.span,

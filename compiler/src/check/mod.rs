@@ -6,6 +6,7 @@
 //! form its kind needs. See `docs/language.md` for the meaning of each code.
 
 mod decls;
+mod matrix;
 mod update;
 
 use crate::diag::Diagnostic;
@@ -18,6 +19,9 @@ pub enum Ty {
     Num,
     /// A boolean.
     Bool,
+    /// A matrix of the given shape, in the tensor's wide view (`m × n`, `m <= n`; see
+    /// `optc_kernel::matrix`).
+    Matrix(Dim, Dim),
 }
 
 impl Ty {
@@ -26,12 +30,22 @@ impl Ty {
         match self {
             Ty::Num => "a number",
             Ty::Bool => "a boolean",
+            Ty::Matrix(Dim::M, Dim::M) => "an m×m matrix",
+            Ty::Matrix(Dim::M, Dim::N) => "an m×n matrix",
+            Ty::Matrix(Dim::N, Dim::M) => "an n×m matrix",
+            Ty::Matrix(Dim::N, Dim::N) => "an n×n matrix",
         }
     }
 }
 
+use optc_kernel::matrix::Dim;
+
+/// The matrix functions: name and number of arguments. `transpose(x)` and `round_bf16(x)` take
+/// a matrix, or a per-element value as the tensor's `m × n` matrix.
+pub const MATRIX_FUNCTIONS: &[(&str, usize)] = &[("transpose", 1), ("round_bf16", 1)];
+
 /// Whether a value is the same for every element of a tensor, for every element of a row or
-/// column of a matrix, or per element.
+/// column of a matrix, or per element. Combine two with [`Uniformity::join`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Uniformity {
     /// Computed from literals, hypers, flags, `t` and scalar states only.
@@ -104,7 +118,7 @@ pub const REDUCTIONS: &[(&str, usize)] = &[
 ];
 
 /// The names bound by the runtime.
-pub const BUILTIN_NAMES: &[&str] = &["p", "g", "t", "matrix"];
+pub const BUILTIN_NAMES: &[&str] = &["p", "g", "t", "matrix", "rows", "cols"];
 
 /// Checks a parsed rule. Returns every diagnostic found, errors and warnings.
 pub fn check(file: &ast::File) -> Vec<Diagnostic> {
@@ -114,7 +128,7 @@ pub fn check(file: &ast::File) -> Vec<Diagnostic> {
     out
 }
 
-pub use decls::{DeclTable, Symbol};
+pub use decls::{count_value, DeclTable, Symbol, MAX_REPEAT};
 
 /// The file-level names of a rule, for the lowering. Diagnostics are discarded: call [`check`]
 /// first.

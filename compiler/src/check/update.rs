@@ -1,8 +1,12 @@
 //! The update block: name resolution with `let` scopes, assignment targets, types, uniformity,
 //! and the states that are read but never written.
 
-use super::decls::{implies_matrix, implies_vector, suggest, symbol_type, DeclTable, Symbol};
-use super::{Ty, Uniformity, FUNCTIONS, REDUCTIONS};
+use super::decls::{
+    count_value, implies_matrix, implies_vector, suggest, symbol_type, DeclTable, Symbol,
+    MAX_REPEAT,
+};
+use super::matrix;
+use super::{Ty, Uniformity, FUNCTIONS, MATRIX_FUNCTIONS, REDUCTIONS};
 use crate::diag::{Diagnostic, Span};
 use crate::syntax::ast::{self, ExprKind, Stmt};
 use optc_kernel::{BinaryOp, UnaryOp};
@@ -26,6 +30,10 @@ struct Checker<'a> {
     /// How many enclosing `if matrix` branches (or `matrix ? a : b` true branches) there are:
     /// `[rows]`/`[cols]` values need at least one (E0505).
     under_matrix: usize,
+    /// The first matrix operation (`@`, `transpose`, `round_bf16`).
+    first_matrix_op: Option<Span>,
+    /// Whether the update reads the built-in `matrix`.
+    reads_matrix: bool,
 }
 
 pub(super) fn check_update(file: &ast::File, table: &DeclTable, out: &mut Vec<Diagnostic>) {
@@ -43,8 +51,26 @@ pub(super) fn check_update(file: &ast::File, table: &DeclTable, out: &mut Vec<Di
         first_read: vec![None; n_states],
         assigns_p: false,
         under_matrix: 0,
+        first_matrix_op: None,
+        reads_matrix: false,
     };
     c.block(&file.update);
+    let decl_reads_matrix = file.decls.iter().any(|d| {
+        d.condition
+            .as_ref()
+            .is_some_and(|c| format!("{:?}", c.kind).contains("Name(\"matrix\")"))
+    });
+    if let (Some(at), false) = (c.first_matrix_op, c.reads_matrix || decl_reads_matrix) {
+        c.out.push(
+            Diagnostic::error(
+                "E0803",
+                "a matrix operation in a rule that runs on every tensor",
+                at,
+                "vectors (0 or 1 dims) have no matrix",
+            )
+            .hint("put matrix code under `if matrix { ... }` and give vectors a fallback (`matrix ? ... : ...`)"),
+        );
+    }
     let states: Vec<&ast::Decl> = file
         .decls
         .iter()
@@ -133,6 +159,30 @@ impl Checker<'_> {
                 });
             }
             Stmt::Assign { target, value } => self.assign(target, value),
+            Stmt::Repeat { count, body, .. } => {
+                let ok = match &count.kind {
+                    ast::ExprKind::Number(_) => count_value(count).is_some(),
+                    ast::ExprKind::Name(n) => {
+                        self.find_local(n).is_none()
+                            && matches!(self.table.get(n), Some(Symbol::Count(_)))
+                    }
+                    _ => false,
+                };
+                if !ok {
+                    self.out.push(
+                        Diagnostic::error(
+                            "E0804",
+                            "the count of `repeat` must be a compile-time integer",
+                            count.span,
+                            "not known when the rule is compiled",
+                        )
+                        .hint(format!(
+                            "write a whole number from 0 to {MAX_REPEAT}, or declare an integer flag such as `flag ns_steps = 5`"
+                        )),
+                    );
+                }
+                self.block(body);
+            }
             Stmt::If {
                 cond,
                 then,
@@ -213,20 +263,22 @@ impl Checker<'_> {
                 format!("hyper `{name}` cannot be assigned"),
                 "hypers are set from the host between steps; bind a local with `let` for a derived value",
             )),
-            Some(Symbol::Flag(_)) => self.out.push(readonly(
+            Some(Symbol::Flag(_)) | Some(Symbol::Count(_)) => self.out.push(readonly(
                 "E0304",
                 format!("flag `{name}` cannot be assigned"),
                 "flags are fixed when the kernel is compiled",
             )),
             Some(Symbol::Param) | Some(Symbol::State(_)) | Some(Symbol::Scalar(_)) => {
                 let sym = self.table.get(name);
-                if ty != Ty::Num {
+                if ty == Ty::Bool {
                     self.out.push(Diagnostic::error(
                         "E0401",
                         format!("`{name}` holds a number, but this is a boolean"),
                         value.span,
                         "expected a number",
                     ));
+                } else if let Err(d) = matrix::as_elements((ty, uni, value.span)) {
+                    self.out.push(d);
                 }
                 match sym {
                     Some(Symbol::Param) => self.assigns_p = true,
@@ -297,6 +349,9 @@ impl Checker<'_> {
             ExprKind::Name(n) => self.name(n, e.span),
             ExprKind::Unary(op, a) => {
                 let (ty, uni) = self.expr(a);
+                if matrix::is_matrix(ty) && *op == UnaryOp::Neg {
+                    return (ty, uni);
+                }
                 let want = if *op == UnaryOp::Not {
                     Ty::Bool
                 } else {
@@ -316,6 +371,9 @@ impl Checker<'_> {
             ExprKind::Binary(op, a, b) => {
                 let (ta, ua) = self.expr(a);
                 let (tb, ub) = self.expr(b);
+                if let Some(r) = matrix::binary(*op, (ta, ua, a.span), (tb, ub, b.span), e.span) {
+                    return self.matrix_result(r);
+                }
                 let uni = ua.join(ub);
                 let (want, result) = if op.is_logical() {
                     (Some(Ty::Bool), Ty::Bool)
@@ -380,6 +438,14 @@ impl Checker<'_> {
                         .hint("compare it, as in `x > 0 ? a : b`"),
                     );
                 }
+                // An m×n matrix and a per-element value: the value is lifted to its matrix.
+                let wide = Ty::Matrix(optc_kernel::matrix::Dim::M, optc_kernel::matrix::Dim::N);
+                let lifts = |x: Ty, y: Ty, uy: Uniformity| {
+                    x == wide && y == Ty::Num && uy == Uniformity::PerElement
+                };
+                if lifts(ta, tb, ub) || lifts(tb, ta, ua) {
+                    return (wide, Uniformity::PerElement);
+                }
                 if ta != tb {
                     self.out.push(
                         Diagnostic::error(
@@ -398,12 +464,53 @@ impl Checker<'_> {
                 }
                 (ta, uc.join(ua).join(ub))
             }
+            ExprKind::MatMul(a, b) => {
+                self.first_matrix_op.get_or_insert(e.span);
+                let (ta, ua) = self.expr(a);
+                let (tb, ub) = self.expr(b);
+                let r = matrix::matmul((ta, ua, a.span), (tb, ub, b.span));
+                self.matrix_result(r.map(|t| (t, Uniformity::PerElement)))
+            }
             ExprKind::Call(f, args) => {
+                let typed: Vec<matrix::Operand> = args
+                    .iter()
+                    .map(|a| {
+                        let (t, u) = self.expr(a);
+                        (t, u, a.span)
+                    })
+                    .collect();
+                if MATRIX_FUNCTIONS.iter().any(|(n, _)| *n == f.name) {
+                    self.first_matrix_op.get_or_insert(e.span);
+                    if args.len() != 1 {
+                        self.out.push(
+                            Diagnostic::error(
+                                "E0107",
+                                format!("`{}` takes 1 argument, found {}", f.name, args.len()),
+                                e.span,
+                                "expected 1 argument",
+                            )
+                            .hint(signature(&f.name)),
+                        );
+                        return (
+                            Ty::Matrix(optc_kernel::matrix::Dim::M, optc_kernel::matrix::Dim::N),
+                            Uniformity::PerElement,
+                        );
+                    }
+                }
+                if let Some(r) = matrix::call(&f.name, &typed, e.span) {
+                    let uni = if matches!(r, Ok(Ty::Num)) {
+                        Uniformity::Uniform
+                    } else {
+                        Uniformity::PerElement
+                    };
+                    return self.matrix_result(r.map(|t| (t, uni)));
+                }
                 let mut uni = Uniformity::Uniform;
-                for a in args {
-                    let (t, u) = self.expr(a);
+                for (a, &(t, u, _)) in args.iter().zip(&typed) {
                     uni = uni.join(u);
-                    if t != Ty::Num {
+                    // An m×n matrix passes here only as a reduction's argument (`matrix::call`).
+                    let wide = Ty::Matrix(optc_kernel::matrix::Dim::M, optc_kernel::matrix::Dim::N);
+                    if t != Ty::Num && t != wide {
                         self.out.push(Diagnostic::error(
                             "E0403",
                             format!("`{}` needs numbers, found a boolean", f.name),
@@ -483,7 +590,11 @@ impl Checker<'_> {
                             f.span,
                             "not a built-in function",
                         );
-                        let known = FUNCTIONS.iter().chain(REDUCTIONS).map(|(n, _)| *n);
+                        let known = FUNCTIONS
+                            .iter()
+                            .chain(REDUCTIONS)
+                            .chain(MATRIX_FUNCTIONS)
+                            .map(|(n, _)| *n);
                         if let Some(s) = suggest(&f.name, known) {
                             d = d.hint(s);
                         }
@@ -496,11 +607,37 @@ impl Checker<'_> {
         }
     }
 
+    /// Reports the diagnostic of a matrix rule, or gives its type.
+    fn matrix_result(&mut self, r: Result<(Ty, Uniformity), Diagnostic>) -> (Ty, Uniformity) {
+        match r {
+            Ok(x) => x,
+            Err(d) => {
+                self.out.push(d);
+                (Ty::Num, Uniformity::PerElement)
+            }
+        }
+    }
+
     fn name(&mut self, n: &str, span: Span) -> (Ty, Uniformity) {
         if let Some(i) = self.find_local(n) {
             return (self.locals[i].ty, self.locals[i].uni);
         }
+        if n == "matrix" {
+            self.reads_matrix = true;
+        }
         match self.table.get(n) {
+            Some(Symbol::Count(_)) => {
+                self.out.push(
+                    Diagnostic::error(
+                        "E0804",
+                        format!("`{n}` is a repeat count, not a value"),
+                        span,
+                        "an integer flag",
+                    )
+                    .hint(format!("use it as `repeat {n} {{ ... }}`")),
+                );
+                (Ty::Num, Uniformity::Uniform)
+            }
             Some(sym) => {
                 let uni = match sym {
                     Symbol::State(i) => match self.table.state_shape(i) {
@@ -615,6 +752,8 @@ fn signature(f: &str) -> String {
         "clamp" => "usage: clamp(x, lo, hi)".into(),
         "lerp" => "usage: lerp(a, b, w) = a + w * (b - a)".into(),
         "dot" => "usage: dot(a, b) = sum(a * b) over the tensor".into(),
+        "transpose" => "usage: transpose(x), x a matrix or the tensor's values".into(),
+        "round_bf16" => "usage: round_bf16(x), every element rounded to bfloat16".into(),
         _ => format!("usage: {f}(x)"),
     }
 }

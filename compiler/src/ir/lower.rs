@@ -4,7 +4,9 @@
 //! an `if` evaluates both branches and merges each changed variable with a `Select` on the
 //! condition (flag conditions become constant after specialization and fold away).
 
-use super::{Builder, FlagInfo, Function, HyperInfo, Program, ScalarInfo, StateInfo};
+use super::{
+    matrix_of, Builder, FlagInfo, Function, HyperInfo, MatNode, Program, ScalarInfo, StateInfo,
+};
 use crate::check::{DeclTable, Symbol};
 use crate::diag::Span;
 use crate::syntax::ast::{self, DeclKind, ExprKind, Stmt};
@@ -21,6 +23,7 @@ pub fn lower(file: &ast::File, table: &DeclTable) -> Program {
     let mut flags = Vec::new();
     let mut states = Vec::new();
     let mut scalars = Vec::new();
+    let mut counts = Vec::new();
     for d in &file.decls {
         match d.kind {
             DeclKind::Hyper => {
@@ -37,6 +40,10 @@ pub fn lower(file: &ast::File, table: &DeclTable) -> Program {
                     doc: d.doc.clone(),
                 });
             }
+            DeclKind::Flag if matches!(d.value.kind, ExprKind::Number(_)) => counts.push((
+                d.name.name.clone(),
+                crate::check::count_value(&d.value).unwrap_or(0),
+            )),
             DeclKind::Flag => flags.push(FlagInfo {
                 name: d.name.name.clone(),
                 default: matches!(d.value.kind, ExprKind::Bool(true)),
@@ -64,7 +71,8 @@ pub fn lower(file: &ast::File, table: &DeclTable) -> Program {
             }),
         }
     }
-    let update = Lowerer::new(table, states.len(), scalars.len()).run(&file.update);
+    let count_values: Vec<u32> = counts.iter().map(|c| c.1).collect();
+    let update = Lowerer::new(table, states.len(), scalars.len(), count_values).run(&file.update);
     Program {
         name: file.name.name.clone(),
         doc: file.doc.clone(),
@@ -72,6 +80,7 @@ pub fn lower(file: &ast::File, table: &DeclTable) -> Program {
         flags,
         states,
         scalars,
+        counts,
         decl,
         update,
     }
@@ -106,10 +115,11 @@ struct Lowerer<'a> {
     table: &'a DeclTable,
     b: Builder,
     env: Env,
+    counts: Vec<u32>,
 }
 
 impl<'a> Lowerer<'a> {
-    fn new(table: &'a DeclTable, n_states: usize, n_scalars: usize) -> Self {
+    fn new(table: &'a DeclTable, n_states: usize, n_scalars: usize, counts: Vec<u32>) -> Self {
         let mut b = Builder::default();
         let param = b.add(Expr::Load(Slot::Param), Span::default());
         let states: Vec<Handle<Expr>> = (0..n_states)
@@ -121,6 +131,7 @@ impl<'a> Lowerer<'a> {
         Lowerer {
             table,
             b,
+            counts,
             env: Env {
                 initial: std::iter::once(param)
                     .chain(states.iter().copied())
@@ -201,8 +212,11 @@ impl<'a> Lowerer<'a> {
                 }
                 let span = *span;
                 let mut merge = |a: Handle<Expr>, b: Handle<Expr>| {
+                    let is_m = |h: Handle<Expr>| matrix_of(&self.b.get(h)).is_some();
                     if a == b {
                         a
+                    } else if is_m(a) && is_m(b) {
+                        self.b.matrix(MatNode::Select(c, a, b), span)
                     } else {
                         self.b.add(Expr::Select(c, a, b), span)
                     }
@@ -221,6 +235,19 @@ impl<'a> Lowerer<'a> {
                     *s = merge(*t, *s);
                 }
                 self.env = env;
+            }
+            Stmt::Repeat { count, body, .. } => {
+                let n = match &count.kind {
+                    ExprKind::Number(_) => crate::check::count_value(count).unwrap_or(0),
+                    ExprKind::Name(name) => match self.table.get(name) {
+                        Some(Symbol::Count(i)) => self.counts.get(i).copied().unwrap_or(0),
+                        _ => 0,
+                    },
+                    _ => 0,
+                };
+                for _ in 0..n {
+                    self.block(body);
+                }
             }
         }
     }
@@ -257,6 +284,37 @@ fn is_vector(b: &Builder, table: &DeclTable, h: Handle<Expr>) -> bool {
     memo[h.index()].is_some_and(Uniformity::is_vector)
 }
 
+/// `h` as a matrix: itself when it is a matrix leaf, else the per-element value as the tensor's
+/// `m × n` matrix.
+fn as_matrix(b: &mut Builder, h: Handle<Expr>, span: Span) -> Handle<Expr> {
+    if matrix_of(&b.get(h)).is_some() {
+        h
+    } else {
+        b.matrix(MatNode::Elems(h), span)
+    }
+}
+
+/// Whether `h` depends on a buffer (is per-element or a matrix), not only on uniform values.
+fn reads_elements(b: &Builder, h: Handle<Expr>) -> bool {
+    let mut stack = vec![h];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(x) = stack.pop() {
+        if !seen.insert(x) {
+            continue;
+        }
+        match b.get(x) {
+            Expr::Load(_) => return true,
+            Expr::Reduced(_) => {}
+            e => stack.extend(e.operands()),
+        }
+    }
+    false
+}
+
+fn is_matrix(b: &Builder, h: Handle<Expr>) -> bool {
+    matrix_of(&b.get(h)).is_some()
+}
+
 fn lower_expr(e: &ast::Expr, table: &DeclTable, env: &mut Env, b: &mut Builder) -> Handle<Expr> {
     let span = e.span;
     match &e.kind {
@@ -286,24 +344,53 @@ fn lower_expr(e: &ast::Expr, table: &DeclTable, env: &mut Env, b: &mut Builder) 
                     None => Expr::Scalar(ScalarId::new(i)),
                 },
                 // Unreachable after a clean check; NaN keeps lowering total.
-                None => Expr::Const(f64::NAN),
+                Some(Symbol::Count(_)) | None => Expr::Const(f64::NAN),
             };
             b.add(node, span)
         }
         ExprKind::Unary(op, a) => {
             let a = lower_expr(a, table, env, b);
+            if is_matrix(b, a) {
+                return b.matrix(MatNode::Neg(a), span);
+            }
             b.add(Expr::Unary(*op, a), span)
         }
         ExprKind::Binary(op, x, y) => {
             let x = lower_expr(x, table, env, b);
             let y = lower_expr(y, table, env, b);
+            // The checker allowed only the combinations below; an `m × n` matrix added to a
+            // per-element value is used per element (its leaf).
+            match (op, is_matrix(b, x), is_matrix(b, y)) {
+                (BinaryOp::Add, true, true) => return b.matrix(MatNode::Add(x, y), span),
+                (BinaryOp::Sub, true, true) => return b.matrix(MatNode::Sub(x, y), span),
+                (BinaryOp::Mul, true, false) => return b.matrix(MatNode::Scale(y, x), span),
+                (BinaryOp::Mul, false, true) => return b.matrix(MatNode::Scale(x, y), span),
+                (BinaryOp::Div, true, false) => {
+                    let one = b.add(Expr::Const(1.0), span);
+                    let r = b.add(Expr::Binary(BinaryOp::Div, one, y), span);
+                    return b.matrix(MatNode::Scale(r, x), span);
+                }
+                _ => {}
+            }
             b.add(Expr::Binary(*op, x, y), span)
         }
         ExprKind::Ternary(c, x, y) => {
             let c = lower_expr(c, table, env, b);
             let x = lower_expr(x, table, env, b);
             let y = lower_expr(y, table, env, b);
+            if is_matrix(b, x) || is_matrix(b, y) {
+                let x = as_matrix(b, x, span);
+                let y = as_matrix(b, y, span);
+                return b.matrix(MatNode::Select(c, x, y), span);
+            }
             b.add(Expr::Select(c, x, y), span)
+        }
+        ExprKind::MatMul(x, y) => {
+            let x = lower_expr(x, table, env, b);
+            let y = lower_expr(y, table, env, b);
+            let x = as_matrix(b, x, span);
+            let y = as_matrix(b, y, span);
+            b.matrix(MatNode::MatMul(x, y), span)
         }
         ExprKind::Call(f, args) => {
             let a: Vec<Handle<Expr>> = args.iter().map(|x| lower_expr(x, table, env, b)).collect();
@@ -312,6 +399,20 @@ fn lower_expr(e: &ast::Expr, table: &DeclTable, env: &mut Env, b: &mut Builder) 
             let sq =
                 |b: &mut Builder, x: Handle<Expr>| b.add(Expr::Binary(BinaryOp::Mul, x, x), span);
             let node = match f.name.as_str() {
+                "round_bf16" if a.len() == 1 && !reads_elements(b, a[0]) => {
+                    Some(Expr::Unary(UnaryOp::RoundBf16, a[0]))
+                }
+                "transpose" | "round_bf16" if a.len() == 1 => {
+                    let m = as_matrix(b, a[0], span);
+                    return b.matrix(
+                        if f.name == "transpose" {
+                            MatNode::Transpose(m)
+                        } else {
+                            MatNode::RoundBf16(m)
+                        },
+                        span,
+                    );
+                }
                 "sum" | "amax" if a.len() == 1 => {
                     let op = if f.name == "sum" {
                         ReduceOp::Sum

@@ -79,6 +79,8 @@ pub struct Program {
     pub states: Vec<StateInfo>,
     /// Scalar states in declaration order (`Expr::Scalar` indexes this).
     pub scalars: Vec<ScalarInfo>,
+    /// Integer flags (`flag ns_steps = 5`): compile-time `repeat` counts, with their defaults.
+    pub counts: Vec<(String, u32)>,
     /// Initial values and state conditions, over `Const`, `Bool`, `Hyper` and `Flag` leaves.
     pub decl: Arena<Expr>,
     /// The update block.
@@ -113,6 +115,79 @@ pub struct Function {
     /// The reductions: `Expr::Reduced(i)` is the result of `reductions[i]`, whose argument is a
     /// node before it.
     pub reductions: Vec<Reduction>,
+    /// The matrix values: the leaf [`matrix_leaf`]`(i)` stands for `matrices[i]` (see
+    /// [`MatNode`]).
+    pub matrices: Vec<MatNode>,
+}
+
+/// The first state id of matrix leaves: `Expr::Load(Slot::State(StateId(MATRIX_BASE + i)))` is
+/// matrix value `i` of [`Function::matrices`] (a per-element value where it is used per
+/// element: it is `m × n`, the tensor's shape). `passes::matrix` replaces them with scratch
+/// states before the kernel is built.
+pub const MATRIX_BASE: u32 = 1 << 30;
+
+/// The leaf of matrix value `i`.
+pub fn matrix_leaf(i: usize) -> Expr {
+    Expr::Load(Slot::State(optc_kernel::StateId(MATRIX_BASE + i as u32)))
+}
+
+/// Which matrix value a leaf is, if it is one.
+pub fn matrix_of(e: &Expr) -> Option<usize> {
+    match *e {
+        Expr::Load(Slot::State(s)) if s.0 >= MATRIX_BASE => Some((s.0 - MATRIX_BASE) as usize),
+        _ => None,
+    }
+}
+
+/// A matrix value in the whole-rule IR. Matrix operands are matrix leaves; every handle is a
+/// node of the function before the leaf of this value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MatNode {
+    /// The tensor's per-element value `.0` as its wide `m × n` matrix.
+    Elems(Handle<Expr>),
+    /// The transpose.
+    Transpose(Handle<Expr>),
+    /// The matrix product.
+    MatMul(Handle<Expr>, Handle<Expr>),
+    /// A matrix times a uniform number (the first handle).
+    Scale(Handle<Expr>, Handle<Expr>),
+    /// A sum.
+    Add(Handle<Expr>, Handle<Expr>),
+    /// A difference.
+    Sub(Handle<Expr>, Handle<Expr>),
+    /// The negation.
+    Neg(Handle<Expr>),
+    /// Rounded to bfloat16.
+    RoundBf16(Handle<Expr>),
+    /// `cond ? a : b` on matrices; `cond` must fold to a constant (flags only).
+    Select(Handle<Expr>, Handle<Expr>, Handle<Expr>),
+}
+
+impl MatNode {
+    /// The node with every handle mapped.
+    pub fn map(self, mut f: impl FnMut(Handle<Expr>) -> Handle<Expr>) -> MatNode {
+        match self {
+            MatNode::Elems(a) => MatNode::Elems(f(a)),
+            MatNode::Transpose(a) => MatNode::Transpose(f(a)),
+            MatNode::MatMul(a, b) => MatNode::MatMul(f(a), f(b)),
+            MatNode::Scale(a, b) => MatNode::Scale(f(a), f(b)),
+            MatNode::Add(a, b) => MatNode::Add(f(a), f(b)),
+            MatNode::Sub(a, b) => MatNode::Sub(f(a), f(b)),
+            MatNode::Neg(a) => MatNode::Neg(f(a)),
+            MatNode::RoundBf16(a) => MatNode::RoundBf16(f(a)),
+            MatNode::Select(c, a, b) => MatNode::Select(f(c), f(a), f(b)),
+        }
+    }
+
+    /// Every handle the node reads.
+    pub fn handles(self) -> Vec<Handle<Expr>> {
+        let mut v = Vec::new();
+        self.map(|h| {
+            v.push(h);
+            h
+        });
+        v
+    }
 }
 
 /// A reduction in the whole-rule IR: `op` of the per-element values `arg` over `scope`.
@@ -225,6 +300,12 @@ impl Builder {
         };
         self.add(Expr::Reduced(optc_kernel::ReductionId::new(i)), span)
     }
+    /// Adds matrix value `m` and returns its leaf.
+    pub fn matrix(&mut self, m: MatNode, span: Span) -> Handle<Expr> {
+        self.func.matrices.push(m);
+        let leaf = matrix_leaf(self.func.matrices.len() - 1);
+        self.add(leaf, span)
+    }
     /// The node behind a handle.
     pub fn get(&self, h: Handle<Expr>) -> Expr {
         self.func.exprs[h]
@@ -273,6 +354,11 @@ pub fn rebuild(
             arg: new_of[r.arg.index()],
             ..r.clone()
         })
+        .collect();
+    out.matrices = f
+        .matrices
+        .iter()
+        .map(|m| m.map(|h| new_of[h.index()]))
         .collect();
     out
 }

@@ -64,6 +64,7 @@ pub fn add_clipping(program: &Program) -> Result<Program, String> {
             ..r.clone()
         })
         .collect();
+    update.matrices = f.matrices.iter().map(|m| m.map(map)).collect();
     update.reductions.push(Reduction {
         op: ReduceOp::Sum,
         scope: Scope::Step,

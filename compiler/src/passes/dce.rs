@@ -13,7 +13,7 @@
 //! written by the variant, and is not allocated until a variant needs it.
 
 use crate::diag::Diagnostic;
-use crate::ir::{Builder, Function, Program, Reduction};
+use crate::ir::{matrix_of, Builder, Function, Program, Reduction};
 use optc_kernel::eval::eval_arena;
 use optc_kernel::{Expr, Handle, ReductionId, ScalarId, Slot, StateId};
 
@@ -28,6 +28,8 @@ pub struct Live {
     pub scalars: Vec<usize>,
     /// Which nodes of the input function survive, indexed like it.
     pub reached: Vec<bool>,
+    /// The matrix stages, once `passes::matrix` has planned them.
+    pub matrix: super::matrix::MatrixPlan,
 }
 
 /// Removes dead nodes, stores and states from `f`.
@@ -87,6 +89,22 @@ fn dce_with(
         // Mark everything the current roots reach.
         while let Some(h) = roots.pop() {
             if std::mem::replace(&mut reached[h.index()], true) {
+                continue;
+            }
+            if let Some(m) = matrix_of(&f.exprs[h]).and_then(|k| f.matrices.get(k)) {
+                // A choice made by flags keeps only the branch it picks.
+                let picked = match *m {
+                    crate::ir::MatNode::Select(c, a, b) => match f.exprs[c] {
+                        Expr::Bool(v) => Some((c, if v { a } else { b })),
+                        Expr::Const(x) => Some((c, if x != 0.0 { a } else { b })),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                match picked {
+                    Some((c, x)) => roots.extend([c, x]),
+                    None => roots.extend(m.handles()),
+                }
                 continue;
             }
             match f.exprs[h] {
@@ -153,6 +171,7 @@ fn dce_with(
             continue;
         }
         let e = match *e {
+            ref leaf if matrix_of(leaf).is_some() => *leaf,
             Expr::Load(Slot::State(s)) => Expr::Load(Slot::State(state_id(s))),
             Expr::Scalar(s) => Expr::Scalar(scalar_id(s)),
             Expr::Reduced(r) => Expr::Reduced(reduction_id(r)),
@@ -187,11 +206,17 @@ fn dce_with(
             out.reductions.push(Reduction { arg, ..r.clone() });
         }
     }
+    out.matrices = f
+        .matrices
+        .iter()
+        .map(|m| m.map(|h| new_of[h.index()].unwrap_or(h)))
+        .collect();
     Ok(Live {
         func: out,
         states,
         scalars,
         reached,
+        matrix: Default::default(),
     })
 }
 

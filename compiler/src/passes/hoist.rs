@@ -18,6 +18,7 @@ use super::dce::Live;
 use crate::check::Uniformity;
 use crate::diag::Diagnostic;
 use crate::ir::{Builder, Program};
+use optc_kernel::matrix::{Coef, MatExpr};
 use optc_kernel::{
     Arena, BinaryOp, Expr, FlagValue, Handle, HyperDecl, Init, Kernel, RankClass, ReduceOutput,
     ReductionDecl, ReductionId, ScalarDecl, ScalarUpdate, Slot, Stage, StateDecl, StateShape,
@@ -158,9 +159,12 @@ pub fn hoist(
         }
     }
     // Stores of [rows]/[cols] states are made by the host's vector program, after the last
-    // stage; the others by a stage.
+    // stage; the others by a stage. (The matrix pass's scratch states, after the live ones, are
+    // full.)
     let vector_store = |slot: &Slot| match slot {
-        Slot::State(s) => state_shapes[s.index()] != StateShape::Full,
+        Slot::State(s) => state_shapes
+            .get(s.index())
+            .is_some_and(|&shape| shape != StateShape::Full),
         _ => false,
     };
 
@@ -190,6 +194,8 @@ pub fn hoist(
                 .reductions
                 .get(r.index())
                 .map_or(0, |red| level[red.arg.index()] + 1),
+            // A matrix output is known from its matrix stage on (`passes::matrix`).
+            Expr::Load(slot) => live.matrix.load_level(slot),
             ref e => e.operands().map(|o| level[o.index()]).max().unwrap_or(0),
         };
     }
@@ -211,6 +217,7 @@ pub fn hoist(
         .iter()
         .filter(|&&s| s != usize::MAX)
         .chain(reps.iter().map(|&i| &red_stage[i]))
+        .chain(live.matrix.programs.iter().map(|p| &p.stage))
         .copied()
         .max()
         .unwrap_or(0);
@@ -291,6 +298,12 @@ pub fn hoist(
         }
     }
     wanted.extend(f.scalar_stores.iter().map(|(_, h)| *h));
+    wanted.extend(
+        live.matrix
+            .programs
+            .iter()
+            .flat_map(|p| p.coefs.iter().copied()),
+    );
     for h in wanted {
         needed[h.index()] = true;
     }
@@ -486,11 +499,30 @@ pub fn hoist(
             .collect();
         vec_stages.push(vectors);
         kernel_stages.push(Stage {
+            matrix: None,
             uniforms,
             body: body.func.exprs,
             stores,
             reduce,
         });
+    }
+    // Matrix programs run at the start of their stage; their coefficients are stage uniforms.
+    for planned in &live.matrix.programs {
+        let Some(stage) = kernel_stages.get_mut(planned.stage) else {
+            continue;
+        };
+        let mut program = planned.program.clone();
+        for node in &mut program.nodes {
+            if let MatExpr::Scale(Coef::Uniform(u), a) = *node {
+                let c = planned.coefs[u.index()];
+                let coef = match host_of.get(&c.index()) {
+                    Some(hh) => Coef::Uniform(uniform_of(&mut stage.uniforms, *hh)),
+                    None => Coef::Const(f64::NAN),
+                };
+                *node = MatExpr::Scale(coef, a);
+            }
+        }
+        stage.matrix = Some(program);
     }
     let reductions: Vec<ReductionDecl> = reps
         .iter()
@@ -561,6 +593,15 @@ pub fn hoist(
         })
         .collect();
 
+    let mut states: Vec<StateDecl> = states;
+    if !live.matrix.scratch.is_empty() {
+        let zero = init.append(Expr::Const(0.0));
+        states.extend(live.matrix.scratch.iter().map(|name| StateDecl {
+            name: name.clone(),
+            init: Init::Value(zero),
+            shape: StateShape::Full,
+        }));
+    }
     let kernel = Kernel {
         rule: program.name.clone(),
         flags: program

@@ -14,6 +14,8 @@
 //! alone (`if momentum != 0`), each condition a constant: the kernel variants the runtime picks
 //! from per step.
 //!
+//! Between 4 and 5, [`matrix`] turns matrix values into matrix programs of the stages.
+//!
 //! With [`CompileOptions::clip`], [`clip`] first rewrites every read of `g` to the gradient
 //! clipped by the global norm.
 
@@ -23,6 +25,7 @@ pub mod cse;
 pub mod dce;
 pub mod fold;
 pub mod hoist;
+pub mod matrix;
 pub mod specialize;
 pub mod variants;
 
@@ -55,7 +58,9 @@ pub fn compile_with(
     options: &CompileOptions,
 ) -> Result<Kernel, Diagnostic> {
     let front = front(program, flags, options)?;
-    hoist::hoist(&front.program, flags, &front.base, front.rank)
+    let for_matrices = front.rank == RankClass::Matrix;
+    let live = matrix::plan(front.base.clone(), for_matrices)?;
+    hoist::hoist(&front.program, flags, &live, front.rank)
 }
 
 /// The passes before hoisting, shared by the description kernel and its variants.

@@ -109,6 +109,15 @@ pub enum Stmt {
         /// The whole statement.
         span: Span,
     },
+    /// `repeat N { }`: the block `N` times, `N` a compile-time integer.
+    Repeat {
+        /// The count: a literal or an integer flag.
+        count: Expr,
+        /// The block repeated.
+        body: Block,
+        /// The whole statement.
+        span: Span,
+    },
 }
 
 /// An expression.
@@ -137,4 +146,6 @@ pub enum ExprKind {
     Ternary(Box<Expr>, Box<Expr>, Box<Expr>),
     /// `f(args)`.
     Call(Ident, Vec<Expr>),
+    /// `a @ b`, the matrix product.
+    MatMul(Box<Expr>, Box<Expr>),
 }

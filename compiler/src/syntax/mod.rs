@@ -146,6 +146,7 @@ fn rule_name(r: &Rule) -> Option<&'static str> {
         Rule::let_stmt | Rule::kw_let => "`let`",
         Rule::if_stmt | Rule::kw_if => "`if`",
         Rule::kw_else => "`else`",
+        Rule::repeat_stmt | Rule::kw_repeat => "`repeat`",
         Rule::kw_as | Rule::torch_name => "`as NAME`",
         Rule::state_shape | Rule::shape_name => "`[rows]` or `[cols]`",
         Rule::assign_stmt => "an assignment",
@@ -177,7 +178,7 @@ fn rule_name(r: &Rule) -> Option<&'static str> {
     })
 }
 
-const KEYWORDS: [&str; 11] = [
+const KEYWORDS: [&str; 12] = [
     "optimizer",
     "hyper",
     "flag",
@@ -189,6 +190,7 @@ const KEYWORDS: [&str; 11] = [
     "else",
     "true",
     "false",
+    "repeat",
 ];
 
 /// The innermost `{` or `(` still open at byte `upto`, skipping comments.
@@ -577,7 +579,12 @@ fn build_stmt(p: Pair<'_, Rule>) -> Result<Stmt, Diagnostic> {
     let rule = p.as_rule();
     let mut inner = p
         .into_inner()
-        .filter(|x| !matches!(x.as_rule(), Rule::kw_let | Rule::kw_if | Rule::kw_else))
+        .filter(|x| {
+            !matches!(
+                x.as_rule(),
+                Rule::kw_let | Rule::kw_if | Rule::kw_else | Rule::kw_repeat
+            )
+        })
         .filter(|x| !is_punct(x.as_rule()));
     let bad = || Diagnostic::error("E0001", "internal parser error", span, "here");
     match rule {
@@ -613,6 +620,11 @@ fn build_stmt(p: Pair<'_, Rule>) -> Result<Stmt, Diagnostic> {
                 otherwise,
                 span,
             })
+        }
+        Rule::repeat_stmt => {
+            let count = build_expr(inner.next().ok_or_else(bad)?)?;
+            let body = build_block(inner.next().ok_or_else(bad)?)?;
+            Ok(Stmt::Repeat { count, body, span })
         }
         _ => Err(bad()),
     }
@@ -690,6 +702,17 @@ fn binary(op: BinaryOp, a: Built, b: Built) -> Result<Built, Diagnostic> {
     )
 }
 
+fn matmul(a: Built, b: Built) -> Result<Built, Diagnostic> {
+    let span = a.e.span.to(b.e.span);
+    let at = b.e.span;
+    node(
+        ExprKind::MatMul(Box::new(a.e), Box::new(b.e)),
+        span,
+        1 + a.depth.max(b.depth),
+        at,
+    )
+}
+
 fn build_expr(p: Pair<'_, Rule>) -> Result<Expr, Diagnostic> {
     build(p).map(|b| b.e)
 }
@@ -740,7 +763,11 @@ fn build(p: Pair<'_, Rule>) -> Result<Built, Diagnostic> {
             let mut acc = build(items.next().ok_or_else(bad)?)?;
             while let Some(op) = items.next() {
                 let rhs = build(items.next().ok_or_else(bad)?)?;
-                acc = binary(binary_op(op.as_str()), acc, rhs)?;
+                acc = if op.as_str() == "@" {
+                    matmul(acc, rhs)?
+                } else {
+                    binary(binary_op(op.as_str()), acc, rhs)?
+                };
             }
             Ok(acc)
         }

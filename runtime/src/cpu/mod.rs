@@ -253,3 +253,13 @@ impl CpuKernel {
         self.run_stage(0, &mut tensors, &mut Partials::new(), pool)
     }
 }
+
+/// The CPU target's matrix product (matrix stages, `docs/stages.md`): `a · b` with the `gemm`
+/// crate on `threads` threads of the current rayon pool (1: this thread).
+pub fn matrix_product(
+    a: &optc_kernel::matrix::Mat,
+    b: &optc_kernel::matrix::Mat,
+    threads: usize,
+) -> optc_kernel::matrix::Mat {
+    crate::matrix::cpu::matmul(a, b, threads)
+}

@@ -282,6 +282,12 @@ impl Executor for CudaExecutor {
         ptx: Option<&PtxModule>,
         slots: Vec<usize>,
     ) -> Result<usize, RuntimeError> {
+        if let Some(k) = kernel.stages.iter().position(|s| s.matrix.is_some()) {
+            return Err(RuntimeError::Unsupported(format!(
+                "stage {k} of rule `{}` is a matrix stage (matrix products); the CUDA target does not run matrix stages in this build: step this optimizer on Target::Cpu",
+                kernel.rule
+            )));
+        }
         #[cfg(feature = "compiler")]
         let emitted;
         let ptx = match ptx {

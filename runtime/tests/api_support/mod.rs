@@ -96,6 +96,7 @@ pub fn adamw() -> Kernel {
         vectors: Default::default(),
         reductions: vec![],
         stages: vec![Stage {
+            matrix: None,
             uniforms,
             body,
             reduce: vec![],
@@ -174,6 +175,7 @@ pub fn toy() -> Kernel {
             value: acc2,
         }],
         stages: vec![Stage {
+            matrix: None,
             uniforms: vec![u0],
             body,
             reduce: vec![],

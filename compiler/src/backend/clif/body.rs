@@ -165,7 +165,8 @@ impl Lower<'_> {
             }
             UnaryOp::Exp => math::exp(g, x),
             UnaryOp::Log => math::log(g, x),
-            UnaryOp::Not => x,
+            // Host-only ops: `Kernel::validate` refuses them in a body.
+            UnaryOp::Not | UnaryOp::RoundBf16 => x,
         };
         env.num[i] = Some(v);
     }

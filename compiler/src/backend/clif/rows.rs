@@ -87,6 +87,11 @@ pub fn row_form(kernel: &Kernel) -> Result<RowForm, super::Error> {
     let mut stages = Vec::with_capacity(kernel.stages.len());
     let mut row_stages = Vec::with_capacity(kernel.stages.len());
     for (k, st) in kernel.stages.iter().enumerate() {
+        if st.matrix.is_some() {
+            return Err(unsupported(
+                "a matrix stage in a kernel with [rows]/[cols] values",
+            ));
+        }
         let shapes = kernel.stage_vector_shapes(k)?;
         let nu = st.uniforms.len();
         let mut rs = RowStage {
@@ -179,6 +184,7 @@ pub fn row_form(kernel: &Kernel) -> Result<RowForm, super::Error> {
             }
         }
         stages.push(Stage {
+            matrix: None,
             uniforms: vec![dummy; nu + rs.row_vectors.len()],
             body,
             stores,

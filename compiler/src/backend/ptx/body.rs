@@ -355,6 +355,7 @@ impl Lowering<'_> {
                 ));
             }
             UnaryOp::Not => asm.ins(format!("// unreachable: not on f32 {d}")),
+            UnaryOp::RoundBf16 => asm.ins(format!("// unreachable: round_bf16 is host-only {d}")),
         }
         d
     }
