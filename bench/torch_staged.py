@@ -10,7 +10,8 @@ does) and compare ratios, never absolute times from different sessions (see BENC
     python bench/torch_staged.py --peer lamb --shapes gpt2-small # the 148 GPT-2 small tensors
 
 `--n` elements are split over `--tensors` 1-D tensors (as `optc bench --n` does; Adafactor then
-takes its unfactored vector path); `--shapes gpt2-small` gives the matrices and vectors of GPT-2
+takes its unfactored vector path); `--shape 4096,4096` gives one tensor of that shape (repeatable,
+as `optc bench --shape`); `--shapes gpt2-small` gives the matrices and vectors of GPT-2
 small, where Adafactor factors every matrix. Each peer runs the library's default code path for
 CPU tensors (Lamb: pytorch_optimizer's foreach path; Adafactor: torch's for-loop, its default;
 AdamW: fused=True). A timed step is `clip_grad_norm_` (adamw-clip only) plus `opt.step()`; the
@@ -57,6 +58,8 @@ def main():
     ap.add_argument("--n", type=int, default=16 * 1024 * 1024, help="total elements (default 16M)")
     ap.add_argument("--tensors", type=int, default=1, help="split --n over this many 1-D tensors")
     ap.add_argument("--shapes", choices=["gpt2-small"], help="a preset shape list instead of --n")
+    ap.add_argument("--shape", action="append", default=[], metavar="D1,D2,...",
+                    help="a tensor of this shape instead of --n (repeatable), as `optc bench --shape`")
     ap.add_argument("--max-grad-norm", type=float, default=1.0, help="adamw-clip: clip_grad_norm_'s max_norm")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=10)
@@ -69,6 +72,10 @@ def main():
     torch.set_num_threads(args.threads)
     if args.shapes == "gpt2-small":
         shapes = gpt2_small()
+    elif args.shape:
+        shapes = [tuple(int(d) for d in s.split(",")) for s in args.shape]
+        if any(d < 1 for s in shapes for d in s):
+            raise SystemExit("--shape: dims must be >= 1")
     else:
         k = args.tensors
         shapes = [(args.n // k + (1 if i < args.n % k else 0),) for i in range(k)]

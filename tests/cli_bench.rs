@@ -47,7 +47,8 @@ fn json_report_has_the_promised_fields() {
     assert_eq!(v["tensors"], 3);
     assert_eq!(v["threads"], 2);
     assert_eq!(
-        v["bytes_per_element"], 28,
+        v["bytes_per_element"].as_f64(),
+        Some(28.0),
         "AdamW moves p, g, m, v in and p, m, v out"
     );
     assert_eq!(v["passes"], 1);
@@ -91,7 +92,8 @@ fn flags_change_the_kernel_and_bad_input_is_an_error() {
     let v: serde_json::Value =
         serde_json::from_str(out.lines().last().unwrap_or_default()).expect("json");
     assert_eq!(
-        v["bytes_per_element"], 36,
+        v["bytes_per_element"].as_f64(),
+        Some(36.0),
         "amsgrad adds v_max: read and written"
     );
     let (code, _, err) = bench(&["adamw", "--n", "2", "--tensors", "3"]);
@@ -100,4 +102,41 @@ fn flags_change_the_kernel_and_bad_input_is_an_error() {
     let (code, _, err) = bench(&["adamw", "--set", "lr=fast"]);
     assert_eq!(code, 1);
     assert!(err.contains("hyper `lr` takes a number"), "{err}");
+}
+
+/// A rule with rank classes over matrices and vectors at once (lars on a matrix and a vector):
+/// each kernel's bytes weighted by its elements, each with its own probe; adafactor on a matrix
+/// (`--shape`) is its factored kernel, 24 bytes per element over 3 passes.
+#[test]
+fn rank_class_rules_bench_over_mixed_shapes_and_matrices() {
+    let (code, out, err) = bench(&[
+        "adafactor",
+        "--shape",
+        "300,200",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(out.lines().last().unwrap_or_default()).expect("json");
+    assert_eq!(v["bytes_per_element"].as_f64(), Some(24.0), "{v}");
+    assert_eq!(v["passes"], 3);
+    assert_eq!(v["rank"], "matrix");
+    // lars: a [100, 30] matrix (28 B/element over 2 passes) and a [1000] vector (20 B/element,
+    // 1 pass): (28 * 3000 + 20 * 1000) / 4000 = 26.
+    let (code, out, err) = bench(&[
+        "lars", "--shape", "100,30", "--shape", "1000", "--iters", "1", "--warmup", "0", "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(out.lines().last().unwrap_or_default()).expect("json");
+    assert_eq!(v["bytes_per_element"].as_f64(), Some(26.0), "{v}");
+    assert_eq!(v["passes"], 2);
+    assert_eq!(v["tensors"], 2);
+    let (code, _, err) = bench(&["adafactor", "--shape", "3,0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("expected positive dims"), "{err}");
 }

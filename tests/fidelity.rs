@@ -390,7 +390,7 @@ fn the_budget_catches_plausible_mistakes() {
 }
 
 /// The stdlib rules with fixtures: the 12 single-pass rules, then the staged ones.
-const RULES: [&str; 15] = [
+const RULES: [&str; 16] = [
     "sgd",
     "adagrad",
     "rmsprop",
@@ -406,7 +406,13 @@ const RULES: [&str; 15] = [
     "lamb",
     "stableadamw",
     "lars",
+    "adafactor",
 ];
+
+/// Rules with factored kernels (Row/Col scopes, `[rows]`/`[cols]` states), which the PTX backend
+/// does not lower yet: the optimizer refuses them on CUDA when they load
+/// (`runtime::stages::check_supported`), so the CUDA replay leaves them out, and says so.
+const NOT_ON_CUDA: [&str; 1] = ["adafactor"];
 
 /// Every fixture manifest, sorted.
 fn manifests() -> Vec<PathBuf> {
@@ -415,7 +421,13 @@ fn manifests() -> Vec<PathBuf> {
     let rules =
         std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
     for entry in rules.flatten() {
-        if !entry.path().is_dir() {
+        // One directory per rule; others (`dtypes/`, with its own manifest format) are not
+        // rule fixtures.
+        let is_rule = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| RULES.contains(&n));
+        if !entry.path().is_dir() || !is_rule {
             continue;
         }
         for case in std::fs::read_dir(entry.path())
@@ -437,7 +449,14 @@ fn manifests() -> Vec<PathBuf> {
 /// Replays every fixture on one backend; prints each case's errors and every rule's worst, and
 /// asserts the budget.
 pub(crate) fn replay_all(backend: Backend) {
-    let paths = manifests();
+    let mut paths = manifests();
+    if !matches!(backend.target, Target::Interp | Target::Cpu) {
+        paths.retain(|p| !NOT_ON_CUDA.contains(&read_manifest(p).rule.as_str()));
+        println!(
+            "{}: not replayed (no CUDA path yet): {NOT_ON_CUDA:?}",
+            backend.name
+        );
+    }
     let mut cases_per_rule: BTreeMap<String, usize> = BTreeMap::new();
     let mut worst_per_rule: BTreeMap<String, (f64, String)> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -468,6 +487,9 @@ pub(crate) fn replay_all(backend: Backend) {
         }
     }
     for rule in RULES {
+        if !matches!(backend.target, Target::Interp | Target::Cpu) && NOT_ON_CUDA.contains(&rule) {
+            continue;
+        }
         let n = cases_per_rule.get(rule).copied().unwrap_or(0);
         assert!(n >= 3, "{rule}: {n} fixture cases, expected at least 3");
     }

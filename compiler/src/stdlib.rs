@@ -20,6 +20,7 @@ pub const RULES: &[(&str, &str)] = &[
     ("lamb", include_str!("../../stdlib/lamb.opt")),
     ("stableadamw", include_str!("../../stdlib/stableadamw.opt")),
     ("lars", include_str!("../../stdlib/lars.opt")),
+    ("adafactor", include_str!("../../stdlib/adafactor.opt")),
 ];
 
 /// The stdlib rules with matrix stages (products between the per-element passes): `(name,

@@ -28,6 +28,7 @@ fn reduce_then_add(op: ReduceOp, scope: Scope) -> Kernel {
         host,
         variant: Vec::new(),
         scalar_updates: vec![],
+        vectors: Default::default(),
         reductions: vec![ReductionDecl {
             name: "g".into(),
             op,
@@ -78,6 +79,7 @@ fn run(k: &Kernel, grads: &[Vec<f32>]) -> (Vec<Vec<f32>>, Vec<Vec<f64>>) {
                 grad: g,
                 states: vec![],
             },
+            dims: None,
         })
         .collect();
     let report = step_many(k, tensors).expect("steps");

@@ -164,7 +164,11 @@ fn eval_program(
                     v[b.index()]
                 }
             }
-            Expr::Flag(_) | Expr::Uniform(_) | Expr::Reduced(_) => {
+            Expr::Flag(_)
+            | Expr::Uniform(_)
+            | Expr::Reduced(_)
+            | Expr::Vector(_)
+            | Expr::VecMean(_) => {
                 panic!("unexpected leaf {e:?} after specialize")
             }
         };

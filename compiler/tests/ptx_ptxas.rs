@@ -8,7 +8,7 @@
 
 mod ptx_kernels;
 
-use optc_compiler::backend::ptx::{emit, Options};
+use optc_compiler::backend::ptx::{emit, Error, Options};
 use optc_compiler::passes::CompileOptions;
 use optc_compiler::{stdlib, Kernel};
 use optc_kernel::RankClass;
@@ -116,7 +116,20 @@ fn ptxas_accepts_every_stdlib_rule_and_hand_built_kernel() {
                 fast_math,
                 ..Options::default()
             };
-            let module = emit(&kernel, &opts).unwrap_or_else(|e| panic!("{label}: {e}"));
+            // A factored kernel (Row/Col scopes, adafactor's matrices) is refused by the PTX
+            // backend; its row form (what the CPU runs per row) is an ordinary kernel, and is
+            // what a per-row GPU path would launch: it must assemble.
+            let module = if kernel.is_factored() {
+                assert!(
+                    matches!(emit(&kernel, &opts), Err(Error::Unsupported(_))),
+                    "{label}: a factored kernel must be refused"
+                );
+                let form = optc_compiler::backend::clif::rows::row_form(&kernel)
+                    .unwrap_or_else(|e| panic!("{label}: {e}"));
+                emit(&form.kernel, &opts).unwrap_or_else(|e| panic!("{label} row form: {e}"))
+            } else {
+                emit(&kernel, &opts).unwrap_or_else(|e| panic!("{label}: {e}"))
+            };
             let name = format!("{label}-{}", if fast_math { "fast" } else { "rn" });
             for arch in ["sm_80", "sm_90"] {
                 jobs.push((name.clone(), module.source.clone(), arch));

@@ -220,9 +220,15 @@ fn fast_math_does_not_touch_the_folds() {
 
 #[test]
 fn row_and_column_scopes_are_refused_with_a_reason() {
-    let mut k = ptx_kernels::trust_ratio();
-    k.rank = optc_kernel::RankClass::Matrix;
-    k.reductions[0].scope = optc_kernel::Scope::Row;
+    let options = optc_compiler::CompileOptions {
+        rank: optc_kernel::RankClass::Matrix,
+        ..Default::default()
+    };
+    let k = optc_compiler::stdlib::rule("adafactor")
+        .and_then(Result::ok)
+        .expect("stdlib")
+        .specialize_with(&[], &options)
+        .expect("kernel");
     let err = emit(&k, &Options::default()).expect_err("row scope");
     assert!(err.to_string().contains("row scope"), "{err}");
 }

@@ -115,6 +115,7 @@ fn clipping_scales_g_by_the_global_norm() {
                 grad: g,
                 states: vec![m, v],
             },
+            dims: None,
         })
         .collect();
     let report = step_many(&clip, tensors).expect("steps");

@@ -3,9 +3,9 @@
 //! that running the variant the hypers select gives bit for bit what the kernel with the selects
 //! gives, with the hypers switching between variants mid-run.
 
-use optc_compiler::backend::interp::{step_f32, Buffers};
+use optc_compiler::backend::interp::{step_many, Buffers, TensorStep};
 use optc_compiler::{stdlib, CompileOptions, RankClass, Rule};
-use optc_kernel::{Expr, Init, Kernel, VariantId};
+use optc_kernel::{Expr, Init, Kernel, MatrixDims, StateShape, VariantId};
 
 fn rule(name: &str) -> Rule {
     match stdlib::rule(name) {
@@ -106,15 +106,41 @@ fn same(a: &[f32], b: &[f32]) -> bool {
             .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
 }
 
-fn init_values(k: &Kernel, hypers: &[f64], p: &[f32]) -> Vec<Vec<f32>> {
+/// The states of `k` as they start; a `[rows]`/`[cols]` state has the length `dims` gives it.
+fn init_values(k: &Kernel, hypers: &[f64], p: &[f32], dims: MatrixDims) -> Vec<Vec<f32>> {
     let values = k.eval_init(hypers).expect("ok");
     k.states
         .iter()
-        .map(|s| match s.init {
-            Init::Param => p.to_vec(),
-            Init::Value(h) => vec![values[h.index()] as f32; p.len()],
+        .map(|s| match (s.init, s.shape) {
+            (Init::Param, _) => p.to_vec(),
+            (Init::Value(h), StateShape::Full) => vec![values[h.index()] as f32; p.len()],
+            (Init::Value(h), shape) => vec![values[h.index()] as f32; dims.len(shape)],
         })
         .collect()
+}
+
+/// One step of one tensor on the interpreter in f32, as a matrix where `k` is factored.
+fn step(
+    k: &Kernel,
+    hypers: &[f64],
+    t: u64,
+    scalars: &mut [f64],
+    bufs: Buffers<'_, f32>,
+    dims: MatrixDims,
+) {
+    let dims = k.is_factored().then_some(dims);
+    step_many(
+        k,
+        vec![TensorStep {
+            hypers,
+            t,
+            scalars,
+            bufs,
+            dims,
+            view: None,
+        }],
+    )
+    .expect("ok");
 }
 
 /// Runs `steps` steps of the description kernel and of the selected variants side by side.
@@ -137,11 +163,19 @@ fn agree(r: &Rule, flags: &[bool], options: &CompileOptions) {
     toggled.sort();
     toggled.dedup();
     let defaults = base.default_hypers();
-    let n = 37;
+    // A matrix for the matrix rank class (factored kernels read its rows and columns).
+    let shape: &[usize] = if options.rank == RankClass::Matrix {
+        &[3, 13]
+    } else {
+        &[37]
+    };
+    let n: usize = shape.iter().product();
+    // Read only where the kernel is factored (the matrix rank class).
+    let dims = MatrixDims::of_shape(&[shape[0], n / shape[0]]).expect("ok");
     let mut seed = 7;
     let mut p0: Vec<f32> = (0..n).map(|_| noise(&mut seed)).collect();
     let mut p1 = p0.clone();
-    let mut base_states = init_values(&base, &defaults, &p0);
+    let mut base_states = init_values(&base, &defaults, &p0, dims);
     let mut mine: Vec<Option<Vec<f32>>> = vec![None; base.states.len()];
     let mut s0 = base.initial_scalars(&defaults).expect("ok");
     let mut s1 = s0.clone();
@@ -155,7 +189,7 @@ fn agree(r: &Rule, flags: &[bool], options: &CompileOptions) {
             }
         }
         let g: Vec<f32> = (0..n).map(|_| noise(&mut seed)).collect();
-        step_f32(
+        step(
             &base,
             &hypers,
             t,
@@ -165,8 +199,8 @@ fn agree(r: &Rule, flags: &[bool], options: &CompileOptions) {
                 grad: &g,
                 states: base_states.iter_mut().map(Vec::as_mut_slice).collect(),
             },
-        )
-        .expect("ok");
+            dims,
+        );
         let v = conds.select(&hypers).expect("ok");
         let k = &variants[v.index()];
         let slots: Vec<usize> = k
@@ -179,7 +213,7 @@ fn agree(r: &Rule, flags: &[bool], options: &CompileOptions) {
                     .expect("ok")
             })
             .collect();
-        let fresh = init_values(k, &hypers, &p1);
+        let fresh = init_values(k, &hypers, &p1, dims);
         for (i, &at) in slots.iter().enumerate() {
             if mine[at].is_none() {
                 mine[at] = Some(fresh[i].clone());
@@ -190,7 +224,7 @@ fn agree(r: &Rule, flags: &[bool], options: &CompileOptions) {
             .iter()
             .map(|&at| taken[at].take().expect("ok").as_mut_slice())
             .collect();
-        step_f32(
+        step(
             k,
             &hypers,
             t,
@@ -200,8 +234,8 @@ fn agree(r: &Rule, flags: &[bool], options: &CompileOptions) {
                 grad: &g,
                 states,
             },
-        )
-        .expect("ok");
+            dims,
+        );
         let what = format!("{} {flags:?} {:?} step {t} {v}", r.name(), options.rank);
         assert!(same(&p0, &p1), "{what}: p differs\n{k}");
         assert_eq!(
@@ -214,7 +248,7 @@ fn agree(r: &Rule, flags: &[bool], options: &CompileOptions) {
                 Some(m) => assert!(same(b, m), "{what}: state {} differs", base.states[at].name),
                 // Never allocated: the kernel with the selects never changed it either.
                 None => assert!(
-                    same(b, &init_values(&base, &hypers, &p1)[at])
+                    same(b, &init_values(&base, &hypers, &p1, dims)[at])
                         || base.states[at].init == Init::Param,
                     "{what}: state {} changed while no variant used it",
                     base.states[at].name

@@ -172,11 +172,27 @@ impl Optimizer {
                 None => Ok(Vec::new()),
             })
             .collect::<Result<_, RuntimeError>>()?;
-        for ((p, pm), bufs) in self.params.iter().zip(&meta.params).zip(&buffers) {
+        for (i, ((p, pm), bufs)) in self
+            .params
+            .iter()
+            .zip(&meta.params)
+            .zip(&buffers)
+            .enumerate()
+        {
             if p.progress.is_none() {
                 continue;
             }
-            for (name, buf) in pm.states.iter().zip(bufs) {
+            // `bufs` and `pm.states` are the allocated states, in the flag set's order.
+            let allocated = self.exec.allocated(i);
+            let decls = self
+                .family_of(i)
+                .base
+                .states
+                .iter()
+                .zip(&allocated)
+                .filter(|(_, &a)| a)
+                .map(|(d, _)| d);
+            for ((name, buf), decl) in pm.states.iter().zip(bufs).zip(decls) {
                 let key = format!("{}.{}", p.name, name);
                 if !keys.insert(key.clone()) {
                     return Err(err(format!(
@@ -185,7 +201,11 @@ impl Optimizer {
                 }
                 tensors.push((
                     key,
-                    TensorView::new(Dtype::F32, p.shape.clone(), bytemuck::cast_slice(buf))?,
+                    TensorView::new(
+                        Dtype::F32,
+                        decl.shape.dims_of(&p.shape),
+                        bytemuck::cast_slice(buf),
+                    )?,
                 ));
             }
         }
@@ -320,16 +340,18 @@ impl Optimizer {
             }
             let mut buffers: Vec<Option<Vec<f32>>> = vec![None; want_states.len()];
             for (s, &at) in saved.states.iter().zip(&positions) {
+                let decl = &kernel.states[at];
                 let key = format!("{}.{}", saved.name, s);
                 let view = st
                     .tensor(&key)
                     .map_err(|_| err(format!("tensor `{key}` is missing")))?;
-                if view.dtype() != Dtype::F32 || view.shape() != saved.shape.as_slice() {
+                let want = decl.shape.dims_of(&saved.shape);
+                if view.dtype() != Dtype::F32 || view.shape() != want.as_slice() {
                     return Err(err(format!(
                         "tensor `{key}` is {:?} {:?}, expected F32 {:?}",
                         view.dtype(),
                         view.shape(),
-                        saved.shape
+                        want
                     )));
                 }
                 buffers[at] = Some(f32_vec(&key, view.data())?);

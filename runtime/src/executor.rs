@@ -52,13 +52,21 @@ pub(crate) struct StageTensor<'s, 'a> {
     pub data: &'s mut TensorData<'a>,
     /// The stage's uniforms for this tensor, rounded to f32.
     pub uniforms: Vec<f32>,
+    /// The stage's `[rows]`/`[cols]` values for this tensor (`Kernel::stage_vectors`), rounded
+    /// to f32; empty for kernels without them.
+    #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
+    pub vectors: Vec<Vec<f32>>,
+    /// The tensor seen as matrices (its last two dims), for kernels with `[rows]`/`[cols]` values.
+    #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
+    pub dims: Option<optc_kernel::MatrixDims>,
     /// The tensor's matrix view (tensors of 2 or more dims), for matrix programs (run by the
     /// host executors only: the CUDA one refuses matrix stages when it loads a kernel).
     #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
     pub view: Option<optc_kernel::matrix::WideView>,
 }
 
-/// A stage's block partials: `[tensor][reduce output][block]`.
+/// A stage's block partials: `[tensor][reduce output][block]` (for a Row- or Col-scope output,
+/// the layout of `optc_kernel::reduce::{row_partials, col_partials}`).
 pub(crate) type Partials = Vec<Vec<Vec<f32>>>;
 
 /// How a new state buffer starts.
@@ -92,14 +100,17 @@ pub(crate) trait Executor: Send {
     /// The number of loaded kernels.
     fn kernel_count(&self) -> usize;
 
-    /// Allocates states of parameter `param` (`len` elements), which has `count` states in all:
-    /// each `(position, init)` of `init`, from `data` where a state starts as a copy of the
+    /// The position of each state of kernel `kernel` among a parameter's states.
+    fn positions(&self, kernel: usize) -> Result<&[usize], RuntimeError>;
+
+    /// Allocates states of parameter `param`, which has `lens.len()` states in all, state `i`
+    /// of `lens[i]` elements (the parameter's length, or a `[rows]`/`[cols]` state's): each
+    /// `(position, init)` of `init`, from `data` where a state starts as a copy of the
     /// parameter. The parameter's other states are kept (or, for its first, not allocated).
     fn create_states(
         &mut self,
         param: usize,
-        len: usize,
-        count: usize,
+        lens: &[usize],
         init: &[(usize, StateInit)],
         data: &TensorData<'_>,
     ) -> Result<(), RuntimeError>;
@@ -132,6 +143,44 @@ pub(crate) trait Executor: Send {
         &mut self,
         states: Vec<(usize, Vec<Option<Vec<f32>>>)>,
     ) -> Result<(), RuntimeError>;
+
+    /// Copies state `state` of kernel `kernel` of parameter `param` to the host (a
+    /// `[rows]`/`[cols]` state the host's vector program reads).
+    fn read_state(
+        &self,
+        param: usize,
+        kernel: usize,
+        state: usize,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let at = *self
+            .positions(kernel)?
+            .get(state)
+            .ok_or_else(|| RuntimeError::Unsupported("internal: no such state".into()))?;
+        self.read_states(param)?
+            .into_iter()
+            .nth(at)
+            .flatten()
+            .ok_or_else(|| RuntimeError::Unsupported("internal: a state is not allocated".into()))
+    }
+
+    /// Replaces states of parameter `param` (`(state, values)` with `state` a state of kernel
+    /// `kernel`: the new `[rows]`/`[cols]` states the host's vector program computed).
+    fn write_vector_states(
+        &mut self,
+        param: usize,
+        kernel: usize,
+        values: Vec<(usize, Vec<f32>)>,
+    ) -> Result<(), RuntimeError> {
+        let positions = self.positions(kernel)?.to_vec();
+        let mut all = self.read_states(param)?;
+        for (s, v) in values {
+            match positions.get(s).and_then(|&at| all.get_mut(at)?.as_mut()) {
+                Some(slot) if slot.len() == v.len() => *slot = v,
+                _ => return Err(RuntimeError::Unsupported("internal: no such state".into())),
+            }
+        }
+        self.write_states(vec![(param, all)])
+    }
 
     /// The CUDA executor, when this is one (for the optimizer's CUDA-only accessors).
     #[cfg(feature = "cuda")]

@@ -5,7 +5,7 @@
 //! ([`crate::cpu::CpuKernel`]); the interpreter runs one element at a time on one thread and is
 //! the meaning every other target is judged against.
 
-use crate::cpu::{CpuKernel, CpuOptions, Partials, TensorArgs};
+use crate::cpu::{CpuKernel, CpuOptions, Partials, RowKernel, RowTensor, TensorArgs};
 use crate::error::RuntimeError;
 use crate::executor::{self, Executor, StageTensor, StateInit, TensorData};
 use crate::matrix::{self, MatrixArgs};
@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 enum Compiled {
     Cpu(Box<CpuKernel>, ValidKernel),
+    /// A factored kernel on the CPU: its row form, called per row.
+    CpuRows(Box<RowKernel>, ValidKernel),
     Interp(ValidKernel),
 }
 
@@ -78,6 +80,10 @@ impl Executor for HostExecutor {
     ) -> Result<usize, RuntimeError> {
         let compiled = match self.target {
             Target::Interp => Compiled::Interp(kernel),
+            Target::Cpu if kernel.is_factored() => Compiled::CpuRows(
+                Box::new(RowKernel::compile(&kernel, self.allow_fma)?),
+                kernel,
+            ),
             Target::Cpu => {
                 let options = CpuOptions {
                     allow_fma: self.allow_fma,
@@ -100,7 +106,7 @@ impl Executor for HostExecutor {
 
     fn kernel(&self, kernel: usize) -> &ValidKernel {
         match &self.kernels[kernel].0 {
-            Compiled::Cpu(_, k) | Compiled::Interp(k) => k,
+            Compiled::Cpu(_, k) | Compiled::CpuRows(_, k) | Compiled::Interp(k) => k,
         }
     }
 
@@ -111,8 +117,7 @@ impl Executor for HostExecutor {
     fn create_states(
         &mut self,
         param: usize,
-        len: usize,
-        count: usize,
+        lens: &[usize],
         init: &[(usize, StateInit)],
         data: &TensorData<'_>,
     ) -> Result<(), RuntimeError> {
@@ -123,17 +128,21 @@ impl Executor for HostExecutor {
         };
         let buffers = init
             .iter()
-            .map(|&(at, i)| match i {
-                StateInit::Value(x) => Ok((at, vec![x; len])),
-                StateInit::Param if p.len() == len => Ok((at, p.to_vec())),
-                StateInit::Param => Err(internal("a state copies a parameter of another length")),
+            .map(|&(at, i)| {
+                let len = *lens
+                    .get(at)
+                    .ok_or_else(|| internal("a state position out of range"))?;
+                match i {
+                    StateInit::Value(x) => Ok((at, vec![x; len])),
+                    StateInit::Param if p.len() == len => Ok((at, p.to_vec())),
+                    StateInit::Param => {
+                        Err(internal("a state copies a parameter of another length"))
+                    }
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if buffers.iter().any(|(at, _)| *at >= count) {
-            return Err(internal("a state position out of range"));
-        }
         let states = self.slot(param);
-        states.resize_with(count, || None);
+        states.resize_with(lens.len(), || None);
         for (at, b) in buffers {
             states[at] = Some(b);
         }
@@ -172,6 +181,7 @@ impl Executor for HostExecutor {
         tensors: &mut [StageTensor<'_, '_>],
     ) -> Result<executor::Partials, RuntimeError> {
         let n = tensors.len();
+        let mut vecs = Vec::with_capacity(n);
         let views: Vec<_> = tensors.iter().map(|t| t.view).collect();
         if let Some(last) = tensors.iter().map(|t| t.param).max() {
             self.slot(last);
@@ -205,9 +215,10 @@ impl Executor for HostExecutor {
                 states,
                 uniforms: std::mem::take(&mut t.uniforms),
             });
+            vecs.push((std::mem::take(&mut t.vectors), t.dims));
         }
         let (valid, cpu) = match compiled {
-            Compiled::Cpu(_, k) => (k, true),
+            Compiled::Cpu(_, k) | Compiled::CpuRows(_, k) => (k, true),
             Compiled::Interp(k) => (k, false),
         };
         if let Some(program) = &valid.stages[stage].matrix {
@@ -246,9 +257,22 @@ impl Executor for HostExecutor {
                     .map(|t| (0..outputs).map(|o| partials.get(t, o).to_vec()).collect())
                     .collect())
             }
+            Compiled::CpuRows(k, _) => {
+                let mut rows = Vec::with_capacity(n);
+                for (a, (vectors, dims)) in args.into_iter().zip(vecs) {
+                    let dims = dims.ok_or_else(|| internal("a factored stage without dims"))?;
+                    rows.push(RowTensor {
+                        args: a,
+                        vectors,
+                        dims,
+                    });
+                }
+                Ok(k.run_stage(stage, &mut rows, self.pool.as_deref())?)
+            }
             Compiled::Interp(k) => args
                 .into_iter()
-                .map(|a| interp_stage(k, stage, a))
+                .zip(vecs)
+                .map(|(a, (vectors, dims))| interp_stage(k, stage, a, &vectors, dims))
                 .collect(),
         }
     }
@@ -266,6 +290,51 @@ impl Executor for HostExecutor {
         }
         Ok(())
     }
+
+    fn read_state(
+        &self,
+        param: usize,
+        kernel: usize,
+        state: usize,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let at = self.positions(kernel)?.get(state).copied();
+        at.and_then(|at| self.states.get(param)?.get(at)?.clone())
+            .ok_or_else(|| internal("a stepped parameter has no such state"))
+    }
+
+    fn write_vector_states(
+        &mut self,
+        param: usize,
+        kernel: usize,
+        values: Vec<(usize, Vec<f32>)>,
+    ) -> Result<(), RuntimeError> {
+        let positions = self.positions(kernel)?.to_vec();
+        let states = self
+            .states
+            .get_mut(param)
+            .ok_or_else(|| internal("a stepped parameter has no states"))?;
+        let mut at = Vec::with_capacity(values.len());
+        for (s, v) in &values {
+            match positions
+                .get(*s)
+                .and_then(|&p| Some((p, states.get(p)?.as_ref()?)))
+            {
+                Some((p, b)) if b.len() == v.len() => at.push(p),
+                _ => return Err(internal("a vector state of another length")),
+            }
+        }
+        for (p, (_, v)) in at.into_iter().zip(values) {
+            states[p] = Some(v);
+        }
+        Ok(())
+    }
+
+    fn positions(&self, kernel: usize) -> Result<&[usize], RuntimeError> {
+        self.kernels
+            .get(kernel)
+            .map(|(_, p)| p.as_slice())
+            .ok_or_else(|| internal("no such kernel"))
+    }
 }
 
 /// One tensor through one stage of the interpreter, with the stage's uniforms already computed:
@@ -274,8 +343,10 @@ fn interp_stage(
     kernel: &ValidKernel,
     stage: usize,
     args: TensorArgs<'_>,
+    vectors: &[Vec<f32>],
+    dims: Option<optc_kernel::MatrixDims>,
 ) -> Result<Vec<Vec<f32>>, RuntimeError> {
-    use optc_compiler::backend::interp::{run_stage, Buffers};
+    use optc_compiler::backend::interp::{run_stage_matrix, Buffers};
     let TensorArgs {
         param,
         grad,
@@ -287,5 +358,6 @@ fn interp_stage(
         grad,
         states,
     };
-    run_stage(kernel, stage, &uniforms, bufs).map_err(|e| RuntimeError::Interp(e.to_string()))
+    run_stage_matrix(kernel, stage, &uniforms, vectors, dims, bufs)
+        .map_err(|e| RuntimeError::Interp(e.to_string()))
 }

@@ -32,7 +32,7 @@ use optc_kernel::GRAD_NORM_REDUCTION;
 
 /// The hyper that clipping by global norm adds (`optc_compiler`'s clip pass).
 const MAX_GRAD_NORM: &str = "max_grad_norm";
-use optc_kernel::{HyperDecl, Init, Kernel, RankClass, ValidKernel};
+use optc_kernel::{HyperDecl, Init, Kernel, MatrixDims, RankClass, StateShape, ValidKernel};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -329,7 +329,7 @@ impl Optimizer {
             .specialize_variant(&fam.flags, fam.rank, clip, variant)?;
         let slots = fam.slots(&kernel)?;
         let kernel = ValidKernel::new(kernel)?;
-        stages::check_supported(&kernel)?;
+        stages::check_supported(&kernel, self.exec.target())?;
         let loaded = (0..self.exec.kernel_count()).map(|i| self.exec.kernel(i).kernel());
         stages::check_step_stages(&kernel, loaded)?;
         let index = self.exec.load(kernel, ptx.as_ref(), slots)?;
@@ -709,11 +709,40 @@ impl Optimizer {
                 &reduced,
                 WideView::of_shape(&p.shape),
             )?;
+            let dims = if kernel.is_factored() {
+                Some(MatrixDims::of_shape(&p.shape).ok_or_else(|| {
+                    RuntimeError::Unsupported(format!(
+                        "internal: parameter `{}` of shape {:?} runs a kernel for matrices",
+                        p.name, p.shape
+                    ))
+                })?)
+            } else {
+                None
+            };
+            let state_lens = family
+                .base
+                .states
+                .iter()
+                .map(|s| match s.shape {
+                    StateShape::Full => Ok(p.len),
+                    shape => MatrixDims::of_shape(&p.shape)
+                        .map(|d| d.len(shape))
+                        .ok_or_else(|| {
+                            RuntimeError::Unsupported(format!(
+                                "internal: parameter `{}` of shape {:?} has a row or column state",
+                                p.name, p.shape
+                            ))
+                        }),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             plans.push(Plan {
+                dims,
+                reduced_vec: vec![Vec::new(); kernel.reductions.len()],
+                vector_states: Vec::new(),
                 index,
                 group: p.group,
                 kernel: kernel_index,
-                states: family.state_count(),
+                state_lens,
                 t,
                 first: p.progress.is_none(),
                 init,
@@ -768,11 +797,28 @@ impl Optimizer {
         updates: &mut [Update<'_>],
         plans: &mut [Plan],
     ) -> Result<StepReport, RuntimeError> {
-        for (u, plan) in updates.iter().zip(plans.iter()) {
+        for (u, plan) in updates.iter().zip(plans.iter_mut()) {
+            let shapes: Vec<StateShape> = self
+                .exec
+                .kernel(plan.kernel)
+                .states
+                .iter()
+                .map(|s| s.shape)
+                .collect();
             if !plan.init.is_empty() {
-                let len = self.params[plan.index].len;
                 self.exec
-                    .create_states(plan.index, len, plan.states, &plan.init, &u.data)?;
+                    .create_states(plan.index, &plan.state_lens, &plan.init, &u.data)?;
+            }
+            if plan.dims.is_some() {
+                let mut states = Vec::with_capacity(shapes.len());
+                for (i, s) in shapes.iter().enumerate() {
+                    states.push(if *s == StateShape::Full {
+                        Vec::new()
+                    } else {
+                        self.exec.read_state(plan.index, plan.kernel, i)?
+                    });
+                }
+                plan.vector_states = states;
             }
         }
         let depth = plans
@@ -782,14 +828,14 @@ impl Optimizer {
             .unwrap_or(0);
         let mut report = StepReport::default();
         for stage in 0..depth {
-            // This stage's uniforms of every tensor that has the stage.
-            let mut uniforms: Vec<Option<Vec<f32>>> = Vec::with_capacity(plans.len());
+            // This stage's uniforms (and [rows]/[cols] values) of every tensor that has the stage.
+            let mut uniforms: Vec<Option<StageArgs>> = Vec::with_capacity(plans.len());
             for plan in plans.iter_mut() {
                 let kernel = self.exec.kernel(plan.kernel);
                 uniforms.push(if stage >= kernel.stages.len() {
                     None
-                } else if stage == 0 {
-                    Some(std::mem::take(&mut plan.uniforms))
+                } else if stage == 0 && plan.dims.is_none() {
+                    Some((std::mem::take(&mut plan.uniforms), Vec::new()))
                 } else {
                     let hypers = &self.groups[plan.group].hypers;
                     let host = kernel.eval_host_for(
@@ -799,7 +845,17 @@ impl Optimizer {
                         &plan.reduced,
                         plan.view,
                     )?;
-                    Some(host.uniforms[stage].iter().map(|&x| x as f32).collect())
+                    let vectors = match plan.dims {
+                        Some(dims) => {
+                            let values = eval_vectors(kernel, dims, &host, plan)?;
+                            kernel.stage_vectors::<f32>(stage, &values)
+                        }
+                        None => Vec::new(),
+                    };
+                    Some((
+                        host.uniforms[stage].iter().map(|&x| x as f32).collect(),
+                        vectors,
+                    ))
                 });
             }
             let mut by_kernel: Vec<(Vec<usize>, Vec<StageTensor<'_, '_>>)> =
@@ -807,13 +863,15 @@ impl Optimizer {
                     .map(|_| Default::default())
                     .collect();
             for (i, (u, plan)) in updates.iter_mut().zip(plans.iter()).enumerate() {
-                if let Some(uniforms) = uniforms[i].take() {
+                if let Some((uniforms, vectors)) = uniforms[i].take() {
                     let (who, tensors) = &mut by_kernel[plan.kernel];
                     who.push(i);
                     tensors.push(StageTensor {
                         param: plan.index,
                         data: &mut u.data,
                         uniforms,
+                        vectors,
+                        dims: plan.dims,
                         view: plan.view,
                     });
                 }
@@ -834,7 +892,11 @@ impl Optimizer {
                         i,
                         plan.index,
                         parts,
-                        &mut plan.reduced,
+                        stages::Finalized {
+                            reduced: &mut plan.reduced,
+                            vectors: &mut plan.reduced_vec,
+                            dims: plan.dims,
+                        },
                         &mut step_parts,
                     )?;
                 }
@@ -853,28 +915,49 @@ impl Optimizer {
             let kernel = self.exec.kernel(plan.kernel);
             if !kernel.reductions.is_empty() {
                 let hypers = &self.groups[plan.group].hypers;
-                plan.scalars = kernel
-                    .eval_host_for(
-                        hypers,
-                        plan.t,
-                        &plan.scalars_before,
-                        &plan.reduced,
-                        plan.view,
-                    )?
-                    .scalars;
+                let host = kernel.eval_host_for(
+                    hypers,
+                    plan.t,
+                    &plan.scalars_before,
+                    &plan.reduced,
+                    plan.view,
+                )?;
+                if let Some(dims) = plan.dims.filter(|_| !kernel.vectors.stores.is_empty()) {
+                    let values = eval_vectors(kernel, dims, &host, plan)?;
+                    let stores = kernel.vector_stores::<f32>(dims, &values);
+                    self.exec
+                        .write_vector_states(plan.index, plan.kernel, stores)?;
+                }
+                plan.scalars = host.scalars;
             }
         }
         Ok(report)
     }
 }
 
+/// The host's vector program of one tensor (`docs/stages.md`, "Row and column values"), with the
+/// reductions finalized so far and the `[rows]`/`[cols]` states as the step began.
+fn eval_vectors(
+    kernel: &Kernel,
+    dims: MatrixDims,
+    host: &optc_kernel::HostValues,
+    plan: &Plan,
+) -> Result<Vec<Vec<f64>>, RuntimeError> {
+    let states: Vec<&[f32]> = plan.vector_states.iter().map(Vec::as_slice).collect();
+    Ok(kernel.eval_vectors(dims, &host.inputs, &plan.reduced_vec, &states)?)
+}
+
+/// One tensor's arguments of a stage: its uniforms and its `[rows]`/`[cols]` values.
+type StageArgs = (Vec<f32>, Vec<Vec<f32>>);
+
 /// What [`Optimizer::plan`] computed for one update, and what the schedule adds.
 struct Plan {
     index: usize,
     group: usize,
     kernel: usize,
-    /// The number of states of the parameter's family.
-    states: usize,
+    /// The length of each state of the parameter's family, by position (the parameter's, or a
+    /// `[rows]`/`[cols]` state's).
+    state_lens: Vec<usize>,
     t: u64,
     /// Whether this is the parameter's first step.
     first: bool,
@@ -888,6 +971,13 @@ struct Plan {
     scalars: Vec<f64>,
     /// The kernel's reductions finalized so far (NaN before their stage).
     reduced: Vec<f64>,
+    /// The tensor's matrix view, for a kernel with `[rows]`/`[cols]` values.
+    dims: Option<MatrixDims>,
+    /// The kernel's Row- and Col-scope reductions finalized so far (empty before their stage).
+    reduced_vec: Vec<Vec<f64>>,
+    /// The kernel's `[rows]`/`[cols]` states as they were when the step began (empty for the
+    /// others, and for kernels without them).
+    vector_states: Vec<Vec<f32>>,
     /// The tensor's matrix view (tensors of 2 or more dims).
     view: Option<WideView>,
 }

@@ -8,41 +8,37 @@
 //! place a cross-rank all-reduce will go).
 
 use crate::error::RuntimeError;
-use optc_kernel::reduce::{combine, combine_totals, ReduceOp, Scope};
-use optc_kernel::{Kernel, StateShape};
+use crate::target::Target;
+use optc_kernel::reduce::{combine, combine_totals, finalize_cols, finalize_rows, ReduceOp, Scope};
+use optc_kernel::{Kernel, MatrixDims, StateShape};
 
-/// Errors, when a kernel is loaded (before any step), unless every reduction of `kernel` has a
-/// scope this schedule finalizes (Tensor or Step) and every state has the parameter's shape.
-///
-/// Row and Col scopes (Adafactor) are refused because no compiler produces them yet and the
-/// kernel contract does not yet say how a later stage reads a `[rows]` or `[cols]` value (the
-/// open question of `docs/stages.md`, "Not done yet"). Once it does, this module gets
-/// `finalize_rows`/`finalize_cols` (`optc_kernel::reduce::{row_reduce, col_reduce}` over a tensor
-/// viewed as `[batch, rows, cols]`, the last two dims, leading dims as batch), the executors
-/// create `StateShape::Rows`/`Cols` buffers of `batch * rows` / `batch * cols` elements, and
-/// [`crate::executor::Partials`] carries per-row (blocks of a row) and per-column (blocks of
-/// `COL_BLOCK_ROWS` rows) partials; the interpreter (`optc_compiler::backend::interp`) refuses
-/// them too.
-pub(crate) fn check_supported(kernel: &Kernel) -> Result<(), RuntimeError> {
-    if let Some(r) = kernel
+/// Errors, when a kernel is loaded on `target` (before any step), unless the target runs its
+/// Row- and Col-scope reductions and `[rows]`/`[cols]` values (`docs/stages.md`, "Row and column
+/// values"): the interpreter and the CPU JIT (through the row form) do; CUDA does not yet, and
+/// says so here rather than at the first step.
+pub(crate) fn check_supported(kernel: &Kernel, target: Target) -> Result<(), RuntimeError> {
+    #[cfg(feature = "compiler")]
+    if matches!(target, Target::Interp | Target::Cpu) {
+        return Ok(());
+    }
+    if !kernel.is_factored() {
+        return Ok(());
+    }
+    let what = match kernel
         .reductions
         .iter()
         .find(|r| matches!(r.scope, Scope::Row | Scope::Col))
     {
-        return Err(RuntimeError::Unsupported(format!(
-            "reduction `{}` of rule `{}` has {} scope; the optimizer finalizes tensor and step scopes only",
-            r.name,
-            kernel.rule,
-            r.scope.name()
-        )));
-    }
-    if let Some(s) = kernel.states.iter().find(|s| s.shape != StateShape::Full) {
-        return Err(RuntimeError::Unsupported(format!(
-            "state `{}` of rule `{}` is a row or column vector; the optimizer holds full-shape states only",
-            s.name, kernel.rule
-        )));
-    }
-    Ok(())
+        Some(r) => format!("its {}-scope reduction `{}`", r.scope.name(), r.name),
+        None => match kernel.states.iter().find(|s| s.shape != StateShape::Full) {
+            Some(s) => format!("its row or column state `{}`", s.name),
+            None => "its [rows]/[cols] values".to_string(),
+        },
+    };
+    Err(RuntimeError::Unsupported(format!(
+        "rule `{}` cannot run on {target}: {what} runs on the interpreter and the CPU only so far (use Target::Cpu, `--target cpu`)",
+        kernel.rule
+    )))
 }
 
 /// Errors, when `kernel` is loaded next to `loaded` (the optimizer's other kernels: other flag
@@ -85,18 +81,34 @@ pub(crate) struct StepPart {
     pub total: f64,
 }
 
+/// Where one tensor's finalized reductions go.
+pub(crate) struct Finalized<'a> {
+    /// Tensor- and Step-scope values, by reduction.
+    pub reduced: &'a mut [f64],
+    /// Row- and Col-scope values, by reduction (`batch · rows` or `batch · cols` values).
+    pub vectors: &'a mut [Vec<f64>],
+    /// The tensor's matrix view, for Row and Col scopes.
+    pub dims: Option<MatrixDims>,
+}
+
 /// Finalizes the reductions that stage `stage` of `kernel` produced for one tensor (the
-/// `tensor`-th of the step, parameter `param`): Tensor scope into `reduced`, Step scope onto
-/// `step` for [`combine_step`].
+/// `tensor`-th of the step, parameter `param`): Tensor scope into `out.reduced`, Row and Col
+/// scopes into `out.vectors` (`optc_kernel::reduce::{finalize_rows, finalize_cols}`), Step scope
+/// onto `step` for [`combine_step`].
 pub(crate) fn finalize_tensor(
     kernel: &Kernel,
     stage: usize,
     tensor: usize,
     param: usize,
     partials: &[Vec<f32>],
-    reduced: &mut [f64],
+    out: Finalized<'_>,
     step: &mut Vec<StepPart>,
 ) -> Result<(), RuntimeError> {
+    let Finalized {
+        reduced,
+        vectors,
+        dims,
+    } = out;
     let outputs = &kernel.stages[stage].reduce;
     if partials.len() != outputs.len() {
         return Err(RuntimeError::Unsupported(format!(
@@ -109,23 +121,30 @@ pub(crate) fn finalize_tensor(
     for (out, parts) in outputs.iter().zip(partials) {
         let r = out.reduction.index();
         let decl = &kernel.reductions[r];
-        let total = combine(decl.op, parts.iter().copied());
+        let total = || combine(decl.op, parts.iter().copied());
+        let bad = || {
+            RuntimeError::Unsupported(format!(
+                "internal: the {}-scope partials of `{}` do not fit the tensor",
+                decl.scope.name(),
+                decl.name
+            ))
+        };
         match decl.scope {
-            Scope::Tensor => reduced[r] = total,
+            Scope::Tensor => reduced[r] = total(),
             Scope::Step => step.push(StepPart {
                 name: decl.name.clone(),
                 op: decl.op,
                 param,
                 slot: (tensor, r),
-                total,
+                total: total(),
             }),
-            Scope::Row | Scope::Col => {
-                return Err(RuntimeError::Unsupported(format!(
-                    "reduction `{}` of rule `{}` has {} scope, which this runtime does not finalize yet",
-                    decl.name,
-                    kernel.rule,
-                    decl.scope.name()
-                )))
+            Scope::Row => {
+                let dims = dims.ok_or_else(bad)?;
+                vectors[r] = finalize_rows(decl.op, parts, dims).ok_or_else(bad)?;
+            }
+            Scope::Col => {
+                let dims = dims.ok_or_else(bad)?;
+                vectors[r] = finalize_cols(decl.op, parts, dims).ok_or_else(bad)?;
             }
         }
     }
@@ -178,6 +197,7 @@ mod tests {
             host: Arena::new(),
             variant: Vec::new(),
             scalar_updates: vec![],
+            vectors: Default::default(),
             reductions,
             stages: vec![],
         }
@@ -190,6 +210,27 @@ mod tests {
             scope,
             stage,
         }
+    }
+
+    /// CUDA refuses a factored kernel when it loads (before any step); the host targets run it.
+    #[cfg(all(feature = "compiler", feature = "cuda"))]
+    #[test]
+    fn factored_kernels_are_refused_on_cuda_only() {
+        let rule = optc_compiler::stdlib::rule("adafactor")
+            .and_then(Result::ok)
+            .expect("stdlib");
+        let options = optc_compiler::CompileOptions {
+            rank: RankClass::Matrix,
+            ..Default::default()
+        };
+        let k = rule.specialize_with(&[], &options).expect("kernel");
+        assert!(check_supported(&k, Target::Interp).is_ok());
+        assert!(check_supported(&k, Target::Cpu).is_ok());
+        let err = check_supported(&k, Target::Cuda).expect_err("cuda");
+        assert_eq!(
+            err.to_string(),
+            "rule `adafactor` cannot run on cuda: its row-scope reduction `row_mean` runs on the interpreter and the CPU only so far (use Target::Cpu, `--target cpu`)"
+        );
     }
 
     #[test]

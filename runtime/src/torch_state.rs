@@ -26,6 +26,7 @@
 
 use crate::error::RuntimeError;
 use crate::optimizer::{Optimizer, Progress, SavedState};
+use optc_kernel::StateShape;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeSet;
@@ -130,12 +131,17 @@ impl Optimizer {
                 vec![],
                 (state.step as f64).to_le_bytes().to_vec(),
             ));
-            for (torch, buf) in self.torch_names(index)?.iter().zip(&buffers) {
+            for ((torch, buf), decl) in self
+                .torch_names(index)?
+                .iter()
+                .zip(&buffers)
+                .zip(&kernel.states)
+            {
                 let Some(buf) = buf else { continue };
                 owned.push((
                     format!("{}.{torch}", p.name),
                     Dtype::F32,
-                    p.shape.clone(),
+                    decl.shape.torch_dims_of(&p.shape),
                     bytemuck::cast_slice(buf).to_vec(),
                 ));
             }
@@ -211,12 +217,13 @@ impl Optimizer {
                 continue;
             }
             let mut buffers = Vec::with_capacity(torch.len());
-            for (at, key) in keys[..torch.len()].iter().enumerate() {
+            for ((at, key), decl) in keys[..torch.len()].iter().enumerate().zip(&kernel.states) {
                 if st.tensor(key).is_err() && !needed.contains(&at) {
                     // Not used with the current hypers (torch's `momentum_buffer` at momentum 0).
                     buffers.push(None);
                     continue;
                 }
+                let want = decl.shape.torch_dims_of(&p.shape);
                 let view = st.tensor(key).map_err(|_| {
                     err(format!(
                         "`{key}` is missing; rule `{}` with these flags keeps {} for each parameter (do the flags match the torch run?)",
@@ -227,12 +234,17 @@ impl Optimizer {
                             .join(", ")
                     ))
                 })?;
-                if view.dtype() != Dtype::F32 || view.shape() != p.shape.as_slice() {
+                if view.dtype() != Dtype::F32 || view.shape() != want.as_slice() {
                     return Err(err(format!(
-                        "`{key}` is {:?} {:?}; expected F32 {:?}, the parameter's shape",
+                        "`{key}` is {:?} {:?}; expected F32 {:?}{}",
                         view.dtype(),
                         view.shape(),
-                        p.shape
+                        want,
+                        if decl.shape == StateShape::Full {
+                            ", the parameter's shape"
+                        } else {
+                            " (torch's keepdim shape of a factored state)"
+                        }
                     )));
                 }
                 buffers.push(Some(crate::bytes::f32_vec(key, view.data())?));

@@ -49,11 +49,6 @@ impl Family {
             .map_err(|e| RuntimeError::Unsupported(format!("internal: {e}")))
     }
 
-    /// The number of states a parameter of this family may have.
-    pub fn state_count(&self) -> usize {
-        self.base.states.len()
-    }
-
     /// The position among the family's states of each state of `variant`, checking that the
     /// variant fits the family (same hypers and scalar states, states a subset).
     pub fn slots(&self, variant: &Kernel) -> Result<Vec<usize>, RuntimeError> {

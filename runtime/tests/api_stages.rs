@@ -58,6 +58,7 @@ fn two_stage() -> Kernel {
         init,
         rank: Default::default(),
         host,
+        vectors: Default::default(),
         variant: Vec::new(),
         scalar_updates: vec![ScalarUpdate {
             scalar: ScalarId(0),
@@ -247,21 +248,4 @@ fn the_cpu_gives_the_interpreters_bits_with_any_thread_count() {
     for threads in [1, 2, 3] {
         assert_eq!(run(Target::Cpu, threads), want, "{threads} threads");
     }
-}
-
-#[test]
-fn scopes_the_schedule_cannot_finalize_are_refused_when_the_kernel_loads() {
-    let mut k = two_stage();
-    k.rank = optc_kernel::RankClass::Matrix;
-    k.reductions[1].scope = Scope::Row;
-    let options = Options {
-        target: Target::Interp,
-        ..Options::default()
-    };
-    let err = Optimizer::with_options(Rule::from_kernel(k).expect("valid"), options)
-        .expect_err("row scope");
-    assert_eq!(
-        err.to_string(),
-        "reduction `peak` of rule `two_stage` has row scope; the optimizer finalizes tensor and step scopes only"
-    );
 }

@@ -9,7 +9,7 @@
 mod api_support;
 
 use api_support::{bits, data};
-use optc_compiler::backend::interp::{step_f32, Buffers};
+use optc_compiler::backend::interp::{step_many, Buffers, TensorStep};
 use optc_runtime::{GroupId, Optimizer, Options, Rule, Target, Update};
 
 fn sgd(target: Target) -> Optimizer {
@@ -99,6 +99,8 @@ fn switching_matches_the_selects(target: Target, rule: &str, toggles: &[(&str, f
             .expect("hyper")
     };
     let mut hypers = description.default_hypers();
+    // The parameter as a matrix, for factored kernels (adafactor's).
+    let dims = optc_kernel::MatrixDims::of_shape(&[10, 100]).expect("dims");
     let mut w = data(n, 3);
     let mut reference = w.clone();
     let values = description.eval_init(&hypers).expect("init");
@@ -106,7 +108,7 @@ fn switching_matches_the_selects(target: Target, rule: &str, toggles: &[(&str, f
         .states
         .iter()
         .map(|s| match s.init {
-            optc_kernel::Init::Value(h) => vec![values[h.index()] as f32; n],
+            optc_kernel::Init::Value(h) => vec![values[h.index()] as f32; dims.len(s.shape)],
             optc_kernel::Init::Param => reference.clone(),
         })
         .collect();
@@ -121,16 +123,20 @@ fn switching_matches_the_selects(target: Target, rule: &str, toggles: &[(&str, f
         }
         let g = data(n, 100 + i as u32);
         opt.step([Update::new("w", &mut w, &g)]).expect("step");
-        step_f32(
+        step_many(
             &description,
-            &hypers,
-            i as u64 + 1,
-            &mut scalars,
-            Buffers {
-                param: &mut reference,
-                grad: &g,
-                states: states.iter_mut().map(Vec::as_mut_slice).collect(),
-            },
+            vec![TensorStep {
+                hypers: &hypers,
+                t: i as u64 + 1,
+                scalars: &mut scalars,
+                bufs: Buffers {
+                    param: &mut reference,
+                    grad: &g,
+                    states: states.iter_mut().map(Vec::as_mut_slice).collect(),
+                },
+                dims: description.is_factored().then_some(dims),
+                view: None,
+            }],
         )
         .expect("reference");
         assert_eq!(bits(&w), bits(&reference), "{rule} {target} step {}", i + 1);

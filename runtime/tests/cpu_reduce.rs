@@ -321,6 +321,7 @@ fn cpu_staged_kernels_equal_the_interpreter_bit_for_bit() {
                         grad: &t.g,
                         states: t.states.iter_mut().map(|s| s.as_mut_slice()).collect(),
                     },
+                    dims: None,
                 })
                 .collect();
             let report = step_many(&k, steps).expect("interpreter");

@@ -35,6 +35,11 @@ pub struct BenchArgs {
     /// A preset list of parameter shapes instead of `--n`/`--tensors`.
     #[arg(long, value_enum)]
     pub shapes: Option<ShapePreset>,
+    /// A tensor of this shape instead of `--n`/`--tensors`, dims separated by commas
+    /// (`--shape 4096,4096`: a matrix, which rules such as adafactor factor); repeatable, one
+    /// tensor each.
+    #[arg(long, value_name = "D1,D2,...", conflicts_with = "shapes")]
+    pub shape: Vec<String>,
     /// Worker threads (default: all cores).
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub threads: Option<usize>,
@@ -90,8 +95,9 @@ pub struct BenchReport {
     pub iters: usize,
     /// Passes over the data per step (the kernel's stages).
     pub passes: usize,
-    /// Bytes the kernel moves per element, summed over its passes.
-    pub bytes_per_element: usize,
+    /// Bytes the kernels move per element, summed over their passes (weighted by elements when
+    /// the tensors run different kernels: a rule with rank classes over matrices and vectors).
+    pub bytes_per_element: f64,
     /// Median seconds per kernel step.
     pub step_s: f64,
     /// Fastest kernel step, seconds.
@@ -106,7 +112,8 @@ pub struct BenchReport {
     pub probe_bytes_per_s: f64,
     /// `bytes_per_s / probe_bytes_per_s`.
     pub fraction_of_probe: f64,
-    /// The rank class of the benchmarked kernel.
+    /// The rank class of the benchmarked kernel (of the one with the most elements, when the
+    /// tensors run one per rank class).
     pub rank: optc_kernel::RankClass,
     /// The time from source to this kernel, runnable on the CPU (`--target cpu` only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,10 +121,13 @@ pub struct BenchReport {
 }
 
 impl BenchReport {
-    /// The report for `steps` (timed kernel steps) against a probe that moved `probe_bytes` in
-    /// `probe_s` seconds at its median.
-    pub(crate) fn new(
+    /// The report for `steps` (timed kernel steps) of a step that moves `traffic.bytes` in
+    /// `traffic.passes` passes (its kernels' bytes per element times their elements, summed),
+    /// against a probe that moved `probe_bytes` in `probe_s` seconds at its median.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn with_traffic(
         kernel: &optc_kernel::Kernel,
+        traffic: Traffic,
         elements: usize,
         tensors: usize,
         threads: usize,
@@ -126,8 +136,8 @@ impl BenchReport {
         probe_bytes: usize,
     ) -> BenchReport {
         let step_s = median(steps);
-        let bpe = kernel.bytes_per_element();
-        let bytes = (bpe * elements) as f64;
+        let bytes = traffic.bytes as f64;
+        let bpe = bytes / elements.max(1) as f64;
         let probe_bytes = probe_bytes as f64;
         BenchReport {
             rule: kernel.rule.clone(),
@@ -140,7 +150,7 @@ impl BenchReport {
             tensors,
             threads,
             iters: steps.len(),
-            passes: kernel.stages.len(),
+            passes: traffic.passes,
             bytes_per_element: bpe,
             step_s,
             step_min_s: steps
@@ -160,6 +170,15 @@ impl BenchReport {
     }
 }
 
+/// What a step moves: bytes in all, and passes over the data (the most stages of its kernels).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Traffic {
+    /// Bytes per step.
+    pub bytes: usize,
+    /// Passes per step.
+    pub passes: usize,
+}
+
 /// Runs `optc bench`.
 pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (compiled, source) = load_rule_source(&args.rule)?;
@@ -168,6 +187,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let max_grad_norm = take_max_grad_norm(&compiled, &mut hypers);
     let shapes = match args.shapes {
         Some(ShapePreset::Gpt2Small) => optc_runtime::shapes::gpt2_small(),
+        None if !args.shape.is_empty() => args
+            .shape
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Ok((format!("t{i}"), parse_shape(d)?)))
+            .collect::<Result<_, String>>()?,
         None => even_split(args.n, args.tensors)?,
     };
     let options = Options {
@@ -198,6 +223,21 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         print_report(&report);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--shape D1,D2,...`: positive dims whose product fits in memory.
+fn parse_shape(text: &str) -> Result<Vec<usize>, String> {
+    let dims: Vec<usize> = text
+        .split(',')
+        .map(|d| d.trim().parse::<usize>().ok().filter(|&d| d > 0))
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            format!("--shape {text}: expected positive dims separated by commas, as in 4096,4096")
+        })?;
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("--shape {text}: too many elements"))?;
+    Ok(dims)
 }
 
 /// `n` elements as `k` tensors of nearly equal length.
@@ -236,22 +276,43 @@ pub fn bench(
     for (name, shape) in shapes {
         opt.add_param(name, shape)?;
     }
-    let kernel = bench_kernel(&opt, shapes)?;
     let lens: Vec<usize> = shapes.iter().map(|(_, s)| s.iter().product()).collect();
     let elements: usize = lens.iter().sum();
+    // The tensors by the kernel they run (one group unless a rule with rank classes gets both
+    // matrices and vectors): each group has its own probe, with its kernel's passes.
+    let mut groups: Vec<(optc_kernel::Kernel, Vec<usize>)> = Vec::new();
+    for (i, (name, _)) in shapes.iter().enumerate() {
+        let k = opt.param_kernel(name)?;
+        match groups.iter_mut().find(|(g, _)| g == k) {
+            Some((_, lens_of)) => lens_of.push(lens[i]),
+            None => groups.push((k.clone(), vec![lens[i]])),
+        }
+    }
+    if groups.is_empty() {
+        groups.push((opt.kernel(GroupId::DEFAULT)?.clone(), Vec::new()));
+    }
     // p, g and the states, plus the probe's own buffers (one per buffer the kernel touches).
-    let buffers = kernel.buffers();
-    let per_element = 4 * (buffers.len() + buffers.iter().filter(|b| b.read || b.written).count());
-    check_memory(elements.saturating_mul(per_element))?;
+    let memory: usize = groups
+        .iter()
+        .map(|(k, ls)| {
+            let b = k.buffers();
+            let per = 4 * (b.len() + b.iter().filter(|b| b.read || b.written).count());
+            per.saturating_mul(ls.iter().sum())
+        })
+        .sum();
+    check_memory(memory)?;
     // Small values: a long run stays finite for any rule.
     let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| fill(n, 0.5)).collect();
     let grads: Vec<Vec<f32>> = lens.iter().map(|&n| fill(n, 1e-3)).collect();
-    // The probe makes one pass per stage with that stage's reads and writes: the same summed
+    // Each probe makes one pass per stage with that stage's reads and writes: the same summed
     // traffic as the step.
-    let passes: Vec<_> = (0..kernel.stages.len())
-        .map(|s| kernel.stage_buffers(s))
+    let mut probes_of: Vec<BandwidthProbe> = groups
+        .iter()
+        .map(|(k, ls)| {
+            let passes: Vec<_> = (0..k.stages.len()).map(|s| k.stage_buffers(s)).collect();
+            BandwidthProbe::with_passes(&passes, ls)
+        })
         .collect();
-    let mut probe = BandwidthProbe::with_passes(&passes, &lens);
 
     let total = args.warmup + args.iters.max(1);
     let bar = progress(total, elements);
@@ -266,7 +327,9 @@ pub fn bench(
         opt.step(updates)?;
         let step = start.elapsed();
         let start = Instant::now();
-        probe.run(Some(&pool));
+        for probe in &mut probes_of {
+            probe.run(Some(&pool));
+        }
         let pass = start.elapsed();
         if i >= args.warmup {
             steps.push(step);
@@ -277,9 +340,29 @@ pub fn bench(
     bar.finish_and_clear();
 
     let probe_s = median(&mut probes);
-    let probe_bytes = probe.bytes_per_element() * elements;
-    Ok(BenchReport::new(
-        &kernel,
+    let probe_bytes: usize = probes_of
+        .iter()
+        .zip(&groups)
+        .map(|(p, (_, ls))| p.bytes_per_element() * ls.iter().sum::<usize>())
+        .sum();
+    let traffic = Traffic {
+        bytes: groups
+            .iter()
+            .map(|(k, ls)| k.bytes_per_element() * ls.iter().sum::<usize>())
+            .sum(),
+        passes: groups
+            .iter()
+            .map(|(k, _)| k.stages.len())
+            .max()
+            .unwrap_or(0),
+    };
+    let (main, _) = groups
+        .iter()
+        .max_by_key(|(_, ls)| ls.iter().sum::<usize>())
+        .ok_or("internal: no kernel")?;
+    Ok(BenchReport::with_traffic(
+        main,
+        traffic,
         elements,
         shapes.len(),
         pool.current_num_threads(),
@@ -343,7 +426,7 @@ fn print_report(r: &BenchReport) {
     let g = 1e9;
     let flags: Vec<String> = r.flags.iter().map(|(n, v)| format!("{n}={v}")).collect();
     println!(
-        "rule {} [{}]: {} elements in {} tensor(s), {} thread(s), {} B/element over {} pass(es)",
+        "rule {} [{}]: {} elements in {} tensor(s), {} thread(s), {:.4} B/element over {} pass(es)",
         r.rule,
         flags.join(", "),
         r.elements,
@@ -382,9 +465,11 @@ fn print_report(r: &BenchReport) {
     }
 }
 
-/// The one kernel every benchmarked tensor runs. A rule with rank classes (one that reads
-/// `matrix`, such as `lars`) runs one kernel for matrices and another for vectors; the probe and
-/// the byte count describe one kernel, so a bench over both classes at once is refused.
+/// The one kernel every benchmarked tensor runs, for the CUDA bench (whose probe is one copy of
+/// the step's bytes). A rule with rank classes (one that reads `matrix`, such as `lars`) runs one
+/// kernel for matrices and another for vectors; a CUDA bench over both classes at once is
+/// refused (the CPU bench weighs them, see [`bench`]).
+#[cfg(feature = "cuda")]
 pub(crate) fn bench_kernel(
     opt: &Optimizer,
     shapes: &[(String, Vec<usize>)],

@@ -9,7 +9,7 @@
 
 use optc_compiler::backend::clif;
 use optc_compiler::{check, ir, syntax, CompileOptions, RankClass, Rule};
-use optc_runtime::cpu::CpuKernel;
+use optc_runtime::cpu::{CpuKernel, RowKernel};
 use std::time::{Duration, Instant};
 
 /// Repetitions: at least this many...
@@ -60,7 +60,7 @@ pub fn measure(
         let t0 = Instant::now();
         let rule = Rule::parse(file_name, source).map_err(|d| d.render(false))?;
         let kernel = rule.specialize_values_with(flags, &options)?;
-        let cpu = CpuKernel::compile(&kernel)?;
+        let cpu = jit(&kernel)?;
         t[0].push(t0.elapsed());
 
         // Phase by phase, each on the previous phase's output.
@@ -89,16 +89,19 @@ pub fn measure(
         let kernel = rule.specialize_values_with(flags, &options)?;
         t[4].push(t0.elapsed());
         let t0 = Instant::now();
-        let again = CpuKernel::compile(&kernel)?;
+        jit(&kernel)?;
         t[5].push(t0.elapsed());
         let t0 = Instant::now();
         let opts = clif::Options {
-            fma: cpu.uses_fma(),
+            fma: cpu,
             ..clif::Options::default()
         };
-        clif::emit(&kernel, &opts)?;
+        if kernel.is_factored() {
+            clif::emit(&clif::rows::row_form(&kernel)?.kernel, &opts)?;
+        } else {
+            clif::emit(&kernel, &opts)?;
+        }
         t[6].push(t0.elapsed());
-        drop((cpu, again));
         reps += 1;
     }
     let [total, parse, check, sets, spec, jit, lower] = t.map(|mut v| super::bench::median(&mut v));
@@ -111,6 +114,16 @@ pub fn measure(
         jit_s: jit,
         clif_s: lower,
         reps,
+    })
+}
+
+/// JIT-compiles `kernel` as the CPU target does (a factored kernel through its row form);
+/// returns whether the code fuses multiply-adds.
+fn jit(kernel: &optc_kernel::Kernel) -> Result<bool, optc_runtime::cpu::CpuError> {
+    Ok(if kernel.is_factored() {
+        RowKernel::compile(kernel, true)?.uses_fma()
+    } else {
+        CpuKernel::compile(kernel)?.uses_fma()
     })
 }
 

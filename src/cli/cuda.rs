@@ -85,8 +85,13 @@ pub(crate) fn bench(
     // same device in the same process, right after the steps.
     let copy = copy_bandwidth(0, (bytes / 2).max(4), steps.len() as u32)?;
     let probe_s = copy.seconds / f64::from(copy.iterations.max(1));
-    Ok(BenchReport::new(
+    let traffic = super::bench::Traffic {
+        bytes,
+        passes: kernel.stages.len(),
+    };
+    Ok(BenchReport::with_traffic(
         &kernel,
+        traffic,
         elements,
         shapes.len(),
         0,

@@ -224,6 +224,7 @@ mod tests {
             host,
             variant: Vec::new(),
             scalar_updates: vec![],
+            vectors: Default::default(),
             reductions: vec![],
             stages: vec![Stage::default()],
         };

@@ -56,6 +56,10 @@ id_type!(
     /// A reduction of a kernel, by position in [`crate::Kernel::reductions`].
     ReductionId
 );
+id_type!(
+    /// A `[rows]` or `[cols]` value of a stage, by position in the stage's list of [`crate::VectorProgram::stages`].
+    VectorId
+);
 
 /// A per-element buffer the kernel reads or writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -89,8 +93,15 @@ pub enum Expr {
     Uniform(UniformId),
     /// The finalized value of a reduction (host programs only, f64; uniform).
     Reduced(ReductionId),
-    /// The element of a buffer, as it was when the step began (per element).
+    /// The element of a buffer, as it was when the step began (per element). In the host vector
+    /// program ([`crate::VectorProgram`]), the row (column) of a `[rows]` (`[cols]`) state.
     Load(Slot),
+    /// A `[rows]` or `[cols]` value of the stage (kernel bodies only): node
+    /// `VectorProgram::stages[stage][i]` at this element's row or column.
+    Vector(VectorId),
+    /// The mean of a `[rows]` (`[cols]`) value over the rows (columns) of each matrix, the same for
+    /// every row (column) of that matrix (host vector programs and the whole-rule IR only).
+    VecMean(Handle<Expr>),
     /// A unary op.
     Unary(UnaryOp, Handle<Expr>),
     /// A binary op.
@@ -106,6 +117,7 @@ impl Expr {
             Expr::Unary(_, a) => (Some(a), None, None),
             Expr::Binary(_, a, b) => (Some(a), Some(b), None),
             Expr::Select(c, a, b) => (Some(c), Some(a), Some(b)),
+            Expr::VecMean(a) => (Some(a), None, None),
             _ => (None, None, None),
         };
         a.into_iter().chain(b).chain(c)
@@ -124,6 +136,7 @@ impl Expr {
                 let a = f(a);
                 Expr::Select(c, a, f(b))
             }
+            Expr::VecMean(a) => Expr::VecMean(f(a)),
             other => other,
         }
     }

@@ -19,11 +19,12 @@ use crate::expr::{Expr, ReductionId, ScalarId, Slot, StateId, UniformId};
 use crate::matrix::{Coef, MatExpr, MatrixProgram};
 use crate::reduce::{ReductionDecl, Scope};
 use crate::variant::ConditionValue;
+use crate::vector::VectorProgram;
 use serde::{Deserialize, Serialize};
 use std::fmt::{self, Write as _};
 
 /// The version of the serialized kernel and artifact format. Bumped on every incompatible change.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// A hyperparameter: a runtime scalar with a default. Changing it never recompiles.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,6 +67,38 @@ pub enum StateShape {
     Rows,
     /// One value per column: the parameter's shape without its second-to-last dim.
     Cols,
+}
+
+impl StateShape {
+    /// The dims of a state of this shape for a parameter of `shape`: the parameter's for `Full`;
+    /// without the last dim for `Rows` (`[..., rows]`); without the second-to-last for `Cols`
+    /// (`[..., cols]`). A parameter of rank < 2 keeps its shape (it has no such states).
+    pub fn dims_of(self, shape: &[usize]) -> Vec<usize> {
+        let n = shape.len();
+        match self {
+            StateShape::Full => shape.to_vec(),
+            _ if n < 2 => shape.to_vec(),
+            StateShape::Rows => shape[..n - 1].to_vec(),
+            StateShape::Cols => shape[..n - 2]
+                .iter()
+                .chain(&shape[n - 1..])
+                .copied()
+                .collect(),
+        }
+    }
+
+    /// The dims torch gives such a state (`keepdim`): `[..., rows, 1]` and `[..., 1, cols]`.
+    pub fn torch_dims_of(self, shape: &[usize]) -> Vec<usize> {
+        let n = shape.len();
+        let mut d = shape.to_vec();
+        match self {
+            StateShape::Full => {}
+            _ if n < 2 => {}
+            StateShape::Rows => d[n - 1] = 1,
+            StateShape::Cols => d[n - 2] = 1,
+        }
+        d
+    }
 }
 
 /// A state buffer.
@@ -185,6 +218,10 @@ pub struct Kernel {
     pub reductions: Vec<ReductionDecl>,
     /// The passes over the data, in order (at least one).
     pub stages: Vec<Stage>,
+    /// The host's vector program: `[rows]`/`[cols]` values and state updates (matrix kernels;
+    /// empty otherwise).
+    #[serde(default, skip_serializing_if = "VectorProgram::is_empty")]
+    pub vectors: VectorProgram,
     /// For a variant (`crate::variant`): the value each condition on hypers has in it; empty
     /// for a kernel that keeps every such condition as a select.
     #[serde(default)]
@@ -213,6 +250,8 @@ pub struct HostValues {
     pub uniforms: Vec<Vec<f64>>,
     /// The scalar states after the step.
     pub scalars: Vec<f64>,
+    /// The inputs of the vector program ([`VectorProgram::inputs`]), in f64.
+    pub inputs: Vec<f64>,
 }
 
 /// A kernel that does not hold together (a corrupt or hand-edited artifact).
@@ -368,6 +407,12 @@ impl Kernel {
                 .map(|st| st.uniforms.iter().map(|h| values[h.index()]).collect())
                 .collect(),
             scalars: new_scalars,
+            inputs: self
+                .vectors
+                .inputs
+                .iter()
+                .map(|h| values[h.index()])
+                .collect(),
         })
     }
 
@@ -426,7 +471,6 @@ impl Kernel {
         let states = self.states.len();
         let scalars = self.scalars.len();
         let hypers = self.hypers.len();
-        let nred = self.reductions.len();
         let check = |arena: &Arena<Expr>, what: &str, leaf_ok: &dyn Fn(&Expr) -> bool| {
             for (h, e) in arena.iter() {
                 if e.operands().any(|o| o.index() >= h.index()) {
@@ -449,12 +493,18 @@ impl Kernel {
         check(&self.init, "init", &|e| {
             matches!(e, Expr::Const(_) | Expr::Bool(_)) || hyper_ok(e)
         })?;
+        let scalar_scope = |r: &crate::ReductionId| {
+            self.reductions
+                .get(r.index())
+                .is_some_and(|d| matches!(d.scope, Scope::Tensor | Scope::Step))
+        };
         let matrix_kernel = self.rank == RankClass::Matrix;
         check(&self.host, "host", &|e| match e {
             Expr::Const(_) | Expr::Bool(_) | Expr::Step => true,
             Expr::Hyper(crate::matrix::ROWS | crate::matrix::COLS) => matrix_kernel,
             Expr::Scalar(s) => s.index() < scalars,
-            Expr::Reduced(r) => r.index() < nred,
+            // Row and Col results are vectors: the vector program reads them.
+            Expr::Reduced(r) => scalar_scope(r),
             other => hyper_ok(other),
         })?;
         if self.stages.is_empty() {
@@ -482,6 +532,9 @@ impl Kernel {
         {
             return Err(self.error("a row or column state in a kernel not for matrices".into()));
         }
+        if self.rank != RankClass::Matrix && !self.vectors.is_empty() {
+            return Err(self.error("a vector program in a kernel not for matrices".into()));
+        }
         // The latest stage whose reductions each host node reads (`None`: none).
         let mut after: Vec<Option<usize>> = Vec::with_capacity(self.host.len());
         for (_, e) in self.host.iter() {
@@ -506,6 +559,7 @@ impl Kernel {
             check(&st.body, &format!("stage {k} body"), &|e| match e {
                 Expr::Const(_) | Expr::Bool(_) => true,
                 Expr::Uniform(u) => u.index() < nu,
+                Expr::Vector(_) => true,
                 Expr::Load(Slot::State(s)) => s.index() < states,
                 Expr::Load(_) => true,
                 _ => false,
@@ -604,7 +658,7 @@ impl Kernel {
         if !self.scalars.iter().all(|s| in_range(s.init, &self.init)) {
             return Err(self.error("a scalar init is out of range".into()));
         }
-        Ok(())
+        self.validate_vectors()
     }
 
     /// The uniform id of position `i`.
@@ -683,6 +737,29 @@ impl fmt::Display for Kernel {
                 .unwrap_or("?");
             writeln!(f, "  scalar {name} <- %{}", u.value.index())?;
         }
+        if !self.vectors.is_empty() {
+            let shapes = self.vector_shapes().unwrap_or_default();
+            writeln!(
+                f,
+                "vectors (f64, once per step, per row or column; stores rounded to f32):"
+            )?;
+            for (i, h) in self.vectors.inputs.iter().enumerate() {
+                writeln!(f, "  input u{i} = %{}", h.index())?;
+            }
+            self.write_arena_with(f, &self.vectors.nodes, |i| match shapes.get(i) {
+                Some(crate::vector::VecShape::Rows) => " [rows]",
+                Some(crate::vector::VecShape::Cols) => " [cols]",
+                _ => "",
+            })?;
+            for s in &self.vectors.stores {
+                writeln!(
+                    f,
+                    "  store {} <- %{} (after the last stage)",
+                    self.slot_name(s.slot),
+                    s.value.index()
+                )?;
+            }
+        }
         for (k, st) in self.stages.iter().enumerate() {
             let names = |pick: fn(&BufferUse) -> bool| {
                 let v: Vec<&str> = self
@@ -706,6 +783,9 @@ impl fmt::Display for Kernel {
             )?;
             for (i, h) in st.uniforms.iter().enumerate() {
                 writeln!(f, "  uniform u{i} = %{}", h.index())?;
+            }
+            for (i, h) in self.vectors.stage(k).iter().enumerate() {
+                writeln!(f, "  vector v{i} = vectors %{}", h.index())?;
             }
             if let Some(mp) = &st.matrix {
                 self.write_matrix(f, mp)?;
@@ -774,6 +854,15 @@ impl Kernel {
     }
 
     fn write_arena(&self, f: &mut fmt::Formatter<'_>, arena: &Arena<Expr>) -> fmt::Result {
+        self.write_arena_with(f, arena, |_| "")
+    }
+
+    fn write_arena_with(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        arena: &Arena<Expr>,
+        suffix: impl Fn(usize) -> &'static str,
+    ) -> fmt::Result {
         for (h, e) in arena.iter() {
             let mut line = String::new();
             let _ = write!(line, "  %{} = ", h.index());
@@ -803,6 +892,8 @@ impl Kernel {
                 Expr::Uniform(id) => write!(line, "uniform u{}", id.index()),
                 Expr::Reduced(id) => write!(line, "reduced r{}", id.index()),
                 Expr::Load(slot) => write!(line, "load {}", self.slot_name(slot)),
+                Expr::Vector(id) => write!(line, "vector v{}", id.index()),
+                Expr::VecMean(a) => write!(line, "mean %{}", a.index()),
                 Expr::Unary(op, a) => write!(line, "{op} %{}", a.index()),
                 Expr::Binary(op, a, b) => write!(line, "{op} %{}, %{}", a.index(), b.index()),
                 Expr::Select(c, a, b) => {
@@ -815,6 +906,7 @@ impl Kernel {
                     )
                 }
             };
+            line.push_str(suffix(h.index()));
             writeln!(f, "{line}")?;
         }
         Ok(())

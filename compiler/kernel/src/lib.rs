@@ -8,6 +8,7 @@
 //! - [`kernel`]: the fused kernel: host program, then stages (uniforms, per-element body,
 //!   stores, reduce outputs);
 //! - [`reduce`]: reductions and the one summation order every backend follows;
+//! - [`vector`]: `[rows]`/`[cols]` values and the host's vector program of a matrix kernel;
 //! - [`dtype`] and [`quant`]: storage dtypes, and the one definition of every conversion between
 //!   a stored value and f32 (rounding, stochastic rounding, 8-bit block quantization);
 //! - [`matrix`]: matrix programs (products between the per-element passes) and their meaning;
@@ -33,11 +34,12 @@ pub mod reduce;
 pub mod table;
 pub mod valid;
 pub mod variant;
+pub mod vector;
 
 pub use arena::{Arena, Handle};
 pub use artifact::{Artifact, ArtifactError};
 pub use dtype::Dtype;
-pub use expr::{Expr, FlagId, HyperId, ReductionId, ScalarId, Slot, StateId, UniformId};
+pub use expr::{Expr, FlagId, HyperId, ReductionId, ScalarId, Slot, StateId, UniformId, VectorId};
 pub use kernel::{
     BufferUse, FlagValue, HostValues, HyperDecl, Init, Kernel, KernelError, RankClass,
     ReduceOutput, ScalarDecl, ScalarUpdate, Stage, StateDecl, StateShape, Store, FORMAT_VERSION,
@@ -48,3 +50,4 @@ pub use reduce::{
 };
 pub use valid::ValidKernel;
 pub use variant::{Condition, ConditionValue, Conditions, VariantId, MAX_CONDITIONS};
+pub use vector::{MatrixDims, VecShape, VectorProgram};

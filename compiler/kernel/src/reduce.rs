@@ -5,6 +5,7 @@
 //! functions and the CPU and GPU backends are tested against them, bit for bit.
 
 use crate::op::{BinaryOp, Real};
+use crate::vector::MatrixDims;
 use serde::{Deserialize, Serialize};
 
 /// Elements per block of a Tensor-, Step- or Row-scope reduction.
@@ -163,6 +164,82 @@ pub fn col_reduce<R: Real>(op: ReduceOp, xs: &[R], cols: usize) -> Vec<f64> {
     acc
 }
 
+/// The partials of a Row-scope reduction of a tensor of `dims` (`xs` in memory order): for each
+/// row in order, the [`block_partial`]s of its [`REDUCE_BLOCK`]-element blocks in block order
+/// (`ceil(cols / REDUCE_BLOCK)` per row). [`finalize_rows`] combines them.
+pub fn row_partials<R: Real>(op: ReduceOp, xs: &[R], dims: MatrixDims) -> Vec<R> {
+    if dims.cols == 0 {
+        return Vec::new();
+    }
+    xs.chunks(dims.cols)
+        .flat_map(|row| row.chunks(REDUCE_BLOCK).map(move |b| block_partial(op, b)))
+        .collect()
+}
+
+/// The Row-scope results (`batch · rows` values) from [`row_partials`]: each row's partials
+/// combined in f64 in block order ([`row_reduce`] of each matrix). `None` if `partials` does not
+/// have the length `dims` gives.
+pub fn finalize_rows<R: Real>(op: ReduceOp, partials: &[R], dims: MatrixDims) -> Option<Vec<f64>> {
+    let rows = dims.batch * dims.rows;
+    let per = dims.cols.div_ceil(REDUCE_BLOCK);
+    if partials.len() != rows * per {
+        return None;
+    }
+    if per == 0 {
+        return Some(vec![op.identity(); rows]);
+    }
+    Some(
+        partials
+            .chunks(per)
+            .map(|p| combine(op, p.iter().copied()))
+            .collect(),
+    )
+}
+
+/// The partials of a Col-scope reduction of a tensor of `dims`: for each matrix of the batch,
+/// for each block of [`COL_BLOCK_ROWS`] rows, one f32 per column (the column folded over the
+/// block's rows in increasing order from the identity). [`finalize_cols`] combines them.
+pub fn col_partials<R: Real>(op: ReduceOp, xs: &[R], dims: MatrixDims) -> Vec<R> {
+    let per_matrix = dims.rows * dims.cols;
+    if per_matrix == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for m in xs.chunks(per_matrix) {
+        for block in m.chunks(COL_BLOCK_ROWS * dims.cols) {
+            let mut part = vec![R::from_f64(op.identity()); dims.cols];
+            for row in block.chunks(dims.cols) {
+                for (p, &x) in part.iter_mut().zip(row) {
+                    *p = op.apply(*p, x);
+                }
+            }
+            out.extend(part);
+        }
+    }
+    out
+}
+
+/// The Col-scope results (`batch · cols` values) from [`col_partials`]: each column's block
+/// partials combined in f64 in block order ([`col_reduce`] of each matrix). `None` if `partials`
+/// does not have the length `dims` gives.
+pub fn finalize_cols<R: Real>(op: ReduceOp, partials: &[R], dims: MatrixDims) -> Option<Vec<f64>> {
+    let blocks = dims.rows.div_ceil(COL_BLOCK_ROWS);
+    let (b, c) = (dims.batch, dims.cols);
+    if partials.len() != b * blocks * c {
+        return None;
+    }
+    let mut out = vec![op.identity(); b * c];
+    for m in 0..b {
+        for blk in 0..blocks {
+            for j in 0..c {
+                let acc = &mut out[m * c + j];
+                *acc = op.apply(*acc, partials[(m * blocks + blk) * c + j].to_f64());
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Combines finalized values of several tensors (Step scope) in f64, in the order given (the
 /// order the tensors were registered with the optimizer).
 pub fn combine_totals(op: ReduceOp, totals: impl IntoIterator<Item = f64>) -> f64 {
@@ -232,5 +309,33 @@ mod tests {
         assert_eq!(c, expected);
         let m = col_reduce(ReduceOp::Max, &xs, cols);
         assert_eq!(m[2], ((rows - 1) * cols + 2) as f64);
+    }
+
+    /// The partial forms give what `row_reduce` and `col_reduce` give, matrix by matrix.
+    #[test]
+    fn partials_finalize_to_the_reductions() {
+        let dims = MatrixDims {
+            batch: 3,
+            rows: 130,
+            cols: 4100,
+        };
+        let xs: Vec<f32> = (0..dims.numel())
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let per = dims.rows * dims.cols;
+        for op in [ReduceOp::Sum, ReduceOp::Max] {
+            let rows = finalize_rows(op, &row_partials(op, &xs, dims), dims).expect("length");
+            let cols = finalize_cols(op, &col_partials(op, &xs, dims), dims).expect("length");
+            let want_rows: Vec<f64> = xs
+                .chunks(per)
+                .flat_map(|m| row_reduce(op, m, dims.cols))
+                .collect();
+            let want_cols: Vec<f64> = xs
+                .chunks(per)
+                .flat_map(|m| col_reduce(op, m, dims.cols))
+                .collect();
+            assert_eq!(rows, want_rows);
+            assert_eq!(cols, want_cols);
+        }
     }
 }

@@ -9,8 +9,10 @@
 
 use optc_kernel::eval::eval_arena;
 use optc_kernel::matrix::{self, reference_matmul, store_wide, WideView};
-use optc_kernel::reduce::{combine, combine_totals};
-use optc_kernel::{Expr, Kernel, KernelError, Real, Scope, Slot};
+use optc_kernel::reduce::{
+    col_partials, combine, combine_totals, finalize_cols, finalize_rows, row_partials,
+};
+use optc_kernel::{Expr, Kernel, KernelError, MatrixDims, Real, Scope, Slot, StateShape, VecShape};
 
 /// The arithmetic the body runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +55,9 @@ pub struct TensorStep<'a, R> {
     pub scalars: &'a mut [f64],
     /// The buffers.
     pub bufs: Buffers<'a, R>,
+    /// The tensor seen as matrices (its shape's last two dims), for kernels with `[rows]`/`[cols]`
+    /// values ([`Kernel::is_factored`]); `None` otherwise.
+    pub dims: Option<MatrixDims>,
     /// The tensor's matrix view, for kernels with matrix stages (`None` for the others).
     pub view: Option<WideView>,
 }
@@ -80,6 +85,7 @@ pub fn step_f32(
             t,
             scalars,
             bufs,
+            dims: None,
             view: None,
         }],
     )
@@ -101,6 +107,7 @@ pub fn step_f64(
             t,
             scalars,
             bufs,
+            dims: None,
             view: None,
         }],
     )
@@ -120,24 +127,24 @@ pub fn step_many<R: Real>(
     for ts in &tensors {
         check_shapes(kernel, ts)?;
     }
-    if let Some(r) = kernel
-        .reductions
-        .iter()
-        .find(|r| matches!(r.scope, Scope::Row | Scope::Col))
-    {
-        return Err(InterpError::Shape(format!(
-            "reduction `{}` has {} scope, which needs the tensor's matrix shape",
-            r.name,
-            r.scope.name()
-        )));
-    }
     let nred = kernel.reductions.len();
     let mut reduced = vec![vec![f64::NAN; nred]; tensors.len()];
+    // Row- and Col-scope results, per tensor and reduction (empty until finalized).
+    let mut reduced_vec = vec![vec![Vec::new(); nred]; tensors.len()];
+    let factored = kernel.is_factored();
     for k in 0..kernel.stages.len() {
         let ids = kernel.stage_reductions(k);
         for (ti, ts) in tensors.iter_mut().enumerate() {
             let host = kernel.eval_host_for(ts.hypers, ts.t, ts.scalars, &reduced[ti], ts.view)?;
             let uniforms: Vec<R> = host.uniforms[k].iter().map(|&u| R::from_f64(u)).collect();
+            let vectors: Vec<Vec<R>> = match ts.dims.filter(|_| factored) {
+                Some(dims) => {
+                    let values =
+                        eval_vectors(kernel, dims, &host.inputs, &reduced_vec[ti], &ts.bufs)?;
+                    kernel.stage_vectors(k, &values)
+                }
+                None => Vec::new(),
+            };
             if kernel.stages[k].matrix.is_some() {
                 let view = ts.view.ok_or_else(|| {
                     InterpError::Shape(format!(
@@ -152,10 +159,20 @@ pub fn step_many<R: Real>(
                 grad: ts.bufs.grad,
                 states: ts.bufs.states.iter_mut().map(|s| &mut **s).collect(),
             };
-            let partials = run_stage(kernel, k, &uniforms, bufs)?;
-            for (blocks, r) in partials.into_iter().zip(&kernel.stages[k].reduce) {
-                let op = kernel.reductions[r.reduction.index()].op;
-                reduced[ti][r.reduction.index()] = combine(op, blocks);
+            let partials = run_stage_matrix(kernel, k, &uniforms, &vectors, ts.dims, bufs)?;
+            for (parts, r) in partials.into_iter().zip(&kernel.stages[k].reduce) {
+                let decl = &kernel.reductions[r.reduction.index()];
+                let i = r.reduction.index();
+                let bad = || InterpError::Shape(format!("internal: partials of `{}`", decl.name));
+                match (decl.scope, ts.dims) {
+                    (Scope::Row, Some(dims)) => {
+                        reduced_vec[ti][i] = finalize_rows(decl.op, &parts, dims).ok_or_else(bad)?
+                    }
+                    (Scope::Col, Some(dims)) => {
+                        reduced_vec[ti][i] = finalize_cols(decl.op, &parts, dims).ok_or_else(bad)?
+                    }
+                    _ => reduced[ti][i] = combine(decl.op, parts),
+                }
             }
         }
         for id in ids {
@@ -170,9 +187,38 @@ pub fn step_many<R: Real>(
     }
     for (ti, ts) in tensors.iter_mut().enumerate() {
         let host = kernel.eval_host_for(ts.hypers, ts.t, ts.scalars, &reduced[ti], ts.view)?;
+        if let Some(dims) = ts.dims.filter(|_| !kernel.vectors.stores.is_empty()) {
+            let values = eval_vectors(kernel, dims, &host.inputs, &reduced_vec[ti], &ts.bufs)?;
+            for (s, v) in kernel.vector_stores::<R>(dims, &values) {
+                ts.bufs.states[s].copy_from_slice(&v);
+            }
+        }
         ts.scalars.copy_from_slice(&host.scalars);
     }
     Ok(StepReport { reduced })
+}
+
+/// The vector program of one tensor, reading its `[rows]`/`[cols]` states from `bufs`.
+fn eval_vectors<R: Real>(
+    kernel: &Kernel,
+    dims: MatrixDims,
+    inputs: &[f64],
+    reduced: &[Vec<f64>],
+    bufs: &Buffers<'_, R>,
+) -> Result<Vec<Vec<f64>>, InterpError> {
+    let states: Vec<&[R]> = kernel
+        .states
+        .iter()
+        .zip(&bufs.states)
+        .map(|(d, b)| {
+            if d.shape == StateShape::Full {
+                &[][..]
+            } else {
+                &**b
+            }
+        })
+        .collect();
+    Ok(kernel.eval_vectors(dims, inputs, reduced, &states)?)
 }
 
 /// Runs stage `stage` of `kernel` over one tensor whose uniforms for the stage are already
@@ -186,6 +232,21 @@ pub fn run_stage<R: Real>(
     uniforms: &[R],
     bufs: Buffers<'_, R>,
 ) -> Result<Vec<Vec<R>>, InterpError> {
+    run_stage_matrix(kernel, stage, uniforms, &[], None, bufs)
+}
+
+/// [`run_stage`] for a kernel with `[rows]`/`[cols]` values: `vectors` are the stage's
+/// (`Kernel::stage_vectors`) and `dims` the tensor's matrix view. A Row-scope reduce output gives
+/// [`row_partials`], a Col-scope one [`col_partials`]; the others block partials as
+/// [`run_stage`] does. `[rows]`/`[cols]` state buffers are not touched.
+pub fn run_stage_matrix<R: Real>(
+    kernel: &Kernel,
+    stage: usize,
+    uniforms: &[R],
+    vectors: &[Vec<R>],
+    dims: Option<MatrixDims>,
+    bufs: Buffers<'_, R>,
+) -> Result<Vec<Vec<R>>, InterpError> {
     use optc_kernel::reduce::{block_partial, REDUCE_BLOCK};
     let st = kernel.stages.get(stage).ok_or_else(|| {
         InterpError::Shape(format!("rule `{}` has no stage {stage}", kernel.rule))
@@ -196,7 +257,17 @@ pub fn run_stage<R: Real>(
         mut states,
     } = bufs;
     let n = param.len();
-    if grad.len() != n || states.len() != kernel.states.len() || states.iter().any(|s| s.len() != n)
+    let lens_ok = kernel.states.iter().zip(&states).all(|(d, s)| {
+        s.len()
+            == match dims {
+                Some(dims) => dims.len(d.shape),
+                None => n,
+            }
+    });
+    if grad.len() != n
+        || states.len() != kernel.states.len()
+        || !lens_ok
+        || dims.is_some_and(|d| d.numel() != n)
     {
         return Err(InterpError::Shape(format!(
             "rule `{}` needs p, g and {} states of one length; got p {n}, g {}, states {:?}",
@@ -206,11 +277,47 @@ pub fn run_stage<R: Real>(
             states.iter().map(|s| s.len()).collect::<Vec<_>>()
         )));
     }
+    let shapes = kernel.stage_vector_shapes(stage)?;
+    let needs_dims = !shapes.is_empty()
+        || st.reduce.iter().any(|r| {
+            matches!(
+                kernel.reductions[r.reduction.index()].scope,
+                Scope::Row | Scope::Col
+            )
+        });
+    let dims = match dims {
+        Some(d) => d,
+        None if needs_dims => {
+            return Err(InterpError::Shape(format!(
+                "stage {stage} of rule `{}` has [rows]/[cols] values, which need the tensor's matrix shape",
+                kernel.rule
+            )))
+        }
+        None => MatrixDims { batch: 1, rows: 1, cols: n },
+    };
+    let full = |s: Slot| match s {
+        Slot::State(id) => kernel.states[id.index()].shape == StateShape::Full,
+        _ => true,
+    };
     let mut outputs: Vec<Vec<R>> = st.reduce.iter().map(|_| Vec::with_capacity(n)).collect();
     let mut values: Vec<R> = Vec::with_capacity(st.body.len());
     for i in 0..n {
+        let (row, col) = (dims.row_of(i), dims.col_of(i));
         eval_arena(&st.body, &mut values, |e| match *e {
             Expr::Uniform(u) => uniforms.get(u.index()).copied().ok_or(()),
+            Expr::Vector(v) => {
+                let at = match shapes.get(v.index()) {
+                    Some(VecShape::Rows) => row,
+                    Some(VecShape::Cols) => col,
+                    _ => return Err(()),
+                };
+                vectors
+                    .get(v.index())
+                    .and_then(|x| x.get(at))
+                    .copied()
+                    .ok_or(())
+            }
+            Expr::Load(s) if !full(s) => Err(()),
             Expr::Load(Slot::Param) => Ok(param[i]),
             Expr::Load(Slot::Grad) => Ok(grad[i]),
             Expr::Load(Slot::State(s)) => Ok(states[s.index()][i]),
@@ -238,10 +345,19 @@ pub fn run_stage<R: Real>(
         .iter()
         .zip(&st.reduce)
         .map(|(xs, r)| {
-            let op = kernel.reductions[r.reduction.index()].op;
-            xs.chunks(REDUCE_BLOCK)
-                .map(|b| block_partial(op, b))
-                .collect()
+            let decl = &kernel.reductions[r.reduction.index()];
+            match decl.scope {
+                Scope::Row => row_partials(decl.op, xs, dims),
+                Scope::Col => col_partials(decl.op, xs, dims),
+                // A factored kernel runs row by row: its tensor sums are blocked per row.
+                Scope::Tensor | Scope::Step if kernel.is_factored() => {
+                    row_partials(decl.op, xs, dims)
+                }
+                Scope::Tensor | Scope::Step => xs
+                    .chunks(REDUCE_BLOCK)
+                    .map(|b| block_partial(decl.op, b))
+                    .collect(),
+            }
         })
         .collect())
 }
@@ -302,7 +418,30 @@ pub fn run_matrix<R: Real>(
 fn check_shapes<R>(kernel: &Kernel, ts: &TensorStep<'_, R>) -> Result<(), InterpError> {
     let bufs = &ts.bufs;
     let n = bufs.param.len();
-    if bufs.grad.len() != n || bufs.states.iter().any(|s| s.len() != n) {
+    if kernel.is_factored() {
+        let Some(dims) = ts.dims else {
+            return Err(InterpError::Shape(format!(
+                "rule `{}` has [rows]/[cols] values, so each tensor needs its matrix shape (`TensorStep::dims`)",
+                kernel.rule
+            )));
+        };
+        let lens_ok = kernel
+            .states
+            .iter()
+            .zip(&bufs.states)
+            .all(|(d, s)| s.len() == dims.len(d.shape));
+        if dims.numel() != n
+            || bufs.grad.len() != n
+            || !lens_ok
+            || bufs.states.len() != kernel.states.len()
+        {
+            return Err(InterpError::Shape(format!(
+                "buffer lengths do not fit {dims:?}: p has {n}, g has {}, states have {:?}",
+                bufs.grad.len(),
+                bufs.states.iter().map(|s| s.len()).collect::<Vec<_>>()
+            )));
+        }
+    } else if bufs.grad.len() != n || bufs.states.iter().any(|s| s.len() != n) {
         return Err(InterpError::Shape(format!(
             "buffer lengths differ: p has {n}, g has {}, states have {:?}",
             bufs.grad.len(),

@@ -3,6 +3,7 @@
 use super::{Ty, BUILTIN_NAMES, FUNCTIONS};
 use crate::diag::{did_you_mean, Diagnostic, Span};
 use crate::syntax::ast::{self, DeclKind, ExprKind};
+use optc_kernel::StateShape;
 use std::collections::HashMap;
 
 /// What a name declared at file level refers to.
@@ -53,6 +54,15 @@ pub const MATRIX_FLAG_INDEX: usize = u32::MAX as usize;
 pub struct DeclTable {
     /// Name to symbol.
     pub names: HashMap<String, (Symbol, Span)>,
+    /// The shape of each state, by state index (`state v[rows] = 0`).
+    pub state_shapes: Vec<StateShape>,
+}
+
+impl DeclTable {
+    /// The shape of state `i` (`Full` when out of range).
+    pub fn state_shape(&self, i: usize) -> StateShape {
+        self.state_shapes.get(i).copied().unwrap_or_default()
+    }
 }
 
 impl DeclTable {
@@ -131,8 +141,19 @@ pub(super) fn check_decls(file: &ast::File, out: &mut Vec<Diagnostic>) -> DeclTa
             table.names.insert(name.clone(), (sym, d.name.span));
         }
     }
+    table.state_shapes = file
+        .decls
+        .iter()
+        .filter(|d| d.kind == DeclKind::State)
+        .map(|d| match d.shape.as_ref().map(|s| s.name.as_str()) {
+            Some("rows") => StateShape::Rows,
+            Some("cols") => StateShape::Cols,
+            _ => StateShape::Full,
+        })
+        .collect();
     for d in &file.decls {
         check_value(d, &table, out);
+        check_shape(d, out);
     }
     check_torch_names(file, out);
     table
@@ -298,6 +319,80 @@ fn check_value(d: &ast::Decl, table: &DeclTable, out: &mut Vec<Diagnostic>) {
                 .hint("write `state v_max = 0 if amsgrad`; flags combine with `!`, `&&` and `||`"),
             );
         }
+    }
+}
+
+/// Checks the shape of a `[rows]`/`[cols]` state: `rows` or `cols` (E0207), a number to start
+/// from (E0207), and a condition that holds only for matrices (E0506).
+fn check_shape(d: &ast::Decl, out: &mut Vec<Diagnostic>) {
+    let Some(shape) = &d.shape else { return };
+    let name = &d.name.name;
+    if shape.name != "rows" && shape.name != "cols" {
+        let mut diag = Diagnostic::error(
+            "E0207",
+            format!("state `{name}` has an unknown shape `[{}]`", shape.name),
+            shape.span,
+            "not a state shape",
+        );
+        if let Some(s) = suggest(&shape.name, ["rows", "cols"]) {
+            diag = diag.hint(s);
+        }
+        out.push(diag.hint("a state is per element (no shape), `[rows]` (one value per row of a matrix) or `[cols]`"));
+        return;
+    }
+    if matches!(&d.value.kind, ExprKind::Name(n) if n == "p") {
+        out.push(
+            Diagnostic::error(
+                "E0207",
+                format!(
+                    "the [{}] state `{name}` cannot start as a copy of `p`",
+                    shape.name
+                ),
+                d.value.span,
+                "`p` has one value per element",
+            )
+            .hint("start it from a number, such as `0`"),
+        );
+    }
+    if !d.condition.as_ref().is_some_and(implies_matrix) {
+        let at = d.condition.as_ref().map_or(d.name.span, |c| c.span);
+        out.push(
+            Diagnostic::error(
+                "E0506",
+                format!("the [{}] state `{name}` must exist for matrices only", shape.name),
+                at,
+                "tensors of rank 0 or 1 have no rows and columns",
+            )
+            .hint(format!(
+                "declare it `state {name}[{}] = 0 if matrix` and give vectors their own update under `if matrix {{ ... }} else {{ ... }}`",
+                shape.name
+            )),
+        );
+    }
+}
+
+/// Whether the boolean `e` can hold only for matrices: `matrix`, or a conjunction with it.
+pub(super) fn implies_matrix(e: &ast::Expr) -> bool {
+    match &e.kind {
+        ExprKind::Name(n) => n == "matrix",
+        ExprKind::Binary(optc_kernel::BinaryOp::And, a, b) => {
+            implies_matrix(a) || implies_matrix(b)
+        }
+        _ => false,
+    }
+}
+
+/// Whether the boolean `e` can hold only for tensors of rank 0 or 1: `!matrix`, or a conjunction
+/// with it.
+pub(super) fn implies_vector(e: &ast::Expr) -> bool {
+    match &e.kind {
+        ExprKind::Unary(optc_kernel::UnaryOp::Not, a) => {
+            matches!(&a.kind, ExprKind::Name(n) if n == "matrix")
+        }
+        ExprKind::Binary(optc_kernel::BinaryOp::And, a, b) => {
+            implies_vector(a) || implies_vector(b)
+        }
+        _ => false,
     }
 }
 

@@ -44,13 +44,47 @@ use optc_kernel::matrix::Dim;
 /// a matrix, or a per-element value as the tensor's `m × n` matrix.
 pub const MATRIX_FUNCTIONS: &[(&str, usize)] = &[("transpose", 1), ("round_bf16", 1)];
 
-/// Whether a value is the same for every element of a tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// Whether a value is the same for every element of a tensor, for every element of a row or
+/// column of a matrix, or per element. Combine two with [`Uniformity::join`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Uniformity {
     /// Computed from literals, hypers, flags, `t` and scalar states only.
     Uniform,
-    /// Depends on `p`, `g` or a state.
+    /// One value per row of a matrix (`[rows]`: a row mean, a `[rows]` state).
+    Rows,
+    /// One value per column of a matrix (`[cols]`).
+    Cols,
+    /// Depends on `p`, `g` or a per-element state.
     PerElement,
+}
+
+impl Uniformity {
+    /// The uniformity of a value computed from values of uniformity `self` and `other`: a
+    /// `[rows]` value with a `[cols]` one is per element (the outer broadcast, as torch's
+    /// `row_var @ col_var`).
+    pub fn join(self, other: Uniformity) -> Uniformity {
+        use Uniformity::*;
+        match (self, other) {
+            (a, b) if a == b => a,
+            (Uniform, x) | (x, Uniform) => x,
+            _ => PerElement,
+        }
+    }
+
+    /// Whether the value is a `[rows]` or `[cols]` one.
+    pub fn is_vector(self) -> bool {
+        matches!(self, Uniformity::Rows | Uniformity::Cols)
+    }
+
+    /// How diagnostics name a value of this uniformity.
+    pub fn name(self) -> &'static str {
+        match self {
+            Uniformity::Uniform => "a uniform value",
+            Uniformity::Rows => "a [rows] value",
+            Uniformity::Cols => "a [cols] value",
+            Uniformity::PerElement => "a per-element value",
+        }
+    }
 }
 
 /// The built-in functions: name and number of arguments.
@@ -69,7 +103,9 @@ pub const FUNCTIONS: &[(&str, usize)] = &[
 
 /// The built-in reductions: name and number of arguments. Each takes per-element values and
 /// gives one value (uniform): `sum`, `mean`, `norm` (L2), `dot` and `amax` (the largest element)
-/// over the tensor, `global_norm` (L2) over every tensor of the step.
+/// over the tensor, `global_norm` (L2) over every tensor of the step; `row_mean` and `col_mean`
+/// give the mean of each row (a `[rows]` value) and of each column (`[cols]`) of a matrix.
+/// `mean` of a `[rows]` (`[cols]`) value is its mean over the rows (columns) of each matrix.
 pub const REDUCTIONS: &[(&str, usize)] = &[
     ("sum", 1),
     ("mean", 1),
@@ -77,6 +113,8 @@ pub const REDUCTIONS: &[(&str, usize)] = &[
     ("dot", 2),
     ("amax", 1),
     ("global_norm", 1),
+    ("row_mean", 1),
+    ("col_mean", 1),
 ];
 
 /// The names bound by the runtime.

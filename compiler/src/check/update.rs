@@ -1,7 +1,10 @@
 //! The update block: name resolution with `let` scopes, assignment targets, types, uniformity,
 //! and the states that are read but never written.
 
-use super::decls::{count_value, suggest, symbol_type, DeclTable, Symbol, MAX_REPEAT};
+use super::decls::{
+    count_value, implies_matrix, implies_vector, suggest, symbol_type, DeclTable, Symbol,
+    MAX_REPEAT,
+};
 use super::matrix;
 use super::{Ty, Uniformity, FUNCTIONS, MATRIX_FUNCTIONS, REDUCTIONS};
 use crate::diag::{Diagnostic, Span};
@@ -24,6 +27,9 @@ struct Checker<'a> {
     written_states: BTreeSet<usize>,
     first_read: Vec<Option<Span>>,
     assigns_p: bool,
+    /// How many enclosing `if matrix` branches (or `matrix ? a : b` true branches) there are:
+    /// `[rows]`/`[cols]` values need at least one (E0505).
+    under_matrix: usize,
     /// The first matrix operation (`@`, `transpose`, `round_bf16`).
     first_matrix_op: Option<Span>,
     /// Whether the update reads the built-in `matrix`.
@@ -44,6 +50,7 @@ pub(super) fn check_update(file: &ast::File, table: &DeclTable, out: &mut Vec<Di
         written_states: BTreeSet::new(),
         first_read: vec![None; n_states],
         assigns_p: false,
+        under_matrix: 0,
         first_matrix_op: None,
         reads_matrix: false,
     };
@@ -194,21 +201,27 @@ impl Checker<'_> {
                         .hint("compare it: `if momentum != 0 { ... }`"),
                     );
                 }
-                if uni == Uniformity::PerElement {
+                if uni != Uniformity::Uniform {
                     self.out.push(
-                        Diagnostic::error("E0502", "the condition of `if` must be uniform", cond.span, "this depends on `p`, `g` or a state")
+                        Diagnostic::error("E0502", "the condition of `if` must be uniform", cond.span, format!("this is {}", uni.name()))
                             .hint("a flag condition must be uniform; to choose per element, use `cond ? a : b`"),
                     );
                 }
                 let before = self.locals.clone();
+                let (m_then, m_else) =
+                    (implies_matrix(cond) as usize, implies_vector(cond) as usize);
+                self.under_matrix += m_then;
                 self.block(then);
+                self.under_matrix -= m_then;
                 let after_then = std::mem::replace(&mut self.locals, before);
                 if let Some(b) = otherwise {
+                    self.under_matrix += m_else;
                     self.block(b);
+                    self.under_matrix -= m_else;
                 }
                 // A local assigned a per-element value in either branch is per-element after.
                 for (l, t) in self.locals.iter_mut().zip(after_then) {
-                    l.uni = l.uni.max(t.uni);
+                    l.uni = l.uni.join(t.uni);
                 }
             }
         }
@@ -271,14 +284,35 @@ impl Checker<'_> {
                     Some(Symbol::Param) => self.assigns_p = true,
                     Some(Symbol::State(i)) => {
                         self.written_states.insert(i);
+                        let want = match self.table.state_shape(i) {
+                            optc_kernel::StateShape::Rows => Some(Uniformity::Rows),
+                            optc_kernel::StateShape::Cols => Some(Uniformity::Cols),
+                            optc_kernel::StateShape::Full => None,
+                        };
+                        if let Some(want) = want.filter(|w| uni != *w && uni != Uniformity::Uniform) {
+                            let hint = match uni {
+                                Uniformity::PerElement if want == Uniformity::Rows => "reduce it over each row first, as in `row_mean(g * g)`",
+                                Uniformity::PerElement => "reduce it over each column first, as in `col_mean(g * g)`",
+                                _ => "a [rows] state takes [rows] values (and uniform ones); a [cols] state takes [cols] values",
+                            };
+                            self.out.push(
+                                Diagnostic::error(
+                                    "E0508",
+                                    format!("`{name}` is {} state, but this is {}", if want == Uniformity::Rows { "a [rows]" } else { "a [cols]" }, uni.name()),
+                                    value.span,
+                                    format!("expected {}", want.name()),
+                                )
+                                .hint(hint),
+                            );
+                        }
                     }
-                    Some(Symbol::Scalar(_)) if uni == Uniformity::PerElement => {
+                    Some(Symbol::Scalar(_)) if uni != Uniformity::Uniform => {
                         self.out.push(
                             Diagnostic::error(
                                 "E0501",
                                 format!("scalar state `{name}` must get a uniform value"),
                                 value.span,
-                                "this depends on `p`, `g` or a state",
+                                format!("this is {}", uni.name()),
                             )
                             .hint("a scalar state is one number per tensor; compute it from hypers, `t` and scalar states"),
                         );
@@ -340,7 +374,7 @@ impl Checker<'_> {
                 if let Some(r) = matrix::binary(*op, (ta, ua, a.span), (tb, ub, b.span), e.span) {
                     return self.matrix_result(r);
                 }
-                let uni = ua.max(ub);
+                let uni = ua.join(ub);
                 let (want, result) = if op.is_logical() {
                     (Some(Ty::Bool), Ty::Bool)
                 } else if matches!(op, BinaryOp::Eq | BinaryOp::Ne) {
@@ -386,8 +420,13 @@ impl Checker<'_> {
             }
             ExprKind::Ternary(c, a, b) => {
                 let (tc, uc) = self.expr(c);
+                let (m_a, m_b) = (implies_matrix(c) as usize, implies_vector(c) as usize);
+                self.under_matrix += m_a;
                 let (ta, ua) = self.expr(a);
+                self.under_matrix -= m_a;
+                self.under_matrix += m_b;
                 let (tb, ub) = self.expr(b);
+                self.under_matrix -= m_b;
                 if tc != Ty::Bool {
                     self.out.push(
                         Diagnostic::error(
@@ -423,7 +462,7 @@ impl Checker<'_> {
                         .hint("both branches must be numbers, or both booleans"),
                     );
                 }
-                (ta, uc.max(ua).max(ub))
+                (ta, uc.join(ua).join(ub))
             }
             ExprKind::MatMul(a, b) => {
                 self.first_matrix_op.get_or_insert(e.span);
@@ -468,7 +507,7 @@ impl Checker<'_> {
                 }
                 let mut uni = Uniformity::Uniform;
                 for (a, &(t, u, _)) in args.iter().zip(&typed) {
-                    uni = uni.max(u);
+                    uni = uni.join(u);
                     // An m×n matrix passes here only as a reduction's argument (`matrix::call`).
                     let wide = Ty::Matrix(optc_kernel::matrix::Dim::M, optc_kernel::matrix::Dim::N);
                     if t != Ty::Num && t != wide {
@@ -496,6 +535,8 @@ impl Checker<'_> {
                             )
                             .hint(signature(&f.name)),
                         );
+                    } else if let Some(u) = self.vector_reduction(&f.name, uni, e.span) {
+                        return (Ty::Num, u);
                     } else if uni == Uniformity::Uniform {
                         self.out.push(
                             Diagnostic::error(
@@ -557,7 +598,7 @@ impl Checker<'_> {
                         if let Some(s) = suggest(&f.name, known) {
                             d = d.hint(s);
                         }
-                        d = d.hint("the built-in functions are sqrt, rsqrt, abs, sign, exp, log, min, max, clamp and lerp; the reductions are sum, mean, norm, dot, amax and global_norm");
+                        d = d.hint("the built-in functions are sqrt, rsqrt, abs, sign, exp, log, min, max, clamp and lerp; the reductions are sum, mean, norm, dot, amax, global_norm, row_mean and col_mean");
                         self.out.push(d);
                     }
                 }
@@ -599,9 +640,27 @@ impl Checker<'_> {
             }
             Some(sym) => {
                 let uni = match sym {
-                    Symbol::Param | Symbol::Grad | Symbol::State(_) => Uniformity::PerElement,
+                    Symbol::State(i) => match self.table.state_shape(i) {
+                        optc_kernel::StateShape::Rows => Uniformity::Rows,
+                        optc_kernel::StateShape::Cols => Uniformity::Cols,
+                        optc_kernel::StateShape::Full => Uniformity::PerElement,
+                    },
+                    Symbol::Param | Symbol::Grad => Uniformity::PerElement,
                     _ => Uniformity::Uniform,
                 };
+                if uni.is_vector() && self.under_matrix == 0 {
+                    self.out.push(self.not_under_matrix(
+                        format!(
+                            "`{n}` is {} state, which only matrices have",
+                            if uni == Uniformity::Rows {
+                                "a [rows]"
+                            } else {
+                                "a [cols]"
+                            }
+                        ),
+                        span,
+                    ));
+                }
                 if let Symbol::State(i) = sym {
                     self.read_states.insert(i);
                     if let Some(slot) = self.first_read.get_mut(i) {
@@ -625,6 +684,65 @@ impl Checker<'_> {
                 (Ty::Num, Uniformity::Uniform)
             }
         }
+    }
+}
+
+impl Checker<'_> {
+    /// The row and column rules of reductions: `row_mean`/`col_mean` take a per-element value
+    /// and give a `[rows]`/`[cols]` one, under `matrix` (E0505); `mean` of a `[rows]`/`[cols]`
+    /// value is its per-matrix mean (a value of the same kind); every other reduction of a
+    /// `[rows]`/`[cols]` value is E0507. Returns the result's uniformity when the reduction is
+    /// one of these (after reporting any error), `None` for an ordinary tensor reduction.
+    fn vector_reduction(&mut self, f: &str, arg: Uniformity, span: Span) -> Option<Uniformity> {
+        let result = match f {
+            "row_mean" | "col_mean" => {
+                if self.under_matrix == 0 {
+                    self.out
+                        .push(self.not_under_matrix(format!("`{f}` needs a matrix"), span));
+                }
+                if arg == Uniformity::Uniform {
+                    self.out.push(
+                        Diagnostic::error("E0503", format!("`{f}` of a uniform value"), span, "every element has the same value here")
+                            .hint(format!("`{f}` reduces per-element values such as `g * g`; a uniform value needs no reduction")),
+                    );
+                } else if arg.is_vector() {
+                    self.out.push(
+                        Diagnostic::error(
+                            "E0507",
+                            format!("`{f}` reduces a per-element value, but this is {}", arg.name()),
+                            span,
+                            format!("`{f}` of {}", arg.name()),
+                        )
+                        .hint("`mean(x)` of a [rows] or [cols] value averages it over the rows or columns of each matrix"),
+                    );
+                }
+                if f == "row_mean" {
+                    Uniformity::Rows
+                } else {
+                    Uniformity::Cols
+                }
+            }
+            "mean" if arg.is_vector() => arg,
+            _ if arg.is_vector() => {
+                self.out.push(
+                    Diagnostic::error(
+                        "E0507",
+                        format!("`{f}` of {}", arg.name()),
+                        span,
+                        "reductions over the tensor take per-element values",
+                    )
+                    .hint("`mean(x)` of a [rows] or [cols] value averages it over the rows or columns of each matrix; it is the only reduction of such values"),
+                );
+                Uniformity::Uniform
+            }
+            _ => return None,
+        };
+        Some(result)
+    }
+
+    fn not_under_matrix(&self, message: String, span: Span) -> Diagnostic {
+        Diagnostic::error("E0505", message, span, "used where the tensor may have rank 0 or 1")
+            .hint("use it under `if matrix { ... }` (or `matrix ? ... : ...`) and give tensors of rank 0 or 1 their own update, as torch's Adafactor does")
     }
 }
 

@@ -60,6 +60,7 @@ pub fn lower(file: &ast::File, table: &DeclTable) -> Program {
                     init,
                     condition,
                     torch_name: d.torch_name.as_ref().map(|t| t.name.clone()),
+                    shape: table.state_shape(states.len()),
                     span: d.name.span,
                 });
             }
@@ -252,6 +253,37 @@ impl<'a> Lowerer<'a> {
     }
 }
 
+/// Whether node `h` is a `[rows]` or `[cols]` value: it reads such a state or a Row- or
+/// Col-scope reduction and no per-element buffer (the checker's rule; `mean` of it is the
+/// per-matrix mean).
+fn is_vector(b: &Builder, table: &DeclTable, h: Handle<Expr>) -> bool {
+    use crate::check::Uniformity;
+    let f = &b.func;
+    let mut memo: Vec<Option<Uniformity>> = vec![None; h.index() + 1];
+    for i in 0..=h.index() {
+        let e = f.exprs[Handle::new(i)];
+        let u = match e {
+            Expr::Load(Slot::State(s)) => match table.state_shape(s.index()) {
+                optc_kernel::StateShape::Rows => Uniformity::Rows,
+                optc_kernel::StateShape::Cols => Uniformity::Cols,
+                optc_kernel::StateShape::Full => Uniformity::PerElement,
+            },
+            Expr::Load(_) => Uniformity::PerElement,
+            Expr::Reduced(r) => match f.reductions.get(r.index()).map(|r| r.scope) {
+                Some(Scope::Row) => Uniformity::Rows,
+                Some(Scope::Col) => Uniformity::Cols,
+                _ => Uniformity::Uniform,
+            },
+            e => e
+                .operands()
+                .filter_map(|o| memo[o.index()])
+                .fold(Uniformity::Uniform, Uniformity::join),
+        };
+        memo[i] = Some(u);
+    }
+    memo[h.index()].is_some_and(Uniformity::is_vector)
+}
+
 /// `h` as a matrix: itself when it is a matrix leaf, else the per-element value as the tensor's
 /// `m × n` matrix.
 fn as_matrix(b: &mut Builder, h: Handle<Expr>, span: Span) -> Handle<Expr> {
@@ -389,6 +421,23 @@ fn lower_expr(e: &ast::Expr, table: &DeclTable, env: &mut Env, b: &mut Builder) 
                     };
                     return b.reduce(op, Scope::Tensor, a[0], &f.name, span);
                 }
+                "row_mean" | "col_mean" if a.len() == 1 => {
+                    let scope = if f.name == "row_mean" {
+                        Scope::Row
+                    } else {
+                        Scope::Col
+                    };
+                    let s = b.reduce(ReduceOp::Sum, scope, a[0], &f.name, span);
+                    let one = b.add(Expr::Const(1.0), span);
+                    let count = if f.name == "row_mean" {
+                        "row count"
+                    } else {
+                        "col count"
+                    };
+                    let n = b.reduce(ReduceOp::Sum, scope, one, count, span);
+                    Some(Expr::Binary(BinaryOp::Div, s, n))
+                }
+                "mean" if a.len() == 1 && is_vector(b, table, a[0]) => Some(Expr::VecMean(a[0])),
                 "mean" if a.len() == 1 => {
                     let s = b.reduce(ReduceOp::Sum, Scope::Tensor, a[0], "mean", span);
                     let one = b.add(Expr::Const(1.0), span);

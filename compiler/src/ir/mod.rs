@@ -47,6 +47,8 @@ pub struct StateInfo {
     pub condition: Option<Handle<Expr>>,
     /// The name torch gives it (`state m = 0 as exp_avg`); `None` when it has the same name.
     pub torch_name: Option<String>,
+    /// Its shape: per element, or one value per row or column of a matrix.
+    pub shape: optc_kernel::StateShape,
     /// Where it was declared.
     pub span: Span,
 }
@@ -235,6 +237,8 @@ fn key(e: &Expr) -> Key {
         Expr::Binary(op, a, b) => (9, op as u64, h(a), h(b), 0),
         Expr::Select(c, a, b) => (10, 0, h(c), h(a), h(b)),
         Expr::Reduced(i) => (11, i.0 as u64, 0, 0, 0),
+        Expr::Vector(i) => (12, i.0 as u64, 0, 0, 0),
+        Expr::VecMean(a) => (13, 0, h(a), 0, 0),
     }
 }
 

@@ -15,8 +15,7 @@ pub fn classify(f: &Function) -> Vec<Uniformity> {
             e => e
                 .operands()
                 .map(|o| out[o.index()])
-                .max()
-                .unwrap_or(Uniformity::Uniform),
+                .fold(Uniformity::Uniform, Uniformity::join),
         };
         out.push(u);
     }

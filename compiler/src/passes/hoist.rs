@@ -14,7 +14,6 @@
 //! finalized reductions as `Expr::Reduced`) and passed as a uniform of that stage; literals stay in
 //! the body as immediates. Scalar-state updates are host values, taken after the last stage.
 
-use super::classify::classify;
 use super::dce::Live;
 use crate::check::Uniformity;
 use crate::diag::Diagnostic;
@@ -23,7 +22,7 @@ use optc_kernel::matrix::{Coef, MatExpr};
 use optc_kernel::{
     Arena, BinaryOp, Expr, FlagValue, Handle, HyperDecl, Init, Kernel, RankClass, ReduceOutput,
     ReductionDecl, ReductionId, ScalarDecl, ScalarUpdate, Slot, Stage, StateDecl, StateShape,
-    Store, UnaryOp, UniformId,
+    Store, UnaryOp, UniformId, VectorProgram,
 };
 use std::collections::{BTreeSet, HashMap};
 
@@ -90,6 +89,34 @@ fn plan_stage(
     plan
 }
 
+/// The uniformity of every node of `f`: `[rows]`/`[cols]` for loads of such states, for Row- and
+/// Col-scope reductions and for what is computed from them (a `[rows]` with a `[cols]` value is
+/// per element), per element for other loads, uniform otherwise.
+fn domains(f: &crate::ir::Function, state_shapes: &[StateShape]) -> Vec<Uniformity> {
+    let mut out: Vec<Uniformity> = Vec::with_capacity(f.exprs.len());
+    for (_, e) in f.exprs.iter() {
+        let u = match *e {
+            Expr::Load(Slot::State(s)) => match state_shapes.get(s.index()) {
+                Some(StateShape::Rows) => Uniformity::Rows,
+                Some(StateShape::Cols) => Uniformity::Cols,
+                _ => Uniformity::PerElement,
+            },
+            Expr::Load(_) => Uniformity::PerElement,
+            Expr::Reduced(r) => match f.reductions.get(r.index()).map(|r| r.scope) {
+                Some(optc_kernel::Scope::Row) => Uniformity::Rows,
+                Some(optc_kernel::Scope::Col) => Uniformity::Cols,
+                _ => Uniformity::Uniform,
+            },
+            ref e => e
+                .operands()
+                .map(|o| out[o.index()])
+                .fold(Uniformity::Uniform, Uniformity::join),
+        };
+        out.push(u);
+    }
+    out
+}
+
 /// `1 / c` when the literal `c` is a power of two whose reciprocal is a normal f32, so that
 /// `x / c == x * (1 / c)` exactly.
 fn exact_reciprocal(e: &Expr) -> Option<f64> {
@@ -104,11 +131,42 @@ fn exact_reciprocal(e: &Expr) -> Option<f64> {
 }
 
 /// Builds the kernel for `program` specialized with `flags`, from the live function.
-pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, Diagnostic> {
+pub fn hoist(
+    program: &Program,
+    flags: &[bool],
+    live: &Live,
+    rank: RankClass,
+) -> Result<Kernel, Diagnostic> {
     let f = &live.func;
-    let cls = classify(f);
+    let state_shapes: Vec<StateShape> = live
+        .states
+        .iter()
+        .map(|&i| program.states[i].shape)
+        .collect();
+    let cls = domains(f, &state_shapes);
     let n = f.exprs.len();
     let per_element = |h: Handle<Expr>| cls[h.index()] == Uniformity::PerElement;
+    let is_vector = |h: Handle<Expr>| cls[h.index()].is_vector();
+    if rank != RankClass::Matrix {
+        if let Some((h, _)) = f.exprs.iter().find(|(h, _)| is_vector(*h)) {
+            return Err(Diagnostic::error(
+                "E0505",
+                "a [rows] or [cols] value reaches tensors of rank 0 or 1",
+                f.span(h),
+                "used where the tensor may have rank 0 or 1",
+            )
+            .hint("use it under `if matrix { ... }` (or `matrix ? ... : ...`) and give tensors of rank 0 or 1 their own update, as torch's Adafactor does"));
+        }
+    }
+    // Stores of [rows]/[cols] states are made by the host's vector program, after the last
+    // stage; the others by a stage. (The matrix pass's scratch states, after the live ones, are
+    // full.)
+    let vector_store = |slot: &Slot| match slot {
+        Slot::State(s) => state_shapes
+            .get(s.index())
+            .is_some_and(|&shape| shape != StateShape::Full),
+        _ => false,
+    };
 
     // Identical reductions (same op, scope and argument after CSE) are one.
     let rep: Vec<usize> = (0..f.reductions.len())
@@ -144,9 +202,20 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
     let red_stage: Vec<usize> = f.reductions.iter().map(|r| level[r.arg.index()]).collect();
     // Each store goes in the earliest stage that can compute it, unless a later stage needs the
     // buffer's old value: then in that later stage (a fixed point, since stages only grow).
-    let mut store_stage: Vec<usize> = f.stores.iter().map(|(_, h)| level[h.index()]).collect();
+    let mut store_stage: Vec<usize> = f
+        .stores
+        .iter()
+        .map(|(slot, h)| {
+            if vector_store(slot) {
+                usize::MAX
+            } else {
+                level[h.index()]
+            }
+        })
+        .collect();
     let stages = 1 + store_stage
         .iter()
+        .filter(|&&s| s != usize::MAX)
         .chain(reps.iter().map(|&i| &red_stage[i]))
         .chain(live.matrix.programs.iter().map(|p| &p.stage))
         .copied()
@@ -161,7 +230,9 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
             let last_old = (0..stages)
                 .rev()
                 .find(|&j| plan[j].loads_old.contains(slot));
-            if let Some(j) = last_old.filter(|&j| j > store_stage[i]) {
+            if let Some(j) =
+                last_old.filter(|&j| j > store_stage[i] && store_stage[i] != usize::MAX)
+            {
                 store_stage[i] = j;
                 changed = true;
             }
@@ -171,19 +242,52 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
         }
     };
 
-    // Which uniform nodes the host must compute.
+    // Which [rows]/[cols] nodes the vector program computes: those a body, a store or a
+    // vector-state store reads, and their [rows]/[cols] operands.
     let is_literal = |h: Handle<Expr>| matches!(f.exprs[h], Expr::Const(_) | Expr::Bool(_));
+    let mut vec_needed = vec![false; n];
+    let mut vec_roots: Vec<Handle<Expr>> = Vec::new();
+    for st in &plan {
+        for (h, e) in f.exprs.iter() {
+            if st.nodes[h.index()] {
+                vec_roots.extend(e.operands().filter(|&o| is_vector(o)));
+            }
+        }
+    }
+    vec_roots.extend(f.stores.iter().map(|(_, h)| *h).filter(|&h| is_vector(h)));
+    for h in vec_roots {
+        vec_needed[h.index()] = true;
+    }
+    for (h, e) in f.exprs.iter().rev() {
+        if vec_needed[h.index()] {
+            for o in e.operands().filter(|&o| is_vector(o)) {
+                vec_needed[o.index()] = true;
+            }
+        }
+    }
+    // Which uniform nodes the host must compute.
     let mut needed = vec![false; n];
     let mut wanted = Vec::new();
     for st in &plan {
         for (h, e) in f.exprs.iter() {
             if st.nodes[h.index()] {
-                wanted.extend(e.operands().filter(|&o| !per_element(o) && !is_literal(o)));
+                wanted.extend(
+                    e.operands()
+                        .filter(|&o| !per_element(o) && !is_vector(o) && !is_literal(o)),
+                );
             }
         }
     }
+    for (h, e) in f.exprs.iter() {
+        if vec_needed[h.index()] {
+            wanted.extend(
+                e.operands()
+                    .filter(|&o| !per_element(o) && !is_vector(o) && !is_literal(o)),
+            );
+        }
+    }
     for (_, h) in &f.stores {
-        if !per_element(*h) && !is_literal(*h) {
+        if !per_element(*h) && !is_vector(*h) && !is_literal(*h) {
             wanted.push(*h);
         }
     }
@@ -215,7 +319,7 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
     let mut host = Builder::sharing();
     let mut host_of: HashMap<usize, Handle<Expr>> = HashMap::new();
     for (h, e) in f.exprs.iter() {
-        if needed[h.index()] && !per_element(h) {
+        if needed[h.index()] && cls[h.index()] == Uniformity::Uniform {
             let e = match *e {
                 Expr::Reduced(r) => Expr::Reduced(kernel_red(r.index())),
                 ref e => e.map_operands(|o| host_of.get(&o.index()).copied().unwrap_or(o)),
@@ -255,6 +359,52 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
             }
         }
     }
+    // The vector program: every needed [rows]/[cols] node, its uniform operands read as inputs.
+    let mut vec_b = Builder::sharing();
+    let mut vec_inputs: Vec<Handle<Expr>> = Vec::new();
+    let mut vec_of: HashMap<usize, Handle<Expr>> = HashMap::new();
+    for (h, e) in f.exprs.iter() {
+        if !vec_needed[h.index()] {
+            continue;
+        }
+        let sp = f.span(h);
+        let e = match *e {
+            Expr::Reduced(r) => Expr::Reduced(kernel_red(r.index())),
+            ref e => e.map_operands(|o| {
+                if let Some(v) = vec_of.get(&o.index()) {
+                    return *v;
+                }
+                let leaf = match f.exprs[o] {
+                    c @ (Expr::Const(_) | Expr::Bool(_)) => c,
+                    _ => match host_of.get(&o.index()) {
+                        Some(hh) => Expr::Uniform(uniform_of(&mut vec_inputs, *hh)),
+                        None => Expr::Const(f64::NAN),
+                    },
+                };
+                vec_b.add(leaf, f.span(o))
+            }),
+        };
+        vec_of.insert(h.index(), vec_b.add(e, sp));
+    }
+    // A store of a uniform value into a [rows]/[cols] state: the value as an input.
+    let mut vec_stores: Vec<Store> = Vec::new();
+    for (slot, h) in f.stores.iter().filter(|(s, _)| vector_store(s)) {
+        let value = match vec_of.get(&h.index()) {
+            Some(v) => *v,
+            None => {
+                let leaf = match f.exprs[*h] {
+                    c @ (Expr::Const(_) | Expr::Bool(_)) => c,
+                    _ => match host_of.get(&h.index()) {
+                        Some(hh) => Expr::Uniform(uniform_of(&mut vec_inputs, *hh)),
+                        None => Expr::Const(f64::NAN),
+                    },
+                };
+                vec_b.add(leaf, f.span(*h))
+            }
+        };
+        vec_stores.push(Store { slot: *slot, value });
+    }
+    let mut vec_stages: Vec<Vec<Handle<Expr>>> = Vec::with_capacity(stages);
     fn uniform_of(uniforms: &mut Vec<Handle<Expr>>, host_h: Handle<Expr>) -> UniformId {
         match uniforms.iter().position(|u| *u == host_h) {
             Some(i) => UniformId::new(i),
@@ -269,15 +419,21 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
     let mut kernel_stages = Vec::with_capacity(stages);
     for (j, st) in plan.iter().enumerate() {
         let mut uniforms: Vec<Handle<Expr>> = Vec::new();
+        let mut vectors: Vec<Handle<Expr>> = Vec::new();
         let mut body = Builder::sharing();
         let mut body_of: HashMap<usize, Handle<Expr>> = HashMap::new();
         let to_body = |h: Handle<Expr>,
                        body: &mut Builder,
                        body_of: &HashMap<usize, Handle<Expr>>,
-                       uniforms: &mut Vec<Handle<Expr>>|
+                       uniforms: &mut Vec<Handle<Expr>>,
+                       vectors: &mut Vec<Handle<Expr>>|
          -> Handle<Expr> {
             if let Some(b) = body_of.get(&h.index()) {
                 return *b;
+            }
+            if let Some(v) = vec_of.get(&h.index()) {
+                let id = optc_kernel::VectorId::new(uniform_of(vectors, *v).index());
+                return body.add(Expr::Vector(id), f.span(h));
             }
             if let Some(slot) = st.stored_before.get(&h.index()) {
                 return body.add(Expr::Load(*slot), f.span(h));
@@ -299,19 +455,20 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
             let e = match *e {
                 Expr::Binary(BinaryOp::Div, a, b) if recip_of.contains_key(&b.index()) => {
                     let (scaled, scale) = recip_of[&b.index()];
-                    let a = to_body(a, &mut body, &body_of, &mut uniforms);
+                    let a = to_body(a, &mut body, &body_of, &mut uniforms, &mut vectors);
                     let r = body.add(Expr::Uniform(uniform_of(&mut uniforms, scaled)), f.span(b));
                     let s = body.add(Expr::Uniform(uniform_of(&mut uniforms, scale)), f.span(b));
                     let ar = body.add(Expr::Binary(BinaryOp::Mul, a, r), f.span(h));
                     Expr::Binary(BinaryOp::Mul, ar, s)
                 }
                 Expr::Binary(BinaryOp::Div, a, b) if exact_reciprocal(&f.exprs[b]).is_some() => {
-                    let a = to_body(a, &mut body, &body_of, &mut uniforms);
+                    let a = to_body(a, &mut body, &body_of, &mut uniforms, &mut vectors);
                     let r = exact_reciprocal(&f.exprs[b]).unwrap_or(1.0);
                     let r = body.add(Expr::Const(r), f.span(b));
                     Expr::Binary(BinaryOp::Mul, a, r)
                 }
-                ref other => other.map_operands(|o| to_body(o, &mut body, &body_of, &mut uniforms)),
+                ref other => other
+                    .map_operands(|o| to_body(o, &mut body, &body_of, &mut uniforms, &mut vectors)),
             };
             let nb = body.add(e, f.span(h));
             body_of.insert(h.index(), nb);
@@ -323,7 +480,7 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
             .filter(|(_, &s)| s == j)
             .map(|(&(slot, h), _)| Store {
                 slot,
-                value: to_body(h, &mut body, &body_of, &mut uniforms),
+                value: to_body(h, &mut body, &body_of, &mut uniforms, &mut vectors),
             })
             .collect();
         let reduce: Vec<ReduceOutput> = reps
@@ -331,9 +488,16 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
             .filter(|&&i| red_stage[i] == j)
             .map(|&i| ReduceOutput {
                 reduction: kernel_red(i),
-                value: to_body(f.reductions[i].arg, &mut body, &body_of, &mut uniforms),
+                value: to_body(
+                    f.reductions[i].arg,
+                    &mut body,
+                    &body_of,
+                    &mut uniforms,
+                    &mut vectors,
+                ),
             })
             .collect();
+        vec_stages.push(vectors);
         kernel_stages.push(Stage {
             matrix: None,
             uniforms,
@@ -416,7 +580,7 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
                     Init::Param => Init::Param,
                     Init::Value(h) => Init::Value(copy_init(h)),
                 },
-                shape: StateShape::Full,
+                shape: st.shape,
             }
         })
         .collect();
@@ -460,16 +624,22 @@ pub fn hoist(program: &Program, flags: &[bool], live: &Live) -> Result<Kernel, D
         states,
         scalars,
         init,
-        rank: if live.matrix.for_matrices {
-            RankClass::Matrix
-        } else {
-            RankClass::Any
-        },
+        rank,
         host: host.func.exprs,
         variant: Vec::new(),
         scalar_updates,
         reductions,
         stages: kernel_stages,
+        vectors: VectorProgram {
+            nodes: vec_b.func.exprs,
+            inputs: vec_inputs,
+            stages: if vec_stages.iter().all(Vec::is_empty) {
+                Vec::new()
+            } else {
+                vec_stages
+            },
+            stores: vec_stores,
+        },
     };
     kernel.validate().map_err(|e| {
         Diagnostic::error(

@@ -60,9 +60,7 @@ pub fn compile_with(
     let front = front(program, flags, options)?;
     let for_matrices = front.rank == RankClass::Matrix;
     let live = matrix::plan(front.base.clone(), for_matrices)?;
-    let mut kernel = hoist::hoist(&front.program, flags, &live)?;
-    kernel.rank = front.rank;
-    Ok(kernel)
+    hoist::hoist(&front.program, flags, &live, front.rank)
 }
 
 /// The passes before hoisting, shared by the description kernel and its variants.

@@ -66,8 +66,7 @@ pub fn compile_variant(
     let f = cse::cse(&f);
     let live = dce::dce_keeping(&f, &front.program, flags, matrix, &front.base)?;
     let live = super::matrix::plan(live, matrix)?;
-    let mut kernel = hoist::hoist(&front.program, flags, &live)?;
-    kernel.rank = front.rank;
+    let mut kernel = hoist::hoist(&front.program, flags, &live, front.rank)?;
     kernel.variant = conds.values(variant);
     Ok(kernel)
 }

@@ -63,6 +63,9 @@ pub struct Decl {
     pub condition: Option<Expr>,
     /// For states: the name torch gives it (`as exp_avg`), used in torch-convention state files.
     pub torch_name: Option<Ident>,
+    /// For states: the shape written after the name (`state v[rows] = 0`): `rows` or `cols`
+    /// (checked: E0207); `None` for a per-element state.
+    pub shape: Option<Ident>,
     /// The `///` lines before the declaration.
     pub doc: String,
     /// The whole declaration.

@@ -148,6 +148,7 @@ fn rule_name(r: &Rule) -> Option<&'static str> {
         Rule::kw_else => "`else`",
         Rule::repeat_stmt | Rule::kw_repeat => "`repeat`",
         Rule::kw_as | Rule::torch_name => "`as NAME`",
+        Rule::state_shape | Rule::shape_name => "`[rows]` or `[cols]`",
         Rule::assign_stmt => "an assignment",
         Rule::expr
         | Rule::logic_or
@@ -537,11 +538,13 @@ fn build_decl(p: Pair<'_, Rule>, source: &str) -> Result<Decl, Diagnostic> {
     let doc = doc_above(source, span.start as usize);
     let mut name = None;
     let mut torch_name = None;
+    let mut shape = None;
     let mut exprs = Vec::new();
     for x in p.into_inner() {
         match x.as_rule() {
             Rule::ident => name = Some(ident(&x)),
             Rule::torch_name => torch_name = Some(ident(&x)),
+            Rule::state_shape => shape = x.into_inner().next().map(|n| ident(&n)),
             Rule::expr => exprs.push(build_expr(x)?),
             _ => {}
         }
@@ -554,6 +557,7 @@ fn build_decl(p: Pair<'_, Rule>, source: &str) -> Result<Decl, Diagnostic> {
             value,
             condition: exprs.next(),
             torch_name,
+            shape,
             doc,
             span,
         }),

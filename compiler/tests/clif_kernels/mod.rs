@@ -44,6 +44,7 @@ impl Kb {
                 host: Arena::new(),
                 variant: Vec::new(),
                 scalar_updates: vec![],
+                vectors: Default::default(),
                 reductions: vec![],
                 stages: vec![Stage::default()],
             },
@@ -118,6 +119,10 @@ impl Kb {
             reduction: id,
             value,
         });
+        // Row and Col results are vectors: only the vector program may read them.
+        if matches!(scope, Scope::Row | Scope::Col) {
+            return self.h(Expr::Const(0.0));
+        }
         self.h(Expr::Reduced(id))
     }
     pub fn finish(self) -> Kernel {

@@ -38,6 +38,7 @@ impl Builder {
                 host: Arena::new(),
                 variant: Vec::new(),
                 scalar_updates: vec![],
+                vectors: Default::default(),
                 reductions: vec![],
                 stages: vec![Stage::default()],
             },

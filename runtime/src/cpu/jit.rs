@@ -162,6 +162,43 @@ impl Code {
         }
     }
 
+    /// Calls stage `stage`'s function once: `ptrs` one pointer per buffer (in `Kernel::buffers`
+    /// order), `len` elements, `uniforms` the stage's uniforms, and for a reducing stage its
+    /// partials at `out[r * stride + b]`.
+    ///
+    /// # Safety
+    /// `stage` is in range; every pointer the stage's body loads or stores has `len` valid
+    /// elements after it (and is not written by another thread meanwhile); `uniforms` has one
+    /// f32 per uniform of the stage; for a reducing stage, `out[r * stride + b]` is valid and
+    /// exclusive for each reduce output `r` and block `b < len.div_ceil(REDUCE_BLOCK)`.
+    pub(super) unsafe fn call(
+        &self,
+        stage: usize,
+        ptrs: &[*mut f32],
+        len: usize,
+        uniforms: &[f32],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        if len == 0 {
+            return;
+        }
+        match self.stages[stage] {
+            // SAFETY: the caller's contract is the function's (module docs).
+            StageFn::Map(f) => unsafe { f(ptrs.as_ptr(), len as u64, uniforms.as_ptr()) },
+            // SAFETY: as above, with the partials region of the contract.
+            StageFn::Reduce(f, _) => unsafe {
+                f(
+                    ptrs.as_ptr(),
+                    len as u64,
+                    uniforms.as_ptr(),
+                    out,
+                    stride as u64,
+                )
+            },
+        }
+    }
+
     /// Runs stage 0 of a kernel without reductions on one tensor on the current thread (its
     /// arguments already checked).
     pub fn run_one(&self, args: &mut TensorArgs<'_>) {

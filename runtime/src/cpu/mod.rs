@@ -16,10 +16,12 @@
 
 mod jit;
 mod partials;
+mod rows;
 mod split;
 
 use optc_kernel::{Kernel, KernelError};
 pub use partials::Partials;
+pub use rows::{RowKernel, RowTensor};
 pub use split::{WorkItem, CHUNK_ALIGN, MIN_CHUNK};
 
 /// One tensor's buffers and uniforms for one step.

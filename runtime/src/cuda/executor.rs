@@ -335,19 +335,25 @@ impl Executor for CudaExecutor {
         self.kernels.len()
     }
 
+    fn positions(&self, kernel: usize) -> Result<&[usize], RuntimeError> {
+        self.kernels
+            .get(kernel)
+            .map(|k| k.slots.as_slice())
+            .ok_or_else(|| internal("no such kernel"))
+    }
+
     fn create_states(
         &mut self,
         param: usize,
-        len: usize,
-        count: usize,
+        lens: &[usize],
         init: &[(usize, StateInit)],
         data: &TensorData<'_>,
     ) -> Result<(), RuntimeError> {
         let mut buffers = Vec::with_capacity(init.len());
         for &(at, i) in init {
-            if at >= count {
-                return Err(internal("a state position out of range"));
-            }
+            let len = *lens
+                .get(at)
+                .ok_or_else(|| internal("a state position out of range"))?;
             // The state's name, from a loaded kernel that uses it (for error messages).
             let name = self
                 .kernels
@@ -360,7 +366,7 @@ impl Executor for CudaExecutor {
             buffers.push((at, self.new_state(len, i, data, &name)?));
         }
         let states = self.slot(param);
-        states.resize_with(count, || None);
+        states.resize_with(lens.len(), || None);
         for (at, b) in buffers {
             states[at] = Some(b);
         }

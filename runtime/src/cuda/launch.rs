@@ -288,7 +288,9 @@ mod tests {
                 rank,
             };
             let k = rule.specialize_with(&[], &options).expect("specialize");
-            if !k.stages[0].reduce.is_empty() {
+            // Factored kernels (adafactor's matrices) are not lowered to PTX yet; the optimizer
+            // refuses them on CUDA (`stages::check_supported`).
+            if !k.stages[0].reduce.is_empty() && !k.is_factored() {
                 kernels.push(k);
             }
         }

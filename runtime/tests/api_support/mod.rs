@@ -93,6 +93,7 @@ pub fn adamw() -> Kernel {
         host,
         variant: Vec::new(),
         scalar_updates: vec![],
+        vectors: Default::default(),
         reductions: vec![],
         stages: vec![Stage {
             matrix: None,
@@ -167,6 +168,7 @@ pub fn toy() -> Kernel {
         rank: Default::default(),
         host,
         reductions: vec![],
+        vectors: Default::default(),
         variant: Vec::new(),
         scalar_updates: vec![ScalarUpdate {
             scalar: ScalarId(0),

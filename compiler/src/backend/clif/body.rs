@@ -121,7 +121,13 @@ impl Lower<'_> {
                 }
             }
             // Not allowed in a validated body.
-            Expr::Hyper(_) | Expr::Flag(_) | Expr::Step | Expr::Scalar(_) | Expr::Reduced(_) => {
+            Expr::Hyper(_)
+            | Expr::Flag(_)
+            | Expr::Step
+            | Expr::Scalar(_)
+            | Expr::Reduced(_)
+            | Expr::Vector(_)
+            | Expr::VecMean(_) => {
                 env.num[i] = Some(g.f32s(f32::NAN));
             }
         }

@@ -16,7 +16,8 @@
 //!   the range must start on a block boundary of the tensor. `stride >= n.div_ceil(REDUCE_BLOCK)`.
 //!   Tensor- and Step-scope reductions lower the same way (per-tensor block partials; the Step
 //!   combine over tensors is the runtime's). Row and Col scopes, and row- or column-shaped
-//!   states, are refused with [`Error::Unsupported`].
+//!   states, are refused with [`Error::Unsupported`]: a factored kernel is lowered through its
+//!   row form ([`rows::row_form`]), run one call per row.
 //!
 //! A stage without reduce outputs has an f32x4 main loop (optionally unrolled) and a tail for the
 //! last `n % 4` elements. The tail copies those elements into a 4-lane stack buffer, runs the very
@@ -34,6 +35,7 @@ mod gen;
 pub mod math;
 mod plan;
 mod reduce;
+pub mod rows;
 
 use cranelift_codegen::ir::{Function, UserFuncName};
 use cranelift_codegen::isa::CallConv;
@@ -131,6 +133,11 @@ fn emit_valid_stage(kernel: &Kernel, stage: usize, opts: &Options) -> Result<Fun
             "the row- or column-shaped state `{}`",
             s.name
         )));
+    }
+    if !kernel.vectors.is_empty() {
+        return Err(unsupported(
+            "[rows]/[cols] values (a vector program)".into(),
+        ));
     }
     let mut reduce = Vec::with_capacity(st.reduce.len());
     for out in &st.reduce {

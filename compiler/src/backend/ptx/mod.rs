@@ -166,6 +166,12 @@ pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
             s.name
         )));
     }
+    if !kernel.vectors.is_empty() {
+        return Err(Error::Unsupported(
+            "the kernel has [rows]/[cols] values; the PTX backend steps full-shape values only"
+                .into(),
+        ));
+    }
     let flags: Vec<String> = kernel
         .flags
         .iter()
