@@ -27,6 +27,7 @@ fn reduce_then_add(op: ReduceOp, scope: Scope) -> Kernel {
         rank: Default::default(),
         host,
         variant: Vec::new(),
+        storage: Default::default(),
         scalar_updates: vec![],
         vectors: Default::default(),
         reductions: vec![ReductionDecl {

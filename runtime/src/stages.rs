@@ -196,6 +196,7 @@ mod tests {
             rank,
             host: Arena::new(),
             variant: Vec::new(),
+            storage: Default::default(),
             scalar_updates: vec![],
             vectors: Default::default(),
             reductions,

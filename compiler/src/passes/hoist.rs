@@ -627,6 +627,7 @@ pub fn hoist(
         rank,
         host: host.func.exprs,
         variant: Vec::new(),
+        storage: Default::default(),
         scalar_updates,
         reductions,
         stages: kernel_stages,

@@ -206,6 +206,7 @@ pub fn row_form(kernel: &Kernel) -> Result<RowForm, super::Error> {
         stages,
         vectors: Default::default(),
         variant: kernel.variant.clone(),
+        storage: kernel.storage.clone(),
     };
     form.validate()?;
     Ok(RowForm {
