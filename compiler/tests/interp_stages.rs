@@ -75,6 +75,7 @@ fn run(k: &Kernel, grads: &[Vec<f32>]) -> (Vec<Vec<f32>>, Vec<Vec<f64>>) {
             t: 1,
             scalars: s,
             view: None,
+            tensor: 0,
             bufs: Buffers {
                 param: p,
                 grad: g,

@@ -5,7 +5,7 @@
 //! ([`crate::cpu::CpuKernel`]); the interpreter runs one element at a time on one thread and is
 //! the meaning every other target is judged against.
 
-use crate::cpu::{CpuKernel, CpuOptions, Partials, RowKernel, RowTensor, TensorArgs};
+use crate::cpu::{BufMut, CpuKernel, CpuOptions, Partials, RowKernel, RowTensor, TensorArgs};
 use crate::error::RuntimeError;
 use crate::executor::{self, Executor, StageTensor, StateInit, TensorData};
 use crate::matrix::{self, MatrixArgs};
@@ -78,6 +78,13 @@ impl Executor for HostExecutor {
         _ptx: Option<&PtxModule>,
         slots: Vec<usize>,
     ) -> Result<usize, RuntimeError> {
+        if !kernel.storage.is_f32() {
+            return Err(RuntimeError::Unsupported(format!(
+                "rule `{}` stores buffers in 16-bit dtypes: the Optimizer keeps f32 buffers; \
+                 run such a kernel with optc_runtime::cpu::CpuKernel on bf16/f16 slices",
+                kernel.rule
+            )));
+        }
         let compiled = match self.target {
             Target::Interp => Compiled::Interp(kernel),
             Target::Cpu if kernel.is_factored() => Compiled::CpuRows(
@@ -209,12 +216,7 @@ impl Executor for HostExecutor {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let (param, grad) = host(t.data)?;
-            args.push(TensorArgs {
-                param,
-                grad,
-                states,
-                uniforms: std::mem::take(&mut t.uniforms),
-            });
+            args.push((param, grad, states, std::mem::take(&mut t.uniforms)));
             vecs.push((std::mem::take(&mut t.vectors), t.dims));
         }
         let (valid, cpu) = match compiled {
@@ -228,9 +230,9 @@ impl Executor for HostExecutor {
                 .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
             for (a, view) in args.iter_mut().zip(&views) {
                 let margs = MatrixArgs {
-                    param: a.param,
-                    grad: a.grad,
-                    states: &mut a.states,
+                    param: a.0,
+                    grad: a.1,
+                    states: &mut a.2,
                 };
                 let run = || {
                     let mut mm = |x: &Mat, y: &Mat| {
@@ -240,7 +242,7 @@ impl Executor for HostExecutor {
                             reference_matmul(x, y)
                         }
                     };
-                    matrix::run_program(&valid.rule, program, &a.uniforms, *view, margs, &mut mm)
+                    matrix::run_program(&valid.rule, program, &a.3, *view, margs, &mut mm)
                 };
                 match self.pool.as_deref() {
                     Some(pool) if cpu => pool.install(run)?,
@@ -248,6 +250,10 @@ impl Executor for HostExecutor {
                 }
             }
         }
+        let mut args: Vec<TensorArgs<'_>> = args
+            .into_iter()
+            .map(|(p, g, s, u)| TensorArgs::f32(p, g, s, u))
+            .collect();
         match compiled {
             Compiled::Cpu(k, valid) => {
                 let mut partials = Partials::new();
@@ -352,12 +358,25 @@ fn interp_stage(
         grad,
         states,
         uniforms,
+        sr_key,
     } = args;
+    let not_f32 = || internal("a 16-bit buffer on the host executor");
+    let BufMut::F32(param) = param else {
+        return Err(not_f32());
+    };
+    let grad = grad.as_f32().ok_or_else(not_f32)?;
+    let states = states
+        .into_iter()
+        .map(|s| match s {
+            BufMut::F32(s) => Ok(s),
+            _ => Err(not_f32()),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let bufs = Buffers {
         param,
         grad,
         states,
     };
-    run_stage_matrix(kernel, stage, &uniforms, vectors, dims, bufs)
+    run_stage_matrix(kernel, stage, &uniforms, vectors, dims, bufs, sr_key)
         .map_err(|e| RuntimeError::Interp(e.to_string()))
 }

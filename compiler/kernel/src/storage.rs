@@ -85,12 +85,13 @@ impl Storage {
     /// stochastically with the random word `r` where [`Storage::is_stochastic`]) and widened.
     /// This is the definition every backend matches bit for bit (NaN stays a NaN).
     pub fn narrow(&self, slot: Slot, x: f32, r: u32) -> f32 {
-        let stochastic = self.is_stochastic(slot);
-        match self.dtype(slot) {
-            Dtype::Bf16 if stochastic => dtype::widen_bf16(dtype::narrow_bf16_stochastic(x, r)),
-            Dtype::Bf16 => dtype::widen_bf16(dtype::narrow_bf16(x)),
-            Dtype::F16 if stochastic => dtype::widen_f16(dtype::narrow_f16_stochastic(x, r)),
-            Dtype::F16 => dtype::widen_f16(dtype::narrow_f16(x)),
+        let d = self.dtype(slot);
+        if !self.is_stochastic(slot) {
+            return d.round(x);
+        }
+        match d {
+            Dtype::Bf16 => dtype::widen_bf16(dtype::narrow_bf16_stochastic(x, r)),
+            Dtype::F16 => dtype::widen_f16(dtype::narrow_f16_stochastic(x, r)),
             Dtype::F32 | Dtype::Int8 => x,
         }
     }
