@@ -13,6 +13,7 @@
 //!   a stored value and f32 (rounding, stochastic rounding, 8-bit block quantization);
 //! - [`storage`]: the storage dtype of each buffer of a kernel, and the precision options
 //!   (16-bit params, bf16 states, f32 master weights, stochastic rounding) that set it;
+//! - [`int8`]: int8 states: the per-block map choice, loads and stores every backend matches;
 //! - [`matrix`]: matrix programs (products between the per-element passes) and their meaning;
 //! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
 //! - [`variant`]: the conditions on hypers that choose a kernel variant per step;
@@ -27,6 +28,7 @@ pub mod artifact;
 pub mod dtype;
 pub mod eval;
 pub mod expr;
+pub mod int8;
 pub mod kernel;
 pub mod matrix;
 pub mod num;

@@ -40,8 +40,8 @@ pub struct Storage {
     pub param: Dtype,
     /// The gradient's dtype (`f32`, `bf16` or `f16`).
     pub grad: Dtype,
-    /// Each state's dtype, in [`Kernel::states`] order (`f32` or `bf16`); empty means f32 for
-    /// every state.
+    /// Each state's dtype, in [`Kernel::states`] order (`f32`, `bf16` or `int8`: see
+    /// [`crate::int8`]); empty means f32 for every state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub states: Vec<Dtype>,
     /// How stores to the parameter round.
@@ -97,13 +97,15 @@ impl Storage {
     }
 
     /// Checks this storage against `kernel` (see [`Kernel::validate`]): one dtype per state at
-    /// most, `p` and `g` in f32/bf16/f16, states in f32/bf16 and row, column and matrix-program
-    /// states in f32, and stochastic rounding only for a 16-bit parameter.
+    /// most, `p` and `g` in f32/bf16/f16, states in f32/bf16/int8 and row, column and matrix-program
+    /// states in f32 (and, for int8, the states of a factored kernel), and stochastic rounding only for a 16-bit parameter.
     pub fn check(&self, kernel: &Kernel) -> Result<(), String> {
         let sixteen = |d: Dtype| matches!(d, Dtype::Bf16 | Dtype::F16);
         for (what, d) in [("p", self.param), ("g", self.grad)] {
             if d == Dtype::Int8 {
-                return Err(format!("`{what}` cannot be stored as int8 (f32, bf16 or f16)"));
+                return Err(format!(
+                    "`{what}` cannot be stored as int8 (f32, bf16 or f16)"
+                ));
             }
         }
         if !self.states.is_empty() && self.states.len() != kernel.states.len() {
@@ -117,22 +119,35 @@ impl Storage {
             .stages
             .iter()
             .filter_map(|st| st.matrix.as_ref())
-            .flat_map(|mp| mp.reads().into_iter().chain(mp.outputs.iter().map(|o| o.slot)))
+            .flat_map(|mp| {
+                mp.reads()
+                    .into_iter()
+                    .chain(mp.outputs.iter().map(|o| o.slot))
+            })
             .collect();
         for (i, (decl, &d)) in kernel.states.iter().zip(&self.states).enumerate() {
             let slot = Slot::State(StateId::new(i));
             match d {
                 Dtype::F32 => {}
                 Dtype::Bf16 if decl.shape == StateShape::Full && !matrix_slots.contains(&slot) => {}
-                Dtype::Bf16 => {
+                Dtype::Int8
+                    if decl.shape == StateShape::Full
+                        && !matrix_slots.contains(&slot)
+                        && !kernel.is_factored() => {}
+                Dtype::Bf16 | Dtype::Int8 => {
                     return Err(format!(
-                        "state `{}` is a row, column or matrix-program state: it stays f32",
-                        decl.name
+                        "state `{}` is a row, column or matrix-program state{}: it stays f32",
+                        decl.name,
+                        if d == Dtype::Int8 {
+                            " or a state of a factored kernel"
+                        } else {
+                            ""
+                        }
                     ))
                 }
-                Dtype::F16 | Dtype::Int8 => {
+                Dtype::F16 => {
                     return Err(format!(
-                        "state `{}` cannot be stored as {d} (f32 or bf16)",
+                        "state `{}` cannot be stored as {d} (f32, bf16 or int8)",
                         decl.name
                     ))
                 }
@@ -151,8 +166,10 @@ impl Storage {
 pub struct Precision {
     /// The dtype of parameters and gradients (`f32`, `bf16` or `f16`).
     pub param: Dtype,
-    /// The dtype of every per-element state (`f32` or `bf16`). Row and column states and the
-    /// buffers of matrix programs stay f32, as does the master copy.
+    /// The dtype of every per-element state (`f32`, `bf16` or `int8`). Row and column states and
+    /// the buffers of matrix programs stay f32, as does the master copy; with `int8`, so do the
+    /// states of a factored kernel, and a tensor under `quant::MIN_QUANT_ELEMENTS` elements keeps
+    /// f32 states ([`crate::int8::stored_dtype`]).
     pub state: Dtype,
     /// Keep an f32 master copy of a 16-bit parameter as a state (`master`), which the rule reads
     /// and writes in place of `p`; `p` is written as the master rounded to nearest, in the same
@@ -168,21 +185,20 @@ impl Precision {
         *self == Precision::default()
     }
 
-    /// Checks the combination: `p` in f32/bf16/f16, states in f32/bf16, master weights and
+    /// Checks the combination: `p` in f32/bf16/f16, states in f32/bf16/int8, master weights and
     /// stochastic rounding only with a 16-bit parameter, and not both.
     pub fn check(&self) -> Result<(), String> {
         let sixteen = matches!(self.param, Dtype::Bf16 | Dtype::F16);
         if self.param == Dtype::Int8 {
             return Err("--param-dtype must be f32, bf16 or f16".into());
         }
-        if !matches!(self.state, Dtype::F32 | Dtype::Bf16) {
-            return Err(format!(
-                "--state-dtype {} is not available: states are f32 or bf16",
-                self.state
-            ));
+        if self.state == Dtype::F16 {
+            return Err("--state-dtype must be f32, bf16 or int8".into());
         }
         if self.master_weights && !sixteen {
-            return Err("--master-weights needs a 16-bit parameter (--param-dtype bf16|f16)".into());
+            return Err(
+                "--master-weights needs a 16-bit parameter (--param-dtype bf16|f16)".into(),
+            );
         }
         if self.stochastic_rounding.is_some() && !sixteen {
             return Err(
@@ -211,7 +227,9 @@ impl Precision {
         };
         self.check().map_err(err)?;
         if !kernel.storage.is_f32() {
-            return Err(err("the kernel already has a storage; apply precision once".into()));
+            return Err(err(
+                "the kernel already has a storage; apply precision once".into(),
+            ));
         }
         let mut k = kernel.clone();
         if self.is_default() {
@@ -221,15 +239,22 @@ impl Precision {
             .stages
             .iter()
             .filter_map(|st| st.matrix.as_ref())
-            .flat_map(|mp| mp.reads().into_iter().chain(mp.outputs.iter().map(|o| o.slot)))
+            .flat_map(|mp| {
+                mp.reads()
+                    .into_iter()
+                    .chain(mp.outputs.iter().map(|o| o.slot))
+            })
             .collect();
+        let factored = k.is_factored();
         let mut states: Vec<Dtype> = k
             .states
             .iter()
             .enumerate()
             .map(|(i, s)| {
                 let slot = Slot::State(StateId::new(i));
-                if s.shape == StateShape::Full && !matrix_slots.contains(&slot) {
+                // int8 states of a factored kernel (run row by row) stay f32 (docs/dtypes.md).
+                let int8_kept = self.state == Dtype::Int8 && factored;
+                if s.shape == StateShape::Full && !matrix_slots.contains(&slot) && !int8_kept {
                     self.state
                 } else {
                     Dtype::F32
