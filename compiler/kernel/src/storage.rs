@@ -97,15 +97,13 @@ impl Storage {
     }
 
     /// Checks this storage against `kernel` (see [`Kernel::validate`]): one dtype per state at
-    /// most, `p` and `g` in f32/bf16/f16, states in f32/bf16/int8 and row, column and matrix-program
-    /// states in f32 (and, for int8, the states of a factored kernel), and stochastic rounding only for a 16-bit parameter.
+    /// most, `p` and `g` in f32/bf16/f16, states in f32/bf16/int8 and row, column and
+    /// matrix-program states in f32 (with int8, the states of a factored kernel too), and stochastic rounding only for a 16-bit parameter.
     pub fn check(&self, kernel: &Kernel) -> Result<(), String> {
         let sixteen = |d: Dtype| matches!(d, Dtype::Bf16 | Dtype::F16);
         for (what, d) in [("p", self.param), ("g", self.grad)] {
             if d == Dtype::Int8 {
-                return Err(format!(
-                    "`{what}` cannot be stored as int8 (f32, bf16 or f16)"
-                ));
+                return Err(format!("`{what}` cannot be stored as int8 (f32, bf16 or f16)"));
             }
         }
         if !self.states.is_empty() && self.states.len() != kernel.states.len() {
@@ -119,11 +117,7 @@ impl Storage {
             .stages
             .iter()
             .filter_map(|st| st.matrix.as_ref())
-            .flat_map(|mp| {
-                mp.reads()
-                    .into_iter()
-                    .chain(mp.outputs.iter().map(|o| o.slot))
-            })
+            .flat_map(|mp| mp.reads().into_iter().chain(mp.outputs.iter().map(|o| o.slot)))
             .collect();
         for (i, (decl, &d)) in kernel.states.iter().zip(&self.states).enumerate() {
             let slot = Slot::State(StateId::new(i));
@@ -196,9 +190,7 @@ impl Precision {
             return Err("--state-dtype must be f32, bf16 or int8".into());
         }
         if self.master_weights && !sixteen {
-            return Err(
-                "--master-weights needs a 16-bit parameter (--param-dtype bf16|f16)".into(),
-            );
+            return Err("--master-weights needs a 16-bit parameter (--param-dtype bf16|f16)".into());
         }
         if self.stochastic_rounding.is_some() && !sixteen {
             return Err(
@@ -227,9 +219,7 @@ impl Precision {
         };
         self.check().map_err(err)?;
         if !kernel.storage.is_f32() {
-            return Err(err(
-                "the kernel already has a storage; apply precision once".into(),
-            ));
+            return Err(err("the kernel already has a storage; apply precision once".into()));
         }
         let mut k = kernel.clone();
         if self.is_default() {
@@ -239,11 +229,7 @@ impl Precision {
             .stages
             .iter()
             .filter_map(|st| st.matrix.as_ref())
-            .flat_map(|mp| {
-                mp.reads()
-                    .into_iter()
-                    .chain(mp.outputs.iter().map(|o| o.slot))
-            })
+            .flat_map(|mp| mp.reads().into_iter().chain(mp.outputs.iter().map(|o| o.slot)))
             .collect();
         let factored = k.is_factored();
         let mut states: Vec<Dtype> = k

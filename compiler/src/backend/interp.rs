@@ -248,6 +248,9 @@ fn eval_vectors<R: Real>(
 /// buffer's dtype (to nearest even: exact for a value of the dtype), and a store writes the value
 /// the dtype keeps ([`optc_kernel::Storage::narrow`], with the random word
 /// `sr_bits(sr_key, element)` for a stochastic store), so a later stage sees what memory holds.
+/// An int8 state of a tensor of at least `quant::MIN_QUANT_ELEMENTS` elements holds the values
+/// its codes and scales load as: once the stage's body has run over every element, each block of
+/// the stored values is quantized and loaded back (`optc_kernel::int8::round_trip`).
 pub fn run_stage<R: Real>(
     kernel: &Kernel,
     stage: usize,
@@ -378,6 +381,20 @@ pub fn run_stage_matrix<R: Real>(
                 Slot::Param => param[i] = v,
                 Slot::Grad => {}
                 Slot::State(id) => states[id.index()][i] = v,
+            }
+        }
+    }
+    // An int8 state's store quantizes each block of its new values together (optc_kernel::int8):
+    // the buffer then holds what the codes and scales load as.
+    for s in &st.stores {
+        if let Slot::State(id) = s.slot {
+            if optc_kernel::int8::stored_dtype(storage, s.slot, n) == optc_kernel::Dtype::Int8 {
+                let buf = &mut states[id.index()];
+                let mut xs: Vec<f32> = buf.iter().map(|x| x.to_f64() as f32).collect();
+                optc_kernel::int8::round_trip(&mut xs);
+                for (b, x) in buf.iter_mut().zip(xs) {
+                    *b = R::from_f64(f64::from(x));
+                }
             }
         }
     }
