@@ -1,6 +1,7 @@
 //! Typed buffer views: a parameter, gradient or state slice in its storage dtype (f32, bf16 or
 //! f16; see `optc_kernel::storage`), as the CPU kernels take them.
 
+use crate::int8::{Int8Mut, Int8Ref};
 use half::{bf16, f16};
 use optc_kernel::Dtype;
 
@@ -13,6 +14,8 @@ pub enum BufMut<'a> {
     Bf16(&'a mut [bf16]),
     /// f16 values.
     F16(&'a mut [f16]),
+    /// An int8 state: codes and block scales (`optc_kernel::int8`).
+    Int8(Int8Mut<'a>),
 }
 
 /// A shared slice of one storage dtype.
@@ -24,6 +27,8 @@ pub enum BufRef<'a> {
     Bf16(&'a [bf16]),
     /// f16 values.
     F16(&'a [f16]),
+    /// An int8 state: codes and block scales (`optc_kernel::int8`).
+    Int8(Int8Ref<'a>),
 }
 
 impl BufMut<'_> {
@@ -33,6 +38,7 @@ impl BufMut<'_> {
             BufMut::F32(_) => Dtype::F32,
             BufMut::Bf16(_) => Dtype::Bf16,
             BufMut::F16(_) => Dtype::F16,
+            BufMut::Int8(_) => Dtype::Int8,
         }
     }
 
@@ -42,6 +48,7 @@ impl BufMut<'_> {
             BufMut::F32(x) => x.len(),
             BufMut::Bf16(x) => x.len(),
             BufMut::F16(x) => x.len(),
+            BufMut::Int8(x) => x.codes.len(),
         }
     }
 
@@ -56,6 +63,7 @@ impl BufMut<'_> {
             BufMut::F32(x) => x.as_mut_ptr().cast(),
             BufMut::Bf16(x) => x.as_mut_ptr().cast(),
             BufMut::F16(x) => x.as_mut_ptr().cast(),
+            BufMut::Int8(x) => x.codes.as_mut_ptr(),
         }
     }
 
@@ -67,13 +75,14 @@ impl BufMut<'_> {
         }
     }
 
-    /// Every value widened to f32 (exactly).
+    /// Every value widened to f32 (exactly; an int8 state: the values it loads as).
     pub fn to_f32(&self) -> Vec<f32> {
         BufRef::from(self).to_f32()
     }
 
     /// Overwrites every value with `xs` rounded to this dtype (to nearest, ties to even: exact
-    /// for values of the dtype). `xs` has [`BufMut::len`] values.
+    /// for values of the dtype; an int8 state quantizes each block). `xs` has [`BufMut::len`]
+    /// values.
     pub fn set_from_f32(&mut self, xs: &[f32]) {
         match self {
             BufMut::F32(x) => x.copy_from_slice(xs),
@@ -85,6 +94,7 @@ impl BufMut<'_> {
                 .iter_mut()
                 .zip(xs)
                 .for_each(|(d, &s)| *d = f16::from_f32(s)),
+            BufMut::Int8(x) => x.set_from_f32(xs),
         }
     }
 }
@@ -96,6 +106,7 @@ impl<'a> BufRef<'a> {
             BufRef::F32(_) => Dtype::F32,
             BufRef::Bf16(_) => Dtype::Bf16,
             BufRef::F16(_) => Dtype::F16,
+            BufRef::Int8(_) => Dtype::Int8,
         }
     }
 
@@ -105,6 +116,7 @@ impl<'a> BufRef<'a> {
             BufRef::F32(x) => x.len(),
             BufRef::Bf16(x) => x.len(),
             BufRef::F16(x) => x.len(),
+            BufRef::Int8(x) => x.codes.len(),
         }
     }
 
@@ -119,6 +131,7 @@ impl<'a> BufRef<'a> {
             BufRef::F32(x) => x.as_ptr().cast(),
             BufRef::Bf16(x) => x.as_ptr().cast(),
             BufRef::F16(x) => x.as_ptr().cast(),
+            BufRef::Int8(x) => x.codes.as_ptr(),
         }
     }
 
@@ -136,6 +149,7 @@ impl<'a> BufRef<'a> {
             BufRef::F32(x) => x.to_vec(),
             BufRef::Bf16(x) => x.iter().map(|v| v.to_f32()).collect(),
             BufRef::F16(x) => x.iter().map(|v| v.to_f32()).collect(),
+            BufRef::Int8(x) => x.to_f32(),
         }
     }
 }
@@ -146,6 +160,7 @@ impl<'a, 'b> From<&'b BufMut<'a>> for BufRef<'b> {
             BufMut::F32(x) => BufRef::F32(x),
             BufMut::Bf16(x) => BufRef::Bf16(x),
             BufMut::F16(x) => BufRef::F16(x),
+            BufMut::Int8(x) => BufRef::Int8(x.as_ref()),
         }
     }
 }

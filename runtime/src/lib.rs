@@ -56,6 +56,7 @@ mod error;
 mod executor;
 #[cfg(feature = "compiler")]
 mod host;
+pub mod int8;
 #[cfg(feature = "compiler")]
 mod matrix;
 #[cfg(any(feature = "compiler", feature = "cuda"))]

@@ -9,13 +9,15 @@
 //! gradient buffer.
 #![allow(unsafe_code)]
 
+use super::int8_tiles;
 use super::split::{self, WorkItem, CHUNK_ALIGN};
-use super::{CpuError, Partials, TensorArgs};
+use super::{BufMut, CpuError, Partials, TensorArgs};
 use cranelift_codegen::ir::UserFuncName;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
 use optc_compiler::backend::clif;
+use optc_kernel::quant::QUANT_BLOCK;
 use optc_kernel::{Kernel, REDUCE_BLOCK};
 use std::marker::PhantomData;
 use std::sync::Mutex;
@@ -38,8 +40,14 @@ pub(super) struct Code {
     /// Per stage, whether it stores the parameter with stochastic rounding: it then takes three
     /// more uniform words (the key, and the two halves of the first element's index).
     stochastic: Vec<bool>,
-    /// Bytes per value of each buffer, in `Kernel::buffers` order.
+    /// Bytes per value of each buffer, in `Kernel::buffers` order, as the compiled code sees it
+    /// (an int8 state is f32 to the code: see [`super::int8_tiles`]).
     sizes: Vec<usize>,
+    /// Per stage, per buffer (in `Kernel::buffers` order): whether the stage loads it and whether
+    /// it stores it.
+    uses: Vec<Vec<(bool, bool)>>,
+    /// Whether some state is stored as int8 (chunks then start at multiples of `QUANT_BLOCK`).
+    int8: bool,
     /// Whether the code uses FMA.
     pub fma: bool,
     /// Kept only to free the code on drop (a `Mutex` so that `Code` is `Sync`; never locked).
@@ -124,11 +132,30 @@ impl Code {
             .iter()
             .map(|st| clif::stores_stochastic(kernel, st))
             .collect();
-        let sizes = kernel.buffers().iter().map(|b| kernel.value_bytes(b.slot)).collect();
+        let sizes = kernel
+            .buffers()
+            .iter()
+            .map(|b| match kernel.storage.dtype(b.slot) {
+                optc_kernel::Dtype::Int8 => 4,
+                _ => kernel.value_bytes(b.slot),
+            })
+            .collect();
+        let uses = (0..kernel.stages.len())
+            .map(|k| {
+                kernel
+                    .stage_buffers(k)
+                    .iter()
+                    .map(|b| (b.read, b.written))
+                    .collect()
+            })
+            .collect();
+        let int8 = kernel.storage.states.contains(&optc_kernel::Dtype::Int8);
         Ok(Code {
             stages,
             stochastic,
             sizes,
+            uses,
+            int8,
             fma,
             module: Mutex::new(Some(module)),
         })
@@ -144,6 +171,11 @@ impl Code {
     /// buffers or those partials while this runs.
     unsafe fn run(&self, stage: usize, t: &RawTensor<'_>, start: usize, len: usize, out: RawOut) {
         if len == 0 {
+            return;
+        }
+        if !t.int8.is_empty() {
+            // SAFETY: the caller's contract, which `run_int8` shares.
+            unsafe { self.run_int8(stage, t, start, len, out) };
             return;
         }
         // SAFETY: by the caller's contract the range is inside every buffer (all have `t.len`
@@ -179,6 +211,74 @@ impl Code {
                     )
                 }
             }
+        }
+    }
+
+    /// [`Code::run`] for a tensor with int8 states: tile by tile of [`int8_tiles::TILE`]
+    /// elements, each int8 state the stage loads is dequantized into an f32 scratch tile, the
+    /// compiled function runs on the tile with the scratch in place of the state, and each int8
+    /// state the stage stores is quantized back from the scratch (`optc_kernel::int8`).
+    ///
+    /// # Safety
+    /// As [`Code::run`], and `start` is a multiple of `QUANT_BLOCK` (so the range's blocks are
+    /// its own).
+    unsafe fn run_int8(
+        &self,
+        stage: usize,
+        t: &RawTensor<'_>,
+        start: usize,
+        len: usize,
+        out: RawOut,
+    ) {
+        let uses = &self.uses[stage];
+        let mut scratch = int8_tiles::Scratch::new(t.int8.len());
+        let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); t.ptrs.len()];
+        let mut off = 0;
+        while off < len {
+            let at = start + off;
+            let tl = int8_tiles::TILE.min(len - off);
+            for (i, (p, &size)) in t.ptrs.iter().zip(&self.sizes).enumerate() {
+                // SAFETY: `at + tl <= t.len` (the caller's range), inside every buffer.
+                ptrs[i] = unsafe { p.add(at * size) };
+            }
+            for (j, q) in t.int8.iter().enumerate() {
+                // SAFETY: the buffer has `t.len` codes and `t.len.div_ceil(QUANT_BLOCK)` scales
+                // (checked when the arguments were checked); `at` is a multiple of QUANT_BLOCK,
+                // so the tile's codes and the scales of its blocks are in bounds, and only this
+                // thread touches them (the caller's contract).
+                let (codes, scales) = unsafe { q.tile(at, tl) };
+                let (read, _) = uses[q.buffer];
+                ptrs[q.buffer] = scratch.load(j, read, codes, scales).cast();
+            }
+            let uniforms = self.stage_uniforms(stage, &t.uniforms, t.key, at);
+            match self.stages[stage] {
+                // SAFETY: as in `Code::run`: every pointer has `tl` elements after it (a scratch
+                // tile holds `TILE >= tl` f32s).
+                StageFn::Map(f) => unsafe { f(ptrs.as_ptr(), tl as u64, uniforms.as_ptr()) },
+                StageFn::Reduce(f, _) => {
+                    // SAFETY: as in `Code::run`; `at` is a multiple of REDUCE_BLOCK for a
+                    // reducing stage (`start` is, and TILE is a multiple of REDUCE_BLOCK).
+                    let first = unsafe { out.ptr.add(at / REDUCE_BLOCK) };
+                    // SAFETY: as in `Code::run`.
+                    unsafe {
+                        f(
+                            ptrs.as_ptr(),
+                            tl as u64,
+                            uniforms.as_ptr(),
+                            first,
+                            out.stride as u64,
+                        )
+                    }
+                }
+            }
+            for (j, q) in t.int8.iter().enumerate() {
+                if uses[q.buffer].1 {
+                    // SAFETY: as for the loads above.
+                    let (codes, scales) = unsafe { q.tile(at, tl) };
+                    scratch.store(j, codes, scales);
+                }
+            }
+            off += tl;
         }
     }
 
@@ -271,6 +371,8 @@ impl Code {
         let threads = pool.map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
         let align = if self.outputs(stage) > 0 {
             REDUCE_BLOCK
+        } else if self.int8 {
+            QUANT_BLOCK
         } else {
             CHUNK_ALIGN
         };
@@ -366,7 +468,37 @@ struct RawTensor<'a> {
     key: u32,
     /// The number of elements of every buffer.
     pub len: usize,
+    /// The tensor's states stored as int8.
+    int8: Vec<RawInt8>,
     borrow: PhantomData<&'a mut [u8]>,
+}
+
+/// One int8 state of a [`RawTensor`]: its buffer index and where its codes and scales are.
+struct RawInt8 {
+    /// The buffer's index in `Kernel::buffers` order.
+    buffer: usize,
+    codes: *mut u8,
+    scales: *mut f32,
+}
+
+impl RawInt8 {
+    /// The codes of elements `[at, at + len)` and the scales of their blocks.
+    ///
+    /// # Safety
+    /// The state has at least `at + len` codes and `(at + len).div_ceil(QUANT_BLOCK)` scales,
+    /// `at` is a multiple of `QUANT_BLOCK`, and no other reference to those codes and scales is
+    /// alive while the slices are.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn tile(&self, at: usize, len: usize) -> (&mut [u8], &mut [f32]) {
+        let first = at / QUANT_BLOCK;
+        // SAFETY: in bounds and exclusive by the contract.
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.codes.add(at), len),
+                std::slice::from_raw_parts_mut(self.scales.add(first), len.div_ceil(QUANT_BLOCK)),
+            )
+        }
+    }
 }
 
 // SAFETY: the pointers come from `&mut [f32]` (and `&[f32]` for the never-written gradient)
@@ -381,11 +513,25 @@ impl<'a> RawTensor<'a> {
     fn new(args: &'a mut TensorArgs<'_>) -> RawTensor<'a> {
         let mut ptrs = vec![args.param.as_mut_ptr(), args.grad.as_ptr().cast_mut()];
         ptrs.extend(args.states.iter_mut().map(|s| s.as_mut_ptr()));
+        let int8 = args
+            .states
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                BufMut::Int8(q) => Some(RawInt8 {
+                    buffer: 2 + i,
+                    codes: q.codes.as_mut_ptr(),
+                    scales: q.scales.as_mut_ptr(),
+                }),
+                _ => None,
+            })
+            .collect();
         RawTensor {
             ptrs,
             uniforms: args.uniforms.clone(),
             key: args.sr_key,
             len: args.param.len(),
+            int8,
             borrow: PhantomData,
         }
     }

@@ -14,6 +14,7 @@
 //! Every length and count is checked before any element is touched; a mismatch is a
 //! [`CpuError`] and leaves all data as it was.
 
+mod int8_tiles;
 mod jit;
 mod partials;
 mod rows;
@@ -99,6 +100,22 @@ pub enum CpuError {
         /// The parameter's length.
         expected: usize,
         /// The buffer's length.
+        found: usize,
+    },
+    /// An int8 state without one scale word per block of its codes.
+    #[error("tensor {tensor} of rule `{rule}`: int8 state `{state}` has {found} block scales, but its {codes} codes need {expected}")]
+    Scales {
+        /// The rule's name.
+        rule: String,
+        /// The tensor's position in the list.
+        tensor: usize,
+        /// The state's name.
+        state: String,
+        /// The number of codes.
+        codes: usize,
+        /// The number of scales the codes need (`codes.div_ceil(256)`).
+        expected: usize,
+        /// The number given.
         found: usize,
     },
     /// The wrong number of state buffers.
@@ -304,8 +321,9 @@ fn check_dtypes(kernel: &Kernel, tensor: usize, args: &TensorArgs<'_>) -> Result
                     .enumerate()
                     .map(|(i, s)| (Slot::State(StateId::new(i)), s.dtype())),
             );
+        let n = args.param.len();
         for (slot, found) in dtypes {
-            let expected = k.storage.dtype(slot);
+            let expected = optc_kernel::int8::stored_dtype(&k.storage, slot, n);
             if found != expected {
                 return Err(CpuError::Dtype {
                     rule: k.rule.clone(),
@@ -316,6 +334,21 @@ fn check_dtypes(kernel: &Kernel, tensor: usize, args: &TensorArgs<'_>) -> Result
                 });
             }
         }
+    for (i, s) in args.states.iter().enumerate() {
+        if let BufMut::Int8(q) = s {
+            let q = q.as_ref();
+            if !q.is_well_formed() {
+                return Err(CpuError::Scales {
+                    rule: k.rule.clone(),
+                    tensor,
+                    state: k.states[i].name.clone(),
+                    codes: q.codes.len(),
+                    expected: optc_kernel::int8::scale_count(q.codes.len()),
+                    found: q.scales.len(),
+                });
+            }
+        }
+    }
     Ok(())
 }
 
