@@ -296,26 +296,29 @@ impl CpuKernel {
 /// Checks that each buffer of `args` is in the dtype `kernel` stores it in.
 fn check_dtypes(kernel: &Kernel, tensor: usize, args: &TensorArgs<'_>) -> Result<(), CpuError> {
     let k = kernel;
-        let dtypes = [(Slot::Param, args.param.dtype()), (Slot::Grad, args.grad.dtype())]
-            .into_iter()
-            .chain(
-                args.states
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (Slot::State(StateId::new(i)), s.dtype())),
-            );
-        for (slot, found) in dtypes {
-            let expected = k.storage.dtype(slot);
-            if found != expected {
-                return Err(CpuError::Dtype {
-                    rule: k.rule.clone(),
-                    tensor,
-                    buffer: k.slot_name(slot).to_string(),
-                    expected,
-                    found,
-                });
-            }
+    let dtypes = [
+        (Slot::Param, args.param.dtype()),
+        (Slot::Grad, args.grad.dtype()),
+    ]
+    .into_iter()
+    .chain(
+        args.states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (Slot::State(StateId::new(i)), s.dtype())),
+    );
+    for (slot, found) in dtypes {
+        let expected = k.storage.dtype(slot);
+        if found != expected {
+            return Err(CpuError::Dtype {
+                rule: k.rule.clone(),
+                tensor,
+                buffer: k.slot_name(slot).to_string(),
+                expected,
+                found,
+            });
         }
+    }
     Ok(())
 }
 
