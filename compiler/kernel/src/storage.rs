@@ -103,7 +103,9 @@ impl Storage {
         let sixteen = |d: Dtype| matches!(d, Dtype::Bf16 | Dtype::F16);
         for (what, d) in [("p", self.param), ("g", self.grad)] {
             if d == Dtype::Int8 {
-                return Err(format!("`{what}` cannot be stored as int8 (f32, bf16 or f16)"));
+                return Err(format!(
+                    "`{what}` cannot be stored as int8 (f32, bf16 or f16)"
+                ));
             }
         }
         if !self.states.is_empty() && self.states.len() != kernel.states.len() {
@@ -117,7 +119,11 @@ impl Storage {
             .stages
             .iter()
             .filter_map(|st| st.matrix.as_ref())
-            .flat_map(|mp| mp.reads().into_iter().chain(mp.outputs.iter().map(|o| o.slot)))
+            .flat_map(|mp| {
+                mp.reads()
+                    .into_iter()
+                    .chain(mp.outputs.iter().map(|o| o.slot))
+            })
             .collect();
         for (i, (decl, &d)) in kernel.states.iter().zip(&self.states).enumerate() {
             let slot = Slot::State(StateId::new(i));
@@ -190,7 +196,9 @@ impl Precision {
             return Err("--state-dtype must be f32, bf16 or int8".into());
         }
         if self.master_weights && !sixteen {
-            return Err("--master-weights needs a 16-bit parameter (--param-dtype bf16|f16)".into());
+            return Err(
+                "--master-weights needs a 16-bit parameter (--param-dtype bf16|f16)".into(),
+            );
         }
         if self.stochastic_rounding.is_some() && !sixteen {
             return Err(
@@ -219,7 +227,9 @@ impl Precision {
         };
         self.check().map_err(err)?;
         if !kernel.storage.is_f32() {
-            return Err(err("the kernel already has a storage; apply precision once".into()));
+            return Err(err(
+                "the kernel already has a storage; apply precision once".into(),
+            ));
         }
         let mut k = kernel.clone();
         if self.is_default() {
@@ -229,7 +239,11 @@ impl Precision {
             .stages
             .iter()
             .filter_map(|st| st.matrix.as_ref())
-            .flat_map(|mp| mp.reads().into_iter().chain(mp.outputs.iter().map(|o| o.slot)))
+            .flat_map(|mp| {
+                mp.reads()
+                    .into_iter()
+                    .chain(mp.outputs.iter().map(|o| o.slot))
+            })
             .collect();
         let factored = k.is_factored();
         let mut states: Vec<Dtype> = k

@@ -165,8 +165,7 @@ pub fn step_many<R: Real>(
                 states: ts.bufs.states.iter_mut().map(|s| &mut **s).collect(),
             };
             let key = sr_key_of(kernel, ts.t, ts.tensor);
-            let partials =
-                run_stage_matrix(kernel, k, &uniforms, &vectors, ts.dims, bufs, key)?;
+            let partials = run_stage_matrix(kernel, k, &uniforms, &vectors, ts.dims, bufs, key)?;
             for (parts, r) in partials.into_iter().zip(&kernel.stages[k].reduce) {
                 let decl = &kernel.reductions[r.reduction.index()];
                 let i = r.reduction.index();

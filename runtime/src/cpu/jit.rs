@@ -285,7 +285,13 @@ impl Code {
     /// The uniform words of stage `stage` for a range from element `start` of a tensor: the
     /// stage's `uniforms`, then for a stochastic stage the tensor's `key` and the low and high
     /// halves of `start` (as bit patterns).
-    pub fn stage_uniforms(&self, stage: usize, uniforms: &[f32], key: u32, start: usize) -> Vec<f32> {
+    pub fn stage_uniforms(
+        &self,
+        stage: usize,
+        uniforms: &[f32],
+        key: u32,
+        start: usize,
+    ) -> Vec<f32> {
         let mut u = uniforms.to_vec();
         if self.stochastic.get(stage).copied().unwrap_or(false) {
             let start = start as u64;

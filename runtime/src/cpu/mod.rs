@@ -313,27 +313,30 @@ impl CpuKernel {
 /// Checks that each buffer of `args` is in the dtype `kernel` stores it in.
 fn check_dtypes(kernel: &Kernel, tensor: usize, args: &TensorArgs<'_>) -> Result<(), CpuError> {
     let k = kernel;
-        let dtypes = [(Slot::Param, args.param.dtype()), (Slot::Grad, args.grad.dtype())]
-            .into_iter()
-            .chain(
-                args.states
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (Slot::State(StateId::new(i)), s.dtype())),
-            );
-        let n = args.param.len();
-        for (slot, found) in dtypes {
-            let expected = optc_kernel::int8::stored_dtype(&k.storage, slot, n);
-            if found != expected {
-                return Err(CpuError::Dtype {
-                    rule: k.rule.clone(),
-                    tensor,
-                    buffer: k.slot_name(slot).to_string(),
-                    expected,
-                    found,
-                });
-            }
+    let dtypes = [
+        (Slot::Param, args.param.dtype()),
+        (Slot::Grad, args.grad.dtype()),
+    ]
+    .into_iter()
+    .chain(
+        args.states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (Slot::State(StateId::new(i)), s.dtype())),
+    );
+    let n = args.param.len();
+    for (slot, found) in dtypes {
+        let expected = optc_kernel::int8::stored_dtype(&k.storage, slot, n);
+        if found != expected {
+            return Err(CpuError::Dtype {
+                rule: k.rule.clone(),
+                tensor,
+                buffer: k.slot_name(slot).to_string(),
+                expected,
+                found,
+            });
         }
+    }
     for (i, s) in args.states.iter().enumerate() {
         if let BufMut::Int8(q) = s {
             let q = q.as_ref();

@@ -210,7 +210,10 @@ impl RowKernel {
                         .iter()
                         .map(|&v| Shared(t.vectors[v].as_ptr().cast_mut().cast()))
                         .collect(),
-                    accs: acc.iter_mut().map(|a| Shared(a.as_mut_ptr().cast())).collect(),
+                    accs: acc
+                        .iter_mut()
+                        .map(|a| Shared(a.as_mut_ptr().cast()))
+                        .collect(),
                     out: Shared(out.as_mut_ptr().cast()),
                     uniforms: t.args.uniforms.clone(),
                     key: t.args.sr_key,
@@ -252,7 +255,11 @@ impl RowKernel {
                     for (i, b) in raw.bufs.iter().enumerate() {
                         let full = i < 2 || raw.full[i - 2];
                         let size = self.kernel.value_bytes(slot_of(i));
-                        ptrs[i] = if full { b.0.add(r * d.cols * size) } else { b.0 };
+                        ptrs[i] = if full {
+                            b.0.add(r * d.cols * size)
+                        } else {
+                            b.0
+                        };
                     }
                     for (j, v) in raw.vectors.iter().enumerate() {
                         ptrs[col_first + j] = v.0.add(4 * m * d.cols);
@@ -263,7 +270,9 @@ impl RowKernel {
                     for (j, v) in raw.row_values.iter().enumerate() {
                         uniforms[rs.uniforms + j] = *v.0.cast::<f32>().add(r);
                     }
-                    let words = self.code.stage_uniforms(stage, &uniforms, raw.key, r * d.cols);
+                    let words = self
+                        .code
+                        .stage_uniforms(stage, &uniforms, raw.key, r * d.cols);
                     let out = raw.out.0.cast::<f32>().add(r * per_row);
                     // SAFETY: every pointer has `cols` valid elements after it (above); this
                     // item is the only one touching row `r` of the written buffers, its

@@ -265,19 +265,12 @@ pub(super) fn sr_bits(g: &mut Gen, key: Value, first: Value) -> Value {
 /// (an i64), from the three uniform words after the stage's `nu` uniforms.
 pub(super) fn sr_args(g: &mut Gen, uniforms: Value, nu: usize) -> (Value, Value) {
     let off = |k: usize| i32::try_from(4 * (nu + k)).unwrap_or(i32::MAX);
-    let key = g
-        .b
-        .ins()
-        .load(I32, MemFlagsData::trusted(), uniforms, off(0));
+    let key =
+        g.b.ins()
+            .load(I32, MemFlagsData::trusted(), uniforms, off(0));
     let key = g.b.ins().splat(I32X4, key);
-    let lo = g
-        .b
-        .ins()
-        .uload32(MemFlagsData::trusted(), uniforms, off(1));
-    let hi = g
-        .b
-        .ins()
-        .uload32(MemFlagsData::trusted(), uniforms, off(2));
+    let lo = g.b.ins().uload32(MemFlagsData::trusted(), uniforms, off(1));
+    let hi = g.b.ins().uload32(MemFlagsData::trusted(), uniforms, off(2));
     let hi = g.b.ins().ishl_imm_u(hi, 32);
     let base = g.b.ins().bor(lo, hi);
     debug_assert_eq!(g.b.func.dfg.value_type(base), I64);

@@ -183,7 +183,8 @@ fn emit_valid_stage(kernel: &Kernel, stage: usize, opts: &Options) -> Result<Fun
 /// three more words after its uniforms: the tensor's key (`sr_key(seed, t, tensor)`, as `u32`
 /// bits) and the low and high halves of the index, in the tensor, of the call's first element.
 pub fn stores_stochastic(kernel: &Kernel, st: &optc_kernel::Stage) -> bool {
-    kernel.storage.is_stochastic(optc_kernel::Slot::Param) && st.stores_slot(optc_kernel::Slot::Param)
+    kernel.storage.is_stochastic(optc_kernel::Slot::Param)
+        && st.stores_slot(optc_kernel::Slot::Param)
 }
 
 /// The CLIF text of [`emit`]'s functions, as `optc compile --target cpu --emit clif` prints it
