@@ -35,6 +35,11 @@ pub struct StageEntries {
     pub chunk_multiple: usize,
     /// Threads per block must be a multiple of this (32 for a stage with reductions).
     pub block_multiple: u32,
+    /// For a kernel with int8 states: the entry that steps a tensor whose int8 states are
+    /// quantized (codes and scales together, `optc_kernel::int8::device_scales_offset`), with the
+    /// scalar entry's parameters; threads per block a multiple of 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<PtxEntry>,
 }
 
 /// PTX for one kernel: one module with three entries per stage, listed as data.

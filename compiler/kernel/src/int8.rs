@@ -56,6 +56,17 @@ pub fn scale_count(len: usize) -> usize {
     len.div_ceil(QUANT_BLOCK)
 }
 
+/// Where the scales of an int8 state of `len` elements start in a device buffer that holds the
+/// codes and scales together (the CUDA layout): the first multiple of 16 bytes after the codes.
+pub fn device_scales_offset(len: usize) -> usize {
+    len.div_ceil(16) * 16
+}
+
+/// The bytes of a device buffer holding an int8 state of `len` elements: codes, padding, scales.
+pub fn device_bytes(len: usize) -> usize {
+    device_scales_offset(len) + 4 * scale_count(len)
+}
+
 /// Quantizes one block (at most [`QUANT_BLOCK`] values; `codes` as long as `xs`) and returns its
 /// stored scale: the absmax (NaN if a value is NaN), negated when the block uses the signed map.
 pub fn store_block(xs: &[f32], codes: &mut [u8]) -> f32 {

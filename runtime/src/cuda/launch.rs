@@ -195,6 +195,7 @@ mod tests {
             record: TableLayout::new(2, reducing, 0),
             chunk_multiple: if reducing { 4096 } else { 4 },
             block_multiple: if reducing { 32 } else { 1 },
+            int8: None,
         }
     }
 

@@ -33,6 +33,7 @@ mod asm;
 mod body;
 mod entries;
 pub mod layout;
+mod quant;
 mod reduce;
 
 use body::{Lowering, Plan};
@@ -225,6 +226,17 @@ pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
             text.push_str(&low.reduce_multi_entry(&multi)?);
         }
         text.push('\n');
+        let int8 = if quant::has_int8(kernel) {
+            let name = format!("{}_q8", vector.trim_end_matches("_v4"));
+            text.push_str(&low.int8_entry(&name)?);
+            text.push('\n');
+            Some(PtxEntry {
+                name,
+                params: abi::single_params(kernel, k),
+            })
+        } else {
+            None
+        };
         let single = abi::single_params(kernel, k);
         entries.push(StageEntries {
             vector: PtxEntry {
@@ -242,12 +254,16 @@ pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
             record,
             chunk_multiple: abi::chunk_multiple(kernel, k),
             block_multiple: abi::block_multiple(kernel, k),
+            int8,
         });
     }
     source.push_str(&format!(
         "//\n\n.version {}\n.target {}\n.address_size 64\n\n",
         opts.version, opts.target
     ));
+    if quant::has_int8(kernel) {
+        source.push_str(&quant::tables());
+    }
     source.push_str(text.trim_end());
     source.push('\n');
     Ok(PtxModule {
