@@ -71,10 +71,16 @@ fn kernels() -> Vec<(String, Kernel)> {
                     let base = rule
                         .specialize_values_with(&flags, &CompileOptions { clip, rank })
                         .unwrap_or_else(|e| panic!("{name}: {e}"));
-                    for (tag, param, master) in [
-                        ("int8", Dtype::F32, false),
-                        ("bf16-master-int8", Dtype::Bf16, true),
-                    ] {
+                    // With a bf16 parameter and a master: the first flag set, unclipped.
+                    let settings: &[(&str, Dtype, bool)] = if i == 0 && !clip {
+                        &[
+                            ("int8", Dtype::F32, false),
+                            ("bf16-master-int8", Dtype::Bf16, true),
+                        ]
+                    } else {
+                        &[("int8", Dtype::F32, false)]
+                    };
+                    for &(tag, param, master) in settings {
                         let k = Precision {
                             param,
                             state: Dtype::Int8,
