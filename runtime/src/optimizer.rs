@@ -32,7 +32,10 @@ use optc_kernel::GRAD_NORM_REDUCTION;
 
 /// The hyper that clipping by global norm adds (`optc_compiler`'s clip pass).
 const MAX_GRAD_NORM: &str = "max_grad_norm";
-use optc_kernel::{HyperDecl, Init, Kernel, MatrixDims, RankClass, StateShape, ValidKernel};
+use crate::buf::{BufMut, BufRef};
+use optc_kernel::{
+    Dtype, HyperDecl, Init, Kernel, MatrixDims, Precision, RankClass, StateShape, ValidKernel,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -62,6 +65,10 @@ pub struct Options {
     /// Where and how the CUDA target runs (ignored by the other targets).
     #[cfg(feature = "cuda")]
     pub cuda: crate::cuda::CudaOptions,
+    /// The storage dtypes of parameters, gradients and states, f32 master weights and
+    /// stochastic rounding (`optc_kernel::storage`; f32 everywhere by default). Every
+    /// [`Update`] then gives the parameter and gradient in [`Precision::param`].
+    pub precision: Precision,
 }
 
 impl Default for Options {
@@ -75,6 +82,7 @@ impl Default for Options {
             max_grad_norm: None,
             #[cfg(feature = "cuda")]
             cuda: crate::cuda::CudaOptions::default(),
+            precision: Precision::default(),
         }
     }
 }
@@ -103,10 +111,42 @@ pub struct Update<'a> {
 impl<'a> Update<'a> {
     /// An update of parameter `name` from host slices.
     pub fn new(name: &'a str, param: &'a mut [f32], grad: &'a [f32]) -> Self {
+        Update::typed(name, param.into(), grad.into())
+    }
+
+    /// An update from bf16 host slices (an optimizer built with `param` dtype bf16).
+    pub fn bf16(name: &'a str, param: &'a mut [half::bf16], grad: &'a [half::bf16]) -> Self {
+        Update::typed(name, param.into(), grad.into())
+    }
+
+    /// An update from f16 host slices (an optimizer built with `param` dtype f16).
+    pub fn f16(name: &'a str, param: &'a mut [half::f16], grad: &'a [half::f16]) -> Self {
+        Update::typed(name, param.into(), grad.into())
+    }
+
+    /// An update from host buffers of any storage dtype ([`crate::buf`]). A step checks that
+    /// they are in the dtype the optimizer stores parameters and gradients in.
+    pub fn typed(name: &'a str, param: BufMut<'a>, grad: BufRef<'a>) -> Self {
         Update {
             name,
             data: TensorData::Host { param, grad },
         }
+    }
+
+    /// An update from little-endian bytes of dtype `dtype` (f32, bf16 or f16), viewed without
+    /// copying. Fails when a buffer is not aligned to the value size or not a whole number of
+    /// values, or the dtype is not one a parameter can have.
+    pub fn from_bytes_as(
+        name: &'a str,
+        dtype: Dtype,
+        param: &'a mut [u8],
+        grad: &'a [u8],
+    ) -> Result<Self, RuntimeError> {
+        Ok(Update::typed(
+            name,
+            crate::bytes::buf_mut(name, dtype, param)?,
+            crate::bytes::buf_ref(name, dtype, grad)?,
+        ))
     }
 
     /// An update from little-endian f32 bytes (viewed without copying). Fails when a buffer is
@@ -196,6 +236,8 @@ pub struct Optimizer {
     pub(crate) defaults: Vec<f64>,
     /// `Options::max_grad_norm`: whether kernels clip, and the hyper's initial value.
     max_grad_norm: Option<f64>,
+    /// `Options::precision`, applied to every kernel.
+    precision: Precision,
     pub(crate) groups: Vec<Group>,
     pub(crate) params: Vec<Param>,
     by_name: HashMap<String, usize>,
@@ -216,6 +258,10 @@ impl Optimizer {
                 )));
             }
         }
+        options
+            .precision
+            .check()
+            .map_err(RuntimeError::Unsupported)?;
         let exec = crate::target::executor(&options)?;
         let hypers = rule.hypers().to_vec();
         let defaults = hypers.iter().map(|h| h.default).collect();
@@ -226,6 +272,7 @@ impl Optimizer {
             hypers,
             defaults,
             max_grad_norm: options.max_grad_norm,
+            precision: options.precision,
             groups: Vec::new(),
             params: Vec::new(),
             by_name: HashMap::new(),
@@ -287,7 +334,9 @@ impl Optimizer {
             return Ok(i);
         }
         let clip = self.max_grad_norm.is_some();
-        let base = self.rule.specialize(flags, rank, clip)?;
+        let base = self
+            .precision
+            .apply(&self.rule.specialize(flags, rank, clip)?)?;
         let conditions = self.rule.conditions(flags, rank, clip)?;
         let names = |h: &[HyperDecl]| h.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
         if self.families.is_empty() {
@@ -327,9 +376,11 @@ impl Optimizer {
         let (kernel, ptx) = self
             .rule
             .specialize_variant(&fam.flags, fam.rank, clip, variant)?;
+        let kernel = self.precision.apply(&kernel)?;
         let slots = fam.slots(&kernel)?;
         let kernel = ValidKernel::new(kernel)?;
         stages::check_supported(&kernel, self.exec.target())?;
+        stages::check_storage(&kernel, self.exec.target())?;
         let loaded = (0..self.exec.kernel_count()).map(|i| self.exec.kernel(i).kernel());
         stages::check_step_stages(&kernel, loaded)?;
         let index = self.exec.load(kernel, ptx.as_ref(), slots)?;
@@ -442,6 +493,14 @@ impl Optimizer {
                     rank_name(rank)
                 ))
             })?;
+        let base = &self.families[family].base;
+        let dtypes = (0..base.states.len())
+            .map(|i| {
+                base.storage
+                    .dtype(optc_kernel::Slot::State(optc_kernel::StateId::new(i)))
+            })
+            .collect();
+        self.exec.set_state_dtypes(self.params.len(), dtypes)?;
         self.by_name.insert(name.to_string(), self.params.len());
         self.params.push(Param {
             name: name.to_string(),
@@ -452,6 +511,42 @@ impl Optimizer {
             progress: None,
         });
         Ok(())
+    }
+
+    /// The precision options the optimizer was built with.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The bytes of memory the per-element states of every registered parameter take, once
+    /// allocated (in their storage dtypes), and the number of parameter elements: their ratio is
+    /// the optimizer state's bytes per parameter. Before a parameter's first step, its states
+    /// are counted as its kernels will allocate them.
+    pub fn state_bytes(&self) -> (usize, usize) {
+        let mut bytes = 0;
+        let mut elements = 0;
+        for (i, p) in self.params.iter().enumerate() {
+            elements += p.len;
+            bytes += match p.progress {
+                Some(_) => self.exec.state_bytes(i),
+                None => {
+                    let base = &self.families[p.family].base;
+                    base.states
+                        .iter()
+                        .enumerate()
+                        .map(|(s, d)| {
+                            let slot = optc_kernel::Slot::State(optc_kernel::StateId::new(s));
+                            let len = match d.shape {
+                                StateShape::Full => p.len,
+                                shape => MatrixDims::of_shape(&p.shape).map_or(0, |m| m.len(shape)),
+                            };
+                            len * base.value_bytes(slot)
+                        })
+                        .sum()
+                }
+            };
+        }
+        (bytes, elements)
     }
 
     /// The registered parameter names, in registration order.
@@ -649,6 +744,19 @@ impl Optimizer {
                 return Err(RuntimeError::DuplicateParam(u.name.to_string()));
             }
             let p = &self.params[index];
+            if let Some((param, grad)) = u.data.host_dtypes() {
+                let want = self.precision.param;
+                for (what, found) in [("parameter", param), ("gradient", grad)] {
+                    if found != want {
+                        return Err(RuntimeError::BufferDtype {
+                            name: p.name.clone(),
+                            what: what.to_string(),
+                            found,
+                            expected: want,
+                        });
+                    }
+                }
+            }
             let (param_len, grad_len) = u.data.lens();
             for (what, found) in [("the parameter", param_len), ("the gradient", grad_len)] {
                 if found != p.len {
@@ -873,6 +981,11 @@ impl Optimizer {
                         vectors,
                         dims: plan.dims,
                         view: plan.view,
+                        sr_key: self
+                            .exec
+                            .kernel(plan.kernel)
+                            .storage
+                            .sr_key(plan.t, plan.index as u64),
                     });
                 }
             }

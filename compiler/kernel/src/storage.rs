@@ -75,6 +75,13 @@ impl Storage {
         }
     }
 
+    /// The stochastic-rounding key of tensor `tensor` (its index in the optimizer) at step `t`:
+    /// `sr_key(seed, t, tensor)` ([`crate::dtype::sr_key`]), or 0 without stochastic rounding.
+    pub fn sr_key(&self, t: u64, tensor: u64) -> u32 {
+        self.stochastic_seed()
+            .map_or(0, |seed| dtype::sr_key(seed, t, tensor))
+    }
+
     /// Whether a store to `slot` rounds stochastically.
     pub fn is_stochastic(&self, slot: Slot) -> bool {
         slot == Slot::Param && self.stochastic_seed().is_some()

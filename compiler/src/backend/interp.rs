@@ -206,10 +206,7 @@ pub fn step_many<R: Real>(
 
 /// The stochastic-rounding key of tensor `tensor` at step `t` (0 without stochastic rounding).
 pub fn sr_key_of(kernel: &Kernel, t: u64, tensor: u64) -> u32 {
-    kernel
-        .storage
-        .stochastic_seed()
-        .map_or(0, |seed| optc_kernel::dtype::sr_key(seed, t, tensor))
+    kernel.storage.sr_key(t, tensor)
 }
 
 /// The vector program of one tensor, reading its `[rows]`/`[cols]` states from `bufs`.
