@@ -3,6 +3,7 @@
 
 use crate::int8::{Int8Mut, Int8Ref};
 use half::{bf16, f16};
+use optc_kernel::int8::dtype_for_len;
 use optc_kernel::Dtype;
 
 /// A mutable slice of one storage dtype.
@@ -205,15 +206,21 @@ pub enum BufVec {
     Bf16(Vec<bf16>),
     /// f16 values.
     F16(Vec<f16>),
+    /// An int8 state: codes and block scales (`optc_kernel::int8`).
+    Int8(crate::int8::Int8State),
 }
 
 impl BufVec {
-    /// `xs` rounded to `d` (to nearest, ties to even: exact for values of the dtype; int8 is not a
-    /// host dtype and keeps f32).
+    /// `xs` rounded to `d` (to nearest, ties to even: exact for values of the dtype); for int8,
+    /// `xs` quantized block by block, or kept f32 under `quant::MIN_QUANT_ELEMENTS` values
+    /// (`optc_kernel::int8::dtype_for_len`).
     pub fn from_f32(d: Dtype, xs: &[f32]) -> BufVec {
         match d {
             Dtype::Bf16 => BufVec::Bf16(xs.iter().map(|&x| bf16::from_f32(x)).collect()),
             Dtype::F16 => BufVec::F16(xs.iter().map(|&x| f16::from_f32(x)).collect()),
+            Dtype::Int8 if dtype_for_len(d, xs.len()) == Dtype::Int8 => {
+                BufVec::Int8(crate::int8::Int8State::quantize(xs))
+            }
             Dtype::F32 | Dtype::Int8 => BufVec::F32(xs.to_vec()),
         }
     }
@@ -223,6 +230,9 @@ impl BufVec {
         match d {
             Dtype::Bf16 => BufVec::Bf16(vec![bf16::from_f32(x); len]),
             Dtype::F16 => BufVec::F16(vec![f16::from_f32(x); len]),
+            Dtype::Int8 if dtype_for_len(d, len) == Dtype::Int8 => {
+                BufVec::Int8(crate::int8::Int8State::quantize(&vec![x; len]))
+            }
             Dtype::F32 | Dtype::Int8 => BufVec::F32(vec![x; len]),
         }
     }
@@ -247,12 +257,22 @@ impl BufVec {
         BufRef::from(self).to_f32()
     }
 
-    /// The values as little-endian bytes.
+    /// The bytes of memory the buffer takes (an int8 state: its codes and scales).
+    pub fn bytes(&self) -> usize {
+        match self {
+            BufVec::Int8(q) => q.codes.len() + 4 * q.scales.len(),
+            b => b.len() * b.dtype().bytes_per_value() as usize,
+        }
+    }
+
+    /// The values as little-endian bytes (an int8 state: the f32 values it loads as; its codes
+    /// and scales are [`crate::int8::Int8State`]'s).
     pub fn to_le_bytes(&self) -> Vec<u8> {
         match self {
             BufVec::F32(x) => x.iter().flat_map(|v| v.to_le_bytes()).collect(),
             BufVec::Bf16(x) => x.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect(),
             BufVec::F16(x) => x.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect(),
+            BufVec::Int8(q) => q.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect(),
         }
     }
 
@@ -293,6 +313,7 @@ impl BufVec {
             BufVec::F32(x) => BufMut::F32(x),
             BufVec::Bf16(x) => BufMut::Bf16(x),
             BufVec::F16(x) => BufMut::F16(x),
+            BufVec::Int8(q) => BufMut::Int8(q.as_mut()),
         }
     }
 }
@@ -303,6 +324,7 @@ impl<'a> From<&'a BufVec> for BufRef<'a> {
             BufVec::F32(x) => BufRef::F32(x),
             BufVec::Bf16(x) => BufRef::Bf16(x),
             BufVec::F16(x) => BufRef::F16(x),
+            BufVec::Int8(q) => BufRef::Int8(q.as_ref()),
         }
     }
 }
@@ -314,6 +336,10 @@ impl BufMut<'_> {
             BufMut::F32(x) => BufMut::F32(x),
             BufMut::Bf16(x) => BufMut::Bf16(x),
             BufMut::F16(x) => BufMut::F16(x),
+            BufMut::Int8(q) => BufMut::Int8(crate::int8::Int8Mut {
+                codes: q.codes,
+                scales: q.scales,
+            }),
         }
     }
 }

@@ -9,7 +9,8 @@
 //!
 //! | key | dtype | shape | content |
 //! |---|---|---|---|
-//! | `NAME.STATE` | F32, BF16 or F16: the state's storage dtype | the parameter's shape | per-element state `STATE` of parameter `NAME` |
+//! | `NAME.STATE` | F32, BF16 or F16: the state's storage dtype; U8 for an int8 state | the parameter's shape | per-element state `STATE` of parameter `NAME` (int8: its codes) |
+//! | `NAME.STATE.absmax` | F32 | `[ceil(numel / 256)]` | an int8 state's block scales (`optc_kernel::int8`: the absmax, sign bit set for the signed map) |
 //! | `__optc__/hypers` | F64 | `[groups, hypers]` | each group's hyper values, in the rule's order |
 //! | `__optc__/defaults` | F64 | `[hypers]` | the default hypers of groups added later |
 //! | `__optc__/scalars` | F64 | `[total]` | scalar states of every stepped parameter, concatenated in parameter order |
@@ -69,7 +70,8 @@ fn safetensors_dtype(d: optc_kernel::Dtype) -> Dtype {
     match d {
         optc_kernel::Dtype::Bf16 => Dtype::BF16,
         optc_kernel::Dtype::F16 => Dtype::F16,
-        optc_kernel::Dtype::F32 | optc_kernel::Dtype::Int8 => Dtype::F32,
+        optc_kernel::Dtype::Int8 => Dtype::U8,
+        optc_kernel::Dtype::F32 => Dtype::F32,
     }
 }
 
@@ -173,34 +175,40 @@ impl Optimizer {
             ));
         }
         let mut keys: HashSet<String> = tensors.iter().map(|(k, _)| k.clone()).collect();
-        // Each allocated state in its storage dtype, as little-endian bytes (exact: the values
-        // read back are values of the dtype).
-        let buffers: Vec<Vec<(optc_kernel::Dtype, Vec<u8>)>> = self
+        // Each allocated state in its storage dtype (exact), as it is kept.
+        let buffers: Vec<Vec<BufVec>> = self
             .params
             .iter()
             .enumerate()
             .map(|(i, p)| match p.progress {
-                Some(_) => {
-                    let storage = &self.family_of(i).base.storage;
-                    Ok(self
-                        .exec
-                        .read_states(i)?
-                        .into_iter()
-                        .enumerate()
-                        .filter_map(|(at, b)| {
-                            let d = storage.dtype(Slot::State(StateId::new(at)));
-                            b.map(|b| (d, BufVec::from_f32(d, &b).to_le_bytes()))
-                        })
-                        .collect())
-                }
+                Some(_) => Ok(self
+                    .exec
+                    .read_state_bufs(i)?
+                    .into_iter()
+                    .flatten()
+                    .collect()),
                 None => Ok(Vec::new()),
             })
             .collect::<Result<_, RuntimeError>>()?;
+        let le_bytes: Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>> = buffers
+            .iter()
+            .map(|bufs| {
+                bufs.iter()
+                    .map(|b| match b {
+                        BufVec::Int8(q) => (
+                            q.codes.clone(),
+                            Some(q.scales.iter().flat_map(|s| s.to_le_bytes()).collect()),
+                        ),
+                        b => (b.to_le_bytes(), None),
+                    })
+                    .collect()
+            })
+            .collect();
         for (i, ((p, pm), bufs)) in self
             .params
             .iter()
             .zip(&meta.params)
-            .zip(&buffers)
+            .zip(&le_bytes)
             .enumerate()
         {
             if p.progress.is_none() {
@@ -216,17 +224,29 @@ impl Optimizer {
                 .zip(&allocated)
                 .filter(|(_, &a)| a)
                 .map(|(d, _)| d);
-            for ((name, (dtype, buf)), decl) in pm.states.iter().zip(bufs).zip(decls) {
+            let dtypes = buffers[i].iter().map(BufVec::dtype);
+            for (((name, (buf, scales)), decl), dtype) in
+                pm.states.iter().zip(bufs).zip(decls).zip(dtypes)
+            {
                 let key = format!("{}.{}", p.name, name);
-                if !keys.insert(key.clone()) {
+                let scales_key = format!("{key}.absmax");
+                if !keys.insert(key.clone())
+                    || (scales.is_some() && !keys.insert(scales_key.clone()))
+                {
                     return Err(err(format!(
                         "two tensors would be saved as `{key}`; rename a parameter"
                     )));
                 }
                 tensors.push((
                     key,
-                    TensorView::new(safetensors_dtype(*dtype), decl.shape.dims_of(&p.shape), buf)?,
+                    TensorView::new(safetensors_dtype(dtype), decl.shape.dims_of(&p.shape), buf)?,
                 ));
+                if let Some(scales) = scales {
+                    tensors.push((
+                        scales_key,
+                        TensorView::new(Dtype::F32, vec![scales.len() / 4], scales)?,
+                    ));
+                }
             }
         }
         let info = HashMap::from([(META_KEY.to_string(), json)]);
@@ -326,6 +346,7 @@ impl Optimizer {
             .sum();
         let scalars = read_f64(SCALARS, total)?;
         let mut states: Vec<SavedState> = Vec::with_capacity(meta.params.len());
+        let mut uploads: Vec<(usize, Vec<Option<BufVec>>)> = Vec::new();
         let mut offset = 0;
         for (i, (saved, mine)) in meta.params.iter().zip(&ours.params).enumerate() {
             if (&saved.name, &saved.shape, saved.group) != (&mine.name, &mine.shape, mine.group) {
@@ -358,7 +379,7 @@ impl Optimizer {
                     saved.name, saved.states, saved.scalars, want_states, want_scalars
                 )));
             }
-            let mut buffers: Vec<Option<Vec<f32>>> = vec![None; want_states.len()];
+            let mut buffers: Vec<Option<BufVec>> = vec![None; want_states.len()];
             for (s, &at) in saved.states.iter().zip(&positions) {
                 let decl = &kernel.states[at];
                 let key = format!("{}.{}", saved.name, s);
@@ -366,7 +387,11 @@ impl Optimizer {
                     .tensor(&key)
                     .map_err(|_| err(format!("tensor `{key}` is missing")))?;
                 let want = decl.shape.dims_of(&saved.shape);
-                let dtype = kernel.storage.dtype(Slot::State(StateId::new(at)));
+                let numel: usize = want.iter().product();
+                let dtype = optc_kernel::int8::dtype_for_len(
+                    kernel.storage.dtype(Slot::State(StateId::new(at))),
+                    numel,
+                );
                 let want_dtype = safetensors_dtype(dtype);
                 if view.dtype() != want_dtype || view.shape() != want.as_slice() {
                     return Err(err(format!(
@@ -376,9 +401,33 @@ impl Optimizer {
                         want
                     )));
                 }
-                let values = BufVec::from_le_bytes(dtype, view.data())
-                    .ok_or_else(|| err(format!("tensor `{key}` has a partial value")))?;
-                buffers[at] = Some(values.to_f32());
+                let values = if dtype == optc_kernel::Dtype::Int8 {
+                    let skey = format!("{key}.absmax");
+                    let sview = st
+                        .tensor(&skey)
+                        .map_err(|_| err(format!("tensor `{skey}` is missing")))?;
+                    let blocks = optc_kernel::int8::scale_count(numel);
+                    if sview.dtype() != Dtype::F32 || sview.shape() != [blocks] {
+                        return Err(err(format!(
+                            "tensor `{skey}` is {:?} {:?}, expected F32 [{blocks}]",
+                            sview.dtype(),
+                            sview.shape()
+                        )));
+                    }
+                    let scales = sview
+                        .data()
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
+                    BufVec::Int8(crate::int8::Int8State {
+                        codes: view.data().to_vec(),
+                        scales,
+                    })
+                } else {
+                    BufVec::from_le_bytes(dtype, view.data())
+                        .ok_or_else(|| err(format!("tensor `{key}` has a partial value")))?
+                };
+                buffers[at] = Some(values);
             }
             let n = saved.scalars.len();
             states.push(Some((
@@ -386,17 +435,13 @@ impl Optimizer {
                     step: saved.step,
                     scalars: scalars[offset..offset + n].to_vec(),
                 },
-                buffers,
+                Vec::new(),
             )));
+            uploads.push((i, buffers));
             offset += n;
         }
         // The only step that can fail on a device (an upload); everything below is infallible.
-        let uploads = states
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_mut().map(|(_, b)| (i, std::mem::take(b))))
-            .collect();
-        self.exec.write_states(uploads)?;
+        self.exec.write_state_bufs(uploads)?;
         for (i, s) in states.iter().enumerate() {
             if s.is_none() {
                 self.exec.drop_states(i, None);

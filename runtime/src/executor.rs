@@ -180,6 +180,32 @@ pub(crate) trait Executor: Send {
         states: Vec<(usize, Vec<Option<Vec<f32>>>)>,
     ) -> Result<(), RuntimeError>;
 
+    /// Copies parameter `param`'s states to the host in their storage dtypes, by position (an
+    /// int8 state as its codes and scales); an executor of f32 states gives them as f32.
+    fn read_state_bufs(
+        &self,
+        param: usize,
+    ) -> Result<Vec<Option<crate::buf::BufVec>>, RuntimeError> {
+        Ok(self
+            .read_states(param)?
+            .into_iter()
+            .map(|b| b.map(crate::buf::BufVec::F32))
+            .collect())
+    }
+
+    /// [`Executor::write_states`] with buffers in their storage dtypes (exact: an int8 state's
+    /// codes and scales are kept as given).
+    fn write_state_bufs(
+        &mut self,
+        states: Vec<(usize, Vec<Option<crate::buf::BufVec>>)>,
+    ) -> Result<(), RuntimeError> {
+        let f32s = states
+            .into_iter()
+            .map(|(p, bufs)| (p, bufs.into_iter().map(|b| b.map(|b| b.to_f32())).collect()))
+            .collect();
+        self.write_states(f32s)
+    }
+
     /// Copies state `state` of kernel `kernel` of parameter `param` to the host (a
     /// `[rows]`/`[cols]` state the host's vector program reads).
     fn read_state(

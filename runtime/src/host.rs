@@ -331,6 +331,20 @@ impl Executor for HostExecutor {
         Ok(())
     }
 
+    fn read_state_bufs(&self, param: usize) -> Result<Vec<Option<BufVec>>, RuntimeError> {
+        Ok(self.states.get(param).cloned().unwrap_or_default())
+    }
+
+    fn write_state_bufs(
+        &mut self,
+        states: Vec<(usize, Vec<Option<BufVec>>)>,
+    ) -> Result<(), RuntimeError> {
+        for (param, bufs) in states {
+            *self.slot(param) = bufs;
+        }
+        Ok(())
+    }
+
     fn set_state_dtypes(&mut self, param: usize, dtypes: Vec<Dtype>) -> Result<(), RuntimeError> {
         if self.dtypes.len() <= param {
             self.dtypes.resize_with(param + 1, Vec::new);
@@ -340,12 +354,9 @@ impl Executor for HostExecutor {
     }
 
     fn state_bytes(&self, param: usize) -> usize {
-        self.states.get(param).map_or(0, |s| {
-            s.iter()
-                .flatten()
-                .map(|b| b.len() * b.dtype().bytes_per_value() as usize)
-                .sum()
-        })
+        self.states
+            .get(param)
+            .map_or(0, |s| s.iter().flatten().map(BufVec::bytes).sum())
     }
 
     fn read_state(
@@ -429,11 +440,32 @@ fn interp_stage(
         grad: &g,
         states: s.iter_mut().map(Vec::as_mut_slice).collect(),
     };
-    let out = run_stage_matrix(kernel, stage, &uniforms, vectors, dims, bufs, sr_key)
+    // Quantized int8 states: the interpreter runs with them as f32 and each one the stage stores
+    // is quantized from its new values here (`optc_kernel::int8::store`, what the interpreter's
+    // own int8 store does), so the codes are those of the values, not of their round trip.
+    let quantized = states.iter().any(|b| matches!(b, BufMut::Int8(_)));
+    let unquantized;
+    let run_kernel: &optc_kernel::Kernel = if quantized {
+        let mut k = optc_kernel::Kernel::clone(kernel);
+        for d in &mut k.storage.states {
+            if *d == Dtype::Int8 {
+                *d = Dtype::F32;
+            }
+        }
+        unquantized = k;
+        &unquantized
+    } else {
+        kernel
+    };
+    let out = run_stage_matrix(run_kernel, stage, &uniforms, vectors, dims, bufs, sr_key)
         .map_err(|e| RuntimeError::Interp(e.to_string()))?;
     param.set_from_f32(&p);
-    for (b, v) in states.iter_mut().zip(&s) {
-        b.set_from_f32(v);
+    let st = &kernel.stages[stage];
+    for (i, (b, v)) in states.iter_mut().zip(&s).enumerate() {
+        let slot = optc_kernel::Slot::State(optc_kernel::StateId::new(i));
+        if !matches!(b, BufMut::Int8(_)) || st.stores_slot(slot) {
+            b.set_from_f32(v);
+        }
     }
     Ok(out)
 }

@@ -540,7 +540,10 @@ impl Optimizer {
                                 StateShape::Full => p.len,
                                 shape => MatrixDims::of_shape(&p.shape).map_or(0, |m| m.len(shape)),
                             };
-                            len * base.value_bytes(slot)
+                            match optc_kernel::int8::dtype_for_len(base.storage.dtype(slot), len) {
+                                Dtype::Int8 => optc_kernel::int8::host_bytes(len),
+                                d => len * d.bytes_per_value() as usize,
+                            }
                         })
                         .sum()
                 }

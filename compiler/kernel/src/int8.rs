@@ -45,10 +45,21 @@ pub fn map_of(scale: f32) -> &'static DynamicMap {
 /// The dtype buffer `slot` of a tensor of `len` elements is kept in: the storage's dtype, except
 /// that an int8 state of a tensor under [`MIN_QUANT_ELEMENTS`] elements stays f32.
 pub fn stored_dtype(storage: &Storage, slot: Slot, len: usize) -> Dtype {
-    match storage.dtype(slot) {
+    dtype_for_len(storage.dtype(slot), len)
+}
+
+/// The dtype a buffer of storage dtype `d` and `len` elements is kept in: int8 under
+/// [`MIN_QUANT_ELEMENTS`] elements is f32, every other dtype itself.
+pub fn dtype_for_len(d: Dtype, len: usize) -> Dtype {
+    match d {
         Dtype::Int8 if len < MIN_QUANT_ELEMENTS => Dtype::F32,
         d => d,
     }
+}
+
+/// The bytes of memory an int8 state of `len` elements takes (codes and scales) on the host.
+pub fn host_bytes(len: usize) -> usize {
+    len + 4 * scale_count(len)
 }
 
 /// The number of scale words of an int8 state of `len` elements.
