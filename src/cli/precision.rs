@@ -23,6 +23,9 @@ pub enum StateDtype {
     F32,
     /// bfloat16.
     Bf16,
+    /// 8-bit block quantization (one code byte per value and one f32 scale per 256, as
+    /// bitsandbytes' 8-bit optimizers); tensors under 4096 elements keep f32 states.
+    Int8,
 }
 
 /// The storage-dtype options.
@@ -31,7 +34,8 @@ pub struct PrecisionArgs {
     /// The dtype of parameters and gradients in memory (and in `optc run`'s files).
     #[arg(long, value_enum, default_value_t = ParamDtype::F32)]
     pub param_dtype: ParamDtype,
-    /// The dtype of the per-element optimizer states (row and column states stay f32).
+    /// The dtype of the per-element optimizer states (row and column states stay f32; int8:
+    /// see docs/dtypes.md).
     #[arg(long, value_enum, default_value_t = StateDtype::F32)]
     pub state_dtype: StateDtype,
     /// Keep an f32 master copy of each 16-bit parameter as optimizer state; the parameter is
@@ -63,6 +67,7 @@ impl PrecisionArgs {
             state: match self.state_dtype {
                 StateDtype::F32 => Dtype::F32,
                 StateDtype::Bf16 => Dtype::Bf16,
+                StateDtype::Int8 => Dtype::Int8,
             },
             master_weights: self.master_weights,
             stochastic_rounding: self.stochastic_rounding.then_some(self.sr_seed),
