@@ -35,6 +35,7 @@ mod bench;
 mod driver;
 mod error;
 mod executor;
+mod factored;
 mod launch;
 mod signature;
 mod table;
