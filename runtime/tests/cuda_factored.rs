@@ -185,7 +185,11 @@ fn adafactor_on_the_gpu_gives_the_interpreters_bits() {
         let what = format!("maximize={maximize}");
         let got = host_run(Target::Cuda, maximize, LaunchShape::default());
         assert_same(&format!("{what} host slices"), &got, &want);
-        assert_same(&format!("{what} device buffers"), &device_run(maximize), &want);
+        assert_same(
+            &format!("{what} device buffers"),
+            &device_run(maximize),
+            &want,
+        );
         // Another grid (blocks not a multiple of 32 threads asked for, few blocks: the
         // grid-stride loops take several row and column blocks each) gives the same bits.
         let small = LaunchShape {
@@ -214,7 +218,9 @@ fn a_checkpoint_saved_on_the_gpu_resumes_exactly() {
     host_steps(&mut opt, &mut tail, 2, 2);
     // Resumed on the interpreter and on the GPU: the interpreter's bits both times.
     let mut reference = optimizer(Target::Interp, false, LaunchShape::default());
-    reference.load_bytes(&saved).expect("load on the interpreter");
+    reference
+        .load_bytes(&saved)
+        .expect("load on the interpreter");
     let mut want = params.clone();
     host_steps(&mut reference, &mut want, 2, 2);
     let mut again = optimizer(Target::Cuda, false, LaunchShape::default());

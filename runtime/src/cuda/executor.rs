@@ -417,7 +417,9 @@ impl Executor for CudaExecutor {
             let device = super::factored::Device {
                 stream: &self.stream,
                 block: self.shape.block,
-                max_blocks: self.multiprocessors.saturating_mul(self.shape.blocks_per_sm),
+                max_blocks: self
+                    .multiprocessors
+                    .saturating_mul(self.shape.blocks_per_sm),
                 states: &mut self.states,
             };
             return super::factored::run_stage(

@@ -18,8 +18,8 @@ use super::error::{Context, CudaError};
 use crate::error::RuntimeError;
 use crate::executor::{Partials, StageTensor, TensorData};
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-    SyncOnDrop,
+    CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig,
+    PushKernelArg, SyncOnDrop,
 };
 use optc_kernel::abi::Param;
 use optc_kernel::artifact::{FactoredEntries, PtxModule};
@@ -266,7 +266,11 @@ pub(crate) fn run_stage(
         total += layout.len;
     }
     let mut partials_buf = if total > 0 {
-        Some(stream.alloc_zeros::<f32>(total).during("allocating the partials")?)
+        Some(
+            stream
+                .alloc_zeros::<f32>(total)
+                .during("allocating the partials")?,
+        )
     } else {
         None
     };
@@ -440,6 +444,65 @@ pub(crate) fn write_vector_states(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Adafactor's stage partials as this file lays them out (`partials_layout`) have, output by
+    /// output, the lengths of `row_partials` (Row and Tensor scopes) and `col_partials` (Col
+    /// scope), and `finalize_tensor` accepts them; the cols entry's part follows the rows entry's.
+    #[cfg(feature = "compiler")]
+    #[test]
+    fn partials_layouts_fit_the_reference_partials() {
+        use optc_kernel::reduce::{col_partials, row_partials, ReduceOp, Scope};
+        let options = optc_compiler::CompileOptions {
+            rank: optc_kernel::RankClass::Matrix,
+            ..Default::default()
+        };
+        let k = optc_compiler::stdlib::rule("adafactor")
+            .and_then(Result::ok)
+            .and_then(|r| r.specialize_with(&[], &options).ok())
+            .expect("adafactor's matrix kernel");
+        for (batch, rows, cols) in [(1, 67, 1031), (3, 130, 5), (2, 1, 4100)] {
+            let dims = MatrixDims { batch, rows, cols };
+            let xs = vec![1.0f32; dims.numel()];
+            for stage in 0..k.stages.len() {
+                let layout = partials_layout(&k, stage, dims);
+                let outputs = &k.stages[stage].reduce;
+                assert_eq!(layout.outputs.len(), outputs.len());
+                let mut end_rows = 0;
+                for (out, range) in outputs.iter().zip(&layout.outputs) {
+                    let scope = k.reductions[out.reduction.index()].scope;
+                    let want = if scope == Scope::Col {
+                        assert!(range.start >= layout.cols_start);
+                        col_partials(ReduceOp::Sum, &xs, dims).len()
+                    } else {
+                        end_rows = end_rows.max(range.end);
+                        row_partials(ReduceOp::Sum, &xs, dims).len()
+                    };
+                    assert_eq!(range.len(), want, "stage {stage} {scope:?} {dims:?}");
+                }
+                assert_eq!(end_rows, layout.cols_start);
+                // The split partials finalize (every length fits).
+                let parts: Vec<Vec<f32>> =
+                    layout.outputs.iter().map(|r| vec![1.0; r.len()]).collect();
+                let mut reduced = vec![0.0; k.reductions.len()];
+                let mut vectors = vec![Vec::new(); k.reductions.len()];
+                let mut step = Vec::new();
+                crate::stages::finalize_tensor(
+                    &k,
+                    stage,
+                    0,
+                    0,
+                    &parts,
+                    crate::stages::Finalized {
+                        reduced: &mut reduced,
+                        vectors: &mut vectors,
+                        dims: Some(dims),
+                    },
+                    &mut step,
+                )
+                .expect("the partials fit");
+            }
+        }
+    }
 
     /// The grids cover every work item with whole warps and never exceed the block limit.
     #[test]
