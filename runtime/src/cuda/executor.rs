@@ -4,7 +4,8 @@
 //! feature `compiler`); holds each parameter's per-element states as `CudaSlice<f32>` on the
 //! device and steps tensors given as device pointers ([`crate::Update::cuda`]) or as host slices
 //! (copied to the device for the launch and the parameter copied back). Every stage of a step is
-//! one launch of the multi-tensor entry over every tensor of the kernel, queued on one stream.
+//! one launch of the multi-tensor entry over every tensor of the kernel, queued on one stream (a
+//! factored kernel's stages run in `super::factored`, whose `[rows]`/`[cols]` states stay here).
 //!
 //! Guarantees: no cudarc call is made before the driver library has been found to load; every
 //! failure is a [`CudaError`]; the read/write guards of every buffer of a launch (the caller's

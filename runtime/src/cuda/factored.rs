@@ -429,8 +429,8 @@ pub(crate) fn write_vector_states(
         }
     }
     for (s, v) in values {
-        let at = slots[s];
-        if let Some(buf) = states.get_mut(at).and_then(Option::as_mut) {
+        let buf = slots.get(s).and_then(|&at| states.get_mut(at)?.as_mut());
+        if let Some(buf) = buf {
             if !v.is_empty() {
                 stream
                     .memcpy_htod(&v, buf)
