@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt::{self, Write as _};
 
 /// The version of the serialized kernel and artifact format. Bumped on every incompatible change.
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 7;
 
 /// A hyperparameter: a runtime scalar with a default. Changing it never recompiles.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
