@@ -28,6 +28,7 @@ pub mod artifact;
 pub mod dtype;
 pub mod eval;
 pub mod expr;
+pub mod factored;
 pub mod int8;
 pub mod kernel;
 pub mod matrix;
