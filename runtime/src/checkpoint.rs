@@ -190,7 +190,9 @@ impl Optimizer {
                 None => Ok(Vec::new()),
             })
             .collect::<Result<_, RuntimeError>>()?;
-        let le_bytes: Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>> = buffers
+        // Per state: its bytes and, for an int8 state, its scales' bytes.
+        type StateBytes = (Vec<u8>, Option<Vec<u8>>);
+        let le_bytes: Vec<Vec<StateBytes>> = buffers
             .iter()
             .map(|bufs| {
                 bufs.iter()

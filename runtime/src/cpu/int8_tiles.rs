@@ -14,7 +14,7 @@ use optc_kernel::REDUCE_BLOCK;
 /// Elements per tile: one reduction block, 16 quantization blocks (16 KiB of f32 per state).
 pub(super) const TILE: usize = REDUCE_BLOCK;
 
-const _: () = assert!(TILE % QUANT_BLOCK == 0 && TILE % REDUCE_BLOCK == 0);
+const _: () = assert!(TILE.is_multiple_of(QUANT_BLOCK) && TILE.is_multiple_of(REDUCE_BLOCK));
 
 /// One f32 tile per int8 state of a tensor.
 pub(super) struct Scratch {
