@@ -246,7 +246,7 @@ impl BufVec {
     pub fn from_le_bytes(d: Dtype, bytes: &[u8]) -> Option<BufVec> {
         match d {
             Dtype::Bf16 | Dtype::F16 => {
-                if bytes.len() % 2 != 0 {
+                if !bytes.len().is_multiple_of(2) {
                     return None;
                 }
                 let bits = bytes
@@ -259,7 +259,7 @@ impl BufVec {
                 })
             }
             Dtype::F32 | Dtype::Int8 => {
-                if bytes.len() % 4 != 0 {
+                if !bytes.len().is_multiple_of(4) {
                     return None;
                 }
                 Some(BufVec::F32(
