@@ -8,7 +8,7 @@
 
 mod ptx_kernels;
 
-use optc_compiler::backend::ptx::{emit, Error, Options};
+use optc_compiler::backend::ptx::{emit, Options};
 use optc_compiler::passes::CompileOptions;
 use optc_compiler::{stdlib, Kernel};
 use optc_kernel::RankClass;
@@ -29,7 +29,8 @@ fn find_ptxas() -> Option<PathBuf> {
 fn assemble(ptxas: &PathBuf, source: &str, name: &str, arch: &str) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("optc-ptx-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let input = dir.join(format!("{name}.ptx"));
+    // One input per job: the sm_80 and sm_90 jobs of a module run at the same time.
+    let input = dir.join(format!("{name}-{arch}.ptx"));
     let output = dir.join(format!("{name}-{arch}.cubin"));
     std::fs::write(&input, source).map_err(|e| e.to_string())?;
     let out = Command::new(ptxas)
@@ -116,20 +117,8 @@ fn ptxas_accepts_every_stdlib_rule_and_hand_built_kernel() {
                 fast_math,
                 ..Options::default()
             };
-            // A factored kernel (Row/Col scopes, adafactor's matrices) is refused by the PTX
-            // backend; its row form (what the CPU runs per row) is an ordinary kernel, and is
-            // what a per-row GPU path would launch: it must assemble.
-            let module = if kernel.is_factored() {
-                assert!(
-                    matches!(emit(&kernel, &opts), Err(Error::Unsupported(_))),
-                    "{label}: a factored kernel must be refused"
-                );
-                let form = optc_compiler::backend::clif::rows::row_form(&kernel)
-                    .unwrap_or_else(|e| panic!("{label}: {e}"));
-                emit(&form.kernel, &opts).unwrap_or_else(|e| panic!("{label} row form: {e}"))
-            } else {
-                emit(&kernel, &opts).unwrap_or_else(|e| panic!("{label}: {e}"))
-            };
+            // Factored kernels (adafactor's matrices) included: their rows/cols entries.
+            let module = emit(&kernel, &opts).unwrap_or_else(|e| panic!("{label}: {e}"));
             let name = format!("{label}-{}", if fast_math { "fast" } else { "rn" });
             for arch in ["sm_80", "sm_90"] {
                 jobs.push((name.clone(), module.source.clone(), arch));

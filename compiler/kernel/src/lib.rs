@@ -27,6 +27,7 @@ pub mod artifact;
 pub mod dtype;
 pub mod eval;
 pub mod expr;
+pub mod factored;
 pub mod kernel;
 pub mod matrix;
 pub mod num;
