@@ -65,41 +65,7 @@ pub fn f32_view<'a>(name: &str, view: &TensorView<'a>) -> Result<&'a [f32], Runt
     f32_slice(name, f32_bytes(name, view)?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rejects_unaligned_and_ragged_bytes() {
-        let words = [1.0f32, 2.0, 3.0];
-        let bytes: &[u8] = bytemuck::cast_slice(&words);
-        assert_eq!(f32_slice("x", bytes).ok(), Some(&words[..]));
-        let e = f32_slice("x", &bytes[1..9]).err().map(|e| e.to_string());
-        assert_eq!(
-            e.as_deref(),
-            Some("bytes of `x` cannot be read as f32: the buffer is not 4-byte aligned (copy it with `f32_vec`)")
-        );
-        let e = f32_slice("x", &bytes[..7]).err().map(|e| e.to_string());
-        assert_eq!(
-            e.as_deref(),
-            Some("bytes of `x` cannot be read as f32: 7 bytes is not a whole number of 4-byte f32 elements")
-        );
-        assert_eq!(f32_vec("x", &bytes[4..12]).ok(), Some(vec![2.0, 3.0]));
-    }
-
-    #[test]
-    fn rejects_other_dtypes() {
-        let data = [0u8; 8];
-        let view = TensorView::new(Dtype::F64, vec![1], &data).ok();
-        let e = view.map(|v| f32_view("w", &v).err().map(|e| e.to_string()));
-        assert_eq!(
-            e.flatten().as_deref(),
-            Some("tensor `w` has dtype F64; optc steps f32 tensors only")
-        );
-    }
-}
-
-/// The value size and name of a parameter dtype, or an error naming the ones there are.
+/// The value size of a parameter dtype, or an error naming the ones there are.
 fn param_dtype(name: &str, dtype: optc_kernel::Dtype) -> Result<usize, RuntimeError> {
     match dtype {
         optc_kernel::Dtype::F32 => Ok(4),
@@ -170,4 +136,38 @@ pub fn buf_ref<'a>(
         }
         _ => crate::buf::BufRef::F32(bytemuck::try_cast_slice(bytes).map_err(e)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_unaligned_and_ragged_bytes() {
+        let words = [1.0f32, 2.0, 3.0];
+        let bytes: &[u8] = bytemuck::cast_slice(&words);
+        assert_eq!(f32_slice("x", bytes).ok(), Some(&words[..]));
+        let e = f32_slice("x", &bytes[1..9]).err().map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("bytes of `x` cannot be read as f32: the buffer is not 4-byte aligned (copy it with `f32_vec`)")
+        );
+        let e = f32_slice("x", &bytes[..7]).err().map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("bytes of `x` cannot be read as f32: 7 bytes is not a whole number of 4-byte f32 elements")
+        );
+        assert_eq!(f32_vec("x", &bytes[4..12]).ok(), Some(vec![2.0, 3.0]));
+    }
+
+    #[test]
+    fn rejects_other_dtypes() {
+        let data = [0u8; 8];
+        let view = TensorView::new(Dtype::F64, vec![1], &data).ok();
+        let e = view.map(|v| f32_view("w", &v).err().map(|e| e.to_string()));
+        assert_eq!(
+            e.flatten().as_deref(),
+            Some("tensor `w` has dtype F64; optc steps f32 tensors only")
+        );
+    }
 }

@@ -320,3 +320,142 @@ impl Precision {
         Ok(k)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arena::Arena;
+    use crate::kernel::{RankClass, Stage};
+
+    /// `state m = 0; m = m + g; p = p - m` as a one-stage kernel.
+    fn kernel() -> Kernel {
+        let mut init = Arena::new();
+        let zero = init.append(Expr::Const(0.0));
+        let mut body = Arena::new();
+        let p = body.append(Expr::Load(Slot::Param));
+        let g = body.append(Expr::Load(Slot::Grad));
+        let m = body.append(Expr::Load(Slot::State(StateId::new(0))));
+        let m2 = body.append(Expr::Binary(crate::BinaryOp::Add, m, g));
+        let p2 = body.append(Expr::Binary(crate::BinaryOp::Sub, p, m2));
+        Kernel {
+            rule: "toy".into(),
+            flags: Vec::new(),
+            hypers: Vec::new(),
+            states: vec![StateDecl {
+                name: "m".into(),
+                init: Init::Value(zero),
+                shape: StateShape::Full,
+            }],
+            scalars: Vec::new(),
+            init,
+            rank: RankClass::Any,
+            host: Arena::new(),
+            scalar_updates: Vec::new(),
+            reductions: Vec::new(),
+            stages: vec![Stage {
+                uniforms: Vec::new(),
+                body,
+                stores: vec![
+                    Store {
+                        slot: Slot::State(StateId::new(0)),
+                        value: m2,
+                    },
+                    Store {
+                        slot: Slot::Param,
+                        value: p2,
+                    },
+                ],
+                reduce: Vec::new(),
+                matrix: None,
+            }],
+            vectors: Default::default(),
+            variant: Vec::new(),
+            storage: Storage::default(),
+        }
+    }
+
+    fn prec(param: Dtype, state: Dtype, master: bool, sr: Option<u64>) -> Precision {
+        Precision {
+            param,
+            state,
+            master_weights: master,
+            stochastic_rounding: sr,
+        }
+    }
+
+    #[test]
+    fn master_weights_read_and_write_the_master_and_store_p_from_it() {
+        let k = prec(Dtype::Bf16, Dtype::Bf16, true, None)
+            .apply(&kernel())
+            .expect("applies");
+        let master = Slot::State(StateId::new(1));
+        assert_eq!(k.states[1].name, MASTER_STATE);
+        assert_eq!(k.states[1].init, Init::Param);
+        let st = &k.stages[0];
+        assert!(!st.loads(Slot::Param) && st.loads(master));
+        let value = |slot| st.stores.iter().find(|s| s.slot == slot).map(|s| s.value);
+        assert_eq!(value(Slot::Param), value(master));
+        assert_eq!(k.storage.dtype(Slot::Param), Dtype::Bf16);
+        assert_eq!(k.storage.dtype(Slot::Grad), Dtype::Bf16);
+        assert_eq!(k.storage.dtype(Slot::State(StateId::new(0))), Dtype::Bf16);
+        assert_eq!(k.storage.dtype(master), Dtype::F32);
+        // p written 2 (no longer read), g 2, m r/w 2 + 2, master r/w 4 + 4.
+        assert_eq!(k.bytes_per_element(), 16);
+        assert!(k
+            .to_string()
+            .contains("storage p bf16, g bf16, m bf16, master f32"));
+        // Applying twice is refused.
+        assert!(prec(Dtype::Bf16, Dtype::F32, false, None)
+            .apply(&k)
+            .is_err());
+    }
+
+    #[test]
+    fn the_default_changes_nothing_and_bad_options_are_refused() {
+        let k = kernel();
+        assert_eq!(Precision::default().apply(&k).expect("default"), k);
+        assert_eq!(k.bytes_per_element(), 20);
+        for bad in [
+            prec(Dtype::F32, Dtype::F32, true, None),
+            prec(Dtype::F32, Dtype::F32, false, Some(1)),
+            prec(Dtype::Bf16, Dtype::F32, true, Some(1)),
+            prec(Dtype::Bf16, Dtype::F16, false, None),
+            prec(Dtype::Bf16, Dtype::Int8, false, None),
+            prec(Dtype::Int8, Dtype::F32, false, None),
+        ] {
+            assert!(bad.apply(&k).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn validation_refuses_storage_that_does_not_fit() {
+        let mut k = kernel();
+        k.storage.states = vec![Dtype::Bf16, Dtype::Bf16];
+        assert!(k.validate().is_err());
+        k.storage.states = vec![Dtype::F16];
+        assert!(k.validate().is_err());
+        k.storage.states = Vec::new();
+        k.storage.rounding = Rounding::Stochastic { seed: 1 };
+        assert!(k.validate().is_err(), "stochastic rounding of an f32 p");
+        k.storage.param = Dtype::F16;
+        k.validate().expect("stochastic f16 p");
+        assert!(k.storage.is_stochastic(Slot::Param));
+        assert!(!k.storage.is_stochastic(Slot::Grad));
+        assert_eq!(k.storage.sr_key(3, 2), crate::dtype::sr_key(1, 3, 2));
+    }
+
+    #[test]
+    fn narrow_is_round_to_nearest_or_stochastic() {
+        let s = Storage {
+            param: Dtype::Bf16,
+            grad: Dtype::F16,
+            states: Vec::new(),
+            rounding: Rounding::Stochastic { seed: 9 },
+        };
+        let x = 1.0 + 2f32.powi(-9); // a quarter of a bf16 ulp above 1
+        assert_eq!(s.narrow(Slot::Grad, 1.0 + 2f32.powi(-12), 0), 1.0);
+        assert_eq!(s.narrow(Slot::Param, x, 0), 1.0);
+        assert_eq!(s.narrow(Slot::Param, x, 0xFFFF), 1.0 + 2f32.powi(-7));
+        assert_eq!(s.narrow(Slot::State(StateId::new(0)), x, 0xFFFF), x);
+    }
+}

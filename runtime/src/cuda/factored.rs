@@ -250,18 +250,18 @@ pub(crate) fn run_stage(
         uploads.push((buf, offsets));
         staged.push(match &*t.data {
             TensorData::Host { param, grad } => {
-                // 16-bit and int8 storage never loads on CUDA (stages::check_storage).
-                let (Some(param), Some(grad)) = (param.as_f32_ref(), grad.as_f32()) else {
-                    return Err(RuntimeError::Unsupported(
-                        "internal: a buffer that is not f32 on CUDA".into(),
-                    ));
-                };
                 let up = |x: &[f32], what: &str| {
                     if x.is_empty() {
                         stream.null::<f32>().during(format!("creating {what}"))
                     } else {
                         stream.clone_htod(x).during(format!("uploading {what}"))
                     }
+                };
+                // 16-bit storage never loads on CUDA (stages::check_storage).
+                let (Some(param), Some(grad)) = (param.as_f32_ref(), grad.as_f32()) else {
+                    return Err(RuntimeError::Unsupported(
+                        "internal: a 16-bit host buffer on CUDA".into(),
+                    ));
                 };
                 Some((up(param, "a parameter")?, up(grad, "a gradient")?))
             }
@@ -363,7 +363,7 @@ pub(crate) fn run_stage(
             if let (TensorData::Host { param, .. }, Some((p, _))) = (&mut *t.data, copy) {
                 let Some(param) = param.as_f32() else {
                     return Err(RuntimeError::Unsupported(
-                        "internal: a buffer that is not f32 on CUDA".into(),
+                        "internal: a 16-bit host buffer on CUDA".into(),
                     ));
                 };
                 if !param.is_empty() {
