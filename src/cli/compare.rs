@@ -55,6 +55,10 @@ pub struct CompareArgs {
     /// interpreter, slow, for checking).
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub backend: Backend,
+    /// Keep a rule's per-element states in DTYPE (`f32`, `bf16` or `int8`; `docs/dtypes.md`):
+    /// `LABEL:DTYPE` for one contender (`adamw#2:int8`), `DTYPE` for every rule; repeatable.
+    #[arg(long = "state-dtype", value_name = "[RULE:]DTYPE")]
+    pub state_dtype: Vec<String>,
     /// Directory for `curves.png` and `results.json` (created if missing).
     #[arg(long, default_value = "optc-compare")]
     pub out: PathBuf,
@@ -81,6 +85,9 @@ pub fn execute(args: &CompareArgs) -> Result<Comparison, CompareError> {
     let mut contenders = load_contenders(&args.rules, args.backend)?;
     for arg in &args.set {
         apply_set(&mut contenders, arg)?;
+    }
+    for arg in &args.state_dtype {
+        apply_state_dtype(&mut contenders, arg)?;
     }
     let contenders = crate::compare::schedule::attach(contenders, &args.schedule)?;
 
@@ -121,6 +128,50 @@ pub fn load_contenders(
         }
     }
     Ok(out)
+}
+
+/// Applies one `--state-dtype [LABEL:]DTYPE`: to the contender labelled LABEL, or to every rule
+/// (reference optimizers keep f32 states).
+pub fn apply_state_dtype(
+    contenders: &mut [Box<dyn Contender>],
+    arg: &str,
+) -> Result<(), CompareError> {
+    let (label, name) = match arg.rsplit_once(':') {
+        Some((l, d)) => (Some(l), d),
+        None => (None, arg),
+    };
+    let dtype = optc_kernel::Dtype::from_name(name.trim()).ok_or_else(|| {
+        CompareError::Usage(format!(
+            "`--state-dtype {arg}`: `{name}` is not a state dtype (expected [RULE:]DTYPE with \
+             DTYPE f32, bf16 or int8, e.g. `adamw#2:int8`)"
+        ))
+    })?;
+    match label {
+        Some(label) => {
+            let labels: Vec<String> = contenders.iter().map(|c| c.label().to_string()).collect();
+            let c = contenders
+                .iter_mut()
+                .find(|c| c.label() == label)
+                .ok_or_else(|| {
+                    CompareError::Usage(format!(
+                        "`--state-dtype {arg}`: no rule labelled `{label}`{}; the rules are: {}",
+                        did_you_mean(label, labels.iter().map(String::as_str))
+                            .map(|s| format!(" (did you mean `{s}`?)"))
+                            .unwrap_or_default(),
+                        labels.join(", ")
+                    ))
+                })?;
+            c.set_state_dtype(dtype)
+        }
+        None => {
+            for c in contenders.iter_mut() {
+                if !c.source().starts_with("reference:") {
+                    c.set_state_dtype(dtype)?;
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 /// `base`, or `base#2`, `base#3`, ... if taken.

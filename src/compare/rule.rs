@@ -43,6 +43,8 @@ pub struct RuleContender {
     flags: Vec<(String, bool)>,
     max_grad_norm: Option<f64>,
     backend: Backend,
+    /// The dtype of the per-element states.
+    state_dtype: optc_kernel::Dtype,
 }
 
 impl RuleContender {
@@ -98,6 +100,7 @@ impl RuleContender {
             rule,
             max_grad_norm: None,
             backend,
+            state_dtype: optc_kernel::Dtype::F32,
         })
     }
 
@@ -111,6 +114,10 @@ impl RuleContender {
             target: self.backend.target(),
             flags: self.flags.clone(),
             max_grad_norm: self.max_grad_norm,
+            precision: optc_kernel::Precision {
+                state: self.state_dtype,
+                ..optc_kernel::Precision::default()
+            },
             ..Options::default()
         };
         let mut optimizer =
@@ -164,6 +171,18 @@ impl Contender for RuleContender {
     fn clips(&self) -> bool {
         true
     }
+    fn set_state_dtype(&mut self, dtype: optc_kernel::Dtype) -> Result<(), CompareError> {
+        let precision = optc_kernel::Precision {
+            state: dtype,
+            ..optc_kernel::Precision::default()
+        };
+        precision.check().map_err(|message| CompareError::Rule {
+            rule: self.label.clone(),
+            message,
+        })?;
+        self.state_dtype = dtype;
+        Ok(())
+    }
     fn build(&self, tensors: &[TensorSpec]) -> Result<Box<dyn Stepper>, CompareError> {
         let (optimizer, names) = self.optimizer(tensors).map_err(|e| CompareError::Rule {
             rule: self.source.clone(),
@@ -193,17 +212,13 @@ impl Stepper for RuntimeStepper {
     }
 
     fn state_bytes(&self) -> usize {
-        self.names
+        // Per-element states in their storage dtypes (int8: codes and scales), then scalars.
+        let scalars: usize = self
+            .names
             .iter()
-            .map(|name| {
-                let buffers: usize = self
-                    .optimizer
-                    .states(name)
-                    .map_or(0, |s| s.iter().map(|(_, b)| 4 * b.len()).sum());
-                let scalars = self.optimizer.scalars(name).map_or(0, |s| 8 * s.len());
-                buffers + scalars
-            })
-            .sum()
+            .map(|name| self.optimizer.scalars(name).map_or(0, |s| 8 * s.len()))
+            .sum();
+        self.optimizer.state_bytes().0 + scalars
     }
 
     fn set_hyper(&mut self, name: &str, value: f64) -> Result<(), StepError> {

@@ -51,6 +51,14 @@ pub trait Contender {
     fn clips(&self) -> bool {
         false
     }
+    /// Keep the per-element states in `dtype` (`--state-dtype`, `docs/dtypes.md`). Contenders
+    /// that keep f32 states only say so.
+    fn set_state_dtype(&mut self, dtype: optc_kernel::Dtype) -> Result<(), CompareError> {
+        Err(CompareError::Rule {
+            rule: self.label().to_string(),
+            message: format!("keeps f32 states; it cannot keep them in {dtype}"),
+        })
+    }
     /// The hypers that follow a schedule in this contender's runs (none by default; see
     /// [`crate::compare::schedule::Scheduled`]).
     fn schedules(&self) -> Vec<optc_runtime::HyperSchedule> {

@@ -68,7 +68,7 @@ pub fn render(c: &Comparison) -> String {
                     .as_ref()
                     .map_or_else(|| "-".to_string(), |sp| pm(sp, |x| format!("{x:.2}"))),
             );
-            row.push(format!("{:.0}", s.state_bytes_per_param));
+            row.push(format!("{:.2}", s.state_bytes_per_param));
             row
         })
         .collect();

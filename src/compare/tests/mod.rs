@@ -2,5 +2,6 @@
 
 mod grad;
 mod harness;
+mod int8;
 mod rules;
 mod tune;
