@@ -386,8 +386,7 @@ fn bad_precision_options_are_clear_errors() {
         .contains("--master-weights needs a 16-bit parameter"));
     assert!(build(precision(Dtype::F32, Dtype::F32, false, Some(1)))
         .contains("--stochastic-rounding needs a 16-bit parameter"));
-    assert!(
-        build(precision(Dtype::Bf16, Dtype::F16, false, None)).contains("states are f32 or bf16")
-    );
+    assert!(build(precision(Dtype::Bf16, Dtype::F16, false, None))
+        .contains("states are f32, bf16 or int8"));
     assert!(build(precision(Dtype::Bf16, Dtype::F32, true, Some(1))).contains("without a master"));
 }

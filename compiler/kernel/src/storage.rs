@@ -200,7 +200,10 @@ impl Precision {
             return Err("--param-dtype must be f32, bf16 or f16".into());
         }
         if self.state == Dtype::F16 {
-            return Err("--state-dtype must be f32, bf16 or int8".into());
+            return Err(format!(
+                "--state-dtype {} is not available: states are f32, bf16 or int8",
+                self.state
+            ));
         }
         if self.master_weights && !sixteen {
             return Err(
@@ -420,11 +423,15 @@ mod tests {
             prec(Dtype::F32, Dtype::F32, false, Some(1)),
             prec(Dtype::Bf16, Dtype::F32, true, Some(1)),
             prec(Dtype::Bf16, Dtype::F16, false, None),
-            prec(Dtype::Bf16, Dtype::Int8, false, None),
             prec(Dtype::Int8, Dtype::F32, false, None),
         ] {
             assert!(bad.apply(&k).is_err(), "{bad:?}");
         }
+        // int8 states (crate::int8) are a state dtype.
+        let q = prec(Dtype::Bf16, Dtype::Int8, false, None)
+            .apply(&k)
+            .expect("int8 states");
+        assert!(q.storage.states.iter().all(|&d| d == Dtype::Int8));
     }
 
     #[test]
