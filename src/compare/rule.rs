@@ -8,6 +8,8 @@
 
 use std::path::Path;
 
+use optc_kernel::{Dtype, Precision};
+use optc_runtime::buf::BufVec;
 use optc_runtime::{Optimizer, Options, Rule, RuntimeError, Target, Update};
 
 use crate::compare::stepper::{Contender, StepError, Stepper};
@@ -43,6 +45,7 @@ pub struct RuleContender {
     flags: Vec<(String, bool)>,
     max_grad_norm: Option<f64>,
     backend: Backend,
+    precision: Precision,
 }
 
 impl RuleContender {
@@ -98,7 +101,13 @@ impl RuleContender {
             rule,
             max_grad_norm: None,
             backend,
+            precision: Precision::default(),
         })
+    }
+
+    /// Keep parameters, gradients and states in these storage dtypes (`optc_kernel::Precision`).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     /// Rename (to tell apart two contenders with the same rule name).
@@ -111,6 +120,7 @@ impl RuleContender {
             target: self.backend.target(),
             flags: self.flags.clone(),
             max_grad_norm: self.max_grad_norm,
+            precision: self.precision,
             ..Options::default()
         };
         let mut optimizer =
@@ -169,7 +179,12 @@ impl Contender for RuleContender {
             rule: self.source.clone(),
             message: e.to_string(),
         })?;
-        Ok(Box::new(RuntimeStepper { optimizer, names }))
+        let dtype = self.precision.param;
+        Ok(Box::new(RuntimeStepper {
+            optimizer,
+            names,
+            dtype,
+        }))
     }
 }
 
@@ -178,32 +193,53 @@ impl Contender for RuleContender {
 struct RuntimeStepper {
     optimizer: Optimizer,
     names: Vec<String>,
+    /// The parameters' storage dtype: the task's f32 parameters are held in it between steps.
+    dtype: Dtype,
 }
 
 impl Stepper for RuntimeStepper {
     fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>]) -> Result<(), StepError> {
+        if self.dtype == Dtype::F32 {
+            let updates = self
+                .names
+                .iter()
+                .zip(params.iter_mut())
+                .zip(grads)
+                .map(|((name, p), g)| Update::new(name, p, g));
+            self.optimizer.step(updates)?;
+            return Ok(());
+        }
+        // 16-bit parameters: the task's values rounded to the dtype (exact after the first
+        // step), stepped, and widened back for the next forward pass.
+        let mut p16: Vec<BufVec> = params
+            .iter()
+            .map(|p| BufVec::from_f32(self.dtype, p))
+            .collect();
+        let g16: Vec<BufVec> = grads
+            .iter()
+            .map(|g| BufVec::from_f32(self.dtype, g))
+            .collect();
         let updates = self
             .names
             .iter()
-            .zip(params.iter_mut())
-            .zip(grads)
-            .map(|((name, p), g)| Update::new(name, p, g));
+            .zip(p16.iter_mut())
+            .zip(&g16)
+            .map(|((name, p), g)| Update::typed(name, p.view(), g.into()));
         self.optimizer.step(updates)?;
+        for (p, b) in params.iter_mut().zip(&p16) {
+            *p = b.to_f32();
+        }
         Ok(())
     }
 
     fn state_bytes(&self) -> usize {
-        self.names
+        // The per-element states in their storage dtypes, and the f64 scalar states.
+        let scalars: usize = self
+            .names
             .iter()
-            .map(|name| {
-                let buffers: usize = self
-                    .optimizer
-                    .states(name)
-                    .map_or(0, |s| s.iter().map(|(_, b)| 4 * b.len()).sum());
-                let scalars = self.optimizer.scalars(name).map_or(0, |s| 8 * s.len());
-                buffers + scalars
-            })
-            .sum()
+            .map(|name| self.optimizer.scalars(name).map_or(0, |s| 8 * s.len()))
+            .sum();
+        self.optimizer.state_bytes().0 + scalars
     }
 
     fn set_hyper(&mut self, name: &str, value: f64) -> Result<(), StepError> {
