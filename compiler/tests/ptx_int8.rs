@@ -1,13 +1,13 @@
 //! int8 states on the PTX backend (`backend/ptx/quant.rs`): every stdlib rule, in every flag
-//! combination and rank class, with `--state-dtype int8` (alone and with a bf16 parameter and an
-//! f32 master), emits an `_q8` entry per stage, listed in the module's stage entries, and
+//! combination and rank class, with `--state-dtype int8`, emits an `_q8` entry per stage (with a
+//! bf16 parameter and an f32 master it is refused with a clear error), listed in the module's stage entries, and
 //! NVIDIA's `ptxas` assembles the module (sm_80 and sm_90; fast math and the bf16 setting on
 //! sm_80). The
 //! module's `.const` tables are the dynamic maps of `optc_kernel::quant`, entry for entry. ptxas
 //! is found through `OPTC_PTXAS`, else on `PATH`; without it the assembly is skipped with a
 //! message, except under CI (env `CI` set), where a missing ptxas is a failure.
 
-use optc_compiler::backend::ptx::{emit, Options};
+use optc_compiler::backend::ptx::{emit, Error, Options};
 use optc_compiler::passes::CompileOptions;
 use optc_compiler::{stdlib, Kernel};
 use optc_kernel::quant::DynamicMap;
@@ -129,6 +129,14 @@ fn every_stdlib_rule_with_int8_states_has_q8_entries_that_ptxas_accepts() {
                 fast_math,
                 ..Options::default()
             };
+            if kernel.storage.param != Dtype::F32 {
+                // The `_q8` entries step f32 parameters only: a clear refusal.
+                assert!(
+                    matches!(emit(kernel, &opts), Err(Error::Unsupported(_))),
+                    "{label}: int8 states with a bf16 parameter must be refused"
+                );
+                continue;
+            }
             let module = emit(kernel, &opts).unwrap_or_else(|e| panic!("{label}: {e}"));
             for (k, st) in module.stages.iter().enumerate() {
                 let e = st

@@ -55,13 +55,17 @@ pub struct CompareArgs {
     /// interpreter, slow, for checking).
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub backend: Backend,
-    /// Keep a rule's per-element states in DTYPE (`f32`, `bf16` or `int8`; `docs/dtypes.md`):
-    /// `LABEL:DTYPE` for one contender (`adamw#2:int8`), `DTYPE` for every rule; repeatable.
-    #[arg(long = "state-dtype", value_name = "[RULE:]DTYPE")]
-    pub state_dtype: Vec<String>,
+    /// Keep one rule's per-element states in DTYPE (`f32`, `bf16` or `int8`; `docs/dtypes.md`),
+    /// over `--state-dtype`: `LABEL:DTYPE`, e.g. `adamw#2:int8`; repeatable.
+    #[arg(long = "rule-state-dtype", value_name = "RULE:DTYPE")]
+    pub rule_state_dtype: Vec<String>,
     /// Directory for `curves.png` and `results.json` (created if missing).
     #[arg(long, default_value = "optc-compare")]
     pub out: PathBuf,
+    /// Storage dtypes of every compiled rule (the references stay f32): the model's parameters
+    /// are kept in `--param-dtype` between steps, and the table's `state B/param` follows.
+    #[command(flatten)]
+    pub precision: super::precision::PrecisionArgs,
 }
 
 /// Runs `optc compare`.
@@ -82,11 +86,18 @@ pub fn execute(args: &CompareArgs) -> Result<Comparison, CompareError> {
     if args.seeds == 0 {
         return Err(CompareError::Usage("--seeds must be at least 1".into()));
     }
-    let mut contenders = load_contenders(&args.rules, args.backend)?;
+    let precision = args
+        .precision
+        .precision()
+        .map_err(|message| CompareError::Rule {
+            rule: args.rules.join(" "),
+            message,
+        })?;
+    let mut contenders = load_contenders(&args.rules, args.backend, precision)?;
     for arg in &args.set {
         apply_set(&mut contenders, arg)?;
     }
-    for arg in &args.state_dtype {
+    for arg in &args.rule_state_dtype {
         apply_state_dtype(&mut contenders, arg)?;
     }
     let contenders = crate::compare::schedule::attach(contenders, &args.schedule)?;
@@ -102,6 +113,7 @@ pub fn execute(args: &CompareArgs) -> Result<Comparison, CompareError> {
 pub fn load_contenders(
     args: &[String],
     backend: Backend,
+    precision: optc_kernel::Precision,
 ) -> Result<Vec<Box<dyn Contender>>, CompareError> {
     let color = super::color_stderr();
     let mut out: Vec<Box<dyn Contender>> = Vec::with_capacity(args.len());
@@ -122,6 +134,7 @@ pub fn load_contenders(
             out.push(Box::new(Reference::new(kind, label)));
         } else {
             let mut c = RuleContender::load(arg, backend, color)?;
+            c.set_precision(precision);
             let label = unique(c.label(), &mut labels);
             c.set_label(label);
             out.push(Box::new(c));
@@ -130,48 +143,36 @@ pub fn load_contenders(
     Ok(out)
 }
 
-/// Applies one `--state-dtype [LABEL:]DTYPE`: to the contender labelled LABEL, or to every rule
-/// (reference optimizers keep f32 states).
+/// Applies one `--rule-state-dtype LABEL:DTYPE` to the contender labelled LABEL.
 pub fn apply_state_dtype(
     contenders: &mut [Box<dyn Contender>],
     arg: &str,
 ) -> Result<(), CompareError> {
-    let (label, name) = match arg.rsplit_once(':') {
-        Some((l, d)) => (Some(l), d),
-        None => (None, arg),
-    };
-    let dtype = optc_kernel::Dtype::from_name(name.trim()).ok_or_else(|| {
+    let usage = |why: String| {
         CompareError::Usage(format!(
-            "`--state-dtype {arg}`: `{name}` is not a state dtype (expected [RULE:]DTYPE with \
-             DTYPE f32, bf16 or int8, e.g. `adamw#2:int8`)"
+            "`--rule-state-dtype {arg}`: {why} (expected RULE:DTYPE with DTYPE f32, bf16 or \
+             int8, e.g. `adamw#2:int8`)"
         ))
-    })?;
-    match label {
-        Some(label) => {
-            let labels: Vec<String> = contenders.iter().map(|c| c.label().to_string()).collect();
-            let c = contenders
-                .iter_mut()
-                .find(|c| c.label() == label)
-                .ok_or_else(|| {
-                    CompareError::Usage(format!(
-                        "`--state-dtype {arg}`: no rule labelled `{label}`{}; the rules are: {}",
-                        did_you_mean(label, labels.iter().map(String::as_str))
-                            .map(|s| format!(" (did you mean `{s}`?)"))
-                            .unwrap_or_default(),
-                        labels.join(", ")
-                    ))
-                })?;
-            c.set_state_dtype(dtype)
-        }
-        None => {
-            for c in contenders.iter_mut() {
-                if !c.source().starts_with("reference:") {
-                    c.set_state_dtype(dtype)?;
-                }
-            }
-            Ok(())
-        }
-    }
+    };
+    let (label, name) = arg
+        .rsplit_once(':')
+        .ok_or_else(|| usage("no `:`".into()))?;
+    let dtype = optc_kernel::Dtype::from_name(name.trim())
+        .ok_or_else(|| usage(format!("`{name}` is not a state dtype")))?;
+    let labels: Vec<String> = contenders.iter().map(|c| c.label().to_string()).collect();
+    let c = contenders
+        .iter_mut()
+        .find(|c| c.label() == label)
+        .ok_or_else(|| {
+            usage(format!(
+                "no rule labelled `{label}`{}; the rules are: {}",
+                did_you_mean(label, labels.iter().map(String::as_str))
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default(),
+                labels.join(", ")
+            ))
+        })?;
+    c.set_state_dtype(dtype)
 }
 
 /// `base`, or `base#2`, `base#3`, ... if taken.

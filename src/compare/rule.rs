@@ -8,6 +8,8 @@
 
 use std::path::Path;
 
+use optc_kernel::{Dtype, Precision};
+use optc_runtime::buf::BufVec;
 use optc_runtime::{Optimizer, Options, Rule, RuntimeError, Target, Update};
 
 use crate::compare::stepper::{Contender, StepError, Stepper};
@@ -43,8 +45,7 @@ pub struct RuleContender {
     flags: Vec<(String, bool)>,
     max_grad_norm: Option<f64>,
     backend: Backend,
-    /// The dtype of the per-element states.
-    state_dtype: optc_kernel::Dtype,
+    precision: Precision,
 }
 
 impl RuleContender {
@@ -100,8 +101,13 @@ impl RuleContender {
             rule,
             max_grad_norm: None,
             backend,
-            state_dtype: optc_kernel::Dtype::F32,
+            precision: Precision::default(),
         })
+    }
+
+    /// Keep parameters, gradients and states in these storage dtypes (`optc_kernel::Precision`).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     /// Rename (to tell apart two contenders with the same rule name).
@@ -114,10 +120,7 @@ impl RuleContender {
             target: self.backend.target(),
             flags: self.flags.clone(),
             max_grad_norm: self.max_grad_norm,
-            precision: optc_kernel::Precision {
-                state: self.state_dtype,
-                ..optc_kernel::Precision::default()
-            },
+            precision: self.precision,
             ..Options::default()
         };
         let mut optimizer =
@@ -174,13 +177,13 @@ impl Contender for RuleContender {
     fn set_state_dtype(&mut self, dtype: optc_kernel::Dtype) -> Result<(), CompareError> {
         let precision = optc_kernel::Precision {
             state: dtype,
-            ..optc_kernel::Precision::default()
+            ..self.precision
         };
         precision.check().map_err(|message| CompareError::Rule {
             rule: self.label.clone(),
             message,
         })?;
-        self.state_dtype = dtype;
+        self.precision = precision;
         Ok(())
     }
     fn build(&self, tensors: &[TensorSpec]) -> Result<Box<dyn Stepper>, CompareError> {
@@ -188,7 +191,12 @@ impl Contender for RuleContender {
             rule: self.source.clone(),
             message: e.to_string(),
         })?;
-        Ok(Box::new(RuntimeStepper { optimizer, names }))
+        let dtype = self.precision.param;
+        Ok(Box::new(RuntimeStepper {
+            optimizer,
+            names,
+            dtype,
+        }))
     }
 }
 
@@ -197,22 +205,47 @@ impl Contender for RuleContender {
 struct RuntimeStepper {
     optimizer: Optimizer,
     names: Vec<String>,
+    /// The parameters' storage dtype: the task's f32 parameters are held in it between steps.
+    dtype: Dtype,
 }
 
 impl Stepper for RuntimeStepper {
     fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>]) -> Result<(), StepError> {
+        if self.dtype == Dtype::F32 {
+            let updates = self
+                .names
+                .iter()
+                .zip(params.iter_mut())
+                .zip(grads)
+                .map(|((name, p), g)| Update::new(name, p, g));
+            self.optimizer.step(updates)?;
+            return Ok(());
+        }
+        // 16-bit parameters: the task's values rounded to the dtype (exact after the first
+        // step), stepped, and widened back for the next forward pass.
+        let mut p16: Vec<BufVec> = params
+            .iter()
+            .map(|p| BufVec::from_f32(self.dtype, p))
+            .collect();
+        let g16: Vec<BufVec> = grads
+            .iter()
+            .map(|g| BufVec::from_f32(self.dtype, g))
+            .collect();
         let updates = self
             .names
             .iter()
-            .zip(params.iter_mut())
-            .zip(grads)
-            .map(|((name, p), g)| Update::new(name, p, g));
+            .zip(p16.iter_mut())
+            .zip(&g16)
+            .map(|((name, p), g)| Update::typed(name, p.view(), g.into()));
         self.optimizer.step(updates)?;
+        for (p, b) in params.iter_mut().zip(&p16) {
+            *p = b.to_f32();
+        }
         Ok(())
     }
 
     fn state_bytes(&self) -> usize {
-        // Per-element states in their storage dtypes (int8: codes and scales), then scalars.
+        // The per-element states in their storage dtypes, and the f64 scalar states.
         let scalars: usize = self
             .names
             .iter()

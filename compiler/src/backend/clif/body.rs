@@ -373,11 +373,21 @@ pub(super) fn offset_ptrs(
     dtypes: &[Dtype],
     elems: Value,
 ) -> Vec<Option<Value>> {
+    // One byte offset per value size, made where the first pointer needs it.
+    let mut offs: Vec<(i64, Value)> = Vec::new();
     ptrs.iter()
         .zip(dtypes)
         .map(|(p, &d)| {
             p.map(|p| {
-                let off = g.b.ins().ishl_imm_u(elems, convert::shift(d));
+                let sh = convert::shift(d);
+                let off = match offs.iter().find(|(s, _)| *s == sh) {
+                    Some(&(_, off)) => off,
+                    None => {
+                        let off = g.b.ins().ishl_imm_u(elems, sh);
+                        offs.push((sh, off));
+                        off
+                    }
+                };
                 g.b.ins().iadd(p, off)
             })
         })
@@ -431,11 +441,20 @@ pub(super) fn copy_loop(
     g.b.ins().brif(more, body, &[], done, &[]);
     g.b.switch_to_block(body);
     let idx = g.b.ins().iadd(first, j);
+    // The byte offsets in the buffers and in the slots, one pair per value size.
+    let mut offs: Vec<(i64, Value, Value)> = Vec::new();
     for k in 0..ptrs.len() {
         if let (true, Some(p), Some(s)) = (which[k], ptrs[k], slots[k]) {
             let sh = convert::shift(dtypes[k]);
-            let off = g.b.ins().ishl_imm_u(idx, sh);
-            let soff = g.b.ins().ishl_imm_u(j, sh);
+            let (off, soff) = match offs.iter().find(|(s, _, _)| *s == sh) {
+                Some(&(_, off, soff)) => (off, soff),
+                None => {
+                    let off = g.b.ins().ishl_imm_u(idx, sh);
+                    let soff = g.b.ins().ishl_imm_u(j, sh);
+                    offs.push((sh, off, soff));
+                    (off, soff)
+                }
+            };
             let ea = g.b.ins().iadd(p, off);
             let sa = g.b.ins().iadd(s, soff);
             let (from, to, ff, tf) = if into_slots {

@@ -7,7 +7,7 @@
 
 use super::gen::Gen;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::types::{F32X4, I16, I32, I32X4, I64, I64X2};
+use cranelift_codegen::ir::types::{F32, F32X4, I16, I32, I32X4, I64, I64X2};
 use cranelift_codegen::ir::{ConstantData, InstBuilder, MemFlagsData, Value};
 use optc_kernel::Dtype;
 
@@ -70,7 +70,7 @@ pub(super) fn copy_one(
     to: Value,
     (ff, tf): (MemFlagsData, MemFlagsData),
 ) {
-    let ty = if shift(d) == 1 { I16 } else { I32 };
+    let ty = if shift(d) == 1 { I16 } else { F32 };
     let v = g.b.ins().load(ty, ff, from, 0);
     g.b.ins().store(tf, v, to, 0);
 }

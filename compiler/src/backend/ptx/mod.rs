@@ -31,6 +31,7 @@
 
 mod asm;
 mod body;
+mod convert;
 mod entries;
 mod factored;
 pub mod layout;
@@ -147,6 +148,7 @@ pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
     } else {
         (6, 0)
     };
+    convert::check(kernel, sm)?;
     if version < needed {
         return Err(Error::Version {
             version: opts.version.clone(),
@@ -155,6 +157,16 @@ pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
                 opts.target, needed.0, needed.1
             ),
         });
+    }
+    if quant::has_int8(kernel)
+        && (kernel.storage.param != optc_kernel::Dtype::F32
+            || kernel.storage.grad != optc_kernel::Dtype::F32)
+    {
+        return Err(Error::Unsupported(
+            "int8 states with a 16-bit parameter or gradient: the `_q8` entries load and store \
+             f32 parameters and gradients only (docs/dtypes.md)"
+                .into(),
+        ));
     }
     let flags: Vec<String> = kernel
         .flags
