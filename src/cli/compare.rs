@@ -154,9 +154,7 @@ pub fn apply_state_dtype(
              int8, e.g. `adamw#2:int8`)"
         ))
     };
-    let (label, name) = arg
-        .rsplit_once(':')
-        .ok_or_else(|| usage("no `:`".into()))?;
+    let (label, name) = arg.rsplit_once(':').ok_or_else(|| usage("no `:`".into()))?;
     let dtype = optc_kernel::Dtype::from_name(name.trim())
         .ok_or_else(|| usage(format!("`{name}` is not a state dtype")))?;
     let labels: Vec<String> = contenders.iter().map(|c| c.label().to_string()).collect();
