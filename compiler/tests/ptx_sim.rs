@@ -34,6 +34,11 @@ use optc_kernel::{MatrixDims, RankClass, StateShape, VecShape};
 use ptxsim::{launch, Arg, Device};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// A launch's result: every buffer after it, and the partials buffer.
+type Run = (Vec<Vec<f32>>, Vec<f32>);
+/// Partials split per reduce output.
+type PerOutput = Vec<Vec<f32>>;
+
 /// Instructions the emulator executed (for the summary line).
 static INSTRUCTIONS: AtomicU64 = AtomicU64::new(0);
 
@@ -191,7 +196,7 @@ fn run_single(
     entry: &PtxEntry,
     inp: &Inputs,
     misalign: u64,
-) -> Result<(Vec<Vec<f32>>, Vec<f32>), String> {
+) -> Result<Run, String> {
     let mut dev = Device::default();
     let ptrs: Vec<u64> = inp
         .bufs
@@ -219,10 +224,10 @@ fn run_multi(
     e: &StageEntries,
     outputs: usize,
     tensors: &[(&Inputs, u64)],
-) -> Result<Vec<(Vec<Vec<f32>>, Vec<f32>)>, String> {
+    chunk_elems: usize,
+) -> Result<Vec<Run>, String> {
     let mut dev = Device::default();
     let layout: &TableLayout = &e.record;
-    let chunk_elems = 2 * e.chunk_multiple.max(1);
     let mut ranges = Vec::new();
     let mut total = 0;
     for (inp, _) in tensors {
@@ -313,7 +318,7 @@ fn run_factored(
     kernel: &Kernel,
     stage: usize,
     inp: &Inputs,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), String> {
+) -> Result<(Vec<Vec<f32>>, PerOutput), String> {
     let e = &module.factored[stage];
     let mut dev = Device::default();
     let ptrs: Vec<u64> = inp.bufs.iter().map(|b| dev.alloc_f32(b, 0)).collect();
@@ -448,14 +453,7 @@ fn check_module(kernel: &Kernel, module: &PtxModule, dims: &[MatrixDims]) -> Res
                 continue;
             }
             let e = &module.stages[stage];
-            let split = |flat: Vec<f32>| -> Vec<Vec<f32>> {
-                let outs = want_parts.len();
-                if outs == 0 {
-                    return Vec::new();
-                }
-                let per = flat.len() / outs;
-                flat.chunks(per.max(1)).map(<[f32]>::to_vec).collect()
-            };
+            let split = |flat: Vec<f32>| split_partials(&flat, want_parts.len());
             let (got, parts) = run_single(&m, kernel, stage, &e.vector, &inp, 0)?;
             cmp_all("vector", &got, &split(parts))?;
             let (got, parts) = run_single(&m, kernel, stage, &e.scalar, &inp, 4)?;
@@ -469,20 +467,20 @@ fn check_module(kernel: &Kernel, module: &PtxModule, dims: &[MatrixDims]) -> Res
             };
             let inp2 = inputs(kernel, stage, d2, 99 + stage as u64, 3, &reduced);
             let (want2, want_parts2) = reference(kernel, stage, &inp2);
-            let res = run_multi(&m, e, want_parts.len(), &[(&inp, 0), (&inp2, 4)])?;
-            cmp_all("multi", &res[0].0, &split(res[0].1.clone()))?;
-            for (b, (g, w)) in res[1].0.iter().zip(&want2).enumerate() {
-                compare(
-                    &format!("{} buffer {b}", ctx("multi, 2nd tensor")),
-                    g,
-                    w,
-                    ex,
-                )?;
-            }
-            let outs = want_parts2.len();
-            if outs > 0 {
-                let per = res[1].1.len() / outs;
-                for (o, (g, w)) in res[1].1.chunks(per.max(1)).zip(&want_parts2).enumerate() {
+            // Chunks of one and of three times the stage's chunk multiple.
+            for chunk in [1, 3].map(|c| c * e.chunk_multiple.max(1)) {
+                let res = run_multi(&m, e, want_parts.len(), &[(&inp, 0), (&inp2, 4)], chunk)?;
+                cmp_all("multi", &res[0].0, &split(res[0].1.clone()))?;
+                for (b, (g, w)) in res[1].0.iter().zip(&want2).enumerate() {
+                    compare(
+                        &format!("{} buffer {b}", ctx("multi, 2nd tensor")),
+                        g,
+                        w,
+                        ex,
+                    )?;
+                }
+                let parts2 = split_partials(&res[1].1, want_parts2.len());
+                for (o, (g, w)) in parts2.iter().zip(&want_parts2).enumerate() {
                     compare(
                         &format!("{} partials {o}", ctx("multi, 2nd tensor")),
                         g,
@@ -491,10 +489,18 @@ fn check_module(kernel: &Kernel, module: &PtxModule, dims: &[MatrixDims]) -> Res
                     )?;
                 }
             }
-            checked += 3;
+            checked += 4;
         }
     }
     Ok(checked)
+}
+
+/// A tensor's partials of `outs` reduce outputs (one run of blocks each), split per output.
+fn split_partials(flat: &[f32], outs: usize) -> Vec<Vec<f32>> {
+    match flat.len().checked_div(outs) {
+        Some(per) => flat.chunks(per.max(1)).map(<[f32]>::to_vec).collect(),
+        None => Vec::new(),
+    }
 }
 
 fn flat(n: usize) -> MatrixDims {
@@ -610,4 +616,125 @@ fn unknown_instructions_are_errors_that_name_them() {
                \ttanh.approx.f32 %f1, %f2;\n\tret;\n}\n";
     let err = ptxsim::parse(src).expect_err("tanh is not emulated");
     assert!(err.contains("tanh.approx.f32 %f1, %f2"), "{err}");
+}
+
+/// Runs `body` (instructions over `%rd1` = the output pointer, `%r1` = the lane) in one warp of
+/// 32 threads and returns the 32-bit words it stored, `words` per lane at `%rd1 + 4 * (lane *
+/// words + k)`.
+fn run_snippet(decls: &str, body: &str, words: usize) -> Result<Vec<u32>, String> {
+    let src = format!(
+        ".version 8.0\n.target sm_80\n.address_size 64\n{decls}\n\
+         .visible .entry t(\n\t.param .u64 t_out\n)\n{{\n\
+         \t.reg .pred %p<8>;\n\t.reg .f32 %f<16>;\n\t.reg .b32 %r<16>;\n\t.reg .b64 %rd<16>;\n\
+         \t.reg .b16 %h<8>;\n\
+         \tld.param.u64 %rd1, [t_out];\n\tmov.u32 %r1, %tid.x;\n\
+         \tmul.wide.u32 %rd2, %r1, {};\n\tadd.s64 %rd1, %rd1, %rd2;\n{body}\n\tret;\n}}\n",
+        4 * words
+    );
+    let m = ptxsim::parse(&src)?;
+    let mut dev = Device::default();
+    let out = dev.alloc(&vec![0u8; 32 * 4 * words], 0);
+    launch(&m, "t", 1, 32, &[Arg::U64(out)], &mut dev)?;
+    Ok(dev
+        .bytes(out)
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// The emulator's semantics against values stated by the PTX ISA (and IEEE 754).
+#[test]
+fn the_emulator_follows_the_ptx_isa() {
+    // shfl.sync.down by 1 with clamp 31: lane l gets lane l+1's value, lane 31 its own; bfly by
+    // 16 swaps halves; up by 2 (clamp 0) takes lane l-2, lanes 0 and 1 keep theirs.
+    let w = run_snippet(
+        "",
+        "\tshfl.sync.down.b32 %r2, %r1, 1, 31, -1;\n\tst.global.u32 [%rd1], %r2;\n\
+         \tshfl.sync.bfly.b32 %r3, %r1, 16, 31, -1;\n\tst.global.u32 [%rd1+4], %r3;\n\
+         \tshfl.sync.up.b32 %r4, %r1, 2, 0, -1;\n\tst.global.u32 [%rd1+8], %r4;",
+        3,
+    )
+    .expect("runs");
+    for l in 0..32u32 {
+        let at = 3 * l as usize;
+        assert_eq!(w[at], if l == 31 { 31 } else { l + 1 }, "down, lane {l}");
+        assert_eq!(w[at + 1], l ^ 16, "bfly, lane {l}");
+        assert_eq!(w[at + 2], if l < 2 { l } else { l - 2 }, "up, lane {l}");
+    }
+    // min/max: plain ones drop a NaN, .NaN ones give the canonical NaN, -0 < +0; copysign
+    // takes the sign of its first operand; setp.ne is ordered, setp.neu unordered.
+    let nan = "0f7FC00000";
+    let w = run_snippet(
+        "",
+        &format!(
+            "\tmin.f32 %f1, {nan}, 0f3F800000;\n\tst.global.f32 [%rd1], %f1;\n\
+             \tmax.NaN.f32 %f2, 0f3F800000, {nan};\n\tst.global.f32 [%rd1+4], %f2;\n\
+             \tmin.f32 %f3, 0f00000000, 0f80000000;\n\tst.global.f32 [%rd1+8], %f3;\n\
+             \tmax.f32 %f4, 0f80000000, 0f00000000;\n\tst.global.f32 [%rd1+12], %f4;\n\
+             \tcopysign.f32 %f5, 0fBF800000, 0f40000000;\n\tst.global.f32 [%rd1+16], %f5;\n\
+             \tsetp.ne.f32 %p1, {nan}, 0f3F800000;\n\tselp.u32 %r2, 1, 0, %p1;\n\
+             \tst.global.u32 [%rd1+20], %r2;\n\
+             \tsetp.neu.f32 %p2, {nan}, 0f3F800000;\n\tselp.u32 %r3, 1, 0, %p2;\n\
+             \tst.global.u32 [%rd1+24], %r3;\n\
+             \tmul.ftz.f32 %f6, 0f00400000, 0f3F800000;\n\tst.global.f32 [%rd1+28], %f6;\n\
+             \tmul.rn.f32 %f7, 0f00400000, 0f3F800000;\n\tst.global.f32 [%rd1+32], %f7;\n\
+             \tfma.rn.f32 %f8, 0f3F800001, 0f3F800001, 0fBF800002;\n\tst.global.f32 [%rd1+36], %f8;"
+        ),
+        10,
+    )
+    .expect("runs");
+    assert_eq!(f32::from_bits(w[0]), 1.0);
+    assert_eq!(w[1], 0x7FFF_FFFF);
+    assert_eq!(w[2], 0x8000_0000, "min(+0, -0) = -0");
+    assert_eq!(w[3], 0x0000_0000, "max(-0, +0) = +0");
+    assert_eq!(f32::from_bits(w[4]), -2.0);
+    assert_eq!((w[5], w[6]), (0, 1));
+    assert_eq!(w[7], 0, ".ftz flushes a subnormal");
+    assert_eq!(w[8], 0x0040_0000, "without .ftz it is kept");
+    // (1 + 2^-23)^2 - (1 + 2^-22) = 2^-46, exact only when fused.
+    assert_eq!(f32::from_bits(w[9]), 2f32.powi(-46));
+    // Conversions: 1 + 2^-8 + 2^-9 rounds to bf16 1 + 2^-7 (nearest), and 1/3 to f16 0x3555;
+    // widening is exact; f32 -> s32 truncates toward zero and saturates.
+    let w = run_snippet(
+        "",
+        "\tcvt.rn.bf16.f32 %h1, 0f3F80C000;\n\tcvt.f32.bf16 %f1, %h1;\n\
+         \tst.global.f32 [%rd1], %f1;\n\
+         \tcvt.rn.f16.f32 %h2, 0f3EAAAAAB;\n\tcvt.u32.u16 %r2, %h2;\n\
+         \tst.global.u32 [%rd1+4], %r2;\n\tcvt.f32.f16 %f2, %h2;\n\tst.global.f32 [%rd1+8], %f2;\n\
+         \tcvt.rzi.s32.f32 %r3, 0fC0300000;\n\tst.global.u32 [%rd1+12], %r3;\n\
+         \tcvt.rzi.s32.f32 %r4, 0f7F800000;\n\tst.global.u32 [%rd1+16], %r4;",
+        5,
+    )
+    .expect("runs");
+    assert_eq!(f32::from_bits(w[0]), 1.0 + 2f32.powi(-7));
+    assert_eq!(w[1], 0x3555);
+    assert_eq!(f32::from_bits(w[2]), 0.333_251_95);
+    assert_eq!(w[3] as i32, -2);
+    assert_eq!(w[4] as i32, i32::MAX);
+    // A .const table, read per lane.
+    let w = run_snippet(
+        ".const .align 4 .b32 table[4] = {10, 20, 30, 40};",
+        "\tand.b32 %r2, %r1, 3;\n\tmul.wide.u32 %rd3, %r2, 4;\n\tmov.u64 %rd4, table;\n\
+         \tadd.s64 %rd4, %rd4, %rd3;\n\tld.const.u32 %r3, [%rd4];\n\tst.global.u32 [%rd1], %r3;",
+        1,
+    )
+    .expect("runs");
+    assert!(w
+        .iter()
+        .enumerate()
+        .all(|(l, v)| *v == 10 * (1 + l as u32 % 4)));
+    // Errors, never silent: misaligned v4, out of bounds, a shuffle some lanes skip.
+    let e = run_snippet("", "\tld.global.v4.f32 {%f1, %f2, %f3, %f4}, [%rd1+4];", 8)
+        .expect_err("misaligned");
+    assert!(e.contains("misaligned"), "{e}");
+    let e = run_snippet("", "\tst.global.u32 [%rd1+4], %r1;", 1).expect_err("out of bounds");
+    assert!(e.contains("outside every allocation"), "{e}");
+    let e = run_snippet(
+        "",
+        "\tsetp.eq.u32 %p1, %r1, 0;\n\t@%p1 bra $L_end;\n\
+         \tshfl.sync.down.b32 %r2, %r1, 1, 31, -1;\n$L_end:",
+        1,
+    )
+    .expect_err("divergent shuffle");
+    assert!(e.contains("only 31 of 32 lanes"), "{e}");
 }

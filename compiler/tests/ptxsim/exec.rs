@@ -181,10 +181,10 @@ impl Cta<'_> {
             .collect();
         loop {
             let mut progress = false;
-            for tid in 0..threads.len() {
-                if threads[tid].state == State::Ready {
+            for (tid, th) in threads.iter_mut().enumerate() {
+                if th.state == State::Ready {
                     progress = true;
-                    self.run_thread(tid as u32, &mut threads[tid], dev, stats)?;
+                    self.run_thread(tid as u32, th, dev, stats)?;
                 }
             }
             // Collectives: per warp, once every lane waits.
@@ -542,13 +542,15 @@ impl Cta<'_> {
                             .checked_sub(CONST_BASE)
                             .ok_or("const address below the window")?
                             as usize;
-                        let src = self.module.const_bytes.get(off..off + total).ok_or_else(
-                            || {
-                                format!(
+                        let src =
+                            self.module
+                                .const_bytes
+                                .get(off..off + total)
+                                .ok_or_else(|| {
+                                    format!(
                                     "const access at {base:#x} is outside every .const variable"
                                 )
-                            },
-                        )?;
+                                })?;
                         buf[..total].copy_from_slice(src);
                     }
                     Space::Param => unreachable!(),
