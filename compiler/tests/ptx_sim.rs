@@ -39,6 +39,12 @@ type Run = (Vec<Vec<f32>>, Vec<f32>);
 /// Partials split per reduce output.
 type PerOutput = Vec<Vec<f32>>;
 
+thread_local! {
+    /// Whether [`inputs`] puts zeros, subnormals, infinities and NaNs among p and g (1), the
+    /// same without subnormals (2), or not (0).
+    static SPECIALS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
 /// Instructions the emulator executed (for the summary line).
 static INSTRUCTIONS: AtomicU64 = AtomicU64::new(0);
 
@@ -376,6 +382,32 @@ fn inputs(
 ) -> Inputs {
     let n = dims.numel();
     let mut bufs = vec![data(n, seed, -1.0), data(n, seed + 1, -1.0)];
+    if SPECIALS.with(|s| s.get()) > 0 {
+        // Every 7th gradient and every 11th parameter a special value.
+        // Fast math flushes subnormals to zero (`docs/cuda.md`): no subnormals there.
+        let (tiny, neg_tiny) = if SPECIALS.with(|s| s.get()) == 2 {
+            (1e-30, -1e-30)
+        } else {
+            (1e-40, -1e-39)
+        };
+        let sp = [
+            0.0,
+            -0.0,
+            tiny,
+            neg_tiny,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            3e38,
+            1.0,
+        ];
+        for (i, x) in bufs[1].iter_mut().enumerate().filter(|(i, _)| i % 7 == 3) {
+            *x = sp[(i / 7) % sp.len()];
+        }
+        for (i, x) in bufs[0].iter_mut().enumerate().filter(|(i, _)| i % 11 == 5) {
+            *x = sp[(i / 11 + 3) % sp.len()];
+        }
+    }
     for (i, s) in kernel.states.iter().enumerate() {
         let len = if kernel.is_factored() {
             dims.len(s.shape)
@@ -564,6 +596,43 @@ fn every_stdlib_rule_and_hand_built_kernel_computes_what_the_interpreter_does() 
         "ptxsim: {modules} modules ({exact_modules} compared bit for bit), {launches} stage runs, \
          {} instructions emulated",
         INSTRUCTIONS.load(Relaxed)
+    );
+}
+
+/// The same walk on 77 elements (a 7x11 matrix) with zeros of both signs, subnormals,
+/// infinities, NaNs and huge values among p and g: NaN and infinity propagation, signed zeros
+/// and subnormals must agree too (bit for bit where the module is exact; fast-math modules,
+/// which flush subnormals, get no subnormal inputs).
+#[test]
+fn special_values_propagate_as_in_the_interpreter() {
+    let mut failures = Vec::new();
+    for (label, kernel, _) in kernels() {
+        for fast_math in [false, true] {
+            SPECIALS.with(|s| s.set(if fast_math { 2 } else { 1 }));
+            let opts = Options {
+                fast_math,
+                ..Options::default()
+            };
+            let dims = [if kernel.is_factored() {
+                MatrixDims {
+                    batch: 1,
+                    rows: 7,
+                    cols: 11,
+                }
+            } else {
+                flat(77)
+            }];
+            if let Err(e) = check(&kernel, &opts, &dims) {
+                let fast = if fast_math { " (fast math)" } else { "" };
+                failures.push(format!("{label}{fast}: {e}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
     );
 }
 
