@@ -684,6 +684,51 @@ fn a_mutated_instruction_fails_the_comparison() {
         .replace_range(at..at + "bar.warp.sync -1;".len(), "");
     let err = check_module(&k, &module, &[flat(4099)]).expect_err("a missing barrier must fail");
     assert!(err.contains("shared-memory race"), "{err}");
+
+    // AdamW's multi-tensor entry reading its first uniform 4 bytes too far into the record
+    // (so every tensor gets its second uniform).
+    let k = ptx_kernels::adamw();
+    let mut module = emit(&k, &Options::default()).expect("emit");
+    let entry = module.source.find("_multi(").expect("a multi entry");
+    let at = entry
+        + module.source[entry..]
+            .find("ld.global.f32 %f1, [")
+            .expect("the first uniform load");
+    let close = at + module.source[at..].find(']').expect("]");
+    let plus = at + module.source[at..close].find('+').expect("an offset");
+    let off: usize = module.source[plus + 1..close].parse().expect("offset");
+    module
+        .source
+        .replace_range(plus + 1..close, &(off + 4).to_string());
+    let err = check_module(&k, &module, &[flat(33)]).expect_err("a wrong record offset");
+    assert!(err.contains("multi"), "{err}");
+
+    // Adafactor's first rows entry with one multiplication turned into an addition.
+    let rule = stdlib::rule("adafactor")
+        .and_then(Result::ok)
+        .expect("adafactor");
+    let k = rule
+        .specialize_with(
+            &[],
+            &CompileOptions {
+                clip: false,
+                rank: RankClass::Matrix,
+            },
+        )
+        .expect("adafactor");
+    assert!(k.is_factored());
+    let dims = [MatrixDims {
+        batch: 1,
+        rows: 67,
+        cols: 37,
+    }];
+    let mut module = emit(&k, &Options::default()).expect("emit");
+    check_module(&k, &module, &dims).expect("the unmutated module matches");
+    let rows = module.source.find("_s0_rows(").expect("a rows entry");
+    let at = rows + module.source[rows..].find("mul.rn.f32").expect("a mul");
+    module.source.replace_range(at..at + 3, "add");
+    let err = check_module(&k, &module, &dims).expect_err("a mutated factored entry must fail");
+    assert!(err.contains("rows/cols"), "{err}");
 }
 
 /// An instruction outside the emulated subset is an error naming it, not a silent skip.
