@@ -862,4 +862,6 @@ fn the_emulator_follows_the_ptx_isa() {
     )
     .expect_err("divergent shuffle");
     assert!(e.contains("only 31 of 32 lanes"), "{e}");
+    let e = run_snippet("", "\tadd.rn.f32 %f1, %f2, 0f3F800000;", 1).expect_err("undefined");
+    assert!(e.contains("reads `%f2` before anything wrote it"), "{e}");
 }

@@ -90,6 +90,8 @@ enum State {
 
 struct Thread {
     regs: Vec<u64>,
+    /// Whether each register was written (reading one that was not is an error).
+    defined: Vec<bool>,
     pc: usize,
     state: State,
 }
@@ -175,6 +177,7 @@ impl Cta<'_> {
         let mut threads: Vec<Thread> = (0..self.ntid)
             .map(|_| Thread {
                 regs: vec![0; nregs],
+                defined: vec![false; nregs],
                 pc: 0,
                 state: State::Ready,
             })
@@ -317,6 +320,7 @@ impl Cta<'_> {
                 }
                 for (l, t) in lanes.iter_mut().enumerate() {
                     t.regs[d as usize] = out[l];
+                    t.defined[d as usize] = true;
                     t.pc += 1;
                     t.state = State::Ready;
                 }
@@ -342,7 +346,15 @@ impl Cta<'_> {
 
     fn read(&self, t: &Thread, tid: u32, o: Opnd) -> Result<u64, String> {
         Ok(match o {
-            Opnd::Reg(r) => t.regs[r as usize],
+            Opnd::Reg(r) => {
+                if !t.defined[r as usize] {
+                    return Err(format!(
+                        "reads `{}` before anything wrote it",
+                        self.entry.regs[r as usize].0
+                    ));
+                }
+                t.regs[r as usize]
+            }
             Opnd::Int(v) => v as u64,
             Opnd::FBits(b) => b,
             Opnd::Sym(a) => a,
@@ -393,12 +405,19 @@ impl Cta<'_> {
                 return Err("step limit reached (an endless loop?)".into());
             }
             if let Some((p, want)) = inst.guard {
-                if (t.regs[p as usize] != 0) != want {
+                let v = self
+                    .read(t, tid, Opnd::Reg(p))
+                    .map_err(|e| format!("thread {tid}: `{}`: {e}", inst.text))?;
+                if (v != 0) != want {
                     t.pc += 1;
                     continue;
                 }
             }
-            match self.exec(tid, t, inst, dev) {
+            let flow = self.exec(tid, t, inst, dev);
+            if flow.is_ok() {
+                mark_dests(&inst.kind, &mut t.defined);
+            }
+            match flow {
                 Ok(Flow::Next) => t.pc += 1,
                 Ok(Flow::Jump(to)) => t.pc = to,
                 Ok(Flow::Block) => {
@@ -641,6 +660,30 @@ impl Cta<'_> {
             };
         }
         Ok(())
+    }
+}
+
+/// Marks the registers an instruction writes as defined (a shuffle's is written when the warp
+/// executes it).
+fn mark_dests(k: &Kind, defined: &mut [bool]) {
+    match *k {
+        Kind::F1 { d, .. }
+        | Kind::F2 { d, .. }
+        | Kind::Fma { d, .. }
+        | Kind::I2 { d, .. }
+        | Kind::Mad { d, .. }
+        | Kind::Not { d, .. }
+        | Kind::Setp { d, .. }
+        | Kind::Selp { d, .. }
+        | Kind::Mov { d, .. }
+        | Kind::Cvt { d, .. }
+        | Kind::Cvta { d, .. } => defined[d as usize] = true,
+        Kind::Ld { ref d, .. } => {
+            for r in d {
+                defined[*r as usize] = true;
+            }
+        }
+        _ => {}
     }
 }
 

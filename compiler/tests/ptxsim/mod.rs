@@ -10,7 +10,8 @@
 //! distinct addresses (an access outside them, or misaligned, is an error); shared memory is per
 //! CTA, starts as NaN bytes, and a read of a word another thread wrote with no barrier between
 //! them is reported as a race. Registers hold raw bits, typed per instruction; a register used
-//! with an instruction type of another size is an error at parse time.
+//! with an instruction type of another size is an error at parse time, and reading a register
+//! nothing wrote is an error at run time.
 //!
 //! Float semantics are in `float.rs`: `.rn` ops bit exact, `.approx`/`.full` ops exact values
 //! (so not bit exact against hardware; compare such modules within a budget).
