@@ -72,7 +72,11 @@ fn kernels() -> Vec<(String, Kernel)> {
                     if clip && i > 0 {
                         continue;
                     }
-                    let options = CompileOptions { clip, rank };
+                    let options = CompileOptions {
+                        clip,
+                        rank,
+                        ..Default::default()
+                    };
                     let kernel = rule
                         .specialize_values_with(&flags, &options)
                         .unwrap_or_else(|e| panic!("{name} {flags:?} {options:?}: {e}"));

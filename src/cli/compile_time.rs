@@ -51,7 +51,11 @@ pub fn measure(
     clip: bool,
     rank: RankClass,
 ) -> Result<CompileTime, Box<dyn std::error::Error>> {
-    let options = CompileOptions { clip, rank };
+    let options = CompileOptions {
+        clip,
+        rank,
+        ..Default::default()
+    };
     let start = Instant::now();
     let mut t: [Vec<Duration>; 7] = Default::default();
     let mut reps = 0;
@@ -80,7 +84,11 @@ pub fn measure(
         };
         for set in rule.flag_sets() {
             for &rank in ranks {
-                let every = CompileOptions { clip: false, rank };
+                let every = CompileOptions {
+                    clip: false,
+                    rank,
+                    ..Default::default()
+                };
                 rule.specialize_values_with(&set, &every)?;
             }
         }
