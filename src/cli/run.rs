@@ -186,7 +186,8 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
             .map(|(t, g)| Update::new(&t.name, &mut t.data, g));
         scheduler.apply(&mut opt, k as u64)?;
         // Every tensor of the file in one call: a global norm covers them all.
-        let used = opt.loss_scale();
+        // The scale this step's gradients carry (a scaler sets it on the optimizer as it steps).
+        let used = scaler.as_ref().map(|s| s.scale()).or(opt.loss_scale());
         let report = match &mut scaler {
             Some(scaler) => scaler.step(&mut opt, updates)?,
             None => opt.step(updates)?,
