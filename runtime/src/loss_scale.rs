@@ -123,7 +123,7 @@ impl LossScaler {
 
     /// One scaled step: sets the optimizer's loss scale to [`LossScaler::scale`] (the factor
     /// `updates`' gradients carry), steps, and [`LossScaler::update`]s from the report. On
-    /// error nothing has changed, the scaler included.
+    /// error the step has changed nothing and the scaler has not moved.
     pub fn step<'a>(
         &mut self,
         optimizer: &mut Optimizer,

@@ -210,11 +210,18 @@ pub fn hoist(
         .map(|(_, &s)| s + 1)
         .max()
         .unwrap_or(0);
-    if let Some(p) = live.matrix.programs.iter().find(|p| p.stage < first_store) {
+    // A matrix program runs at the start of its stage, on values earlier stages stored: those
+    // stores cannot move past the check unless the program comes later still.
+    if let Some(p) = live
+        .matrix
+        .programs
+        .iter()
+        .find(|p| first_store > 0 && p.stage <= first_store)
+    {
         return Err(Diagnostic::error(
             "E0704",
             format!(
-                "with loss scaling, the matrix program of stage {} would run before the inf/NaN check is known",
+                "with loss scaling, the matrix program of stage {} would read values stored before the inf/NaN check is known",
                 p.stage
             ),
             Default::default(),
