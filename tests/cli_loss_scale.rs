@@ -142,13 +142,13 @@ fn run(p: &Path, g: &Path, steps: usize, out: &Path, extra: &[&str]) {
         "--target",
         "interp",
         "--params",
-        p.to_str().unwrap(),
+        p.to_str().expect("ok"),
         "--grads",
-        g.to_str().unwrap(),
+        g.to_str().expect("ok"),
         "--steps",
         &steps,
         "-o",
-        out.to_str().unwrap(),
+        out.to_str().expect("ok"),
     ];
     args.extend(extra);
     let (code, _, err) = optc(&args);

@@ -123,7 +123,7 @@ fn replay(rule: &str, target: Target, clip: Option<f64>) {
             let before = snapshot(&scaled, &ps);
             let counts: Vec<u64> = NAMES
                 .iter()
-                .map(|n| scaled.step_count(n).unwrap())
+                .map(|n| scaled.step_count(n).expect("ok"))
                 .collect();
             let report = step(&mut scaled, &mut ps, &g);
             assert!(report.skipped, "{rule} on {target}: step {k} not skipped");
@@ -133,7 +133,7 @@ fn replay(rule: &str, target: Target, clip: Option<f64>) {
             );
             let after: Vec<u64> = NAMES
                 .iter()
-                .map(|n| scaled.step_count(n).unwrap())
+                .map(|n| scaled.step_count(n).expect("ok"))
                 .collect();
             assert_eq!(counts, after, "{rule}: the step count moved");
             if clip.is_some() {
@@ -166,12 +166,18 @@ fn replay(rule: &str, target: Target, clip: Option<f64>) {
             "{rule} on {target}: step {k}: states"
         );
         for n in NAMES {
-            assert_eq!(scaled.step_count(n).unwrap(), plain.step_count(n).unwrap());
-            assert_eq!(scaled.scalars(n).unwrap(), plain.scalars(n).unwrap());
+            assert_eq!(
+                scaled.step_count(n).expect("ok"),
+                plain.step_count(n).expect("ok")
+            );
+            assert_eq!(
+                scaled.scalars(n).expect("ok"),
+                plain.scalars(n).expect("ok")
+            );
         }
     }
     assert_eq!(
-        scaled.step_count("a").unwrap(),
+        scaled.step_count("a").expect("ok"),
         3,
         "{rule}: 6 calls, 3 skipped"
     );
@@ -256,7 +262,7 @@ fn a_scaler_backs_off_on_a_skip_and_the_optimizer_follows_it() {
             (1024.0, false)
         ]
     );
-    assert_eq!(opt.step_count("a").unwrap(), 4);
+    assert_eq!(opt.step_count("a").expect("ok"), 4);
 }
 
 #[test]
@@ -273,5 +279,5 @@ fn bad_loss_scales_are_refused() {
         loss_scale: Some(0.0),
         ..Options::default()
     };
-    assert!(Optimizer::with_options(Rule::stdlib("sgd").unwrap(), options).is_err());
+    assert!(Optimizer::with_options(Rule::stdlib("sgd").expect("ok"), options).is_err());
 }

@@ -169,7 +169,10 @@ fn skipped_steps_write_nothing_on_the_gpu_and_the_rest_match_the_interpreter() {
             }
             for (i, n) in ["a", "b", "c"].iter().enumerate() {
                 close(&format!("{rule} step {k} {n}"), &now[i], &ph[i]);
-                assert_eq!(gpu.step_count(n).unwrap(), cpu.step_count(n).unwrap());
+                assert_eq!(
+                    gpu.step_count(n).expect("ok"),
+                    cpu.step_count(n).expect("ok")
+                );
             }
         }
     }

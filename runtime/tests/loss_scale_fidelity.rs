@@ -113,7 +113,7 @@ fn replay(target: Target, allow_fma: bool) {
     for (t, p) in fx.tensors.iter().zip(&params) {
         let r = &fx.last[&t.name];
         assert_eq!(
-            opt.step_count(&t.name).unwrap() as f64,
+            opt.step_count(&t.name).expect("ok") as f64,
             r.step,
             "{}",
             t.name
