@@ -979,7 +979,7 @@ impl Optimizer {
                 }
             }
             if report.skipped {
-                // Every kernel makes the check before its first store (`Kernel::validate`).
+                // Every kernel makes the check before its first store (`stages::check_skip_order`).
                 return Ok(report);
             }
         }
