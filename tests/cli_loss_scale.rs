@@ -229,3 +229,40 @@ fn compile_and_bench_report_one_more_read_of_g() {
         "{err}"
     );
 }
+
+#[test]
+fn compare_with_a_power_of_two_scale_trains_exactly_as_without() {
+    let d = dir("compare");
+    let losses = |extra: &[&str], out: &Path| -> serde_json::Value {
+        let mut args = vec![
+            "compare",
+            "adamw",
+            "--task",
+            "quadratic",
+            "--steps",
+            "30",
+            "--seeds",
+            "1",
+            "--out",
+        ];
+        args.push(out.to_str().expect("utf-8 path"));
+        args.extend(extra);
+        let (code, _, err) = optc(&args);
+        assert_eq!(code, 0, "{err}");
+        let text = std::fs::read_to_string(out.join("results.json")).expect("results");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+        json["entries"][0]["runs"][0]["step_losses"].clone()
+    };
+    let scaled = losses(&["--loss-scale", "1024"], &d.join("scaled"));
+    let dynamic = losses(&["--loss-scale", "dynamic"], &d.join("dynamic"));
+    let plain = losses(&[], &d.join("plain"));
+    assert!(plain.as_array().is_some_and(|a| !a.is_empty()), "{plain}");
+    assert_eq!(scaled, plain);
+    assert_eq!(dynamic, plain);
+    // The option does reach the optimizer: a scale that overflows every gradient to inf skips
+    // every step, so the loss never moves.
+    let overflow = losses(&["--loss-scale", "1e38"], &d.join("overflow"));
+    let values = overflow.as_array().expect("losses");
+    assert!(values.iter().all(|v| *v == values[0]), "{overflow}");
+    assert_ne!(overflow, plain);
+}
