@@ -1,13 +1,14 @@
 //! The emitted PTX, run by the emulator of `ptxsim` (no GPU), against the reference interpreter.
 //!
-//! Every stdlib rule in every flag set and rank class, clipped by the global norm at its default
-//! flags, the kernel variants of its default flag set, and the hand-built kernels of
-//! `ptx_kernels`: every stage through its vector, scalar (with buffers only 4-byte aligned) and
-//! multi-tensor entries (two tensors in one launch, the table built as
-//! `runtime/src/cuda/table.rs` builds it), or, for a factored kernel, its cols then rows entries
-//! (as `runtime/src/cuda/factored.rs` launches them), on 33 elements (a 3x11 matrix), plus 1 and
-//! 4099 elements (a 67x37 matrix) at each rule's default flags. Each stage's stores, untouched
-//! buffers and block partials are compared with `interp::run_stage_matrix` (its partials are
+//! Every stdlib rule in every flag set and rank class, clipped by the global norm, loss-scaled
+//! and both at its default flags, the kernel variants of its default flag set (loss-scaled too),
+//! and the hand-built kernels of `ptx_kernels`: every stage through its vector, scalar (with
+//! buffers only 4-byte aligned) and multi-tensor entries (two tensors in one launch, the table
+//! built as `runtime/src/cuda/table.rs` builds it), or, for a factored kernel, its cols then rows
+//! entries (as `runtime/src/cuda/factored.rs` launches them), on 33 elements (a 3x11 matrix),
+//! plus 1 and 4099 elements (matrices 67x37, 2x4099 and 3 of 5x7) at each rule's default flags
+//! (loss-scaled too), and 77 (7x11) with special values. Each stage's stores, untouched buffers
+//! and block partials are compared with `interp::run_stage_matrix` (its partials are
 //! `optc_kernel::reduce::block_partial` / `row_partials` / `col_partials`, the order
 //! `docs/stages.md` fixes):
 //!
@@ -77,17 +78,29 @@ fn kernels() -> Vec<(String, Kernel, bool)> {
         };
         for rank in ranks {
             for (i, flags) in rule.flag_sets().into_iter().enumerate() {
-                for clip in [false, true] {
-                    if clip && i > 0 {
+                for (clip, loss_scale) in
+                    [(false, false), (true, false), (false, true), (true, true)]
+                {
+                    if (clip || loss_scale) && i > 0 {
                         continue;
                     }
-                    let options = CompileOptions { clip, rank };
+                    let options = CompileOptions {
+                        clip,
+                        loss_scale,
+                        rank,
+                    };
                     let kernel = rule
                         .specialize_values_with(&flags, &options)
                         .unwrap_or_else(|e| panic!("{name} {flags:?} {options:?}: {e}"));
                     let bits: String = flags.iter().map(|f| if *f { '1' } else { '0' }).collect();
-                    let tag = format!("{rank:?}{}", if clip { "-clip" } else { "" });
+                    let tag = format!(
+                        "{rank:?}{}{}",
+                        if clip { "-clip" } else { "" },
+                        if loss_scale { "-scale" } else { "" }
+                    );
                     out.push((format!("{name}-{bits}-{tag}"), kernel, i == 0 && !clip));
+                    // The kernel variants the runtime picks between (the first flag set's, loss
+                    // scaled too), as ptx_ptxas walks them.
                     if i == 0 && !clip {
                         let conds = rule.conditions(&flags, &options).expect("ok");
                         for v in conds.variants().filter(|_| !conds.is_empty()) {
@@ -712,6 +725,7 @@ fn a_mutated_instruction_fails_the_comparison() {
             &[],
             &CompileOptions {
                 clip: false,
+                loss_scale: false,
                 rank: RankClass::Matrix,
             },
         )
