@@ -607,6 +607,30 @@ fn every_stdlib_rule_and_hand_built_kernel_computes_what_the_interpreter_does() 
                 )),
             }
         }
+        // Below sm_80, min/max have no `.NaN` form: the lowering selects on `setp.nan`.
+        if default {
+            let opts = Options {
+                version: "7.0".into(),
+                target: "sm_70".into(),
+                fast_math: false,
+            };
+            let dims = [if kernel.is_factored() {
+                MatrixDims {
+                    batch: 1,
+                    rows: 3,
+                    cols: 11,
+                }
+            } else {
+                flat(33)
+            }];
+            modules += 1;
+            let source = emit(&kernel, &opts).map(|m| m.source).unwrap_or_default();
+            exact_modules += usize::from(exact(&source));
+            match check(&kernel, &opts, &dims) {
+                Ok(n) => launches += n,
+                Err(e) => failures.push(format!("{label} (sm_70): {e}")),
+            }
+        }
     }
     assert!(
         failures.is_empty(),
