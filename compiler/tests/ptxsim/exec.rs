@@ -3,9 +3,7 @@
 //! then executes for the whole warp (or CTA) at once.
 
 use super::float;
-use super::parse::{
-    Addr, Cmp, Entry, Inst, Kind, Module, Opnd, Rnd, ShflMode, Space, Sreg, Ty, I2,
-};
+use super::parse::{Addr, Cmp, Entry, Inst, Kind, Module, Opnd, ShflMode, Space, Sreg, Ty, I2};
 use super::parse::{CONST_BASE, SHARED_BASE};
 
 /// Global memory: allocations at distinct, 256-byte aligned addresses far from 0.
@@ -296,7 +294,7 @@ impl Cta<'_> {
                             inst.text
                         ));
                     }
-                    let bv = self.read(&lanes[l], tid, b)? as u32;
+                    let bv = self.read(&lanes[l], tid, b)? as u32 & 0x1f;
                     let cv = self.read(&lanes[l], tid, c)? as u32;
                     let lane = l as u32;
                     let clamp = cv & 0x1f;
@@ -830,6 +828,3 @@ fn compare(cmp: Cmp, ty: Ty, ftz: bool, x: u64, y: u64) -> Result<bool, String> 
         _ => return Err("unordered comparison of integers".into()),
     })
 }
-
-#[allow(dead_code)]
-fn _rnd(_: Rnd) {}
