@@ -77,6 +77,18 @@ pub(crate) fn check_storage(kernel: &Kernel, target: Target) -> Result<(), Runti
     Ok(())
 }
 
+/// Errors, when a kernel with the loss-scale check is loaded, unless it writes nothing up to
+/// the stage that makes the check (a skipped step stops there; the compiler builds kernels so).
+pub(crate) fn check_skip_order(kernel: &Kernel) -> Result<(), RuntimeError> {
+    match kernel.writes_before_check() {
+        None => Ok(()),
+        Some(k) => Err(RuntimeError::Unsupported(format!(
+            "kernel of rule `{}` writes buffers in stage {k}, before its inf/NaN check is known; a skipped step would not be all or nothing (recompile it with this optc)",
+            kernel.rule
+        ))),
+    }
+}
+
 /// Errors, when `kernel` is loaded next to `loaded` (the optimizer's other kernels: other flag
 /// sets and rank classes), unless each of its Step-scope reductions is produced in the same stage
 /// as the reduction of that name and op in every other kernel, so that one combine per stage

@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// Storage dtypes.
     #[command(flatten)]
     pub precision: super::precision::PrecisionArgs,
+    /// Loss scaling.
+    #[command(flatten)]
+    pub loss_scale: super::loss_scale::LossScaleArgs,
 }
 
 /// Benchmark targets.
@@ -231,9 +234,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         flags,
         max_grad_norm,
         precision: args.precision.precision()?,
+        loss_scale: args.loss_scale.initial(),
         ..Options::default()
     };
     let clip = options.max_grad_norm.is_some();
+    let loss_scale = options.loss_scale.is_some();
     let rule = Rule::from_compiled(compiled);
     let report = match args.target {
         BenchTarget::Cpu => {
@@ -244,6 +249,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 &source,
                 &flags,
                 clip,
+                loss_scale,
                 report.rank,
             )?);
             report
@@ -303,6 +309,7 @@ pub fn bench(
         ..options
     };
     let mut opt = Optimizer::with_options(rule, options)?;
+    let mut scaler = args.loss_scale.scaler();
     for (name, value) in hypers {
         opt.set_hyper(name, *value)?;
     }
@@ -364,7 +371,10 @@ pub fn bench(
             .zip(params.iter_mut())
             .zip(&grads)
             .map(|(((name, _), p), g)| Update::typed(name, p.view(), g.into()));
-        opt.step(updates)?;
+        match &mut scaler {
+            Some(scaler) => scaler.step(&mut opt, updates)?,
+            None => opt.step(updates)?,
+        };
         let step = start.elapsed();
         let start = Instant::now();
         for probe in &mut probes_of {

@@ -62,6 +62,10 @@ pub struct CompareArgs {
     /// are kept in `--param-dtype` between steps, and the table's `state B/param` follows.
     #[command(flatten)]
     pub precision: super::precision::PrecisionArgs,
+    /// Loss scaling for every compiled rule (the references run unscaled): each step's gradients
+    /// are scaled, unscaled by the optimizer, and a step with an inf or a NaN is skipped.
+    #[command(flatten)]
+    pub loss_scale: super::loss_scale::LossScaleArgs,
 }
 
 /// Runs `optc compare`.
@@ -92,6 +96,11 @@ pub fn execute(args: &CompareArgs) -> Result<Comparison, CompareError> {
     let mut contenders = load_contenders(&args.rules, args.backend, precision)?;
     for arg in &args.set {
         apply_set(&mut contenders, arg)?;
+    }
+    if let Some(scale) = args.loss_scale.loss_scale {
+        for c in contenders.iter_mut().filter(|c| c.scales_loss()) {
+            c.set_loss_scale(scale)?;
+        }
     }
     let contenders = crate::compare::schedule::attach(contenders, &args.schedule)?;
 

@@ -286,6 +286,7 @@ mod tests {
             let options = CompileOptions {
                 clip: name == "adamw",
                 rank,
+                ..Default::default()
             };
             let k = rule.specialize_with(&[], &options).expect("specialize");
             // Factored kernels (adafactor's matrices) have rows/cols entries, not these:
