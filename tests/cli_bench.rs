@@ -140,3 +140,65 @@ fn rank_class_rules_bench_over_mixed_shapes_and_matrices() {
     assert_eq!(code, 1);
     assert!(err.contains("expected positive dims"), "{err}");
 }
+
+#[test]
+fn storage_dtypes_set_the_bytes_moved_and_the_state_bytes() {
+    // adamw reads p, g, m, v and writes p, m, v: 7 values of 2 bytes in bf16 (14 B/element),
+    // with 2 bf16 states (4 B of state per parameter); a master adds an f32 read and write and
+    // 4 B of state.
+    for (extra, bytes, state) in [
+        (&[][..], 28.0, 8.0),
+        (
+            &["--param-dtype", "bf16", "--state-dtype", "bf16"][..],
+            14.0,
+            4.0,
+        ),
+        (
+            &[
+                "--param-dtype",
+                "bf16",
+                "--state-dtype",
+                "bf16",
+                "--master-weights",
+            ][..],
+            20.0,
+            8.0,
+        ),
+        (
+            &[
+                "--param-dtype",
+                "f16",
+                "--stochastic-rounding",
+                "--sr-seed",
+                "5",
+            ][..],
+            22.0,
+            8.0,
+        ),
+    ] {
+        let mut args = vec![
+            "adamw", "--n", "4099", "--iters", "1", "--warmup", "0", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = bench(&args);
+        assert_eq!(code, 0, "{extra:?}: {err}");
+        let last = out.lines().last().unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(last).expect("last line is JSON");
+        assert_eq!(
+            v["bytes_per_element"].as_f64(),
+            Some(bytes),
+            "{extra:?}: {last}"
+        );
+        assert_eq!(
+            v["state_bytes_per_param"].as_f64(),
+            Some(state),
+            "{extra:?}: {last}"
+        );
+    }
+    let (code, _, err) = bench(&["adamw", "--n", "10", "--master-weights"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--master-weights needs a 16-bit parameter"),
+        "{err}"
+    );
+}

@@ -347,7 +347,10 @@ fn run_errors_exit_1_with_a_clear_message() {
         "-o",
         o,
     ]);
-    expect(r, "tensor `w` has dtype F64; optc steps f32 tensors only");
+    expect(
+        r,
+        "tensor `w` is F64, but --param-dtype f32 reads F32 tensors",
+    );
 
     // Not a safetensors file.
     let junk = d.join("junk.safetensors");
@@ -423,4 +426,124 @@ fn run_clips_by_the_global_norm_of_every_tensor_and_writes_the_norms() {
     assert_eq!(read_f32(&st, "w"), bits(&w));
     assert_eq!(read_f32(&st, "b"), bits(&b));
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `optc run --param-dtype bf16 --state-dtype bf16 [--master-weights]`: bf16 files in, bf16
+/// parameters and each state in its dtype out, equal to the optimizer API on the same data (the
+/// CPU JIT without FMA equals the interpreter; `runtime/tests/api_dtypes.rs`), and an f32 file is
+/// a clear error.
+#[test]
+fn run_reads_and_writes_bf16_files() {
+    use half::bf16;
+    let d = dir("bf16");
+    let (n, steps) = (37usize, 3usize);
+    let p0: Vec<bf16> = data(n, 1).iter().map(|&x| bf16::from_f32(x)).collect();
+    let gs: Vec<bf16> = data(n * steps, 2)
+        .iter()
+        .map(|&x| bf16::from_f32(x))
+        .collect();
+    let le = |v: &[bf16]| {
+        v.iter()
+            .flat_map(|x| x.to_bits().to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let (p, g) = (d.join("p.safetensors"), d.join("g.safetensors"));
+    write(&p, &[("w", Dtype::BF16, vec![n], le(&p0))]);
+    write(&g, &[("w", Dtype::BF16, vec![steps, n], le(&gs))]);
+    for master in [false, true] {
+        let o = d.join(format!("out-{master}.safetensors"));
+        let mut args = vec![
+            "adamw",
+            "--params",
+            p.to_str().expect("p"),
+            "--grads",
+            g.to_str().expect("g"),
+            "--steps",
+            "3",
+            "--no-fma",
+            "--param-dtype",
+            "bf16",
+            "--state-dtype",
+            "bf16",
+            "-o",
+            o.to_str().expect("o"),
+        ];
+        if master {
+            args.push("--master-weights");
+        }
+        let (code, err) = optc(&args);
+        assert_eq!(code, 0, "{err}");
+        let bytes = std::fs::read(&o).expect("output");
+        let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+        // The same steps through the optimizer API.
+        let precision = optc_kernel::Precision {
+            param: optc_kernel::Dtype::Bf16,
+            state: optc_kernel::Dtype::Bf16,
+            master_weights: master,
+            stochastic_rounding: None,
+        };
+        let options = optc_runtime::Options {
+            precision,
+            allow_fma: false,
+            ..optc_runtime::Options::default()
+        };
+        let rule = optc_runtime::Rule::stdlib("adamw").expect("adamw");
+        let mut opt = optc_runtime::Optimizer::with_options(rule, options).expect("opt");
+        opt.add_param("w", &[n]).expect("add");
+        let mut w = p0.clone();
+        for k in 0..steps {
+            opt.step([optc_runtime::Update::bf16(
+                "w",
+                &mut w,
+                &gs[k * n..(k + 1) * n],
+            )])
+            .expect("step");
+        }
+        let out = st.tensor("w").expect("w");
+        assert_eq!(out.dtype(), Dtype::BF16);
+        assert_eq!(out.data(), le(&w).as_slice());
+        for (state, dtype) in [("m", Dtype::BF16), ("v", Dtype::BF16)] {
+            let v = st.tensor(&format!("w.{state}")).expect("state");
+            assert_eq!(v.dtype(), dtype, "{state}");
+            let want: Vec<u8> = opt
+                .states("w")
+                .expect("states")
+                .iter()
+                .find(|(s, _)| *s == state)
+                .expect("state")
+                .1
+                .iter()
+                .flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes())
+                .collect();
+            assert_eq!(v.data(), want.as_slice(), "{state}");
+        }
+        assert_eq!(
+            st.tensor("w.master").map(|v| v.dtype()).ok(),
+            master.then_some(Dtype::F32)
+        );
+    }
+    // An f32 parameter file with --param-dtype bf16.
+    let p32 = d.join("p32.safetensors");
+    write(&p32, &[("w", Dtype::F32, vec![n], bytes(&data(n, 1)))]);
+    let o = d.join("bad.safetensors");
+    let r = optc(&[
+        "adamw",
+        "--params",
+        p32.to_str().expect("p"),
+        "--grads",
+        g.to_str().expect("g"),
+        "--steps",
+        "1",
+        "--param-dtype",
+        "bf16",
+        "-o",
+        o.to_str().expect("o"),
+    ]);
+    assert_eq!(r.0, 1, "{}", r.1);
+    assert!(
+        r.1.contains("tensor `w` is F32, but --param-dtype bf16 reads BF16 tensors"),
+        "{}",
+        r.1
+    );
+    std::fs::remove_dir_all(&d).ok();
 }

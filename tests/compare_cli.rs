@@ -198,3 +198,69 @@ fn muon_reaches_the_digits_target() {
         "{summary}"
     );
 }
+
+/// `--param-dtype`/`--state-dtype`/`--master-weights` reach every compiled rule: the state bytes
+/// per parameter follow the dtypes (the reference stays f32), and a bad combination is an error.
+#[test]
+fn storage_dtypes_set_the_state_bytes_per_parameter() {
+    let dir = scratch_dir("compare-dtypes");
+    let out = dir.to_string_lossy().into_owned();
+    for (extra, bytes) in [
+        (&["--param-dtype", "bf16", "--state-dtype", "bf16"][..], 4.0),
+        (
+            &[
+                "--param-dtype",
+                "bf16",
+                "--state-dtype",
+                "bf16",
+                "--master-weights",
+            ][..],
+            8.0,
+        ),
+        (&["--param-dtype", "f16"][..], 8.0),
+    ] {
+        let mut args = vec![
+            "compare",
+            "adamw",
+            "reference:adamw",
+            "--task",
+            "quadratic",
+            "--steps",
+            "20",
+            "--seeds",
+            "1",
+            "--out",
+            &out,
+        ];
+        args.extend_from_slice(extra);
+        let o = optc(&args);
+        assert_eq!(o.status.code(), Some(0), "{extra:?}: {}", stderr(&o));
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("results.json")).expect("results.json"))
+                .expect("valid JSON");
+        let entries = json["entries"].as_array().expect("entries");
+        assert_eq!(
+            entries[0]["summary"]["state_bytes_per_param"], bytes,
+            "{extra:?}"
+        );
+        assert_eq!(
+            entries[1]["summary"]["state_bytes_per_param"], 8.0,
+            "the f32 reference"
+        );
+    }
+    let o = optc(&[
+        "compare",
+        "adamw",
+        "--task",
+        "quadratic",
+        "--master-weights",
+        "--out",
+        &out,
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--master-weights needs a 16-bit parameter"),
+        "{}",
+        stderr(&o)
+    );
+}

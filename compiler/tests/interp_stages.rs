@@ -27,6 +27,7 @@ fn reduce_then_add(op: ReduceOp, scope: Scope) -> Kernel {
         rank: Default::default(),
         host,
         variant: Vec::new(),
+        storage: Default::default(),
         scalar_updates: vec![],
         vectors: Default::default(),
         reductions: vec![ReductionDecl {
@@ -74,6 +75,7 @@ fn run(k: &Kernel, grads: &[Vec<f32>]) -> (Vec<Vec<f32>>, Vec<Vec<f64>>) {
             t: 1,
             scalars: s,
             view: None,
+            tensor: 0,
             bufs: Buffers {
                 param: p,
                 grad: g,

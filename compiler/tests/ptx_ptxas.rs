@@ -161,3 +161,100 @@ fn ptxas_accepts_every_stdlib_rule_and_hand_built_kernel() {
     );
     eprintln!("ptxas accepted {} modules", jobs.len());
 }
+
+/// Storage dtypes (docs/dtypes.md): every stdlib rule's first flag set (variants included) with
+/// bf16 or f16 params and grads, bf16 or f32 states and f32 master weights, assembled for sm_80;
+/// what PTX does not lower yet (stochastic rounding, factored kernels with 16-bit
+/// storage, bf16 before sm_80) is a clear error, never wrong code.
+#[test]
+fn ptxas_accepts_every_stdlib_rule_under_storage_dtypes() {
+    use optc_kernel::{Dtype, Precision};
+    let settings = [
+        (Dtype::Bf16, Dtype::Bf16, false),
+        (Dtype::F16, Dtype::F32, false),
+        (Dtype::F16, Dtype::Bf16, true),
+        (Dtype::Bf16, Dtype::F32, true),
+    ];
+    let mut jobs = Vec::new();
+    for (label, kernel) in kernels() {
+        // Stdlib kernels of the default flag set (labels `NAME-BITS-...`, BITS all 0).
+        if !label
+            .split('-')
+            .nth(1)
+            .is_some_and(|b| !b.is_empty() && !b.contains('1'))
+        {
+            continue;
+        }
+        for (param, state, master_weights) in settings {
+            let precision = Precision {
+                param,
+                state,
+                master_weights,
+                stochastic_rounding: None,
+            };
+            let Ok(k) = precision.apply(&kernel) else {
+                continue;
+            };
+            match emit(&k, &Options::default()) {
+                Ok(module) => {
+                    // The 16-bit conversions are sm_80 instructions (sm_90 adds nothing here).
+                    assert!(module.source.contains(".b16"), "{label}: no 16-bit access");
+                    let narrow = if param == Dtype::Bf16 {
+                        "cvt.rn.bf16.f32"
+                    } else {
+                        "cvt.rn.f16.f32"
+                    };
+                    assert!(module.source.contains(narrow), "{label}: no {narrow}");
+                    let name = format!("{label}-{param}-{state}-{master_weights}");
+                    jobs.push((name, module.source.clone(), "sm_80"));
+                }
+                Err(e) => {
+                    assert!(k.is_factored(), "{label} {precision:?}: {e}");
+                    assert!(
+                        e.to_string()
+                            .contains("factored kernel with 16-bit storage"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+        // Stochastic rounding and bf16 before sm_80 are refused.
+        let sr = Precision {
+            param: Dtype::Bf16,
+            stochastic_rounding: Some(1),
+            ..Precision::default()
+        };
+        if let Ok(k) = sr.apply(&kernel) {
+            let e = emit(&k, &Options::default()).expect_err("stochastic rounding");
+            assert!(e.to_string().contains("cannot compile this kernel"), "{e}");
+        }
+    }
+    assert!(!jobs.is_empty());
+    let Some(ptxas) = find_ptxas() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ptxas not found (set OPTC_PTXAS or put it on PATH; .ci/fetch-ptxas.sh downloads it)"
+        );
+        eprintln!("SKIPPED: ptxas not found; set OPTC_PTXAS or run .ci/fetch-ptxas.sh");
+        return;
+    };
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((name, source, arch)) = jobs.get(i) else {
+                    break;
+                };
+                if let Err(e) = assemble(&ptxas, source, &format!("dtype-{name}"), arch) {
+                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    eprintln!("ptxas accepted {} storage-dtype modules", jobs.len());
+}

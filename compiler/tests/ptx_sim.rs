@@ -184,6 +184,8 @@ fn reference(kernel: &Kernel, stage: usize, inp: &Inputs) -> (Vec<Vec<f32>>, Vec
             grad: &g[0],
             states: states.iter_mut().map(|s| &mut s[..]).collect(),
         },
+        // f32 storage: no stochastic rounding key.
+        0,
     )
     .unwrap_or_else(|e| panic!("{}: interpreter stage {stage}: {e}", kernel.rule));
     (bufs, parts)

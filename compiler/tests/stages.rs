@@ -110,6 +110,7 @@ fn clipping_scales_g_by_the_global_norm() {
             t: 1,
             scalars: s,
             view: None,
+            tensor: 0,
             bufs: Buffers {
                 param: p,
                 grad: g,

@@ -138,6 +138,7 @@ fn step(
             bufs,
             dims,
             view: None,
+            tensor: 0,
         }],
     )
     .expect("ok");

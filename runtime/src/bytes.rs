@@ -1,4 +1,5 @@
-//! Byte input: viewing raw bytes and safetensors tensors as f32 slices without copying.
+//! Byte input: viewing raw bytes and safetensors tensors as f32 slices (or, with [`buf_mut`] and
+//! [`buf_ref`], slices of any parameter dtype) without copying.
 //!
 //! Takes little-endian bytes (safetensors, mmapped files, framework storages); gives `&[f32]` /
 //! `&mut [f32]` views, or an error when the dtype is not f32, the pointer is not 4-byte aligned,
@@ -62,6 +63,79 @@ pub fn f32_bytes<'a>(name: &str, view: &TensorView<'a>) -> Result<&'a [u8], Runt
 /// Views a safetensors tensor as f32 without copying: checks dtype and alignment.
 pub fn f32_view<'a>(name: &str, view: &TensorView<'a>) -> Result<&'a [f32], RuntimeError> {
     f32_slice(name, f32_bytes(name, view)?)
+}
+
+/// The value size of a parameter dtype, or an error naming the ones there are.
+fn param_dtype(name: &str, dtype: optc_kernel::Dtype) -> Result<usize, RuntimeError> {
+    match dtype {
+        optc_kernel::Dtype::F32 => Ok(4),
+        optc_kernel::Dtype::Bf16 | optc_kernel::Dtype::F16 => Ok(2),
+        optc_kernel::Dtype::Int8 => Err(RuntimeError::Bytes {
+            name: name.to_string(),
+            reason: "a parameter or gradient is f32, bf16 or f16, not int8".into(),
+        }),
+    }
+}
+
+fn typed_error(
+    name: &str,
+    size: usize,
+    dtype: optc_kernel::Dtype,
+    bytes: usize,
+    e: bytemuck::PodCastError,
+) -> RuntimeError {
+    let reason = match e {
+        bytemuck::PodCastError::TargetAlignmentGreaterAndInputNotAligned => {
+            format!("the buffer is not {size}-byte aligned, as {dtype} values must be")
+        }
+        bytemuck::PodCastError::OutputSliceWouldHaveSlop | bytemuck::PodCastError::SizeMismatch => {
+            format!("{bytes} bytes is not a whole number of {size}-byte {dtype} values")
+        }
+        other => format!("{other:?}"),
+    };
+    RuntimeError::Bytes {
+        name: name.to_string(),
+        reason,
+    }
+}
+
+/// Views little-endian bytes as mutable values of `dtype` (f32, bf16 or f16) without copying.
+pub fn buf_mut<'a>(
+    name: &str,
+    dtype: optc_kernel::Dtype,
+    bytes: &'a mut [u8],
+) -> Result<crate::buf::BufMut<'a>, RuntimeError> {
+    let size = param_dtype(name, dtype)?;
+    let len = bytes.len();
+    let e = |e| typed_error(name, size, dtype, len, e);
+    Ok(match dtype {
+        optc_kernel::Dtype::Bf16 => {
+            crate::buf::BufMut::Bf16(bytemuck::try_cast_slice_mut(bytes).map_err(e)?)
+        }
+        optc_kernel::Dtype::F16 => {
+            crate::buf::BufMut::F16(bytemuck::try_cast_slice_mut(bytes).map_err(e)?)
+        }
+        _ => crate::buf::BufMut::F32(bytemuck::try_cast_slice_mut(bytes).map_err(e)?),
+    })
+}
+
+/// Views little-endian bytes as values of `dtype` (f32, bf16 or f16) without copying.
+pub fn buf_ref<'a>(
+    name: &str,
+    dtype: optc_kernel::Dtype,
+    bytes: &'a [u8],
+) -> Result<crate::buf::BufRef<'a>, RuntimeError> {
+    let size = param_dtype(name, dtype)?;
+    let e = |e| typed_error(name, size, dtype, bytes.len(), e);
+    Ok(match dtype {
+        optc_kernel::Dtype::Bf16 => {
+            crate::buf::BufRef::Bf16(bytemuck::try_cast_slice(bytes).map_err(e)?)
+        }
+        optc_kernel::Dtype::F16 => {
+            crate::buf::BufRef::F16(bytemuck::try_cast_slice(bytes).map_err(e)?)
+        }
+        _ => crate::buf::BufRef::F32(bytemuck::try_cast_slice(bytes).map_err(e)?),
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //!
 //! | key | dtype | shape | content |
 //! |---|---|---|---|
-//! | `NAME.STATE` | F32 | the parameter's shape | per-element state `STATE` of parameter `NAME` |
+//! | `NAME.STATE` | F32, BF16 or F16: the state's storage dtype | the parameter's shape | per-element state `STATE` of parameter `NAME` |
 //! | `__optc__/hypers` | F64 | `[groups, hypers]` | each group's hyper values, in the rule's order |
 //! | `__optc__/defaults` | F64 | `[hypers]` | the default hypers of groups added later |
 //! | `__optc__/scalars` | F64 | `[total]` | scalar states of every stepped parameter, concatenated in parameter order |
@@ -22,9 +22,10 @@
 //! is allocated from its init when a later step needs it, as if it had never been saved. Numbers that must round-trip exactly (hypers, scalars) are stored as F64 tensors, never as
 //! JSON text; step counts are JSON integers.
 
-use crate::bytes::f32_vec;
+use crate::buf::BufVec;
 use crate::error::RuntimeError;
 use crate::optimizer::{Optimizer, Progress, SavedState};
+use optc_kernel::{Slot, StateId};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,15 @@ struct ParamMeta {
     step: u64,
     states: Vec<String>,
     scalars: Vec<String>,
+}
+
+/// How safetensors names a state's storage dtype.
+fn safetensors_dtype(d: optc_kernel::Dtype) -> Dtype {
+    match d {
+        optc_kernel::Dtype::Bf16 => Dtype::BF16,
+        optc_kernel::Dtype::F16 => Dtype::F16,
+        optc_kernel::Dtype::F32 | optc_kernel::Dtype::Int8 => Dtype::F32,
+    }
 }
 
 fn err(msg: impl Into<String>) -> RuntimeError {
@@ -163,12 +173,26 @@ impl Optimizer {
             ));
         }
         let mut keys: HashSet<String> = tensors.iter().map(|(k, _)| k.clone()).collect();
-        let buffers: Vec<Vec<Vec<f32>>> = self
+        // Each allocated state in its storage dtype, as little-endian bytes (exact: the values
+        // read back are values of the dtype).
+        let buffers: Vec<Vec<(optc_kernel::Dtype, Vec<u8>)>> = self
             .params
             .iter()
             .enumerate()
             .map(|(i, p)| match p.progress {
-                Some(_) => Ok(self.exec.read_states(i)?.into_iter().flatten().collect()),
+                Some(_) => {
+                    let storage = &self.family_of(i).base.storage;
+                    Ok(self
+                        .exec
+                        .read_states(i)?
+                        .into_iter()
+                        .enumerate()
+                        .filter_map(|(at, b)| {
+                            let d = storage.dtype(Slot::State(StateId::new(at)));
+                            b.map(|b| (d, BufVec::from_f32(d, &b).to_le_bytes()))
+                        })
+                        .collect())
+                }
                 None => Ok(Vec::new()),
             })
             .collect::<Result<_, RuntimeError>>()?;
@@ -192,7 +216,7 @@ impl Optimizer {
                 .zip(&allocated)
                 .filter(|(_, &a)| a)
                 .map(|(d, _)| d);
-            for ((name, buf), decl) in pm.states.iter().zip(bufs).zip(decls) {
+            for ((name, (dtype, buf)), decl) in pm.states.iter().zip(bufs).zip(decls) {
                 let key = format!("{}.{}", p.name, name);
                 if !keys.insert(key.clone()) {
                     return Err(err(format!(
@@ -201,11 +225,7 @@ impl Optimizer {
                 }
                 tensors.push((
                     key,
-                    TensorView::new(
-                        Dtype::F32,
-                        decl.shape.dims_of(&p.shape),
-                        bytemuck::cast_slice(buf),
-                    )?,
+                    TensorView::new(safetensors_dtype(*dtype), decl.shape.dims_of(&p.shape), buf)?,
                 ));
             }
         }
@@ -346,15 +366,19 @@ impl Optimizer {
                     .tensor(&key)
                     .map_err(|_| err(format!("tensor `{key}` is missing")))?;
                 let want = decl.shape.dims_of(&saved.shape);
-                if view.dtype() != Dtype::F32 || view.shape() != want.as_slice() {
+                let dtype = kernel.storage.dtype(Slot::State(StateId::new(at)));
+                let want_dtype = safetensors_dtype(dtype);
+                if view.dtype() != want_dtype || view.shape() != want.as_slice() {
                     return Err(err(format!(
-                        "tensor `{key}` is {:?} {:?}, expected F32 {:?}",
+                        "tensor `{key}` is {:?} {:?}, expected {want_dtype:?} {:?}",
                         view.dtype(),
                         view.shape(),
                         want
                     )));
                 }
-                buffers[at] = Some(f32_vec(&key, view.data())?);
+                let values = BufVec::from_le_bytes(dtype, view.data())
+                    .ok_or_else(|| err(format!("tensor `{key}` has a partial value")))?;
+                buffers[at] = Some(values.to_f32());
             }
             let n = saved.scalars.len();
             states.push(Some((

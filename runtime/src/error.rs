@@ -80,6 +80,18 @@ pub enum RuntimeError {
         /// Its dtype, as safetensors names it.
         found: String,
     },
+    /// A parameter or gradient is not in the dtype the optimizer stores it in.
+    #[error("parameter `{name}`: the {what} is {found}, but the optimizer stores it as {expected} (Options::precision)")]
+    BufferDtype {
+        /// The parameter.
+        name: String,
+        /// `parameter` or `gradient`.
+        what: String,
+        /// The dtype given.
+        found: optc_kernel::Dtype,
+        /// The optimizer's.
+        expected: optc_kernel::Dtype,
+    },
     /// A byte buffer cannot be viewed as f32: unaligned or not a whole number of f32s.
     #[error("bytes of `{name}` cannot be read as f32: {reason}")]
     Bytes {

@@ -23,10 +23,10 @@ use optc_kernel::ValidKernel;
 pub(crate) enum TensorData<'a> {
     /// Host memory (the interpreter and CPU targets; CUDA copies to and from the device).
     Host {
-        /// The parameter, updated in place.
-        param: &'a mut [f32],
-        /// Its gradient.
-        grad: &'a [f32],
+        /// The parameter, updated in place, in its storage dtype.
+        param: crate::buf::BufMut<'a>,
+        /// Its gradient, in its storage dtype.
+        grad: crate::buf::BufRef<'a>,
     },
     /// Device memory of the optimizer's CUDA context.
     #[cfg(feature = "cuda")]
@@ -34,6 +34,15 @@ pub(crate) enum TensorData<'a> {
 }
 
 impl TensorData<'_> {
+    /// The dtypes of the parameter and the gradient, for host data.
+    pub fn host_dtypes(&self) -> Option<(optc_kernel::Dtype, optc_kernel::Dtype)> {
+        match self {
+            TensorData::Host { param, grad } => Some((param.dtype(), grad.dtype())),
+            #[cfg(feature = "cuda")]
+            TensorData::Device(_) => None,
+        }
+    }
+
     /// Elements of the parameter and of the gradient.
     pub fn lens(&self) -> (usize, usize) {
         match self {
@@ -63,6 +72,9 @@ pub(crate) struct StageTensor<'s, 'a> {
     /// host executors only: the CUDA one refuses matrix stages when it loads a kernel).
     #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
     pub view: Option<optc_kernel::matrix::WideView>,
+    /// The tensor's stochastic-rounding key for this step (`Storage::sr_key`; 0 without).
+    #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
+    pub sr_key: u32,
 }
 
 /// A stage's block partials: `[tensor][reduce output][block]` (for a Row- or Col-scope output,
@@ -114,6 +126,30 @@ pub(crate) trait Executor: Send {
         init: &[(usize, StateInit)],
         data: &TensorData<'_>,
     ) -> Result<(), RuntimeError>;
+
+    /// Sets the storage dtype of each state of parameter `param`, by position (called once, when
+    /// the parameter is registered, before any of its states exists). An executor that keeps
+    /// only f32 states refuses any other dtype.
+    fn set_state_dtypes(
+        &mut self,
+        param: usize,
+        dtypes: Vec<optc_kernel::Dtype>,
+    ) -> Result<(), RuntimeError> {
+        let _ = param;
+        match dtypes.iter().find(|&&d| d != optc_kernel::Dtype::F32) {
+            None => Ok(()),
+            Some(d) => Err(RuntimeError::Unsupported(format!(
+                "{} keeps f32 states only; a {d} state runs on the interpreter and the CPU",
+                self.target()
+            ))),
+        }
+    }
+
+    /// The bytes of memory parameter `param`'s allocated states take.
+    fn state_bytes(&self, param: usize) -> usize {
+        let _ = param;
+        0
+    }
 
     /// Forgets the states of parameter `param` at `which` positions, or all of them with `None`
     /// (none is not an error).

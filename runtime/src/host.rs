@@ -5,13 +5,17 @@
 //! ([`crate::cpu::CpuKernel`]); the interpreter runs one element at a time on one thread and is
 //! the meaning every other target is judged against.
 
-use crate::cpu::{CpuKernel, CpuOptions, Partials, RowKernel, RowTensor, TensorArgs};
+use crate::buf::BufVec;
+use crate::cpu::{
+    BufMut, BufRef, CpuKernel, CpuOptions, Partials, RowKernel, RowTensor, TensorArgs,
+};
 use crate::error::RuntimeError;
 use crate::executor::{self, Executor, StageTensor, StateInit, TensorData};
 use crate::matrix::{self, MatrixArgs};
 use crate::target::Target;
 use optc_kernel::artifact::PtxModule;
 use optc_kernel::matrix::{reference_matmul, Mat};
+use optc_kernel::Dtype;
 use optc_kernel::ValidKernel;
 use std::sync::Arc;
 
@@ -29,8 +33,11 @@ pub(crate) struct HostExecutor {
     pool: Option<Arc<rayon::ThreadPool>>,
     /// Each loaded kernel and the position of each of its states among a parameter's.
     kernels: Vec<(Compiled, Vec<usize>)>,
-    /// Per registered parameter: its state buffers by position, each once it is allocated.
-    states: Vec<Vec<Option<Vec<f32>>>>,
+    /// Per registered parameter: its state buffers by position, each once it is allocated, in
+    /// its storage dtype.
+    states: Vec<Vec<Option<BufVec>>>,
+    /// Per registered parameter: the storage dtype of each state, by position.
+    dtypes: Vec<Vec<Dtype>>,
 }
 
 impl HostExecutor {
@@ -42,10 +49,20 @@ impl HostExecutor {
             pool,
             kernels: Vec::new(),
             states: Vec::new(),
+            dtypes: Vec::new(),
         }
     }
 
-    fn slot(&mut self, param: usize) -> &mut Vec<Option<Vec<f32>>> {
+    /// The storage dtype of state position `at` of parameter `param` (f32 unless set).
+    fn dtype(&self, param: usize, at: usize) -> Dtype {
+        self.dtypes
+            .get(param)
+            .and_then(|d| d.get(at))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn slot(&mut self, param: usize) -> &mut Vec<Option<BufVec>> {
         if self.states.len() <= param {
             self.states.resize_with(param + 1, Vec::new);
         }
@@ -57,9 +74,9 @@ fn internal(what: &str) -> RuntimeError {
     RuntimeError::Unsupported(format!("internal: {what}"))
 }
 
-fn host<'s>(data: &'s mut TensorData<'_>) -> Result<(&'s mut [f32], &'s [f32]), RuntimeError> {
+fn host<'s>(data: &'s mut TensorData<'_>) -> Result<(BufMut<'s>, BufRef<'s>), RuntimeError> {
     match data {
-        TensorData::Host { param, grad } => Ok((param, grad)),
+        TensorData::Host { param, grad } => Ok((param.reborrow(), *grad)),
         #[cfg(feature = "cuda")]
         TensorData::Device(_) => Err(RuntimeError::Unsupported(
             "device buffers were given to an optimizer on a host target; step them with an optimizer built for Target::Cuda".into(),
@@ -121,10 +138,10 @@ impl Executor for HostExecutor {
         init: &[(usize, StateInit)],
         data: &TensorData<'_>,
     ) -> Result<(), RuntimeError> {
-        let p: &[f32] = match data {
-            TensorData::Host { param, .. } => param,
+        let p: Vec<f32> = match data {
+            TensorData::Host { param, .. } => param.to_f32(),
             #[cfg(feature = "cuda")]
-            TensorData::Device(_) => &[],
+            TensorData::Device(_) => Vec::new(),
         };
         let buffers = init
             .iter()
@@ -132,9 +149,10 @@ impl Executor for HostExecutor {
                 let len = *lens
                     .get(at)
                     .ok_or_else(|| internal("a state position out of range"))?;
+                let d = self.dtype(param, at);
                 match i {
-                    StateInit::Value(x) => Ok((at, vec![x; len])),
-                    StateInit::Param if p.len() == len => Ok((at, p.to_vec())),
+                    StateInit::Value(x) => Ok((at, BufVec::splat(d, x, len))),
+                    StateInit::Param if p.len() == len => Ok((at, BufVec::from_f32(d, &p))),
                     StateInit::Param => {
                         Err(internal("a state copies a parameter of another length"))
                     }
@@ -188,7 +206,7 @@ impl Executor for HostExecutor {
         }
         let (compiled, positions) = &self.kernels[kernel];
         // Borrow every tensor's states at once: each parameter appears at most once per step.
-        let mut slots: Vec<Option<&mut Vec<Option<Vec<f32>>>>> =
+        let mut slots: Vec<Option<&mut Vec<Option<BufVec>>>> =
             self.states.iter_mut().map(Some).collect();
         let mut args = Vec::with_capacity(n);
         for t in tensors.iter_mut() {
@@ -196,9 +214,9 @@ impl Executor for HostExecutor {
                 .get_mut(t.param)
                 .and_then(Option::take)
                 .ok_or_else(|| internal("a stepped parameter has no states"))?;
-            let mut mine: Vec<Option<&mut [f32]>> = states
+            let mut mine: Vec<Option<BufMut<'_>>> = states
                 .iter_mut()
-                .map(|b| b.as_mut().map(Vec::as_mut_slice))
+                .map(|b| b.as_mut().map(BufVec::view))
                 .collect();
             let states = positions
                 .iter()
@@ -214,6 +232,7 @@ impl Executor for HostExecutor {
                 grad,
                 states,
                 uniforms: std::mem::take(&mut t.uniforms),
+                sr_key: t.sr_key,
             });
             vecs.push((std::mem::take(&mut t.vectors), t.dims));
         }
@@ -227,10 +246,19 @@ impl Executor for HostExecutor {
                 .as_deref()
                 .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
             for (a, view) in args.iter_mut().zip(&views) {
+                // Matrix kernels keep f32 storage (stages::check_storage).
+                let not_f32 = || internal("a 16-bit buffer in a matrix kernel");
+                let param = a.param.as_f32_ref().ok_or_else(not_f32)?;
+                let grad = a.grad.as_f32().ok_or_else(not_f32)?;
+                let mut states = a
+                    .states
+                    .iter_mut()
+                    .map(|s| s.as_f32().ok_or_else(not_f32))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let margs = MatrixArgs {
-                    param: a.param,
-                    grad: a.grad,
-                    states: &mut a.states,
+                    param,
+                    grad,
+                    states: &mut states,
                 };
                 let run = || {
                     let mut mm = |x: &Mat, y: &Mat| {
@@ -278,7 +306,11 @@ impl Executor for HostExecutor {
     }
 
     fn read_states(&self, param: usize) -> Result<Vec<Option<Vec<f32>>>, RuntimeError> {
-        Ok(self.states.get(param).cloned().unwrap_or_default())
+        Ok(self
+            .states
+            .get(param)
+            .map(|s| s.iter().map(|b| b.as_ref().map(BufVec::to_f32)).collect())
+            .unwrap_or_default())
     }
 
     fn write_states(
@@ -286,9 +318,34 @@ impl Executor for HostExecutor {
         states: Vec<(usize, Vec<Option<Vec<f32>>>)>,
     ) -> Result<(), RuntimeError> {
         for (param, values) in states {
-            *self.slot(param) = values;
+            let typed = values
+                .iter()
+                .enumerate()
+                .map(|(at, v)| {
+                    v.as_ref()
+                        .map(|v| BufVec::from_f32(self.dtype(param, at), v))
+                })
+                .collect();
+            *self.slot(param) = typed;
         }
         Ok(())
+    }
+
+    fn set_state_dtypes(&mut self, param: usize, dtypes: Vec<Dtype>) -> Result<(), RuntimeError> {
+        if self.dtypes.len() <= param {
+            self.dtypes.resize_with(param + 1, Vec::new);
+        }
+        self.dtypes[param] = dtypes;
+        Ok(())
+    }
+
+    fn state_bytes(&self, param: usize) -> usize {
+        self.states.get(param).map_or(0, |s| {
+            s.iter()
+                .flatten()
+                .map(|b| b.len() * b.dtype().bytes_per_value() as usize)
+                .sum()
+        })
     }
 
     fn read_state(
@@ -298,8 +355,14 @@ impl Executor for HostExecutor {
         state: usize,
     ) -> Result<Vec<f32>, RuntimeError> {
         let at = self.positions(kernel)?.get(state).copied();
-        at.and_then(|at| self.states.get(param)?.get(at)?.clone())
-            .ok_or_else(|| internal("a stepped parameter has no such state"))
+        at.and_then(|at| {
+            self.states
+                .get(param)?
+                .get(at)?
+                .as_ref()
+                .map(BufVec::to_f32)
+        })
+        .ok_or_else(|| internal("a stepped parameter has no such state"))
     }
 
     fn write_vector_states(
@@ -324,7 +387,8 @@ impl Executor for HostExecutor {
             }
         }
         for (p, (_, v)) in at.into_iter().zip(values) {
-            states[p] = Some(v);
+            let d = states[p].as_ref().map(BufVec::dtype).unwrap_or_default();
+            states[p] = Some(BufVec::from_f32(d, &v));
         }
         Ok(())
     }
@@ -352,12 +416,24 @@ fn interp_stage(
         grad,
         states,
         uniforms,
+        sr_key,
     } = args;
+    // The interpreter steps f32 values of the storage dtypes: widen, step, narrow (exact).
+    let mut param = param;
+    let mut states = states;
+    let mut p = param.to_f32();
+    let g = grad.to_f32();
+    let mut s: Vec<Vec<f32>> = states.iter().map(BufMut::to_f32).collect();
     let bufs = Buffers {
-        param,
-        grad,
-        states,
+        param: &mut p,
+        grad: &g,
+        states: s.iter_mut().map(Vec::as_mut_slice).collect(),
     };
-    run_stage_matrix(kernel, stage, &uniforms, vectors, dims, bufs)
-        .map_err(|e| RuntimeError::Interp(e.to_string()))
+    let out = run_stage_matrix(kernel, stage, &uniforms, vectors, dims, bufs, sr_key)
+        .map_err(|e| RuntimeError::Interp(e.to_string()))?;
+    param.set_from_f32(&p);
+    for (b, v) in states.iter_mut().zip(&s) {
+        b.set_from_f32(v);
+    }
+    Ok(out)
 }

@@ -45,6 +45,7 @@
 // the `Optimizer` on the CUDA target (feature `cuda`), checkpoints, byte views and errors. The CPU
 // JIT and the interpreter target compile rules in process and need the compiler.
 pub mod atomic;
+pub mod buf;
 pub mod bytes;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 pub mod checkpoint;

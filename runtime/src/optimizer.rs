@@ -34,7 +34,10 @@ use optc_kernel::{GRAD_NORM_REDUCTION, NONFINITE_REDUCTION};
 const MAX_GRAD_NORM: &str = "max_grad_norm";
 /// The hyper that loss scaling adds (`optc_compiler`'s loss_scale pass).
 pub(crate) const LOSS_SCALE: &str = "loss_scale";
-use optc_kernel::{HyperDecl, Init, Kernel, MatrixDims, RankClass, StateShape, ValidKernel};
+use crate::buf::{BufMut, BufRef};
+use optc_kernel::{
+    Dtype, HyperDecl, Init, Kernel, MatrixDims, Precision, RankClass, StateShape, ValidKernel,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -72,6 +75,10 @@ pub struct Options {
     /// Where and how the CUDA target runs (ignored by the other targets).
     #[cfg(feature = "cuda")]
     pub cuda: crate::cuda::CudaOptions,
+    /// The storage dtypes of parameters, gradients and states, f32 master weights and
+    /// stochastic rounding (`optc_kernel::storage`; f32 everywhere by default). Every
+    /// [`Update`] then gives the parameter and gradient in [`Precision::param`].
+    pub precision: Precision,
 }
 
 impl Default for Options {
@@ -86,6 +93,7 @@ impl Default for Options {
             loss_scale: None,
             #[cfg(feature = "cuda")]
             cuda: crate::cuda::CudaOptions::default(),
+            precision: Precision::default(),
         }
     }
 }
@@ -114,10 +122,42 @@ pub struct Update<'a> {
 impl<'a> Update<'a> {
     /// An update of parameter `name` from host slices.
     pub fn new(name: &'a str, param: &'a mut [f32], grad: &'a [f32]) -> Self {
+        Update::typed(name, param.into(), grad.into())
+    }
+
+    /// An update from bf16 host slices (an optimizer built with `param` dtype bf16).
+    pub fn bf16(name: &'a str, param: &'a mut [half::bf16], grad: &'a [half::bf16]) -> Self {
+        Update::typed(name, param.into(), grad.into())
+    }
+
+    /// An update from f16 host slices (an optimizer built with `param` dtype f16).
+    pub fn f16(name: &'a str, param: &'a mut [half::f16], grad: &'a [half::f16]) -> Self {
+        Update::typed(name, param.into(), grad.into())
+    }
+
+    /// An update from host buffers of any storage dtype ([`crate::buf`]). A step checks that
+    /// they are in the dtype the optimizer stores parameters and gradients in.
+    pub fn typed(name: &'a str, param: BufMut<'a>, grad: BufRef<'a>) -> Self {
         Update {
             name,
             data: TensorData::Host { param, grad },
         }
+    }
+
+    /// An update from little-endian bytes of dtype `dtype` (f32, bf16 or f16), viewed without
+    /// copying. Fails when a buffer is not aligned to the value size or not a whole number of
+    /// values, or the dtype is not one a parameter can have.
+    pub fn from_bytes_as(
+        name: &'a str,
+        dtype: Dtype,
+        param: &'a mut [u8],
+        grad: &'a [u8],
+    ) -> Result<Self, RuntimeError> {
+        Ok(Update::typed(
+            name,
+            crate::bytes::buf_mut(name, dtype, param)?,
+            crate::bytes::buf_ref(name, dtype, grad)?,
+        ))
     }
 
     /// An update from little-endian f32 bytes (viewed without copying). Fails when a buffer is
@@ -210,6 +250,8 @@ pub struct Optimizer {
     pub(crate) defaults: Vec<f64>,
     /// `Options::max_grad_norm`: whether kernels clip, and the hyper's initial value.
     max_grad_norm: Option<f64>,
+    /// `Options::precision`, applied to every kernel.
+    precision: Precision,
     /// `Options::loss_scale`: whether kernels unscale and check, and the hyper's initial value.
     loss_scale: Option<f64>,
     pub(crate) groups: Vec<Group>,
@@ -232,6 +274,10 @@ impl Optimizer {
                 )));
             }
         }
+        options
+            .precision
+            .check()
+            .map_err(RuntimeError::Unsupported)?;
         if let Some(v) = options.loss_scale {
             check_loss_scale(v)?;
         }
@@ -245,6 +291,7 @@ impl Optimizer {
             hypers,
             defaults,
             max_grad_norm: options.max_grad_norm,
+            precision: options.precision,
             loss_scale: options.loss_scale,
             groups: Vec::new(),
             params: Vec::new(),
@@ -307,7 +354,9 @@ impl Optimizer {
             return Ok(i);
         }
         let prep = self.prep();
-        let base = self.rule.specialize(flags, rank, prep)?;
+        let base = self
+            .precision
+            .apply(&self.rule.specialize(flags, rank, prep)?)?;
         let conditions = self.rule.conditions(flags, rank, prep)?;
         let names = |h: &[HyperDecl]| h.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
         if self.families.is_empty() {
@@ -350,9 +399,11 @@ impl Optimizer {
         let (kernel, ptx) =
             self.rule
                 .specialize_variant(&fam.flags, fam.rank, self.prep(), variant)?;
+        let kernel = self.precision.apply(&kernel)?;
         let slots = fam.slots(&kernel)?;
         let kernel = ValidKernel::new(kernel)?;
         stages::check_supported(&kernel, self.exec.target())?;
+        stages::check_storage(&kernel, self.exec.target())?;
         stages::check_skip_order(&kernel)?;
         let loaded = (0..self.exec.kernel_count()).map(|i| self.exec.kernel(i).kernel());
         stages::check_step_stages(&kernel, loaded)?;
@@ -495,6 +546,14 @@ impl Optimizer {
                     rank_name(rank)
                 ))
             })?;
+        let base = &self.families[family].base;
+        let dtypes = (0..base.states.len())
+            .map(|i| {
+                base.storage
+                    .dtype(optc_kernel::Slot::State(optc_kernel::StateId::new(i)))
+            })
+            .collect();
+        self.exec.set_state_dtypes(self.params.len(), dtypes)?;
         self.by_name.insert(name.to_string(), self.params.len());
         self.params.push(Param {
             name: name.to_string(),
@@ -505,6 +564,42 @@ impl Optimizer {
             progress: None,
         });
         Ok(())
+    }
+
+    /// The precision options the optimizer was built with.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The bytes of memory the per-element states of every registered parameter take, once
+    /// allocated (in their storage dtypes), and the number of parameter elements: their ratio is
+    /// the optimizer state's bytes per parameter. Before a parameter's first step, its states
+    /// are counted as its kernels will allocate them.
+    pub fn state_bytes(&self) -> (usize, usize) {
+        let mut bytes = 0;
+        let mut elements = 0;
+        for (i, p) in self.params.iter().enumerate() {
+            elements += p.len;
+            bytes += match p.progress {
+                Some(_) => self.exec.state_bytes(i),
+                None => {
+                    let base = &self.families[p.family].base;
+                    base.states
+                        .iter()
+                        .enumerate()
+                        .map(|(s, d)| {
+                            let slot = optc_kernel::Slot::State(optc_kernel::StateId::new(s));
+                            let len = match d.shape {
+                                StateShape::Full => p.len,
+                                shape => MatrixDims::of_shape(&p.shape).map_or(0, |m| m.len(shape)),
+                            };
+                            len * base.value_bytes(slot)
+                        })
+                        .sum()
+                }
+            };
+        }
+        (bytes, elements)
     }
 
     /// The registered parameter names, in registration order.
@@ -702,6 +797,19 @@ impl Optimizer {
                 return Err(RuntimeError::DuplicateParam(u.name.to_string()));
             }
             let p = &self.params[index];
+            if let Some((param, grad)) = u.data.host_dtypes() {
+                let want = self.precision.param;
+                for (what, found) in [("parameter", param), ("gradient", grad)] {
+                    if found != want {
+                        return Err(RuntimeError::BufferDtype {
+                            name: p.name.clone(),
+                            what: what.to_string(),
+                            found,
+                            expected: want,
+                        });
+                    }
+                }
+            }
             let (param_len, grad_len) = u.data.lens();
             for (what, found) in [("the parameter", param_len), ("the gradient", grad_len)] {
                 if found != p.len {
@@ -937,6 +1045,11 @@ impl Optimizer {
                         vectors,
                         dims: plan.dims,
                         view: plan.view,
+                        sr_key: self
+                            .exec
+                            .kernel(plan.kernel)
+                            .storage
+                            .sr_key(plan.t, plan.index as u64),
                     });
                 }
             }

@@ -51,6 +51,32 @@ pub(crate) fn check_supported(kernel: &Kernel, target: Target) -> Result<(), Run
     )))
 }
 
+/// Errors unless `target` runs `kernel`'s storage dtypes: 16-bit buffers run on the interpreter
+/// and the CPU (CUDA keeps f32 buffers so far), and a kernel with matrix stages keeps `p` and `g`
+/// in f32 (the matrix programs read f32).
+pub(crate) fn check_storage(kernel: &Kernel, target: Target) -> Result<(), RuntimeError> {
+    if kernel.storage.is_f32() {
+        return Ok(());
+    }
+    #[cfg(feature = "compiler")]
+    let host = matches!(target, Target::Interp | Target::Cpu);
+    #[cfg(not(feature = "compiler"))]
+    let host = false;
+    if !host {
+        return Err(RuntimeError::Unsupported(format!(
+            "rule `{}` with 16-bit storage cannot run on {target}: storage dtypes run on the interpreter and the CPU only so far (use Target::Cpu, `--target cpu`)",
+            kernel.rule
+        )));
+    }
+    if kernel.stages.iter().any(|s| s.matrix.is_some()) {
+        return Err(RuntimeError::Unsupported(format!(
+            "rule `{}` has matrix stages, which keep every buffer in f32 so far: build it without precision options",
+            kernel.rule
+        )));
+    }
+    Ok(())
+}
+
 /// Errors, when a kernel with the loss-scale check is loaded, unless it writes nothing up to
 /// the stage that makes the check (a skipped step stops there; the compiler builds kernels so).
 pub(crate) fn check_skip_order(kernel: &Kernel) -> Result<(), RuntimeError> {
@@ -218,6 +244,7 @@ mod tests {
             rank,
             host: Arena::new(),
             variant: Vec::new(),
+            storage: Default::default(),
             scalar_updates: vec![],
             vectors: Default::default(),
             reductions,

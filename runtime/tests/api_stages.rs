@@ -60,6 +60,7 @@ fn two_stage() -> Kernel {
         host,
         vectors: Default::default(),
         variant: Vec::new(),
+        storage: Default::default(),
         scalar_updates: vec![ScalarUpdate {
             scalar: ScalarId(0),
             value: total,

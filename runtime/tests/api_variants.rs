@@ -140,6 +140,7 @@ fn switching_matches_the_selects(target: Target, rule: &str, toggles: &[(&str, f
                 },
                 dims: description.is_factored().then_some(dims),
                 view: None,
+                tensor: 0,
             }],
         )
         .expect("reference");

@@ -64,12 +64,7 @@ fn cpu_bench_adamw_vs_probe() {
     let mut probe_times = Vec::new();
     for _ in 0..rounds {
         let t0 = Instant::now();
-        let args = TensorArgs {
-            param: &mut p,
-            grad: &g,
-            states: vec![&mut m, &mut v],
-            uniforms: u.clone(),
-        };
+        let args = TensorArgs::f32(&mut p, &g, vec![&mut m, &mut v], u.clone());
         cpu.step_many(vec![args], Some(&pool)).expect("step");
         jit_times.push(t0.elapsed().as_secs_f64());
 
@@ -130,12 +125,12 @@ fn bench_staged(k: &optc_kernel::Kernel) {
         let t0 = Instant::now();
         let mut reduced = vec![f64::NAN; k.reductions.len()];
         for (s, stage) in k.stages.iter().enumerate() {
-            let mut args = [TensorArgs {
-                param: &mut p,
-                grad: &g,
-                states: states.iter_mut().map(|s| s.as_mut_slice()).collect(),
-                uniforms: cpu_common::stage_uniforms(k, s, &reduced),
-            }];
+            let mut args = [TensorArgs::f32(
+                &mut p,
+                &g,
+                states.iter_mut().map(|s| s.as_mut_slice()).collect(),
+                cpu_common::stage_uniforms(k, s, &reduced),
+            )];
             cpu.run_stage(s, &mut args, &mut partials, Some(&pool))
                 .expect("stage");
             for (o, out) in stage.reduce.iter().enumerate() {

@@ -316,6 +316,7 @@ fn cpu_staged_kernels_equal_the_interpreter_bit_for_bit() {
                     t: 1,
                     scalars: s,
                     view: None,
+                    tensor: 0,
                     bufs: Buffers {
                         param: &mut t.p,
                         grad: &t.g,

@@ -15,6 +15,7 @@ use super::compile_time::{self, CompileTime};
 use super::source::{load_rule_source, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use optc_runtime::buf::BufVec;
 use optc_runtime::probe::BandwidthProbe;
 use optc_runtime::{GroupId, Optimizer, Options, Rule, Update};
 use std::process::ExitCode;
@@ -59,6 +60,9 @@ pub struct BenchArgs {
     /// Print one JSON object (last line of stdout) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Storage dtypes.
+    #[command(flatten)]
+    pub precision: super::precision::PrecisionArgs,
     /// Loss scaling.
     #[command(flatten)]
     pub loss_scale: super::loss_scale::LossScaleArgs,
@@ -118,6 +122,16 @@ pub struct BenchReport {
     /// The rank class of the benchmarked kernel (of the one with the most elements, when the
     /// tensors run one per rank class).
     pub rank: optc_kernel::RankClass,
+    /// The storage dtype of parameters and gradients.
+    pub param_dtype: optc_kernel::Dtype,
+    /// The storage dtype of the per-element states.
+    pub state_dtype: optc_kernel::Dtype,
+    /// Whether the parameters have f32 master copies.
+    pub master_weights: bool,
+    /// Whether parameter stores round stochastically.
+    pub stochastic_rounding: bool,
+    /// Bytes of optimizer state per parameter element (every state, in its dtype).
+    pub state_bytes_per_param: f64,
     /// The time from source to this kernel, runnable on the CPU (`--target cpu` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compile: Option<CompileTime>,
@@ -168,8 +182,26 @@ impl BenchReport {
             probe_bytes_per_s: probe_bytes / probe_s,
             fraction_of_probe: (bytes / step_s) / (probe_bytes / probe_s),
             rank: kernel.rank,
+            param_dtype: kernel.storage.param,
+            state_dtype: optc_kernel::Dtype::F32,
+            master_weights: false,
+            stochastic_rounding: kernel.storage.stochastic_seed().is_some(),
+            state_bytes_per_param: 0.0,
             compile: None,
         }
+    }
+}
+
+impl BenchReport {
+    /// Fills in the storage options and state bytes of `opt` (after its steps).
+    pub(crate) fn set_precision(&mut self, opt: &Optimizer) {
+        let p = opt.precision();
+        self.param_dtype = p.param;
+        self.state_dtype = p.state;
+        self.master_weights = p.master_weights;
+        self.stochastic_rounding = p.stochastic_rounding.is_some();
+        let (bytes, n) = opt.state_bytes();
+        self.state_bytes_per_param = bytes as f64 / n.max(1) as f64;
     }
 }
 
@@ -201,6 +233,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let options = Options {
         flags,
         max_grad_norm,
+        precision: args.precision.precision()?,
         loss_scale: args.loss_scale.initial(),
         ..Options::default()
     };
@@ -308,9 +341,16 @@ pub fn bench(
         })
         .sum();
     check_memory(memory)?;
-    // Small values: a long run stays finite for any rule.
-    let mut params: Vec<Vec<f32>> = lens.iter().map(|&n| fill(n, 0.5)).collect();
-    let grads: Vec<Vec<f32>> = lens.iter().map(|&n| fill(n, 1e-3)).collect();
+    // Small values: a long run stays finite for any rule. In the parameters' storage dtype.
+    let dtype = opt.precision().param;
+    let mut params: Vec<BufVec> = lens
+        .iter()
+        .map(|&n| BufVec::from_f32(dtype, &fill(n, 0.5)))
+        .collect();
+    let grads: Vec<BufVec> = lens
+        .iter()
+        .map(|&n| BufVec::from_f32(dtype, &fill(n, 1e-3)))
+        .collect();
     // Each probe makes one pass per stage with that stage's reads and writes: the same summed
     // traffic as the step.
     let mut probes_of: Vec<BandwidthProbe> = groups
@@ -330,7 +370,7 @@ pub fn bench(
             .iter()
             .zip(params.iter_mut())
             .zip(&grads)
-            .map(|(((name, _), p), g)| Update::new(name, p, g));
+            .map(|(((name, _), p), g)| Update::typed(name, p.view(), g.into()));
         match &mut scaler {
             Some(scaler) => scaler.step(&mut opt, updates)?,
             None => opt.step(updates)?,
@@ -370,7 +410,7 @@ pub fn bench(
         .iter()
         .max_by_key(|(_, ls)| ls.iter().sum::<usize>())
         .ok_or("internal: no kernel")?;
-    Ok(BenchReport::with_traffic(
+    let mut report = BenchReport::with_traffic(
         main,
         traffic,
         elements,
@@ -379,7 +419,9 @@ pub fn bench(
         &mut steps,
         probe_s,
         probe_bytes,
-    ))
+    );
+    report.set_precision(&opt);
+    Ok(report)
 }
 
 /// Refuses a run that needs more memory than the machine has available (an allocation failure
@@ -459,6 +501,22 @@ fn print_report(r: &BenchReport) {
         r.probe_bytes_per_s / g
     );
     println!("kernel / probe: {:.2}", r.fraction_of_probe);
+    println!(
+        "storage: p and g {}, states {}{}{}; {:.2} B of optimizer state per parameter",
+        r.param_dtype,
+        r.state_dtype,
+        if r.master_weights {
+            ", f32 master weights"
+        } else {
+            ""
+        },
+        if r.stochastic_rounding {
+            ", stochastic rounding"
+        } else {
+            ""
+        },
+        r.state_bytes_per_param
+    );
     if let Some(c) = &r.compile {
         let ms = 1e3;
         println!(

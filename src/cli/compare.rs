@@ -58,6 +58,10 @@ pub struct CompareArgs {
     /// Directory for `curves.png` and `results.json` (created if missing).
     #[arg(long, default_value = "optc-compare")]
     pub out: PathBuf,
+    /// Storage dtypes of every compiled rule (the references stay f32): the model's parameters
+    /// are kept in `--param-dtype` between steps, and the table's `state B/param` follows.
+    #[command(flatten)]
+    pub precision: super::precision::PrecisionArgs,
     /// Loss scaling for every compiled rule (the references run unscaled): each step's gradients
     /// are scaled, unscaled by the optimizer, and a step with an inf or a NaN is skipped.
     #[command(flatten)]
@@ -82,7 +86,14 @@ pub fn execute(args: &CompareArgs) -> Result<Comparison, CompareError> {
     if args.seeds == 0 {
         return Err(CompareError::Usage("--seeds must be at least 1".into()));
     }
-    let mut contenders = load_contenders(&args.rules, args.backend)?;
+    let precision = args
+        .precision
+        .precision()
+        .map_err(|message| CompareError::Rule {
+            rule: args.rules.join(" "),
+            message,
+        })?;
+    let mut contenders = load_contenders(&args.rules, args.backend, precision)?;
     for arg in &args.set {
         apply_set(&mut contenders, arg)?;
     }
@@ -104,6 +115,7 @@ pub fn execute(args: &CompareArgs) -> Result<Comparison, CompareError> {
 pub fn load_contenders(
     args: &[String],
     backend: Backend,
+    precision: optc_kernel::Precision,
 ) -> Result<Vec<Box<dyn Contender>>, CompareError> {
     let color = super::color_stderr();
     let mut out: Vec<Box<dyn Contender>> = Vec::with_capacity(args.len());
@@ -124,6 +136,7 @@ pub fn load_contenders(
             out.push(Box::new(Reference::new(kind, label)));
         } else {
             let mut c = RuleContender::load(arg, backend, color)?;
+            c.set_precision(precision);
             let label = unique(c.label(), &mut labels);
             c.set_label(label);
             out.push(Box::new(c));

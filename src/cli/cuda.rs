@@ -93,7 +93,7 @@ pub(crate) fn bench(
         bytes,
         passes: kernel.stages.len(),
     };
-    Ok(BenchReport::with_traffic(
+    let mut report = BenchReport::with_traffic(
         &kernel,
         traffic,
         elements,
@@ -102,7 +102,9 @@ pub(crate) fn bench(
         &mut steps,
         probe_s,
         2 * (bytes / 2).max(4),
-    ))
+    );
+    report.set_precision(&opt);
+    Ok(report)
 }
 
 /// Without CUDA support compiled in: a clear error.

@@ -17,7 +17,7 @@
 
 use super::source::{load_rule, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
-use optc_runtime::bytes::{f32_bytes, f32_vec};
+use optc_runtime::buf::BufVec;
 use optc_runtime::{Optimizer, Options, Rule, StateFormat, Target, Update};
 
 pub(crate) type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -74,6 +74,10 @@ pub struct RunArgs {
     /// The layout of --save-state: optc's checkpoint or torch's convention.
     #[arg(long, value_enum, default_value_t = StateFormatArg::Optc, requires = "save_state")]
     pub state_format: StateFormatArg,
+    /// Storage dtypes: `P` and `G` hold tensors of `--param-dtype`, and the output has the
+    /// parameters in it and each state in its own dtype.
+    #[command(flatten)]
+    pub precision: super::precision::PrecisionArgs,
     /// Loss scaling: with `S`, the file's gradients are S times the true ones; with `dynamic`,
     /// they are the true ones and each step multiplies them by the scaler's current scale.
     #[command(flatten)]
@@ -100,30 +104,30 @@ pub enum RunTarget {
     Cuda,
 }
 
-/// One parameter: its name, shape, data, and its gradient history as raw f32 bytes.
+/// One parameter: its name, shape, data, and its gradient history as raw bytes, in the
+/// parameters' storage dtype.
 struct Tensor<'a> {
     name: String,
     shape: Vec<usize>,
-    data: Vec<f32>,
+    data: BufVec,
     grads: &'a [u8],
 }
 
 /// A parameter's final state, as written to the output file.
 struct Final {
-    /// Per-element states by name.
-    states: Vec<(String, Vec<f32>)>,
+    /// Per-element states by name, each in its storage dtype.
+    states: Vec<(String, BufVec)>,
     /// Scalar states by name.
     scalars: Vec<(String, f64)>,
 }
 
 impl Tensor<'_> {
     /// The gradient row of step `k + 1`.
-    fn grad_row(&self, k: usize) -> CliResult<Vec<f32>> {
-        let bytes = 4 * self.data.len();
-        Ok(f32_vec(
-            &self.name,
-            &self.grads[k * bytes..(k + 1) * bytes],
-        )?)
+    fn grad_row(&self, k: usize) -> CliResult<BufVec> {
+        let d = self.data.dtype();
+        let bytes = d.bytes_per_value() as usize * self.data.len();
+        BufVec::from_le_bytes(d, &self.grads[k * bytes..(k + 1) * bytes])
+            .ok_or_else(|| format!("gradients `{}`: a partial value", self.name).into())
     }
 }
 
@@ -139,7 +143,14 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     let g_bytes = read(&args.grads)?;
     let p_file = parse(&args.params, &p_bytes)?;
     let g_file = parse(&args.grads, &g_bytes)?;
-    let mut tensors = match_tensors(&p_file, &g_file, args.steps, &args.params, &args.grads)?;
+    let precision = args.precision.precision()?;
+    let mut tensors = match_tensors(
+        &p_file,
+        &g_file,
+        args.steps,
+        (&args.params, &args.grads),
+        precision.param,
+    )?;
 
     let target = match args.target {
         RunTarget::Cpu => Target::Cpu,
@@ -152,6 +163,7 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
         flags,
         allow_fma: !args.no_fma,
         max_grad_norm,
+        precision,
         loss_scale: args.loss_scale.initial(),
         ..Options::default()
     };
@@ -169,21 +181,26 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
             .map_err(|e| format!("--resume `{}`: {e}", path.display()))?;
     }
     let scheduler = optc_runtime::Scheduler::new(&opt, &schedules)?;
-    let mut rows: Vec<Vec<f32>> = tensors.iter().map(|t| vec![0.0; t.data.len()]).collect();
+    let mut rows: Vec<BufVec> = tensors
+        .iter()
+        .map(|t| BufVec::splat(t.data.dtype(), 0.0, t.data.len()))
+        .collect();
     let mut norms = Vec::new();
     for k in 0..args.steps {
         for (t, row) in tensors.iter().zip(&mut rows) {
             *row = t.grad_row(k)?;
             if let Some(scaler) = &scaler {
-                // The gradients of a loss scaled by the current scale, rounded to f32.
+                // The gradients of a loss scaled by the current scale, rounded to f32 (and to
+                // the parameters' dtype).
                 let scale = scaler.scale() as f32;
-                row.iter_mut().for_each(|x| *x *= scale);
+                let scaled: Vec<f32> = row.to_f32().iter().map(|x| x * scale).collect();
+                *row = BufVec::from_f32(row.dtype(), &scaled);
             }
         }
         let updates = tensors
             .iter_mut()
             .zip(&rows)
-            .map(|(t, g)| Update::new(&t.name, &mut t.data, g));
+            .map(|(t, g)| Update::typed(&t.name, t.data.view(), g.into()));
         scheduler.apply(&mut opt, k as u64)?;
         // Every tensor of the file in one call: a global norm covers them all.
         // The scale this step's gradients carry (a scaler sets it on the optimizer as it steps).
@@ -200,11 +217,24 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     }
     let mut finals = Vec::with_capacity(tensors.len());
     for t in &tensors {
+        let kernel = opt.param_kernel(&t.name)?;
+        let dtype_of = |name: &str| {
+            kernel
+                .states
+                .iter()
+                .position(|s| s.name == name)
+                .map(|i| {
+                    kernel
+                        .storage
+                        .dtype(optc_kernel::Slot::State(optc_kernel::StateId::new(i)))
+                })
+                .unwrap_or_default()
+        };
         finals.push(Final {
             states: opt
                 .states(&t.name)?
                 .into_iter()
-                .map(|(n, v)| (n.to_string(), v))
+                .map(|(n, v)| (n.to_string(), BufVec::from_f32(dtype_of(n), &v)))
                 .collect(),
             scalars: opt
                 .scalars(&t.name)?
@@ -269,8 +299,8 @@ fn match_tensors<'a>(
     p: &SafeTensors<'a>,
     g: &SafeTensors<'a>,
     steps: usize,
-    p_path: &Path,
-    g_path: &Path,
+    (p_path, g_path): (&Path, &Path),
+    dtype: optc_kernel::Dtype,
 ) -> CliResult<Vec<Tensor<'a>>> {
     let (pp, gp) = (p_path.display(), g_path.display());
     let mut names: Vec<&str> = p.names();
@@ -281,14 +311,12 @@ fn match_tensors<'a>(
     let mut out = Vec::with_capacity(names.len());
     for &name in &names {
         let pv = p.tensor(name)?;
-        let data = f32_vec(
-            name,
-            f32_bytes(name, &pv).map_err(|e| format!("`{pp}`: {e}"))?,
-        )?;
+        let data = BufVec::from_le_bytes(dtype, typed_bytes(name, &pv, dtype, &pp)?)
+            .ok_or_else(|| format!("`{pp}`: tensor `{name}` has a partial value"))?;
         let gv = g
             .tensor(name)
             .map_err(|_| format!("`{gp}` has no gradients for parameter `{name}`"))?;
-        let grads = f32_bytes(name, &gv).map_err(|e| format!("`{gp}`: {e}"))?;
+        let grads = typed_bytes(name, &gv, dtype, &gp)?;
         let shape = pv.shape().to_vec();
         let (rows, row_shape) = match gv.shape().split_first() {
             Some((&r, rest)) => (r, rest),
@@ -364,12 +392,20 @@ fn write_output(
     for (t, fin) in tensors.iter().zip(finals) {
         put(
             t.name.clone(),
-            (Dtype::F32, t.shape.clone(), le_bytes(&t.data)),
+            (
+                safetensors_dtype(t.data.dtype()),
+                t.shape.clone(),
+                t.data.to_le_bytes(),
+            ),
         )?;
         for (state, values) in &fin.states {
             put(
                 format!("{}.{state}", t.name),
-                (Dtype::F32, t.shape.clone(), le_bytes(values)),
+                (
+                    safetensors_dtype(values.dtype()),
+                    t.shape.clone(),
+                    values.to_le_bytes(),
+                ),
             )?;
         }
         for (scalar, value) in &fin.scalars {
@@ -406,6 +442,29 @@ fn write_output(
         .map_err(|e| format!("cannot write `{}`: {e}", path.display()).into())
 }
 
-fn le_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+/// How safetensors names a storage dtype.
+fn safetensors_dtype(d: optc_kernel::Dtype) -> Dtype {
+    match d {
+        optc_kernel::Dtype::Bf16 => Dtype::BF16,
+        optc_kernel::Dtype::F16 => Dtype::F16,
+        optc_kernel::Dtype::F32 | optc_kernel::Dtype::Int8 => Dtype::F32,
+    }
+}
+
+/// The data of tensor `name` of file `file`, which must be of `dtype` (`--param-dtype`).
+fn typed_bytes<'a>(
+    name: &str,
+    view: &TensorView<'a>,
+    dtype: optc_kernel::Dtype,
+    file: &dyn std::fmt::Display,
+) -> CliResult<&'a [u8]> {
+    let want = safetensors_dtype(dtype);
+    if view.dtype() != want {
+        return Err(format!(
+            "`{file}`: tensor `{name}` is {:?}, but --param-dtype {dtype} reads {want:?} tensors",
+            view.dtype()
+        )
+        .into());
+    }
+    Ok(view.data())
 }

@@ -9,6 +9,8 @@
 use std::path::Path;
 
 use crate::cli::loss_scale::LossScale;
+use optc_kernel::{Dtype, Precision};
+use optc_runtime::buf::BufVec;
 use optc_runtime::{LossScaler, Optimizer, Options, Rule, RuntimeError, Target, Update};
 
 use crate::compare::stepper::{Contender, StepError, Stepper};
@@ -45,6 +47,7 @@ pub struct RuleContender {
     max_grad_norm: Option<f64>,
     loss_scale: Option<LossScale>,
     backend: Backend,
+    precision: Precision,
 }
 
 impl RuleContender {
@@ -101,7 +104,13 @@ impl RuleContender {
             max_grad_norm: None,
             loss_scale: None,
             backend,
+            precision: Precision::default(),
         })
+    }
+
+    /// Keep parameters, gradients and states in these storage dtypes (`optc_kernel::Precision`).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     /// Rename (to tell apart two contenders with the same rule name).
@@ -114,6 +123,7 @@ impl RuleContender {
             target: self.backend.target(),
             flags: self.flags.clone(),
             max_grad_norm: self.max_grad_norm,
+            precision: self.precision,
             loss_scale: self.loss_scale.map(|s| match s {
                 LossScale::Fixed(v) => v,
                 LossScale::Dynamic => LossScaler::default().scale(),
@@ -183,6 +193,7 @@ impl Contender for RuleContender {
             rule: self.source.clone(),
             message: e.to_string(),
         })?;
+        let dtype = self.precision.param;
         let scaling = self.loss_scale.map(|s| match s {
             LossScale::Fixed(v) => Scaling::Fixed(v as f32),
             LossScale::Dynamic => Scaling::Dynamic(LossScaler::default()),
@@ -190,6 +201,7 @@ impl Contender for RuleContender {
         Ok(Box::new(RuntimeStepper {
             optimizer,
             names,
+            dtype,
             scaling,
         }))
     }
@@ -200,6 +212,8 @@ impl Contender for RuleContender {
 struct RuntimeStepper {
     optimizer: Optimizer,
     names: Vec<String>,
+    /// The parameters' storage dtype: the task's f32 parameters are held in it between steps.
+    dtype: Dtype,
     scaling: Option<Scaling>,
 }
 
@@ -225,31 +239,53 @@ impl Stepper for RuntimeStepper {
                 &scaled
             }
         };
+        if self.dtype == Dtype::F32 {
+            let updates = self
+                .names
+                .iter()
+                .zip(params.iter_mut())
+                .zip(grads)
+                .map(|((name, p), g)| Update::new(name, p, g));
+            match &mut self.scaling {
+                Some(Scaling::Dynamic(scaler)) => scaler.step(&mut self.optimizer, updates)?,
+                _ => self.optimizer.step(updates)?,
+            };
+            return Ok(());
+        }
+        // 16-bit parameters: the task's values rounded to the dtype (exact after the first
+        // step), stepped, and widened back for the next forward pass.
+        let mut p16: Vec<BufVec> = params
+            .iter()
+            .map(|p| BufVec::from_f32(self.dtype, p))
+            .collect();
+        let g16: Vec<BufVec> = grads
+            .iter()
+            .map(|g| BufVec::from_f32(self.dtype, g))
+            .collect();
         let updates = self
             .names
             .iter()
-            .zip(params.iter_mut())
-            .zip(grads)
-            .map(|((name, p), g)| Update::new(name, p, g));
+            .zip(p16.iter_mut())
+            .zip(&g16)
+            .map(|((name, p), g)| Update::typed(name, p.view(), g.into()));
         match &mut self.scaling {
             Some(Scaling::Dynamic(scaler)) => scaler.step(&mut self.optimizer, updates)?,
             _ => self.optimizer.step(updates)?,
         };
+        for (p, b) in params.iter_mut().zip(&p16) {
+            *p = b.to_f32();
+        }
         Ok(())
     }
 
     fn state_bytes(&self) -> usize {
-        self.names
+        // The per-element states in their storage dtypes, and the f64 scalar states.
+        let scalars: usize = self
+            .names
             .iter()
-            .map(|name| {
-                let buffers: usize = self
-                    .optimizer
-                    .states(name)
-                    .map_or(0, |s| s.iter().map(|(_, b)| 4 * b.len()).sum());
-                let scalars = self.optimizer.scalars(name).map_or(0, |s| 8 * s.len());
-                buffers + scalars
-            })
-            .sum()
+            .map(|name| self.optimizer.scalars(name).map_or(0, |s| 8 * s.len()))
+            .sum();
+        self.optimizer.state_bytes().0 + scalars
     }
 
     fn set_hyper(&mut self, name: &str, value: f64) -> Result<(), StepError> {

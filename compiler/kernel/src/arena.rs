@@ -106,6 +106,10 @@ impl<T> Arena<T> {
             .enumerate()
             .map(|(i, v)| (Handle::new(i), v))
     }
+    /// Every element, mutably, in insertion order (for rewrites that keep the handles).
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.items.iter_mut()
+    }
     /// The handles in insertion order.
     pub fn handles(&self) -> impl ExactSizeIterator<Item = Handle<T>> + DoubleEndedIterator {
         (0..self.items.len()).map(Handle::new)

@@ -241,6 +241,7 @@ mod tests {
             rank: Default::default(),
             host,
             variant: Vec::new(),
+            storage: Default::default(),
             scalar_updates: vec![],
             vectors: Default::default(),
             reductions: vec![],

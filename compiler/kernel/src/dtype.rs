@@ -63,6 +63,19 @@ impl Dtype {
     }
 }
 
+impl Dtype {
+    /// `x` rounded to this dtype to nearest, ties to even, as an f32 (the value a store keeps and
+    /// a later load gives back): `x` itself for f32 and int8 (whose rounding is per block, in
+    /// [`crate::quant`]).
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            Dtype::Bf16 => widen_bf16(narrow_bf16(x)),
+            Dtype::F16 => widen_f16(narrow_f16(x)),
+            Dtype::F32 | Dtype::Int8 => x,
+        }
+    }
+}
+
 impl std::fmt::Display for Dtype {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())

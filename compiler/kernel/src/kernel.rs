@@ -18,13 +18,14 @@ use crate::eval::{eval_arena, EvalError};
 use crate::expr::{Expr, ReductionId, ScalarId, Slot, StateId, UniformId};
 use crate::matrix::{Coef, MatExpr, MatrixProgram};
 use crate::reduce::{ReductionDecl, Scope};
+use crate::storage::Storage;
 use crate::variant::ConditionValue;
 use crate::vector::VectorProgram;
 use serde::{Deserialize, Serialize};
 use std::fmt::{self, Write as _};
 
 /// The version of the serialized kernel and artifact format. Bumped on every incompatible change.
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 
 /// A hyperparameter: a runtime scalar with a default. Changing it never recompiles.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -226,6 +227,9 @@ pub struct Kernel {
     /// for a kernel that keeps every such condition as a select.
     #[serde(default)]
     pub variant: Vec<ConditionValue>,
+    /// How each buffer is stored ([`crate::storage`]); f32 everywhere by default.
+    #[serde(default, skip_serializing_if = "Storage::is_f32")]
+    pub storage: Storage,
 }
 
 impl Stage {
@@ -294,16 +298,22 @@ impl Kernel {
             .chain((0..self.states.len()).map(|i| Slot::State(StateId::new(i))))
     }
 
-    /// Bytes moved per element in fp32 by stage `stage`: 4 for each buffer it reads and 4 for
-    /// each it writes.
+    /// Bytes moved per element by stage `stage`: the bytes of one value of each buffer it reads
+    /// and of each it writes, in the buffer's storage dtype ([`Kernel::storage`]; 4 for f32, 2
+    /// for bf16 and f16).
     pub fn stage_bytes_per_element(&self, stage: usize) -> usize {
         self.stage_buffers(stage)
             .iter()
-            .map(|b| 4 * (b.read as usize + b.written as usize))
+            .map(|b| self.value_bytes(b.slot) * (b.read as usize + b.written as usize))
             .sum()
     }
 
-    /// Bytes moved per element in fp32 by the whole step: the sum over the stages.
+    /// The bytes of one stored value of buffer `slot` (int8's block scales rounded away).
+    pub fn value_bytes(&self, slot: Slot) -> usize {
+        self.storage.dtype(slot).bytes_per_value() as usize
+    }
+
+    /// Bytes moved per element by the whole step: the sum over the stages.
     pub fn bytes_per_element(&self) -> usize {
         (0..self.stages.len())
             .map(|i| self.stage_bytes_per_element(i))
@@ -679,6 +689,7 @@ impl Kernel {
         if !self.scalars.iter().all(|s| in_range(s.init, &self.init)) {
             return Err(self.error("a scalar init is out of range".into()));
         }
+        self.storage.check(self).map_err(|e| self.error(e))?;
         self.validate_vectors()
     }
 
@@ -719,6 +730,26 @@ impl fmt::Display for Kernel {
         )?;
         for h in &self.hypers {
             writeln!(f, "  hyper {} = {}", h.name, fmt_num(h.default))?;
+        }
+        if !self.storage.is_f32() {
+            let states: Vec<String> = (0..self.states.len())
+                .map(|i| {
+                    let slot = Slot::State(crate::expr::StateId::new(i));
+                    format!("{} {}", self.slot_name(slot), self.storage.dtype(slot))
+                })
+                .collect();
+            let rounding = match self.storage.stochastic_seed() {
+                Some(seed) => format!("; p rounds stochastically (seed {seed})"),
+                None => String::new(),
+            };
+            writeln!(
+                f,
+                "  storage p {}, g {}{}{}{rounding}",
+                self.storage.param,
+                self.storage.grad,
+                if states.is_empty() { "" } else { ", " },
+                states.join(", ")
+            )?;
         }
         for s in &self.states {
             let shape = match s.shape {

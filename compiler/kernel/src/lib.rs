@@ -11,6 +11,8 @@
 //! - [`vector`]: `[rows]`/`[cols]` values and the host's vector program of a matrix kernel;
 //! - [`dtype`] and [`quant`]: storage dtypes, and the one definition of every conversion between
 //!   a stored value and f32 (rounding, stochastic rounding, 8-bit block quantization);
+//! - [`storage`]: the storage dtype of each buffer of a kernel, and the precision options
+//!   (16-bit params, bf16 states, f32 master weights, stochastic rounding) that set it;
 //! - [`matrix`]: matrix programs (products between the per-element passes) and their meaning;
 //! - [`valid`]: a kernel validated once, with the buffer analysis every backend shares;
 //! - [`variant`]: the conditions on hypers that choose a kernel variant per step;
@@ -32,6 +34,7 @@ pub mod num;
 pub mod op;
 pub mod quant;
 pub mod reduce;
+pub mod storage;
 pub mod table;
 pub mod valid;
 pub mod variant;
@@ -50,6 +53,7 @@ pub use reduce::{
     ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, GRAD_NORM_REDUCTION, NONFINITE_REDUCTION,
     REDUCE_BLOCK, REDUCE_LANES,
 };
+pub use storage::{Precision, Rounding, Storage};
 pub use valid::ValidKernel;
 pub use variant::{Condition, ConditionValue, Conditions, VariantId, MAX_CONDITIONS};
 pub use vector::{MatrixDims, VecShape, VectorProgram};

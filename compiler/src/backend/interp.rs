@@ -60,6 +60,9 @@ pub struct TensorStep<'a, R> {
     pub dims: Option<MatrixDims>,
     /// The tensor's matrix view, for kernels with matrix stages (`None` for the others).
     pub view: Option<WideView>,
+    /// The tensor's index in the optimizer: with stochastic rounding, its key at step `t` is
+    /// `sr_key(seed, t, tensor)` ([`optc_kernel::dtype::sr_key`]).
+    pub tensor: u64,
 }
 
 /// What a step call computed besides the buffers.
@@ -87,6 +90,7 @@ pub fn step_f32(
             bufs,
             dims: None,
             view: None,
+            tensor: 0,
         }],
     )
     .map(drop)
@@ -109,6 +113,7 @@ pub fn step_f64(
             bufs,
             dims: None,
             view: None,
+            tensor: 0,
         }],
     )
     .map(drop)
@@ -159,7 +164,8 @@ pub fn step_many<R: Real>(
                 grad: ts.bufs.grad,
                 states: ts.bufs.states.iter_mut().map(|s| &mut **s).collect(),
             };
-            let partials = run_stage_matrix(kernel, k, &uniforms, &vectors, ts.dims, bufs)?;
+            let key = sr_key_of(kernel, ts.t, ts.tensor);
+            let partials = run_stage_matrix(kernel, k, &uniforms, &vectors, ts.dims, bufs, key)?;
             for (parts, r) in partials.into_iter().zip(&kernel.stages[k].reduce) {
                 let decl = &kernel.reductions[r.reduction.index()];
                 let i = r.reduction.index();
@@ -198,6 +204,11 @@ pub fn step_many<R: Real>(
     Ok(StepReport { reduced })
 }
 
+/// The stochastic-rounding key of tensor `tensor` at step `t` (0 without stochastic rounding).
+pub fn sr_key_of(kernel: &Kernel, t: u64, tensor: u64) -> u32 {
+    kernel.storage.sr_key(t, tensor)
+}
+
 /// The vector program of one tensor, reading its `[rows]`/`[cols]` states from `bufs`.
 fn eval_vectors<R: Real>(
     kernel: &Kernel,
@@ -225,14 +236,22 @@ fn eval_vectors<R: Real>(
 /// computed (`uniforms`, from [`Kernel::eval_host`]): the body per element, the stores, and, per
 /// reduce output of the stage (in `Stage::reduce` order), the block partials in block order by
 /// [`optc_kernel::reduce::block_partial`]. For runtimes that run the host program and finalize
-/// the reductions themselves; the kernel is assumed validated.
+/// the reductions themselves; the kernel is assumed validated. `sr_key` is the tensor's
+/// stochastic-rounding key for this step ([`sr_key_of`]; unused without stochastic rounding).
+///
+/// Storage dtypes ([`Kernel::storage`]): the buffers hold f32 (or f64) values, and a buffer
+/// stored as bf16 or f16 holds values of that dtype. A load takes the value rounded to the
+/// buffer's dtype (to nearest even: exact for a value of the dtype), and a store writes the value
+/// the dtype keeps ([`optc_kernel::Storage::narrow`], with the random word
+/// `sr_bits(sr_key, element)` for a stochastic store), so a later stage sees what memory holds.
 pub fn run_stage<R: Real>(
     kernel: &Kernel,
     stage: usize,
     uniforms: &[R],
     bufs: Buffers<'_, R>,
+    sr_key: u32,
 ) -> Result<Vec<Vec<R>>, InterpError> {
-    run_stage_matrix(kernel, stage, uniforms, &[], None, bufs)
+    run_stage_matrix(kernel, stage, uniforms, &[], None, bufs, sr_key)
 }
 
 /// [`run_stage`] for a kernel with `[rows]`/`[cols]` values: `vectors` are the stage's
@@ -246,6 +265,7 @@ pub fn run_stage_matrix<R: Real>(
     vectors: &[Vec<R>],
     dims: Option<MatrixDims>,
     bufs: Buffers<'_, R>,
+    sr_key: u32,
 ) -> Result<Vec<Vec<R>>, InterpError> {
     use optc_kernel::reduce::{block_partial, REDUCE_BLOCK};
     let st = kernel.stages.get(stage).ok_or_else(|| {
@@ -299,6 +319,22 @@ pub fn run_stage_matrix<R: Real>(
         Slot::State(id) => kernel.states[id.index()].shape == StateShape::Full,
         _ => true,
     };
+    let storage = &kernel.storage;
+    // The value memory holds after storing `x` to `slot` (element `i`), and the value a load of
+    // `x` from `slot` gives.
+    let stored = |slot: Slot, x: R, i: usize| -> R {
+        if storage.dtype(slot) == optc_kernel::Dtype::F32 {
+            return x;
+        }
+        let r = optc_kernel::dtype::sr_bits(sr_key, i as u64);
+        R::from_f64(f64::from(storage.narrow(slot, x.to_f64() as f32, r)))
+    };
+    let loaded = |slot: Slot, x: R| -> R {
+        if storage.dtype(slot) == optc_kernel::Dtype::F32 {
+            return x;
+        }
+        R::from_f64(f64::from(storage.dtype(slot).round(x.to_f64() as f32)))
+    };
     let mut outputs: Vec<Vec<R>> = st.reduce.iter().map(|_| Vec::with_capacity(n)).collect();
     let mut values: Vec<R> = Vec::with_capacity(st.body.len());
     for i in 0..n {
@@ -318,9 +354,9 @@ pub fn run_stage_matrix<R: Real>(
                     .ok_or(())
             }
             Expr::Load(s) if !full(s) => Err(()),
-            Expr::Load(Slot::Param) => Ok(param[i]),
-            Expr::Load(Slot::Grad) => Ok(grad[i]),
-            Expr::Load(Slot::State(s)) => Ok(states[s.index()][i]),
+            Expr::Load(Slot::Param) => Ok(loaded(Slot::Param, param[i])),
+            Expr::Load(Slot::Grad) => Ok(loaded(Slot::Grad, grad[i])),
+            Expr::Load(slot @ Slot::State(s)) => Ok(loaded(slot, states[s.index()][i])),
             _ => Err(()),
         })
         .map_err(|e| {
@@ -333,7 +369,7 @@ pub fn run_stage_matrix<R: Real>(
             out.push(values[r.value.index()]);
         }
         for s in &st.stores {
-            let v = values[s.value.index()];
+            let v = stored(s.slot, values[s.value.index()], i);
             match s.slot {
                 Slot::Param => param[i] = v,
                 Slot::Grad => {}

@@ -656,6 +656,7 @@ pub fn hoist(
         rank,
         host: host.func.exprs,
         variant: Vec::new(),
+        storage: Default::default(),
         scalar_updates,
         reductions,
         stages: kernel_stages,

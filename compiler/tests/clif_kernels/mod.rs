@@ -43,6 +43,7 @@ impl Kb {
                 rank: Default::default(),
                 host: Arena::new(),
                 variant: Vec::new(),
+                storage: Default::default(),
                 scalar_updates: vec![],
                 vectors: Default::default(),
                 reductions: vec![],

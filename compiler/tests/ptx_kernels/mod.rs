@@ -37,6 +37,7 @@ impl Builder {
                 rank: Default::default(),
                 host: Arena::new(),
                 variant: Vec::new(),
+                storage: Default::default(),
                 scalar_updates: vec![],
                 vectors: Default::default(),
                 reductions: vec![],

@@ -20,12 +20,12 @@ use optc_kernel::{Kernel, REDUCE_BLOCK};
 use std::marker::PhantomData;
 use std::sync::Mutex;
 
-type MapFn = unsafe extern "C" fn(*const *mut f32, u64, *const f32);
-type ReduceFn = unsafe extern "C" fn(*const *mut f32, u64, *const f32, *mut f32, u64);
+type MapFn = unsafe extern "C" fn(*const *mut u8, u64, *const f32);
+type ReduceFn = unsafe extern "C" fn(*const *mut u8, u64, *const f32, *mut f32, u64);
 
 /// One stage's compiled function.
 #[derive(Clone, Copy)]
-enum StageFn {
+pub(super) enum StageFn {
     /// A stage without reduce outputs.
     Map(MapFn),
     /// A stage with `outputs` reduce outputs.
@@ -35,6 +35,11 @@ enum StageFn {
 /// The JIT-compiled functions of a kernel's stages and the memory that holds them.
 pub(super) struct Code {
     stages: Vec<StageFn>,
+    /// Per stage, whether it stores the parameter with stochastic rounding: it then takes three
+    /// more uniform words (the key, and the two halves of the first element's index).
+    stochastic: Vec<bool>,
+    /// Bytes per value of each buffer, in `Kernel::buffers` order.
+    sizes: Vec<usize>,
     /// Whether the code uses FMA.
     pub fma: bool,
     /// Kept only to free the code on drop (a `Mutex` so that `Code` is `Sync`; never locked).
@@ -114,8 +119,20 @@ impl Code {
                 }
             })
             .collect();
+        let stochastic = kernel
+            .stages
+            .iter()
+            .map(|st| clif::stores_stochastic(kernel, st))
+            .collect();
+        let sizes = kernel
+            .buffers()
+            .iter()
+            .map(|b| kernel.value_bytes(b.slot))
+            .collect();
         Ok(Code {
             stages,
+            stochastic,
+            sizes,
             fma,
             module: Mutex::new(Some(module)),
         })
@@ -134,14 +151,21 @@ impl Code {
             return;
         }
         // SAFETY: by the caller's contract the range is inside every buffer (all have `t.len`
-        // elements, checked when `t` was made), so offsetting each base pointer stays in bounds.
-        let ptrs: Vec<*mut f32> = t.ptrs.iter().map(|p| unsafe { p.add(start) }).collect();
+        // elements of `sizes[i]` bytes, checked when `t` was made), so offsetting each base
+        // pointer stays in bounds.
+        let ptrs: Vec<*mut u8> = t
+            .ptrs
+            .iter()
+            .zip(&self.sizes)
+            .map(|(p, &size)| unsafe { p.add(start * size) })
+            .collect();
+        let uniforms = self.stage_uniforms(stage, &t.uniforms, t.key, start);
         match self.stages[stage] {
             // SAFETY: `ptrs` holds one valid pointer per buffer in `Kernel::buffers` order, each
-            // with at least `len` elements after it; `t.uniforms` holds one f32 per uniform of the
-            // stage; the function touches nothing else and never writes the gradient (validated
+            // with at least `len` elements after it; `uniforms` holds one f32 per uniform of the
+            // stage (and the three words of a stochastic stage); the function touches nothing else and never writes the gradient (validated
             // kernel). Exclusive access to the written range is the caller's contract.
-            StageFn::Map(f) => unsafe { f(ptrs.as_ptr(), len as u64, t.uniforms.as_ptr()) },
+            StageFn::Map(f) => unsafe { f(ptrs.as_ptr(), len as u64, uniforms.as_ptr()) },
             StageFn::Reduce(f, _) => {
                 // SAFETY: `out.ptr` has `outputs * out.stride` f32s (the tensor's region), and
                 // the range's blocks are `start / REDUCE_BLOCK ..` up to at most `out.stride`, so
@@ -153,13 +177,31 @@ impl Code {
                     f(
                         ptrs.as_ptr(),
                         len as u64,
-                        t.uniforms.as_ptr(),
+                        uniforms.as_ptr(),
                         first,
                         out.stride as u64,
                     )
                 }
             }
         }
+    }
+
+    /// The uniform words of stage `stage` for a range from element `start` of a tensor: the
+    /// stage's `uniforms`, then for a stochastic stage the tensor's `key` and the low and high
+    /// halves of `start` (as bit patterns).
+    pub fn stage_uniforms(
+        &self,
+        stage: usize,
+        uniforms: &[f32],
+        key: u32,
+        start: usize,
+    ) -> Vec<f32> {
+        let mut u = uniforms.to_vec();
+        if self.stochastic.get(stage).copied().unwrap_or(false) {
+            let start = start as u64;
+            u.extend([key, start as u32, (start >> 32) as u32].map(f32::from_bits));
+        }
+        u
     }
 
     /// Calls stage `stage`'s function once: `ptrs` one pointer per buffer (in `Kernel::buffers`
@@ -174,7 +216,7 @@ impl Code {
     pub(super) unsafe fn call(
         &self,
         stage: usize,
-        ptrs: &[*mut f32],
+        ptrs: &[*mut u8],
         len: usize,
         uniforms: &[f32],
         out: *mut f32,
@@ -328,11 +370,13 @@ unsafe impl Sync for RawOut {}
 /// One tensor's buffer pointers (in `Kernel::buffers` order) and uniforms, for sharing ranges of
 /// it between threads.
 struct RawTensor<'a> {
-    ptrs: Vec<*mut f32>,
+    ptrs: Vec<*mut u8>,
     uniforms: Vec<f32>,
+    /// The stochastic-rounding key.
+    key: u32,
     /// The number of elements of every buffer.
     pub len: usize,
-    borrow: PhantomData<&'a mut [f32]>,
+    borrow: PhantomData<&'a mut [u8]>,
 }
 
 // SAFETY: the pointers come from `&mut [f32]` (and `&[f32]` for the never-written gradient)
@@ -350,6 +394,7 @@ impl<'a> RawTensor<'a> {
         RawTensor {
             ptrs,
             uniforms: args.uniforms.clone(),
+            key: args.sr_key,
             len: args.param.len(),
             borrow: PhantomData,
         }

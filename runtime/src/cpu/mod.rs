@@ -19,22 +19,46 @@ mod partials;
 mod rows;
 mod split;
 
-use optc_kernel::{Kernel, KernelError};
+pub use crate::buf::{BufMut, BufRef};
+use optc_kernel::{Kernel, KernelError, Slot, StateId};
 pub use partials::Partials;
 pub use rows::{RowKernel, RowTensor};
 pub use split::{WorkItem, CHUNK_ALIGN, MIN_CHUNK};
 
-/// One tensor's buffers and uniforms for one step.
+/// One tensor's buffers and uniforms for one step. Each buffer is in its storage dtype
+/// ([`Kernel::storage`]; f32 slices convert with `.into()`).
 pub struct TensorArgs<'a> {
     /// The parameter, updated in place.
-    pub param: &'a mut [f32],
+    pub param: BufMut<'a>,
     /// The gradient.
-    pub grad: &'a [f32],
+    pub grad: BufRef<'a>,
     /// The per-element states, in `kernel.states` order, updated in place.
-    pub states: Vec<&'a mut [f32]>,
+    pub states: Vec<BufMut<'a>>,
     /// The uniform arguments of the stage being run: [`Kernel::eval_host`]'s values for that
     /// stage rounded to f32, booleans as 1.0/0.0.
     pub uniforms: Vec<f32>,
+    /// The tensor's stochastic-rounding key for this step (`sr_key(seed, t, tensor)`,
+    /// [`optc_kernel::dtype::sr_key`]); unused unless the kernel's parameter store rounds
+    /// stochastically.
+    pub sr_key: u32,
+}
+
+impl<'a> TensorArgs<'a> {
+    /// f32 buffers, with no stochastic-rounding key.
+    pub fn f32(
+        param: &'a mut [f32],
+        grad: &'a [f32],
+        states: Vec<&'a mut [f32]>,
+        uniforms: Vec<f32>,
+    ) -> TensorArgs<'a> {
+        TensorArgs {
+            param: param.into(),
+            grad: grad.into(),
+            states: states.into_iter().map(BufMut::from).collect(),
+            uniforms,
+            sr_key: 0,
+        }
+    }
 }
 
 /// How to compile a [`CpuKernel`].
@@ -102,6 +126,20 @@ pub enum CpuError {
         stage: usize,
         /// The number of stages.
         stages: usize,
+    },
+    /// A buffer is not in the dtype the kernel stores it in.
+    #[error("tensor {tensor} of rule `{rule}`: buffer `{buffer}` is {found}, but the kernel stores it as {expected}")]
+    Dtype {
+        /// The rule's name.
+        rule: String,
+        /// The tensor's position in the list.
+        tensor: usize,
+        /// The buffer's name.
+        buffer: String,
+        /// The kernel's dtype for it.
+        expected: optc_kernel::Dtype,
+        /// The dtype given.
+        found: optc_kernel::Dtype,
     },
     /// The wrong number of uniforms.
     #[error("tensor {tensor}: stage {stage} of rule `{rule}` takes {expected} uniform arguments, got {found} (compute them with Kernel::eval_host)")]
@@ -187,6 +225,7 @@ impl CpuKernel {
                 .zip(&args.states)
                 .map(|(d, s)| (d.name.as_str(), s.len())),
         );
+        check_dtypes(k, tensor, args)?;
         for (name, len) in lengths {
             if len != n {
                 return Err(CpuError::Length {
@@ -252,6 +291,35 @@ impl CpuKernel {
         let mut tensors = tensors;
         self.run_stage(0, &mut tensors, &mut Partials::new(), pool)
     }
+}
+
+/// Checks that each buffer of `args` is in the dtype `kernel` stores it in.
+fn check_dtypes(kernel: &Kernel, tensor: usize, args: &TensorArgs<'_>) -> Result<(), CpuError> {
+    let k = kernel;
+    let dtypes = [
+        (Slot::Param, args.param.dtype()),
+        (Slot::Grad, args.grad.dtype()),
+    ]
+    .into_iter()
+    .chain(
+        args.states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (Slot::State(StateId::new(i)), s.dtype())),
+    );
+    for (slot, found) in dtypes {
+        let expected = k.storage.dtype(slot);
+        if found != expected {
+            return Err(CpuError::Dtype {
+                rule: k.rule.clone(),
+                tensor,
+                buffer: k.slot_name(slot).to_string(),
+                expected,
+                found,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The CPU target's matrix product (matrix stages, `docs/stages.md`): `a · b` with the `gemm`

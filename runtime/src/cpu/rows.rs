@@ -10,7 +10,7 @@
 
 use super::{jit, CpuError, TensorArgs};
 use optc_compiler::backend::clif::rows::{row_form, RowForm};
-use optc_kernel::{Kernel, MatrixDims, StateShape, COL_BLOCK_ROWS, REDUCE_BLOCK};
+use optc_kernel::{Kernel, MatrixDims, Slot, StateId, StateShape, COL_BLOCK_ROWS, REDUCE_BLOCK};
 
 /// A factored kernel compiled in its row form.
 pub struct RowKernel {
@@ -30,9 +30,18 @@ pub struct RowTensor<'a> {
     pub dims: MatrixDims,
 }
 
+/// The slot of buffer `i` of the original kernel (`p`, `g`, then the states).
+fn slot_of(i: usize) -> Slot {
+    match i {
+        0 => Slot::Param,
+        1 => Slot::Grad,
+        _ => Slot::State(StateId::new(i - 2)),
+    }
+}
+
 /// A pointer shared by the threads of one pass, each touching its own part.
 #[derive(Clone, Copy)]
-struct Shared(*mut f32);
+struct Shared(*mut u8);
 // SAFETY: every pointer comes from a buffer borrowed (mutably, or shared and never written) for
 // the whole pass, and threads access disjoint rows and row blocks of it (see `run_stage`).
 unsafe impl Send for Shared {}
@@ -69,6 +78,7 @@ impl RowKernel {
         };
         let d = t.dims;
         let n = d.numel();
+        super::check_dtypes(k, tensor, &t.args)?;
         if t.args.param.len() != n {
             return Err(length("p", n, t.args.param.len()));
         }
@@ -176,6 +186,7 @@ impl RowKernel {
             accs: Vec<Shared>,
             out: Shared,
             uniforms: Vec<f32>,
+            key: u32,
             row_values: Vec<Shared>,
             dims: MatrixDims,
             full: Vec<bool>,
@@ -197,15 +208,19 @@ impl RowKernel {
                     vectors: rs
                         .col_vectors
                         .iter()
-                        .map(|&v| Shared(t.vectors[v].as_ptr().cast_mut()))
+                        .map(|&v| Shared(t.vectors[v].as_ptr().cast_mut().cast()))
                         .collect(),
-                    accs: acc.iter_mut().map(|a| Shared(a.as_mut_ptr())).collect(),
-                    out: Shared(out.as_mut_ptr()),
+                    accs: acc
+                        .iter_mut()
+                        .map(|a| Shared(a.as_mut_ptr().cast()))
+                        .collect(),
+                    out: Shared(out.as_mut_ptr().cast()),
                     uniforms: t.args.uniforms.clone(),
+                    key: t.args.sr_key,
                     row_values: rs
                         .row_vectors
                         .iter()
-                        .map(|&v| Shared(t.vectors[v].as_ptr().cast_mut()))
+                        .map(|&v| Shared(t.vectors[v].as_ptr().cast_mut().cast()))
                         .collect(),
                     dims: d,
                     full: self
@@ -227,7 +242,7 @@ impl RowKernel {
             );
             let blocks = d.rows.div_ceil(COL_BLOCK_ROWS);
             let per_row = d.cols.div_ceil(REDUCE_BLOCK);
-            let mut ptrs: Vec<*mut f32> = vec![std::ptr::null_mut(); buffers];
+            let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); buffers];
             let mut uniforms = raw.uniforms.clone();
             uniforms.resize(rs.uniforms + rs.row_vectors.len(), 0.0);
             for r in first..first + rows {
@@ -239,25 +254,33 @@ impl RowKernel {
                 unsafe {
                     for (i, b) in raw.bufs.iter().enumerate() {
                         let full = i < 2 || raw.full[i - 2];
-                        ptrs[i] = if full { b.0.add(r * d.cols) } else { b.0 };
+                        let size = self.kernel.value_bytes(slot_of(i));
+                        ptrs[i] = if full {
+                            b.0.add(r * d.cols * size)
+                        } else {
+                            b.0
+                        };
                     }
                     for (j, v) in raw.vectors.iter().enumerate() {
-                        ptrs[col_first + j] = v.0.add(m * d.cols);
+                        ptrs[col_first + j] = v.0.add(4 * m * d.cols);
                     }
                     for (j, a) in raw.accs.iter().enumerate() {
-                        ptrs[acc_first + j] = a.0.add((m * blocks + blk) * d.cols);
+                        ptrs[acc_first + j] = a.0.add(4 * (m * blocks + blk) * d.cols);
                     }
                     for (j, v) in raw.row_values.iter().enumerate() {
-                        uniforms[rs.uniforms + j] = *v.0.add(r);
+                        uniforms[rs.uniforms + j] = *v.0.cast::<f32>().add(r);
                     }
-                    let out = raw.out.0.add(r * per_row);
+                    let words = self
+                        .code
+                        .stage_uniforms(stage, &uniforms, raw.key, r * d.cols);
+                    let out = raw.out.0.cast::<f32>().add(r * per_row);
                     // SAFETY: every pointer has `cols` valid elements after it (above); this
                     // item is the only one touching row `r` of the written buffers, its
                     // partials, and the accumulators of row block (m, blk) (one item per
                     // block, rows in order); `uniforms` has one value per uniform of the row
                     // form's stage.
                     self.code
-                        .call(stage, &ptrs, d.cols, &uniforms, out, raw.per_output);
+                        .call(stage, &ptrs, d.cols, &words, out, raw.per_output);
                 }
             }
         };

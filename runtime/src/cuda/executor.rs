@@ -17,6 +17,7 @@ use super::driver;
 use super::error::{Context, CudaError};
 use super::launch::{launch_stage, Grid, LaunchBuffers};
 use super::table::Tensor;
+use crate::buf::BufRef;
 use crate::error::RuntimeError;
 use crate::executor::{Executor, Partials, StageTensor, StateInit, TensorData};
 use crate::target::Target;
@@ -221,7 +222,9 @@ impl CudaExecutor {
     ) -> Result<CudaSlice<f32>, CudaError> {
         let what = format!("state `{name}` ({len} floats)");
         match (init, data) {
-            (StateInit::Param, TensorData::Host { param, .. }) => self.upload(param, &what),
+            (StateInit::Param, TensorData::Host { param, .. }) => {
+                self.upload(&BufRef::from(param).to_f32(), &what)
+            }
             _ if len == 0 => self.stream.null::<f32>().during(format!("creating {what}")),
             (StateInit::Value(x), _) => {
                 // SAFETY: every element is written by the memset below before any read.
@@ -442,17 +445,19 @@ impl Executor for CudaExecutor {
         for t in tensors.iter() {
             staged.push(match &*t.data {
                 TensorData::Host { param, grad } => {
+                    // 16-bit storage never loads on CUDA (stages::check_storage).
+                    let (Some(param), Some(grad)) = (param.as_f32_ref(), grad.as_f32()) else {
+                        return Err(internal("a 16-bit host buffer on CUDA"));
+                    };
                     let p = if param.is_empty() {
                         stream.null::<f32>().during("creating an empty parameter")?
                     } else {
-                        stream
-                            .clone_htod(&**param)
-                            .during("uploading a parameter")?
+                        stream.clone_htod(param).during("uploading a parameter")?
                     };
                     let g = if grad.is_empty() {
                         stream.null::<f32>().during("creating an empty gradient")?
                     } else {
-                        stream.clone_htod(*grad).during("uploading a gradient")?
+                        stream.clone_htod(grad).during("uploading a gradient")?
                     };
                     Some((p, g))
                 }
@@ -537,9 +542,12 @@ impl Executor for CudaExecutor {
         if writes_p {
             for (t, copy) in tensors.iter_mut().zip(staged) {
                 if let (TensorData::Host { param, .. }, Some((p, _))) = (&mut *t.data, copy) {
+                    let Some(param) = param.as_f32() else {
+                        return Err(internal("a 16-bit host buffer on CUDA"));
+                    };
                     if !param.is_empty() {
                         stream
-                            .memcpy_dtoh(&p, &mut **param)
+                            .memcpy_dtoh(&p, param)
                             .during("reading a parameter back")?;
                     }
                 }

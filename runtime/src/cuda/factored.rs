@@ -257,6 +257,12 @@ pub(crate) fn run_stage(
                         stream.clone_htod(x).during(format!("uploading {what}"))
                     }
                 };
+                // 16-bit storage never loads on CUDA (stages::check_storage).
+                let (Some(param), Some(grad)) = (param.as_f32_ref(), grad.as_f32()) else {
+                    return Err(RuntimeError::Unsupported(
+                        "internal: a 16-bit host buffer on CUDA".into(),
+                    ));
+                };
                 Some((up(param, "a parameter")?, up(grad, "a gradient")?))
             }
             TensorData::Device(_) => None,
@@ -355,9 +361,14 @@ pub(crate) fn run_stage(
     if writes_p {
         for (t, copy) in tensors.iter_mut().zip(&staged) {
             if let (TensorData::Host { param, .. }, Some((p, _))) = (&mut *t.data, copy) {
+                let Some(param) = param.as_f32() else {
+                    return Err(RuntimeError::Unsupported(
+                        "internal: a 16-bit host buffer on CUDA".into(),
+                    ));
+                };
                 if !param.is_empty() {
                     stream
-                        .memcpy_dtoh(p, &mut **param)
+                        .memcpy_dtoh(p, param)
                         .during("reading a parameter back")?;
                 }
             }

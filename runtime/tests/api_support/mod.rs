@@ -92,6 +92,7 @@ pub fn adamw() -> Kernel {
         rank: Default::default(),
         host,
         variant: Vec::new(),
+        storage: Default::default(),
         scalar_updates: vec![],
         vectors: Default::default(),
         reductions: vec![],
@@ -170,6 +171,7 @@ pub fn toy() -> Kernel {
         reductions: vec![],
         vectors: Default::default(),
         variant: Vec::new(),
+        storage: Default::default(),
         scalar_updates: vec![ScalarUpdate {
             scalar: ScalarId(0),
             value: acc2,

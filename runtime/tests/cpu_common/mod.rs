@@ -107,12 +107,12 @@ impl Tensor {
     }
     /// The buffers from element `off` on (for unaligned subslices).
     pub fn args(&mut self, off: usize, uniforms: Vec<f32>) -> TensorArgs<'_> {
-        TensorArgs {
-            param: &mut self.p[off..],
-            grad: &self.g[off..],
-            states: self.states.iter_mut().map(|s| &mut s[off..]).collect(),
+        TensorArgs::f32(
+            &mut self.p[off..],
+            &self.g[off..],
+            self.states.iter_mut().map(|s| &mut s[off..]).collect(),
             uniforms,
-        }
+        )
     }
 }
 

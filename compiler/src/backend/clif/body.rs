@@ -3,6 +3,7 @@
 //! more f32x4 step when unrolled, and the tail through a stack copy; for a stage with reduce outputs,
 //! the blocked loops of [`super::reduce`].
 
+use super::convert;
 use super::gen::Gen;
 use super::math;
 use super::plan::{buffer_index, Fused, Kind, Plan, StageView};
@@ -15,7 +16,7 @@ use cranelift_codegen::ir::{
 };
 use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
-use optc_kernel::{BinaryOp, Expr, Handle, UnaryOp};
+use optc_kernel::{BinaryOp, Dtype, Expr, Handle, UnaryOp};
 
 /// Buffer element loads and stores: may be unaligned (any f32 address), never trap.
 pub(super) fn elem_flags() -> MemFlagsData {
@@ -27,6 +28,8 @@ pub(super) fn elem_flags() -> MemFlagsData {
 pub(super) struct Env {
     num: Vec<Option<Value>>,
     mask: Vec<Option<Value>>,
+    /// For a stochastic stage: the key (an i32x4 splat) and the call's first element index.
+    sr: Option<(Value, Value)>,
 }
 
 /// A stage and its analysis.
@@ -222,9 +225,10 @@ impl Lower<'_> {
         env.mask[i] = Some(g.cmp(cc, x, y));
     }
 
-    /// One vector of elements: loads every live-read buffer at `addrs[k] + offset`, computes the
-    /// per-element nodes, stores every written buffer. Returns the f32x4 value of each reduce
-    /// output, in stage order.
+    /// One vector of elements: loads every live-read buffer at element `offset` from `addrs[k]`,
+    /// computes the per-element nodes, stores every written buffer. `index` (an i64) is the
+    /// element index, from the call's first element, of `addrs`' elements (for stochastic
+    /// rounding). Returns the f32x4 value of each reduce output, in stage order.
     pub fn vector(
         &self,
         g: &mut Gen,
@@ -232,12 +236,15 @@ impl Lower<'_> {
         addrs: &[Option<Value>],
         offset: i32,
         uniforms: Value,
+        index: Value,
     ) -> Vec<Value> {
+        let dtypes = &self.stage.dtypes;
         let loaded: Vec<Option<Value>> = addrs
             .iter()
             .zip(&self.plan.read)
-            .map(|(a, &r)| match (a, r) {
-                (Some(a), true) => Some(g.b.ins().load(F32X4, elem_flags(), *a, offset)),
+            .zip(dtypes)
+            .map(|((a, &r), &d)| match (a, r) {
+                (Some(a), true) => Some(convert::load(g, d, *a, offset << convert::shift(d))),
                 _ => None,
             })
             .collect();
@@ -249,8 +256,17 @@ impl Lower<'_> {
         }
         for s in self.stage.stores {
             let v = self.num(g, &mut env, s.value);
-            if let Some(a) = addrs[buffer_index(s.slot)] {
-                g.b.ins().store(elem_flags(), v, a, offset);
+            let k = buffer_index(s.slot);
+            if let Some(a) = addrs[k] {
+                let r = match env.sr {
+                    Some((key, base)) if s.slot == optc_kernel::Slot::Param => {
+                        let first = g.b.ins().iadd(base, index);
+                        let first = g.b.ins().iadd_imm_s(first, i64::from(offset));
+                        Some(convert::sr_bits(g, key, first))
+                    }
+                    _ => None,
+                };
+                convert::store(g, dtypes[k], v, a, offset << convert::shift(dtypes[k]), r);
             }
         }
         self.stage
@@ -313,9 +329,14 @@ pub(super) fn build(stage: StageView<'_>, opts: &Options, name: UserFuncName) ->
         })
         .collect();
     let n_nodes = lower.stage.body.len();
+    let sr = lower
+        .stage
+        .stochastic
+        .map(|nu| convert::sr_args(&mut g, uniforms, nu));
     let mut inv = Env {
         num: vec![None; n_nodes],
         mask: vec![None; n_nodes],
+        sr,
     };
     for h in lower.stage.body.handles() {
         if lower.plan.live[h.index()] && lower.plan.invariant[h.index()] {
@@ -345,14 +366,31 @@ pub(super) fn build(stage: StageView<'_>, opts: &Options, name: UserFuncName) ->
     func
 }
 
-/// Adds `byte_off` to every buffer pointer.
+/// Moves every buffer pointer on by `elems` elements (an i64) of its dtype.
 pub(super) fn offset_ptrs(
     g: &mut Gen,
     ptrs: &[Option<Value>],
-    byte_off: Value,
+    dtypes: &[Dtype],
+    elems: Value,
 ) -> Vec<Option<Value>> {
+    // One byte offset per value size, made where the first pointer needs it.
+    let mut offs: Vec<(i64, Value)> = Vec::new();
     ptrs.iter()
-        .map(|p| p.map(|p| g.b.ins().iadd(p, byte_off)))
+        .zip(dtypes)
+        .map(|(p, &d)| {
+            p.map(|p| {
+                let sh = convert::shift(d);
+                let off = match offs.iter().find(|(s, _)| *s == sh) {
+                    Some(&(_, off)) => off,
+                    None => {
+                        let off = g.b.ins().ishl_imm_u(elems, sh);
+                        offs.push((sh, off));
+                        off
+                    }
+                };
+                g.b.ins().iadd(p, off)
+            })
+        })
         .collect()
 }
 
@@ -388,6 +426,7 @@ pub(super) fn zeroed_slots(g: &mut Gen, used: &[bool], bytes: u32) -> Vec<Option
 #[allow(clippy::too_many_arguments)]
 pub(super) fn copy_loop(
     g: &mut Gen,
+    dtypes: &[Dtype],
     ptrs: &[Option<Value>],
     slots: &[Option<Value>],
     first: Value,
@@ -402,10 +441,20 @@ pub(super) fn copy_loop(
     g.b.ins().brif(more, body, &[], done, &[]);
     g.b.switch_to_block(body);
     let idx = g.b.ins().iadd(first, j);
-    let off = g.b.ins().ishl_imm_u(idx, 2);
-    let soff = g.b.ins().ishl_imm_u(j, 2);
+    // The byte offsets in the buffers and in the slots, one pair per value size.
+    let mut offs: Vec<(i64, Value, Value)> = Vec::new();
     for k in 0..ptrs.len() {
         if let (true, Some(p), Some(s)) = (which[k], ptrs[k], slots[k]) {
+            let sh = convert::shift(dtypes[k]);
+            let (off, soff) = match offs.iter().find(|(s, _, _)| *s == sh) {
+                Some(&(_, off, soff)) => (off, soff),
+                None => {
+                    let off = g.b.ins().ishl_imm_u(idx, sh);
+                    let soff = g.b.ins().ishl_imm_u(j, sh);
+                    offs.push((sh, off, soff));
+                    (off, soff)
+                }
+            };
             let ea = g.b.ins().iadd(p, off);
             let sa = g.b.ins().iadd(s, soff);
             let (from, to, ff, tf) = if into_slots {
@@ -413,8 +462,7 @@ pub(super) fn copy_loop(
             } else {
                 (sa, ea, MemFlagsData::trusted(), elem_flags())
             };
-            let v = g.b.ins().load(F32, ff, from, 0);
-            g.b.ins().store(tf, v, to, 0);
+            convert::copy_one(g, dtypes[k], from, to, (ff, tf));
         }
     }
     let next = g.b.ins().iadd_imm_s(j, 1);
@@ -454,10 +502,10 @@ fn elementwise(g: &mut Gen, lower: &Lower<'_>, e: &Entry, unroll: u32) {
         .brif(more, main_body, &[], after_main, &args(&[i]));
 
     g.b.switch_to_block(main_body);
-    let byte_off = g.b.ins().ishl_imm_u(i, 2);
-    let addrs = offset_ptrs(g, &e.ptrs, byte_off);
+    let dtypes = &lower.stage.dtypes;
+    let addrs = offset_ptrs(g, &e.ptrs, dtypes, i);
     for k in 0..unroll {
-        lower.vector(g, inv, &addrs, 16 * k as i32, uniforms);
+        lower.vector(g, inv, &addrs, 4 * k as i32, uniforms, i);
     }
     let next = g.b.ins().iadd_imm_s(i, step);
     g.b.ins().jump(main_hdr, &args(&[next]));
@@ -472,9 +520,8 @@ fn elementwise(g: &mut Gen, lower: &Lower<'_>, e: &Entry, unroll: u32) {
                 .icmp_imm_u(IntCC::UnsignedGreaterThanOrEqual, rem, 4);
         g.b.ins().brif(fits, one_body, &[], tail_hdr, &args(&[i]));
         g.b.switch_to_block(one_body);
-        let byte_off = g.b.ins().ishl_imm_u(i, 2);
-        let addrs = offset_ptrs(g, &e.ptrs, byte_off);
-        lower.vector(g, inv, &addrs, 0, uniforms);
+        let addrs = offset_ptrs(g, &e.ptrs, dtypes, i);
+        lower.vector(g, inv, &addrs, 0, uniforms, i);
         let next = g.b.ins().iadd_imm_s(i, 4);
         g.b.ins().jump(tail_hdr, &args(&[next]));
     } else {
@@ -496,6 +543,7 @@ fn elementwise(g: &mut Gen, lower: &Lower<'_>, e: &Entry, unroll: u32) {
     let ptrs = &e.ptrs;
     copy_loop(
         g,
+        dtypes,
         ptrs,
         &slots,
         i,
@@ -506,11 +554,12 @@ fn elementwise(g: &mut Gen, lower: &Lower<'_>, e: &Entry, unroll: u32) {
     );
 
     g.b.switch_to_block(compute);
-    lower.vector(g, inv, &slots, 0, uniforms);
+    lower.vector(g, inv, &slots, 0, uniforms, i);
     let zero = g.b.ins().iconst(I64, 0);
     g.b.ins().jump(cout_hdr, &args(&[zero]));
     copy_loop(
         g,
+        dtypes,
         ptrs,
         &slots,
         i,

@@ -6,8 +6,10 @@
 //! partials: *mut f32, stride: u64)`:
 //!
 //! - `bufs[i]` points at the first element to process of buffer `i` in [`Kernel::buffers`] order
-//!   (`p`, `g`, then each state); any 4-byte-aligned address is fine (loads and stores are
-//!   unaligned-safe);
+//!   (`p`, `g`, then each state), stored in the buffer's dtype ([`Kernel::storage`]: 4 bytes per
+//!   f32, 2 per bf16 or f16; loads widen exactly, stores round to nearest even or, for a
+//!   stochastic `p`, as [`stores_stochastic`] says); any address aligned to the value size is
+//!   fine (loads and stores are unaligned-safe);
 //! - `n` is the number of elements to process;
 //! - `uniforms[j]` is the stage's `Expr::Uniform(j)` rounded to f32 (booleans as `1.0`/`0.0`);
 //! - `partials[r * stride + b]` receives the f32 block partial of the stage's reduce output `r`
@@ -31,6 +33,7 @@
 //! Pure: this module builds IR and never runs it (the runtime JIT-compiles it).
 
 mod body;
+mod convert;
 mod gen;
 pub mod math;
 mod plan;
@@ -160,6 +163,12 @@ fn emit_valid_stage(kernel: &Kernel, stage: usize, opts: &Options) -> Result<Fun
         stores: &st.stores,
         reduce,
         buffers: 2 + kernel.states.len(),
+        dtypes: kernel
+            .buffers()
+            .iter()
+            .map(|b| kernel.storage.dtype(b.slot))
+            .collect(),
+        stochastic: stores_stochastic(kernel, st).then_some(st.uniforms.len()),
     };
     let func = body::build(view, opts, UserFuncName::testcase(func_name(kernel, stage)));
     let flags = cranelift_codegen::settings::Flags::new(cranelift_codegen::settings::builder());
@@ -168,6 +177,14 @@ fn emit_valid_stage(kernel: &Kernel, stage: usize, opts: &Options) -> Result<Fun
         message: e.to_string(),
     })?;
     Ok(func)
+}
+
+/// Whether stage `st` of `kernel` stores `p` with stochastic rounding; its function then reads
+/// three more words after its uniforms: the tensor's key (`sr_key(seed, t, tensor)`, as `u32`
+/// bits) and the low and high halves of the index, in the tensor, of the call's first element.
+pub fn stores_stochastic(kernel: &Kernel, st: &optc_kernel::Stage) -> bool {
+    kernel.storage.is_stochastic(optc_kernel::Slot::Param)
+        && st.stores_slot(optc_kernel::Slot::Param)
 }
 
 /// The CLIF text of [`emit`]'s functions, as `optc compile --target cpu --emit clif` prints it

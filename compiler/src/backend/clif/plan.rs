@@ -23,6 +23,11 @@ pub(super) struct StageView<'k> {
     pub reduce: Vec<(Fold, Handle<Expr>)>,
     /// The number of buffers (`p`, `g`, then each state).
     pub buffers: usize,
+    /// Each buffer's storage dtype, in buffer order.
+    pub dtypes: Vec<optc_kernel::Dtype>,
+    /// For a stage whose store of `p` rounds stochastically: its uniform count (the key and the
+    /// first element's index follow the uniforms).
+    pub stochastic: Option<usize>,
 }
 
 /// How a node's value is represented natively.

@@ -106,10 +106,10 @@ pub(super) fn loops(g: &mut Gen, lower: &Lower<'_>, e: &Entry, partials: Value, 
 
     g.b.switch_to_block(grp_body);
     let idx = g.b.ins().iadd(bs, j);
-    let byte_off = g.b.ins().ishl_imm_u(idx, 2);
-    let addrs = offset_ptrs(g, &e.ptrs, byte_off);
+    let dtypes = &lower.stage.dtypes;
+    let addrs = offset_ptrs(g, &e.ptrs, dtypes, idx);
     for v in 0..VECTORS {
-        let vals = lower.vector(g, inv, &addrs, 16 * v as i32, uniforms);
+        let vals = lower.vector(g, inv, &addrs, 4 * v as i32, uniforms, idx);
         for ((f, vars), x) in folds.iter().zip(&acc).zip(vals) {
             let a = g.b.use_var(vars[v]);
             let a = fold(g, *f, a, x);
@@ -132,6 +132,7 @@ pub(super) fn loops(g: &mut Gen, lower: &Lower<'_>, e: &Entry, partials: Value, 
     let ptrs = &e.ptrs;
     copy_loop(
         g,
+        dtypes,
         ptrs,
         &slots,
         first,
@@ -145,7 +146,7 @@ pub(super) fn loops(g: &mut Gen, lower: &Lower<'_>, e: &Entry, partials: Value, 
     let rem32 = g.b.ins().ireduce(I32, rem);
     let limit = g.b.ins().splat(I32X4, rem32);
     for v in 0..VECTORS {
-        let vals = lower.vector(g, inv, &slots, 16 * v as i32, uniforms);
+        let vals = lower.vector(g, inv, &slots, 4 * v as i32, uniforms, first);
         let lane0 = 4 * v as u32;
         let bytes: Vec<u8> = (lane0..lane0 + 4).flat_map(u32::to_le_bytes).collect();
         let c = g.b.func.dfg.constants.insert(ConstantData::from(bytes));
@@ -162,6 +163,7 @@ pub(super) fn loops(g: &mut Gen, lower: &Lower<'_>, e: &Entry, partials: Value, 
     g.b.ins().jump(cout_hdr, &args(&[zero]));
     copy_loop(
         g,
+        dtypes,
         ptrs,
         &slots,
         first,

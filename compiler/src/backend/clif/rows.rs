@@ -192,6 +192,11 @@ pub fn row_form(kernel: &Kernel) -> Result<RowForm, super::Error> {
         });
         row_stages.push(rs);
     }
+    // The extra buffers are f32.
+    let mut storage = kernel.storage.clone();
+    if !storage.states.is_empty() {
+        storage.states.resize(states.len(), optc_kernel::Dtype::F32);
+    }
     let form = Kernel {
         rule: kernel.rule.clone(),
         flags: kernel.flags.clone(),
@@ -206,6 +211,7 @@ pub fn row_form(kernel: &Kernel) -> Result<RowForm, super::Error> {
         stages,
         vectors: Default::default(),
         variant: kernel.variant.clone(),
+        storage,
     };
     form.validate()?;
     Ok(RowForm {

@@ -16,6 +16,8 @@ pub(crate) enum Class {
     B32,
     /// `.b64`, named `%rd`.
     B64,
+    /// `.b16`, named `%rs` (bf16 and f16 values).
+    B16,
 }
 
 impl Class {
@@ -25,6 +27,7 @@ impl Class {
             Class::Pred => "%p",
             Class::B32 => "%r",
             Class::B64 => "%rd",
+            Class::B16 => "%rs",
         }
     }
     fn decl(self) -> &'static str {
@@ -33,6 +36,7 @@ impl Class {
             Class::Pred => ".pred",
             Class::B32 => ".b32",
             Class::B64 => ".b64",
+            Class::B16 => ".b16",
         }
     }
 }
@@ -54,13 +58,13 @@ impl std::fmt::Display for Reg {
     }
 }
 
-const CLASSES: [Class; 4] = [Class::Pred, Class::F32, Class::B32, Class::B64];
+const CLASSES: [Class; 5] = [Class::Pred, Class::F32, Class::B32, Class::B64, Class::B16];
 
 /// The body of one entry being written: its instructions and its register counters.
 #[derive(Default)]
 pub(crate) struct Asm {
     text: String,
-    counts: [usize; 4],
+    counts: [usize; 5],
     labels: usize,
 }
 
@@ -90,6 +94,11 @@ impl Asm {
     /// A fresh 32-bit register.
     pub(crate) fn r(&mut self) -> Reg {
         self.reg(Class::B32)
+    }
+
+    /// A fresh 16-bit register.
+    pub(crate) fn h(&mut self) -> Reg {
+        self.reg(Class::B16)
     }
 
     /// A label unique within the entry, spelled `$L_<what>_<n>`.

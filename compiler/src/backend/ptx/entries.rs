@@ -149,12 +149,29 @@ impl Lowering<'_> {
         };
         let mut addrs: Vec<(Slot, Reg)> = Vec::new();
         let mut loaded: Vec<(Slot, Vec<Reg>)> = Vec::new();
+        // `off` counts 4-byte values; a 16-bit buffer's offset is half of it.
+        let mut half_off: Option<Reg> = None;
         for base in &frame.bases {
+            let dtype = self.kernel.storage.dtype(base.use_.slot);
             let addr = asm.rd();
-            asm.ins(format!("add.s64 {addr}, {}, {off}", base.reg));
+            if super::convert::is_half(dtype) {
+                let h = half_off.get_or_insert_with(|| {
+                    let h = asm.rd();
+                    asm.ins(format!("shr.u64 {h}, {off}, 1"));
+                    h
+                });
+                asm.ins(format!("add.s64 {addr}, {}, {h}", base.reg));
+            } else {
+                asm.ins(format!("add.s64 {addr}, {}, {off}", base.reg));
+            }
             if base.use_.read {
-                let regs: Vec<Reg> = (0..lanes).map(|_| asm.f()).collect();
-                asm.ins(format!("{ld} {}, [{addr}]", vector(&regs)));
+                let regs = if super::convert::is_half(dtype) {
+                    super::convert::load(asm, dtype, &addr, lanes)
+                } else {
+                    let regs: Vec<Reg> = (0..lanes).map(|_| asm.f()).collect();
+                    asm.ins(format!("{ld} {}, [{addr}]", vector(&regs)));
+                    regs
+                };
                 loaded.push((base.use_.slot, regs));
             }
             addrs.push((base.use_.slot, addr));
@@ -184,7 +201,12 @@ impl Lowering<'_> {
                 .iter()
                 .map(|env| env.f(store.value).cloned())
                 .collect::<Result<Vec<Reg>, Error>>()?;
-            asm.ins(format!("{st} [{addr}], {}", vector(&regs)));
+            let dtype = self.kernel.storage.dtype(store.slot);
+            if super::convert::is_half(dtype) {
+                super::convert::store(asm, dtype, addr, &regs);
+            } else {
+                asm.ins(format!("{st} [{addr}], {}", vector(&regs)));
+            }
         }
         self.stage
             .reduce

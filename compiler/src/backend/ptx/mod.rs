@@ -31,6 +31,7 @@
 
 mod asm;
 mod body;
+mod convert;
 mod entries;
 mod factored;
 pub mod layout;
@@ -146,6 +147,7 @@ pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
     } else {
         (6, 0)
     };
+    convert::check(kernel, sm)?;
     if version < needed {
         return Err(Error::Version {
             version: opts.version.clone(),
