@@ -19,15 +19,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Largest relative error of an f32 Newton–Schulz case.
-const F32_BUDGET: f64 = 1e-4;
+pub const F32_BUDGET: f64 = 1e-4;
 /// Largest relative error of the bf16 case: 2.5 bfloat16 ulps (2^-8) of the movement. optc rounds
 /// where torch does (the input, the norm, each `addmm` result), so the two differ only where an
 /// f32 summation order flips a bfloat16 rounding (measured: 3.8e-3 at worst).
-const BF16_BUDGET: f64 = 1e-2;
+pub const BF16_BUDGET: f64 = 1e-2;
 
 /// The scaled-error budget of every stdlib rule against its reference (docs/fidelity.md), for
 /// the tensors of the AdamW branch.
-const FIDELITY_BUDGET: f64 = 1e-5;
+pub const FIDELITY_BUDGET: f64 = 1e-5;
 
 fn budget_of(case: &str) -> f64 {
     if case == "bf16" {
@@ -167,7 +167,8 @@ fn replay_with(case: &str, target: Target, bf16: Option<bool>) -> BTreeMap<Strin
     worst
 }
 
-fn check(case: &str, target: Target) {
+/// Replays `case` on `target` and asserts every tensor within its budget.
+pub fn check(case: &str, target: Target) {
     let worst = replay(case, target);
     eprintln!("muon/{case} on {target}: {worst:?}");
     for (n, (e, budget)) in &worst {

@@ -55,7 +55,7 @@ mod error;
 mod executor;
 #[cfg(feature = "compiler")]
 mod host;
-#[cfg(feature = "compiler")]
+#[cfg(any(feature = "compiler", feature = "cuda"))]
 mod matrix;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 mod optimizer;
