@@ -206,3 +206,38 @@ fn the_bf16_budget_separates_bf16_from_f32() {
     let max = worst.values().fold(0.0f64, |a, e| a.max(e.0));
     assert!(max > BF16_BUDGET, "{worst:?}");
 }
+
+#[derive(Deserialize)]
+struct Defaults {
+    hypers: BTreeMap<String, f64>,
+    flags: BTreeMap<String, bool>,
+    counts: BTreeMap<String, u32>,
+}
+
+/// stdlib/muon.opt's defaults are torch's (`defaults.json`, from the signatures of
+/// torch.optim.Muon and torch.optim.AdamW): every hyper, every flag but optc's own `ns_bf16`
+/// (off: Newton–Schulz in f32 unless asked), and `ns_steps`.
+#[test]
+fn muon_defaults_are_torchs() {
+    let want: Defaults =
+        serde_json::from_slice(&std::fs::read(dir().join("defaults.json")).expect("defaults"))
+            .expect("defaults json");
+    let rule = optc_compiler::stdlib::rule("muon")
+        .expect("muon")
+        .expect("compiles");
+    let hypers: BTreeMap<String, f64> = rule
+        .hypers()
+        .iter()
+        .map(|h| (h.name.clone(), h.default))
+        .collect();
+    assert_eq!(hypers, want.hypers);
+    let mut flags: BTreeMap<String, bool> = rule
+        .flags()
+        .iter()
+        .map(|f| (f.name.clone(), f.default))
+        .collect();
+    assert_eq!(flags.remove("ns_bf16"), Some(false));
+    assert_eq!(flags, want.flags);
+    let counts: BTreeMap<String, u32> = rule.counts().iter().cloned().collect();
+    assert_eq!(counts, want.counts);
+}
