@@ -1,8 +1,9 @@
 //! Muon on the GPU: matrix stages through cuBLAS (`runtime/src/matrix/cuda.rs`) against the
 //! interpreter and the CPU, and the torch fixtures of `tests/muon_fidelity.rs` replayed on CUDA.
 //!
-//! Takes `tests/muon_fidelity.rs` as a module (one copy of the replay and its budgets; its CPU
-//! tests therefore run here too). The comparison with the interpreter steps one Muon optimizer
+//! A module of `tests/cuda_fidelity.rs` (one GPU test binary in the bundle, not two), which
+//! takes `tests/muon_fidelity.rs` as a module: one copy of the replay and its budgets (its CPU
+//! tests therefore run there too). The comparison with the interpreter steps one Muon optimizer
 //! over a mixed model (wide, tall, square and odd matrices, a 3-D tensor, vectors and a scalar
 //! through the AdamW branch) on both targets with the same gradients, host slices on one and
 //! device buffers on the other, and bounds each tensor's distance as `tests/muon_fidelity.rs`
@@ -12,37 +13,8 @@
 //! Needs an NVIDIA GPU, its driver and cuBLAS; without a GPU each test prints why it is skipped
 //! and passes, unless `OPTC_REQUIRE_GPU` is set, where it fails. `OPTC_REPO_DIR` points the
 //! fixture replay at a copy of the fixtures (the GPU bundle, `docs/cuda.md`).
-#![cfg(feature = "cuda")]
-
-#[path = "muon_fidelity.rs"]
-mod muon_fidelity;
-
-use optc_runtime::cuda::{devices, driver_available};
+use super::{gpu_present, muon_fidelity};
 use optc_runtime::{Optimizer, Options, Rule, Target, Update};
-
-/// Whether a GPU is present; prints the reason when not (and fails under `OPTC_REQUIRE_GPU`).
-fn gpu_present(test: &str) -> bool {
-    let reason = if !driver_available() {
-        Some("no CUDA driver".to_string())
-    } else {
-        match devices() {
-            Ok(d) if !d.is_empty() => None,
-            Ok(_) => Some("no CUDA device".to_string()),
-            Err(e) => Some(e.to_string()),
-        }
-    };
-    match reason {
-        None => true,
-        Some(r) => {
-            assert!(
-                std::env::var_os("OPTC_REQUIRE_GPU").is_none(),
-                "{test}: {r}, but OPTC_REQUIRE_GPU is set"
-            );
-            eprintln!("SKIPPED {test}: {r}");
-            false
-        }
-    }
-}
 
 /// The mixed model: wide, tall, square and odd matrices (one large enough for cuBLAS's blocked
 /// kernels), a 3-D tensor (seen as 4 × 30), a 1-row matrix, vectors and a scalar.
