@@ -50,8 +50,7 @@ fn a_count_set_after_parsing_compiles_as_if_written_in_the_source() {
 fn bad_counts_are_clear_errors() {
     let err = |r: &Rule, name: &str, v: u32| {
         r.with_counts(&[(name, v)])
-            .err()
-            .expect("an error")
+            .expect_err("an error")
             .to_string()
     };
     let e = err(&muon(), "ns_step", 3);
@@ -74,8 +73,7 @@ fn bad_counts_are_clear_errors() {
     assert!(e.contains("it declares none"), "{e}");
     let e = muon()
         .with_counts(&[("ns_steps", 2), ("ns_steps", 3)])
-        .err()
-        .expect("an error")
+        .expect_err("an error")
         .to_string();
     assert!(e.contains("given twice"), "{e}");
     assert_eq!(optc_compiler::check::parse_count("7"), Ok(7));

@@ -141,10 +141,10 @@ fn integer_flags_are_set_at_run_time() {
             counts,
             ..Options::default()
         };
-        Optimizer::with_options(Rule::stdlib("muon").expect("muon"), options)
-            .err()
-            .expect("an error")
-            .to_string()
+        match Optimizer::with_options(Rule::stdlib("muon").expect("muon"), options) {
+            Ok(_) => panic!("an error"),
+            Err(e) => e.to_string(),
+        }
     };
     let e = err(vec![("ns_step".into(), 2)]);
     assert!(e.contains("did you mean `ns_steps`?"), "{e}");
@@ -159,8 +159,7 @@ fn integer_flags_are_set_at_run_time() {
     let e = Rule::from_kernel(kernel)
         .expect("rule")
         .with_counts(&[("ns_steps", 2)])
-        .err()
-        .expect("an error")
+        .expect_err("an error")
         .to_string();
     assert!(
         e.contains("prebuilt kernel") && e.contains("ns_steps"),
