@@ -409,11 +409,6 @@ const RULES: [&str; 16] = [
     "adafactor",
 ];
 
-/// Rules with factored kernels (Row/Col scopes, `[rows]`/`[cols]` states), which the PTX backend
-/// does not lower yet: the optimizer refuses them on CUDA when they load
-/// (`runtime::stages::check_supported`), so the CUDA replay leaves them out, and says so.
-const NOT_ON_CUDA: [&str; 1] = ["adafactor"];
-
 /// Every fixture manifest, sorted.
 fn manifests() -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -449,14 +444,7 @@ fn manifests() -> Vec<PathBuf> {
 /// Replays every fixture on one backend; prints each case's errors and every rule's worst, and
 /// asserts the budget.
 pub(crate) fn replay_all(backend: Backend) {
-    let mut paths = manifests();
-    if !matches!(backend.target, Target::Interp | Target::Cpu) {
-        paths.retain(|p| !NOT_ON_CUDA.contains(&read_manifest(p).rule.as_str()));
-        println!(
-            "{}: not replayed (no CUDA path yet): {NOT_ON_CUDA:?}",
-            backend.name
-        );
-    }
+    let paths = manifests();
     let mut cases_per_rule: BTreeMap<String, usize> = BTreeMap::new();
     let mut worst_per_rule: BTreeMap<String, (f64, String)> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -487,9 +475,6 @@ pub(crate) fn replay_all(backend: Backend) {
         }
     }
     for rule in RULES {
-        if !matches!(backend.target, Target::Interp | Target::Cpu) && NOT_ON_CUDA.contains(&rule) {
-            continue;
-        }
         let n = cases_per_rule.get(rule).copied().unwrap_or(0);
         assert!(n >= 3, "{rule}: {n} fixture cases, expected at least 3");
     }

@@ -174,7 +174,11 @@ impl Rule {
         };
         for flags in rule.flag_sets() {
             for &rank in ranks {
-                let options = CompileOptions { clip: false, rank };
+                let options = CompileOptions {
+                    clip: false,
+                    rank,
+                    ..Default::default()
+                };
                 let checked = passes::compile_with(&rule.program, &flags, &options)
                     .and_then(|_| passes::variants::conditions(&rule.program, &flags, &options));
                 if let Err(d) = checked {

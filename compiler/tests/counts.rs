@@ -11,8 +11,8 @@ fn muon() -> Rule {
 
 fn matrix_kernel(r: &Rule) -> Kernel {
     let options = CompileOptions {
-        clip: false,
         rank: RankClass::Matrix,
+        ..CompileOptions::default()
     };
     r.specialize_with(&[], &options).expect("specialize")
 }

@@ -8,7 +8,7 @@
 
 mod ptx_kernels;
 
-use optc_compiler::backend::ptx::{emit, Error, Options};
+use optc_compiler::backend::ptx::{emit, Options};
 use optc_compiler::passes::CompileOptions;
 use optc_compiler::{stdlib, Kernel};
 use optc_kernel::RankClass;
@@ -29,7 +29,8 @@ fn find_ptxas() -> Option<PathBuf> {
 fn assemble(ptxas: &PathBuf, source: &str, name: &str, arch: &str) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("optc-ptx-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let input = dir.join(format!("{name}.ptx"));
+    // One input per job: the sm_80 and sm_90 jobs of a module run at the same time.
+    let input = dir.join(format!("{name}-{arch}.ptx"));
     let output = dir.join(format!("{name}-{arch}.cubin"));
     std::fs::write(&input, source).map_err(|e| e.to_string())?;
     let out = Command::new(ptxas)
@@ -52,7 +53,8 @@ fn assemble(ptxas: &PathBuf, source: &str, name: &str, arch: &str) -> Result<(),
 }
 
 /// Every stdlib rule (staged ones included) in every flag combination and rank class, each
-/// also clipped by the global norm with its default flags, then the hand-built kernels.
+/// also clipped by the global norm, loss-scaled, and both, with its default flags (and the
+/// variants of each), then the hand-built kernels.
 fn kernels() -> Vec<(String, Kernel)> {
     let mut out = Vec::new();
     for name in stdlib::names() {
@@ -67,19 +69,30 @@ fn kernels() -> Vec<(String, Kernel)> {
         };
         for rank in ranks {
             for (i, flags) in rule.flag_sets().into_iter().enumerate() {
-                for clip in [false, true] {
-                    if clip && i > 0 {
+                for (clip, loss_scale) in
+                    [(false, false), (true, false), (false, true), (true, true)]
+                {
+                    if (clip || loss_scale) && i > 0 {
                         continue;
                     }
-                    let options = CompileOptions { clip, rank };
+                    let options = CompileOptions {
+                        clip,
+                        loss_scale,
+                        rank,
+                    };
                     let kernel = rule
                         .specialize_values_with(&flags, &options)
                         .unwrap_or_else(|e| panic!("{name} {flags:?} {options:?}: {e}"));
                     let bits: String = flags.iter().map(|f| if *f { '1' } else { '0' }).collect();
-                    let tag = format!("{rank:?}{}", if clip { "-clip" } else { "" });
+                    let tag = format!(
+                        "{rank:?}{}{}",
+                        if clip { "-clip" } else { "" },
+                        if loss_scale { "-scale" } else { "" }
+                    );
                     out.push((format!("{name}-{bits}-{tag}"), kernel));
                     // The kernel variants the runtime picks between (the first flag set's).
                     if i == 0 && !clip {
+                        // (With loss scaling too: its variants keep the check in stage 0.)
                         let conds = rule.conditions(&flags, &options).expect("ok");
                         for v in conds.variants().filter(|_| !conds.is_empty()) {
                             let k = rule
@@ -115,20 +128,8 @@ fn ptxas_accepts_every_stdlib_rule_and_hand_built_kernel() {
                 fast_math,
                 ..Options::default()
             };
-            // A factored kernel (Row/Col scopes, adafactor's matrices) is refused by the PTX
-            // backend; its row form (what the CPU runs per row) is an ordinary kernel, and is
-            // what a per-row GPU path would launch: it must assemble.
-            let module = if kernel.is_factored() {
-                assert!(
-                    matches!(emit(&kernel, &opts), Err(Error::Unsupported(_))),
-                    "{label}: a factored kernel must be refused"
-                );
-                let form = optc_compiler::backend::clif::rows::row_form(&kernel)
-                    .unwrap_or_else(|e| panic!("{label}: {e}"));
-                emit(&form.kernel, &opts).unwrap_or_else(|e| panic!("{label} row form: {e}"))
-            } else {
-                emit(&kernel, &opts).unwrap_or_else(|e| panic!("{label}: {e}"))
-            };
+            // Factored kernels (adafactor's matrices) included: their rows/cols entries.
+            let module = emit(&kernel, &opts).unwrap_or_else(|e| panic!("{label}: {e}"));
             let name = format!("{label}-{}", if fast_math { "fast" } else { "rn" });
             for arch in ["sm_80", "sm_90"] {
                 jobs.push((name.clone(), module.source.clone(), arch));

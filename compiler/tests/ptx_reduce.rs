@@ -218,8 +218,12 @@ fn fast_math_does_not_touch_the_folds() {
     assert!(text.contains("add.rn.f32"), "{text}");
 }
 
+/// Adafactor's matrix kernel: stage 0 (Row and Col outputs) gets a cols entry then a rows
+/// entry, the later stages (no Col outputs) a rows entry only; the lists are checked as data and
+/// a list that does not fit is refused.
 #[test]
-fn row_and_column_scopes_are_refused_with_a_reason() {
+fn factored_stages_get_rows_and_cols_entries() {
+    use optc_kernel::abi::{check, factored_params, FactoredEntry, Param};
     let options = optc_compiler::CompileOptions {
         rank: optc_kernel::RankClass::Matrix,
         ..Default::default()
@@ -229,8 +233,34 @@ fn row_and_column_scopes_are_refused_with_a_reason() {
         .expect("stdlib")
         .specialize_with(&[], &options)
         .expect("kernel");
-    let err = emit(&k, &Options::default()).expect_err("row scope");
-    assert!(err.to_string().contains("row scope"), "{err}");
+    let m = emit(&k, &Options::default()).expect("emit");
+    assert!(m.stages.is_empty());
+    assert_eq!(m.factored.len(), k.stages.len());
+    check(&k, &m).expect("fits");
+    let cols = m.factored[0]
+        .cols
+        .as_ref()
+        .expect("stage 0 has Col outputs");
+    assert_eq!(cols.name, "optc_adafactor_s0_cols");
+    assert_eq!(cols.params, factored_params(&k, 0, FactoredEntry::Cols));
+    assert!(cols.params.contains(&Param::Partials));
+    assert!(m.factored[1..].iter().all(|e| e.cols.is_none()));
+    // Stage 2 stores p and reduces nothing: no partials pointer.
+    assert!(!m.factored[2].rows.params.contains(&Param::Partials));
+    for e in &m.factored {
+        assert!(m
+            .source
+            .contains(&format!(".visible .entry {}(", e.rows.name)));
+    }
+    let mut no_cols = m.clone();
+    no_cols.factored[0].cols = None;
+    assert!(check(&k, &no_cols).is_err());
+    let mut fewer = m.clone();
+    fewer.factored.pop();
+    assert!(check(&k, &fewer).is_err());
+    let elementwise = emit(&ptx_kernels::trust_ratio(), &Options::default()).expect("emit");
+    assert!(check(&k, &elementwise).is_err());
+    assert!(check(&ptx_kernels::trust_ratio(), &m).is_err());
 }
 
 #[test]

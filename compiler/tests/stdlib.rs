@@ -55,7 +55,11 @@ fn kernels(r: &Rule) -> Vec<(Vec<bool>, Kernel)> {
     let mut out = Vec::new();
     for flags in r.flag_sets() {
         for &rank in ranks {
-            let options = CompileOptions { clip: false, rank };
+            let options = CompileOptions {
+                clip: false,
+                rank,
+                ..Default::default()
+            };
             let k = r
                 .specialize_values_with(&flags, &options)
                 .unwrap_or_else(|e| panic!("{e}"));

@@ -281,7 +281,11 @@ fn every_variant_agrees_with_the_selects() {
         for flags in r.flag_sets() {
             for &rank in ranks {
                 for clip in [false, true] {
-                    let options = CompileOptions { clip, rank };
+                    let options = CompileOptions {
+                        clip,
+                        rank,
+                        ..Default::default()
+                    };
                     if r.conditions(&flags, &options).is_ok_and(|c| !c.is_empty()) {
                         with_conditions += 1;
                     }
@@ -306,7 +310,11 @@ fn the_listing_names_conditions_and_bytes() {
         } else {
             RankClass::Any
         };
-        let options = CompileOptions { clip: false, rank };
+        let options = CompileOptions {
+            clip: false,
+            rank,
+            ..Default::default()
+        };
         let flags = defaults(&r);
         let conds = r.conditions(&flags, &options).expect("ok");
         let kernels: Vec<Kernel> = conds

@@ -12,13 +12,23 @@ use crate::target::Target;
 use optc_kernel::reduce::{combine, combine_totals, finalize_cols, finalize_rows, ReduceOp, Scope};
 use optc_kernel::{Kernel, MatrixDims, StateShape};
 
+/// Whether `target` runs Row- and Col-scope reductions and `[rows]`/`[cols]` values
+/// (`docs/stages.md`, "Row and column values"): the interpreter, the CPU JIT (through the row
+/// form) and CUDA (through the factored entries) all do. A new target says here whether it does.
+fn runs_factored(target: Target) -> bool {
+    match target {
+        #[cfg(feature = "compiler")]
+        Target::Cpu | Target::Interp => true,
+        #[cfg(feature = "cuda")]
+        Target::Cuda => true,
+    }
+}
+
 /// Errors, when a kernel is loaded on `target` (before any step), unless the target runs its
-/// Row- and Col-scope reductions and `[rows]`/`[cols]` values (`docs/stages.md`, "Row and column
-/// values"): the interpreter and the CPU JIT (through the row form) do; CUDA does not yet, and
-/// says so here rather than at the first step.
+/// Row- and Col-scope reductions and `[rows]`/`[cols]` values ([`runs_factored`]), so that a
+/// target that cannot says so here rather than at the first step.
 pub(crate) fn check_supported(kernel: &Kernel, target: Target) -> Result<(), RuntimeError> {
-    #[cfg(feature = "compiler")]
-    if matches!(target, Target::Interp | Target::Cpu) {
+    if runs_factored(target) {
         return Ok(());
     }
     if !kernel.is_factored() {
@@ -36,9 +46,21 @@ pub(crate) fn check_supported(kernel: &Kernel, target: Target) -> Result<(), Run
         },
     };
     Err(RuntimeError::Unsupported(format!(
-        "rule `{}` cannot run on {target}: {what} runs on the interpreter and the CPU only so far (use Target::Cpu, `--target cpu`)",
+        "rule `{}` cannot run on {target}: {what} needs a target that runs row and column values",
         kernel.rule
     )))
+}
+
+/// Errors, when a kernel with the loss-scale check is loaded, unless it writes nothing up to
+/// the stage that makes the check (a skipped step stops there; the compiler builds kernels so).
+pub(crate) fn check_skip_order(kernel: &Kernel) -> Result<(), RuntimeError> {
+    match kernel.writes_before_check() {
+        None => Ok(()),
+        Some(k) => Err(RuntimeError::Unsupported(format!(
+            "kernel of rule `{}` writes buffers in stage {k}, before its inf/NaN check is known; a skipped step would not be all or nothing (recompile it with this optc)",
+            kernel.rule
+        ))),
+    }
 }
 
 /// Errors, when `kernel` is loaded next to `loaded` (the optimizer's other kernels: other flag
@@ -212,10 +234,10 @@ mod tests {
         }
     }
 
-    /// CUDA refuses a factored kernel when it loads (before any step); the host targets run it.
+    /// Every target of this build runs factored kernels (adafactor's matrix kernel).
     #[cfg(all(feature = "compiler", feature = "cuda"))]
     #[test]
-    fn factored_kernels_are_refused_on_cuda_only() {
+    fn factored_kernels_run_on_every_target() {
         let rule = optc_compiler::stdlib::rule("adafactor")
             .and_then(Result::ok)
             .expect("stdlib");
@@ -224,13 +246,10 @@ mod tests {
             ..Default::default()
         };
         let k = rule.specialize_with(&[], &options).expect("kernel");
-        assert!(check_supported(&k, Target::Interp).is_ok());
-        assert!(check_supported(&k, Target::Cpu).is_ok());
-        let err = check_supported(&k, Target::Cuda).expect_err("cuda");
-        assert_eq!(
-            err.to_string(),
-            "rule `adafactor` cannot run on cuda: its row-scope reduction `row_mean` runs on the interpreter and the CPU only so far (use Target::Cpu, `--target cpu`)"
-        );
+        assert!(k.is_factored());
+        for target in [Target::Interp, Target::Cpu, Target::Cuda] {
+            assert!(check_supported(&k, target).is_ok(), "{target}");
+        }
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// Print one JSON object (last line of stdout) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Loss scaling.
+    #[command(flatten)]
+    pub loss_scale: super::loss_scale::LossScaleArgs,
 }
 
 /// Benchmark targets.
@@ -199,9 +202,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let options = Options {
         flags,
         max_grad_norm,
+        loss_scale: args.loss_scale.initial(),
         ..Options::default()
     };
     let clip = options.max_grad_norm.is_some();
+    let loss_scale = options.loss_scale.is_some();
     let rule = Rule::from_compiled(compiled);
     let report = match args.target {
         BenchTarget::Cpu => {
@@ -212,6 +217,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 &source,
                 &flags,
                 clip,
+                loss_scale,
                 report.rank,
             )?);
             report
@@ -271,6 +277,7 @@ pub fn bench(
         ..options
     };
     let mut opt = Optimizer::with_options(rule, options)?;
+    let mut scaler = args.loss_scale.scaler();
     for (name, value) in hypers {
         opt.set_hyper(name, *value)?;
     }
@@ -325,7 +332,10 @@ pub fn bench(
             .zip(params.iter_mut())
             .zip(&grads)
             .map(|(((name, _), p), g)| Update::new(name, p, g));
-        opt.step(updates)?;
+        match &mut scaler {
+            Some(scaler) => scaler.step(&mut opt, updates)?,
+            None => opt.step(updates)?,
+        };
         let step = start.elapsed();
         let start = Instant::now();
         for probe in &mut probes_of {

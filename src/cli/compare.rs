@@ -58,6 +58,10 @@ pub struct CompareArgs {
     /// Directory for `curves.png` and `results.json` (created if missing).
     #[arg(long, default_value = "optc-compare")]
     pub out: PathBuf,
+    /// Loss scaling for every compiled rule (the references run unscaled): each step's gradients
+    /// are scaled, unscaled by the optimizer, and a step with an inf or a NaN is skipped.
+    #[command(flatten)]
+    pub loss_scale: super::loss_scale::LossScaleArgs,
 }
 
 /// Runs `optc compare`.
@@ -81,6 +85,11 @@ pub fn execute(args: &CompareArgs) -> Result<Comparison, CompareError> {
     let mut contenders = load_contenders(&args.rules, args.backend)?;
     for arg in &args.set {
         apply_set(&mut contenders, arg)?;
+    }
+    if let Some(scale) = args.loss_scale.loss_scale {
+        for c in contenders.iter_mut().filter(|c| c.scales_loss()) {
+            c.set_loss_scale(scale)?;
+        }
     }
     let contenders = crate::compare::schedule::attach(contenders, &args.schedule)?;
 

@@ -50,6 +50,10 @@ pub struct CompileArgs {
     /// Clip the gradients by their global norm (adds the hyper `max_grad_norm`, default 1).
     #[arg(long)]
     pub clip: bool,
+    /// Compile in loss scaling: every gradient is divided by the hyper `loss_scale` (default 1)
+    /// and a step whose gradients hold an inf or a NaN is skipped (docs/loss_scaling.md).
+    #[arg(long)]
+    pub loss_scale: bool,
     /// The rank class, for rules that read `matrix` (such as `lars`).
     #[arg(long, value_enum)]
     pub rank: Option<Rank>,
@@ -97,6 +101,7 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let options = optc_compiler::CompileOptions {
         clip: args.clip || max_grad_norm.is_some(),
+        loss_scale: args.loss_scale,
         rank,
     };
     let mut kernel = rule.specialize_with(&overrides, &options)?;

@@ -8,7 +8,8 @@
 
 use std::path::Path;
 
-use optc_runtime::{Optimizer, Options, Rule, RuntimeError, Target, Update};
+use crate::cli::loss_scale::LossScale;
+use optc_runtime::{LossScaler, Optimizer, Options, Rule, RuntimeError, Target, Update};
 
 use crate::compare::stepper::{Contender, StepError, Stepper};
 use crate::compare::task::TensorSpec;
@@ -42,6 +43,7 @@ pub struct RuleContender {
     hypers: Vec<(String, f64)>,
     flags: Vec<(String, bool)>,
     max_grad_norm: Option<f64>,
+    loss_scale: Option<LossScale>,
     backend: Backend,
 }
 
@@ -97,6 +99,7 @@ impl RuleContender {
                 .collect(),
             rule,
             max_grad_norm: None,
+            loss_scale: None,
             backend,
         })
     }
@@ -111,6 +114,10 @@ impl RuleContender {
             target: self.backend.target(),
             flags: self.flags.clone(),
             max_grad_norm: self.max_grad_norm,
+            loss_scale: self.loss_scale.map(|s| match s {
+                LossScale::Fixed(v) => v,
+                LossScale::Dynamic => LossScaler::default().scale(),
+            }),
             ..Options::default()
         };
         let mut optimizer =
@@ -182,12 +189,27 @@ impl Contender for RuleContender {
     fn clips(&self) -> bool {
         true
     }
+    fn set_loss_scale(&mut self, scale: LossScale) -> Result<(), CompareError> {
+        self.loss_scale = Some(scale);
+        Ok(())
+    }
+    fn scales_loss(&self) -> bool {
+        true
+    }
     fn build(&self, tensors: &[TensorSpec]) -> Result<Box<dyn Stepper>, CompareError> {
         let (optimizer, names) = self.optimizer(tensors).map_err(|e| CompareError::Rule {
             rule: self.source.clone(),
             message: e.to_string(),
         })?;
-        Ok(Box::new(RuntimeStepper { optimizer, names }))
+        let scaling = self.loss_scale.map(|s| match s {
+            LossScale::Fixed(v) => Scaling::Fixed(v as f32),
+            LossScale::Dynamic => Scaling::Dynamic(LossScaler::default()),
+        });
+        Ok(Box::new(RuntimeStepper {
+            optimizer,
+            names,
+            scaling,
+        }))
     }
 }
 
@@ -196,17 +218,41 @@ impl Contender for RuleContender {
 struct RuntimeStepper {
     optimizer: Optimizer,
     names: Vec<String>,
+    scaling: Option<Scaling>,
+}
+
+/// How a stepper scales the gradients (`--loss-scale`).
+enum Scaling {
+    Fixed(f32),
+    Dynamic(LossScaler),
 }
 
 impl Stepper for RuntimeStepper {
     fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>]) -> Result<(), StepError> {
+        // The gradients of the loss times the scale, rounded to f32 (an overflow is an inf the
+        // step skips).
+        let scaled: Vec<Vec<f32>>;
+        let grads = match &self.scaling {
+            None => grads,
+            Some(Scaling::Fixed(s)) => {
+                scaled = scale(grads, *s);
+                &scaled
+            }
+            Some(Scaling::Dynamic(scaler)) => {
+                scaled = scale(grads, scaler.scale() as f32);
+                &scaled
+            }
+        };
         let updates = self
             .names
             .iter()
             .zip(params.iter_mut())
             .zip(grads)
             .map(|((name, p), g)| Update::new(name, p, g));
-        self.optimizer.step(updates)?;
+        match &mut self.scaling {
+            Some(Scaling::Dynamic(scaler)) => scaler.step(&mut self.optimizer, updates)?,
+            _ => self.optimizer.step(updates)?,
+        };
         Ok(())
     }
 
@@ -228,4 +274,12 @@ impl Stepper for RuntimeStepper {
         // Never recompiles: the kernel reads hypers through the host program.
         Ok(self.optimizer.set_hyper(name, value)?)
     }
+}
+
+/// Each gradient times `s`.
+fn scale(grads: &[Vec<f32>], s: f32) -> Vec<Vec<f32>> {
+    grads
+        .iter()
+        .map(|g| g.iter().map(|x| x * s).collect())
+        .collect()
 }

@@ -61,6 +61,20 @@ pub trait Contender {
     fn clips(&self) -> bool {
         false
     }
+    /// Loss scaling with inf/NaN skip (`--loss-scale`): each step's gradients are scaled as a
+    /// scaled loss would make them, and the optimizer unscales them. Only compiled rules take
+    /// it (`optc compare` gives it to every one of them); the default refuses.
+    fn set_loss_scale(
+        &mut self,
+        scale: crate::cli::loss_scale::LossScale,
+    ) -> Result<(), CompareError> {
+        let _ = scale;
+        Err(unknown_setting(self, "loss_scale"))
+    }
+    /// Whether [`Contender::set_loss_scale`] is supported.
+    fn scales_loss(&self) -> bool {
+        false
+    }
     /// The hypers that follow a schedule in this contender's runs (none by default; see
     /// [`crate::compare::schedule::Scheduled`]).
     fn schedules(&self) -> Vec<optc_runtime::HyperSchedule> {

@@ -7,7 +7,8 @@
 //! [`TableLayout::of_stage`] say what a kernel's stage takes; [`check`] compares a module's lists
 //! with them, so the launcher never has to read PTX text.
 
-use crate::artifact::{PtxModule, StageEntries};
+use crate::artifact::{FactoredEntries, PtxModule, StageEntries};
+use crate::factored::{outputs, Output};
 use crate::kernel::Kernel;
 use crate::reduce::REDUCE_BLOCK;
 use crate::table::TableLayout;
@@ -41,6 +42,18 @@ pub enum Param {
     NumChunks,
     /// `.u64`: elements per chunk (a positive multiple of [`StageEntries::chunk_multiple`]).
     ChunkElems,
+    /// `.u64`: matrices of the tensor (factored entries; [`crate::MatrixDims::batch`]).
+    Batch,
+    /// `.u64`: rows per matrix (factored entries).
+    Rows,
+    /// `.u64`: columns per matrix (factored entries).
+    Cols,
+    /// `.u64`: the device pointer of stage vector `index` (factored entries: the f32 values of
+    /// `Expr::Vector(index)`, `batch · rows` or `batch · cols` of them).
+    Vector {
+        /// The vector's position in the stage's list (`Kernel::stage_vectors`).
+        index: usize,
+    },
 }
 
 impl Param {
@@ -63,6 +76,10 @@ impl Param {
             Param::Chunks => format!("{entry}_chunks"),
             Param::NumChunks => format!("{entry}_num_chunks"),
             Param::ChunkElems => format!("{entry}_chunk_elems"),
+            Param::Batch => format!("{entry}_batch"),
+            Param::Rows => format!("{entry}_rows"),
+            Param::Cols => format!("{entry}_cols"),
+            Param::Vector { index } => format!("{entry}_v{index}"),
         }
     }
 }
@@ -127,9 +144,66 @@ pub fn partials_len(kernel: &Kernel, stage: usize, len: usize) -> usize {
     outputs * len.div_ceil(REDUCE_BLOCK)
 }
 
+/// Which entry of a factored stage ([`crate::factored`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FactoredEntry {
+    /// The rows entry: every store, and the Row-, Tensor- and Step-scope outputs.
+    Rows,
+    /// The cols entry: the Col-scope outputs.
+    Cols,
+}
+
+/// Whether stage `stage` of a factored kernel has Col-scope outputs (so a cols entry).
+pub fn has_cols_entry(kernel: &Kernel, stage: usize) -> bool {
+    outputs(kernel, stage)
+        .iter()
+        .any(|o| matches!(o, Output::Cols(_)))
+}
+
+/// The parameters of an entry of a factored stage: every buffer pointer, `batch`, `rows`,
+/// `cols`, one pointer per stage vector, the partials pointer when the entry has outputs, then
+/// the stage's uniforms.
+pub fn factored_params(kernel: &Kernel, stage: usize, entry: FactoredEntry) -> Vec<Param> {
+    let mut params: Vec<Param> = (0..kernel.buffers().len())
+        .map(|index| Param::Buffer { index })
+        .collect();
+    params.extend([Param::Batch, Param::Rows, Param::Cols]);
+    let vectors = kernel.vectors.stage(stage).len();
+    params.extend((0..vectors).map(|index| Param::Vector { index }));
+    let has_outputs = outputs(kernel, stage).iter().any(|o| match entry {
+        FactoredEntry::Rows => matches!(o, Output::Rows(_)),
+        FactoredEntry::Cols => matches!(o, Output::Cols(_)),
+    });
+    if has_outputs {
+        params.push(Param::Partials);
+    }
+    let uniforms = kernel.stages.get(stage).map_or(0, |s| s.uniforms.len());
+    params.extend((0..uniforms).map(|index| Param::Uniform { index }));
+    params
+}
+
 /// Errors (with the reason) unless `module` lists, for every stage of `kernel`, entries with
-/// exactly the parameters, record layout and launch constraints this ABI gives.
+/// exactly the parameters, record layout and launch constraints this ABI gives (for a factored
+/// kernel, [`FactoredEntries`] and no elementwise entries).
 pub fn check(kernel: &Kernel, module: &PtxModule) -> Result<(), String> {
+    if kernel.is_factored() {
+        if !module.stages.is_empty() || module.factored.len() != kernel.stages.len() {
+            return Err(format!(
+                "it has factored entries for {} stages (and {} elementwise), the kernel has {} \
+                 factored stages",
+                module.factored.len(),
+                module.stages.len(),
+                kernel.stages.len()
+            ));
+        }
+        for (k, entries) in module.factored.iter().enumerate() {
+            check_factored(kernel, k, entries)?;
+        }
+        return Ok(());
+    }
+    if !module.factored.is_empty() {
+        return Err("it has factored entries for a kernel without [rows]/[cols] values".into());
+    }
     if module.stages.len() != kernel.stages.len() {
         return Err(format!(
             "it has entries for {} stages, the kernel has {}",
@@ -139,6 +213,29 @@ pub fn check(kernel: &Kernel, module: &PtxModule) -> Result<(), String> {
     }
     for (k, entries) in module.stages.iter().enumerate() {
         check_stage(kernel, k, entries)?;
+    }
+    Ok(())
+}
+
+fn check_factored(kernel: &Kernel, k: usize, e: &FactoredEntries) -> Result<(), String> {
+    let rows = factored_params(kernel, k, FactoredEntry::Rows);
+    if e.rows.params != rows {
+        return Err(format!(
+            "stage {k} entry `{}` takes {} parameters, the kernel's stage passes {}",
+            e.rows.name,
+            e.rows.params.len(),
+            rows.len()
+        ));
+    }
+    match (&e.cols, has_cols_entry(kernel, k)) {
+        (Some(c), true) if c.params == factored_params(kernel, k, FactoredEntry::Cols) => {}
+        (None, false) => {}
+        _ => return Err(format!("stage {k}'s column entry does not fit the kernel")),
+    }
+    if e.block_multiple != 32 {
+        return Err(format!(
+            "stage {k}'s launch constraints do not fit the kernel"
+        ));
     }
     Ok(())
 }

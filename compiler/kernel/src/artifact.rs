@@ -37,7 +37,22 @@ pub struct StageEntries {
     pub block_multiple: u32,
 }
 
-/// PTX for one kernel: one module with three entries per stage, listed as data.
+/// The entries of one stage of a factored kernel (`[rows]`/`[cols]` values; see
+/// [`crate::factored`] for where they work and write).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FactoredEntries {
+    /// The rows entry (one warp per row block): the stores and the Row-, Tensor- and Step-scope
+    /// partials.
+    pub rows: PtxEntry,
+    /// The cols entry (one thread per column block), when the stage has Col-scope outputs:
+    /// launched before `rows`.
+    pub cols: Option<PtxEntry>,
+    /// Threads per block must be a multiple of this (32: whole warps).
+    pub block_multiple: u32,
+}
+
+/// PTX for one kernel: one module with three entries per stage, listed as data (or, for a
+/// factored kernel, the [`FactoredEntries`] of each stage).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PtxModule {
     /// `.version` of the PTX, for example `8.0`.
@@ -46,8 +61,11 @@ pub struct PtxModule {
     pub target: String,
     /// The PTX source (one module holding every entry).
     pub source: String,
-    /// The entries of each stage, in stage order.
+    /// The entries of each stage, in stage order (empty for a factored kernel).
     pub stages: Vec<StageEntries>,
+    /// The entries of each stage of a factored kernel, in stage order (empty otherwise).
+    #[serde(default)]
+    pub factored: Vec<FactoredEntries>,
 }
 
 /// A compiled rule, as written by `optc compile --target cuda`.

@@ -25,6 +25,7 @@ pub mod artifact;
 pub mod dtype;
 pub mod eval;
 pub mod expr;
+pub mod factored;
 pub mod kernel;
 pub mod matrix;
 pub mod num;
@@ -46,7 +47,8 @@ pub use kernel::{
 };
 pub use op::{BinaryOp, Real, UnaryOp};
 pub use reduce::{
-    ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, GRAD_NORM_REDUCTION, REDUCE_BLOCK, REDUCE_LANES,
+    ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, GRAD_NORM_REDUCTION, NONFINITE_REDUCTION,
+    REDUCE_BLOCK, REDUCE_LANES,
 };
 pub use valid::ValidKernel;
 pub use variant::{Condition, ConditionValue, Conditions, VariantId, MAX_CONDITIONS};

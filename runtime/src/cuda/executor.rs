@@ -4,7 +4,8 @@
 //! feature `compiler`); holds each parameter's per-element states as `CudaSlice<f32>` on the
 //! device and steps tensors given as device pointers ([`crate::Update::cuda`]) or as host slices
 //! (copied to the device for the launch and the parameter copied back). Every stage of a step is
-//! one launch of the multi-tensor entry over every tensor of the kernel, queued on one stream;
+//! one launch of the multi-tensor entry over every tensor of the kernel, queued on one stream (a
+//! factored kernel's stages run in `super::factored`, whose `[rows]`/`[cols]` states stay here);
 //! a stage with a matrix program first queues it per tensor on the same stream (cuBLAS,
 //! `crate::matrix::cuda`).
 //!
@@ -144,6 +145,8 @@ struct Loaded {
     slots: Vec<usize>,
     /// Each stage's multi-tensor entry, with the stage's entry list from the artifact.
     stages: Vec<(CudaFunction, StageEntries)>,
+    /// A factored kernel's entries, per stage (empty otherwise; `super::factored`).
+    factored: Vec<super::factored::FactoredStage>,
     _module: Arc<CudaModule>,
 }
 
@@ -324,10 +327,12 @@ impl Executor for CudaExecutor {
             ))?;
             stages.push((multi, e.clone()));
         }
+        let factored = super::factored::load(&module, ptx)?;
         self.kernels.push(Loaded {
             kernel,
             slots,
             stages,
+            factored,
             _module: module,
         });
         Ok(self.kernels.len() - 1)
@@ -415,6 +420,24 @@ impl Executor for CudaExecutor {
             self.slot(last);
         }
         let loaded = &self.kernels[kernel];
+        if let Some(fs) = loaded.factored.get(stage) {
+            let device = super::factored::Device {
+                stream: &self.stream,
+                block: self.shape.block,
+                max_blocks: self
+                    .multiprocessors
+                    .saturating_mul(self.shape.blocks_per_sm),
+                states: &mut self.states,
+            };
+            return super::factored::run_stage(
+                device,
+                &loaded.kernel,
+                &loaded.slots,
+                stage,
+                fs,
+                tensors,
+            );
+        }
         let Some((multi, entries)) = loaded.stages.get(stage) else {
             return Err(internal(&format!("kernel {kernel} has no stage {stage}")));
         };
@@ -587,6 +610,30 @@ impl Executor for CudaExecutor {
             *self.slot(param) = bufs;
         }
         Ok(())
+    }
+
+    fn read_state(
+        &self,
+        param: usize,
+        kernel: usize,
+        state: usize,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let slots = self.positions(kernel)?;
+        super::factored::read_state(&self.stream, &self.states, param, slots, state)
+    }
+
+    fn write_vector_states(
+        &mut self,
+        param: usize,
+        kernel: usize,
+        values: Vec<(usize, Vec<f32>)>,
+    ) -> Result<(), RuntimeError> {
+        let slots = self
+            .kernels
+            .get(kernel)
+            .map(|k| k.slots.as_slice())
+            .ok_or_else(|| internal("no such kernel"))?;
+        super::factored::write_vector_states(&self.stream, &mut self.states, param, slots, values)
     }
 
     fn cuda(&mut self) -> Option<&mut CudaExecutor> {

@@ -28,13 +28,15 @@
 //! Guarantees: no cudarc call is made before [`driver_available`] has confirmed that the driver
 //! library loads; every failure is a [`CudaError`], never a panic. Per-tensor step counts and
 //! scalar states live on the host; the host program runs in f64 once per tensor per step. Each
-//! stage of a step is one launch of the multi-tensor entry over every tensor of a kernel. The
+//! stage of a step is one launch of the multi-tensor entry over every tensor of a kernel (for a
+//! kernel with `[rows]`/`[cols]` values, one or two launches per tensor: `factored.rs`). The
 //! kernel ABI is described in `docs/cuda.md`.
 
 mod bench;
 mod driver;
 mod error;
 mod executor;
+mod factored;
 mod launch;
 mod signature;
 mod table;

@@ -897,8 +897,8 @@ mod tests {
                 })
                 .collect();
             let options = CompileOptions {
-                clip: false,
                 rank: RankClass::Matrix,
+                ..CompileOptions::default()
             };
             let kernel = rule
                 .specialize_values_with(&flags, &options)

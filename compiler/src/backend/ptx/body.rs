@@ -83,7 +83,8 @@ impl Plan {
         for (h, e) in body.iter() {
             let i = h.index();
             varying[i] = match e {
-                Expr::Load(_) => true,
+                // A stage vector's value depends on the element's row or column.
+                Expr::Load(_) | Expr::Vector(_) => true,
                 Expr::Const(_) | Expr::Bool(_) | Expr::Uniform(_) => false,
                 Expr::Unary(..) | Expr::Binary(..) | Expr::Select(..) => {
                     e.operands().any(|o| varying[o.index()])
@@ -203,12 +204,26 @@ impl Lowering<'_> {
         uniform: &[Option<Reg>],
         load: &dyn Fn(Slot) -> Option<Reg>,
     ) -> Result<(), Error> {
+        self.lower_with(asm, env, varying, uniform, load, &|_| None)
+    }
+
+    /// [`Lowering::lower`] where `vector` gives the f32 register of each stage vector
+    /// (`Expr::Vector`) at the element (factored kernels).
+    pub(crate) fn lower_with(
+        &self,
+        asm: &mut Asm,
+        env: &mut Env,
+        varying: bool,
+        uniform: &[Option<Reg>],
+        load: &dyn Fn(Slot) -> Option<Reg>,
+        vector: &dyn Fn(usize) -> Option<Reg>,
+    ) -> Result<(), Error> {
         for (h, e) in self.stage.body.iter() {
             let i = h.index();
             if !self.plan.live[i] || self.plan.varying[i] != varying {
                 continue;
             }
-            let natural = self.node(asm, env, e, uniform, load)?;
+            let natural = self.node(asm, env, e, uniform, load, vector)?;
             let mut val = if natural_pred(e) {
                 Val {
                     f: None,
@@ -246,8 +261,12 @@ impl Lowering<'_> {
         e: &Expr,
         uniform: &[Option<Reg>],
         load: &dyn Fn(Slot) -> Option<Reg>,
+        vector: &dyn Fn(usize) -> Option<Reg>,
     ) -> Result<Reg, Error> {
         Ok(match *e {
+            Expr::Vector(v) => vector(v.index()).ok_or_else(|| {
+                Error::Internal(format!("stage vector v{} is not loaded", v.index()))
+            })?,
             Expr::Const(c) => self.mov_imm(asm, &f32_imm(c)),
             Expr::Bool(b) => self.mov_imm(asm, if b { ONE } else { ZERO }),
             Expr::Uniform(u) => {

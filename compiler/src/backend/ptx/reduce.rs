@@ -56,7 +56,7 @@ struct Warp {
 }
 
 impl Lowering<'_> {
-    fn ops(&self) -> Vec<ReduceOp> {
+    pub(super) fn ops(&self) -> Vec<ReduceOp> {
         self.stage
             .reduce
             .iter()
@@ -65,7 +65,7 @@ impl Lowering<'_> {
     }
 
     /// `acc ⊕ x` into a fresh register.
-    fn fold(&self, asm: &mut Asm, op: ReduceOp, acc: &Reg, x: &Reg) -> Reg {
+    pub(super) fn fold(&self, asm: &mut Asm, op: ReduceOp, acc: &Reg, x: &Reg) -> Reg {
         match op {
             ReduceOp::Sum => {
                 let d = asm.f();
@@ -78,7 +78,7 @@ impl Lowering<'_> {
 
     /// Folds `x` into the accumulators in place (`mov` keeps each accumulator one register,
     /// so loops can carry it).
-    fn fold_into(&self, asm: &mut Asm, ops: &[ReduceOp], accs: &[Reg], xs: &[Reg]) {
+    pub(super) fn fold_into(&self, asm: &mut Asm, ops: &[ReduceOp], accs: &[Reg], xs: &[Reg]) {
         for ((op, acc), x) in ops.iter().zip(accs).zip(xs) {
             let d = self.fold(asm, *op, acc, x);
             asm.ins(format!("mov.f32 {acc}, {d}"));
