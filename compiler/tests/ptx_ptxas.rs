@@ -57,8 +57,7 @@ fn assemble(ptxas: &PathBuf, source: &str, name: &str, arch: &str) -> Result<(),
 /// variants of each), then the hand-built kernels.
 fn kernels() -> Vec<(String, Kernel)> {
     let mut out = Vec::new();
-    let matrix = stdlib::MATRIX_RULES.iter().map(|(n, _)| *n);
-    for name in stdlib::names().chain(matrix) {
+    for name in stdlib::names() {
         let rule = match stdlib::rule(name) {
             Some(Ok(rule)) => rule,
             other => panic!("stdlib rule {name} does not compile: {other:?}"),

@@ -65,8 +65,7 @@ fn data(n: usize, seed: u64, lo: f32) -> Vec<f32> {
 /// (label, kernel, at default flags).
 fn kernels() -> Vec<(String, Kernel, bool)> {
     let mut out = Vec::new();
-    let matrix = stdlib::MATRIX_RULES.iter().map(|(n, _)| *n);
-    for name in stdlib::names().chain(matrix) {
+    for name in stdlib::names() {
         let rule = match stdlib::rule(name) {
             Some(Ok(rule)) => rule,
             other => panic!("stdlib rule {name} does not compile: {other:?}"),

@@ -6,7 +6,6 @@ use optc_kernel::{BinaryOp, Expr, Kernel};
 
 fn rules() -> Vec<Rule> {
     stdlib::names()
-        .chain(stdlib::MATRIX_RULES.iter().map(|(n, _)| *n))
         .map(|n| match stdlib::rule(n) {
             Some(Ok(r)) => r,
             Some(Err(d)) => panic!("stdlib rule {n} does not compile:\n{d}"),

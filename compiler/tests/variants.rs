@@ -128,6 +128,15 @@ fn step(
     bufs: Buffers<'_, f32>,
     dims: MatrixDims,
 ) {
+    // Matrix stages read the tensor's wide view (a 2-D `dims.rows × dims.cols` here).
+    let view =
+        k.stages
+            .iter()
+            .any(|s| s.matrix.is_some())
+            .then_some(optc_kernel::matrix::WideView {
+                rows: dims.batch * dims.rows,
+                cols: dims.cols,
+            });
     let dims = k.is_factored().then_some(dims);
     step_many(
         k,
@@ -137,7 +146,7 @@ fn step(
             scalars,
             bufs,
             dims,
-            view: None,
+            view,
             tensor: 0,
         }],
     )

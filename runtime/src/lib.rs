@@ -60,7 +60,7 @@ mod executor;
 mod host;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 mod loss_scale;
-#[cfg(feature = "compiler")]
+#[cfg(any(feature = "compiler", feature = "cuda"))]
 mod matrix;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 mod optimizer;

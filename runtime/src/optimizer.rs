@@ -54,6 +54,9 @@ pub struct Options {
     pub pool: Option<Arc<rayon::ThreadPool>>,
     /// Flags of the first group (group 0), overriding the rule's defaults.
     pub flags: Vec<(String, bool)>,
+    /// Integer flags (compile-time `repeat` counts such as Muon's `ns_steps`), overriding the
+    /// rule's defaults for every group ([`Rule::with_counts`]).
+    pub counts: Vec<(String, u32)>,
     /// Let the CPU JIT fuse `a * b + c` into one rounding (faster on hosts with FMA). With
     /// `false`, the CPU target gives the reference interpreter's results bit for bit.
     pub allow_fma: bool,
@@ -88,6 +91,7 @@ impl Default for Options {
             threads: None,
             pool: None,
             flags: Vec::new(),
+            counts: Vec::new(),
             allow_fma: true,
             max_grad_norm: None,
             loss_scale: None,
@@ -281,6 +285,12 @@ impl Optimizer {
         if let Some(v) = options.loss_scale {
             check_loss_scale(v)?;
         }
+        let counts: Vec<(&str, u32)> = options
+            .counts
+            .iter()
+            .map(|(n, v)| (n.as_str(), *v))
+            .collect();
+        let rule = rule.with_counts(&counts)?;
         let exec = crate::target::executor(&options)?;
         let hypers = rule.hypers().to_vec();
         let defaults = hypers.iter().map(|h| h.default).collect();

@@ -173,6 +173,34 @@ impl Rule {
         &self.flags
     }
 
+    /// The same rule with integer flags (`flag ns_steps = 5`: compile-time `repeat` counts) set
+    /// to other values, `(name, count)`: like a boolean flag, a count picks a specialization. A
+    /// name the rule does not declare as an integer flag, or a count above 99, is an error naming
+    /// it; so is any count for a rule from a prebuilt kernel or artifact, whose counts were fixed
+    /// when it was compiled.
+    pub fn with_counts(self, counts: &[(&str, u32)]) -> Result<Rule, RuntimeError> {
+        if counts.is_empty() {
+            return Ok(self);
+        }
+        match &self.source {
+            #[cfg(feature = "compiler")]
+            Source::Compiler(rule) => rule
+                .with_counts(counts)
+                .map(Rule::from_compiled)
+                .map_err(|e| match e {
+                    optc_compiler::CompileError::Diagnostics(d) => {
+                        RuntimeError::Compile(d.render(false))
+                    }
+                    other => RuntimeError::Unsupported(other.to_string()),
+                }),
+            Source::Kernel(_) => Err(RuntimeError::Unsupported(format!(
+                "rule `{}` is a prebuilt kernel: its integer flags (`{}`) were fixed when it was compiled; compile it again with other values (`optc compile --set NAME=N`)",
+                self.name,
+                counts[0].0
+            ))),
+        }
+    }
+
     /// The name torch gives state `state` (`exp_avg` for adamw's `m`): its `as` name, or its own.
     /// `None` for a state the rule does not declare, and for every state of a rule made from a
     /// prebuilt kernel (kernels do not record torch names).

@@ -17,11 +17,7 @@ const NAMES: [&str; 3] = ["a", "b", "c"];
 const SHAPES: [&[usize]; 3] = [&[70, 64], &[5], &[3, 4]];
 
 fn rules() -> Vec<&'static str> {
-    optc_compiler::stdlib::RULES
-        .iter()
-        .chain(optc_compiler::stdlib::MATRIX_RULES)
-        .map(|(n, _)| *n)
-        .collect()
+    optc_compiler::stdlib::names().collect()
 }
 
 fn optimizer(rule: &str, target: Target, scale: Option<f64>, clip: Option<f64>) -> Optimizer {

@@ -12,7 +12,7 @@
 //! ([`super::compile_time`]); `--json` prints one JSON object as the last line.
 
 use super::compile_time::{self, CompileTime};
-use super::source::{load_rule_source, split_sets, take_max_grad_norm};
+use super::source::{apply_counts, load_rule_source, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use optc_runtime::buf::BufVec;
@@ -217,8 +217,9 @@ pub(crate) struct Traffic {
 /// Runs `optc bench`.
 pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (compiled, source) = load_rule_source(&args.rule)?;
+    let (compiled, sets) = apply_counts(compiled, &args.set)?;
     let file_name = compiled.file_name().to_string();
-    let (flags, mut hypers) = split_sets(&compiled, &args.set)?;
+    let (flags, mut hypers) = split_sets(&compiled, &sets)?;
     let max_grad_norm = take_max_grad_norm(&compiled, &mut hypers);
     let shapes = match args.shapes {
         Some(ShapePreset::Gpt2Small) => optc_runtime::shapes::gpt2_small(),

@@ -193,6 +193,7 @@ pub fn apply_set(contenders: &mut [Box<dyn Contender>], arg: &str) -> Result<(),
             let declares = |c: &dyn Contender| {
                 c.hypers().iter().any(|(n, _)| n == name)
                     || c.flags().iter().any(|(n, _)| n == name)
+                    || c.counts().iter().any(|(n, _)| n == name)
                     || (name == crate::compare::stepper::MAX_GRAD_NORM && c.clips())
             };
             let mut applied = false;

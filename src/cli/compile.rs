@@ -1,7 +1,7 @@
 //! `optc compile RULE [--target cpu|cuda] [--emit ir|clif|ptx|artifact] [--set flag=v]...
 //! [--clip] [--rank matrix|vector] [-o OUT]`
 
-use super::source::{load_rule, split_sets, take_max_grad_norm};
+use super::source::{apply_counts, load_rule, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
 use std::process::ExitCode;
 
@@ -77,8 +77,8 @@ pub struct CompileArgs {
 
 /// Compiles and prints or writes the requested form.
 pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let rule = load_rule(&args.rule)?;
-    let (flags, mut hypers) = split_sets(&rule, &args.sets)?;
+    let (rule, sets) = apply_counts(load_rule(&args.rule)?, &args.sets)?;
+    let (flags, mut hypers) = split_sets(&rule, &sets)?;
     let max_grad_norm = take_max_grad_norm(&rule, &mut hypers);
     if let Some((name, _)) = hypers.first() {
         return Err(format!(

@@ -15,7 +15,7 @@
 //! (optc's or torch's layout, told apart by content) and `--save-state` writes the final one. The
 //! outputs are written atomically.
 
-use super::source::{load_rule, split_sets, take_max_grad_norm};
+use super::source::{apply_counts, load_rule, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
 use optc_runtime::buf::BufVec;
 use optc_runtime::{Optimizer, Options, Rule, StateFormat, Target, Update};
@@ -133,8 +133,8 @@ impl Tensor<'_> {
 
 /// Runs `optc run`.
 pub fn run(args: RunArgs) -> CliResult<ExitCode> {
-    let compiled = load_rule(&args.rule)?;
-    let (flags, mut hypers) = split_sets(&compiled, &args.set)?;
+    let (compiled, sets) = apply_counts(load_rule(&args.rule)?, &args.set)?;
+    let (flags, mut hypers) = split_sets(&compiled, &sets)?;
     let max_grad_norm = take_max_grad_norm(&compiled, &mut hypers);
     let schedules = parse_schedules(&compiled, &args.schedule)?;
     let rule = Rule::from_compiled(compiled);

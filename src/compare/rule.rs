@@ -174,6 +174,24 @@ impl Contender for RuleContender {
             None => Err(crate::compare::stepper::unknown_setting(self, name)),
         }
     }
+    fn counts(&self) -> Vec<(String, u32)> {
+        self.rule.counts().to_vec()
+    }
+    fn set_count(&mut self, name: &str, value: u32) -> Result<(), CompareError> {
+        if !self.rule.counts().iter().any(|(n, _)| n == name) {
+            return Err(crate::compare::stepper::unknown_setting(self, name));
+        }
+        self.rule =
+            self.rule
+                .with_counts(&[(name, value)])
+                .map_err(|e| CompareError::BadValue {
+                    rule: self.label.clone(),
+                    name: name.to_string(),
+                    raw: value.to_string(),
+                    why: e.to_string(),
+                })?;
+        Ok(())
+    }
     fn set_max_grad_norm(&mut self, value: f64) -> Result<(), CompareError> {
         self.max_grad_norm = Some(value);
         Ok(())
