@@ -546,6 +546,7 @@ fn run_reads_and_writes_bf16_files() {
         r.1
     );
     std::fs::remove_dir_all(&d).ok();
+}
 
 /// `--set ns_steps=N` sets Muon's integer flag: the CLI's result on the interpreter is the one
 /// of the rule written with `flag ns_steps = N`, stepped in process; bad counts exit 1.
