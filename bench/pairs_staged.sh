@@ -3,7 +3,7 @@
 # printed as BENCHMARKS.md table rows:
 #   | what | optc ms/step | in-run probe ms | kernel / probe | B/element | peer ms/step | optc speed / peer |
 # usage: [OPTC=path/to/optc] [PY=python-with-torch] [ITERS=10] [ONLY=peer] bash bench/pairs_staged.sh PAIRS SHAPE_ARGS...
-# ONLY: run one pair only (adamw-clip, lamb or adafactor).
+# ONLY: run one pair only (adamw-clip, lamb, adafactor, adamw-unscale or adamw-scaler).
 # e.g.   bash bench/pairs_staged.sh 3 --n 16777216
 #        bash bench/pairs_staged.sh 3 --shapes gpt2-small
 # SHAPE_ARGS go to both sides (--n N [--tensors K] or --shapes gpt2-small).
@@ -20,6 +20,8 @@ pairs=(
   "adamw --set max_grad_norm=1|adamw-clip"
   "lamb|lamb"
   "adafactor|adafactor"
+  "adamw --loss-scale dynamic|adamw-unscale"
+  "adamw --loss-scale dynamic|adamw-scaler"
 )
 for i in $(seq 1 "$n"); do
   for pair in "${pairs[@]}"; do

@@ -7,6 +7,8 @@ does) and compare ratios, never absolute times from different sessions (see BENC
     python bench/torch_staged.py --peer adamw-clip               # clip_grad_norm_(params, 1) + AdamW(fused=True)
     python bench/torch_staged.py --peer lamb                     # pytorch_optimizer.Lamb, default settings
     python bench/torch_staged.py --peer adafactor                # torch.optim.Adafactor, default settings
+    python bench/torch_staged.py --peer adamw-unscale            # GradScaler: unscale_ + AdamW(fused) with found_inf
+    python bench/torch_staged.py --peer adamw-scaler             # GradScaler.step: AdamW(fused) with grad_scale and found_inf
     python bench/torch_staged.py --peer lamb --shapes gpt2-small # the 148 GPT-2 small tensors
 
 `--n` elements are split over `--tensors` 1-D tensors (as `optc bench --n` does; Adafactor then
@@ -16,6 +18,13 @@ small, where Adafactor factors every matrix. Each peer runs the library's defaul
 CPU tensors (Lamb: pytorch_optimizer's foreach path; Adafactor: torch's for-loop, its default;
 AdamW: fused=True). A timed step is `clip_grad_norm_` (adamw-clip only) plus `opt.step()`; the
 gradients are refilled outside the timed region, because clipping scales them in place.
+
+The loss-scaling peers (`docs/loss_scaling.md`) run `torch.amp.GradScaler("cpu")` (init_scale
+2^16, its defaults) around `AdamW(fused=True)`, the gradients being 2^16 times 1e-3:
+`adamw-unscale` times `scaler.unscale_(opt)` (one pass that checks and unscales g in place) then
+`scaler.step(opt)` (the fused kernel gets `found_inf`) and `scaler.update()`; `adamw-scaler` times
+`scaler.step(opt)` alone (a check pass over g with `inv_scale = 1`, then the fused kernel
+unscales with `grad_scale` and skips on `found_inf`) and `scaler.update()`.
 
 Prints one human line and, with --json, one JSON object as the last line (median s/step,
 elements/s). No bandwidth probe: see bench/torch_adamw.py.
@@ -33,13 +42,17 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from torch_adamw import gpt2_small  # noqa: E402
 
-PEERS = ["adamw-clip", "lamb", "adafactor"]
+PEERS = ["adamw-clip", "lamb", "adafactor", "adamw-unscale", "adamw-scaler"]
+SCALED = {"adamw-unscale", "adamw-scaler"}
 
 
 def make_optimizer(peer, params):
-    if peer == "adamw-clip":
+    if peer == "adamw-clip" or peer in SCALED:
         opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, fused=True)
-        return opt, "torch {} clip_grad_norm_(1.0) + AdamW(fused)".format(torch.__version__)
+        what = {"adamw-clip": "clip_grad_norm_(1.0) + AdamW(fused)",
+                "adamw-unscale": "GradScaler.unscale_ + AdamW(fused, found_inf) + update",
+                "adamw-scaler": "GradScaler.step: AdamW(fused, grad_scale, found_inf) + update"}[peer]
+        return opt, "torch {} {}".format(torch.__version__, what)
     if peer == "lamb":
         import importlib.metadata
 
@@ -85,16 +98,26 @@ def main():
     elements = sum(p.numel() for p in params)
     opt, impl = make_optimizer(args.peer, params)
     clip = args.peer == "adamw-clip"
+    scaler = torch.amp.GradScaler("cpu") if args.peer in SCALED else None
+    if scaler is not None:
+        scaler.scale(torch.ones(()))  # the scaler's state is made by its first scale()
+    g = 1e-3 * (scaler.get_scale() if scaler else 1.0)
 
     times = []
     with torch.no_grad():
         for i in range(args.warmup + args.iters):
             for p in params:
-                p.grad.fill_(1e-3)
+                p.grad.fill_(g)
             t0 = time.perf_counter()
             if clip:
                 torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-            opt.step()
+            if scaler is not None:
+                if args.peer == "adamw-unscale":
+                    scaler.unscale_(opt)
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             dt = time.perf_counter() - t0
             if i >= args.warmup:
                 times.append(dt)

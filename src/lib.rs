@@ -21,7 +21,8 @@
 //!
 //! - [`Rule`]: a rule from a `.opt` file, a string, the embedded [`stdlib`], or a compiled
 //!   [`Artifact`] (a [`Kernel`] plus PTX);
-//! - [`Optimizer`], built with [`Options`] (its [`Target`], threads, flags, `max_grad_norm`):
+//! - [`Optimizer`], built with [`Options`] (its [`Target`], threads, flags, `max_grad_norm`,
+//!   `loss_scale`, moved by a [`LossScaler`]):
 //!   parameter groups ([`GroupId`]), hypers, [`Optimizer::step`] over [`Update`]s returning a
 //!   [`StepReport`], checkpoints (`save`/`load`) and torch-convention state
 //!   (`save_state`/`resume`, [`StateFormat`]);
@@ -37,6 +38,6 @@ pub use optc_kernel::{Artifact, ArtifactError, Kernel};
 #[cfg(feature = "cuda")]
 pub use optc_runtime::cuda;
 pub use optc_runtime::{
-    GroupId, HyperSchedule, Optimizer, Options, Rule, RuntimeError, Schedule, ScheduleError,
-    Scheduler, StateFormat, StepReport, Target, Update,
+    GroupId, HyperSchedule, LossScaler, Optimizer, Options, Rule, RuntimeError, Schedule,
+    ScheduleError, Scheduler, StateFormat, StepReport, Target, Update,
 };

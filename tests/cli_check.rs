@@ -179,3 +179,29 @@ fn help_is_not_an_error() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
 }
+
+/// `optc list` shows every stdlib rule, muon with its integer flag among them.
+#[test]
+fn list_shows_every_stdlib_rule_with_its_integer_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_optc"))
+        .arg("list")
+        .output()
+        .expect("run optc");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in optc_compiler::stdlib::names() {
+        assert!(
+            text.lines().any(|l| l == name),
+            "`{name}` is not listed:\n{text}"
+        );
+    }
+    let muon = text
+        .split("\n\n")
+        .find(|b| b.starts_with("muon\n"))
+        .expect("muon");
+    assert!(
+        muon.contains("  counts: ns_steps=5 (integer flags)"),
+        "{muon}"
+    );
+    assert!(muon.contains("nesterov=true"), "{muon}");
+}

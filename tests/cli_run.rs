@@ -547,3 +547,68 @@ fn run_reads_and_writes_bf16_files() {
     );
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// `--set ns_steps=N` sets Muon's integer flag: the CLI's result on the interpreter is the one
+/// of the rule written with `flag ns_steps = N`, stepped in process; bad counts exit 1.
+#[test]
+fn run_sets_an_integer_flag() {
+    let d = dir("counts");
+    let c = case(&d);
+    let out = d.join("out.safetensors");
+    let (p, g, o) = (
+        c.p.to_str().expect("p"),
+        c.g.to_str().expect("g"),
+        out.to_str().expect("o"),
+    );
+    let args = |set: &str| {
+        let mut a = vec!["muon", "--params", p, "--grads", g, "-o", o];
+        a.extend(["--steps", "2", "--target", "interp", "--set", set]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |set: &str| {
+        let a = args(set);
+        let r = optc(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(r.0, 0, "{}", r.1);
+        let bytes = std::fs::read(&out).expect("out");
+        let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+        read_f32(&st, "w")
+    };
+    let source = optc_compiler::stdlib::source("muon").expect("muon");
+    let written = optc_runtime::Rule::from_source(
+        "muon.opt",
+        &source.replace("flag ns_steps = 5", "flag ns_steps = 2"),
+    )
+    .expect("parses");
+    let options = optc_runtime::Options {
+        target: optc_runtime::Target::Interp,
+        ..optc_runtime::Options::default()
+    };
+    let mut opt = optc_runtime::Optimizer::with_options(written, options).expect("opt");
+    opt.add_param("w", &[2, 3]).expect("w");
+    opt.add_param("b", &[3]).expect("b");
+    let (mut w, mut b) = (c.w.clone(), c.b.clone());
+    for t in 0..2 {
+        opt.step([
+            optc_runtime::Update::new("w", &mut w, &c.gw[t * 6..(t + 1) * 6]),
+            optc_runtime::Update::new("b", &mut b, &c.gb[t * 3..(t + 1) * 3]),
+        ])
+        .expect("step");
+    }
+    let two = run("ns_steps=2");
+    assert_eq!(two, bits(&w));
+    assert_ne!(two, run("ns_steps=5"));
+
+    for (set, needle) in [
+        (
+            "ns_steps=2.5",
+            "`--set ns_steps=2.5`: an integer flag is a repeat count: a whole number from 0 to 99",
+        ),
+        ("ns_steps=100", "from 0 to 99"),
+        ("ns_step=3", "(did you mean `ns_steps`?)"),
+    ] {
+        let a = args(set);
+        let r = optc(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(r.0, 1, "{set}: {}", r.1);
+        assert!(r.1.contains(needle), "{set}: {}", r.1);
+    }
+}

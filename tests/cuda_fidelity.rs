@@ -1,5 +1,6 @@
 //! Fidelity on the GPU: the PyTorch fixtures of `tests/fixtures/` replayed through the CUDA target,
-//! against the same budget as the CPU (`docs/fidelity.md`).
+//! against the same budget as the CPU (`docs/fidelity.md`), and Muon's matrix stages through
+//! cuBLAS (`cuda_muon`).
 //!
 //! Takes: `tests/fidelity.rs` as a module, so the fixture loader, the replay and the budget are
 //! the one copy the CPU backends use (its CPU tests therefore run here too; they take a few
@@ -15,6 +16,13 @@
 
 #[path = "fidelity.rs"]
 mod fidelity;
+
+#[path = "muon_fidelity.rs"]
+mod muon_fidelity;
+
+/// Muon's matrix stages on CUDA (cuBLAS).
+#[path = "cuda_muon/mod.rs"]
+mod cuda_muon;
 
 use optc_runtime::cuda::{devices, driver_available};
 use optc_runtime::Target;

@@ -19,15 +19,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Largest relative error of an f32 Newton–Schulz case.
-const F32_BUDGET: f64 = 1e-4;
+pub const F32_BUDGET: f64 = 1e-4;
 /// Largest relative error of the bf16 case: 2.5 bfloat16 ulps (2^-8) of the movement. optc rounds
 /// where torch does (the input, the norm, each `addmm` result), so the two differ only where an
 /// f32 summation order flips a bfloat16 rounding (measured: 3.8e-3 at worst).
-const BF16_BUDGET: f64 = 1e-2;
+pub const BF16_BUDGET: f64 = 1e-2;
 
 /// The scaled-error budget of every stdlib rule against its reference (docs/fidelity.md), for
 /// the tensors of the AdamW branch.
-const FIDELITY_BUDGET: f64 = 1e-5;
+pub const FIDELITY_BUDGET: f64 = 1e-5;
 
 fn budget_of(case: &str) -> f64 {
     if case == "bf16" {
@@ -167,7 +167,8 @@ fn replay_with(case: &str, target: Target, bf16: Option<bool>) -> BTreeMap<Strin
     worst
 }
 
-fn check(case: &str, target: Target) {
+/// Replays `case` on `target` and asserts every tensor within its budget.
+pub fn check(case: &str, target: Target) {
     let worst = replay(case, target);
     eprintln!("muon/{case} on {target}: {worst:?}");
     for (n, (e, budget)) in &worst {
@@ -204,4 +205,39 @@ fn the_bf16_budget_separates_bf16_from_f32() {
     let worst = replay_with("bf16", Target::Interp, Some(false));
     let max = worst.values().fold(0.0f64, |a, e| a.max(e.0));
     assert!(max > BF16_BUDGET, "{worst:?}");
+}
+
+#[derive(Deserialize)]
+struct Defaults {
+    hypers: BTreeMap<String, f64>,
+    flags: BTreeMap<String, bool>,
+    counts: BTreeMap<String, u32>,
+}
+
+/// stdlib/muon.opt's defaults are torch's (`defaults.json`, from the signatures of
+/// torch.optim.Muon and torch.optim.AdamW): every hyper, every flag but optc's own `ns_bf16`
+/// (off: Newton–Schulz in f32 unless asked), and `ns_steps`.
+#[test]
+fn muon_defaults_are_torchs() {
+    let want: Defaults =
+        serde_json::from_slice(&std::fs::read(dir().join("defaults.json")).expect("defaults"))
+            .expect("defaults json");
+    let rule = optc_compiler::stdlib::rule("muon")
+        .expect("muon")
+        .expect("compiles");
+    let hypers: BTreeMap<String, f64> = rule
+        .hypers()
+        .iter()
+        .map(|h| (h.name.clone(), h.default))
+        .collect();
+    assert_eq!(hypers, want.hypers);
+    let mut flags: BTreeMap<String, bool> = rule
+        .flags()
+        .iter()
+        .map(|f| (f.name.clone(), f.default))
+        .collect();
+    assert_eq!(flags.remove("ns_bf16"), Some(false));
+    assert_eq!(flags, want.flags);
+    let counts: BTreeMap<String, u32> = rule.counts().iter().cloned().collect();
+    assert_eq!(counts, want.counts);
 }

@@ -57,6 +57,9 @@ pub enum CompileError {
         /// A close declared name.
         suggestion: Option<String>,
     },
+    /// An integer flag (a compile-time count) that the rule does not declare, or a value it
+    /// cannot take; the message says which.
+    Count(String),
 }
 
 impl fmt::Display for CompileError {
@@ -74,6 +77,7 @@ impl fmt::Display for CompileError {
                 }
                 Ok(())
             }
+            CompileError::Count(m) => f.write_str(m),
         }
     }
 }
@@ -84,6 +88,60 @@ impl Rule {
     /// Parses and checks `source`, reporting problems against `file_name`. Warnings are kept in
     /// [`Rule::warnings`]; any error fails.
     pub fn parse(file_name: &str, source: &str) -> Result<Rule, Diagnostics> {
+        Rule::parse_with_counts(file_name, source, &[])
+    }
+
+    /// The same rule with integer flags (`flag ns_steps = 5`, compile-time `repeat` counts) set
+    /// to other values: `overrides` are `(name, count)`. Like a boolean flag, a count picks a
+    /// specialization; it is fixed for every kernel of the rule returned. Fails, naming the
+    /// problem, for a name the rule does not declare as an integer flag or a count above
+    /// [`check::MAX_REPEAT`].
+    pub fn with_counts(&self, overrides: &[(&str, u32)]) -> Result<Rule, CompileError> {
+        let declared = || self.program.counts.iter().map(|(n, _)| n.as_str());
+        for &(name, value) in overrides {
+            if !declared().any(|n| n == name) {
+                let mut msg = format!("rule `{}` has no integer flag `{name}`", self.name());
+                match diag::did_you_mean(name, declared()) {
+                    Some(s) => msg.push_str(&format!(" (did you mean `{s}`?)")),
+                    None if self.program.counts.is_empty() => msg.push_str(" (it declares none)"),
+                    None => msg.push_str(&format!(
+                        " (it declares {})",
+                        declared()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                }
+                return Err(CompileError::Count(msg));
+            }
+            if value > check::MAX_REPEAT {
+                return Err(CompileError::Count(format!(
+                    "integer flag `{name}` of rule `{}` is a repeat count from 0 to {}; {value} is too large",
+                    self.name(),
+                    check::MAX_REPEAT
+                )));
+            }
+            if overrides.iter().filter(|(n, _)| *n == name).count() > 1 {
+                return Err(CompileError::Count(format!(
+                    "integer flag `{name}` is given twice"
+                )));
+            }
+        }
+        Rule::parse_with_counts(&self.file_name, &self.source, overrides)
+            .map_err(CompileError::Diagnostics)
+    }
+
+    /// The integer flags (compile-time counts) and the values this rule was lowered with, in
+    /// declaration order.
+    pub fn counts(&self) -> &[(String, u32)] {
+        &self.program.counts
+    }
+
+    fn parse_with_counts(
+        file_name: &str,
+        source: &str,
+        counts: &[(&str, u32)],
+    ) -> Result<Rule, Diagnostics> {
         let mut diags = Diagnostics::new(file_name, source);
         let file = match syntax::parse(source) {
             Ok(f) => f,
@@ -100,7 +158,7 @@ impl Rule {
             return Err(diags);
         }
         let table = check::decl_table(&file);
-        let program = ir::lower::lower(&file, &table);
+        let program = ir::lower::lower_with_counts(&file, &table, counts);
         let rule = Rule {
             program,
             warnings: diags,
@@ -116,7 +174,11 @@ impl Rule {
         };
         for flags in rule.flag_sets() {
             for &rank in ranks {
-                let options = CompileOptions { clip: false, rank };
+                let options = CompileOptions {
+                    clip: false,
+                    rank,
+                    ..Default::default()
+                };
                 let checked = passes::compile_with(&rule.program, &flags, &options)
                     .and_then(|_| passes::variants::conditions(&rule.program, &flags, &options));
                 if let Err(d) = checked {

@@ -21,19 +21,13 @@ pub const RULES: &[(&str, &str)] = &[
     ("stableadamw", include_str!("../../stdlib/stableadamw.opt")),
     ("lars", include_str!("../../stdlib/lars.opt")),
     ("adafactor", include_str!("../../stdlib/adafactor.opt")),
+    // With matrix stages: products between the per-element passes.
+    ("muon", include_str!("../../stdlib/muon.opt")),
 ];
 
-/// The stdlib rules with matrix stages (products between the per-element passes): `(name,
-/// source)`. They join [`RULES`] once every backend suite that walks it runs matrix stages.
-pub const MATRIX_RULES: &[(&str, &str)] = &[("muon", include_str!("../../stdlib/muon.opt"))];
-
-/// The source of stdlib rule `name` (in [`RULES`] or [`MATRIX_RULES`]).
+/// The source of stdlib rule `name`.
 pub fn source(name: &str) -> Option<&'static str> {
-    RULES
-        .iter()
-        .chain(MATRIX_RULES)
-        .find(|(n, _)| *n == name)
-        .map(|(_, s)| *s)
+    RULES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
 }
 
 /// The names of the stdlib rules.

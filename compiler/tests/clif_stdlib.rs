@@ -18,7 +18,6 @@ fn lowers(k: &Kernel) -> bool {
 
 fn rules() -> Vec<Rule> {
     stdlib::names()
-        .chain(stdlib::MATRIX_RULES.iter().map(|(n, _)| *n))
         .map(|n| match stdlib::rule(n) {
             Some(Ok(r)) => r,
             other => panic!(

@@ -240,7 +240,11 @@ fn staged_ptx_snapshots() {
         if rule.uses_rank() {
             for rank in [RankClass::Matrix, RankClass::Vector] {
                 let tag = format!("{name}_{rank:?}").to_lowercase();
-                let options = CompileOptions { clip: false, rank };
+                let options = CompileOptions {
+                    clip: false,
+                    rank,
+                    ..Default::default()
+                };
                 cases.push((tag, name, options));
             }
         } else {

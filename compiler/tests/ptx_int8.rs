@@ -69,7 +69,14 @@ fn kernels() -> Vec<(String, Kernel)> {
                         continue;
                     }
                     let base = rule
-                        .specialize_values_with(&flags, &CompileOptions { clip, rank })
+                        .specialize_values_with(
+                            &flags,
+                            &CompileOptions {
+                                clip,
+                                rank,
+                                loss_scale: false,
+                            },
+                        )
                         .unwrap_or_else(|e| panic!("{name}: {e}"));
                     // With a bf16 parameter and a master: the first flag set, unclipped.
                     let settings: &[(&str, Dtype, bool)] = if i == 0 && !clip {

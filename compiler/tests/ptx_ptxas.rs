@@ -53,11 +53,11 @@ fn assemble(ptxas: &PathBuf, source: &str, name: &str, arch: &str) -> Result<(),
 }
 
 /// Every stdlib rule (staged ones included) in every flag combination and rank class, each
-/// also clipped by the global norm with its default flags, then the hand-built kernels.
+/// also clipped by the global norm, loss-scaled, and both, with its default flags (and the
+/// variants of each), then the hand-built kernels.
 fn kernels() -> Vec<(String, Kernel)> {
     let mut out = Vec::new();
-    let matrix = stdlib::MATRIX_RULES.iter().map(|(n, _)| *n);
-    for name in stdlib::names().chain(matrix) {
+    for name in stdlib::names() {
         let rule = match stdlib::rule(name) {
             Some(Ok(rule)) => rule,
             other => panic!("stdlib rule {name} does not compile: {other:?}"),
@@ -69,19 +69,30 @@ fn kernels() -> Vec<(String, Kernel)> {
         };
         for rank in ranks {
             for (i, flags) in rule.flag_sets().into_iter().enumerate() {
-                for clip in [false, true] {
-                    if clip && i > 0 {
+                for (clip, loss_scale) in
+                    [(false, false), (true, false), (false, true), (true, true)]
+                {
+                    if (clip || loss_scale) && i > 0 {
                         continue;
                     }
-                    let options = CompileOptions { clip, rank };
+                    let options = CompileOptions {
+                        clip,
+                        loss_scale,
+                        rank,
+                    };
                     let kernel = rule
                         .specialize_values_with(&flags, &options)
                         .unwrap_or_else(|e| panic!("{name} {flags:?} {options:?}: {e}"));
                     let bits: String = flags.iter().map(|f| if *f { '1' } else { '0' }).collect();
-                    let tag = format!("{rank:?}{}", if clip { "-clip" } else { "" });
+                    let tag = format!(
+                        "{rank:?}{}{}",
+                        if clip { "-clip" } else { "" },
+                        if loss_scale { "-scale" } else { "" }
+                    );
                     out.push((format!("{name}-{bits}-{tag}"), kernel));
                     // The kernel variants the runtime picks between (the first flag set's).
                     if i == 0 && !clip {
+                        // (With loss scaling too: its variants keep the check in stage 0.)
                         let conds = rule.conditions(&flags, &options).expect("ok");
                         for v in conds.variants().filter(|_| !conds.is_empty()) {
                             let k = rule

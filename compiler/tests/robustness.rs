@@ -67,7 +67,11 @@ fn exercise(bytes: &[u8], what: &str) -> Result<bool, String> {
                 };
                 for flags in rule.flag_sets() {
                     for &rank in ranks {
-                        let options = CompileOptions { clip: false, rank };
+                        let options = CompileOptions {
+                            clip: false,
+                            rank,
+                            ..Default::default()
+                        };
                         match rule.specialize_values_with(&flags, &options) {
                             Ok(k) => k.validate().map_err(|e| {
                                 format!("{what}: {flags:?} {rank:?}: invalid kernel: {e}")

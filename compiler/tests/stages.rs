@@ -230,3 +230,63 @@ fn nested_reductions_take_one_pass_each() {
         assert!((a - b).abs() <= 1e-15, "{a} vs {b}");
     }
 }
+
+fn scaled(name: &str, clip: bool) -> Kernel {
+    let options = CompileOptions {
+        clip,
+        loss_scale: true,
+        rank: if rule(name).uses_rank() {
+            optc_kernel::RankClass::Matrix
+        } else {
+            optc_kernel::RankClass::Any
+        },
+    };
+    rule(name)
+        .specialize_with(&[], &options)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn loss_scaling_checks_g_in_stage_0_and_stores_nothing_there() {
+    for name in stdlib::names() {
+        for clip in [false, true] {
+            let k = scaled(name, clip);
+            let r = k.nonfinite_reduction().expect("the check");
+            let decl = &k.reductions[r.index()];
+            assert_eq!((decl.scope, decl.stage), (Scope::Step, 0), "{name}");
+            assert_eq!(k.writes_before_check(), None, "{name}: {k}");
+            assert!(k.stages[0].stores.is_empty(), "{name}");
+            assert!(k.hypers.iter().any(|h| h.name == "loss_scale"));
+            if clip {
+                // The norm shares the check's pass.
+                let n = k.grad_norm_reduction().expect("norm");
+                assert_eq!(k.reductions[n.index()].stage, 0, "{name}");
+            }
+        }
+    }
+    let k = scaled("adamw", false);
+    assert_eq!(k.bytes_per_element(), 32, "{k}");
+    assert_eq!(scaled("adamw", true).bytes_per_element(), 32);
+    insta::assert_snapshot!("adamw+loss_scale", k.to_string());
+}
+
+#[test]
+fn a_matrix_program_on_raw_values_cannot_wait_for_the_check() {
+    let source = "optimizer gram\nhyper lr = 0.1\nupdate {\n    if matrix {\n        let x = g @ transpose(g)\n        p = p - lr * (x @ g)\n    } else {\n        p = p - lr * g\n    }\n}\n";
+    let r = Rule::parse("gram.opt", source).unwrap_or_else(|d| panic!("{}", d.render(false)));
+    let options = CompileOptions {
+        loss_scale: true,
+        rank: optc_kernel::RankClass::Matrix,
+        ..Default::default()
+    };
+    let err = r
+        .specialize_with(&[], &options)
+        .expect_err("E0704")
+        .to_string();
+    assert!(err.contains("E0704"), "{err}");
+    let vector = CompileOptions {
+        rank: optc_kernel::RankClass::Vector,
+        ..options
+    };
+    assert!(r.specialize_with(&[], &vector).is_ok());
+}

@@ -6,7 +6,6 @@ use optc_kernel::{BinaryOp, Expr, Kernel};
 
 fn rules() -> Vec<Rule> {
     stdlib::names()
-        .chain(stdlib::MATRIX_RULES.iter().map(|(n, _)| *n))
         .map(|n| match stdlib::rule(n) {
             Some(Ok(r)) => r,
             Some(Err(d)) => panic!("stdlib rule {n} does not compile:\n{d}"),
@@ -56,7 +55,11 @@ fn kernels(r: &Rule) -> Vec<(Vec<bool>, Kernel)> {
     let mut out = Vec::new();
     for flags in r.flag_sets() {
         for &rank in ranks {
-            let options = CompileOptions { clip: false, rank };
+            let options = CompileOptions {
+                clip: false,
+                rank,
+                ..Default::default()
+            };
             let k = r
                 .specialize_values_with(&flags, &options)
                 .unwrap_or_else(|e| panic!("{e}"));

@@ -128,6 +128,15 @@ fn step(
     bufs: Buffers<'_, f32>,
     dims: MatrixDims,
 ) {
+    // Matrix stages read the tensor's wide view (a 2-D `dims.rows × dims.cols` here).
+    let view =
+        k.stages
+            .iter()
+            .any(|s| s.matrix.is_some())
+            .then_some(optc_kernel::matrix::WideView {
+                rows: dims.batch * dims.rows,
+                cols: dims.cols,
+            });
     let dims = k.is_factored().then_some(dims);
     step_many(
         k,
@@ -137,7 +146,7 @@ fn step(
             scalars,
             bufs,
             dims,
-            view: None,
+            view,
             tensor: 0,
         }],
     )
@@ -273,7 +282,11 @@ fn every_variant_agrees_with_the_selects() {
         for flags in r.flag_sets() {
             for &rank in ranks {
                 for clip in [false, true] {
-                    let options = CompileOptions { clip, rank };
+                    let options = CompileOptions {
+                        clip,
+                        rank,
+                        ..Default::default()
+                    };
                     if r.conditions(&flags, &options).is_ok_and(|c| !c.is_empty()) {
                         with_conditions += 1;
                     }
@@ -298,7 +311,11 @@ fn the_listing_names_conditions_and_bytes() {
         } else {
             RankClass::Any
         };
-        let options = CompileOptions { clip: false, rank };
+        let options = CompileOptions {
+            clip: false,
+            rank,
+            ..Default::default()
+        };
         let flags = defaults(&r);
         let conds = r.conditions(&flags, &options).expect("ok");
         let kernels: Vec<Kernel> = conds

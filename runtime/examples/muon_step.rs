@@ -113,8 +113,8 @@ fn main() {
         .specialize_values_with(
             &flags,
             &optc_compiler::CompileOptions {
-                clip: false,
                 rank: optc_kernel::RankClass::Matrix,
+                ..Default::default()
             },
         )
         .expect("matrix kernel");

@@ -68,8 +68,8 @@ pub(crate) struct StageTensor<'s, 'a> {
     /// The tensor seen as matrices (its last two dims), for kernels with `[rows]`/`[cols]` values.
     #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
     pub dims: Option<optc_kernel::MatrixDims>,
-    /// The tensor's matrix view (tensors of 2 or more dims), for matrix programs (run by the
-    /// host executors only: the CUDA one refuses matrix stages when it loads a kernel).
+    /// The tensor's matrix view (tensors of 2 or more dims), for matrix programs (the host
+    /// executors run them on the host, the CUDA one through cuBLAS).
     #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
     pub view: Option<optc_kernel::matrix::WideView>,
     /// The tensor's stochastic-rounding key for this step (`Storage::sr_key`; 0 without).

@@ -246,15 +246,17 @@ impl Executor for HostExecutor {
                 .as_deref()
                 .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
             for (a, view) in args.iter_mut().zip(&views) {
-                // Matrix kernels keep f32 storage (stages::check_storage).
+                // Matrix kernels keep f32 p and g (stages::check_storage) and f32 states where
+                // a matrix program reads or writes them (`Precision::apply`); a state in another
+                // dtype is no slot of the program and goes in empty.
                 let not_f32 = || internal("a 16-bit buffer in a matrix kernel");
                 let param = a.param.as_f32_ref().ok_or_else(not_f32)?;
                 let grad = a.grad.as_f32().ok_or_else(not_f32)?;
-                let mut states = a
+                let mut states: Vec<&mut [f32]> = a
                     .states
                     .iter_mut()
-                    .map(|s| s.as_f32().ok_or_else(not_f32))
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .map(|s| s.as_f32().unwrap_or_default())
+                    .collect();
                 let margs = MatrixArgs {
                     param,
                     grad,

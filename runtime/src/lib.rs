@@ -13,6 +13,8 @@
 //!   [`StepReport`]); checkpoints with [`Optimizer::save`] and [`Optimizer::load`] (layout in
 //!   [`checkpoint`]); one optimizer for every [`Target`], each with an executor that holds the
 //!   states in its own memory; [`Options::max_grad_norm`] clips any rule by the global norm;
+//!   [`Options::loss_scale`] unscales the gradients of any rule and skips a step whose gradients
+//!   hold an inf or a NaN, with [`LossScaler`] (torch's `GradScaler` policy) to move the scale;
 //!   torch-convention state in and out with [`Optimizer::save_state`] and [`Optimizer::resume`]
 //!   (layout in [`torch_state`]);
 //! - [`Update`]: one parameter and its gradient for a step, from f32 slices or bytes (or device
@@ -57,7 +59,9 @@ mod executor;
 #[cfg(feature = "compiler")]
 mod host;
 pub mod int8;
-#[cfg(feature = "compiler")]
+#[cfg(any(feature = "compiler", feature = "cuda"))]
+mod loss_scale;
+#[cfg(any(feature = "compiler", feature = "cuda"))]
 mod matrix;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 mod optimizer;
@@ -78,6 +82,7 @@ mod variants;
 
 pub use error::{NameKind, RuntimeError};
 #[cfg(any(feature = "compiler", feature = "cuda"))]
+pub use loss_scale::LossScaler;
 pub use optimizer::{GroupId, Optimizer, Options, StepReport, Update};
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 pub use rule::Rule;

@@ -23,15 +23,17 @@
 
 use crate::error::{unknown_name, NameKind, RuntimeError};
 use crate::executor::{Executor, StageTensor, StateInit, TensorData};
-use crate::rule::Rule;
+use crate::rule::{GradPrep, Rule};
 use crate::stages;
 use crate::target::Target;
 use crate::variants::Family;
 use optc_kernel::matrix::WideView;
-use optc_kernel::GRAD_NORM_REDUCTION;
+use optc_kernel::{GRAD_NORM_REDUCTION, NONFINITE_REDUCTION};
 
 /// The hyper that clipping by global norm adds (`optc_compiler`'s clip pass).
 const MAX_GRAD_NORM: &str = "max_grad_norm";
+/// The hyper that loss scaling adds (`optc_compiler`'s loss_scale pass).
+pub(crate) const LOSS_SCALE: &str = "loss_scale";
 use crate::buf::{BufMut, BufRef};
 use optc_kernel::{
     Dtype, HyperDecl, Init, Kernel, MatrixDims, Precision, RankClass, StateShape, ValidKernel,
@@ -52,6 +54,9 @@ pub struct Options {
     pub pool: Option<Arc<rayon::ThreadPool>>,
     /// Flags of the first group (group 0), overriding the rule's defaults.
     pub flags: Vec<(String, bool)>,
+    /// Integer flags (compile-time `repeat` counts such as Muon's `ns_steps`), overriding the
+    /// rule's defaults for every group ([`Rule::with_counts`]).
+    pub counts: Vec<(String, u32)>,
     /// Let the CPU JIT fuse `a * b + c` into one rounding (faster on hosts with FMA). With
     /// `false`, the CPU target gives the reference interpreter's results bit for bit.
     pub allow_fma: bool,
@@ -62,6 +67,14 @@ pub struct Options {
     /// step reports the total norm ([`StepReport::grad_norm`]). `f64::INFINITY` reports the norm
     /// without clipping (the gradient is multiplied by exactly 1).
     pub max_grad_norm: Option<f64>,
+    /// Loss scaling with inf/NaN skip, as torch's `GradScaler` with a fused optimizer's
+    /// `found_inf` (`docs/loss_scaling.md`): the gradients given to a step are the loss scale
+    /// times the true ones, and every kernel reads `g * (1 / loss_scale)` (before clipping). A
+    /// step whose gradients hold an inf or a NaN in any tensor writes nothing, keeps every step
+    /// count and reports [`StepReport::skipped`]. The check is fused into the first pass that
+    /// reads `g`. It adds the hyper `loss_scale` (set to this value; change it with
+    /// [`Optimizer::set_loss_scale`], or let a [`crate::LossScaler`] do it).
+    pub loss_scale: Option<f64>,
     /// Where and how the CUDA target runs (ignored by the other targets).
     #[cfg(feature = "cuda")]
     pub cuda: crate::cuda::CudaOptions,
@@ -78,8 +91,10 @@ impl Default for Options {
             threads: None,
             pool: None,
             flags: Vec::new(),
+            counts: Vec::new(),
             allow_fma: true,
             max_grad_norm: None,
+            loss_scale: None,
             #[cfg(feature = "cuda")]
             cuda: crate::cuda::CudaOptions::default(),
             precision: Precision::default(),
@@ -188,6 +203,9 @@ pub struct StepReport {
     /// `torch.nn.utils.clip_grad_norm_` returns), when the step computed it: with
     /// `max_grad_norm` set, before clipping.
     pub grad_norm: Option<f64>,
+    /// Whether the step was skipped because a gradient held an inf or a NaN (loss scaling
+    /// only): nothing was written and no step count advanced.
+    pub skipped: bool,
 }
 
 pub(crate) struct Group {
@@ -238,6 +256,8 @@ pub struct Optimizer {
     max_grad_norm: Option<f64>,
     /// `Options::precision`, applied to every kernel.
     precision: Precision,
+    /// `Options::loss_scale`: whether kernels unscale and check, and the hyper's initial value.
+    loss_scale: Option<f64>,
     pub(crate) groups: Vec<Group>,
     pub(crate) params: Vec<Param>,
     by_name: HashMap<String, usize>,
@@ -262,6 +282,15 @@ impl Optimizer {
             .precision
             .check()
             .map_err(RuntimeError::Unsupported)?;
+        if let Some(v) = options.loss_scale {
+            check_loss_scale(v)?;
+        }
+        let counts: Vec<(&str, u32)> = options
+            .counts
+            .iter()
+            .map(|(n, v)| (n.as_str(), *v))
+            .collect();
+        let rule = rule.with_counts(&counts)?;
         let exec = crate::target::executor(&options)?;
         let hypers = rule.hypers().to_vec();
         let defaults = hypers.iter().map(|h| h.default).collect();
@@ -273,6 +302,7 @@ impl Optimizer {
             defaults,
             max_grad_norm: options.max_grad_norm,
             precision: options.precision,
+            loss_scale: options.loss_scale,
             groups: Vec::new(),
             params: Vec::new(),
             by_name: HashMap::new(),
@@ -333,11 +363,11 @@ impl Optimizer {
         {
             return Ok(i);
         }
-        let clip = self.max_grad_norm.is_some();
+        let prep = self.prep();
         let base = self
             .precision
-            .apply(&self.rule.specialize(flags, rank, clip)?)?;
-        let conditions = self.rule.conditions(flags, rank, clip)?;
+            .apply(&self.rule.specialize(flags, rank, prep)?)?;
+        let conditions = self.rule.conditions(flags, rank, prep)?;
         let names = |h: &[HyperDecl]| h.iter().map(|h| h.name.clone()).collect::<Vec<_>>();
         if self.families.is_empty() {
             // The first kernel defines the hypers: the rule's and those options add.
@@ -345,6 +375,10 @@ impl Optimizer {
             self.defaults = base.default_hypers();
             if let Some(v) = self.max_grad_norm {
                 let i = self.hyper_index(MAX_GRAD_NORM)?;
+                self.defaults[i] = v;
+            }
+            if let Some(v) = self.loss_scale {
+                let i = self.hyper_index(LOSS_SCALE)?;
                 self.defaults[i] = v;
             }
         } else if names(&base.hypers) != names(&self.hypers) {
@@ -372,15 +406,15 @@ impl Optimizer {
         if let Some(i) = fam.loaded.get(variant.index()).copied().flatten() {
             return Ok(i);
         }
-        let clip = self.max_grad_norm.is_some();
-        let (kernel, ptx) = self
-            .rule
-            .specialize_variant(&fam.flags, fam.rank, clip, variant)?;
+        let (kernel, ptx) =
+            self.rule
+                .specialize_variant(&fam.flags, fam.rank, self.prep(), variant)?;
         let kernel = self.precision.apply(&kernel)?;
         let slots = fam.slots(&kernel)?;
         let kernel = ValidKernel::new(kernel)?;
         stages::check_supported(&kernel, self.exec.target())?;
         stages::check_storage(&kernel, self.exec.target())?;
+        stages::check_skip_order(&kernel)?;
         let loaded = (0..self.exec.kernel_count()).map(|i| self.exec.kernel(i).kernel());
         stages::check_step_stages(&kernel, loaded)?;
         let index = self.exec.load(kernel, ptx.as_ref(), slots)?;
@@ -388,6 +422,35 @@ impl Optimizer {
             *slot = Some(index);
         }
         Ok(index)
+    }
+
+    /// What the options add to every kernel.
+    fn prep(&self) -> GradPrep {
+        GradPrep {
+            clip: self.max_grad_norm.is_some(),
+            loss_scale: self.loss_scale.is_some(),
+        }
+    }
+
+    /// Sets the loss scale of every group (the hyper `loss_scale`): the factor the gradients of
+    /// the next steps were multiplied by. Fails unless the optimizer was built with
+    /// [`Options::loss_scale`], and for a scale that is not positive and finite.
+    pub fn set_loss_scale(&mut self, scale: f64) -> Result<(), RuntimeError> {
+        if self.loss_scale.is_none() {
+            return Err(RuntimeError::Unsupported(
+                "this optimizer was built without loss scaling; set Options::loss_scale (`--loss-scale`) to scale"
+                    .into(),
+            ));
+        }
+        check_loss_scale(scale)?;
+        self.set_hyper(LOSS_SCALE, scale)
+    }
+
+    /// The loss scale of group 0 (`None` without loss scaling).
+    pub fn loss_scale(&self) -> Option<f64> {
+        self.loss_scale?;
+        let i = self.hyper_index(LOSS_SCALE).ok()?;
+        self.groups.first().map(|g| g.hypers[i])
     }
 
     /// The stream a CUDA optimizer queues all its work on (`None` on other targets). Steps are
@@ -878,18 +941,16 @@ impl Optimizer {
         let report = match self.run_schedule(updates, &mut plans) {
             Ok(report) => report,
             Err(e) => {
-                for plan in plans.iter().filter(|p| !p.init.is_empty()) {
-                    let made: Vec<usize> = plan.init.iter().map(|(at, _)| *at).collect();
-                    let which = if plan.first {
-                        None
-                    } else {
-                        Some(made.as_slice())
-                    };
-                    self.exec.drop_states(plan.index, which);
-                }
+                self.drop_new_states(&plans);
                 return Err(e);
             }
         };
+        if report.skipped {
+            // Nothing was stored (the check comes before every store): the states this step
+            // created go too, so the parameters are as if the step had not been called.
+            self.drop_new_states(&plans);
+            return Ok(report);
+        }
         for plan in plans {
             self.params[plan.index].progress = Some(Progress {
                 step: plan.t,
@@ -897,6 +958,19 @@ impl Optimizer {
             });
         }
         Ok(report)
+    }
+
+    /// Drops the states the step of `plans` allocated (all of a first-step parameter's).
+    fn drop_new_states(&mut self, plans: &[Plan]) {
+        for plan in plans.iter().filter(|p| !p.init.is_empty()) {
+            let made: Vec<usize> = plan.init.iter().map(|(at, _)| *at).collect();
+            let which = if plan.first {
+                None
+            } else {
+                Some(made.as_slice())
+            };
+            self.exec.drop_states(plan.index, which);
+        }
     }
 
     /// The stage schedule of one step (`docs/stages.md`): create missing states; then for each
@@ -1024,7 +1098,15 @@ impl Optimizer {
                     if name == GRAD_NORM_REDUCTION {
                         report.grad_norm = Some(value.sqrt());
                     }
+                    // `±0` when every gradient element is finite, NaN otherwise.
+                    if name == NONFINITE_REDUCTION && value != 0.0 {
+                        report.skipped = true;
+                    }
                 }
+            }
+            if report.skipped {
+                // Every kernel makes the check before its first store (`stages::check_skip_order`).
+                return Ok(report);
             }
         }
         for plan in plans.iter_mut() {
@@ -1125,5 +1207,16 @@ fn rank_name(rank: RankClass) -> &'static str {
         RankClass::Any => "any",
         RankClass::Matrix => "matrix",
         RankClass::Vector => "vector",
+    }
+}
+
+/// Errors unless `scale` is a usable loss scale: positive and finite.
+fn check_loss_scale(scale: f64) -> Result<(), RuntimeError> {
+    if scale.is_finite() && scale > 0.0 {
+        Ok(())
+    } else {
+        Err(RuntimeError::Unsupported(format!(
+            "a loss scale must be positive and finite; got {scale}"
+        )))
     }
 }

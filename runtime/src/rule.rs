@@ -11,6 +11,17 @@ use crate::error::{unknown_name, NameKind, RuntimeError};
 use optc_kernel::artifact::PtxModule;
 use optc_kernel::{Artifact, Conditions, FlagValue, HyperDecl, Kernel, RankClass, VariantId};
 
+/// What an optimizer adds to every kernel of a rule, around the rule's own math: clipping by
+/// global norm (the hyper `max_grad_norm`) and loss scaling (the hyper `loss_scale` and the
+/// inf/NaN check).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GradPrep {
+    /// Clip by the global gradient norm.
+    pub clip: bool,
+    /// Unscale the gradients and check them for infs and NaNs.
+    pub loss_scale: bool,
+}
+
 /// An optimizer rule, ready to be specialized into kernels. See the module docs.
 pub struct Rule {
     name: String,
@@ -162,6 +173,34 @@ impl Rule {
         &self.flags
     }
 
+    /// The same rule with integer flags (`flag ns_steps = 5`: compile-time `repeat` counts) set
+    /// to other values, `(name, count)`: like a boolean flag, a count picks a specialization. A
+    /// name the rule does not declare as an integer flag, or a count above 99, is an error naming
+    /// it; so is any count for a rule from a prebuilt kernel or artifact, whose counts were fixed
+    /// when it was compiled.
+    pub fn with_counts(self, counts: &[(&str, u32)]) -> Result<Rule, RuntimeError> {
+        if counts.is_empty() {
+            return Ok(self);
+        }
+        match &self.source {
+            #[cfg(feature = "compiler")]
+            Source::Compiler(rule) => rule
+                .with_counts(counts)
+                .map(Rule::from_compiled)
+                .map_err(|e| match e {
+                    optc_compiler::CompileError::Diagnostics(d) => {
+                        RuntimeError::Compile(d.render(false))
+                    }
+                    other => RuntimeError::Unsupported(other.to_string()),
+                }),
+            Source::Kernel(_) => Err(RuntimeError::Unsupported(format!(
+                "rule `{}` is a prebuilt kernel: its integer flags (`{}`) were fixed when it was compiled; compile it again with other values (`optc compile --set NAME=N`)",
+                self.name,
+                counts[0].0
+            ))),
+        }
+    }
+
     /// The name torch gives state `state` (`exp_avg` for adamw's `m`): its `as` name, or its own.
     /// `None` for a state the rule does not declare, and for every state of a rule made from a
     /// prebuilt kernel (kernels do not record torch names).
@@ -209,13 +248,12 @@ impl Rule {
     }
 
     /// The kernel specialized for `flags` (a full vector from [`Rule::resolve_flags`]) and the
-    /// rank class `rank` (one of [`Rule::rank_classes`]), with clipping by global norm (the hyper
-    /// `max_grad_norm`) when `clip`.
+    /// rank class `rank` (one of [`Rule::rank_classes`]), with what `prep` adds.
     pub(crate) fn specialize(
         &self,
         flags: &[bool],
         rank: RankClass,
-        clip: bool,
+        prep: GradPrep,
     ) -> Result<Kernel, RuntimeError> {
         match &self.source {
             Source::Kernel(a) => {
@@ -226,9 +264,15 @@ impl Rule {
                         self.name, kernel.rank
                     )));
                 }
-                if clip && kernel.grad_norm_reduction().is_none() {
+                if prep.clip && kernel.grad_norm_reduction().is_none() {
                     return Err(RuntimeError::Unsupported(format!(
                         "the prebuilt kernel of rule `{}` was compiled without clipping; compile it with `optc compile --set max_grad_norm=V` to clip",
+                        self.name
+                    )));
+                }
+                if prep.loss_scale && kernel.nonfinite_reduction().is_none() {
+                    return Err(RuntimeError::Unsupported(format!(
+                        "the prebuilt kernel of rule `{}` was compiled without loss scaling; compile it with `optc compile --loss-scale` to scale",
                         self.name
                     )));
                 }
@@ -245,7 +289,11 @@ impl Rule {
             }
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) => {
-                let options = optc_compiler::CompileOptions { clip, rank };
+                let options = optc_compiler::CompileOptions {
+                    clip: prep.clip,
+                    loss_scale: prep.loss_scale,
+                    rank,
+                };
                 rule.specialize_values_with(flags, &options)
                     .map_err(|e| RuntimeError::Compile(e.to_string()))
             }
@@ -258,17 +306,22 @@ impl Rule {
         &self,
         flags: &[bool],
         rank: RankClass,
-        clip: bool,
+        prep: GradPrep,
     ) -> Result<Conditions, RuntimeError> {
         match &self.source {
             Source::Kernel(a) => {
-                // The artifact is for one flag set, rank class and clipping: `specialize` checks.
-                let _ = (flags, rank, clip);
+                // The artifact is for one flag set, rank class, clipping and loss scaling:
+                // `specialize` checks.
+                let _ = (flags, rank, prep);
                 Ok(a.conditions.clone())
             }
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) => {
-                let options = optc_compiler::CompileOptions { clip, rank };
+                let options = optc_compiler::CompileOptions {
+                    clip: prep.clip,
+                    loss_scale: prep.loss_scale,
+                    rank,
+                };
                 rule.conditions(flags, &options)
                     .map_err(|e| RuntimeError::Compile(e.to_string()))
             }
@@ -281,12 +334,12 @@ impl Rule {
         &self,
         flags: &[bool],
         rank: RankClass,
-        clip: bool,
+        prep: GradPrep,
         variant: VariantId,
     ) -> Result<(Kernel, Option<PtxModule>), RuntimeError> {
         match &self.source {
             Source::Kernel(a) => {
-                let _ = (flags, rank, clip);
+                let _ = (flags, rank, prep);
                 a.variant(variant)
                     .map(|(k, ptx)| (k.clone(), ptx.cloned()))
                     .ok_or_else(|| {
@@ -298,7 +351,11 @@ impl Rule {
             }
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) => {
-                let options = optc_compiler::CompileOptions { clip, rank };
+                let options = optc_compiler::CompileOptions {
+                    clip: prep.clip,
+                    loss_scale: prep.loss_scale,
+                    rank,
+                };
                 rule.specialize_variant(flags, &options, variant)
                     .map(|k| (k, None))
                     .map_err(|e| RuntimeError::Compile(e.to_string()))

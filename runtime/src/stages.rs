@@ -10,7 +10,7 @@
 use crate::error::RuntimeError;
 use crate::target::Target;
 use optc_kernel::reduce::{combine, combine_totals, finalize_cols, finalize_rows, ReduceOp, Scope};
-use optc_kernel::{Kernel, MatrixDims, StateShape};
+use optc_kernel::{Dtype, Kernel, MatrixDims, StateShape};
 
 /// Whether `target` runs Row- and Col-scope reductions and `[rows]`/`[cols]` values
 /// (`docs/stages.md`, "Row and column values"): the interpreter, the CPU JIT (through the row
@@ -53,7 +53,8 @@ pub(crate) fn check_supported(kernel: &Kernel, target: Target) -> Result<(), Run
 
 /// Errors unless `target` runs `kernel`'s storage dtypes: 16-bit buffers run on the interpreter
 /// and the CPU (CUDA keeps f32 buffers so far), and a kernel with matrix stages keeps `p` and `g`
-/// in f32 (the matrix programs read f32).
+/// in f32 (the matrix programs read f32; its states not read by a matrix program take the state
+/// dtype).
 pub(crate) fn check_storage(kernel: &Kernel, target: Target) -> Result<(), RuntimeError> {
     if kernel.storage.is_f32() {
         return Ok(());
@@ -68,13 +69,28 @@ pub(crate) fn check_storage(kernel: &Kernel, target: Target) -> Result<(), Runti
             kernel.rule
         )));
     }
-    if kernel.stages.iter().any(|s| s.matrix.is_some()) {
+    // The matrix programs read f32 `p` and `g`; the states they read or write are f32 too
+    // (`Precision::apply` keeps them so), while the others take the state dtype.
+    let f32_pg = kernel.storage.param == Dtype::F32 && kernel.storage.grad == Dtype::F32;
+    if kernel.stages.iter().any(|s| s.matrix.is_some()) && !f32_pg {
         return Err(RuntimeError::Unsupported(format!(
-            "rule `{}` has matrix stages, which keep every buffer in f32 so far: build it without precision options",
+            "rule `{}` has matrix stages, which keep p and g in f32 so far: build it without a 16-bit parameter (state dtypes apply)",
             kernel.rule
         )));
     }
     Ok(())
+}
+
+/// Errors, when a kernel with the loss-scale check is loaded, unless it writes nothing up to
+/// the stage that makes the check (a skipped step stops there; the compiler builds kernels so).
+pub(crate) fn check_skip_order(kernel: &Kernel) -> Result<(), RuntimeError> {
+    match kernel.writes_before_check() {
+        None => Ok(()),
+        Some(k) => Err(RuntimeError::Unsupported(format!(
+            "kernel of rule `{}` writes buffers in stage {k}, before its inf/NaN check is known; a skipped step would not be all or nothing (recompile it with this optc)",
+            kernel.rule
+        ))),
+    }
 }
 
 /// Errors, when `kernel` is loaded next to `loaded` (the optimizer's other kernels: other flag

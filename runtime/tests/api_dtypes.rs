@@ -32,17 +32,21 @@ fn precision(param: Dtype, state: Dtype, master: bool, sr: Option<u64>) -> Preci
 }
 
 fn optimizer(rule: &str, target: Target, prec: Precision) -> Optimizer {
+    try_optimizer(rule, target, prec).unwrap_or_else(|e| panic!("{rule} {prec:?}: {e}"))
+}
+
+fn try_optimizer(rule: &str, target: Target, prec: Precision) -> Result<Optimizer, String> {
     let options = Options {
         target,
         precision: prec,
         allow_fma: false,
         ..Options::default()
     };
-    let mut opt =
-        Optimizer::with_options(Rule::stdlib(rule).expect("stdlib rule"), options).expect(rule);
-    opt.add_param("w", &[8, 131]).expect("add");
-    opt.add_param("b", &[37]).expect("add");
-    opt
+    let mut opt = Optimizer::with_options(Rule::stdlib(rule).expect("stdlib rule"), options)
+        .map_err(|e| e.to_string())?;
+    opt.add_param("w", &[8, 131]).map_err(|e| e.to_string())?;
+    opt.add_param("b", &[37]).map_err(|e| e.to_string())?;
+    Ok(opt)
 }
 
 /// One parameter's data in the optimizer's dtype.
@@ -127,11 +131,34 @@ fn settings() -> Vec<Precision> {
 fn every_stdlib_rule_on_the_cpu_equals_the_interpreter_under_every_setting() {
     for rule in optc_compiler::stdlib::names() {
         for prec in settings() {
+            if rule == "muon" && prec.param != Dtype::F32 {
+                // Its matrix stages keep p and g in f32: a clear refusal (its states follow the
+                // state dtype: the f32-parameter setting runs).
+                let e = try_optimizer(rule, Target::Cpu, prec)
+                    .err()
+                    .expect("refused");
+                assert!(e.contains("matrix stages"), "{e}");
+                continue;
+            }
             let mut cpu = optimizer(rule, Target::Cpu, prec);
             let mut interp = optimizer(rule, Target::Interp, prec);
             let a = train(&mut cpu, prec.param, 3);
             let b = train(&mut interp, prec.param, 3);
-            assert_eq!(a, b, "{rule} {prec:?}: parameters");
+            if rule == "muon" {
+                // The CPU's Newton-Schulz products are not the interpreter's bit for bit: the
+                // matrix `w` agrees to 1e-5 (its update is ~3e-3), the vector `b` exactly; the
+                // states (momentum before the matrix program) exactly.
+                let (wa, wb) = (a[0].to_f32(), b[0].to_f32());
+                let dmax = wa
+                    .iter()
+                    .zip(&wb)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                assert!(dmax <= 1e-5, "{rule} {prec:?}: parameter w off by {dmax}");
+                assert_eq!(a[1], b[1], "{rule} {prec:?}: parameter b");
+            } else {
+                assert_eq!(a, b, "{rule} {prec:?}: parameters");
+            }
             for name in ["w", "b"] {
                 let (sa, sb) = (
                     cpu.states(name).expect("s"),
@@ -139,6 +166,21 @@ fn every_stdlib_rule_on_the_cpu_equals_the_interpreter_under_every_setting() {
                 );
                 assert_eq!(sa.len(), sb.len());
                 for ((n, x), (_, y)) in sa.iter().zip(&sb) {
+                    if n.starts_with("matrix_out") {
+                        // What a matrix program wrote (Newton-Schulz's result): to 1e-4 of its
+                        // largest value, as the products differ in rounding.
+                        let top = y.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                        let d = x
+                            .iter()
+                            .zip(y)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0.0, f32::max);
+                        assert!(
+                            d <= 1e-4 * top,
+                            "{rule} {prec:?}: state {name}.{n} off by {d}"
+                        );
+                        continue;
+                    }
                     assert_eq!(bits(x), bits(y), "{rule} {prec:?}: state {name}.{n}");
                 }
             }

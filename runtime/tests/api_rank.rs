@@ -275,8 +275,8 @@ fn classes_with_different_states_step_report_and_checkpoint() {
 fn a_prebuilt_kernel_of_one_class_refuses_tensors_of_the_other() {
     let parsed = optc_compiler::Rule::parse("ranked.opt", RANKED).expect("parse");
     let options = optc_compiler::CompileOptions {
-        clip: false,
         rank: RankClass::Matrix,
+        ..Default::default()
     };
     let kernel = parsed.specialize_with(&[], &options).expect("kernel");
     let rule = Rule::from_kernel(kernel).expect("rule");

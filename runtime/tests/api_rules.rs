@@ -103,3 +103,66 @@ fn rule_loading_errors() {
     assert_eq!(rule.name(), "sgd");
     assert!(rule.hypers().iter().any(|h| h.name == "momentum"));
 }
+
+/// `Options::counts` (and `Rule::with_counts`) set an integer flag: Muon with `ns_steps = 2`
+/// steps exactly as the rule written with `flag ns_steps = 2`, and not as the default 5.
+#[test]
+fn integer_flags_are_set_at_run_time() {
+    let source = optc_compiler::stdlib::source("muon").expect("muon");
+    let run = |rule: Rule, counts: Vec<(String, u32)>| {
+        let options = Options {
+            target: Target::Interp,
+            counts,
+            ..Options::default()
+        };
+        let mut opt = Optimizer::with_options(rule, options).expect("opt");
+        opt.add_param("w", &[6, 4]).expect("w");
+        let mut w = data(24, 3);
+        for s in 0..2 {
+            opt.step([Update::new("w", &mut w, &data(24, 10 + s))])
+                .expect("step");
+        }
+        bits(&w)
+    };
+    let set = run(
+        Rule::stdlib("muon").expect("muon"),
+        vec![("ns_steps".into(), 2)],
+    );
+    let written = Rule::from_source(
+        "muon2.opt",
+        &source.replace("flag ns_steps = 5", "flag ns_steps = 2"),
+    )
+    .expect("parses");
+    assert_eq!(set, run(written, Vec::new()));
+    assert_ne!(set, run(Rule::stdlib("muon").expect("muon"), Vec::new()));
+
+    let err = |counts: Vec<(String, u32)>| {
+        let options = Options {
+            counts,
+            ..Options::default()
+        };
+        match Optimizer::with_options(Rule::stdlib("muon").expect("muon"), options) {
+            Ok(_) => panic!("an error"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = err(vec![("ns_step".into(), 2)]);
+    assert!(e.contains("did you mean `ns_steps`?"), "{e}");
+    let e = err(vec![("ns_steps".into(), 1000)]);
+    assert!(e.contains("from 0 to 99"), "{e}");
+    // A prebuilt kernel's counts are fixed.
+    let kernel = optc_compiler::stdlib::rule("adamw")
+        .expect("adamw")
+        .expect("compiles")
+        .specialize(&[])
+        .expect("kernel");
+    let e = Rule::from_kernel(kernel)
+        .expect("rule")
+        .with_counts(&[("ns_steps", 2)])
+        .expect_err("an error")
+        .to_string();
+    assert!(
+        e.contains("prebuilt kernel") && e.contains("ns_steps"),
+        "{e}"
+    );
+}

@@ -86,7 +86,11 @@ fn switching_matches_the_selects(target: Target, rule: &str, toggles: &[(&str, f
     } else {
         optc_compiler::RankClass::Any
     };
-    let options = optc_compiler::CompileOptions { clip: false, rank };
+    let options = optc_compiler::CompileOptions {
+        clip: false,
+        rank,
+        ..Default::default()
+    };
     let description = parsed
         .specialize_values_with(&flags, &options)
         .expect("description");
@@ -178,7 +182,11 @@ fn every_stdlib_rule_with_conditions_matches_the_selects_on_the_cpu() {
         } else {
             optc_compiler::RankClass::Any
         };
-        let options = optc_compiler::CompileOptions { clip: false, rank };
+        let options = optc_compiler::CompileOptions {
+            clip: false,
+            rank,
+            ..Default::default()
+        };
         let conds = parsed.conditions(&flags, &options).expect("conditions");
         let mut hypers: Vec<usize> = conds
             .program

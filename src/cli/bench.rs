@@ -12,7 +12,7 @@
 //! ([`super::compile_time`]); `--json` prints one JSON object as the last line.
 
 use super::compile_time::{self, CompileTime};
-use super::source::{load_rule_source, split_sets, take_max_grad_norm};
+use super::source::{apply_counts, load_rule_source, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use optc_runtime::buf::BufVec;
@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// Storage dtypes.
     #[command(flatten)]
     pub precision: super::precision::PrecisionArgs,
+    /// Loss scaling.
+    #[command(flatten)]
+    pub loss_scale: super::loss_scale::LossScaleArgs,
 }
 
 /// Benchmark targets.
@@ -214,8 +217,9 @@ pub(crate) struct Traffic {
 /// Runs `optc bench`.
 pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (compiled, source) = load_rule_source(&args.rule)?;
+    let (compiled, sets) = apply_counts(compiled, &args.set)?;
     let file_name = compiled.file_name().to_string();
-    let (flags, mut hypers) = split_sets(&compiled, &args.set)?;
+    let (flags, mut hypers) = split_sets(&compiled, &sets)?;
     let max_grad_norm = take_max_grad_norm(&compiled, &mut hypers);
     let shapes = match args.shapes {
         Some(ShapePreset::Gpt2Small) => optc_runtime::shapes::gpt2_small(),
@@ -231,9 +235,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         flags,
         max_grad_norm,
         precision: args.precision.precision()?,
+        loss_scale: args.loss_scale.initial(),
         ..Options::default()
     };
     let clip = options.max_grad_norm.is_some();
+    let loss_scale = options.loss_scale.is_some();
     let rule = Rule::from_compiled(compiled);
     let report = match args.target {
         BenchTarget::Cpu => {
@@ -244,6 +250,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 &source,
                 &flags,
                 clip,
+                loss_scale,
                 report.rank,
             )?);
             report
@@ -303,6 +310,7 @@ pub fn bench(
         ..options
     };
     let mut opt = Optimizer::with_options(rule, options)?;
+    let mut scaler = args.loss_scale.scaler();
     for (name, value) in hypers {
         opt.set_hyper(name, *value)?;
     }
@@ -364,7 +372,10 @@ pub fn bench(
             .zip(params.iter_mut())
             .zip(&grads)
             .map(|(((name, _), p), g)| Update::typed(name, p.view(), g.into()));
-        opt.step(updates)?;
+        match &mut scaler {
+            Some(scaler) => scaler.step(&mut opt, updates)?,
+            None => opt.step(updates)?,
+        };
         let step = start.elapsed();
         let start = Instant::now();
         for probe in &mut probes_of {

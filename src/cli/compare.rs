@@ -66,6 +66,10 @@ pub struct CompareArgs {
     /// are kept in `--param-dtype` between steps, and the table's `state B/param` follows.
     #[command(flatten)]
     pub precision: super::precision::PrecisionArgs,
+    /// Loss scaling for every compiled rule (the references run unscaled): each step's gradients
+    /// are scaled, unscaled by the optimizer, and a step with an inf or a NaN is skipped.
+    #[command(flatten)]
+    pub loss_scale: super::loss_scale::LossScaleArgs,
 }
 
 /// Runs `optc compare`.
@@ -99,6 +103,11 @@ pub fn execute(args: &CompareArgs) -> Result<Comparison, CompareError> {
     }
     for arg in &args.rule_state_dtype {
         apply_state_dtype(&mut contenders, arg)?;
+    }
+    if let Some(scale) = args.loss_scale.loss_scale {
+        for c in contenders.iter_mut().filter(|c| c.scales_loss()) {
+            c.set_loss_scale(scale)?;
+        }
     }
     let contenders = crate::compare::schedule::attach(contenders, &args.schedule)?;
 
@@ -221,6 +230,7 @@ pub fn apply_set(contenders: &mut [Box<dyn Contender>], arg: &str) -> Result<(),
             let declares = |c: &dyn Contender| {
                 c.hypers().iter().any(|(n, _)| n == name)
                     || c.flags().iter().any(|(n, _)| n == name)
+                    || c.counts().iter().any(|(n, _)| n == name)
                     || (name == crate::compare::stepper::MAX_GRAD_NORM && c.clips())
             };
             let mut applied = false;

@@ -1,7 +1,7 @@
 //! `optc compile RULE [--target cpu|cuda] [--emit ir|clif|ptx|artifact] [--set flag=v]...
 //! [--clip] [--rank matrix|vector] [-o OUT]`
 
-use super::source::{load_rule, split_sets, take_max_grad_norm};
+use super::source::{apply_counts, load_rule, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
 use std::process::ExitCode;
 
@@ -50,6 +50,10 @@ pub struct CompileArgs {
     /// Clip the gradients by their global norm (adds the hyper `max_grad_norm`, default 1).
     #[arg(long)]
     pub clip: bool,
+    /// Compile in loss scaling: every gradient is divided by the hyper `loss_scale` (default 1)
+    /// and a step whose gradients hold an inf or a NaN is skipped (docs/loss_scaling.md).
+    #[arg(long)]
+    pub loss_scale: bool,
     /// The rank class, for rules that read `matrix` (such as `lars`).
     #[arg(long, value_enum)]
     pub rank: Option<Rank>,
@@ -73,8 +77,8 @@ pub struct CompileArgs {
 
 /// Compiles and prints or writes the requested form.
 pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let rule = load_rule(&args.rule)?;
-    let (flags, mut hypers) = split_sets(&rule, &args.sets)?;
+    let (rule, sets) = apply_counts(load_rule(&args.rule)?, &args.sets)?;
+    let (flags, mut hypers) = split_sets(&rule, &sets)?;
     let max_grad_norm = take_max_grad_norm(&rule, &mut hypers);
     if let Some((name, _)) = hypers.first() {
         return Err(format!(
@@ -97,6 +101,7 @@ pub fn run(args: CompileArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     };
     let options = optc_compiler::CompileOptions {
         clip: args.clip || max_grad_norm.is_some(),
+        loss_scale: args.loss_scale,
         rank,
     };
     let mut kernel = rule.specialize_with(&overrides, &options)?;

@@ -42,16 +42,21 @@ pub struct CompileTime {
     pub reps: usize,
 }
 
-/// Measures the compile time of the kernel for `flags`, `clip` and `rank` from `source`, which
-/// already parsed as `file_name`.
+/// Measures the compile time of the kernel for `flags`, `clip`, `loss_scale` and `rank` from
+/// `source`, which already parsed as `file_name`.
 pub fn measure(
     file_name: &str,
     source: &str,
     flags: &[bool],
     clip: bool,
+    loss_scale: bool,
     rank: RankClass,
 ) -> Result<CompileTime, Box<dyn std::error::Error>> {
-    let options = CompileOptions { clip, rank };
+    let options = CompileOptions {
+        clip,
+        loss_scale,
+        rank,
+    };
     let start = Instant::now();
     let mut t: [Vec<Duration>; 7] = Default::default();
     let mut reps = 0;
@@ -80,7 +85,11 @@ pub fn measure(
         };
         for set in rule.flag_sets() {
             for &rank in ranks {
-                let every = CompileOptions { clip: false, rank };
+                let every = CompileOptions {
+                    clip: false,
+                    rank,
+                    ..Default::default()
+                };
                 rule.specialize_values_with(&set, &every)?;
             }
         }
@@ -134,8 +143,15 @@ mod tests {
     #[test]
     fn every_phase_of_adamw_is_timed() {
         let source = optc_compiler::stdlib::source("adamw").expect("adamw is in the stdlib");
-        let c = measure("adamw.opt", source, &[false, false], false, RankClass::Any)
-            .expect("adamw compiles");
+        let c = measure(
+            "adamw.opt",
+            source,
+            &[false, false],
+            false,
+            false,
+            RankClass::Any,
+        )
+        .expect("adamw compiles");
         assert!(c.reps >= MIN_REPS);
         for (name, s) in [
             ("total", c.total_s),
@@ -156,7 +172,7 @@ mod tests {
         let rule = Rule::parse("lars.opt", source).expect("lars parses");
         let flags = rule.flag_values(&[]).expect("default flags");
         // lars reads `matrix`: there is no kernel for `Any` tensors, so nothing is timed.
-        assert!(measure("lars.opt", source, &flags, false, RankClass::Any).is_err());
-        assert!(measure("lars.opt", source, &flags, false, RankClass::Matrix).is_ok());
+        assert!(measure("lars.opt", source, &flags, false, false, RankClass::Any).is_err());
+        assert!(measure("lars.opt", source, &flags, false, false, RankClass::Matrix).is_ok());
     }
 }

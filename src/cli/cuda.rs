@@ -43,6 +43,7 @@ pub(crate) fn bench(
         ..options
     };
     let mut opt = Optimizer::with_options(rule, options)?;
+    let mut scaler = args.loss_scale.scaler();
     for (name, value) in hypers {
         opt.set_hyper(name, *value)?;
     }
@@ -73,7 +74,10 @@ pub(crate) fn bench(
             .zip(params.iter_mut())
             .zip(grads.iter())
             .map(|(((name, _), p), g)| Update::cuda(name, p, g, &stream));
-        opt.step(updates)?;
+        match &mut scaler {
+            Some(scaler) => scaler.step(&mut opt, updates)?,
+            None => opt.step(updates)?,
+        };
         stream.synchronize()?;
         if i >= args.warmup {
             steps.push(start.elapsed());

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 #[derive(Args, Debug)]
 pub struct ListArgs {}
 
-/// Prints each stdlib rule with its reference, hypers and defaults, flags and states.
+/// Prints each stdlib rule with its reference, hypers and defaults, flags, integer flags and
+/// states.
 pub fn run(_args: ListArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     use std::fmt::Write as _;
     let mut out = String::new();
@@ -36,6 +37,14 @@ pub fn run(_args: ListArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 .map(|f| format!("{}={}", f.name, f.default))
                 .collect();
             writeln!(out, "  flags:  {}", flags.join(", "))?;
+        }
+        if !rule.counts().is_empty() {
+            let counts: Vec<String> = rule
+                .counts()
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect();
+            writeln!(out, "  counts: {} (integer flags)", counts.join(", "))?;
         }
         let states: Vec<String> = rule
             .program()

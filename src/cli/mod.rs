@@ -7,6 +7,7 @@ pub mod compile;
 pub mod compile_time;
 mod cuda;
 pub mod list;
+pub mod loss_scale;
 pub mod precision;
 pub mod run;
 pub mod source;

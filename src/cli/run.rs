@@ -8,12 +8,14 @@
 //! `NAME.STATE` (f32, the parameter's shape) and each scalar state as `NAME.SCALAR` (f64, shape
 //! `[]`), and with `--set max_grad_norm=V` (clipping by the global norm over every tensor of the
 //! file, each step one call) the total gradient norm of each step as `__optc__/grad_norm` (f64,
-//! `[steps]`). Every input is checked before the first step; any problem is an error (exit code
+//! `[steps]`); with `--loss-scale S|dynamic` (docs/loss_scaling.md) the scale each step used as
+//! `__optc__/loss_scale` (f64, `[steps]`) and whether it was skipped for an inf or a NaN as
+//! `__optc__/skipped` (u8, `[steps]`). Every input is checked before the first step; any problem is an error (exit code
 //! 1). `--resume` starts from a saved optimizer state
 //! (optc's or torch's layout, told apart by content) and `--save-state` writes the final one. The
 //! outputs are written atomically.
 
-use super::source::{load_rule, split_sets, take_max_grad_norm};
+use super::source::{apply_counts, load_rule, split_sets, take_max_grad_norm};
 use clap::{Args, ValueEnum};
 use optc_runtime::buf::BufVec;
 use optc_runtime::{Optimizer, Options, Rule, StateFormat, Target, Update};
@@ -76,6 +78,10 @@ pub struct RunArgs {
     /// parameters in it and each state in its own dtype.
     #[command(flatten)]
     pub precision: super::precision::PrecisionArgs,
+    /// Loss scaling: with `S`, the file's gradients are S times the true ones; with `dynamic`,
+    /// they are the true ones and each step multiplies them by the scaler's current scale.
+    #[command(flatten)]
+    pub loss_scale: super::loss_scale::LossScaleArgs,
 }
 
 /// The layouts `--save-state` can write.
@@ -127,8 +133,8 @@ impl Tensor<'_> {
 
 /// Runs `optc run`.
 pub fn run(args: RunArgs) -> CliResult<ExitCode> {
-    let compiled = load_rule(&args.rule)?;
-    let (flags, mut hypers) = split_sets(&compiled, &args.set)?;
+    let (compiled, sets) = apply_counts(load_rule(&args.rule)?, &args.set)?;
+    let (flags, mut hypers) = split_sets(&compiled, &sets)?;
     let max_grad_norm = take_max_grad_norm(&compiled, &mut hypers);
     let schedules = parse_schedules(&compiled, &args.schedule)?;
     let rule = Rule::from_compiled(compiled);
@@ -158,9 +164,12 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
         allow_fma: !args.no_fma,
         max_grad_norm,
         precision,
+        loss_scale: args.loss_scale.initial(),
         ..Options::default()
     };
     let mut opt = Optimizer::with_options(rule, options)?;
+    let mut scaler = args.loss_scale.scaler();
+    let mut scaling = Scaling::default();
     for (name, value) in &hypers {
         opt.set_hyper(name, *value)?;
     }
@@ -180,6 +189,13 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
     for k in 0..args.steps {
         for (t, row) in tensors.iter().zip(&mut rows) {
             *row = t.grad_row(k)?;
+            if let Some(scaler) = &scaler {
+                // The gradients of a loss scaled by the current scale, rounded to f32 (and to
+                // the parameters' dtype).
+                let scale = scaler.scale() as f32;
+                let scaled: Vec<f32> = row.to_f32().iter().map(|x| x * scale).collect();
+                *row = BufVec::from_f32(row.dtype(), &scaled);
+            }
         }
         let updates = tensors
             .iter_mut()
@@ -187,8 +203,17 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
             .map(|(t, g)| Update::typed(&t.name, t.data.view(), g.into()));
         scheduler.apply(&mut opt, k as u64)?;
         // Every tensor of the file in one call: a global norm covers them all.
-        let report = opt.step(updates)?;
+        // The scale this step's gradients carry (a scaler sets it on the optimizer as it steps).
+        let used = scaler.as_ref().map(|s| s.scale()).or(opt.loss_scale());
+        let report = match &mut scaler {
+            Some(scaler) => scaler.step(&mut opt, updates)?,
+            None => opt.step(updates)?,
+        };
         norms.extend(report.grad_norm);
+        if let Some(scale) = used {
+            scaling.scales.push(scale);
+            scaling.skipped.push(u8::from(report.skipped));
+        }
     }
     let mut finals = Vec::with_capacity(tensors.len());
     for t in &tensors {
@@ -218,7 +243,7 @@ pub fn run(args: RunArgs) -> CliResult<ExitCode> {
                 .collect(),
         });
     }
-    write_output(&tensors, &finals, &norms, &args.output)?;
+    write_output(&tensors, &finals, &norms, &scaling, &args.output)?;
     if let Some(path) = &args.save_state {
         let format = match args.state_format {
             StateFormatArg::Optc => StateFormat::Optc,
@@ -335,11 +360,26 @@ fn match_tensors<'a>(
 /// computed it (`--set max_grad_norm=V`).
 pub const GRAD_NORM_KEY: &str = "__optc__/grad_norm";
 
-/// Writes the parameters, `NAME.STATE` states, `NAME.SCALAR` scalar states and the gradient norms.
+/// The output key of the loss scale each step used (F64 `[steps]`), with `--loss-scale`.
+pub const LOSS_SCALE_KEY: &str = "__optc__/loss_scale";
+/// The output key of whether each step was skipped for an inf or a NaN (U8 `[steps]`, 1:
+/// skipped), with `--loss-scale`.
+pub const SKIPPED_KEY: &str = "__optc__/skipped";
+
+/// What loss scaling did, step by step (empty without it).
+#[derive(Default)]
+struct Scaling {
+    scales: Vec<f64>,
+    skipped: Vec<u8>,
+}
+
+/// Writes the parameters, `NAME.STATE` states, `NAME.SCALAR` scalar states, the gradient norms
+/// and what loss scaling did.
 fn write_output(
     tensors: &[Tensor<'_>],
     finals: &[Final],
     norms: &[f64],
+    scaling: &Scaling,
     path: &Path,
 ) -> CliResult<()> {
     let mut owned: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
@@ -381,6 +421,17 @@ fn write_output(
             GRAD_NORM_KEY.to_string(),
             (Dtype::F64, vec![norms.len()], bytes),
         )?;
+    }
+    if !scaling.scales.is_empty() {
+        let bytes = scaling
+            .scales
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let n = scaling.scales.len();
+        put(LOSS_SCALE_KEY.to_string(), (Dtype::F64, vec![n], bytes))?;
+        let flags = scaling.skipped.clone();
+        put(SKIPPED_KEY.to_string(), (Dtype::U8, vec![n], flags))?;
     }
     let mut views = Vec::with_capacity(owned.len());
     for (key, (dtype, shape, data)) in &owned {

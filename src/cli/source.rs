@@ -58,6 +58,37 @@ pub fn load_rule_source(spec: &str) -> Result<(Rule, String), LoadError> {
     Err(LoadError::Io(msg))
 }
 
+/// Applies the `--set NAME=N` of `sets` that name an integer flag of `rule` (a compile-time
+/// count such as Muon's `ns_steps`): returns the rule lowered with those counts, and the other
+/// settings for [`split_sets`].
+pub fn apply_counts(rule: Rule, sets: &[String]) -> Result<(Rule, Vec<String>), String> {
+    let mut counts: Vec<(String, u32)> = Vec::new();
+    let mut rest = Vec::new();
+    for s in sets {
+        let count = s
+            .split_once('=')
+            .map(|(n, v)| (n.trim(), v))
+            .filter(|(n, _)| rule.counts().iter().any(|(c, _)| c == n));
+        match count {
+            Some((name, value)) => {
+                let v = optc_compiler::check::parse_count(value)
+                    .map_err(|why| format!("`--set {s}`: {why}"))?;
+                if counts.iter().any(|(n, _)| n == name) {
+                    return Err(format!("`--set {name}` is given twice"));
+                }
+                counts.push((name.to_string(), v));
+            }
+            None => rest.push(s.clone()),
+        }
+    }
+    if counts.is_empty() {
+        return Ok((rule, rest));
+    }
+    let counts: Vec<(&str, u32)> = counts.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let rule = rule.with_counts(&counts).map_err(|e| e.to_string())?;
+    Ok((rule, rest))
+}
+
 /// Flag and hyper settings from `--set`: `(flags, hypers)`.
 pub type Settings = (Vec<(String, bool)>, Vec<(String, f64)>);
 
@@ -105,6 +136,7 @@ pub fn split_sets(rule: &Rule, sets: &[String]) -> Result<Settings, String> {
                 .flags()
                 .iter()
                 .map(|f| f.name.as_str())
+                .chain(rule.counts().iter().map(|(n, _)| n.as_str()))
                 .chain(rule.hypers().iter().map(|h| h.name.as_str()));
             let mut msg = format!(
                 "`--set {s}`: rule `{}` has no hyper or flag `{name}`",

@@ -8,9 +8,10 @@
 
 use std::path::Path;
 
+use crate::cli::loss_scale::LossScale;
 use optc_kernel::{Dtype, Precision};
 use optc_runtime::buf::BufVec;
-use optc_runtime::{Optimizer, Options, Rule, RuntimeError, Target, Update};
+use optc_runtime::{LossScaler, Optimizer, Options, Rule, RuntimeError, Target, Update};
 
 use crate::compare::stepper::{Contender, StepError, Stepper};
 use crate::compare::task::TensorSpec;
@@ -44,6 +45,7 @@ pub struct RuleContender {
     hypers: Vec<(String, f64)>,
     flags: Vec<(String, bool)>,
     max_grad_norm: Option<f64>,
+    loss_scale: Option<LossScale>,
     backend: Backend,
     precision: Precision,
 }
@@ -100,6 +102,7 @@ impl RuleContender {
                 .collect(),
             rule,
             max_grad_norm: None,
+            loss_scale: None,
             backend,
             precision: Precision::default(),
         })
@@ -121,6 +124,10 @@ impl RuleContender {
             flags: self.flags.clone(),
             max_grad_norm: self.max_grad_norm,
             precision: self.precision,
+            loss_scale: self.loss_scale.map(|s| match s {
+                LossScale::Fixed(v) => v,
+                LossScale::Dynamic => LossScaler::default().scale(),
+            }),
             ..Options::default()
         };
         let mut optimizer =
@@ -167,6 +174,24 @@ impl Contender for RuleContender {
             None => Err(crate::compare::stepper::unknown_setting(self, name)),
         }
     }
+    fn counts(&self) -> Vec<(String, u32)> {
+        self.rule.counts().to_vec()
+    }
+    fn set_count(&mut self, name: &str, value: u32) -> Result<(), CompareError> {
+        if !self.rule.counts().iter().any(|(n, _)| n == name) {
+            return Err(crate::compare::stepper::unknown_setting(self, name));
+        }
+        self.rule =
+            self.rule
+                .with_counts(&[(name, value)])
+                .map_err(|e| CompareError::BadValue {
+                    rule: self.label.clone(),
+                    name: name.to_string(),
+                    raw: value.to_string(),
+                    why: e.to_string(),
+                })?;
+        Ok(())
+    }
     fn set_max_grad_norm(&mut self, value: f64) -> Result<(), CompareError> {
         self.max_grad_norm = Some(value);
         Ok(())
@@ -186,16 +211,28 @@ impl Contender for RuleContender {
         self.precision = precision;
         Ok(())
     }
+    fn set_loss_scale(&mut self, scale: LossScale) -> Result<(), CompareError> {
+        self.loss_scale = Some(scale);
+        Ok(())
+    }
+    fn scales_loss(&self) -> bool {
+        true
+    }
     fn build(&self, tensors: &[TensorSpec]) -> Result<Box<dyn Stepper>, CompareError> {
         let (optimizer, names) = self.optimizer(tensors).map_err(|e| CompareError::Rule {
             rule: self.source.clone(),
             message: e.to_string(),
         })?;
         let dtype = self.precision.param;
+        let scaling = self.loss_scale.map(|s| match s {
+            LossScale::Fixed(v) => Scaling::Fixed(v as f32),
+            LossScale::Dynamic => Scaling::Dynamic(LossScaler::default()),
+        });
         Ok(Box::new(RuntimeStepper {
             optimizer,
             names,
             dtype,
+            scaling,
         }))
     }
 }
@@ -207,10 +244,31 @@ struct RuntimeStepper {
     names: Vec<String>,
     /// The parameters' storage dtype: the task's f32 parameters are held in it between steps.
     dtype: Dtype,
+    scaling: Option<Scaling>,
+}
+
+/// How a stepper scales the gradients (`--loss-scale`).
+enum Scaling {
+    Fixed(f32),
+    Dynamic(LossScaler),
 }
 
 impl Stepper for RuntimeStepper {
     fn step(&mut self, params: &mut [Vec<f32>], grads: &[Vec<f32>]) -> Result<(), StepError> {
+        // The gradients of the loss times the scale, rounded to f32 (an overflow is an inf the
+        // step skips).
+        let scaled: Vec<Vec<f32>>;
+        let grads = match &self.scaling {
+            None => grads,
+            Some(Scaling::Fixed(s)) => {
+                scaled = scale(grads, *s);
+                &scaled
+            }
+            Some(Scaling::Dynamic(scaler)) => {
+                scaled = scale(grads, scaler.scale() as f32);
+                &scaled
+            }
+        };
         if self.dtype == Dtype::F32 {
             let updates = self
                 .names
@@ -218,7 +276,10 @@ impl Stepper for RuntimeStepper {
                 .zip(params.iter_mut())
                 .zip(grads)
                 .map(|((name, p), g)| Update::new(name, p, g));
-            self.optimizer.step(updates)?;
+            match &mut self.scaling {
+                Some(Scaling::Dynamic(scaler)) => scaler.step(&mut self.optimizer, updates)?,
+                _ => self.optimizer.step(updates)?,
+            };
             return Ok(());
         }
         // 16-bit parameters: the task's values rounded to the dtype (exact after the first
@@ -237,7 +298,10 @@ impl Stepper for RuntimeStepper {
             .zip(p16.iter_mut())
             .zip(&g16)
             .map(|((name, p), g)| Update::typed(name, p.view(), g.into()));
-        self.optimizer.step(updates)?;
+        match &mut self.scaling {
+            Some(Scaling::Dynamic(scaler)) => scaler.step(&mut self.optimizer, updates)?,
+            _ => self.optimizer.step(updates)?,
+        };
         for (p, b) in params.iter_mut().zip(&p16) {
             *p = b.to_f32();
         }
@@ -258,4 +322,12 @@ impl Stepper for RuntimeStepper {
         // Never recompiles: the kernel reads hypers through the host program.
         Ok(self.optimizer.set_hyper(name, value)?)
     }
+}
+
+/// Each gradient times `s`.
+fn scale(grads: &[Vec<f32>], s: f32) -> Vec<Vec<f32>> {
+    grads
+        .iter()
+        .map(|g| g.iter().map(|x| x * s).collect())
+        .collect()
 }

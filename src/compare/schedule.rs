@@ -55,6 +55,12 @@ impl Contender for Scheduled {
     fn set_flag(&mut self, name: &str, value: bool) -> Result<(), CompareError> {
         self.inner.set_flag(name, value)
     }
+    fn counts(&self) -> Vec<(String, u32)> {
+        self.inner.counts()
+    }
+    fn set_count(&mut self, name: &str, value: u32) -> Result<(), CompareError> {
+        self.inner.set_count(name, value)
+    }
     fn schedules(&self) -> Vec<HyperSchedule> {
         self.schedules.clone()
     }

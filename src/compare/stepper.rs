@@ -40,6 +40,16 @@ pub trait Contender {
         let _ = value;
         Err(unknown_setting(self, name))
     }
+    /// The integer flags (compile-time counts) the rule declares, with their current values
+    /// (none by default).
+    fn counts(&self) -> Vec<(String, u32)> {
+        Vec::new()
+    }
+    /// Set an integer flag (recompiles the rule). Unknown names are an error.
+    fn set_count(&mut self, name: &str, value: u32) -> Result<(), CompareError> {
+        let _ = value;
+        Err(unknown_setting(self, name))
+    }
     /// Clip by the global gradient norm (`--set max_grad_norm=V`, as
     /// `torch.nn.utils.clip_grad_norm_` before each step). Contenders that cannot clip say so.
     fn set_max_grad_norm(&mut self, value: f64) -> Result<(), CompareError> {
@@ -59,6 +69,20 @@ pub trait Contender {
             message: format!("keeps f32 states; it cannot keep them in {dtype}"),
         })
     }
+    /// Loss scaling with inf/NaN skip (`--loss-scale`): each step's gradients are scaled as a
+    /// scaled loss would make them, and the optimizer unscales them. Only compiled rules take
+    /// it (`optc compare` gives it to every one of them); the default refuses.
+    fn set_loss_scale(
+        &mut self,
+        scale: crate::cli::loss_scale::LossScale,
+    ) -> Result<(), CompareError> {
+        let _ = scale;
+        Err(unknown_setting(self, "loss_scale"))
+    }
+    /// Whether [`Contender::set_loss_scale`] is supported.
+    fn scales_loss(&self) -> bool {
+        false
+    }
     /// The hypers that follow a schedule in this contender's runs (none by default; see
     /// [`crate::compare::schedule::Scheduled`]).
     fn schedules(&self) -> Vec<optc_runtime::HyperSchedule> {
@@ -75,6 +99,7 @@ pub const MAX_GRAD_NORM: &str = "max_grad_norm";
 pub fn unknown_setting<C: Contender + ?Sized>(c: &C, name: &str) -> CompareError {
     let mut declared: Vec<String> = c.hypers().into_iter().map(|(n, _)| n).collect();
     declared.extend(c.flags().into_iter().map(|(n, _)| n));
+    declared.extend(c.counts().into_iter().map(|(n, _)| n));
     CompareError::UnknownHyper {
         rule: c.label().to_string(),
         name: name.to_string(),
@@ -83,7 +108,8 @@ pub fn unknown_setting<C: Contender + ?Sized>(c: &C, name: &str) -> CompareError
     }
 }
 
-/// Apply `name=raw` to a contender: a hyper takes a number, a flag `true` or `false`. Unknown
+/// Apply `name=raw` to a contender: a hyper takes a number, a flag `true` or `false`, an integer
+/// flag a count from 0 to 99. Unknown
 /// names and unparsable values are errors that name the rule (and the nearest declared name).
 pub fn apply_setting(c: &mut dyn Contender, name: &str, raw: &str) -> Result<(), CompareError> {
     let bad = |why: String| CompareError::BadValue {
@@ -108,6 +134,9 @@ pub fn apply_setting(c: &mut dyn Contender, name: &str, raw: &str) -> Result<(),
             _ => return Err(bad("a flag takes `true` or `false`".to_string())),
         };
         c.set_flag(name, value)
+    } else if c.counts().iter().any(|(n, _)| n == name) {
+        let value = optc_compiler::check::parse_count(raw).map_err(bad)?;
+        c.set_count(name, value)
     } else if name == MAX_GRAD_NORM {
         let value: f64 = raw
             .trim()

@@ -459,6 +459,27 @@ impl Kernel {
             .map(ReductionId::new)
     }
 
+    /// The reduction that loss scaling added, if the kernel unscales its gradients: the
+    /// Step-scope sum of `g * 0` ([`crate::reduce::NONFINITE_REDUCTION`]), not zero when some
+    /// gradient element of the step is an inf or a NaN. [`Kernel::validate`] checks that no
+    /// stage up to the one producing it stores a buffer or runs a matrix program, so that a
+    /// runtime that stops there has written nothing.
+    pub fn nonfinite_reduction(&self) -> Option<ReductionId> {
+        self.reductions
+            .iter()
+            .position(|r| r.name == crate::reduce::NONFINITE_REDUCTION && r.scope == Scope::Step)
+            .map(ReductionId::new)
+    }
+
+    /// The first stage that writes a buffer (a store or a matrix program) although it is not
+    /// after the stage producing the loss-scale check ([`Kernel::nonfinite_reduction`]); `None`
+    /// when the kernel has no check or writes only after it, as a skipped step needs.
+    pub fn writes_before_check(&self) -> Option<usize> {
+        let check = self.reductions.get(self.nonfinite_reduction()?.index())?;
+        let writes = |k: &Stage| !k.stores.is_empty() || k.matrix.is_some();
+        self.stages.iter().take(check.stage + 1).position(writes)
+    }
+
     /// Whether some reduction has Step scope (the runtime must finish stage 0 on every tensor
     /// of the step before it can go on).
     pub fn has_step_reduction(&self) -> bool {

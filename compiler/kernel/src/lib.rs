@@ -52,7 +52,8 @@ pub use kernel::{
 };
 pub use op::{BinaryOp, Real, UnaryOp};
 pub use reduce::{
-    ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, GRAD_NORM_REDUCTION, REDUCE_BLOCK, REDUCE_LANES,
+    ReduceOp, ReductionDecl, Scope, COL_BLOCK_ROWS, GRAD_NORM_REDUCTION, NONFINITE_REDUCTION,
+    REDUCE_BLOCK, REDUCE_LANES,
 };
 pub use storage::{Precision, Rounding, Storage};
 pub use valid::ValidKernel;

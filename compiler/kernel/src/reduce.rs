@@ -20,6 +20,13 @@ pub const COL_BLOCK_ROWS: usize = 64;
 /// ([`crate::Kernel::grad_norm_reduction`]).
 pub const GRAD_NORM_REDUCTION: &str = "clip: sum(g * g)";
 
+/// The name of the reduction that loss scaling adds: the Step-scope sum of `g * 0` over the raw
+/// (still scaled) gradients, `±0` when every element is finite and NaN when one is an inf or a
+/// NaN (`0 · ±inf` and `0 · NaN` are NaN, and NaN propagates through the sum). A runtime skips
+/// the step when its value is not zero ([`crate::Kernel::nonfinite_reduction`],
+/// `docs/loss_scaling.md`).
+pub const NONFINITE_REDUCTION: &str = "loss scale: sum(g * 0)";
+
 /// What a reduction computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -31,6 +31,17 @@ pub enum Symbol {
 /// The largest `repeat` count (torch's Muon refuses 100 Newton–Schulz steps and more).
 pub const MAX_REPEAT: u32 = 99;
 
+/// A count written on a command line or in a setting (`--set ns_steps=3`): a whole number from 0
+/// to [`MAX_REPEAT`], or why not.
+pub fn parse_count(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(v) if v <= MAX_REPEAT => Ok(v),
+        _ => Err(format!(
+            "an integer flag is a repeat count: a whole number from 0 to {MAX_REPEAT}"
+        )),
+    }
+}
+
 /// The count a `flag` declaration's default gives, when it is a whole number.
 pub fn count_value(e: &ast::Expr) -> Option<u32> {
     match e.kind {

@@ -128,7 +128,7 @@ pub fn check(file: &ast::File) -> Vec<Diagnostic> {
     out
 }
 
-pub use decls::{count_value, DeclTable, Symbol, MAX_REPEAT};
+pub use decls::{count_value, parse_count, DeclTable, Symbol, MAX_REPEAT};
 
 /// The file-level names of a rule, for the lowering. Diagnostics are discarded: call [`check`]
 /// first.

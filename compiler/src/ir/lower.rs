@@ -18,6 +18,16 @@ use optc_kernel::{
 
 /// Lowers a checked file.
 pub fn lower(file: &ast::File, table: &DeclTable) -> Program {
+    lower_with_counts(file, table, &[])
+}
+
+/// Lowers a checked file with some integer flags (`flag ns_steps = 5`) given other values; the
+/// caller has checked the names and that each value is a valid count.
+pub fn lower_with_counts(
+    file: &ast::File,
+    table: &DeclTable,
+    overrides: &[(&str, u32)],
+) -> Program {
     let mut decl = Arena::new();
     let mut hypers = Vec::new();
     let mut flags = Vec::new();
@@ -40,10 +50,14 @@ pub fn lower(file: &ast::File, table: &DeclTable) -> Program {
                     doc: d.doc.clone(),
                 });
             }
-            DeclKind::Flag if matches!(d.value.kind, ExprKind::Number(_)) => counts.push((
-                d.name.name.clone(),
-                crate::check::count_value(&d.value).unwrap_or(0),
-            )),
+            DeclKind::Flag if matches!(d.value.kind, ExprKind::Number(_)) => {
+                let given = overrides.iter().find(|(n, _)| *n == d.name.name);
+                let value = match given {
+                    Some(&(_, v)) => v,
+                    None => crate::check::count_value(&d.value).unwrap_or(0),
+                };
+                counts.push((d.name.name.clone(), value));
+            }
             DeclKind::Flag => flags.push(FlagInfo {
                 name: d.name.name.clone(),
                 default: matches!(d.value.kind, ExprKind::Bool(true)),

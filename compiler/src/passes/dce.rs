@@ -71,6 +71,9 @@ fn dce_with(
         .filter(|(s, _)| *s == Slot::Param)
         .map(|(_, h)| *h)
         .collect();
+    // The loss-scale check is read by the runtime, not by a node (`passes::loss_scale`).
+    let kept = |r: &Reduction| r.name == optc_kernel::NONFINITE_REDUCTION;
+    roots.extend(f.reductions.iter().filter(|r| kept(r)).map(|r| r.arg));
     if let Some(base) = base {
         // `rebuild` already dropped the stores that became their slot's old value.
         for (s, h) in &f.stores {
@@ -150,9 +153,10 @@ fn dce_with(
     // Live reductions, renumbered densely.
     let live_reductions: Vec<usize> = (0..f.reductions.len())
         .filter(|&i| {
-            f.exprs
-                .iter()
-                .any(|(h, e)| reached[h.index()] && *e == Expr::Reduced(ReductionId::new(i)))
+            kept(&f.reductions[i])
+                || f.exprs
+                    .iter()
+                    .any(|(h, e)| reached[h.index()] && *e == Expr::Reduced(ReductionId::new(i)))
         })
         .collect();
     let reduction_id = |old: ReductionId| {

@@ -200,6 +200,35 @@ pub fn hoist(
         };
     }
     let red_stage: Vec<usize> = f.reductions.iter().map(|r| level[r.arg.index()]).collect();
+    // With loss scaling, nothing is stored until the inf/NaN check is known (a skipped step
+    // writes nothing): every store waits for the stage after the check's.
+    let first_store = f
+        .reductions
+        .iter()
+        .zip(&red_stage)
+        .filter(|(r, _)| r.name == optc_kernel::NONFINITE_REDUCTION)
+        .map(|(_, &s)| s + 1)
+        .max()
+        .unwrap_or(0);
+    // A matrix program runs at the start of its stage, on values earlier stages stored: those
+    // stores cannot move past the check unless the program comes later still.
+    if let Some(p) = live
+        .matrix
+        .programs
+        .iter()
+        .find(|p| first_store > 0 && p.stage <= first_store)
+    {
+        return Err(Diagnostic::error(
+            "E0704",
+            format!(
+                "with loss scaling, the matrix program of stage {} would read values stored before the inf/NaN check is known",
+                p.stage
+            ),
+            Default::default(),
+            "here",
+        )
+        .hint("compute the program's input from the gradient, or compile without loss scaling"));
+    }
     // Each store goes in the earliest stage that can compute it, unless a later stage needs the
     // buffer's old value: then in that later stage (a fixed point, since stages only grow).
     let mut store_stage: Vec<usize> = f
@@ -209,7 +238,7 @@ pub fn hoist(
             if vector_store(slot) {
                 usize::MAX
             } else {
-                level[h.index()]
+                level[h.index()].max(first_store)
             }
         })
         .collect();

@@ -17,7 +17,9 @@
 //! Between 4 and 5, [`matrix`] turns matrix values into matrix programs of the stages.
 //!
 //! With [`CompileOptions::clip`], [`clip`] first rewrites every read of `g` to the gradient
-//! clipped by the global norm.
+//! clipped by the global norm; with [`CompileOptions::loss_scale`], [`loss_scale`] then
+//! rewrites every read of `g` (clipping's included) to the unscaled gradient and adds the
+//! inf/NaN check.
 
 pub mod classify;
 pub mod clip;
@@ -25,6 +27,7 @@ pub mod cse;
 pub mod dce;
 pub mod fold;
 pub mod hoist;
+pub mod loss_scale;
 pub mod matrix;
 pub mod specialize;
 pub mod variants;
@@ -39,6 +42,9 @@ pub struct CompileOptions {
     /// Clip the gradients by their global norm (a hyper `max_grad_norm` is added; see
     /// [`clip`]).
     pub clip: bool,
+    /// Unscale the gradients by a loss scale and check them for infs and NaNs (a hyper
+    /// `loss_scale` is added; see [`loss_scale`]): a runtime skips a step whose check fails.
+    pub loss_scale: bool,
     /// The rank class to compile for. A rule that reads `matrix` needs `Matrix` or `Vector`;
     /// any other rule gives a kernel for `Any` tensor whatever this says.
     pub rank: RankClass,
@@ -65,7 +71,7 @@ pub fn compile_with(
 
 /// The passes before hoisting, shared by the description kernel and its variants.
 pub(crate) struct Front<'p> {
-    /// The program, with clipping added when asked for.
+    /// The program, with clipping and loss scaling added when asked for.
     pub program: std::borrow::Cow<'p, Program>,
     /// The rank class compiled for.
     pub rank: RankClass,
@@ -92,6 +98,19 @@ pub(crate) fn front<'p>(
         })?)
     } else {
         std::borrow::Cow::Borrowed(program)
+    };
+    let program = if options.loss_scale {
+        std::borrow::Cow::Owned(loss_scale::add_loss_scaling(&program).map_err(|name| {
+            Diagnostic::error(
+                "E0703",
+                format!("the rule declares a hyper `{name}`, which loss scaling adds"),
+                Default::default(),
+                "here",
+            )
+            .hint("rename the hyper, or compile without loss scaling")
+        })?)
+    } else {
+        program
     };
     let rank = match (program.uses_rank(), options.rank) {
         (false, _) => RankClass::Any,

@@ -1,5 +1,6 @@
 //! The errors of the CUDA runtime.
 
+use cudarc::cublas::result::CublasError;
 use cudarc::driver::DriverError;
 use optc_kernel::{ArtifactError, KernelError};
 
@@ -50,6 +51,22 @@ pub enum CudaError {
     /// Buffers that do not fit: wrong lengths, misaligned pointers, a tensor twice in one launch.
     #[error("{0}")]
     Buffers(String),
+    /// cuBLAS (`libcublas`), which matrix stages need, cannot be loaded.
+    #[error(
+        "cuBLAS is not available: libcublas (libcublas.so.12, from the CUDA toolkit or the \
+         nvidia-cublas-cu12 wheel) could not be loaded, and rule `{0}` has matrix stages (matrix \
+         products), which the CUDA target runs through it. Put its folder on LD_LIBRARY_PATH, or \
+         step this optimizer on Target::Cpu"
+    )]
+    NoCublas(String),
+    /// A cuBLAS call failed.
+    #[error("cuBLAS error while {action}: {source}")]
+    Cublas {
+        /// What was being done.
+        action: String,
+        /// cuBLAS's status.
+        source: CublasError,
+    },
 }
 
 /// Adds what was being done to a driver error.

@@ -5,7 +5,9 @@
 //! device and steps tensors given as device pointers ([`crate::Update::cuda`]) or as host slices
 //! (copied to the device for the launch and the parameter copied back). Every stage of a step is
 //! one launch of the multi-tensor entry over every tensor of the kernel, queued on one stream (a
-//! factored kernel's stages run in `super::factored`, whose `[rows]`/`[cols]` states stay here).
+//! factored kernel's stages run in `super::factored`, whose `[rows]`/`[cols]` states stay here);
+//! a stage with a matrix program first queues it per tensor on the same stream (cuBLAS,
+//! `crate::matrix::cuda`).
 //!
 //! Guarantees: no cudarc call is made before the driver library has been found to load; every
 //! failure is a [`CudaError`]; the read/write guards of every buffer of a launch (the caller's
@@ -20,6 +22,7 @@ use super::table::Tensor;
 use crate::buf::BufRef;
 use crate::error::RuntimeError;
 use crate::executor::{Executor, Partials, StageTensor, StateInit, TensorData};
+use crate::matrix::cuda::{CudaMatrix, DeviceBuffers};
 use crate::target::Target;
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop,
@@ -157,6 +160,8 @@ pub(crate) struct CudaExecutor {
     /// Per registered parameter: its state buffers by position, each once it is allocated.
     states: Vec<Vec<Option<CudaSlice<f32>>>>,
     buffers: LaunchBuffers,
+    /// cuBLAS and the matrix scratch pool, once a kernel with matrix stages is loaded.
+    matrix: Option<CudaMatrix>,
 }
 
 fn internal(what: &str) -> RuntimeError {
@@ -183,6 +188,7 @@ impl CudaExecutor {
             kernels: Vec::new(),
             states: Vec::new(),
             buffers: LaunchBuffers::default(),
+            matrix: None,
         })
     }
 
@@ -288,11 +294,11 @@ impl Executor for CudaExecutor {
         ptx: Option<&PtxModule>,
         slots: Vec<usize>,
     ) -> Result<usize, RuntimeError> {
-        if let Some(k) = kernel.stages.iter().position(|s| s.matrix.is_some()) {
-            return Err(RuntimeError::Unsupported(format!(
-                "stage {k} of rule `{}` is a matrix stage (matrix products); the CUDA target does not run matrix stages in this build: step this optimizer on Target::Cpu",
-                kernel.rule
-            )));
+        if self.matrix.is_none() && kernel.stages.iter().any(|s| s.matrix.is_some()) {
+            let blocks = self
+                .multiprocessors
+                .saturating_mul(self.shape.blocks_per_sm);
+            self.matrix = Some(CudaMatrix::new(&self.stream, blocks, &kernel.rule)?);
         }
         #[cfg(feature = "compiler")]
         let emitted;
@@ -439,6 +445,7 @@ impl Executor for CudaExecutor {
             return Err(internal(&format!("kernel {kernel} has no stage {stage}")));
         };
         let outputs = loaded.kernel.stages[stage].reduce.len();
+        let program = loaded.kernel.stages[stage].matrix.as_ref();
         let writes_p = loaded.kernel.buffers().first().is_some_and(|b| b.written);
         // Host tensors are staged in device copies for the launch.
         let mut staged: Vec<Option<(CudaSlice<f32>, CudaSlice<f32>)>> = Vec::new();
@@ -474,18 +481,20 @@ impl Executor for CudaExecutor {
                 .get_mut(t.param)
                 .and_then(Option::take)
                 .ok_or_else(|| internal("a stepped parameter has no states"))?;
-            let (p, g, len) = match (&*t.data, copy) {
-                (TensorData::Device(d), _) => (d.param, d.grad, d.param_len),
+            let (p, g, len, grad_len) = match (&*t.data, copy) {
+                (TensorData::Device(d), _) => (d.param, d.grad, d.param_len, d.grad_len),
                 (TensorData::Host { param, .. }, Some((p, g))) => {
+                    let grad_len = g.len();
                     let (pp, ps) = p.device_ptr_mut(&stream);
                     let (gp, gs) = g.device_ptr(&stream);
                     guards.push(ps);
                     guards.push(gs);
-                    (pp, gp, param.len())
+                    (pp, gp, param.len(), grad_len)
                 }
                 (TensorData::Host { .. }, None) => return Err(internal("an unstaged host tensor")),
             };
             let mut pointers = vec![p, g];
+            let mut lens = vec![len, grad_len];
             let mut mine: Vec<Option<&mut CudaSlice<f32>>> =
                 states.iter_mut().map(Option::as_mut).collect();
             for &at in &loaded.slots {
@@ -493,6 +502,7 @@ impl Executor for CudaExecutor {
                     .get_mut(at)
                     .and_then(Option::take)
                     .ok_or_else(|| internal("a kernel's state is not allocated"))?;
+                lens.push(s.len());
                 let (ptr, sync) = s.device_ptr_mut(&stream);
                 pointers.push(ptr);
                 guards.push(sync);
@@ -502,6 +512,24 @@ impl Executor for CudaExecutor {
                     "device pointer {bad:#x} is not 4-byte aligned"
                 ))
                 .into());
+            }
+            if let Some(program) = program {
+                let matrix = self
+                    .matrix
+                    .as_mut()
+                    .ok_or_else(|| internal("a matrix stage without cuBLAS"))?;
+                let buffers = DeviceBuffers {
+                    pointers: &pointers,
+                    lens: &lens,
+                };
+                matrix.run(
+                    &stream,
+                    &loaded.kernel.rule,
+                    program,
+                    &t.uniforms,
+                    t.view,
+                    buffers,
+                )?;
             }
             launch.push(Tensor {
                 pointers,

@@ -287,6 +287,7 @@ mod tests {
             let options = CompileOptions {
                 clip: name == "adamw",
                 rank,
+                ..Default::default()
             };
             let k = rule.specialize_with(&[], &options).expect("specialize");
             // Factored kernels (adafactor's matrices) have rows/cols entries, not these:
@@ -311,7 +312,16 @@ mod tests {
             let hypers = k.default_hypers();
             let scalars = k.initial_scalars(&hypers).expect("scalars");
             let unknown = vec![f64::NAN; k.reductions.len()];
-            let host = k.eval_host(&hypers, 1, &scalars, &unknown).expect("host");
+            // A matrix kernel's host program reads the tensor's rows and cols (Muon's ratio, not
+            // stage 0's uniforms): any view does.
+            let view = k
+                .stages
+                .iter()
+                .any(|s| s.matrix.is_some())
+                .then_some(optc_kernel::matrix::WideView { rows: 1, cols: 1 });
+            let host = k
+                .eval_host_for(&hypers, 1, &scalars, &unknown, view)
+                .expect("host");
             let uniforms: Vec<f32> = host.uniforms[0].iter().map(|u| *u as f32).collect();
             for n in [1usize, 31, 4095, 4096, 4097, 3 * 4096 + 5, 70_001] {
                 let mut bufs = vec![data(n, 5), data(n, 6)];

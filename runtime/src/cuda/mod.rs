@@ -43,6 +43,7 @@ mod table;
 
 pub use bench::{copy_bandwidth, CopyBandwidth};
 pub use driver::{devices, driver_available, DeviceInfo};
+pub(crate) use error::Context;
 pub use error::CudaError;
 pub(crate) use executor::CudaExecutor;
 pub use executor::{CudaOptions, DeviceTensor, LaunchShape};

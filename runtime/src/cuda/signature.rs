@@ -47,7 +47,11 @@ mod tests {
                 vec![RankClass::Any]
             };
             for rank in ranks {
-                let options = CompileOptions { clip: false, rank };
+                let options = CompileOptions {
+                    clip: false,
+                    rank,
+                    ..Default::default()
+                };
                 let k = rule
                     .specialize_with(&[], &options)
                     .unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -1,7 +1,8 @@
 //! The CPU matrix product: the `gemm` crate (the GEMM candle uses), row-major f32.
 //!
-//! Chosen over `faer` because it is already in the dependency tree through candle and is what
-//! candle's CPU matmul runs; `BENCHMARKS.md` records its throughput against the machine's peak.
+//! Chosen over `faer` by measurement (`bench/gemm_faer`, `BENCHMARKS.md` "gemm or faer": faer
+//! took 1.08 to 1.19 times as long over Muon's Newton–Schulz products on GPT-2 small's shapes);
+//! it is also already in the dependency tree through candle, whose CPU matmul it is.
 //! Its summation order is its own (blocked, vectorized, with FMA), so products differ from the
 //! reference triple loop by rounding: `docs/stages.md` states the budget.
 

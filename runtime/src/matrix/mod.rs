@@ -1,18 +1,26 @@
-//! Matrix programs on host memory: the interpreter's reference product or the CPU's GEMM.
+//! Matrix programs: on host memory with the interpreter's reference product or the CPU's GEMM
+//! (this file and [`cpu`]), on CUDA with cuBLAS ([`cuda`]).
 //!
-//! Takes a stage's [`MatrixProgram`] and one tensor's buffers (as the host executor holds them)
+//! On the host, takes a stage's [`MatrixProgram`] and one tensor's buffers (as the host executor holds them)
 //! with its [`WideView`] and the stage's uniforms; runs the program
 //! ([`optc_kernel::matrix::run`]) and writes each output into its scratch state through the
 //! wide view. The interpreter target computes products with
 //! [`optc_kernel::matrix::reference_matmul`] (the meaning); the CPU target with [`cpu::matmul`].
 
+#[cfg(feature = "compiler")]
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 
+#[cfg(feature = "compiler")]
 use crate::error::RuntimeError;
+#[cfg(feature = "compiler")]
 use optc_kernel::matrix::{self, Mat, MatrixProgram, WideView};
+#[cfg(feature = "compiler")]
 use optc_kernel::Slot;
 
 /// One tensor's buffers for a matrix program.
+#[cfg(feature = "compiler")]
 pub(crate) struct MatrixArgs<'s, 'a> {
     /// The parameter.
     pub param: &'s [f32],
@@ -23,6 +31,7 @@ pub(crate) struct MatrixArgs<'s, 'a> {
 }
 
 /// Runs `program` on one tensor with the product `matmul`.
+#[cfg(feature = "compiler")]
 pub(crate) fn run_program(
     rule: &str,
     program: &MatrixProgram,

@@ -6,9 +6,10 @@
 pub mod kernels;
 
 use optc_compiler::backend::interp::{step_f32, Buffers};
+use optc_kernel::matrix::{self, Mat, WideView};
 use optc_kernel::reduce::{combine, combine_totals};
 use optc_kernel::Kernel;
-use optc_kernel::Scope;
+use optc_kernel::{Scope, Slot};
 use optc_runtime::cpu::{CpuKernel, CpuOptions, Partials, TensorArgs};
 
 /// xorshift64*: a small deterministic generator.
@@ -157,19 +158,66 @@ pub fn cpu_step(
     scalars: &mut [Vec<f64>],
     pool: Option<&rayon::ThreadPool>,
 ) -> Vec<Vec<f64>> {
+    let views = vec![None; inputs.len()];
+    cpu_step_viewed(cpu, inputs, off, hypers, t, scalars, pool, &views)
+}
+
+/// [`cpu_step`] for tensors with matrix views (`views[i]` for `inputs[i]`, from element `off`
+/// on): the host program reads each view's rows and cols, and a stage's matrix program runs
+/// before its pass as the interpreter runs it (`optc_kernel::matrix::run` with the reference
+/// product), so the JIT's passes are compared alone.
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_step_viewed(
+    cpu: &CpuKernel,
+    inputs: &mut [Tensor],
+    off: usize,
+    hypers: &[f64],
+    t: u64,
+    scalars: &mut [Vec<f64>],
+    pool: Option<&rayon::ThreadPool>,
+    views: &[Option<WideView>],
+) -> Vec<Vec<f64>> {
     let k = cpu.kernel();
     let mut reduced = vec![vec![f64::NAN; k.reductions.len()]; inputs.len()];
     let mut partials = Partials::new();
     for (s, stage) in k.stages.iter().enumerate() {
+        let uniforms: Vec<Vec<f32>> = reduced
+            .iter()
+            .zip(scalars.iter())
+            .zip(views)
+            .map(|((r, sc), view)| {
+                let host = k
+                    .eval_host_for(hypers, t, sc, r, *view)
+                    .expect("host program");
+                host.uniforms[s].iter().map(|&x| x as f32).collect()
+            })
+            .collect();
+        if let Some(program) = &stage.matrix {
+            for ((tensor, u), view) in inputs.iter_mut().zip(&uniforms).zip(views) {
+                let view = view.expect("a matrix stage needs the tensor's view");
+                let read = |slot: Slot| -> Option<Vec<f32>> {
+                    Some(match slot {
+                        Slot::Param => tensor.p[off..].to_vec(),
+                        Slot::Grad => tensor.g[off..].to_vec(),
+                        Slot::State(id) => tensor.states.get(id.index())?[off..].to_vec(),
+                    })
+                };
+                let outs = matrix::run(program, u, view, &read, &mut |a: &Mat, b: &Mat| {
+                    matrix::reference_matmul(a, b)
+                })
+                .expect("matrix program");
+                for (o, m) in program.outputs.iter().zip(outs) {
+                    let Slot::State(id) = o.slot else {
+                        panic!("a matrix output writes p or g")
+                    };
+                    matrix::store_wide(&m, &mut tensor.states[id.index()][off..], view);
+                }
+            }
+        }
         let mut args: Vec<TensorArgs> = inputs
             .iter_mut()
-            .zip(&reduced)
-            .zip(scalars.iter())
-            .map(|((tensor, r), sc)| {
-                let host = k.eval_host(hypers, t, sc, r).expect("host program");
-                let u = host.uniforms[s].iter().map(|&x| x as f32).collect();
-                tensor.args(off, u)
-            })
+            .zip(uniforms)
+            .map(|(tensor, u)| tensor.args(off, u))
             .collect();
         cpu.run_stage(s, &mut args, &mut partials, pool)
             .expect("run_stage");
@@ -187,8 +235,11 @@ pub fn cpu_step(
             }
         }
     }
-    for (sc, r) in scalars.iter_mut().zip(&reduced) {
-        *sc = k.eval_host(hypers, t, sc, r).expect("host program").scalars;
+    for ((sc, r), view) in scalars.iter_mut().zip(&reduced).zip(views) {
+        *sc = k
+            .eval_host_for(hypers, t, sc, r, *view)
+            .expect("host program")
+            .scalars;
     }
     reduced
 }

@@ -87,3 +87,16 @@ fn a_flag_changes_the_trajectory() {
     let c = compare(&*t, &[plain, nesterov], 20, 1, &mut Silent).expect("runs");
     assert!(max_rel_diff(&c, 0, 1) > 1e-3);
 }
+
+#[test]
+fn muon_integer_flag_is_settable_and_reported() {
+    let mut c = stdlib("muon", Backend::Cpu);
+    assert!(c.counts().contains(&("ns_steps".to_string(), 5)));
+    crate::compare::apply_setting(c.as_mut(), "ns_steps", "2").expect("muon has ns_steps");
+    assert!(c.counts().contains(&("ns_steps".to_string(), 2)));
+    for bad in ["2.5", "100", "x"] {
+        let err =
+            crate::compare::apply_setting(c.as_mut(), "ns_steps", bad).expect_err("not a count");
+        assert!(err.to_string().contains("from 0 to 99"), "{bad}: {err}");
+    }
+}

@@ -1,0 +1,906 @@
+//! The emitted PTX, run by the emulator of `ptxsim` (no GPU), against the reference interpreter.
+//!
+//! Every stdlib rule in every flag set and rank class, clipped by the global norm, loss-scaled
+//! and both at its default flags, the kernel variants of its default flag set (loss-scaled too),
+//! and the hand-built kernels of `ptx_kernels`: every stage through its vector, scalar (with
+//! buffers only 4-byte aligned) and multi-tensor entries (two tensors in one launch, the table
+//! built as `runtime/src/cuda/table.rs` builds it), or, for a factored kernel, its cols then rows
+//! entries (as `runtime/src/cuda/factored.rs` launches them), on 33 elements (a 3x11 matrix),
+//! plus 1 and 4099 elements (matrices 67x37, 2x4099 and 3 of 5x7) at each rule's default flags
+//! (loss-scaled too), and 77 (7x11) with special values. Each stage's stores, untouched buffers
+//! and block partials are compared with `interp::run_stage_matrix` (its partials are
+//! `optc_kernel::reduce::block_partial` / `row_partials` / `col_partials`, the order
+//! `docs/stages.md` fixes):
+//!
+//! - **bit for bit** (NaN matching NaN) when the module uses only correctly rounded ops (no
+//!   `.approx`/`.full` op, no fast math: the body has no contraction, the emulator's `.rn` ops
+//!   are IEEE);
+//! - else within the fidelity budget of `docs/fidelity.md` (scaled error 1e-5 per buffer), since
+//!   the emulator computes `ex2/lg2/rsqrt/sqrt.approx` and `div.full` exactly and cannot know
+//!   how ptxas contracts fast-math `mul`+`add`.
+
+mod ptx_kernels;
+mod ptxsim;
+
+use optc_compiler::backend::interp::{run_stage_matrix, Buffers};
+use optc_compiler::backend::ptx::{emit, Options};
+use optc_compiler::passes::CompileOptions;
+use optc_compiler::{stdlib, Kernel};
+use optc_kernel::abi::Param;
+use optc_kernel::artifact::{PtxEntry, PtxModule, StageEntries};
+use optc_kernel::factored::{partials_layout, Geometry};
+use optc_kernel::reduce::{combine, REDUCE_BLOCK};
+use optc_kernel::table::{TableLayout, CHUNK_RECORD_BYTES, FLAG_ALIGNED};
+use optc_kernel::{MatrixDims, RankClass, StateShape, VecShape};
+use ptxsim::{launch, Arg, Device};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A launch's result: every buffer after it, and the partials buffer.
+type Run = (Vec<Vec<f32>>, Vec<f32>);
+/// Partials split per reduce output.
+type PerOutput = Vec<Vec<f32>>;
+
+thread_local! {
+    /// Whether [`inputs`] puts zeros, subnormals, infinities and NaNs among p and g (1), the
+    /// same without subnormals (2), or not (0).
+    static SPECIALS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Instructions the emulator executed (for the summary line).
+static INSTRUCTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Deterministic values in [lo, lo + 2).
+fn data(n: usize, seed: u64, lo: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005) | 1;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 + lo
+        })
+        .collect()
+}
+
+/// (label, kernel, at default flags).
+fn kernels() -> Vec<(String, Kernel, bool)> {
+    let mut out = Vec::new();
+    for name in stdlib::names() {
+        let rule = match stdlib::rule(name) {
+            Some(Ok(rule)) => rule,
+            other => panic!("stdlib rule {name} does not compile: {other:?}"),
+        };
+        let ranks = if rule.uses_rank() {
+            vec![RankClass::Matrix, RankClass::Vector]
+        } else {
+            vec![RankClass::Any]
+        };
+        for rank in ranks {
+            for (i, flags) in rule.flag_sets().into_iter().enumerate() {
+                for (clip, loss_scale) in
+                    [(false, false), (true, false), (false, true), (true, true)]
+                {
+                    if (clip || loss_scale) && i > 0 {
+                        continue;
+                    }
+                    let options = CompileOptions {
+                        clip,
+                        loss_scale,
+                        rank,
+                    };
+                    let kernel = rule
+                        .specialize_values_with(&flags, &options)
+                        .unwrap_or_else(|e| panic!("{name} {flags:?} {options:?}: {e}"));
+                    let bits: String = flags.iter().map(|f| if *f { '1' } else { '0' }).collect();
+                    let tag = format!(
+                        "{rank:?}{}{}",
+                        if clip { "-clip" } else { "" },
+                        if loss_scale { "-scale" } else { "" }
+                    );
+                    out.push((format!("{name}-{bits}-{tag}"), kernel, i == 0 && !clip));
+                    // The kernel variants the runtime picks between (the first flag set's, loss
+                    // scaled too), as ptx_ptxas walks them.
+                    if i == 0 && !clip {
+                        let conds = rule.conditions(&flags, &options).expect("ok");
+                        for v in conds.variants().filter(|_| !conds.is_empty()) {
+                            let k = rule
+                                .specialize_variant(&flags, &options, v)
+                                .unwrap_or_else(|e| panic!("{name} {v}: {e}"));
+                            out.push((format!("{name}-{bits}-{tag}-{v}"), k, false));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for kernel in ptx_kernels::all() {
+        out.push((kernel.rule.replace(' ', "_"), kernel, true));
+    }
+    out
+}
+
+/// Whether every float op of the module is correctly rounded (so the emulator is bit exact).
+fn exact(source: &str) -> bool {
+    !source.contains(".approx") && !source.contains(".full") && !source.contains(".ftz")
+}
+
+/// Compares one buffer; `Err` says where it differs.
+fn compare(what: &str, got: &[f32], want: &[f32], exact: bool) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{what}: {} values, want {}", got.len(), want.len()));
+    }
+    let scale = want
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(f32::MIN_POSITIVE);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let same = g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan());
+        if same {
+            continue;
+        }
+        let close = !exact
+            && g.is_finite() == w.is_finite()
+            && (g == w || ((g - w).abs() / scale) as f64 <= 1e-5);
+        if !close {
+            return Err(format!(
+                "{what}[{i}]: got {g:e} ({:#010x}), want {w:e} ({:#010x}){}",
+                g.to_bits(),
+                w.to_bits(),
+                if exact {
+                    " (bit for bit)"
+                } else {
+                    " (scaled error 1e-5)"
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One tensor's inputs for a stage.
+struct Inputs {
+    bufs: Vec<Vec<f32>>,
+    vectors: Vec<Vec<f32>>,
+    uniforms: Vec<f32>,
+    dims: MatrixDims,
+}
+
+/// The interpreter's stage: buffers after it, and its partials per reduce output.
+fn reference(kernel: &Kernel, stage: usize, inp: &Inputs) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let mut bufs = inp.bufs.clone();
+    let (p, rest) = bufs.split_at_mut(1);
+    let (g, states) = rest.split_at_mut(1);
+    let dims = kernel.is_factored().then_some(inp.dims);
+    let parts = run_stage_matrix(
+        kernel,
+        stage,
+        &inp.uniforms,
+        &inp.vectors,
+        dims,
+        Buffers {
+            param: &mut p[0],
+            grad: &g[0],
+            states: states.iter_mut().map(|s| &mut s[..]).collect(),
+        },
+        // f32 storage: no stochastic rounding key.
+        0,
+    )
+    .unwrap_or_else(|e| panic!("{}: interpreter stage {stage}: {e}", kernel.rule));
+    (bufs, parts)
+}
+
+/// Arguments of a single-tensor or factored entry.
+fn args(params: &[Param], ptrs: &[u64], inp: &Inputs, vecs: &[u64], partials: u64) -> Vec<Arg> {
+    params
+        .iter()
+        .map(|p| match *p {
+            Param::Buffer { index } => Arg::U64(ptrs[index]),
+            Param::Len => Arg::U64(inp.dims.numel() as u64),
+            Param::Partials => Arg::U64(partials),
+            Param::Uniform { index } => Arg::F32(inp.uniforms[index]),
+            Param::Batch => Arg::U64(inp.dims.batch as u64),
+            Param::Rows => Arg::U64(inp.dims.rows as u64),
+            Param::Cols => Arg::U64(inp.dims.cols as u64),
+            Param::Vector { index } => Arg::U64(vecs[index]),
+            other => panic!("unexpected parameter {other:?}"),
+        })
+        .collect()
+}
+
+/// Runs a single-tensor entry (vector or scalar) and returns the buffers and partials.
+fn run_single(
+    m: &ptxsim::Module,
+    kernel: &Kernel,
+    stage: usize,
+    entry: &PtxEntry,
+    inp: &Inputs,
+    misalign: u64,
+    (grid, block): (u32, u32),
+) -> Result<Run, String> {
+    let mut dev = Device::default();
+    let ptrs: Vec<u64> = inp
+        .bufs
+        .iter()
+        .map(|b| dev.alloc_f32(b, misalign))
+        .collect();
+    let np = optc_kernel::abi::partials_len(kernel, stage, inp.dims.numel());
+    let parts = dev.alloc_f32(&vec![f32::NAN; np], 0);
+    let a = args(&entry.params, &ptrs, inp, &[], parts);
+    INSTRUCTIONS.fetch_add(
+        launch(m, &entry.name, grid, block, &a, &mut dev)?.instructions,
+        Relaxed,
+    );
+    Ok((
+        ptrs.iter().map(|p| dev.read_f32(*p)).collect(),
+        dev.read_f32(parts),
+    ))
+}
+
+/// Runs the multi-tensor entry over `tensors` in one launch, building the table and chunk list
+/// as `runtime/src/cuda/table.rs::build` does (pointers, len, flags, partials pointer and
+/// uniforms at the record layout's offsets; one (tensor u32, chunk u32) record per chunk).
+fn run_multi(
+    m: &ptxsim::Module,
+    e: &StageEntries,
+    outputs: usize,
+    tensors: &[(&Inputs, u64)],
+    chunk_elems: usize,
+) -> Result<Vec<Run>, String> {
+    let mut dev = Device::default();
+    let layout: &TableLayout = &e.record;
+    let mut ranges = Vec::new();
+    let mut total = 0;
+    for (inp, _) in tensors {
+        let n = outputs * inp.dims.numel().div_ceil(REDUCE_BLOCK);
+        ranges.push(total..total + n);
+        total += n;
+    }
+    let parts = dev.alloc_f32(&vec![f32::NAN; total.max(1)], 0);
+    let stride = layout.stride();
+    let mut records = vec![0u8; stride * tensors.len()];
+    let mut chunks = Vec::new();
+    let mut ptrs_all = Vec::new();
+    for (ti, (inp, misalign)) in tensors.iter().enumerate() {
+        let ptrs: Vec<u64> = inp
+            .bufs
+            .iter()
+            .map(|b| dev.alloc_f32(b, *misalign))
+            .collect();
+        let rec = &mut records[ti * stride..(ti + 1) * stride];
+        let mut put = |off: usize, bytes: &[u8]| rec[off..off + bytes.len()].copy_from_slice(bytes);
+        for (i, p) in ptrs.iter().enumerate() {
+            put(layout.pointer_offset(i), &p.to_le_bytes());
+        }
+        let n = inp.dims.numel();
+        put(layout.len_offset(), &(n as u64).to_le_bytes());
+        let flags = if ptrs.iter().all(|p| p % 16 == 0) {
+            FLAG_ALIGNED
+        } else {
+            0
+        };
+        put(layout.flags_offset(), &flags.to_le_bytes());
+        if let Some(off) = layout.partials_offset() {
+            put(off, &(parts + 4 * ranges[ti].start as u64).to_le_bytes());
+        }
+        for (u, v) in inp.uniforms.iter().enumerate() {
+            put(layout.uniform_offset(u), &v.to_le_bytes());
+        }
+        for k in 0..n.div_ceil(chunk_elems) {
+            chunks.extend_from_slice(&(ti as u32).to_le_bytes());
+            chunks.extend_from_slice(&(k as u32).to_le_bytes());
+        }
+        ptrs_all.push(ptrs);
+    }
+    let num_chunks = chunks.len() / CHUNK_RECORD_BYTES;
+    let table = dev.alloc(&records, 0);
+    let chunk_ptr = dev.alloc(&chunks, 0);
+    let a: Vec<Arg> = e
+        .multi
+        .params
+        .iter()
+        .map(|p| match p {
+            Param::Table => Arg::U64(table),
+            Param::Chunks => Arg::U64(chunk_ptr),
+            Param::NumChunks => Arg::U64(num_chunks as u64),
+            Param::ChunkElems => Arg::U64(chunk_elems as u64),
+            other => panic!("multi entry parameter {other:?}"),
+        })
+        .collect();
+    // The launcher's grid: blocks rounded up to the block multiple, at most 3 blocks here.
+    let bm = e.block_multiple.max(1);
+    let block = 64u32.div_ceil(bm) * bm;
+    let grid = (num_chunks as u32).clamp(1, 3);
+    if num_chunks > 0 {
+        INSTRUCTIONS.fetch_add(
+            launch(m, &e.multi.name, grid, block, &a, &mut dev)?.instructions,
+            Relaxed,
+        );
+    }
+    let all = dev.read_f32(parts);
+    Ok(ptrs_all
+        .iter()
+        .zip(&ranges)
+        .map(|(ptrs, r)| {
+            (
+                ptrs.iter().map(|p| dev.read_f32(*p)).collect(),
+                all[r.clone()].to_vec(),
+            )
+        })
+        .collect())
+}
+
+/// Runs a factored stage's cols entry (if any) then its rows entry, as the CUDA executor
+/// launches them (`Grids::new` with 64 threads, at most 3 blocks), into one partials buffer laid
+/// out by `optc_kernel::factored::partials_layout`.
+fn run_factored(
+    m: &ptxsim::Module,
+    module: &PtxModule,
+    kernel: &Kernel,
+    stage: usize,
+    inp: &Inputs,
+) -> Result<(Vec<Vec<f32>>, PerOutput), String> {
+    let e = &module.factored[stage];
+    let mut dev = Device::default();
+    let ptrs: Vec<u64> = inp.bufs.iter().map(|b| dev.alloc_f32(b, 0)).collect();
+    let vecs: Vec<u64> = inp.vectors.iter().map(|v| dev.alloc_f32(v, 0)).collect();
+    let layout = partials_layout(kernel, stage, inp.dims);
+    let parts = dev.alloc_f32(&vec![f32::NAN; layout.len.max(1)], 0);
+    let g = Geometry { dims: inp.dims };
+    let block = 64u32;
+    let fit = |items: usize, per: usize| (items.div_ceil(per) as u32).min(3);
+    if let Some(cols) = &e.cols {
+        let blocks = fit(g.col_threads(), block as usize);
+        let a = args(
+            &cols.params,
+            &ptrs,
+            inp,
+            &vecs,
+            parts + 4 * layout.cols_start as u64,
+        );
+        if blocks > 0 {
+            INSTRUCTIONS.fetch_add(
+                launch(m, &cols.name, blocks, block, &a, &mut dev)?.instructions,
+                Relaxed,
+            );
+        }
+    }
+    let blocks = fit(g.row_blocks(), block as usize / 32);
+    let a = args(&e.rows.params, &ptrs, inp, &vecs, parts);
+    if blocks > 0 {
+        INSTRUCTIONS.fetch_add(
+            launch(m, &e.rows.name, blocks, block, &a, &mut dev)?.instructions,
+            Relaxed,
+        );
+    }
+    let all = dev.read_f32(parts);
+    Ok((
+        ptrs.iter().map(|p| dev.read_f32(*p)).collect(),
+        layout
+            .outputs
+            .iter()
+            .map(|r| all[r.clone()].to_vec())
+            .collect(),
+    ))
+}
+
+/// The inputs of stage `stage` for a tensor of `dims`: p, g in [-1, 1), states in [0.05,
+/// 2.05) (so square roots of states are real), vectors in [0.5, 2.5), uniforms from the host
+/// program at step `t` with the reductions of the earlier stages from `reduced`.
+fn inputs(
+    kernel: &Kernel,
+    stage: usize,
+    dims: MatrixDims,
+    seed: u64,
+    t: u64,
+    reduced: &[f64],
+) -> Inputs {
+    let n = dims.numel();
+    let mut bufs = vec![data(n, seed, -1.0), data(n, seed + 1, -1.0)];
+    if SPECIALS.with(|s| s.get()) > 0 {
+        // Every 7th gradient and every 11th parameter a special value.
+        // Fast math flushes subnormals to zero (`docs/cuda.md`): no subnormals there.
+        let (tiny, neg_tiny) = if SPECIALS.with(|s| s.get()) == 2 {
+            (1e-30, -1e-30)
+        } else {
+            (1e-40, -1e-39)
+        };
+        let sp = [
+            0.0,
+            -0.0,
+            tiny,
+            neg_tiny,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            3e38,
+            1.0,
+        ];
+        for (i, x) in bufs[1].iter_mut().enumerate().filter(|(i, _)| i % 7 == 3) {
+            *x = sp[(i / 7) % sp.len()];
+        }
+        for (i, x) in bufs[0].iter_mut().enumerate().filter(|(i, _)| i % 11 == 5) {
+            *x = sp[(i / 11 + 3) % sp.len()];
+        }
+    }
+    for (i, s) in kernel.states.iter().enumerate() {
+        let len = if kernel.is_factored() {
+            dims.len(s.shape)
+        } else {
+            n
+        };
+        bufs.push(data(len, seed + 2 + i as u64, 0.05));
+    }
+    let shapes = kernel.stage_vector_shapes(stage).expect("shapes");
+    let vectors = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let len = match s {
+                VecShape::Rows => dims.len(StateShape::Rows),
+                VecShape::Cols => dims.len(StateShape::Cols),
+                VecShape::One => 1,
+            };
+            data(len, seed + 50 + i as u64, 0.5)
+        })
+        .collect();
+    let hypers = kernel.default_hypers();
+    let scalars = kernel.initial_scalars(&hypers).expect("scalars");
+    let view = Some(optc_kernel::matrix::WideView {
+        rows: dims.batch * dims.rows,
+        cols: dims.cols,
+    });
+    let host = kernel
+        .eval_host_for(&hypers, t, &scalars, reduced, view)
+        .expect("host program");
+    Inputs {
+        bufs,
+        vectors,
+        uniforms: host.uniforms[stage].iter().map(|u| *u as f32).collect(),
+        dims,
+    }
+}
+
+/// Checks every stage of `kernel` compiled with `opts` on tensors of `dims`; `Err` names the
+/// first difference.
+fn check(kernel: &Kernel, opts: &Options, dims: &[MatrixDims]) -> Result<u64, String> {
+    let module = emit(kernel, opts).map_err(|e| e.to_string())?;
+    check_module(kernel, &module, dims)
+}
+
+fn check_module(kernel: &Kernel, module: &PtxModule, dims: &[MatrixDims]) -> Result<u64, String> {
+    let m = ptxsim::parse(&module.source)?;
+    let ex = exact(&module.source);
+    let mut checked = 0;
+    for &d in dims {
+        let mut reduced = vec![1.5f64; kernel.reductions.len()];
+        for stage in 0..kernel.stages.len() {
+            let inp = inputs(kernel, stage, d, 11 + stage as u64, 2, &reduced);
+            let (want, want_parts) = reference(kernel, stage, &inp);
+            for (r, parts) in kernel.stages[stage].reduce.iter().zip(&want_parts) {
+                let op = kernel.reductions[r.reduction.index()].op;
+                reduced[r.reduction.index()] = combine(op, parts.iter().copied()).abs() + 0.5;
+            }
+            let ctx =
+                |what: &str| format!("stage {stage}, {}x{}x{} {what}", d.batch, d.rows, d.cols);
+            let cmp_all =
+                |what: &str, got: &[Vec<f32>], parts: &[Vec<f32>]| -> Result<(), String> {
+                    for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+                        compare(&format!("{} buffer {b}", ctx(what)), g, w, ex)?;
+                    }
+                    for (o, (g, w)) in parts.iter().zip(&want_parts).enumerate() {
+                        compare(&format!("{} partials of output {o}", ctx(what)), g, w, ex)?;
+                    }
+                    Ok(())
+                };
+            if kernel.is_factored() {
+                let (got, parts) = run_factored(&m, module, kernel, stage, &inp)?;
+                cmp_all("rows/cols", &got, &parts)?;
+                checked += 1;
+                continue;
+            }
+            let e = &module.stages[stage];
+            let split = |flat: Vec<f32>| split_partials(&flat, want_parts.len());
+            // The vector entry with one warp (it strides over every reduce block), the scalar
+            // entry with two CTAs of two warps.
+            let (got, parts) = run_single(&m, kernel, stage, &e.vector, &inp, 0, (1, 32))?;
+            cmp_all("vector", &got, &split(parts))?;
+            let (got, parts) = run_single(&m, kernel, stage, &e.scalar, &inp, 4, (2, 64))?;
+            cmp_all("scalar (4-byte aligned)", &got, &split(parts))?;
+            // A second tensor with other values and uniforms in the same launch, its buffers
+            // 4-byte aligned (the record's flag sends it down the scalar path).
+            let d2 = MatrixDims {
+                batch: 1,
+                rows: 1,
+                cols: 37,
+            };
+            let inp2 = inputs(kernel, stage, d2, 99 + stage as u64, 3, &reduced);
+            let (want2, want_parts2) = reference(kernel, stage, &inp2);
+            // Chunks of one and of three times the stage's chunk multiple.
+            for chunk in [1, 3].map(|c| c * e.chunk_multiple.max(1)) {
+                let res = run_multi(&m, e, want_parts.len(), &[(&inp, 0), (&inp2, 4)], chunk)?;
+                cmp_all("multi", &res[0].0, &split(res[0].1.clone()))?;
+                for (b, (g, w)) in res[1].0.iter().zip(&want2).enumerate() {
+                    compare(
+                        &format!("{} buffer {b}", ctx("multi, 2nd tensor")),
+                        g,
+                        w,
+                        ex,
+                    )?;
+                }
+                let parts2 = split_partials(&res[1].1, want_parts2.len());
+                for (o, (g, w)) in parts2.iter().zip(&want_parts2).enumerate() {
+                    compare(
+                        &format!("{} partials {o}", ctx("multi, 2nd tensor")),
+                        g,
+                        w,
+                        ex,
+                    )?;
+                }
+            }
+            checked += 4;
+        }
+    }
+    Ok(checked)
+}
+
+/// A tensor's partials of `outs` reduce outputs (one run of blocks each), split per output.
+fn split_partials(flat: &[f32], outs: usize) -> Vec<Vec<f32>> {
+    match flat.len().checked_div(outs) {
+        Some(per) => flat.chunks(per.max(1)).map(<[f32]>::to_vec).collect(),
+        None => Vec::new(),
+    }
+}
+
+fn flat(n: usize) -> MatrixDims {
+    MatrixDims {
+        batch: 1,
+        rows: 1,
+        cols: n,
+    }
+}
+
+#[test]
+fn every_stdlib_rule_and_hand_built_kernel_computes_what_the_interpreter_does() {
+    let mut failures = Vec::new();
+    let (mut launches, mut modules, mut exact_modules) = (0, 0, 0);
+    let all = kernels();
+    let stdlib_count = all.len() - ptx_kernels::all().len();
+    for (i, (label, kernel, default)) in all.into_iter().enumerate() {
+        for fast_math in [false, true] {
+            let opts = Options {
+                fast_math,
+                ..Options::default()
+            };
+            let mut dims = vec![if kernel.is_factored() {
+                MatrixDims {
+                    batch: 1,
+                    rows: 3,
+                    cols: 11,
+                }
+            } else {
+                flat(33)
+            }];
+            if default && !fast_math {
+                dims.push(flat(1));
+                if kernel.is_factored() {
+                    // Two column blocks; two row blocks per row; a batch of matrices.
+                    for (batch, rows, cols) in [(1, 67, 37), (1, 2, 4099), (3, 5, 7)] {
+                        dims.push(MatrixDims { batch, rows, cols });
+                    }
+                } else {
+                    dims.push(flat(4099));
+                }
+            }
+            modules += 1;
+            let source = emit(&kernel, &opts).map(|m| m.source).unwrap_or_default();
+            exact_modules += usize::from(exact(&source));
+            // docs/cuda.md: without fast math every stdlib module is correctly rounded, so
+            // compared bit for bit.
+            if i < stdlib_count && !fast_math && !exact(&source) {
+                failures.push(format!("{label}: uses an approximate op without fast math"));
+            }
+            match check(&kernel, &opts, &dims) {
+                Ok(n) => launches += n,
+                Err(e) => failures.push(format!(
+                    "{label}{}: {e}",
+                    if fast_math { " (fast math)" } else { "" }
+                )),
+            }
+        }
+        // Below sm_80, min/max have no `.NaN` form: the lowering selects on `setp.nan`.
+        if default {
+            let opts = Options {
+                version: "7.0".into(),
+                target: "sm_70".into(),
+                fast_math: false,
+            };
+            let dims = [if kernel.is_factored() {
+                MatrixDims {
+                    batch: 1,
+                    rows: 3,
+                    cols: 11,
+                }
+            } else {
+                flat(33)
+            }];
+            modules += 1;
+            let source = emit(&kernel, &opts).map(|m| m.source).unwrap_or_default();
+            exact_modules += usize::from(exact(&source));
+            match check(&kernel, &opts, &dims) {
+                Ok(n) => launches += n,
+                Err(e) => failures.push(format!("{label} (sm_70): {e}")),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!(
+        "ptxsim: {modules} modules ({exact_modules} compared bit for bit), {launches} stage runs, \
+         {} instructions emulated",
+        INSTRUCTIONS.load(Relaxed)
+    );
+}
+
+/// The same walk on 77 elements (a 7x11 matrix) with zeros of both signs, subnormals,
+/// infinities, NaNs and huge values among p and g: NaN and infinity propagation, signed zeros
+/// and subnormals must agree too (bit for bit where the module is exact; fast-math modules,
+/// which flush subnormals, get no subnormal inputs).
+#[test]
+fn special_values_propagate_as_in_the_interpreter() {
+    let mut failures = Vec::new();
+    for (label, kernel, _) in kernels() {
+        for fast_math in [false, true] {
+            SPECIALS.with(|s| s.set(if fast_math { 2 } else { 1 }));
+            let opts = Options {
+                fast_math,
+                ..Options::default()
+            };
+            let dims = [if kernel.is_factored() {
+                MatrixDims {
+                    batch: 1,
+                    rows: 7,
+                    cols: 11,
+                }
+            } else {
+                flat(77)
+            }];
+            if let Err(e) = check(&kernel, &opts, &dims) {
+                let fast = if fast_math { " (fast math)" } else { "" };
+                failures.push(format!("{label}{fast}: {e}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// The comparison can fail: AdamW's module with one `add.rn.f32` of the body turned into a
+/// `sub.rn.f32` no longer matches, and neither does one whose reduction tree shuffles by the
+/// wrong lane distance.
+#[test]
+fn a_mutated_instruction_fails_the_comparison() {
+    let k = ptx_kernels::adamw();
+    let mut module = emit(&k, &Options::default()).expect("emit");
+    check_module(&k, &module, &[flat(33)]).expect("the unmutated module matches");
+    let at = module.source.find("add.rn.f32").expect("an add");
+    module.source.replace_range(at..at + 3, "sub");
+    let err = check_module(&k, &module, &[flat(33)]).expect_err("a mutated add must not match");
+    assert!(err.contains("buffer"), "{err}");
+
+    let k = ptx_kernels::trust_ratio();
+    let mut module = emit(&k, &Options::default()).expect("emit");
+    check_module(&k, &module, &[flat(4099)]).expect("the unmutated module matches");
+    let at = module.source.find("shfl.sync.down.b32").expect("a shuffle");
+    let line_end = at + module.source[at..].find(';').expect("end");
+    let line = module.source[at..line_end].replace(", 16, 31", ", 8, 31");
+    assert_ne!(line, &module.source[at..line_end]);
+    module.source.replace_range(at..line_end, &line);
+    let err = check_module(&k, &module, &[flat(4099)]).expect_err("a wrong shuffle must not match");
+    assert!(err.contains("partials"), "{err}");
+
+    // LAMB's stage 0 transposes its v4 partial sums through shared memory: without the warp
+    // barrier between the stores and the loads, the emulator reports the race.
+    let rule = stdlib::rule("lamb").and_then(Result::ok).expect("lamb");
+    let k = rule.specialize(&[]).expect("lamb");
+    let mut module = emit(&k, &Options::default()).expect("emit");
+    check_module(&k, &module, &[flat(4099)]).expect("the unmutated module matches");
+    let at = module
+        .source
+        .find("bar.warp.sync -1;")
+        .expect("a warp barrier");
+    module
+        .source
+        .replace_range(at..at + "bar.warp.sync -1;".len(), "");
+    let err = check_module(&k, &module, &[flat(4099)]).expect_err("a missing barrier must fail");
+    assert!(err.contains("shared-memory race"), "{err}");
+
+    // AdamW's multi-tensor entry reading its first uniform 4 bytes too far into the record
+    // (so every tensor gets its second uniform).
+    let k = ptx_kernels::adamw();
+    let mut module = emit(&k, &Options::default()).expect("emit");
+    let entry = module.source.find("_multi(").expect("a multi entry");
+    let at = entry
+        + module.source[entry..]
+            .find("ld.global.f32 %f1, [")
+            .expect("the first uniform load");
+    let close = at + module.source[at..].find(']').expect("]");
+    let plus = at + module.source[at..close].find('+').expect("an offset");
+    let off: usize = module.source[plus + 1..close].parse().expect("offset");
+    module
+        .source
+        .replace_range(plus + 1..close, &(off + 4).to_string());
+    let err = check_module(&k, &module, &[flat(33)]).expect_err("a wrong record offset");
+    assert!(err.contains("multi"), "{err}");
+
+    // Adafactor's first rows entry with one multiplication turned into an addition.
+    let rule = stdlib::rule("adafactor")
+        .and_then(Result::ok)
+        .expect("adafactor");
+    let k = rule
+        .specialize_with(
+            &[],
+            &CompileOptions {
+                clip: false,
+                loss_scale: false,
+                rank: RankClass::Matrix,
+            },
+        )
+        .expect("adafactor");
+    assert!(k.is_factored());
+    let dims = [MatrixDims {
+        batch: 1,
+        rows: 67,
+        cols: 37,
+    }];
+    let mut module = emit(&k, &Options::default()).expect("emit");
+    check_module(&k, &module, &dims).expect("the unmutated module matches");
+    let rows = module.source.find("_s0_rows(").expect("a rows entry");
+    let at = rows + module.source[rows..].find("mul.rn.f32").expect("a mul");
+    module.source.replace_range(at..at + 3, "add");
+    let err = check_module(&k, &module, &dims).expect_err("a mutated factored entry must fail");
+    assert!(err.contains("rows/cols"), "{err}");
+}
+
+/// An instruction outside the emulated subset is an error naming it, not a silent skip.
+#[test]
+fn unknown_instructions_are_errors_that_name_them() {
+    let src = ".version 8.0\n.target sm_80\n.address_size 64\n\
+               .visible .entry e(\n\t.param .u64 e_p\n)\n{\n\t.reg .f32 %f<3>;\n\
+               \ttanh.approx.f32 %f1, %f2;\n\tret;\n}\n";
+    let err = ptxsim::parse(src).expect_err("tanh is not emulated");
+    assert!(err.contains("tanh.approx.f32 %f1, %f2"), "{err}");
+}
+
+/// Runs `body` (instructions over `%rd1` = the output pointer, `%r1` = the lane) in one warp of
+/// 32 threads and returns the 32-bit words it stored, `words` per lane at `%rd1 + 4 * (lane *
+/// words + k)`.
+fn run_snippet(decls: &str, body: &str, words: usize) -> Result<Vec<u32>, String> {
+    let src = format!(
+        ".version 8.0\n.target sm_80\n.address_size 64\n{decls}\n\
+         .visible .entry t(\n\t.param .u64 t_out\n)\n{{\n\
+         \t.reg .pred %p<8>;\n\t.reg .f32 %f<16>;\n\t.reg .b32 %r<16>;\n\t.reg .b64 %rd<16>;\n\
+         \t.reg .b16 %h<8>;\n\
+         \tld.param.u64 %rd1, [t_out];\n\tmov.u32 %r1, %tid.x;\n\
+         \tmul.wide.u32 %rd2, %r1, {};\n\tadd.s64 %rd1, %rd1, %rd2;\n{body}\n\tret;\n}}\n",
+        4 * words
+    );
+    let m = ptxsim::parse(&src)?;
+    let mut dev = Device::default();
+    let out = dev.alloc(&vec![0u8; 32 * 4 * words], 0);
+    launch(&m, "t", 1, 32, &[Arg::U64(out)], &mut dev)?;
+    Ok(dev
+        .bytes(out)
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// The emulator's semantics against values stated by the PTX ISA (and IEEE 754).
+#[test]
+fn the_emulator_follows_the_ptx_isa() {
+    // shfl.sync.down by 1 with clamp 31: lane l gets lane l+1's value, lane 31 its own; bfly by
+    // 16 swaps halves; up by 2 (clamp 0) takes lane l-2, lanes 0 and 1 keep theirs.
+    let w = run_snippet(
+        "",
+        "\tshfl.sync.down.b32 %r2, %r1, 1, 31, -1;\n\tst.global.u32 [%rd1], %r2;\n\
+         \tshfl.sync.bfly.b32 %r3, %r1, 16, 31, -1;\n\tst.global.u32 [%rd1+4], %r3;\n\
+         \tshfl.sync.up.b32 %r4, %r1, 2, 0, -1;\n\tst.global.u32 [%rd1+8], %r4;",
+        3,
+    )
+    .expect("runs");
+    for l in 0..32u32 {
+        let at = 3 * l as usize;
+        assert_eq!(w[at], if l == 31 { 31 } else { l + 1 }, "down, lane {l}");
+        assert_eq!(w[at + 1], l ^ 16, "bfly, lane {l}");
+        assert_eq!(w[at + 2], if l < 2 { l } else { l - 2 }, "up, lane {l}");
+    }
+    // min/max: plain ones drop a NaN, .NaN ones give the canonical NaN; copysign
+    // takes the sign of its first operand; setp.ne is ordered, setp.neu unordered.
+    let nan = "0f7FC00000";
+    let w = run_snippet(
+        "",
+        &format!(
+            "\tmin.f32 %f1, {nan}, 0f3F800000;\n\tst.global.f32 [%rd1], %f1;\n\
+             \tmax.NaN.f32 %f2, 0f3F800000, {nan};\n\tst.global.f32 [%rd1+4], %f2;\n\
+             \tmin.f32 %f3, 0f00000000, 0f80000000;\n\tst.global.f32 [%rd1+8], %f3;\n\
+             \tmax.f32 %f4, 0f80000000, 0f00000000;\n\tst.global.f32 [%rd1+12], %f4;\n\
+             \tcopysign.f32 %f5, 0fBF800000, 0f40000000;\n\tst.global.f32 [%rd1+16], %f5;\n\
+             \tsetp.ne.f32 %p1, {nan}, 0f3F800000;\n\tselp.u32 %r2, 1, 0, %p1;\n\
+             \tst.global.u32 [%rd1+20], %r2;\n\
+             \tsetp.neu.f32 %p2, {nan}, 0f3F800000;\n\tselp.u32 %r3, 1, 0, %p2;\n\
+             \tst.global.u32 [%rd1+24], %r3;\n\
+             \tmul.ftz.f32 %f6, 0f00400000, 0f3F800000;\n\tst.global.f32 [%rd1+28], %f6;\n\
+             \tmul.rn.f32 %f7, 0f00400000, 0f3F800000;\n\tst.global.f32 [%rd1+32], %f7;\n\
+             \tfma.rn.f32 %f8, 0f3F800001, 0f3F800001, 0fBF800002;\n\tst.global.f32 [%rd1+36], %f8;"
+        ),
+        10,
+    )
+    .expect("runs");
+    assert_eq!(f32::from_bits(w[0]), 1.0);
+    assert_eq!(w[1], 0x7FFF_FFFF);
+    // The sign of min/max of +0 and -0 is left to the lowering: the emulator gives the first
+    // operand (so a lowering that relies on the hardware's choice shows).
+    assert_eq!(w[2], 0x0000_0000);
+    assert_eq!(w[3], 0x8000_0000);
+    assert_eq!(f32::from_bits(w[4]), -2.0);
+    assert_eq!((w[5], w[6]), (0, 1));
+    assert_eq!(w[7], 0, ".ftz flushes a subnormal");
+    assert_eq!(w[8], 0x0040_0000, "without .ftz it is kept");
+    // (1 + 2^-23)^2 - (1 + 2^-22) = 2^-46, exact only when fused.
+    assert_eq!(f32::from_bits(w[9]), 2f32.powi(-46));
+    // Conversions: 1 + 2^-8 + 2^-9 rounds to bf16 1 + 2^-7 (nearest), and 1/3 to f16 0x3555;
+    // widening is exact; f32 -> s32 truncates toward zero and saturates.
+    let w = run_snippet(
+        "",
+        "\tcvt.rn.bf16.f32 %h1, 0f3F80C000;\n\tcvt.f32.bf16 %f1, %h1;\n\
+         \tst.global.f32 [%rd1], %f1;\n\
+         \tcvt.rn.f16.f32 %h2, 0f3EAAAAAB;\n\tcvt.u32.u16 %r2, %h2;\n\
+         \tst.global.u32 [%rd1+4], %r2;\n\tcvt.f32.f16 %f2, %h2;\n\tst.global.f32 [%rd1+8], %f2;\n\
+         \tcvt.rzi.s32.f32 %r3, 0fC0300000;\n\tst.global.u32 [%rd1+12], %r3;\n\
+         \tcvt.rzi.s32.f32 %r4, 0f7F800000;\n\tst.global.u32 [%rd1+16], %r4;",
+        5,
+    )
+    .expect("runs");
+    assert_eq!(f32::from_bits(w[0]), 1.0 + 2f32.powi(-7));
+    assert_eq!(w[1], 0x3555);
+    assert_eq!(f32::from_bits(w[2]), 0.333_251_95);
+    assert_eq!(w[3] as i32, -2);
+    assert_eq!(w[4] as i32, i32::MAX);
+    // A .const table, read per lane.
+    let w = run_snippet(
+        ".const .align 4 .b32 table[4] = {10, 20, 30, 40};",
+        "\tand.b32 %r2, %r1, 3;\n\tmul.wide.u32 %rd3, %r2, 4;\n\tmov.u64 %rd4, table;\n\
+         \tadd.s64 %rd4, %rd4, %rd3;\n\tld.const.u32 %r3, [%rd4];\n\tst.global.u32 [%rd1], %r3;",
+        1,
+    )
+    .expect("runs");
+    assert!(w
+        .iter()
+        .enumerate()
+        .all(|(l, v)| *v == 10 * (1 + l as u32 % 4)));
+    // Errors, never silent: misaligned v4, out of bounds, a shuffle some lanes skip.
+    let e = run_snippet("", "\tld.global.v4.f32 {%f1, %f2, %f3, %f4}, [%rd1+4];", 8)
+        .expect_err("misaligned");
+    assert!(e.contains("misaligned"), "{e}");
+    let e = run_snippet("", "\tst.global.u32 [%rd1+4], %r1;", 1).expect_err("out of bounds");
+    assert!(e.contains("outside every allocation"), "{e}");
+    let e = run_snippet(
+        "",
+        "\tsetp.eq.u32 %p1, %r1, 0;\n\t@%p1 bra $L_end;\n\
+         \tshfl.sync.down.b32 %r2, %r1, 1, 31, -1;\n$L_end:",
+        1,
+    )
+    .expect_err("divergent shuffle");
+    assert!(e.contains("only 31 of 32 lanes"), "{e}");
+    let e = run_snippet("", "\tadd.rn.f32 %f1, %f2, 0f3F800000;", 1).expect_err("undefined");
+    assert!(e.contains("reads `%f2` before anything wrote it"), "{e}");
+}
