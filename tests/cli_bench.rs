@@ -202,3 +202,32 @@ fn storage_dtypes_set_the_bytes_moved_and_the_state_bytes() {
         "{err}"
     );
 }
+
+#[test]
+fn int8_states_take_about_two_bytes_per_parameter() {
+    // adamw's m and v as int8 codes (1 B each per element) plus one f32 absmax per block of
+    // 256 elements per state (optc_kernel::quant::QUANT_BLOCK): 2 + 2 * 4 / 256 = 2.03125 B per
+    // parameter on one tensor of 2^20 elements; p and g stay f32 (read p, g, m, v: 4 + 4 + 1 + 1,
+    // write p, m, v: 4 + 1 + 1 = 16 B moved per element).
+    let (code, out, err) = bench(&[
+        "adamw",
+        "--n",
+        "1048576",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--state-dtype",
+        "int8",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let last = out.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last).expect("last line is JSON");
+    assert_eq!(v["tensors"].as_u64(), Some(1), "{last}");
+    assert_eq!(v["state_dtype"].as_str(), Some("int8"), "{last}");
+    let state = v["state_bytes_per_param"].as_f64().expect("state bytes");
+    assert!(state <= 2.1, "{last}");
+    assert_eq!(state, 2.0 + 2.0 * 4.0 / 256.0, "{last}");
+    assert_eq!(v["bytes_per_element"].as_f64(), Some(16.0), "{last}");
+}
