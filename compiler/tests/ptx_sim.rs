@@ -887,6 +887,37 @@ fn the_emulator_follows_the_ptx_isa() {
         .iter()
         .enumerate()
         .all(|(l, v)| *v == 10 * (1 + l as u32 % 4)));
+    // vote.sync.any: whether the predicate holds on some lane (lane 5 only: every lane sees
+    // true; no lane: false).
+    let w = run_snippet(
+        "",
+        "\tsetp.eq.u32 %p1, %r1, 5;\n\tvote.sync.any.pred %p2, %p1, -1;\n\
+         \tselp.u32 %r2, 1, 0, %p2;\n\tst.global.u32 [%rd1], %r2;\n\
+         \tsetp.gt.u32 %p3, %r1, 40;\n\tvote.sync.any.pred %p4, %p3, -1;\n\
+         \tselp.u32 %r3, 1, 0, %p4;\n\tst.global.u32 [%rd1+4], %r3;",
+        2,
+    )
+    .expect("runs");
+    for l in 0..32 {
+        assert_eq!((w[2 * l], w[2 * l + 1]), (1, 0), "vote, lane {l}");
+    }
+    // Sub-word ld/st through 32-bit registers (the ISA allows wider data operands): st.u8
+    // writes the low byte, ld.u8 zero-extends, ld.s8 sign-extends.
+    let w = run_snippet(
+        "",
+        "\tmov.u32 %r2, 0x1FF;\n\tst.global.u8 [%rd1], %r2;\n\
+         \tld.global.u8 %r3, [%rd1];\n\tst.global.u32 [%rd1+4], %r3;\n\
+         \tld.global.s8 %r4, [%rd1];\n\tst.global.u32 [%rd1+8], %r4;",
+        3,
+    )
+    .expect("runs");
+    for l in 0..32 {
+        assert_eq!(
+            &w[3 * l..3 * l + 3],
+            &[0xFF, 0xFF, 0xFFFF_FFFF],
+            "sub-word, lane {l}"
+        );
+    }
     // Errors, never silent: misaligned v4, out of bounds, a shuffle some lanes skip.
     let e = run_snippet("", "\tld.global.v4.f32 {%f1, %f2, %f3, %f4}, [%rd1+4];", 8)
         .expect_err("misaligned");
@@ -903,4 +934,121 @@ fn the_emulator_follows_the_ptx_isa() {
     assert!(e.contains("only 31 of 32 lanes"), "{e}");
     let e = run_snippet("", "\tadd.rn.f32 %f1, %f2, 0f3F800000;", 1).expect_err("undefined");
     assert!(e.contains("reads `%f2` before anything wrote it"), "{e}");
+}
+
+/// The `_q8` entries (int8 states, `backend/ptx/quant.rs`): every stdlib rule with per-element
+/// states at its default flags (loss-scaled too), with `state: Int8`, each stage run on a tensor
+/// of two reduction blocks and a partial quantization block (8229 elements; its int8 states as
+/// codes and scales together, the device layout) against the interpreter, whose int8 store
+/// quantizes each block (`optc_kernel::int8::round_trip`): every f32 buffer, every int8 state's
+/// codes and scales, and the partials equal bit for bit.
+#[test]
+fn int8_entries_compute_what_the_interpreter_does() {
+    use optc_kernel::{int8, Dtype, Precision};
+    let precision = Precision {
+        state: Dtype::Int8,
+        ..Precision::default()
+    };
+    let n = 2 * REDUCE_BLOCK + 37;
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (label, base, default) in kernels() {
+        // Stdlib kernels only (at default math every one is exact, so compared bit for bit).
+        if !default || !stdlib::names().any(|r| r == base.rule) {
+            continue;
+        }
+        let Ok(kernel) = precision.apply(&base) else {
+            continue;
+        };
+        if !kernel.storage.states.contains(&Dtype::Int8) {
+            continue;
+        }
+        let module = emit(&kernel, &Options::default()).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let m = ptxsim::parse(&module.source).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let mut reduced = vec![1.5f64; kernel.reductions.len()];
+        let result = (|| -> Result<(), String> {
+            for stage in 0..kernel.stages.len() {
+                let mut inp = inputs(&kernel, stage, flat(n), 21 + stage as u64, 2, &reduced);
+                let int8_state = |i: usize| kernel.storage.states[i] == Dtype::Int8;
+                // An int8 state holds what its codes and scales load as.
+                for (i, b) in inp.bufs[2..].iter_mut().enumerate() {
+                    if int8_state(i) {
+                        int8::round_trip(b);
+                    }
+                }
+                let (want, want_parts) = reference(&kernel, stage, &inp);
+                for (r, parts) in kernel.stages[stage].reduce.iter().zip(&want_parts) {
+                    let op = kernel.reductions[r.reduction.index()].op;
+                    reduced[r.reduction.index()] = combine(op, parts.iter().copied()).abs() + 0.5;
+                }
+                let entry = module.stages[stage]
+                    .int8
+                    .as_ref()
+                    .ok_or_else(|| format!("stage {stage} has no _q8 entry"))?;
+                let mut dev = Device::default();
+                let encode = |xs: &[f32]| {
+                    let mut codes = vec![0u8; xs.len()];
+                    let mut scales = vec![0f32; int8::scale_count(xs.len())];
+                    int8::store(xs, &mut codes, &mut scales);
+                    let mut bytes = codes;
+                    bytes.resize(int8::device_scales_offset(xs.len()), 0);
+                    bytes.extend(scales.iter().flat_map(|s| s.to_le_bytes()));
+                    bytes
+                };
+                let ptrs: Vec<u64> = inp
+                    .bufs
+                    .iter()
+                    .enumerate()
+                    .map(|(b, xs)| {
+                        if b >= 2 && int8_state(b - 2) {
+                            dev.alloc(&encode(xs), 0)
+                        } else {
+                            dev.alloc_f32(xs, 0)
+                        }
+                    })
+                    .collect();
+                let np = optc_kernel::abi::partials_len(&kernel, stage, n);
+                let parts = dev.alloc_f32(&vec![f32::NAN; np], 0);
+                let a = args(&entry.params, &ptrs, &inp, &[], parts);
+                // Two CTAs of two warps: fewer warps than units, so each strides.
+                INSTRUCTIONS.fetch_add(
+                    launch(&m, &entry.name, 2, 64, &a, &mut dev)?.instructions,
+                    Relaxed,
+                );
+                for (b, w) in want.iter().enumerate() {
+                    let what = format!("stage {stage} buffer {b}");
+                    if b >= 2 && int8_state(b - 2) {
+                        let got = dev.bytes(ptrs[b]).to_vec();
+                        let mut want_bytes = encode(w);
+                        // Codes and scales of the interpreter's values (what they load as
+                        // quantizes to itself).
+                        want_bytes.truncate(got.len());
+                        if got != want_bytes {
+                            let i = got.iter().zip(&want_bytes).position(|(x, y)| x != y);
+                            return Err(format!("{what}: int8 bytes differ at {i:?}"));
+                        }
+                    } else {
+                        compare(&what, &dev.read_f32(ptrs[b]), w, true)?;
+                    }
+                }
+                let got_parts = split_partials(&dev.read_f32(parts), want_parts.len());
+                for (o, (g, w)) in got_parts.iter().zip(&want_parts).enumerate() {
+                    compare(&format!("stage {stage} partials {o}"), g, w, true)?;
+                }
+                checked += 1;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            failures.push(format!("{label}: {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(checked >= 15, "{checked} stages");
+    eprintln!("ptxsim: {checked} int8 stage runs");
 }

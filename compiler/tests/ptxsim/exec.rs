@@ -323,6 +323,25 @@ impl Cta<'_> {
                     t.state = State::Ready;
                 }
             }
+            Kind::VoteAny { d, a, mask } => {
+                let mut any = false;
+                for (l, t) in lanes.iter().enumerate() {
+                    let tid = (w * 32 + l) as u32;
+                    if self.read(t, tid, mask)? as u32 != u32::MAX {
+                        return Err(format!(
+                            "`{}`: only full-warp masks are emulated",
+                            inst.text
+                        ));
+                    }
+                    any |= self.read(t, tid, a)? != 0;
+                }
+                for t in lanes.iter_mut() {
+                    t.regs[d as usize] = u64::from(any);
+                    t.defined[d as usize] = true;
+                    t.pc += 1;
+                    t.state = State::Ready;
+                }
+            }
             Kind::BarWarp { mask } => {
                 for (l, t) in lanes.iter_mut().enumerate() {
                     let m = self.read(t, (w * 32 + l) as u32, mask)? as u32;
@@ -604,7 +623,9 @@ impl Cta<'_> {
                     _ => return Err("store to a read-only state space".into()),
                 }
             }
-            Kind::Shfl { .. } | Kind::BarWarp { .. } | Kind::BarSync => return Ok(Flow::Block),
+            Kind::Shfl { .. } | Kind::VoteAny { .. } | Kind::BarWarp { .. } | Kind::BarSync => {
+                return Ok(Flow::Block)
+            }
             Kind::Bra { target } => return Ok(Flow::Jump(target)),
             Kind::Ret => return Ok(Flow::Exit),
         }

@@ -288,6 +288,12 @@ pub enum Kind {
         c: Opnd,
         mask: Opnd,
     },
+    /// `vote.sync.any.pred d, a, mask`: `d` is whether `a` holds on some lane of the warp.
+    VoteAny {
+        d: u16,
+        a: Opnd,
+        mask: Opnd,
+    },
     BarWarp {
         mask: Opnd,
     },
@@ -513,6 +519,15 @@ impl Ctx<'_> {
             param: None,
         })
     }
+}
+
+/// Whether `ld`/`st` of `ty` may use the register type `reg`: the ISA lets the data operand of a
+/// sub-word integer load or store be wider than the type ("8-bit or 16-bit values may be held
+/// directly in 32-bit or 64-bit registers"): a load zero- or sign-extends, a store writes the
+/// low bytes.
+fn fits_ld_st(reg: Ty, ty: Ty) -> bool {
+    let sub_word = matches!(ty, Ty::B8 | Ty::U8 | Ty::S8 | Ty::B16 | Ty::U16 | Ty::S16);
+    (sub_word && reg != Ty::Pred && reg.bytes() >= ty.bytes()) || check_fit("", reg, ty).is_ok()
 }
 
 fn check_fit(name: &str, reg: Ty, ty: Ty) -> Result<(), String> {
@@ -1101,7 +1116,10 @@ fn parse_inst(s: &str, ctx: &Ctx<'_>, labels: &HashMap<String, usize>) -> Result
                     ty,
                     d: items
                         .iter()
-                        .map(|r| ctx.dst(r, ty))
+                        .map(|r| match ctx.reg(r) {
+                            Ok((reg, rt)) if fits_ld_st(rt, ty) => Ok(reg),
+                            _ => ctx.dst(r, ty),
+                        })
                         .collect::<Result<_, _>>()?,
                     addr,
                 }
@@ -1111,7 +1129,10 @@ fn parse_inst(s: &str, ctx: &Ctx<'_>, labels: &HashMap<String, usize>) -> Result
                     ty,
                     v: items
                         .iter()
-                        .map(|r| ctx.src(r, ty))
+                        .map(|r| match ctx.reg(r) {
+                            Ok((reg, rt)) if fits_ld_st(rt, ty) => Ok(Opnd::Reg(reg)),
+                            _ => ctx.src(r, ty),
+                        })
                         .collect::<Result<_, _>>()?,
                     addr,
                 }
@@ -1136,6 +1157,14 @@ fn parse_inst(s: &str, ctx: &Ctx<'_>, labels: &HashMap<String, usize>) -> Result
                 b: ctx.src(&a[2], Ty::B32)?,
                 c: ctx.src(&a[3], Ty::B32)?,
                 mask: ctx.src(&a[4], Ty::B32)?,
+            }
+        }
+        "vote" if tys == [Ty::Pred] && flags.as_slice() == ["sync", "any"] => {
+            nargs(3)?;
+            Kind::VoteAny {
+                d: ctx.dst(&a[0], Ty::Pred)?,
+                a: ctx.src(&a[1], Ty::Pred)?,
+                mask: ctx.src(&a[2], Ty::B32)?,
             }
         }
         "bar" if op == "bar.warp.sync" => {
