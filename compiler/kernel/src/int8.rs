@@ -20,6 +20,7 @@
 //! - Tensors of fewer than [`MIN_QUANT_ELEMENTS`] elements keep the state in f32
 //!   ([`stored_dtype`]), as bitsandbytes does for small tensors.
 
+use crate::code_table::CodeTable;
 use crate::dtype::Dtype;
 use crate::expr::Slot;
 use crate::quant::{DynamicMap, MIN_QUANT_ELEMENTS, QUANT_BLOCK};
@@ -30,6 +31,15 @@ use std::sync::OnceLock;
 fn maps() -> &'static (DynamicMap, DynamicMap) {
     static MAPS: OnceLock<(DynamicMap, DynamicMap)> = OnceLock::new();
     MAPS.get_or_init(|| (DynamicMap::signed(), DynamicMap::unsigned()))
+}
+
+/// The bucket tables of the signed and unsigned maps (the store's fast exact code).
+fn tables() -> &'static (CodeTable, CodeTable) {
+    static TABLES: OnceLock<(CodeTable, CodeTable)> = OnceLock::new();
+    TABLES.get_or_init(|| {
+        let (signed, unsigned) = maps();
+        (CodeTable::new(signed), CodeTable::new(unsigned))
+    })
 }
 
 /// The map a block whose stored scale is `scale` uses: signed when its sign bit is set.
@@ -91,12 +101,17 @@ pub fn store_block(xs: &[f32], codes: &mut [u8]) -> f32 {
     }
     let (signed, unsigned) = maps();
     let signed_map = negative || nan;
-    let map = if signed_map { signed } else { unsigned };
+    let (map, table) = if signed_map {
+        (signed, &tables().0)
+    } else {
+        (unsigned, &tables().1)
+    };
     let absmax = if nan { f32::NAN } else { absmax };
-    // As `quant::quantize_block`: one reciprocal per block, then a clamped product per value.
+    // As `quant::quantize_block`: one reciprocal per block, then a clamped product per value,
+    // coded by the bucket table (exactly `map.code`, see `code_table`).
     let inv = 1.0 / absmax.max(1e-38);
     for (c, &x) in codes.iter_mut().zip(xs) {
-        *c = map.code((x * inv).clamp(-1.0, 1.0));
+        *c = table.code(map, (x * inv).clamp(-1.0, 1.0));
     }
     if signed_map {
         -absmax

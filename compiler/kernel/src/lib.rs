@@ -25,6 +25,7 @@
 pub mod abi;
 pub mod arena;
 pub mod artifact;
+mod code_table;
 pub mod dtype;
 pub mod eval;
 pub mod expr;

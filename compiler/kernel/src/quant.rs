@@ -114,6 +114,11 @@ impl DynamicMap {
         self.mids.partition_point(|&m| m < scaled) as u8
     }
 
+    /// The 255 midpoints, sorted (`mids[i]` between values `i` and `i + 1`).
+    pub(crate) fn mids(&self) -> &[f32; 255] {
+        &self.mids
+    }
+
     /// The value of a code.
     pub fn value(&self, code: u8) -> f32 {
         self.values[code as usize]
