@@ -131,6 +131,7 @@ fn three_steps(k: &Kernel, cpu: &CpuKernel, input: &Tensor, off: usize) -> (Tens
                 },
                 dims: None,
                 view,
+                tensor: 0,
             }],
         )
         .expect("interpreter");
