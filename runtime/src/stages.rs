@@ -52,8 +52,9 @@ pub(crate) fn check_supported(kernel: &Kernel, target: Target) -> Result<(), Run
 }
 
 /// Errors unless `target` runs `kernel`'s storage dtypes: 16-bit buffers run on the interpreter
-/// and the CPU (CUDA keeps f32 buffers so far), and a kernel with matrix stages keeps `p` and `g`
-/// in f32 (the matrix programs read f32).
+/// and the CPU (CUDA keeps f32 buffers so far). A kernel with matrix stages takes any storage:
+/// its matrix programs' states stay f32 (`Storage::check`), and the host executor widens a
+/// 16-bit `p` or `g` that a program reads.
 pub(crate) fn check_storage(kernel: &Kernel, target: Target) -> Result<(), RuntimeError> {
     if kernel.storage.is_f32() {
         return Ok(());
@@ -65,12 +66,6 @@ pub(crate) fn check_storage(kernel: &Kernel, target: Target) -> Result<(), Runti
     if !host {
         return Err(RuntimeError::Unsupported(format!(
             "rule `{}` with 16-bit storage cannot run on {target}: storage dtypes run on the interpreter and the CPU only so far (use Target::Cpu, `--target cpu`)",
-            kernel.rule
-        )));
-    }
-    if kernel.stages.iter().any(|s| s.matrix.is_some()) {
-        return Err(RuntimeError::Unsupported(format!(
-            "rule `{}` has matrix stages, which keep every buffer in f32 so far: build it without precision options",
             kernel.rule
         )));
     }
