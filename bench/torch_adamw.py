@@ -7,6 +7,7 @@ never absolute times from different sessions (see BENCHMARKS.md).
     python bench/torch_adamw.py                      # 64M fp32 elements, one tensor, fused=True
     python bench/torch_adamw.py --shapes gpt2-small  # the 148 GPT-2 small tensors
     python bench/torch_adamw.py --impl foreach       # or forloop
+    python bench/torch_adamw.py --dtype bfloat16     # bf16 params, grads and states (fused)
 
 Prints one human line per configuration and, with --json, one JSON object as the last line
 (median ms/step, elements/s, bytes/s at AdamW's 28 bytes/element). A bandwidth probe like optc's
@@ -42,6 +43,8 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--impl", choices=["fused", "foreach", "forloop"], default="fused")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="params, grads and states (torch keeps one dtype for all; bf16: 14 bytes/element)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -51,7 +54,8 @@ def main():
     else:
         k = args.tensors
         shapes = [(args.n // k + (1 if i < args.n % k else 0),) for i in range(k)]
-    params = [torch.full(s, 0.5, dtype=torch.float32) for s in shapes]
+    dtype = getattr(torch, args.dtype)
+    params = [torch.full(s, 0.5, dtype=dtype) for s in shapes]
     for p in params:
         p.grad = torch.full_like(p, 1e-3)
     elements = sum(p.numel() for p in params)
@@ -71,7 +75,7 @@ def main():
                 times.append(dt)
     med = statistics.median(times)
     report = {
-        "impl": f"torch {torch.__version__} AdamW({args.impl})",
+        "impl": f"torch {torch.__version__} AdamW({args.impl}, {args.dtype})",
         "elements": elements,
         "tensors": len(shapes),
         "threads": torch.get_num_threads(),
@@ -79,7 +83,7 @@ def main():
         "step_s": med,
         "step_min_s": min(times),
         "elements_per_s": elements / med,
-        "bytes_per_s": BYTES_PER_ELEMENT * elements / med,
+        "bytes_per_s": BYTES_PER_ELEMENT * (0.5 if args.dtype == "bfloat16" else 1) * elements / med,
     }
     print(
         f"{report['impl']}: {elements} elements in {len(shapes)} tensor(s), {report['threads']} thread(s): "

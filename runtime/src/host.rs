@@ -15,8 +15,9 @@ use crate::matrix::{self, MatrixArgs};
 use crate::target::Target;
 use optc_kernel::artifact::PtxModule;
 use optc_kernel::matrix::{reference_matmul, Mat};
-use optc_kernel::Dtype;
 use optc_kernel::ValidKernel;
+use optc_kernel::{Dtype, Slot};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 enum Compiled {
@@ -246,20 +247,29 @@ impl Executor for HostExecutor {
                 .as_deref()
                 .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
             for (a, view) in args.iter_mut().zip(&views) {
-                // Matrix kernels keep f32 p and g (stages::check_storage) and f32 states where
-                // a matrix program reads or writes them (`Precision::apply`); a state in another
-                // dtype is no slot of the program and goes in empty.
-                let not_f32 = || internal("a 16-bit buffer in a matrix kernel");
-                let param = a.param.as_f32_ref().ok_or_else(not_f32)?;
-                let grad = a.grad.as_f32().ok_or_else(not_f32)?;
+                // A matrix program reads and writes f32 states only (`Storage::check`); a 16-bit
+                // `p` or `g` it reads is widened (exactly), one it does not read is not copied, and
+                // a 16-bit state (never one a program touches) is passed empty: `matrix::run`
+                // checks every length it reads.
+                let reads = program.reads();
+                let param: Cow<'_, [f32]> = match a.param.as_f32_ref() {
+                    Some(x) => Cow::Borrowed(x),
+                    None if reads.contains(&Slot::Param) => Cow::Owned(a.param.to_f32()),
+                    None => Cow::Owned(Vec::new()),
+                };
+                let grad: Cow<'_, [f32]> = match a.grad.as_f32() {
+                    Some(x) => Cow::Borrowed(x),
+                    None if reads.contains(&Slot::Grad) => Cow::Owned(a.grad.to_f32()),
+                    None => Cow::Owned(Vec::new()),
+                };
                 let mut states: Vec<&mut [f32]> = a
                     .states
                     .iter_mut()
-                    .map(|s| s.as_f32().unwrap_or_default())
+                    .map(|s| s.as_f32().unwrap_or(&mut []))
                     .collect();
                 let margs = MatrixArgs {
-                    param,
-                    grad,
+                    param: &param,
+                    grad: &grad,
                     states: &mut states,
                 };
                 let run = || {

@@ -10,7 +10,7 @@
 use crate::error::RuntimeError;
 use crate::target::Target;
 use optc_kernel::reduce::{combine, combine_totals, finalize_cols, finalize_rows, ReduceOp, Scope};
-use optc_kernel::{Dtype, Kernel, MatrixDims, StateShape};
+use optc_kernel::{Kernel, MatrixDims, StateShape};
 
 /// Whether `target` runs Row- and Col-scope reductions and `[rows]`/`[cols]` values
 /// (`docs/stages.md`, "Row and column values"): the interpreter, the CPU JIT (through the row
@@ -52,9 +52,9 @@ pub(crate) fn check_supported(kernel: &Kernel, target: Target) -> Result<(), Run
 }
 
 /// Errors unless `target` runs `kernel`'s storage dtypes: 16-bit buffers run on the interpreter
-/// and the CPU (CUDA keeps f32 buffers so far), and a kernel with matrix stages keeps `p` and `g`
-/// in f32 (the matrix programs read f32; its states not read by a matrix program take the state
-/// dtype).
+/// and the CPU (CUDA keeps f32 buffers so far). A kernel with matrix stages takes any storage:
+/// its matrix programs' states stay f32 (`Storage::check`), and the host executor widens a
+/// 16-bit `p` or `g` that a program reads.
 pub(crate) fn check_storage(kernel: &Kernel, target: Target) -> Result<(), RuntimeError> {
     if kernel.storage.is_f32() {
         return Ok(());
@@ -66,15 +66,6 @@ pub(crate) fn check_storage(kernel: &Kernel, target: Target) -> Result<(), Runti
     if !host {
         return Err(RuntimeError::Unsupported(format!(
             "rule `{}` with 16-bit storage cannot run on {target}: storage dtypes run on the interpreter and the CPU only so far (use Target::Cpu, `--target cpu`)",
-            kernel.rule
-        )));
-    }
-    // The matrix programs read f32 `p` and `g`; the states they read or write are f32 too
-    // (`Precision::apply` keeps them so), while the others take the state dtype.
-    let f32_pg = kernel.storage.param == Dtype::F32 && kernel.storage.grad == Dtype::F32;
-    if kernel.stages.iter().any(|s| s.matrix.is_some()) && !f32_pg {
-        return Err(RuntimeError::Unsupported(format!(
-            "rule `{}` has matrix stages, which keep p and g in f32 so far: build it without a 16-bit parameter (state dtypes apply)",
             kernel.rule
         )));
     }

@@ -12,6 +12,13 @@
 #[path = "../../compiler/tests/ptx_kernels/mod.rs"]
 mod ptx_kernels;
 
+// Factored kernels and loss scaling on the GPU live in this test binary as modules, so that the
+// GPU bundle (48 MiB, every binary linking the whole runtime) holds one binary for them, not three.
+#[path = "cuda_gpu/factored.rs"]
+mod factored;
+#[path = "cuda_gpu/loss_scale.rs"]
+mod loss_scale;
+
 use optc_compiler::backend::interp::{step_f32, Buffers};
 use optc_kernel::{BinaryOp, Expr, Init, Kernel, UnaryOp};
 use optc_runtime::cuda::cudarc::driver::CudaStream;

@@ -291,7 +291,7 @@ mod tests {
             };
             let k = rule.specialize_with(&[], &options).expect("specialize");
             // Factored kernels (adafactor's matrices) have rows/cols entries, not these:
-            // `runtime/tests/cuda_factored.rs` checks them against the interpreter.
+            // `runtime/tests/cuda_gpu/factored.rs` checks them against the interpreter.
             if !k.stages[0].reduce.is_empty() && !k.is_factored() {
                 kernels.push(k);
             }
