@@ -105,6 +105,7 @@ impl Executor for HostExecutor {
             Target::Cpu => {
                 let options = CpuOptions {
                     allow_fma: self.allow_fma,
+                    ..CpuOptions::default()
                 };
                 Compiled::Cpu(
                     Box::new(CpuKernel::compile_with(&kernel, &options)?),

@@ -238,12 +238,23 @@ fn kernels(r: &Rule) -> Vec<(Vec<bool>, Kernel)> {
     out
 }
 
-fn compile(k: &Kernel) -> Option<CpuKernel> {
-    match CpuKernel::compile_with(k, &CpuOptions { allow_fma: false }) {
+/// `k` compiled without FMA; with `half_tiles`, 16-bit buffers convert in tiles around the
+/// code (the default), else inside it (what factored and int8 kernels do): both must equal the
+/// interpreter.
+fn compile_with(k: &Kernel, half_tiles: bool) -> Option<CpuKernel> {
+    let options = CpuOptions {
+        allow_fma: false,
+        half_tiles,
+    };
+    match CpuKernel::compile_with(k, &options) {
         Ok(c) => Some(c),
         Err(CpuError::Codegen(clif::Error::Unsupported { .. })) => None,
         Err(e) => panic!("{}: {e}", k.rule),
     }
+}
+
+fn compile(k: &Kernel) -> Option<CpuKernel> {
+    compile_with(k, true)
 }
 
 fn pool() -> rayon::ThreadPool {
@@ -295,21 +306,23 @@ fn every_stdlib_rule_under_every_dtype_setting_equals_the_interpreter() {
                 if k.stages.iter().any(|s| s.matrix.is_some()) {
                     continue;
                 }
-                let Some(cpu) = compile(&k) else {
-                    continue;
-                };
-                for (n, off, specials) in [(5, 3, false), (1027, 1, false), (4099, 2, true)] {
-                    let inputs: Vec<Values> = (0..2)
-                        .map(|_| Values::random(&k, n + off, &mut rng, specials))
-                        .collect();
-                    check_same(
-                        &k,
-                        &cpu,
-                        &inputs,
-                        off,
-                        &format!("{name} {flags:?} {prec:?} n={n} off={off}"),
-                    );
-                    checked += 1;
+                for tiles in [true, false] {
+                    let Some(cpu) = compile_with(&k, tiles) else {
+                        continue;
+                    };
+                    for (n, off, specials) in [(5, 3, false), (1027, 1, false), (4099, 2, true)] {
+                        let inputs: Vec<Values> = (0..2)
+                            .map(|_| Values::random(&k, n + off, &mut rng, specials))
+                            .collect();
+                        check_same(
+                            &k,
+                            &cpu,
+                            &inputs,
+                            off,
+                            &format!("{name} {flags:?} {prec:?} tiles={tiles} n={n} off={off}"),
+                        );
+                        checked += 1;
+                    }
                 }
             }
         }
@@ -327,12 +340,20 @@ fn large_tensors_split_over_threads_equal_the_interpreter() {
         let (_, base) = kernels(&r).swap_remove(0);
         for prec in settings() {
             let k = prec.apply(&base).expect("precision");
-            let cpu = compile(&k).expect("compiles");
             let inputs: Vec<Values> = [70_001, 3]
                 .iter()
                 .map(|&n| Values::random(&k, n, &mut rng, false))
                 .collect();
-            check_same(&k, &cpu, &inputs, 0, &format!("{name} {prec:?} large"));
+            for tiles in [true, false] {
+                let cpu = compile_with(&k, tiles).expect("compiles");
+                check_same(
+                    &k,
+                    &cpu,
+                    &inputs,
+                    0,
+                    &format!("{name} {prec:?} large {tiles}"),
+                );
+            }
         }
     }
 }
@@ -360,9 +381,26 @@ fn copy_kernel(param: Dtype, sr: Option<u64>) -> Kernel {
     k
 }
 
-/// Runs [`copy_kernel`] on the CPU over `p` (16-bit bits) and `g`; returns (new p bits, s).
+/// Runs [`copy_kernel`] on the CPU over `p` (16-bit bits) and `g`, converting in tiles and in
+/// the compiled code, which must agree bit for bit; returns (new p bits, s).
 fn run_copy(k: &Kernel, p: &[u16], g: &[f32], key: u32) -> (Vec<u16>, Vec<f32>) {
-    let cpu = compile(k).expect("compiles");
+    let (tiled, s_tiled) = run_copy_with(k, p, g, key, true);
+    let (in_code, s_in_code) = run_copy_with(k, p, g, key, false);
+    assert_eq!(
+        tiled, in_code,
+        "16-bit stores: tiles vs in-code conversions"
+    );
+    let b = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        b(&s_tiled),
+        b(&s_in_code),
+        "16-bit loads: tiles vs in-code conversions"
+    );
+    (tiled, s_tiled)
+}
+
+fn run_copy_with(k: &Kernel, p: &[u16], g: &[f32], key: u32, tiles: bool) -> (Vec<u16>, Vec<f32>) {
+    let cpu = compile_with(k, tiles).expect("compiles");
     let mut s = vec![-0.0f32; g.len()];
     let bits: Vec<u16> = match k.storage.param {
         Dtype::Bf16 => {

@@ -218,7 +218,13 @@ fn kernels(r: &Rule) -> Vec<(Vec<bool>, Kernel)> {
 }
 
 fn compile(k: &Kernel) -> Option<CpuKernel> {
-    match CpuKernel::compile_with(k, &CpuOptions { allow_fma: false }) {
+    match CpuKernel::compile_with(
+        k,
+        &CpuOptions {
+            allow_fma: false,
+            ..CpuOptions::default()
+        },
+    ) {
         Ok(c) => Some(c),
         Err(CpuError::Codegen(clif::Error::Unsupported { .. })) => None,
         Err(e) => panic!("{}: {e}", k.rule),

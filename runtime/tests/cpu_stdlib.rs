@@ -20,7 +20,13 @@ use optc_runtime::cpu::{CpuError, CpuKernel, CpuOptions};
 /// The kernel compiled for the CPU, or `None` for a kernel the CPU backend refuses by design
 /// (Row or Col scopes, row- or column-shaped states: `clif::Error::Unsupported`).
 fn compile(k: &Kernel, allow_fma: bool) -> Option<CpuKernel> {
-    match CpuKernel::compile_with(k, &CpuOptions { allow_fma }) {
+    match CpuKernel::compile_with(
+        k,
+        &CpuOptions {
+            allow_fma,
+            ..CpuOptions::default()
+        },
+    ) {
         Ok(c) => Some(c),
         Err(CpuError::Codegen(clif::Error::Unsupported { .. })) => None,
         Err(e) => panic!("{}: {e}", k.rule),

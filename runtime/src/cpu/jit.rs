@@ -9,6 +9,7 @@
 //! gradient buffer.
 #![allow(unsafe_code)]
 
+use super::half_tiles::{self, Conv};
 use super::int8_tiles;
 use super::split::{self, WorkItem, CHUNK_ALIGN};
 use super::{BufMut, CpuError, Partials, TensorArgs};
@@ -48,6 +49,10 @@ pub(super) struct Code {
     uses: Vec<Vec<(bool, bool)>>,
     /// Whether some state is stored as int8 (chunks then start at multiples of `QUANT_BLOCK`).
     int8: bool,
+    /// For a kernel run in 16-bit tiles ([`half_tiles`]: the code sees every buffer as f32),
+    /// per stage, per buffer: how it is converted around the call (`None` for an f32 buffer);
+    /// empty otherwise.
+    half: Vec<Vec<Option<Conv>>>,
     /// Whether the code uses FMA.
     pub fma: bool,
     /// Kept only to free the code on drop (a `Mutex` so that `Code` is `Sync`; never locked).
@@ -59,8 +64,22 @@ fn jit_err(e: impl std::fmt::Display) -> CpuError {
 }
 
 impl Code {
-    /// Lowers and compiles every stage of `kernel` (already validated) for the host.
-    pub fn compile(kernel: &Kernel, allow_fma: bool) -> Result<Code, CpuError> {
+    /// Lowers and compiles every stage of `kernel` (already validated) for the host. With
+    /// `tiles`, a kernel with 16-bit buffers and no int8 state is compiled with every buffer f32
+    /// and [`Code::run`] converts its 16-bit buffers tile by tile ([`half_tiles`]); otherwise
+    /// the code converts them itself (what [`Code::call`] callers get).
+    pub fn compile(kernel: &Kernel, allow_fma: bool, tiles: bool) -> Result<Code, CpuError> {
+        let int8 = kernel.storage.states.contains(&optc_kernel::Dtype::Int8);
+        let tiled = tiles && !int8 && !kernel.storage.is_f32();
+        let f32_view;
+        let code_kernel = if tiled {
+            let mut k = kernel.clone();
+            k.storage = optc_kernel::Storage::default();
+            f32_view = k;
+            &f32_view
+        } else {
+            kernel
+        };
         let mut flags = settings::builder();
         // The lowering already hoists every loop invariant, and the frontend has done CSE and
         // DCE. Cranelift 0.135's e-graph pass (`opt_level = speed`) moves the hoisted `splat`s
@@ -88,7 +107,7 @@ impl Code {
             call_conv: isa.default_call_conv(),
             ..clif::Options::default()
         };
-        let funcs = clif::emit(kernel, &opts)?;
+        let funcs = clif::emit(code_kernel, &opts)?;
         let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
         let mut ids = Vec::with_capacity(funcs.len());
         for (k, func) in funcs.into_iter().enumerate() {
@@ -127,10 +146,10 @@ impl Code {
                 }
             })
             .collect();
-        let stochastic = kernel
+        let stochastic = code_kernel
             .stages
             .iter()
-            .map(|st| clif::stores_stochastic(kernel, st))
+            .map(|st| clif::stores_stochastic(code_kernel, st))
             .collect();
         let sizes = kernel
             .buffers()
@@ -149,13 +168,36 @@ impl Code {
                     .collect()
             })
             .collect();
-        let int8 = kernel.storage.states.contains(&optc_kernel::Dtype::Int8);
+        let half = if tiled {
+            (0..kernel.stages.len())
+                .map(|k| {
+                    let st = &kernel.stages[k];
+                    kernel
+                        .stage_buffers(k)
+                        .iter()
+                        .map(|b| {
+                            let dtype = kernel.storage.dtype(b.slot);
+                            (dtype != optc_kernel::Dtype::F32).then(|| Conv {
+                                dtype,
+                                read: b.read,
+                                written: b.written,
+                                stochastic: kernel.storage.is_stochastic(b.slot)
+                                    && st.stores_slot(b.slot),
+                            })
+                        })
+                        .collect()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Code {
             stages,
             stochastic,
             sizes,
             uses,
             int8,
+            half,
             fma,
             module: Mutex::new(Some(module)),
         })
@@ -176,6 +218,11 @@ impl Code {
         if !t.int8.is_empty() {
             // SAFETY: the caller's contract, which `run_int8` shares.
             unsafe { self.run_int8(stage, t, start, len, out) };
+            return;
+        }
+        if !self.half.is_empty() {
+            // SAFETY: the caller's contract, which `run_half` shares.
+            unsafe { self.run_half(stage, t, start, len, out) };
             return;
         }
         // SAFETY: by the caller's contract the range is inside every buffer (all have `t.len`
@@ -211,6 +258,87 @@ impl Code {
                     )
                 }
             }
+        }
+    }
+
+    /// [`Code::run`] for a kernel compiled for 16-bit tiles: tile by tile of
+    /// [`half_tiles::TILE`] elements, each 16-bit buffer the stage loads is widened into an f32
+    /// scratch tile, the compiled (all-f32) function runs with the scratch in place of the
+    /// buffer, and each 16-bit buffer the stage stores is narrowed back from the scratch (to
+    /// nearest even, or stochastically with `sr_bits(key, element)` where the kernel says so).
+    ///
+    /// # Safety
+    /// As [`Code::run`], and `start` is a multiple of `REDUCE_BLOCK` for a reducing stage.
+    unsafe fn run_half(
+        &self,
+        stage: usize,
+        t: &RawTensor<'_>,
+        start: usize,
+        len: usize,
+        out: RawOut,
+    ) {
+        let convs = &self.half[stage];
+        let tile_len = if self.outputs(stage) > 0 {
+            half_tiles::TILE
+        } else {
+            half_tiles::map_tile()
+        };
+        let mut scratch: Vec<Vec<f32>> = convs
+            .iter()
+            .map(|c| match c {
+                Some(_) => vec![0f32; tile_len.min(len)],
+                None => Vec::new(),
+            })
+            .collect();
+        let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); t.ptrs.len()];
+        let mut off = 0;
+        while off < len {
+            let at = start + off;
+            let tl = tile_len.min(len - off);
+            for (i, ((p, &size), conv)) in t.ptrs.iter().zip(&self.sizes).zip(convs).enumerate() {
+                // SAFETY: `at + tl <= t.len` (the caller's range), inside every buffer.
+                let here = unsafe { p.add(at * size) };
+                ptrs[i] = match conv {
+                    None => here,
+                    Some(c) => {
+                        let tile = &mut scratch[i][..tl];
+                        if c.read {
+                            // SAFETY: a 16-bit buffer with `t.len` values (checked with the
+                            // arguments): `tl` of them from `at` are in bounds, aligned as the
+                            // caller's `&[u16]`-like buffer is, and only this thread writes them
+                            // (the caller's contract); none is written while this borrow lives.
+                            let src = unsafe { std::slice::from_raw_parts(here.cast::<u16>(), tl) };
+                            half_tiles::widen(c.dtype, src, tile);
+                        }
+                        tile.as_mut_ptr().cast()
+                    }
+                };
+            }
+            let uniforms = self.stage_uniforms(stage, &t.uniforms, t.key, at);
+            // SAFETY: every pointer has `tl` elements after it (a scratch tile holds at least
+            // `tl` f32s; the f32 buffers by the caller's range); `at` is a multiple of
+            // REDUCE_BLOCK for a reducing stage (`start` is, and TILE is REDUCE_BLOCK), so the
+            // partials written are this range's own blocks.
+            unsafe {
+                let first = out.ptr.wrapping_add(at / REDUCE_BLOCK);
+                self.call(stage, &ptrs, tl, &uniforms, first, out.stride);
+            }
+            for (i, conv) in convs.iter().enumerate() {
+                let Some(c) = conv.filter(|c| c.written) else {
+                    continue;
+                };
+                // SAFETY: as for the loads above; the stage stores this buffer, so it is not
+                // the (shared) gradient, and only this thread touches these values.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        t.ptrs[i].add(at * self.sizes[i]).cast::<u16>(),
+                        tl,
+                    )
+                };
+                let sr = c.stochastic.then_some((t.key, at as u64));
+                half_tiles::narrow(c.dtype, &scratch[i][..tl], dst, sr);
+            }
+            off += tl;
         }
     }
 

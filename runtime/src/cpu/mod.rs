@@ -14,6 +14,7 @@
 //! Every length and count is checked before any element is touched; a mismatch is a
 //! [`CpuError`] and leaves all data as it was.
 
+mod half_tiles;
 mod int8_tiles;
 mod jit;
 mod partials;
@@ -68,11 +69,19 @@ pub struct CpuOptions {
     /// Fuse `a * b ± c` into `fma` when the host has FMA. With `false` (or without host FMA)
     /// every op rounds separately, exactly as the reference interpreter does.
     pub allow_fma: bool,
+    /// Run a kernel with bf16 or f16 buffers (and no int8 state) as all-f32 code, widening and
+    /// narrowing its 16-bit buffers tile by tile around the calls (the default: faster, as the
+    /// conversion loops use the host's widest vectors), rather than converting inside the
+    /// compiled code. The results are the same bit for bit.
+    pub half_tiles: bool,
 }
 
 impl Default for CpuOptions {
     fn default() -> Self {
-        CpuOptions { allow_fma: true }
+        CpuOptions {
+            allow_fma: true,
+            half_tiles: true,
+        }
     }
 }
 
@@ -190,7 +199,7 @@ impl CpuKernel {
     /// Like [`CpuKernel::compile`], with options.
     pub fn compile_with(kernel: &Kernel, options: &CpuOptions) -> Result<CpuKernel, CpuError> {
         kernel.validate()?;
-        let code = jit::Code::compile(kernel, options.allow_fma)?;
+        let code = jit::Code::compile(kernel, options.allow_fma, options.half_tiles)?;
         Ok(CpuKernel {
             kernel: kernel.clone(),
             code,

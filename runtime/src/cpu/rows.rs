@@ -53,7 +53,7 @@ impl RowKernel {
     pub fn compile(kernel: &Kernel, allow_fma: bool) -> Result<RowKernel, CpuError> {
         kernel.validate()?;
         let form = row_form(kernel)?;
-        let code = jit::Code::compile(&form.kernel, allow_fma)?;
+        let code = jit::Code::compile(&form.kernel, allow_fma, false)?;
         Ok(RowKernel {
             kernel: kernel.clone(),
             form,

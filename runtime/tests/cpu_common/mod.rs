@@ -264,7 +264,14 @@ pub fn step_ref(k: &Kernel, t: &mut Tensor, off: usize, step: u64) {
 
 /// The JIT-compiled kernel without FMA (so it rounds like the interpreter).
 pub fn compile_exact(k: &Kernel) -> CpuKernel {
-    CpuKernel::compile_with(k, &CpuOptions { allow_fma: false }).expect("compiles")
+    CpuKernel::compile_with(
+        k,
+        &CpuOptions {
+            allow_fma: false,
+            ..CpuOptions::default()
+        },
+    )
+    .expect("compiles")
 }
 
 /// The largest ULP distance between the buffers of `a` and `b`, with the first worst position
