@@ -291,6 +291,8 @@ impl Code {
             })
             .collect();
         let mut ptrs: Vec<*mut u8> = vec![std::ptr::null_mut(); t.ptrs.len()];
+        // The all-f32 code never rounds stochastically itself: its uniforms are the stage's.
+        let uniforms = self.stage_uniforms(stage, &t.uniforms, t.key, start);
         let mut off = 0;
         while off < len {
             let at = start + off;
@@ -314,7 +316,6 @@ impl Code {
                     }
                 };
             }
-            let uniforms = self.stage_uniforms(stage, &t.uniforms, t.key, at);
             // SAFETY: every pointer has `tl` elements after it (a scratch tile holds at least
             // `tl` f32s; the f32 buffers by the caller's range); `at` is a multiple of
             // REDUCE_BLOCK for a reducing stage (`start` is, and TILE is REDUCE_BLOCK), so the
