@@ -158,16 +158,6 @@ pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
             ),
         });
     }
-    if quant::has_int8(kernel)
-        && (kernel.storage.param != optc_kernel::Dtype::F32
-            || kernel.storage.grad != optc_kernel::Dtype::F32)
-    {
-        return Err(Error::Unsupported(
-            "int8 states with a 16-bit parameter or gradient: the `_q8` entries load and store \
-             f32 parameters and gradients only (docs/dtypes.md)"
-                .into(),
-        ));
-    }
     let flags: Vec<String> = kernel
         .flags
         .iter()
