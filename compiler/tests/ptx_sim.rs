@@ -1045,6 +1045,125 @@ fn a_mutated_stochastic_rounding_fails_the_comparison() {
     compare_buf(&k, 0, "p", &got[0], &want[0], true).expect_err("another key must not match");
 }
 
+/// The stochastic narrowing of `convert.rs` against `optc_kernel::dtype` itself, at the rounding
+/// boundary of every finite magnitude: a kernel storing `g` (f32) to `p` (bf16 or f16, rounded
+/// stochastically), whose element `i` is, for the random word `r` of element `i`, the value just
+/// at and one step past the point where `r` turns the rounding up. For bf16 that is the low half
+/// `0x10000 - (r & 0xFFFF)` (and one less) under each bf16 magnitude; for f16 the fraction
+/// `j / 2^13` of the gap above each f16 magnitude with `j = (r >> 8) >> 11` (and `j + 1`), the
+/// finest fraction an f32 holds over the whole normal range. Every magnitude, with alternating
+/// signs, plus zeros, subnormals, the f16 overflow edge, infinities and NaN; the vector and
+/// scalar entries; bits compared exactly (NaN matching NaN).
+#[test]
+fn stochastic_narrowing_equals_the_reference_at_every_rounding_boundary() {
+    use optc_kernel::Precision;
+    let mut b = ptx_kernels::Builder::new("sr_copy", &[]);
+    let g = b.load(optc_kernel::Slot::Grad);
+    b.store(optc_kernel::Slot::Param, g);
+    let base = b.finish();
+    for param in [Dtype::Bf16, Dtype::F16] {
+        let mut k = Precision {
+            param,
+            stochastic_rounding: Some(77),
+            ..Precision::default()
+        }
+        .apply(&base)
+        .expect("applies");
+        k.storage.grad = Dtype::F32;
+        k.validate().expect("valid");
+        let key = k.storage.sr_key(5, 1);
+        let r = |i: usize| dtype::sr_bits(key, i as u64);
+        let mut xs: Vec<f32> = Vec::new();
+        let sign = |m: u32| if m % 2 == 1 { -1.0f32 } else { 1.0 };
+        if param == Dtype::Bf16 {
+            for m in 0u32..0x7F7F {
+                for extra in [0u32, 1] {
+                    let low = (0x1_0000 - (r(xs.len()) & 0xFFFF)) - extra;
+                    let bits = (m << 16) + (low & 0xFFFF);
+                    xs.push(sign(m) * f32::from_bits(bits));
+                }
+            }
+        } else {
+            for m in 0u16..0x7BFF {
+                let lo = dtype::widen_f16(m);
+                let gap = dtype::widen_f16(m + 1) - lo;
+                for extra in [0u32, 1] {
+                    let j = ((r(xs.len()) >> 8) >> 11) + extra;
+                    let x = lo + gap * (j as f32 / 8192.0);
+                    xs.push(sign(u32::from(m)) * x);
+                }
+            }
+            xs.extend([
+                65504.0, 65505.0, 65519.0, 65520.0, 65536.0, 70000.0, -65519.9,
+            ]);
+        }
+        xs.extend([
+            0.0,
+            -0.0,
+            1e-40,
+            -1e-45,
+            2f32.powi(-26),
+            -2f32.powi(-25),
+            3.4e38,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ]);
+        let n = xs.len();
+        let want: Vec<Option<u16>> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let h = if param == Dtype::F16 {
+                    dtype::narrow_f16_stochastic(x, r(i))
+                } else {
+                    dtype::narrow_bf16_stochastic(x, r(i))
+                };
+                let w = if param == Dtype::F16 {
+                    dtype::widen_f16(h)
+                } else {
+                    dtype::widen_bf16(h)
+                };
+                bits16(param, w)
+            })
+            .collect();
+        // Both outcomes occur at the boundaries (the test is not one-sided).
+        let ups = xs
+            .iter()
+            .zip(&want)
+            .filter(|(x, w)| x.is_finite() && **w != bits16(param, param.round(**x)))
+            .count();
+        assert!(
+            ups > n / 8,
+            "{param}: {ups} of {n} differ from rounding to nearest"
+        );
+        let module = emit(&k, &Options::default()).expect("emit");
+        let m = ptxsim::parse(&module.source).expect("parses");
+        let inp = Inputs {
+            bufs: vec![vec![0.0; n], xs.clone()],
+            vectors: Vec::new(),
+            uniforms: Vec::new(),
+            dims: flat(n),
+            sr_key: key,
+        };
+        for entry in [&module.stages[0].vector, &module.stages[0].scalar] {
+            let (got, _) = run_single(&m, &k, 0, entry, &inp, 0, (4, 64)).expect("runs");
+            for (i, (g, w)) in got[0].iter().zip(&want).enumerate() {
+                assert_eq!(
+                    bits16(param, *g),
+                    *w,
+                    "{param} {}: x = {:e} ({:#010x}), r = {:#010x}",
+                    entry.name,
+                    xs[i],
+                    xs[i].to_bits(),
+                    r(i)
+                );
+            }
+        }
+    }
+}
+
 /// An instruction outside the emulated subset is an error naming it, not a silent skip.
 #[test]
 fn unknown_instructions_are_errors_that_name_them() {
