@@ -1330,6 +1330,50 @@ fn the_emulator_follows_the_ptx_isa() {
     assert!(e.contains("reads `%f2` before anything wrote it"), "{e}");
 }
 
+/// The ops of the 16-bit storage conversions and the stochastic-rounding hash, against values
+/// the PTX ISA states: `mul.lo.u32` keeps the low 32 bits of the product (an immediate above
+/// 2^31 included), `cvt.u32.u64` the low half, `cvt.u16.u32` the low 16 bits, `selp.b16` and
+/// `mov.b16` move 16-bit values, and `ld/st.global.v4.b16` move four of them at once.
+#[test]
+fn the_emulator_follows_the_ptx_isa_for_16_bit_and_hash_ops() {
+    let w = run_snippet(
+        "",
+        "\tmov.u32 %r2, 0x12345679;\n\tmul.lo.u32 %r3, %r2, 2221713035;\n\
+         \tst.global.u32 [%rd1], %r3;\n\
+         \tmov.u64 %rd3, 0x123456789;\n\tcvt.u32.u64 %r4, %rd3;\n\tst.global.u32 [%rd1+4], %r4;\n\
+         \tshr.u64 %rd4, %rd3, 32;\n\tcvt.u32.u64 %r5, %rd4;\n\tst.global.u32 [%rd1+8], %r5;\n\
+         \tmov.u32 %r6, 0x1ABCD;\n\tcvt.u16.u32 %h1, %r6;\n\tmov.b16 %h2, 7;\n\
+         \tsetp.eq.u32 %p1, %r1, 3;\n\tselp.b16 %h3, %h1, %h2, %p1;\n\
+         \tcvt.u32.u16 %r7, %h3;\n\tst.global.u32 [%rd1+12], %r7;\n\
+         \tst.global.v4.b16 [%rd1+16], {%h1, %h2, %h3, %h1};\n\
+         \tld.global.v4.b16 {%h4, %h5, %h6, %h7}, [%rd1+16];\n\
+         \tcvt.u32.u16 %r8, %h6;\n\tst.global.u32 [%rd1+24], %r8;\n\
+         \txor.b32 %r9, %r6, 0xFFFF;\n\tst.global.u32 [%rd1+28], %r9;",
+        8,
+    )
+    .expect("runs");
+    for l in 0..32usize {
+        let at = 8 * l;
+        assert_eq!(
+            w[at],
+            0x1234_5679u32.wrapping_mul(0x846c_a68b),
+            "mul.lo, lane {l}"
+        );
+        assert_eq!(
+            (w[at + 1], w[at + 2]),
+            (0x2345_6789, 1),
+            "cvt.u32.u64, lane {l}"
+        );
+        let sel = if l == 3 { 0xABCD } else { 7 };
+        assert_eq!(w[at + 3], sel, "selp.b16, lane {l}");
+        // The v4.b16 store: halves 0xABCD, 7, sel, 0xABCD in little-endian order.
+        assert_eq!(w[at + 4], 0x0007_ABCD, "st.v4.b16, lane {l}");
+        assert_eq!(w[at + 5], 0xABCD_0000 | sel, "st.v4.b16, lane {l}");
+        assert_eq!(w[at + 6], sel, "ld.v4.b16, lane {l}");
+        assert_eq!(w[at + 7], 0x1ABCD ^ 0xFFFF, "xor, lane {l}");
+    }
+}
+
 /// The `_q8` entries (int8 states, `backend/ptx/quant.rs`): every stdlib rule with per-element
 /// states at its default flags (loss-scaled too), with `state: Int8` and f32 parameters, and with
 /// 16-bit ones (a bf16 parameter with an f32 master, f16 and bf16 rounded stochastically), each
