@@ -850,7 +850,8 @@ fn storage_settings() -> Vec<optc_kernel::Precision> {
 /// stage (or a factored kernel's cols and rows entries) on 33 elements (3x11), and the first
 /// kernel of each rule also on 1 and 4099 elements (factored: 67x37, 2x4099, 3 of 5x7), against
 /// the interpreter with the same storage and stochastic-rounding keys: 16-bit buffers bit for
-/// bit as their dtype's bits, f32 buffers and partials bit for bit.
+/// bit as their dtype's bits, f32 buffers and partials bit for bit. Kernels that round
+/// stochastically also run on 77 elements with special values among p and g.
 #[test]
 fn every_stdlib_rule_under_every_storage_setting_computes_what_the_interpreter_does() {
     let mut failures = Vec::new();
@@ -892,6 +893,26 @@ fn every_stdlib_rule_under_every_storage_setting_computes_what_the_interpreter_d
             match check(&kernel, &Options::default(), &dims) {
                 Ok(n) => runs += n,
                 Err(e) => failures.push(format!("{label} {precision:?}: {e}")),
+            }
+            // Zeros, subnormals, infinities, NaNs and huge values among p and g (77 elements,
+            // 7x11), with stochastic rounding.
+            if optc_kernel::abi::stochastic(&kernel) {
+                SPECIALS.with(|s| s.set(1));
+                let dims = [if kernel.is_factored() {
+                    MatrixDims {
+                        batch: 1,
+                        rows: 7,
+                        cols: 11,
+                    }
+                } else {
+                    flat(77)
+                }];
+                let res = check(&kernel, &Options::default(), &dims);
+                SPECIALS.with(|s| s.set(0));
+                match res {
+                    Ok(n) => runs += n,
+                    Err(e) => failures.push(format!("{label} {precision:?} (special values): {e}")),
+                }
             }
         }
     }
