@@ -33,12 +33,13 @@ fn maps() -> &'static (DynamicMap, DynamicMap) {
     MAPS.get_or_init(|| (DynamicMap::signed(), DynamicMap::unsigned()))
 }
 
-/// The bucket tables of the signed and unsigned maps (the store's fast exact code).
-fn tables() -> &'static (CodeTable, CodeTable) {
-    static TABLES: OnceLock<(CodeTable, CodeTable)> = OnceLock::new();
+/// The bucket tables of the signed and unsigned maps (the store's fast exact code), when they
+/// can be built (always, for these maps: `code_table`'s tests).
+fn tables() -> &'static Option<(CodeTable, CodeTable)> {
+    static TABLES: OnceLock<Option<(CodeTable, CodeTable)>> = OnceLock::new();
     TABLES.get_or_init(|| {
         let (signed, unsigned) = maps();
-        (CodeTable::new(signed), CodeTable::new(unsigned))
+        Some((CodeTable::new(signed)?, CodeTable::new(unsigned)?))
     })
 }
 
@@ -91,32 +92,74 @@ pub fn device_bytes(len: usize) -> usize {
 /// Quantizes one block (at most [`QUANT_BLOCK`] values; `codes` as long as `xs`) and returns its
 /// stored scale: the absmax (NaN if a value is NaN), negated when the block uses the signed map.
 pub fn store_block(xs: &[f32], codes: &mut [u8]) -> f32 {
-    let mut absmax = 0f32;
-    let mut nan = false;
-    let mut negative = false;
-    for &x in xs {
-        nan |= x.is_nan();
-        negative |= x < 0.0;
-        absmax = absmax.max(x.abs());
-    }
-    let (signed, unsigned) = maps();
+    let Summary {
+        absmax,
+        nan,
+        negative,
+    } = summarize(xs);
     let signed_map = negative || nan;
-    let (map, table) = if signed_map {
-        (signed, &tables().0)
-    } else {
-        (unsigned, &tables().1)
-    };
     let absmax = if nan { f32::NAN } else { absmax };
     // As `quant::quantize_block`: one reciprocal per block, then a clamped product per value,
     // coded by the bucket table (exactly `map.code`, see `code_table`).
     let inv = 1.0 / absmax.max(1e-38);
-    for (c, &x) in codes.iter_mut().zip(xs) {
-        *c = table.code(map, (x * inv).clamp(-1.0, 1.0));
+    match tables() {
+        Some((signed, unsigned)) => {
+            let table = if signed_map { signed } else { unsigned };
+            table.code_block(xs, inv, codes);
+        }
+        None => {
+            let map = map_of(if signed_map { -1.0 } else { 1.0 });
+            for (c, &x) in codes.iter_mut().zip(xs) {
+                *c = map.code((x * inv).clamp(-1.0, 1.0));
+            }
+        }
     }
     if signed_map {
         -absmax
     } else {
         absmax
+    }
+}
+
+/// What the store needs to know of a block before coding it.
+struct Summary {
+    /// The largest magnitude (meaningless when `nan`).
+    absmax: f32,
+    /// Whether a value is NaN.
+    nan: bool,
+    /// Whether a value is below zero.
+    negative: bool,
+}
+
+/// Lanes of [`summarize`]'s accumulators (two 128-bit vectors).
+const LANES: usize = 8;
+
+/// The [`Summary`] of `xs`, in lanes the compiler vectorizes: the maximum of finite magnitudes
+/// does not depend on the order it is taken in.
+fn summarize(xs: &[f32]) -> Summary {
+    let mut max = [0f32; LANES];
+    let mut nan = [0u32; LANES];
+    let mut neg = [0u32; LANES];
+    let mut lane = |l: usize, x: f32| {
+        let a = x.abs();
+        max[l] = if a > max[l] { a } else { max[l] };
+        nan[l] |= u32::from(x.is_nan());
+        neg[l] |= u32::from(x < 0.0);
+    };
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (l, &x) in chunk.iter().enumerate() {
+            lane(l, x);
+        }
+    }
+    for (l, &x) in rest.iter().enumerate() {
+        lane(l, x);
+    }
+    Summary {
+        absmax: max.iter().fold(0f32, |m, &a| if a > m { a } else { m }),
+        nan: nan.iter().any(|&n| n != 0),
+        negative: neg.iter().any(|&n| n != 0),
     }
 }
 
