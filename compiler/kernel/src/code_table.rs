@@ -10,13 +10,16 @@
 //! `code(a)`, plus one when that midpoint `mids[code(a)]` is below `x`: the count of midpoints
 //! below `x` that the binary search makes, hence the same code bit for bit. Inside a bucket the
 //! order of values is that of the low [`LOW_BITS`] bits of the encoding (reversed for negative
-//! values), so the compare is one of two 16-bit integers. The store clamps its scaled values to
+//! values), so the compare is one of two 16-bit integers, done as a carry: an entry holds the
+//! first code in its high half and `0xFFFF - threshold` in its low half, so adding the value's
+//! ordered low bits carries one into the code exactly when they are above the threshold. The
+//! store clamps its scaled values to
 //! `[-1, 1]`, so of the magnitudes of 2 or more only NaN reaches the table: those buckets code
 //! as 0, NaN's code in the binary search.
 //!
 //! [`CodeTable::code_block`] runs in three passes over a block so that two of them vectorize:
-//! the clamped products' encodings (vector), the table lookups (one scalar load per value), the
-//! compares and the narrowing to bytes (vector).
+//! the clamped products' bucket and ordered low bits (vector), the table lookups (one scalar load
+//! per value), the carrying add and the narrowing to bytes (vector).
 
 use crate::quant::{DynamicMap, QUANT_BLOCK};
 
@@ -28,14 +31,14 @@ const LOW_BITS: u32 = 23 - MANT_BITS;
 const LOW_MASK: u32 = (1 << LOW_BITS) - 1;
 /// Buckets: every value of the top 16 bits of an encoding.
 const BUCKETS: usize = 1 << (32 - LOW_BITS);
-/// The threshold of a bucket without a midpoint: no low bits are above it.
-const NO_MID: u32 = LOW_MASK;
+/// The low half of the entry of a bucket without a midpoint: no ordered low bits carry.
+const NO_MID: u32 = 0;
 
 /// The bucket table of one map.
 pub(crate) struct CodeTable {
     /// Per bucket (the top 16 bits of an encoding): its first code in bits 16..24, and in the
-    /// low 16 bits the ordered low bits ([`ordered_low`]) of the midpoint that may follow it in
-    /// the bucket, or [`NO_MID`].
+    /// low 16 bits `0xFFFF` minus the ordered low bits ([`ordered_low`]) of the midpoint that
+    /// may follow it in the bucket, or [`NO_MID`].
     entries: Box<[u32; BUCKETS]>,
 }
 
@@ -70,7 +73,7 @@ impl CodeTable {
             let (start, end) = (map.code(a), map.code(b));
             let thr = match end - start {
                 0 => NO_MID,
-                1 => ordered_low(mids[usize::from(start)].to_bits()),
+                1 => LOW_MASK - ordered_low(mids[usize::from(start)].to_bits()),
                 _ => return None,
             };
             *entry = (u32::from(start) << 16) | thr;
@@ -80,19 +83,20 @@ impl CodeTable {
 
     /// `codes[i] = map.code((xs[i] * inv).clamp(-1.0, 1.0))` for the map this table was built
     /// from, for a block (at most [`QUANT_BLOCK`] values; `codes` as long as `xs`).
+    #[inline]
     pub(crate) fn code_block(&self, xs: &[f32], inv: f32, codes: &mut [u8]) {
         let mut buf = [0u32; QUANT_BLOCK];
         let n = xs.len().min(QUANT_BLOCK);
-        let scaled = |x: f32| (x * inv).clamp(-1.0, 1.0).to_bits();
+        // The bucket in the high half, the ordered low bits in the low half.
         for (b, &x) in buf[..n].iter_mut().zip(xs) {
-            *b = scaled(x);
+            let bits = (x * inv).clamp(-1.0, 1.0).to_bits();
+            *b = (bits & !LOW_MASK) | ordered_low(bits);
         }
         for b in &mut buf[..n] {
-            *b = self.entries[(*b >> LOW_BITS) as usize];
+            *b = self.entries[(*b >> LOW_BITS) as usize] + (*b & LOW_MASK);
         }
-        for ((c, &e), &x) in codes.iter_mut().zip(&buf[..n]).zip(xs) {
-            let above = ordered_low(scaled(x)) > (e & LOW_MASK);
-            *c = ((e >> 16) + u32::from(above)) as u8;
+        for (c, &b) in codes.iter_mut().zip(&buf[..n]) {
+            *c = (b >> 16) as u8;
         }
     }
 }

@@ -134,17 +134,20 @@ struct Summary {
 /// Lanes of [`summarize`]'s accumulators (two 128-bit vectors).
 const LANES: usize = 8;
 
-/// The [`Summary`] of `xs`, in lanes the compiler vectorizes: the maximum of finite magnitudes
-/// does not depend on the order it is taken in.
+/// The [`Summary`] of `xs`, in lanes the compiler vectorizes (all-ones masks, as vector
+/// compares give them): the maximum of magnitudes other than NaN does not depend on the order it
+/// is taken in.
+#[inline]
 fn summarize(xs: &[f32]) -> Summary {
     let mut max = [0f32; LANES];
     let mut nan = [0u32; LANES];
     let mut neg = [0u32; LANES];
+    let mask = |b: bool| if b { u32::MAX } else { 0 };
     let mut lane = |l: usize, x: f32| {
         let a = x.abs();
         max[l] = if a > max[l] { a } else { max[l] };
-        nan[l] |= u32::from(x.is_nan());
-        neg[l] |= u32::from(x < 0.0);
+        nan[l] |= mask(x.is_nan());
+        neg[l] |= mask(x < 0.0);
     };
     let chunks = xs.chunks_exact(LANES);
     let rest = chunks.remainder();
