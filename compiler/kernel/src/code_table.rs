@@ -83,7 +83,7 @@ impl CodeTable {
 
     /// `codes[i] = map.code((xs[i] * inv).clamp(-1.0, 1.0))` for the map this table was built
     /// from, for a block (at most [`QUANT_BLOCK`] values; `codes` as long as `xs`).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn code_block(&self, xs: &[f32], inv: f32, codes: &mut [u8]) {
         let mut buf = [0u32; QUANT_BLOCK];
         let n = xs.len().min(QUANT_BLOCK);

@@ -28,6 +28,7 @@ use crate::storage::Storage;
 use std::sync::OnceLock;
 
 /// The signed and unsigned dynamic maps, built once.
+#[inline]
 fn maps() -> &'static (DynamicMap, DynamicMap) {
     static MAPS: OnceLock<(DynamicMap, DynamicMap)> = OnceLock::new();
     MAPS.get_or_init(|| (DynamicMap::signed(), DynamicMap::unsigned()))
@@ -35,6 +36,7 @@ fn maps() -> &'static (DynamicMap, DynamicMap) {
 
 /// The bucket tables of the signed and unsigned maps (the store's fast exact code), when they
 /// can be built (always, for these maps: `code_table`'s tests).
+#[inline]
 fn tables() -> &'static Option<(CodeTable, CodeTable)> {
     static TABLES: OnceLock<Option<(CodeTable, CodeTable)>> = OnceLock::new();
     TABLES.get_or_init(|| {
@@ -44,6 +46,7 @@ fn tables() -> &'static Option<(CodeTable, CodeTable)> {
 }
 
 /// The map a block whose stored scale is `scale` uses: signed when its sign bit is set.
+#[inline]
 pub fn map_of(scale: f32) -> &'static DynamicMap {
     let (signed, unsigned) = maps();
     if scale.is_sign_negative() {
@@ -91,6 +94,7 @@ pub fn device_bytes(len: usize) -> usize {
 
 /// Quantizes one block (at most [`QUANT_BLOCK`] values; `codes` as long as `xs`) and returns its
 /// stored scale: the absmax (NaN if a value is NaN), negated when the block uses the signed map.
+#[inline(always)]
 pub fn store_block(xs: &[f32], codes: &mut [u8]) -> f32 {
     let Summary {
         absmax,
@@ -137,7 +141,7 @@ const LANES: usize = 8;
 /// The [`Summary`] of `xs`, in lanes the compiler vectorizes (all-ones masks, as vector
 /// compares give them): the maximum of magnitudes other than NaN does not depend on the order it
 /// is taken in.
-#[inline]
+#[inline(always)]
 fn summarize(xs: &[f32]) -> Summary {
     let mut max = [0f32; LANES];
     let mut nan = [0u32; LANES];
@@ -167,6 +171,7 @@ fn summarize(xs: &[f32]) -> Summary {
 }
 
 /// Dequantizes one block stored with scale word `scale` into `out` (as long as `codes`).
+#[inline(always)]
 pub fn load_block(codes: &[u8], scale: f32, out: &mut [f32]) {
     let map = map_of(scale);
     let absmax = scale.abs();
@@ -176,6 +181,7 @@ pub fn load_block(codes: &[u8], scale: f32, out: &mut [f32]) {
 }
 
 /// Quantizes `xs` block by block into `codes` (one per value) and `scales` (one per block).
+#[inline(always)]
 pub fn store(xs: &[f32], codes: &mut [u8], scales: &mut [f32]) {
     for ((x, c), s) in xs
         .chunks(QUANT_BLOCK)
@@ -187,6 +193,7 @@ pub fn store(xs: &[f32], codes: &mut [u8], scales: &mut [f32]) {
 }
 
 /// Dequantizes `codes` and `scales` (as [`store`] writes them) into `out`.
+#[inline(always)]
 pub fn load(codes: &[u8], scales: &[f32], out: &mut [f32]) {
     for ((c, o), &s) in codes
         .chunks(QUANT_BLOCK)
