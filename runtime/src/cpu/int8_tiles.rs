@@ -126,7 +126,7 @@ mod tests {
                 let h = optc_kernel::dtype::lowbias32(i as u32);
                 let u = (h >> 8) as f32 / (1u32 << 24) as f32;
                 let block = i / QUANT_BLOCK;
-                let x = (u - if block % 3 == 0 { 0.0 } else { 0.5 })
+                let x = (u - if block.is_multiple_of(3) { 0.0 } else { 0.5 })
                     * 2f32.powi(block as i32 % 40 - 30);
                 match (block % 7, h % 61) {
                     (6, 0) => f32::NAN,
