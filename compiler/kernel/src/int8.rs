@@ -131,27 +131,27 @@ struct Summary {
     absmax: f32,
     /// Whether a value is NaN.
     nan: bool,
-    /// Whether a value is below zero.
+    /// Whether a value is below zero (meaningless when `nan`).
     negative: bool,
 }
 
-/// Lanes of [`summarize`]'s accumulators (two 128-bit vectors).
+/// Lanes of [`summarize`]'s accumulators (two 128-bit vectors, one 256-bit).
 const LANES: usize = 8;
 
-/// The [`Summary`] of `xs`, in lanes the compiler vectorizes (all-ones masks, as vector
-/// compares give them): the maximum of magnitudes other than NaN does not depend on the order it
-/// is taken in.
+/// The [`Summary`] of `xs`, from two integer maxima the compiler vectorizes in any build: the
+/// largest magnitude's encoding (the encodings of magnitudes order as their values, and NaN's
+/// are above infinity's), and the largest encoding with the sign bit flipped, as `i32` (above
+/// zero exactly when some value is below zero or is a NaN with its sign bit set, which the
+/// store treats alike: either way the block takes the signed map).
 #[inline(always)]
 fn summarize(xs: &[f32]) -> Summary {
-    let mut max = [0f32; LANES];
-    let mut nan = [0u32; LANES];
-    let mut neg = [0u32; LANES];
-    let mask = |b: bool| if b { u32::MAX } else { 0 };
+    const INF: i32 = 0x7F80_0000;
+    let mut mag = [0i32; LANES];
+    let mut flipped = [i32::MIN; LANES];
     let mut lane = |l: usize, x: f32| {
-        let a = x.abs();
-        max[l] = if a > max[l] { a } else { max[l] };
-        nan[l] |= mask(x.is_nan());
-        neg[l] |= mask(x < 0.0);
+        let bits = x.to_bits();
+        mag[l] = mag[l].max((bits & 0x7FFF_FFFF) as i32);
+        flipped[l] = flipped[l].max((bits ^ 0x8000_0000) as i32);
     };
     let chunks = xs.chunks_exact(LANES);
     let rest = chunks.remainder();
@@ -163,10 +163,13 @@ fn summarize(xs: &[f32]) -> Summary {
     for (l, &x) in rest.iter().enumerate() {
         lane(l, x);
     }
+    let mag = mag.iter().copied().fold(0, i32::max);
+    let flipped = flipped.iter().copied().fold(i32::MIN, i32::max);
+    let nan = mag > INF;
     Summary {
-        absmax: max.iter().fold(0f32, |m, &a| if a > m { a } else { m }),
-        nan: nan.iter().any(|&n| n != 0),
-        negative: neg.iter().any(|&n| n != 0),
+        absmax: f32::from_bits(mag as u32),
+        nan,
+        negative: flipped > 0,
     }
 }
 
