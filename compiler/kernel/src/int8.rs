@@ -28,21 +28,25 @@ use crate::storage::Storage;
 use std::sync::OnceLock;
 
 /// The signed and unsigned dynamic maps, built once.
+#[inline]
 fn maps() -> &'static (DynamicMap, DynamicMap) {
     static MAPS: OnceLock<(DynamicMap, DynamicMap)> = OnceLock::new();
     MAPS.get_or_init(|| (DynamicMap::signed(), DynamicMap::unsigned()))
 }
 
-/// The bucket tables of the signed and unsigned maps (the store's fast exact code).
-fn tables() -> &'static (CodeTable, CodeTable) {
-    static TABLES: OnceLock<(CodeTable, CodeTable)> = OnceLock::new();
+/// The bucket tables of the signed and unsigned maps (the store's fast exact code), when they
+/// can be built (always, for these maps: `code_table`'s tests).
+#[inline]
+fn tables() -> &'static Option<(CodeTable, CodeTable)> {
+    static TABLES: OnceLock<Option<(CodeTable, CodeTable)>> = OnceLock::new();
     TABLES.get_or_init(|| {
         let (signed, unsigned) = maps();
-        (CodeTable::new(signed), CodeTable::new(unsigned))
+        Some((CodeTable::new(signed)?, CodeTable::new(unsigned)?))
     })
 }
 
 /// The map a block whose stored scale is `scale` uses: signed when its sign bit is set.
+#[inline]
 pub fn map_of(scale: f32) -> &'static DynamicMap {
     let (signed, unsigned) = maps();
     if scale.is_sign_negative() {
@@ -90,28 +94,29 @@ pub fn device_bytes(len: usize) -> usize {
 
 /// Quantizes one block (at most [`QUANT_BLOCK`] values; `codes` as long as `xs`) and returns its
 /// stored scale: the absmax (NaN if a value is NaN), negated when the block uses the signed map.
+#[inline(always)]
 pub fn store_block(xs: &[f32], codes: &mut [u8]) -> f32 {
-    let mut absmax = 0f32;
-    let mut nan = false;
-    let mut negative = false;
-    for &x in xs {
-        nan |= x.is_nan();
-        negative |= x < 0.0;
-        absmax = absmax.max(x.abs());
-    }
-    let (signed, unsigned) = maps();
+    let Summary {
+        absmax,
+        nan,
+        negative,
+    } = summarize(xs);
     let signed_map = negative || nan;
-    let (map, table) = if signed_map {
-        (signed, &tables().0)
-    } else {
-        (unsigned, &tables().1)
-    };
     let absmax = if nan { f32::NAN } else { absmax };
     // As `quant::quantize_block`: one reciprocal per block, then a clamped product per value,
     // coded by the bucket table (exactly `map.code`, see `code_table`).
     let inv = 1.0 / absmax.max(1e-38);
-    for (c, &x) in codes.iter_mut().zip(xs) {
-        *c = table.code(map, (x * inv).clamp(-1.0, 1.0));
+    match tables() {
+        Some((signed, unsigned)) => {
+            let table = if signed_map { signed } else { unsigned };
+            table.code_block(xs, inv, codes);
+        }
+        None => {
+            let map = map_of(if signed_map { -1.0 } else { 1.0 });
+            for (c, &x) in codes.iter_mut().zip(xs) {
+                *c = map.code((x * inv).clamp(-1.0, 1.0));
+            }
+        }
     }
     if signed_map {
         -absmax
@@ -120,7 +125,56 @@ pub fn store_block(xs: &[f32], codes: &mut [u8]) -> f32 {
     }
 }
 
+/// What the store needs to know of a block before coding it.
+struct Summary {
+    /// The largest magnitude (meaningless when `nan`).
+    absmax: f32,
+    /// Whether a value is NaN.
+    nan: bool,
+    /// Whether a value is below zero (meaningless when `nan`).
+    negative: bool,
+}
+
+/// Lanes of [`summarize`]'s accumulators (two 128-bit vectors, one 256-bit).
+const LANES: usize = 8;
+
+/// The [`Summary`] of `xs`, from two integer maxima the compiler vectorizes in any build: the
+/// largest magnitude's encoding (the encodings of magnitudes order as their values, and NaN's
+/// are above infinity's), and the largest encoding with the sign bit flipped, as `i32` (above
+/// zero exactly when some value is below zero or is a NaN with its sign bit set, which the
+/// store treats alike: either way the block takes the signed map).
+#[inline(always)]
+fn summarize(xs: &[f32]) -> Summary {
+    const INF: i32 = 0x7F80_0000;
+    let mut mag = [0i32; LANES];
+    let mut flipped = [i32::MIN; LANES];
+    let mut lane = |l: usize, x: f32| {
+        let bits = x.to_bits();
+        mag[l] = mag[l].max((bits & 0x7FFF_FFFF) as i32);
+        flipped[l] = flipped[l].max((bits ^ 0x8000_0000) as i32);
+    };
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (l, &x) in chunk.iter().enumerate() {
+            lane(l, x);
+        }
+    }
+    for (l, &x) in rest.iter().enumerate() {
+        lane(l, x);
+    }
+    let mag = mag.iter().copied().fold(0, i32::max);
+    let flipped = flipped.iter().copied().fold(i32::MIN, i32::max);
+    let nan = mag > INF;
+    Summary {
+        absmax: f32::from_bits(mag as u32),
+        nan,
+        negative: flipped > 0,
+    }
+}
+
 /// Dequantizes one block stored with scale word `scale` into `out` (as long as `codes`).
+#[inline(always)]
 pub fn load_block(codes: &[u8], scale: f32, out: &mut [f32]) {
     let map = map_of(scale);
     let absmax = scale.abs();
@@ -130,6 +184,7 @@ pub fn load_block(codes: &[u8], scale: f32, out: &mut [f32]) {
 }
 
 /// Quantizes `xs` block by block into `codes` (one per value) and `scales` (one per block).
+#[inline(always)]
 pub fn store(xs: &[f32], codes: &mut [u8], scales: &mut [f32]) {
     for ((x, c), s) in xs
         .chunks(QUANT_BLOCK)
@@ -141,6 +196,7 @@ pub fn store(xs: &[f32], codes: &mut [u8], scales: &mut [f32]) {
 }
 
 /// Dequantizes `codes` and `scales` (as [`store`] writes them) into `out`.
+#[inline(always)]
 pub fn load(codes: &[u8], scales: &[f32], out: &mut [f32]) {
     for ((c, o), &s) in codes
         .chunks(QUANT_BLOCK)
