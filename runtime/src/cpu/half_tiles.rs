@@ -8,7 +8,7 @@
 //! and round-to-nearest-even narrowing with its NaN rule costs about ten integer SIMD operations
 //! per four values: AdamW with bf16 parameters, gradients and states ran about 2.5 times the
 //! instructions of the f32 kernel and was bound by them, not by memory. The loops here are
-//! compiled by rustc, for AVX2 when the host has it (checked once, at run time), 8 lanes at a time.
+//! compiled by rustc for AVX-512 or AVX2 when the host has them ([`super::simd`]).
 //!
 //! Every conversion equals `optc_kernel::dtype`'s (the interpreter's) bit for bit, NaN, infinities,
 //! subnormals and signed zeros included (the tests below walk every 16-bit pattern and the f32
@@ -18,6 +18,8 @@
 //! those of the untiled run.
 #![allow(unsafe_code)]
 
+#[cfg(target_arch = "x86_64")]
+use super::simd::{self, Simd};
 use optc_kernel::dtype;
 use optc_kernel::{Dtype, REDUCE_BLOCK};
 
@@ -55,10 +57,10 @@ pub(super) struct Conv {
 pub(super) fn widen(d: Dtype, src: &[u16], dst: &mut [f32]) {
     debug_assert_eq!(src.len(), dst.len());
     #[cfg(target_arch = "x86_64")]
-    match simd() {
-        // SAFETY: the host has AVX-512 F and BW (checked at run time by `simd`).
+    match simd::detect() {
+        // SAFETY: the host has AVX-512 F and BW (`simd::detect` checked it at run time).
         Simd::Avx512 => return unsafe { widen_avx512(d, src, dst) },
-        // SAFETY: the host has AVX2 (checked at run time by `simd`).
+        // SAFETY: the host has AVX2 (`simd::detect` checked it at run time).
         Simd::Avx2 => return unsafe { widen_avx2(d, src, dst) },
         Simd::Base => {}
     }
@@ -77,42 +79,14 @@ pub(super) fn narrow(d: Dtype, src: &[f32], dst: &mut [u16], sr: Option<(u32, u6
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    match simd() {
-        // SAFETY: the host has AVX-512 F and BW (checked at run time by `simd`).
+    match simd::detect() {
+        // SAFETY: the host has AVX-512 F and BW (`simd::detect` checked it at run time).
         Simd::Avx512 => return unsafe { narrow_avx512(d, src, dst, sr) },
-        // SAFETY: the host has AVX2 (checked at run time by `simd`).
+        // SAFETY: the host has AVX2 (`simd::detect` checked it at run time).
         Simd::Avx2 => return unsafe { narrow_avx2(d, src, dst, sr) },
         Simd::Base => {}
     }
     narrow_lanes(d, src, dst, sr);
-}
-
-/// The widest vector instructions of the host the loops are compiled for.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-enum Simd {
-    Avx512,
-    Avx2,
-    Base,
-}
-
-/// The host's [`Simd`] (detected once; `OPTC_HALF_SIMD=avx2|base` caps it, for measurements).
-#[cfg(target_arch = "x86_64")]
-fn simd() -> Simd {
-    static HAS: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        let cap = std::env::var("OPTC_HALF_SIMD").unwrap_or_default();
-        if cap.is_empty()
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-        {
-            Simd::Avx512
-        } else if cap != "base" && std::arch::is_x86_feature_detected!("avx2") {
-            Simd::Avx2
-        } else {
-            Simd::Base
-        }
-    })
 }
 
 #[cfg(target_arch = "x86_64")]

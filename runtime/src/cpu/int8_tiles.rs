@@ -66,9 +66,11 @@ enum Isa {
 
 impl Isa {
     /// The widest build this CPU runs (detected once; a cached read after that).
+    /// AVX2 on a CPU with AVX2 or AVX-512 ([`super::simd`]): LLVM's AVX-512 build of the code
+    /// lookups (gathers) measured slower on Zen 4.
     fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
+        if super::simd::detect() >= super::simd::Simd::Avx2 {
             return Isa::Avx2;
         }
         Isa::Base

@@ -19,6 +19,7 @@ mod int8_tiles;
 mod jit;
 mod partials;
 mod rows;
+mod simd;
 mod split;
 
 pub use crate::buf::{BufMut, BufRef};
