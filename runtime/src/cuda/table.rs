@@ -23,6 +23,8 @@ pub(crate) struct Tensor {
     pub len: usize,
     /// The tensor's uniforms for the stage, already rounded to f32.
     pub uniforms: Vec<f32>,
+    /// The tensor's stochastic-rounding key for this step (`StageTensor::sr_key`).
+    pub sr_key: u32,
 }
 
 /// The bytes of one launch.
@@ -185,16 +187,19 @@ mod tests {
                 pointers: vec![16, 32, 48],
                 len: 10,
                 uniforms: vec![1.0, 2.0, 3.0],
+                sr_key: 0,
             },
             Tensor {
                 pointers: vec![16, 36, 48],
                 len: 0,
                 uniforms: vec![4.0, 5.0, 6.0],
+                sr_key: 0,
             },
             Tensor {
                 pointers: vec![64, 80, 96],
                 len: 8,
                 uniforms: vec![7.0, 8.0, 9.0],
+                sr_key: 0,
             },
         ];
         let t = build(&layout, &tensors, 4, 4, None).expect("build");
@@ -240,6 +245,7 @@ mod tests {
             pointers: vec![0, 0],
             len: 1,
             uniforms: vec![],
+            sr_key: 0,
         };
         assert!(build(&layout, std::slice::from_ref(&t), 6, 4, None).is_err());
         assert!(build(&layout, std::slice::from_ref(&t), 0, 4, None).is_err());
@@ -265,6 +271,7 @@ mod tests {
             pointers: vec![16, 32],
             len,
             uniforms: vec![0.5],
+            sr_key: 0,
         };
         let tensors = vec![tensor(4097), tensor(0), tensor(4096)];
         let p = partials_layout(2, &tensors);
@@ -309,6 +316,7 @@ mod tests {
                 pointers: vec![16, 32],
                 len,
                 uniforms: vec![],
+                sr_key: 0,
             })
             .collect();
         let layout = TableLayout::new(2, true, 0);
