@@ -54,6 +54,10 @@ pub enum Param {
         /// The vector's position in the stage's list (`Kernel::stage_vectors`).
         index: usize,
     },
+    /// `.u32`: the tensor's stochastic-rounding key for this step (`Storage::sr_key(t, tensor)`,
+    /// [`crate::dtype::sr_key`]), the last parameter of every single-tensor, `_q8` and factored
+    /// entry of a kernel whose storage rounds stochastically ([`stochastic`]); absent otherwise.
+    SrKey,
 }
 
 impl Param {
@@ -61,6 +65,7 @@ impl Param {
     pub fn ptx_type(self) -> &'static str {
         match self {
             Param::Uniform { .. } => "f32",
+            Param::SrKey => "u32",
             _ => "u64",
         }
     }
@@ -80,6 +85,7 @@ impl Param {
             Param::Rows => format!("{entry}_rows"),
             Param::Cols => format!("{entry}_cols"),
             Param::Vector { index } => format!("{entry}_v{index}"),
+            Param::SrKey => format!("{entry}_sr_key"),
         }
     }
 }
@@ -92,8 +98,16 @@ pub fn reduces(kernel: &Kernel, stage: usize) -> bool {
         .is_some_and(|s| !s.reduce.is_empty())
 }
 
-/// The parameters of the single-tensor entries of a stage: every buffer pointer, `n`, the
-/// partials pointer when the stage reduces, then the stage's uniforms.
+/// Whether `kernel`'s stores round stochastically (a 16-bit parameter with
+/// `--stochastic-rounding`), so its entries take the tensor's key ([`Param::SrKey`], the record
+/// field [`TableLayout::sr_key`]).
+pub fn stochastic(kernel: &Kernel) -> bool {
+    kernel.storage.stochastic_seed().is_some()
+}
+
+/// The parameters of the single-tensor entries (and the `_q8` entry) of a stage: every buffer
+/// pointer, `n`, the partials pointer when the stage reduces, the stage's uniforms, then the
+/// stochastic-rounding key when the kernel rounds stochastically.
 pub fn single_params(kernel: &Kernel, stage: usize) -> Vec<Param> {
     let mut params: Vec<Param> = (0..kernel.buffers().len())
         .map(|index| Param::Buffer { index })
@@ -104,6 +118,9 @@ pub fn single_params(kernel: &Kernel, stage: usize) -> Vec<Param> {
     }
     let uniforms = kernel.stages.get(stage).map_or(0, |s| s.uniforms.len());
     params.extend((0..uniforms).map(|index| Param::Uniform { index }));
+    if stochastic(kernel) {
+        params.push(Param::SrKey);
+    }
     params
 }
 
@@ -161,8 +178,8 @@ pub fn has_cols_entry(kernel: &Kernel, stage: usize) -> bool {
 }
 
 /// The parameters of an entry of a factored stage: every buffer pointer, `batch`, `rows`,
-/// `cols`, one pointer per stage vector, the partials pointer when the entry has outputs, then
-/// the stage's uniforms.
+/// `cols`, one pointer per stage vector, the partials pointer when the entry has outputs, the
+/// stage's uniforms, then the stochastic-rounding key when the kernel rounds stochastically.
 pub fn factored_params(kernel: &Kernel, stage: usize, entry: FactoredEntry) -> Vec<Param> {
     let mut params: Vec<Param> = (0..kernel.buffers().len())
         .map(|index| Param::Buffer { index })
@@ -179,12 +196,16 @@ pub fn factored_params(kernel: &Kernel, stage: usize, entry: FactoredEntry) -> V
     }
     let uniforms = kernel.stages.get(stage).map_or(0, |s| s.uniforms.len());
     params.extend((0..uniforms).map(|index| Param::Uniform { index }));
+    if stochastic(kernel) {
+        params.push(Param::SrKey);
+    }
     params
 }
 
 /// Errors (with the reason) unless `module` lists, for every stage of `kernel`, entries with
 /// exactly the parameters, record layout and launch constraints this ABI gives (for a factored
-/// kernel, [`FactoredEntries`] and no elementwise entries).
+/// kernel, [`FactoredEntries`] and no elementwise entries; for a kernel with int8 states, an
+/// `_q8` entry per stage with the single-tensor parameters, and none otherwise).
 pub fn check(kernel: &Kernel, module: &PtxModule) -> Result<(), String> {
     if kernel.is_factored() {
         if !module.stages.is_empty() || module.factored.len() != kernel.stages.len() {
@@ -250,6 +271,29 @@ fn check_stage(kernel: &Kernel, k: usize, e: &StageEntries) -> Result<(), String
                 entry.params.len(),
                 single.len()
             ));
+        }
+    }
+    let int8 = kernel.storage.states.contains(&crate::Dtype::Int8);
+    match (&e.int8, int8) {
+        (Some(q), true) if q.params == single => {}
+        (None, false) => {}
+        (Some(q), true) => {
+            return Err(format!(
+                "stage {k} entry `{}` takes {} parameters, the kernel's stage passes {}",
+                q.name,
+                q.params.len(),
+                single.len()
+            ))
+        }
+        (Some(_), false) => {
+            return Err(format!(
+                "stage {k} has an int8 entry, the kernel no int8 state"
+            ))
+        }
+        (None, true) => {
+            return Err(format!(
+                "stage {k} has no int8 entry for the kernel's int8 states"
+            ))
         }
     }
     if e.multi.params != multi_params() {

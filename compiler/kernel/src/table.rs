@@ -40,6 +40,11 @@ pub struct TableLayout {
     pub partials: Option<usize>,
     /// Offset of each of the stage's uniforms (`f32`).
     pub uniforms: Vec<usize>,
+    /// Offset of the tensor's stochastic-rounding key for this step (`u32`, `Storage::sr_key`),
+    /// in the 4 bytes after the flags, for a kernel whose stores round stochastically
+    /// ([`crate::abi::stochastic`]); `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sr_key: Option<usize>,
 }
 
 impl TableLayout {
@@ -58,7 +63,15 @@ impl TableLayout {
             flags,
             partials,
             uniforms: (0..uniforms).map(|u| first_uniform + 4 * u).collect(),
+            sr_key: None,
         }
+    }
+
+    /// This layout with the stochastic-rounding key in the 4 bytes after the flags (which were
+    /// padding): the stride and every other offset stay.
+    pub fn with_sr_key(mut self) -> TableLayout {
+        self.sr_key = Some(self.flags + 4);
+        self
     }
 
     /// The layout for stage 0 of `kernel` (the only stage of a one-stage kernel).
@@ -67,13 +80,24 @@ impl TableLayout {
     }
 
     /// The layout for stage `stage` of `kernel`: every stage gets every buffer, and its own
-    /// uniforms; a stage with reduce outputs also gets the partials pointer.
+    /// uniforms; a stage with reduce outputs also gets the partials pointer, and a kernel whose
+    /// stores round stochastically the key ([`TableLayout::with_sr_key`]).
     pub fn of_stage(kernel: &Kernel, stage: usize) -> TableLayout {
-        TableLayout::new(
+        let layout = TableLayout::new(
             2 + kernel.states.len(),
             crate::abi::reduces(kernel, stage),
             kernel.stages.get(stage).map_or(0, |s| s.uniforms.len()),
-        )
+        );
+        if crate::abi::stochastic(kernel) {
+            layout.with_sr_key()
+        } else {
+            layout
+        }
+    }
+
+    /// Offset of the stochastic-rounding key (`u32`), for a kernel that rounds stochastically.
+    pub fn sr_key_offset(&self) -> Option<usize> {
+        self.sr_key
     }
 
     /// Offset of buffer `i`'s device pointer (`u64`).
@@ -126,7 +150,7 @@ mod tests {
         assert_eq!(TableLayout::new(2, false, 2).stride(), 40);
     }
 
-    /// A reducing stage's record: 3 pointers (24), n (8), flags and padding (8), the partials
+    /// A reducing stage's record: 3 pointers (24), n (8), flags and padding (8; a key at 36), the partials
     /// pointer at 40 (8), 1 uniform at 48: 52 bytes, padded to 56.
     #[test]
     fn reducing_record_by_hand() {
@@ -134,5 +158,10 @@ mod tests {
         assert_eq!(l.partials_offset(), Some(40));
         assert_eq!(l.uniform_offset(0), 48);
         assert_eq!(l.stride(), 56);
+        // The key takes the flags' padding: nothing else moves.
+        let k = l.clone().with_sr_key();
+        assert_eq!(k.sr_key_offset(), Some(36));
+        assert_eq!((k.stride(), k.uniform_offset(0)), (56, 48));
+        assert_eq!(l.sr_key_offset(), None);
     }
 }

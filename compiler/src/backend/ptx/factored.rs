@@ -134,6 +134,8 @@ struct Frame {
     cols: Reg,
     partials: Option<Reg>,
     uniforms: Vec<Option<Reg>>,
+    /// The stochastic-rounding key (`Param::SrKey`), for a kernel that rounds stochastically.
+    sr_key: Option<Reg>,
     prologue: Env,
 }
 
@@ -154,6 +156,7 @@ impl Entry<'_> {
         let mut vectors = Vec::new();
         let mut partials = None;
         let mut uniforms = vec![None; low.stage.uniforms.len()];
+        let mut sr_key = None;
         for p in self.params {
             let pname = p.ptx_name(self.name);
             match *p {
@@ -179,6 +182,11 @@ impl Entry<'_> {
                         uniforms[index] = Some(r);
                     }
                 }
+                Param::SrKey => {
+                    let r = asm.r();
+                    asm.ins(format!("ld.param.u32 {r}, [{pname}]"));
+                    sr_key = Some(r);
+                }
                 other => {
                     return Err(Error::Internal(format!(
                         "a factored entry takes no {other:?}"
@@ -197,6 +205,7 @@ impl Entry<'_> {
             cols,
             partials,
             uniforms,
+            sr_key,
             prologue,
         })
     }
