@@ -472,7 +472,7 @@ mod tests {
         );
         let mut b = BufMut::Bf16(&mut x);
         host_bytes_mut(&mut b).expect("bytes")[1] = 0x40;
-        assert_eq!(x[0], bf16::from_f32(2.0));
+        assert_eq!(x[0], bf16::from_f32(4.0));
         let f = [1.5f32];
         assert_eq!(host_bytes(BufRef::F32(&f)).expect("bytes"), 1.5f32.to_le_bytes());
     }

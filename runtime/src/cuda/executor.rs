@@ -788,18 +788,79 @@ impl Executor for CudaExecutor {
 mod tests {
     use super::*;
 
-    /// A kernel with two full-shape states of the given storage dtypes (`entry_for` reads no
-    /// more than the states and the storage).
+    /// AdamW's kernel with its states stored as `state`.
     #[cfg(feature = "compiler")]
     fn adam_with(state: Dtype) -> Kernel {
         let rule = optc_compiler::stdlib::rule("adamw")
             .and_then(Result::ok)
             .expect("stdlib");
-        let mut k = rule.specialize(&[]).expect("kernel");
-        for d in &mut k.storage.states {
-            *d = state;
+        let k = rule.specialize(&[]).expect("kernel");
+        optc_kernel::Precision {
+            state,
+            ..optc_kernel::Precision::default()
         }
-        k
+        .apply(&k)
+        .expect("precision")
+    }
+
+    /// A device update of `len` values of the given dtypes (never dereferenced: the steps below
+    /// are refused before any executor touches them).
+    fn device(name: &str, param: Dtype, grad: Dtype, len: usize) -> crate::Update<'_> {
+        crate::Update {
+            name,
+            data: TensorData::Device(DeviceTensor {
+                param: 0x1000,
+                grad: 0x2000,
+                param_len: len,
+                grad_len: len,
+                param_dtype: param,
+                grad_dtype: grad,
+                _guards: Vec::new(),
+            }),
+        }
+    }
+
+    /// The optimizer checks a device parameter's and gradient's dtypes against its own before
+    /// anything runs: another dtype is `BufferDtype`, naming which buffer; nothing changes.
+    #[cfg(feature = "compiler")]
+    #[test]
+    fn device_buffers_of_another_dtype_are_refused() {
+        use crate::{Optimizer, Options, Rule};
+        use optc_kernel::Precision;
+        let options = Options {
+            target: Target::Interp,
+            precision: Precision {
+                param: Dtype::Bf16,
+                ..Precision::default()
+            },
+            ..Options::default()
+        };
+        let mut opt =
+            Optimizer::with_options(Rule::stdlib("adamw").expect("stdlib"), options).expect("opt");
+        opt.add_param("b", &[37]).expect("add");
+        for (p, g, what, found) in [
+            (Dtype::F32, Dtype::F32, "parameter", Dtype::F32),
+            (Dtype::F16, Dtype::Bf16, "parameter", Dtype::F16),
+            (Dtype::Bf16, Dtype::F32, "gradient", Dtype::F32),
+        ] {
+            let err = opt.step([device("b", p, g, 37)]).expect_err("a dtype mismatch");
+            match &err {
+                RuntimeError::BufferDtype {
+                    what: w,
+                    found: f,
+                    expected: Dtype::Bf16,
+                    ..
+                } => assert_eq!((w.as_str(), *f), (what, found), "{err}"),
+                other => panic!("{other}"),
+            }
+            assert!(err.to_string().contains("Options::precision"), "{err}");
+        }
+        // The right dtype passes the check; a host optimizer then refuses device memory.
+        let err = opt
+            .step([device("b", Dtype::Bf16, Dtype::Bf16, 37)])
+            .expect_err("device buffers on a host target");
+        assert!(err.to_string().contains("Target::Cuda"), "{err}");
+        assert!(opt.states("b").expect("states").iter().all(|(_, s)| s.is_empty()));
     }
 
     /// Tensors of at least `MIN_QUANT_ELEMENTS` elements with int8 states take the `_q8`

@@ -91,6 +91,7 @@ impl Grids {
 /// One launch argument.
 enum Arg {
     U64(u64),
+    U32(u32),
     F32(f32),
 }
 
@@ -100,6 +101,8 @@ struct Launch {
     dims: MatrixDims,
     vectors: Vec<u64>,
     uniforms: Vec<f32>,
+    /// The tensor's stochastic-rounding key for this step.
+    sr_key: u32,
     /// f32 offset of the tensor's partials in the stage's buffer.
     at: usize,
     cols_start: usize,
@@ -130,6 +133,7 @@ fn args(params: &[Param], l: &Launch, partials: u64) -> Result<Vec<Arg>, CudaErr
                         .ok_or_else(|| bad(format!("no stage vector {index}")))?,
                 ),
                 Param::Partials => Arg::U64(partials),
+                Param::SrKey => Arg::U32(l.sr_key),
                 Param::Uniform { index } => Arg::F32(
                     *l.uniforms
                         .get(index)
@@ -154,6 +158,7 @@ fn launch(
     for a in args {
         match a {
             Arg::U64(v) => b.arg(v),
+            Arg::U32(v) => b.arg(v),
             Arg::F32(v) => b.arg(v),
         };
     }
@@ -326,6 +331,7 @@ pub(crate) fn run_stage(
                 dims,
                 vectors: offsets.iter().map(|o| vbase + 4 * *o as u64).collect(),
                 uniforms: t.uniforms.clone(),
+                sr_key: t.sr_key,
                 at: *at,
                 cols_start: layout.cols_start,
             });

@@ -188,6 +188,7 @@ pub(crate) fn single_args(
                 ),
                 Param::Len => Arg::U64(tensor.len as u64),
                 Param::Partials => Arg::U64(partials),
+                Param::SrKey => Arg::U32(tensor.sr_key),
                 Param::Uniform { index } => Arg::F32(
                     *tensor
                         .uniforms
@@ -343,6 +344,7 @@ mod tests {
             Param::Partials,
             Param::Uniform { index: 1 },
             Param::Uniform { index: 0 },
+            Param::SrKey,
         ];
         let t = Tensor {
             pointers: vec![16, 32, 4096],
@@ -360,7 +362,8 @@ mod tests {
                 Arg::U64(5000),
                 Arg::U64(999),
                 Arg::F32(2.0),
-                Arg::F32(0.5)
+                Arg::F32(0.5),
+                Arg::U32(7)
             ]
         );
         assert!(single_args(&[Param::Buffer { index: 3 }], &t, 0).is_err());

@@ -120,6 +120,9 @@ pub(crate) fn build(
             0
         };
         put(layout.flags_offset(), &flags.to_le_bytes());
+        if let Some(off) = layout.sr_key_offset() {
+            put(off, &t.sr_key.to_le_bytes());
+        }
         if let (Some(off), Some((base, p))) = (layout.partials_offset(), partials) {
             let start = p.ranges.get(ti).map_or(0, |r| r.start) as u64;
             put(off, &(base + 4 * start).to_le_bytes());
@@ -176,6 +179,27 @@ mod tests {
         let mut a = [0u8; 8];
         a.copy_from_slice(&b[off..off + 8]);
         u64::from_le_bytes(a)
+    }
+
+    /// A stochastically rounding stage's record holds each tensor's key at the layout's offset;
+    /// other records leave those bytes as padding.
+    #[test]
+    fn records_hold_the_stochastic_rounding_key() {
+        let tensor = |sr_key| Tensor {
+            pointers: vec![16, 32],
+            len: 8,
+            uniforms: vec![1.0],
+            sr_key,
+        };
+        let layout = TableLayout::new(2, false, 1).with_sr_key();
+        let off = layout.sr_key_offset().expect("offset");
+        let t = build(&layout, &[tensor(0xdead_beef), tensor(7)], 4, 4, None).expect("build");
+        let s = layout.stride();
+        assert_eq!(t.records[off..off + 4], 0xdead_beefu32.to_le_bytes());
+        assert_eq!(t.records[s + off..s + off + 4], 7u32.to_le_bytes());
+        let plain = TableLayout::new(2, false, 1);
+        let t = build(&plain, &[tensor(0xdead_beef)], 4, 4, None).expect("build");
+        assert_eq!(t.records[off..off + 4], [0; 4]);
     }
 
     #[test]
