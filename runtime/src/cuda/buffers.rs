@@ -173,9 +173,7 @@ pub(crate) fn upload_bytes(
     if bytes.is_empty() {
         return stream.null::<u8>().during(format!("creating {what}"));
     }
-    stream
-        .clone_htod(bytes)
-        .during(format!("uploading {what}"))
+    stream.clone_htod(bytes).during(format!("uploading {what}"))
 }
 
 /// A buffer in device memory in its storage dtype (a state, or a staged parameter or gradient).
@@ -433,7 +431,10 @@ mod tests {
             }
         }
         // Under MIN_QUANT_ELEMENTS an int8 state is an f32 buffer.
-        assert_eq!(BufVec::from_f32(Dtype::Int8, &values(4095)).dtype(), Dtype::F32);
+        assert_eq!(
+            BufVec::from_f32(Dtype::Int8, &values(4095)).dtype(),
+            Dtype::F32
+        );
     }
 
     #[test]
@@ -447,8 +448,14 @@ mod tests {
     #[test]
     fn fills_round_as_the_host_does() {
         assert_eq!(fill(Dtype::F32, 0.1), Fill::D32(0.1f32.to_bits()));
-        assert_eq!(fill(Dtype::Bf16, 0.1), Fill::D16(bf16::from_f32(0.1).to_bits()));
-        assert_eq!(fill(Dtype::F16, 1e-8), Fill::D16(f16::from_f32(1e-8).to_bits()));
+        assert_eq!(
+            fill(Dtype::Bf16, 0.1),
+            Fill::D16(bf16::from_f32(0.1).to_bits())
+        );
+        assert_eq!(
+            fill(Dtype::F16, 1e-8),
+            Fill::D16(f16::from_f32(1e-8).to_bits())
+        );
         assert_eq!(fill(Dtype::Bf16, -0.0), Fill::D16(0x8000));
         assert_eq!(fill(Dtype::Int8, 0.0), Fill::Upload);
     }
@@ -474,6 +481,9 @@ mod tests {
         host_bytes_mut(&mut b).expect("bytes")[1] = 0x40;
         assert_eq!(x[0], bf16::from_f32(4.0));
         let f = [1.5f32];
-        assert_eq!(host_bytes(BufRef::F32(&f)).expect("bytes"), 1.5f32.to_le_bytes());
+        assert_eq!(
+            host_bytes(BufRef::F32(&f)).expect("bytes"),
+            1.5f32.to_le_bytes()
+        );
     }
 }

@@ -34,7 +34,6 @@ use optc_kernel::artifact::{PtxModule, StageEntries};
 use optc_kernel::{int8, Dtype, Kernel, Slot, StateId, ValidKernel};
 use std::sync::Arc;
 
-
 /// How kernels are launched. The defaults follow `shared/design/performance.md`: 256 threads
 /// per block, at most 8 blocks per multiprocessor (grid-stride loops cover the rest), and chunks
 /// of 32768 elements for the multi-tensor entry.
@@ -843,7 +842,9 @@ mod tests {
             (Dtype::F16, Dtype::Bf16, "parameter", Dtype::F16),
             (Dtype::Bf16, Dtype::F32, "gradient", Dtype::F32),
         ] {
-            let err = opt.step([device("b", p, g, 37)]).expect_err("a dtype mismatch");
+            let err = opt
+                .step([device("b", p, g, 37)])
+                .expect_err("a dtype mismatch");
             match &err {
                 RuntimeError::BufferDtype {
                     what: w,
@@ -860,7 +861,11 @@ mod tests {
             .step([device("b", Dtype::Bf16, Dtype::Bf16, 37)])
             .expect_err("device buffers on a host target");
         assert!(err.to_string().contains("Target::Cuda"), "{err}");
-        assert!(opt.states("b").expect("states").iter().all(|(_, s)| s.is_empty()));
+        assert!(opt
+            .states("b")
+            .expect("states")
+            .iter()
+            .all(|(_, s)| s.is_empty()));
     }
 
     /// Tensors of at least `MIN_QUANT_ELEMENTS` elements with int8 states take the `_q8`

@@ -357,5 +357,8 @@ fn device_buffers_of_another_dtype_are_refused() {
         "{err}"
     );
     assert_eq!(p.download(&stream), host, "the parameter changed");
-    assert!(opt.to_bytes().expect("save") == before, "the states changed");
+    assert!(
+        opt.to_bytes().expect("save") == before,
+        "the states changed"
+    );
 }
