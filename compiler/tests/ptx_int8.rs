@@ -1,16 +1,18 @@
 //! int8 states on the PTX backend (`backend/ptx/quant.rs`): every stdlib rule, in every flag
-//! combination and rank class, with `--state-dtype int8`, emits an `_q8` entry per stage (with a
-//! bf16 parameter and an f32 master it is refused with a clear error), listed in the module's
+//! combination and rank class, with `--state-dtype int8`, emits an `_q8` entry per stage (also
+//! with a bf16 or f16 parameter, an f32 master, stochastic rounding), listed in the module's
 //! stage entries, and its `.const` tables are the dynamic maps of `optc_kernel::quant`, entry for
 //! entry. NVIDIA's `ptxas` assembles one module per rule for sm_80 (AdamW's and LAMB's for sm_90
-//! too, and AdamW's fast-math one), in parallel: well under a minute on 2 cores. ptxas is found
+//! too, AdamW's fast-math one, and AdamW's and LAMB's with each 16-bit parameter setting), in
+//! parallel: well under a minute on 2 cores. ptxas is found
 //! through `OPTC_PTXAS`, else on `PATH`; without it the assembly is skipped with a message,
 //! except under CI (env `CI` set), where a missing ptxas is a failure. (`ptx_sim` runs the `_q8`
 //! entries against the interpreter.)
 
-use optc_compiler::backend::ptx::{emit, Error, Options};
+use optc_compiler::backend::ptx::{emit, Options};
 use optc_compiler::passes::CompileOptions;
 use optc_compiler::{stdlib, Kernel};
+use optc_kernel::abi;
 use optc_kernel::quant::DynamicMap;
 use optc_kernel::{Dtype, Precision, RankClass};
 use std::path::PathBuf;
@@ -79,21 +81,25 @@ fn kernels() -> Vec<(String, Kernel)> {
                             },
                         )
                         .unwrap_or_else(|e| panic!("{name}: {e}"));
-                    // With a bf16 parameter and a master: the first flag set, unclipped.
-                    let settings: &[(&str, Dtype, bool)] = if i == 0 && !clip {
+                    // With 16-bit parameters (a master, stochastic rounding): the first flag
+                    // set, unclipped.
+                    let settings: &[(&str, Dtype, bool, Option<u64>)] = if i == 0 && !clip {
                         &[
-                            ("int8", Dtype::F32, false),
-                            ("bf16-master-int8", Dtype::Bf16, true),
+                            ("int8", Dtype::F32, false, None),
+                            ("bf16-master-int8", Dtype::Bf16, true, None),
+                            ("f16-int8", Dtype::F16, false, None),
+                            ("bf16-sr-int8", Dtype::Bf16, false, Some(5)),
+                            ("f16-sr-int8", Dtype::F16, false, Some(6)),
                         ]
                     } else {
-                        &[("int8", Dtype::F32, false)]
+                        &[("int8", Dtype::F32, false, None)]
                     };
-                    for &(tag, param, master) in settings {
+                    for &(tag, param, master, sr) in settings {
                         let k = Precision {
                             param,
                             state: Dtype::Int8,
                             master_weights: master,
-                            stochastic_rounding: None,
+                            stochastic_rounding: sr,
                         }
                         .apply(&base)
                         .unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -138,14 +144,6 @@ fn every_stdlib_rule_with_int8_states_has_q8_entries_that_ptxas_accepts() {
                 fast_math,
                 ..Options::default()
             };
-            if kernel.storage.param != Dtype::F32 {
-                // The `_q8` entries step f32 parameters only: a clear refusal.
-                assert!(
-                    matches!(emit(kernel, &opts), Err(Error::Unsupported(_))),
-                    "{label}: int8 states with a bf16 parameter must be refused"
-                );
-                continue;
-            }
             let module = emit(kernel, &opts).unwrap_or_else(|e| panic!("{label}: {e}"));
             for (k, st) in module.stages.iter().enumerate() {
                 let e = st
@@ -168,6 +166,18 @@ fn every_stdlib_rule_with_int8_states_has_q8_entries_that_ptxas_accepts() {
             // emitted and checked, and ptxas assembles the first module of each rule for sm_80
             // (its first flag set and rank class, unclipped, round-to-nearest), plus AdamW's and
             // LAMB's (a staged rule) for sm_90 and AdamW's fast-math one for sm_80.
+            // With a 16-bit parameter, AdamW's and LAMB's modules of each setting for sm_80
+            // (`ptx_ptxas` assembles every rule under these settings).
+            if kernel.storage.param != Dtype::F32 {
+                if !fast_math && matches!(kernel.rule.as_str(), "adamw" | "lamb") {
+                    assert!(module.source.contains("ld.global.b16"), "{label}");
+                    if abi::stochastic(kernel) {
+                        assert!(module.source.contains("mul.lo.u32"), "{label}: no hash");
+                    }
+                    jobs.push((name.clone(), module.source.clone(), "sm_80"));
+                }
+                continue;
+            }
             let first = !fast_math && assembled.insert(kernel.rule.clone());
             if first {
                 jobs.push((name.clone(), module.source.clone(), "sm_80"));

@@ -161,20 +161,41 @@ fn ptxas_accepts_every_stdlib_rule_and_hand_built_kernel() {
     eprintln!("ptxas accepted {} modules", jobs.len());
 }
 
-/// Storage dtypes (docs/dtypes.md): every stdlib rule's first flag set (variants included) with
-/// bf16 or f16 params and grads, bf16 or f32 states and f32 master weights, assembled for sm_80;
-/// what PTX does not lower yet (stochastic rounding, factored kernels with 16-bit
-/// storage, bf16 before sm_80) is a clear error, never wrong code.
+/// The storage settings of `runtime/tests/api_dtypes.rs` (`settings()`: param, state, master
+/// weights, stochastic-rounding seed), then int8 states with f32 and 16-bit parameters.
+fn storage_settings() -> Vec<optc_kernel::Precision> {
+    use optc_kernel::{Dtype, Precision};
+    let p = |param, state, master_weights, stochastic_rounding| Precision {
+        param,
+        state,
+        master_weights,
+        stochastic_rounding,
+    };
+    vec![
+        p(Dtype::Bf16, Dtype::Bf16, false, None),
+        p(Dtype::F16, Dtype::F32, false, None),
+        p(Dtype::F32, Dtype::Bf16, false, None),
+        p(Dtype::Bf16, Dtype::Bf16, true, None),
+        p(Dtype::F16, Dtype::Bf16, true, None),
+        p(Dtype::Bf16, Dtype::F32, false, Some(3)),
+        p(Dtype::F16, Dtype::Bf16, false, Some(4)),
+        p(Dtype::F32, Dtype::Int8, false, None),
+        p(Dtype::Bf16, Dtype::Int8, true, None),
+        p(Dtype::F16, Dtype::Int8, false, Some(5)),
+        p(Dtype::Bf16, Dtype::Int8, false, Some(6)),
+    ]
+}
+
+/// Storage dtypes (docs/dtypes.md): every stdlib rule's first flag set (variants included) under
+/// every setting of [`storage_settings`], factored kernels and `_q8` entries included, emits
+/// PTX (no refusal: bf16 before sm_80 is the only one) that ptxas assembles for sm_80 (in
+/// parallel, one module per kernel and setting), AdamW's and Adafactor's first for sm_90 too.
 #[test]
 fn ptxas_accepts_every_stdlib_rule_under_storage_dtypes() {
-    use optc_kernel::{Dtype, Precision};
-    let settings = [
-        (Dtype::Bf16, Dtype::Bf16, false),
-        (Dtype::F16, Dtype::F32, false),
-        (Dtype::F16, Dtype::Bf16, true),
-        (Dtype::Bf16, Dtype::F32, true),
-    ];
+    use optc_kernel::{abi, Dtype};
     let mut jobs = Vec::new();
+    let mut rules = std::collections::BTreeSet::new();
+    let mut first = std::collections::BTreeSet::new();
     for (label, kernel) in kernels() {
         // Stdlib kernels of the default flag set (labels `NAME-BITS-...`, BITS all 0).
         if !label
@@ -184,50 +205,60 @@ fn ptxas_accepts_every_stdlib_rule_under_storage_dtypes() {
         {
             continue;
         }
-        for (param, state, master_weights) in settings {
-            let precision = Precision {
-                param,
-                state,
-                master_weights,
-                stochastic_rounding: None,
+        for (i, precision) in storage_settings().into_iter().enumerate() {
+            let k = match precision.apply(&kernel) {
+                Ok(k) => k,
+                // Only where the storage does not fit the rule (int8 states of a rule whose
+                // states are all row, column or matrix states stay f32, which applies).
+                Err(e) => panic!("{label} {precision:?}: {e}"),
             };
-            let Ok(k) = precision.apply(&kernel) else {
-                continue;
-            };
-            match emit(&k, &Options::default()) {
-                Ok(module) => {
-                    // The 16-bit conversions are sm_80 instructions (sm_90 adds nothing here).
-                    assert!(module.source.contains(".b16"), "{label}: no 16-bit access");
-                    let narrow = if param == Dtype::Bf16 {
-                        "cvt.rn.bf16.f32"
-                    } else {
-                        "cvt.rn.f16.f32"
-                    };
-                    assert!(module.source.contains(narrow), "{label}: no {narrow}");
-                    let name = format!("{label}-{param}-{state}-{master_weights}");
-                    jobs.push((name, module.source.clone(), "sm_80"));
-                }
-                Err(e) => {
-                    assert!(k.is_factored(), "{label} {precision:?}: {e}");
-                    assert!(
-                        e.to_string()
-                            .contains("factored kernel with 16-bit storage"),
-                        "{e}"
-                    );
-                }
+            let module = emit(&k, &Options::default())
+                .unwrap_or_else(|e| panic!("{label} {precision:?}: {e}"));
+            if precision.param != Dtype::F32 {
+                assert!(module.source.contains(".b16"), "{label}: no 16-bit access");
+                let narrow = if precision.param == Dtype::Bf16 {
+                    "bf16.f32"
+                } else {
+                    "f16.f32"
+                };
+                assert!(module.source.contains(narrow), "{label}: no {narrow}");
             }
+            if abi::stochastic(&k) {
+                assert!(
+                    module.source.contains("mul.lo.u32") && module.source.contains("_sr_key"),
+                    "{label}: no stochastic rounding"
+                );
+            }
+            // Every kernel above is emitted and checked; ptxas (about a second a module, CI has
+            // 2 cores) assembles the first kernel of each rule under each setting (its first
+            // rank class, unclipped: Adafactor's factored matrix kernel), AdamW's and
+            // Adafactor's for sm_90 too.
+            if !first.insert((k.rule.clone(), i)) {
+                continue;
+            }
+            let name = format!("{label}-{i}");
+            jobs.push((name.clone(), module.source.clone(), "sm_80"));
+            if matches!(k.rule.as_str(), "adamw" | "adafactor") {
+                jobs.push((name, module.source, "sm_90"));
+            }
+            rules.insert(k.rule.clone());
         }
-        // Stochastic rounding and bf16 before sm_80 are refused.
-        let sr = Precision {
-            param: Dtype::Bf16,
-            stochastic_rounding: Some(1),
-            ..Precision::default()
-        };
-        if let Ok(k) = sr.apply(&kernel) {
-            let e = emit(&k, &Options::default()).expect_err("stochastic rounding");
-            assert!(e.to_string().contains("cannot compile this kernel"), "{e}");
+        // bf16 before sm_80 is refused with a clear error.
+        if let Ok(k) = storage_settings()[0].apply(&kernel) {
+            let old = Options {
+                target: "sm_70".into(),
+                version: "7.0".into(),
+                ..Options::default()
+            };
+            let e = emit(&k, &old).expect_err("bf16 on sm_70");
+            assert!(e.to_string().contains("bf16 storage needs sm_80"), "{e}");
         }
     }
+    assert_eq!(
+        rules.len(),
+        stdlib::names().count(),
+        "every stdlib rule: {rules:?}"
+    );
     assert!(!jobs.is_empty());
     let Some(ptxas) = find_ptxas() else {
         assert!(
@@ -255,5 +286,10 @@ fn ptxas_accepts_every_stdlib_rule_under_storage_dtypes() {
     });
     let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    eprintln!("ptxas accepted {} storage-dtype modules", jobs.len());
+    eprintln!(
+        "ptxas accepted {} storage-dtype modules ({} rules x {} settings)",
+        jobs.len(),
+        rules.len(),
+        storage_settings().len()
+    );
 }

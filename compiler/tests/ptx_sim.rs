@@ -31,7 +31,7 @@ use optc_kernel::artifact::{PtxEntry, PtxModule, StageEntries};
 use optc_kernel::factored::{partials_layout, Geometry};
 use optc_kernel::reduce::{combine, REDUCE_BLOCK};
 use optc_kernel::table::{TableLayout, CHUNK_RECORD_BYTES, FLAG_ALIGNED};
-use optc_kernel::{MatrixDims, RankClass, StateShape, VecShape};
+use optc_kernel::{dtype, Dtype, MatrixDims, RankClass, StateShape, VecShape};
 use ptxsim::{launch, Arg, Device};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -160,10 +160,110 @@ fn compare(what: &str, got: &[f32], want: &[f32], exact: bool) -> Result<(), Str
 
 /// One tensor's inputs for a stage.
 struct Inputs {
+    /// Every buffer's values (a 16-bit buffer's are values of its dtype).
     bufs: Vec<Vec<f32>>,
     vectors: Vec<Vec<f32>>,
     uniforms: Vec<f32>,
     dims: MatrixDims,
+    /// The tensor's stochastic-rounding key (`Storage::sr_key`; 0 without).
+    sr_key: u32,
+}
+
+/// The storage dtype of buffer `b` ([`Kernel::buffers`] order) as the stage's entries see it:
+/// an int8 state is f32 outside the `_q8` entries (a tensor under 4096 elements keeps f32
+/// states).
+fn dtype_of(kernel: &Kernel, b: usize) -> Dtype {
+    match kernel
+        .buffers()
+        .get(b)
+        .map(|x| kernel.storage.dtype(x.slot))
+    {
+        Some(Dtype::Int8) | None => Dtype::F32,
+        Some(d) => d,
+    }
+}
+
+/// The bits of `x`, a value of the 16-bit dtype `d`, or `None` for a NaN.
+fn bits16(d: Dtype, x: f32) -> Option<u16> {
+    if x.is_nan() {
+        return None;
+    }
+    Some(if d == Dtype::F16 {
+        dtype::narrow_f16(x)
+    } else {
+        dtype::narrow_bf16(x)
+    })
+}
+
+/// Allocates buffer `b` of `kernel` holding `xs` in its storage dtype.
+fn put(dev: &mut Device, kernel: &Kernel, b: usize, xs: &[f32], misalign: u64) -> u64 {
+    match dtype_of(kernel, b) {
+        d @ (Dtype::Bf16 | Dtype::F16) => {
+            let bytes: Vec<u8> = xs
+                .iter()
+                .flat_map(|&x| {
+                    let h = if d == Dtype::F16 {
+                        dtype::narrow_f16(x)
+                    } else {
+                        dtype::narrow_bf16(x)
+                    };
+                    h.to_le_bytes()
+                })
+                .collect();
+            dev.alloc(&bytes, misalign)
+        }
+        _ => dev.alloc_f32(xs, misalign),
+    }
+}
+
+/// Buffer `b` of `kernel` at `ptr`, widened to f32.
+fn get(dev: &Device, kernel: &Kernel, b: usize, ptr: u64) -> Vec<f32> {
+    match dtype_of(kernel, b) {
+        d @ (Dtype::Bf16 | Dtype::F16) => dev
+            .bytes(ptr)
+            .chunks_exact(2)
+            .map(|c| {
+                let h = u16::from_le_bytes([c[0], c[1]]);
+                if d == Dtype::F16 {
+                    dtype::widen_f16(h)
+                } else {
+                    dtype::widen_bf16(h)
+                }
+            })
+            .collect(),
+        _ => dev.read_f32(ptr),
+    }
+}
+
+/// Compares buffer `b`: a 16-bit buffer as its dtype's bits (NaN matching NaN: payloads are not
+/// part of the contract), an f32 one with [`compare`].
+fn compare_buf(
+    kernel: &Kernel,
+    b: usize,
+    what: &str,
+    got: &[f32],
+    want: &[f32],
+    exact: bool,
+) -> Result<(), String> {
+    let d = dtype_of(kernel, b);
+    if d == Dtype::F32 {
+        return compare(what, got, want, exact);
+    }
+    if got.len() != want.len() {
+        return Err(format!("{what}: {} values, want {}", got.len(), want.len()));
+    }
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if dtype::Dtype::round(d, *w).to_bits() != w.to_bits() && !w.is_nan() {
+            return Err(format!("{what}[{i}]: the interpreter's {w:e} is not a {d}"));
+        }
+        let (gb, wb) = (bits16(d, *g), bits16(d, *w));
+        if gb != wb {
+            return Err(format!(
+                "{what}[{i}]: got {d} {gb:#06x?}, want {wb:#06x?} (bit for bit)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The interpreter's stage: buffers after it, and its partials per reduce output.
@@ -183,8 +283,7 @@ fn reference(kernel: &Kernel, stage: usize, inp: &Inputs) -> (Vec<Vec<f32>>, Vec
             grad: &g[0],
             states: states.iter_mut().map(|s| &mut s[..]).collect(),
         },
-        // f32 storage: no stochastic rounding key.
-        0,
+        inp.sr_key,
     )
     .unwrap_or_else(|e| panic!("{}: interpreter stage {stage}: {e}", kernel.rule));
     (bufs, parts)
@@ -203,6 +302,7 @@ fn args(params: &[Param], ptrs: &[u64], inp: &Inputs, vecs: &[u64], partials: u6
             Param::Rows => Arg::U64(inp.dims.rows as u64),
             Param::Cols => Arg::U64(inp.dims.cols as u64),
             Param::Vector { index } => Arg::U64(vecs[index]),
+            Param::SrKey => Arg::U32(inp.sr_key),
             other => panic!("unexpected parameter {other:?}"),
         })
         .collect()
@@ -222,7 +322,8 @@ fn run_single(
     let ptrs: Vec<u64> = inp
         .bufs
         .iter()
-        .map(|b| dev.alloc_f32(b, misalign))
+        .enumerate()
+        .map(|(b, xs)| put(&mut dev, kernel, b, xs, misalign))
         .collect();
     let np = optc_kernel::abi::partials_len(kernel, stage, inp.dims.numel());
     let parts = dev.alloc_f32(&vec![f32::NAN; np], 0);
@@ -232,7 +333,10 @@ fn run_single(
         Relaxed,
     );
     Ok((
-        ptrs.iter().map(|p| dev.read_f32(*p)).collect(),
+        ptrs.iter()
+            .enumerate()
+            .map(|(b, p)| get(&dev, kernel, b, *p))
+            .collect(),
         dev.read_f32(parts),
     ))
 }
@@ -242,6 +346,7 @@ fn run_single(
 /// uniforms at the record layout's offsets; one (tensor u32, chunk u32) record per chunk).
 fn run_multi(
     m: &ptxsim::Module,
+    kernel: &Kernel,
     e: &StageEntries,
     outputs: usize,
     tensors: &[(&Inputs, u64)],
@@ -265,7 +370,8 @@ fn run_multi(
         let ptrs: Vec<u64> = inp
             .bufs
             .iter()
-            .map(|b| dev.alloc_f32(b, *misalign))
+            .enumerate()
+            .map(|(b, xs)| put(&mut dev, kernel, b, xs, *misalign))
             .collect();
         let rec = &mut records[ti * stride..(ti + 1) * stride];
         let mut put = |off: usize, bytes: &[u8]| rec[off..off + bytes.len()].copy_from_slice(bytes);
@@ -285,6 +391,9 @@ fn run_multi(
         }
         for (u, v) in inp.uniforms.iter().enumerate() {
             put(layout.uniform_offset(u), &v.to_le_bytes());
+        }
+        if let Some(off) = layout.sr_key_offset() {
+            put(off, &inp.sr_key.to_le_bytes());
         }
         for k in 0..n.div_ceil(chunk_elems) {
             chunks.extend_from_slice(&(ti as u32).to_le_bytes());
@@ -323,7 +432,10 @@ fn run_multi(
         .zip(&ranges)
         .map(|(ptrs, r)| {
             (
-                ptrs.iter().map(|p| dev.read_f32(*p)).collect(),
+                ptrs.iter()
+                    .enumerate()
+                    .map(|(b, p)| get(&dev, kernel, b, *p))
+                    .collect(),
                 all[r.clone()].to_vec(),
             )
         })
@@ -342,7 +454,12 @@ fn run_factored(
 ) -> Result<(Vec<Vec<f32>>, PerOutput), String> {
     let e = &module.factored[stage];
     let mut dev = Device::default();
-    let ptrs: Vec<u64> = inp.bufs.iter().map(|b| dev.alloc_f32(b, 0)).collect();
+    let ptrs: Vec<u64> = inp
+        .bufs
+        .iter()
+        .enumerate()
+        .map(|(b, xs)| put(&mut dev, kernel, b, xs, 0))
+        .collect();
     let vecs: Vec<u64> = inp.vectors.iter().map(|v| dev.alloc_f32(v, 0)).collect();
     let layout = partials_layout(kernel, stage, inp.dims);
     let parts = dev.alloc_f32(&vec![f32::NAN; layout.len.max(1)], 0);
@@ -375,7 +492,10 @@ fn run_factored(
     }
     let all = dev.read_f32(parts);
     Ok((
-        ptrs.iter().map(|p| dev.read_f32(*p)).collect(),
+        ptrs.iter()
+            .enumerate()
+            .map(|(b, p)| get(&dev, kernel, b, *p))
+            .collect(),
         layout
             .outputs
             .iter()
@@ -453,11 +573,20 @@ fn inputs(
     let host = kernel
         .eval_host_for(&hypers, t, &scalars, reduced, view)
         .expect("host program");
+    // A 16-bit buffer holds values of its dtype.
+    for (b, xs) in bufs.iter_mut().enumerate() {
+        let d = dtype_of(kernel, b);
+        if d != Dtype::F32 {
+            xs.iter_mut().for_each(|x| *x = d.round(*x));
+        }
+    }
     Inputs {
         bufs,
         vectors,
         uniforms: host.uniforms[stage].iter().map(|u| *u as f32).collect(),
         dims,
+        // The tensor's index in an optimizer: its seed.
+        sr_key: kernel.storage.sr_key(t, seed),
     }
 }
 
@@ -486,7 +615,7 @@ fn check_module(kernel: &Kernel, module: &PtxModule, dims: &[MatrixDims]) -> Res
             let cmp_all =
                 |what: &str, got: &[Vec<f32>], parts: &[Vec<f32>]| -> Result<(), String> {
                     for (b, (g, w)) in got.iter().zip(&want).enumerate() {
-                        compare(&format!("{} buffer {b}", ctx(what)), g, w, ex)?;
+                        compare_buf(kernel, b, &format!("{} buffer {b}", ctx(what)), g, w, ex)?;
                     }
                     for (o, (g, w)) in parts.iter().zip(&want_parts).enumerate() {
                         compare(&format!("{} partials of output {o}", ctx(what)), g, w, ex)?;
@@ -518,10 +647,19 @@ fn check_module(kernel: &Kernel, module: &PtxModule, dims: &[MatrixDims]) -> Res
             let (want2, want_parts2) = reference(kernel, stage, &inp2);
             // Chunks of one and of three times the stage's chunk multiple.
             for chunk in [1, 3].map(|c| c * e.chunk_multiple.max(1)) {
-                let res = run_multi(&m, e, want_parts.len(), &[(&inp, 0), (&inp2, 4)], chunk)?;
+                let res = run_multi(
+                    &m,
+                    kernel,
+                    e,
+                    want_parts.len(),
+                    &[(&inp, 0), (&inp2, 4)],
+                    chunk,
+                )?;
                 cmp_all("multi", &res[0].0, &split(res[0].1.clone()))?;
                 for (b, (g, w)) in res[1].0.iter().zip(&want2).enumerate() {
-                    compare(
+                    compare_buf(
+                        kernel,
+                        b,
                         &format!("{} buffer {b}", ctx("multi, 2nd tensor")),
                         g,
                         w,
@@ -683,6 +821,112 @@ fn special_values_propagate_as_in_the_interpreter() {
     );
 }
 
+/// The storage settings of `runtime/tests/api_dtypes.rs` (`settings()`: bf16/bf16, f16/f32,
+/// f32/bf16, masters, stochastic rounding with bf16 and f16 parameters) and int8 states with f32
+/// and 16-bit parameters (whose tensors here, under 4096 elements, keep f32 states and take the
+/// vector, scalar and multi entries; `int8_entries_compute_what_the_interpreter_does` runs the
+/// `_q8` ones).
+fn storage_settings() -> Vec<optc_kernel::Precision> {
+    let p = |param, state, master_weights, stochastic_rounding| optc_kernel::Precision {
+        param,
+        state,
+        master_weights,
+        stochastic_rounding,
+    };
+    vec![
+        p(Dtype::Bf16, Dtype::Bf16, false, None),
+        p(Dtype::F16, Dtype::F32, false, None),
+        p(Dtype::F32, Dtype::Bf16, false, None),
+        p(Dtype::Bf16, Dtype::Bf16, true, None),
+        p(Dtype::F16, Dtype::Bf16, true, None),
+        p(Dtype::Bf16, Dtype::F32, false, Some(3)),
+        p(Dtype::F16, Dtype::Bf16, false, Some(4)),
+        p(Dtype::F16, Dtype::Int8, false, Some(5)),
+    ]
+}
+
+/// Every stdlib rule at its default flags (both rank classes, loss-scaled too, and its kernel
+/// variants) under every storage setting: the vector, scalar and multi-tensor entries of every
+/// stage (or a factored kernel's cols and rows entries) on 33 elements (3x11), and the first
+/// kernel of each rule also on 1 and 4099 elements (factored: 67x37, 2x4099, 3 of 5x7), against
+/// the interpreter with the same storage and stochastic-rounding keys: 16-bit buffers bit for
+/// bit as their dtype's bits, f32 buffers and partials bit for bit. Kernels that round
+/// stochastically also run on 77 elements with special values among p and g.
+#[test]
+fn every_stdlib_rule_under_every_storage_setting_computes_what_the_interpreter_does() {
+    let mut failures = Vec::new();
+    let (mut runs, mut stochastic) = (0, 0);
+    let mut first = std::collections::BTreeSet::new();
+    for (label, base, default) in kernels() {
+        if !default || !stdlib::names().any(|r| r == base.rule) {
+            continue;
+        }
+        let big = first.insert(base.rule.clone());
+        for precision in storage_settings() {
+            let kernel = match precision.apply(&base) {
+                Ok(k) => k,
+                Err(e) => {
+                    failures.push(format!("{label} {precision:?}: {e}"));
+                    continue;
+                }
+            };
+            let mut dims = vec![if kernel.is_factored() {
+                MatrixDims {
+                    batch: 1,
+                    rows: 3,
+                    cols: 11,
+                }
+            } else {
+                flat(33)
+            }];
+            if big {
+                dims.push(flat(1));
+                if kernel.is_factored() {
+                    for (batch, rows, cols) in [(1, 67, 37), (1, 2, 4099), (3, 5, 7)] {
+                        dims.push(MatrixDims { batch, rows, cols });
+                    }
+                } else if !kernel.storage.states.contains(&Dtype::Int8) {
+                    dims.push(flat(4099));
+                }
+            }
+            stochastic += usize::from(optc_kernel::abi::stochastic(&kernel));
+            match check(&kernel, &Options::default(), &dims) {
+                Ok(n) => runs += n,
+                Err(e) => failures.push(format!("{label} {precision:?}: {e}")),
+            }
+            // Zeros, subnormals, infinities, NaNs and huge values among p and g (77 elements,
+            // 7x11), with stochastic rounding.
+            if optc_kernel::abi::stochastic(&kernel) {
+                SPECIALS.with(|s| s.set(1));
+                let dims = [if kernel.is_factored() {
+                    MatrixDims {
+                        batch: 1,
+                        rows: 7,
+                        cols: 11,
+                    }
+                } else {
+                    flat(77)
+                }];
+                let res = check(&kernel, &Options::default(), &dims);
+                SPECIALS.with(|s| s.set(0));
+                match res {
+                    Ok(n) => runs += n,
+                    Err(e) => failures.push(format!("{label} {precision:?} (special values): {e}")),
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(first.len(), stdlib::names().count(), "{first:?}");
+    assert!(stochastic > 0);
+    eprintln!("ptxsim: {runs} storage-setting stage runs ({stochastic} stochastic kernels)");
+}
+
 /// The comparison can fail: AdamW's module with one `add.rn.f32` of the body turned into a
 /// `sub.rn.f32` no longer matches, and neither does one whose reduction tree shuffles by the
 /// wrong lane distance.
@@ -768,6 +1012,177 @@ fn a_mutated_instruction_fails_the_comparison() {
     module.source.replace_range(at..at + 3, "add");
     let err = check_module(&k, &module, &dims).expect_err("a mutated factored entry must fail");
     assert!(err.contains("rows/cols"), "{err}");
+}
+
+/// Stochastic rounding is compared bit for bit: AdamW's module with a bf16 (f16) parameter
+/// rounded stochastically no longer matches with one constant of the narrowing or of the hash
+/// changed, nor with the multi-tensor record's key read from the wrong offset, nor when the
+/// interpreter's key is another tensor's.
+#[test]
+fn a_mutated_stochastic_rounding_fails_the_comparison() {
+    use optc_kernel::Precision;
+    let rule = stdlib::rule("adamw").and_then(Result::ok).expect("adamw");
+    let base = rule.specialize(&[]).expect("adamw");
+    let sr = |param| Precision {
+        param,
+        stochastic_rounding: Some(9),
+        ..Precision::default()
+    };
+    let mutate = |param, from: &str, to: &str, dims: &[MatrixDims]| {
+        let k = sr(param).apply(&base).expect("applies");
+        let mut module = emit(&k, &Options::default()).expect("emit");
+        check_module(&k, &module, dims).expect("the unmutated module matches");
+        assert!(module.source.contains(from), "{from}");
+        module.source = module.source.replacen(from, to, 1);
+        let err = check_module(&k, &module, dims).expect_err(&format!("{from} -> {to}"));
+        assert!(err.contains("buffer 0"), "{err}");
+    };
+    let dims = [flat(33)];
+    // The bf16 rule's low half of the random word, the f16 rule's 2^24 and its `r >> 8`.
+    mutate(Dtype::Bf16, ", 65535;", ", 32767;", &dims);
+    mutate(Dtype::F16, "0f4B800000", "0f4B000000", &dims);
+    mutate(Dtype::F16, ", 8;\n", ", 9;\n", &dims);
+    // lowbias32's first multiplier.
+    mutate(Dtype::Bf16, "2146121005", "2146121007", &dims);
+    // The record's key at the flags' offset (the multi entry reads the flags instead).
+    let k = sr(Dtype::Bf16).apply(&base).expect("applies");
+    let layout = optc_kernel::table::TableLayout::of_stage(&k, 0);
+    let key_off = layout.sr_key_offset().expect("a key");
+    mutate(
+        Dtype::Bf16,
+        &format!("+{key_off}];"),
+        &format!("+{}];", layout.flags_offset()),
+        &dims,
+    );
+    // The interpreter with another key than the entry's.
+    let module = emit(&k, &Options::default()).expect("emit");
+    let m = ptxsim::parse(&module.source).expect("parses");
+    let mut inp = inputs(&k, 0, flat(33), 11, 2, &[]);
+    let (got, _) = run_single(&m, &k, 0, &module.stages[0].scalar, &inp, 4, (1, 32)).expect("runs");
+    let (want, _) = reference(&k, 0, &inp);
+    compare_buf(&k, 0, "p", &got[0], &want[0], true).expect("the same key matches");
+    inp.sr_key ^= 1;
+    let (want, _) = reference(&k, 0, &inp);
+    compare_buf(&k, 0, "p", &got[0], &want[0], true).expect_err("another key must not match");
+}
+
+/// The stochastic narrowing of `convert.rs` against `optc_kernel::dtype` itself, at the rounding
+/// boundary of every finite magnitude: a kernel storing `g` (f32) to `p` (bf16 or f16, rounded
+/// stochastically), whose element `i` is, for the random word `r` of element `i`, the value just
+/// at and one step past the point where `r` turns the rounding up. For bf16 that is the low half
+/// `0x10000 - (r & 0xFFFF)` (and one less) under each bf16 magnitude; for f16 the fraction
+/// `j / 2^13` of the gap above each f16 magnitude with `j = (r >> 8) >> 11` (and `j + 1`), the
+/// finest fraction an f32 holds over the whole normal range. Every magnitude, with alternating
+/// signs, plus zeros, subnormals, the f16 overflow edge, infinities and NaN; the vector and
+/// scalar entries; bits compared exactly (NaN matching NaN).
+#[test]
+fn stochastic_narrowing_equals_the_reference_at_every_rounding_boundary() {
+    use optc_kernel::Precision;
+    let mut b = ptx_kernels::Builder::new("sr_copy", &[]);
+    let g = b.load(optc_kernel::Slot::Grad);
+    b.store(optc_kernel::Slot::Param, g);
+    let base = b.finish();
+    for param in [Dtype::Bf16, Dtype::F16] {
+        let mut k = Precision {
+            param,
+            stochastic_rounding: Some(77),
+            ..Precision::default()
+        }
+        .apply(&base)
+        .expect("applies");
+        k.storage.grad = Dtype::F32;
+        k.validate().expect("valid");
+        let key = k.storage.sr_key(5, 1);
+        let r = |i: usize| dtype::sr_bits(key, i as u64);
+        let mut xs: Vec<f32> = Vec::new();
+        let sign = |m: u32| if m % 2 == 1 { -1.0f32 } else { 1.0 };
+        if param == Dtype::Bf16 {
+            for m in 0u32..0x7F7F {
+                for extra in [0u32, 1] {
+                    let low = (0x1_0000 - (r(xs.len()) & 0xFFFF)) - extra;
+                    let bits = (m << 16) + (low & 0xFFFF);
+                    xs.push(sign(m) * f32::from_bits(bits));
+                }
+            }
+        } else {
+            for m in 0u16..0x7BFF {
+                let lo = dtype::widen_f16(m);
+                let gap = dtype::widen_f16(m + 1) - lo;
+                for extra in [0u32, 1] {
+                    let j = ((r(xs.len()) >> 8) >> 11) + extra;
+                    let x = lo + gap * (j as f32 / 8192.0);
+                    xs.push(sign(u32::from(m)) * x);
+                }
+            }
+            xs.extend([
+                65504.0, 65505.0, 65519.0, 65520.0, 65536.0, 70000.0, -65519.9,
+            ]);
+        }
+        xs.extend([
+            0.0,
+            -0.0,
+            1e-40,
+            -1e-45,
+            2f32.powi(-26),
+            -2f32.powi(-25),
+            3.4e38,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ]);
+        let n = xs.len();
+        let want: Vec<Option<u16>> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let h = if param == Dtype::F16 {
+                    dtype::narrow_f16_stochastic(x, r(i))
+                } else {
+                    dtype::narrow_bf16_stochastic(x, r(i))
+                };
+                let w = if param == Dtype::F16 {
+                    dtype::widen_f16(h)
+                } else {
+                    dtype::widen_bf16(h)
+                };
+                bits16(param, w)
+            })
+            .collect();
+        // Both outcomes occur at the boundaries (the test is not one-sided).
+        let ups = xs
+            .iter()
+            .zip(&want)
+            .filter(|(x, w)| x.is_finite() && **w != bits16(param, param.round(**x)))
+            .count();
+        assert!(
+            ups > n / 8,
+            "{param}: {ups} of {n} differ from rounding to nearest"
+        );
+        let module = emit(&k, &Options::default()).expect("emit");
+        let m = ptxsim::parse(&module.source).expect("parses");
+        let inp = Inputs {
+            bufs: vec![vec![0.0; n], xs.clone()],
+            vectors: Vec::new(),
+            uniforms: Vec::new(),
+            dims: flat(n),
+            sr_key: key,
+        };
+        for entry in [&module.stages[0].vector, &module.stages[0].scalar] {
+            let (got, _) = run_single(&m, &k, 0, entry, &inp, 0, (4, 64)).expect("runs");
+            for (i, (g, w)) in got[0].iter().zip(&want).enumerate() {
+                assert_eq!(
+                    bits16(param, *g),
+                    *w,
+                    "{param} {}: x = {:e} ({:#010x}), r = {:#010x}",
+                    entry.name,
+                    xs[i],
+                    xs[i].to_bits(),
+                    r(i)
+                );
+            }
+        }
+    }
 }
 
 /// An instruction outside the emulated subset is an error naming it, not a silent skip.
@@ -936,25 +1351,86 @@ fn the_emulator_follows_the_ptx_isa() {
     assert!(e.contains("reads `%f2` before anything wrote it"), "{e}");
 }
 
+/// The ops of the 16-bit storage conversions and the stochastic-rounding hash, against values
+/// the PTX ISA states: `mul.lo.u32` keeps the low 32 bits of the product (an immediate above
+/// 2^31 included), `cvt.u32.u64` the low half, `cvt.u16.u32` the low 16 bits, `selp.b16` and
+/// `mov.b16` move 16-bit values, and `ld/st.global.v4.b16` move four of them at once.
+#[test]
+fn the_emulator_follows_the_ptx_isa_for_16_bit_and_hash_ops() {
+    let w = run_snippet(
+        "",
+        "\tmov.u32 %r2, 0x12345679;\n\tmul.lo.u32 %r3, %r2, 2221713035;\n\
+         \tst.global.u32 [%rd1], %r3;\n\
+         \tmov.u64 %rd3, 0x123456789;\n\tcvt.u32.u64 %r4, %rd3;\n\tst.global.u32 [%rd1+4], %r4;\n\
+         \tshr.u64 %rd4, %rd3, 32;\n\tcvt.u32.u64 %r5, %rd4;\n\tst.global.u32 [%rd1+8], %r5;\n\
+         \tmov.u32 %r6, 0x1ABCD;\n\tcvt.u16.u32 %h1, %r6;\n\tmov.b16 %h2, 7;\n\
+         \tsetp.eq.u32 %p1, %r1, 3;\n\tselp.b16 %h3, %h1, %h2, %p1;\n\
+         \tcvt.u32.u16 %r7, %h3;\n\tst.global.u32 [%rd1+12], %r7;\n\
+         \tst.global.v4.b16 [%rd1+16], {%h1, %h2, %h3, %h1};\n\
+         \tld.global.v4.b16 {%h4, %h5, %h6, %h7}, [%rd1+16];\n\
+         \tcvt.u32.u16 %r8, %h6;\n\tst.global.u32 [%rd1+24], %r8;\n\
+         \txor.b32 %r9, %r6, 0xFFFF;\n\tst.global.u32 [%rd1+28], %r9;",
+        8,
+    )
+    .expect("runs");
+    for l in 0..32usize {
+        let at = 8 * l;
+        assert_eq!(
+            w[at],
+            0x1234_5679u32.wrapping_mul(0x846c_a68b),
+            "mul.lo, lane {l}"
+        );
+        assert_eq!(
+            (w[at + 1], w[at + 2]),
+            (0x2345_6789, 1),
+            "cvt.u32.u64, lane {l}"
+        );
+        let sel = if l == 3 { 0xABCD } else { 7 };
+        assert_eq!(w[at + 3], sel, "selp.b16, lane {l}");
+        // The v4.b16 store: halves 0xABCD, 7, sel, 0xABCD in little-endian order.
+        assert_eq!(w[at + 4], 0x0007_ABCD, "st.v4.b16, lane {l}");
+        assert_eq!(w[at + 5], 0xABCD_0000 | sel, "st.v4.b16, lane {l}");
+        assert_eq!(w[at + 6], sel, "ld.v4.b16, lane {l}");
+        assert_eq!(w[at + 7], 0x1ABCD ^ 0xFFFF, "xor, lane {l}");
+    }
+}
+
 /// The `_q8` entries (int8 states, `backend/ptx/quant.rs`): every stdlib rule with per-element
-/// states at its default flags (loss-scaled too), with `state: Int8`, each stage run on a tensor
-/// of two reduction blocks and a partial quantization block (8229 elements; its int8 states as
-/// codes and scales together, the device layout) against the interpreter, whose int8 store
-/// quantizes each block (`optc_kernel::int8::round_trip`): every f32 buffer, every int8 state's
-/// codes and scales, and the partials equal bit for bit.
+/// states at its default flags (loss-scaled too), with `state: Int8` and f32 parameters, and with
+/// 16-bit ones (a bf16 parameter with an f32 master, f16 and bf16 rounded stochastically), each
+/// stage run on a tensor of two reduction blocks and a partial quantization block (8229
+/// elements; its int8 states as codes and scales together, the device layout) against the
+/// interpreter, whose int8 store quantizes each block (`optc_kernel::int8::round_trip`): every
+/// f32 buffer, every 16-bit buffer's bits, every int8 state's codes and scales, and the partials
+/// equal bit for bit.
 #[test]
 fn int8_entries_compute_what_the_interpreter_does() {
-    use optc_kernel::{int8, Dtype, Precision};
-    let precision = Precision {
+    use optc_kernel::{int8, Precision};
+    let int8 = |param, master_weights, stochastic_rounding| Precision {
+        param,
         state: Dtype::Int8,
-        ..Precision::default()
+        master_weights,
+        stochastic_rounding,
     };
+    let settings = [
+        int8(Dtype::F32, false, None),
+        int8(Dtype::Bf16, true, None),
+        int8(Dtype::F16, false, Some(5)),
+        int8(Dtype::Bf16, false, Some(6)),
+    ];
     let n = 2 * REDUCE_BLOCK + 37;
     let mut failures = Vec::new();
     let mut checked = 0;
-    for (label, base, default) in kernels() {
-        // Stdlib kernels only (at default math every one is exact, so compared bit for bit).
+    for ((label, base, default), precision) in kernels()
+        .into_iter()
+        .flat_map(|k| settings.map(|p| (k.clone(), p)))
+    {
+        // Stdlib kernels only (at default math every one is exact, so compared bit for bit);
+        // with 16-bit parameters, the first rank class and no loss scaling (time).
         if !default || !stdlib::names().any(|r| r == base.rule) {
+            continue;
+        }
+        if precision.param != Dtype::F32 && (label.contains("-scale") || label.contains("Vector")) {
             continue;
         }
         let Ok(kernel) = precision.apply(&base) else {
@@ -1003,7 +1479,7 @@ fn int8_entries_compute_what_the_interpreter_does() {
                         if b >= 2 && int8_state(b - 2) {
                             dev.alloc(&encode(xs), 0)
                         } else {
-                            dev.alloc_f32(xs, 0)
+                            put(&mut dev, &kernel, b, xs, 0)
                         }
                     })
                     .collect();
@@ -1028,7 +1504,7 @@ fn int8_entries_compute_what_the_interpreter_does() {
                             return Err(format!("{what}: int8 bytes differ at {i:?}"));
                         }
                     } else {
-                        compare(&what, &dev.read_f32(ptrs[b]), w, true)?;
+                        compare_buf(&kernel, b, &what, &get(&dev, &kernel, b, ptrs[b]), w, true)?;
                     }
                 }
                 let got_parts = split_partials(&dev.read_f32(parts), want_parts.len());
@@ -1040,7 +1516,7 @@ fn int8_entries_compute_what_the_interpreter_does() {
             Ok(())
         })();
         if let Err(e) = result {
-            failures.push(format!("{label}: {e}"));
+            failures.push(format!("{label} {precision:?}: {e}"));
         }
     }
     assert!(
@@ -1049,6 +1525,6 @@ fn int8_entries_compute_what_the_interpreter_does() {
         failures.len(),
         failures.join("\n")
     );
-    assert!(checked >= 15, "{checked} stages");
+    assert!(checked >= 60, "{checked} stages");
     eprintln!("ptxsim: {checked} int8 stage runs");
 }

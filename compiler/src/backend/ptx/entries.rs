@@ -25,6 +25,8 @@ struct Base {
 pub(crate) struct Frame {
     bases: Vec<Base>,
     uniforms: Vec<Option<Reg>>,
+    /// The tensor's stochastic-rounding key (`.b32`), for a kernel that rounds stochastically.
+    sr_key: Option<Reg>,
     prologue: Env,
 }
 
@@ -98,7 +100,15 @@ impl Lowering<'_> {
                 uniforms[u] = Some(r);
             }
         }
-        let frame = self.frame(asm, bases, uniforms)?;
+        let sr_key = optc_kernel::abi::stochastic(self.kernel).then(|| {
+            let r = asm.r();
+            asm.ins(format!(
+                "ld.param.u32 {r}, [{}]",
+                Param::SrKey.ptx_name(name)
+            ));
+            r
+        });
+        let frame = self.frame(asm, bases, uniforms, sr_key)?;
         Ok((frame, n, partials))
     }
 
@@ -107,6 +117,7 @@ impl Lowering<'_> {
         asm: &mut Asm,
         bases: Vec<Base>,
         uniforms: Vec<Option<Reg>>,
+        sr_key: Option<Reg>,
     ) -> Result<Frame, Error> {
         let mut prologue = Env::new(&self.stage.body);
         asm.comment("uniform nodes");
@@ -114,6 +125,7 @@ impl Lowering<'_> {
         Ok(Frame {
             bases,
             uniforms,
+            sr_key,
             prologue,
         })
     }
@@ -203,7 +215,13 @@ impl Lowering<'_> {
                 .collect::<Result<Vec<Reg>, Error>>()?;
             let dtype = self.kernel.storage.dtype(store.slot);
             if super::convert::is_half(dtype) {
-                super::convert::store(asm, dtype, addr, &regs);
+                let rs = match &frame.sr_key {
+                    Some(key) if self.kernel.storage.is_stochastic(store.slot) => {
+                        Some(self.sr_words(asm, key, off, lanes))
+                    }
+                    _ => None,
+                };
+                super::convert::store(asm, dtype, addr, &regs, rs.as_deref());
             } else {
                 asm.ins(format!("{st} [{addr}], {}", vector(&regs)));
             }
@@ -212,6 +230,24 @@ impl Lowering<'_> {
             .reduce
             .iter()
             .map(|r| envs.iter().map(|env| env.f(r.value).cloned()).collect())
+            .collect()
+    }
+
+    /// The random words of the `lanes` elements at byte offset `off` (4 bytes per element).
+    fn sr_words(&self, asm: &mut Asm, key: &Reg, off: &Reg, lanes: usize) -> Vec<Reg> {
+        let e0 = asm.rd();
+        asm.ins(format!("shr.u64 {e0}, {off}, 2"));
+        (0..lanes)
+            .map(|k| {
+                let e = if k == 0 {
+                    e0.clone()
+                } else {
+                    let e = asm.rd();
+                    asm.ins(format!("add.s64 {e}, {e0}, {k}"));
+                    e
+                };
+                super::convert::sr_bits(asm, key, &e)
+            })
             .collect()
     }
 
@@ -339,7 +375,12 @@ impl Lowering<'_> {
                 uniforms[u] = Some(r);
             }
         }
-        let frame = self.frame(asm, bases, uniforms)?;
+        let sr_key = layout.sr_key_offset().map(|off| {
+            let r = asm.r();
+            asm.ins(format!("ld.global.u32 {r}, [{rec}+{off}]"));
+            r
+        });
+        let frame = self.frame(asm, bases, uniforms, sr_key)?;
         Ok((frame, n, flags))
     }
 

@@ -22,6 +22,7 @@
 
 use super::asm::{f32_imm, Asm, Reg};
 use super::body::{Env, Lowering, Plan};
+use super::convert::{self, is_half};
 use super::entries::header;
 use super::{Error, Options};
 use optc_kernel::abi::{factored_params, has_cols_entry, FactoredEntry, Param};
@@ -239,14 +240,32 @@ impl Entry<'_> {
         vals: &[Option<Reg>],
     ) -> Result<Vec<Reg>, Error> {
         let low = self.low;
+        let storage = &low.kernel.storage;
         let mut addrs = Vec::new();
         let mut loaded: Vec<(Slot, Reg)> = Vec::new();
+        // `off` counts 4-byte values; a 16-bit buffer's offset is half of it.
+        let mut half_off: Option<Reg> = None;
         for (slot, read, _, base) in &frame.bases {
+            let dtype = storage.dtype(*slot);
             let addr = asm.rd();
-            asm.ins(format!("add.s64 {addr}, {base}, {off}"));
+            if is_half(dtype) {
+                let h = half_off.get_or_insert_with(|| {
+                    let h = asm.rd();
+                    asm.ins(format!("shr.u64 {h}, {off}, 1"));
+                    h
+                });
+                asm.ins(format!("add.s64 {addr}, {base}, {h}"));
+            } else {
+                asm.ins(format!("add.s64 {addr}, {base}, {off}"));
+            }
             if *read {
-                let r = asm.f();
-                asm.ins(format!("ld.global.f32 {r}, [{addr}]"));
+                let r = if is_half(dtype) {
+                    convert::load(asm, dtype, &addr, 1).remove(0)
+                } else {
+                    let r = asm.f();
+                    asm.ins(format!("ld.global.f32 {r}, [{addr}]"));
+                    r
+                };
                 loaded.push((*slot, r));
             }
             addrs.push((*slot, addr));
@@ -266,7 +285,22 @@ impl Entry<'_> {
                 .find(|(s, _)| *s == store.slot)
                 .map(|(_, a)| a)
                 .ok_or_else(|| Error::Internal("a stored buffer has no address".into()))?;
-            asm.ins(format!("st.global.f32 [{addr}], {}", env.f(store.value)?));
+            let x = env.f(store.value)?;
+            let dtype = storage.dtype(store.slot);
+            if is_half(dtype) {
+                let r = match &frame.sr_key {
+                    Some(key) if storage.is_stochastic(store.slot) => {
+                        let e = asm.rd();
+                        asm.ins(format!("shr.u64 {e}, {off}, 2"));
+                        Some(convert::sr_bits(asm, key, &e))
+                    }
+                    _ => None,
+                };
+                let rs = r.as_ref().map(std::slice::from_ref);
+                convert::store(asm, dtype, addr, std::slice::from_ref(x), rs);
+            } else {
+                asm.ins(format!("st.global.f32 [{addr}], {x}"));
+            }
         }
         low.stage
             .reduce

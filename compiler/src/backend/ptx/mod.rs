@@ -17,7 +17,12 @@
 //!
 //! The single-tensor entries take `.param .u64` buffer pointers in [`Kernel::buffers`] order
 //! (every buffer, used or not), then `.param .u64 n`, then (in a reducing stage) the partials
-//! pointer, then one `.param .f32` per uniform of the stage (boolean uniforms as 1.0/0.0).
+//! pointer, then one `.param .f32` per uniform of the stage (boolean uniforms as 1.0/0.0), then,
+//! for a kernel whose stores round stochastically, `.param .u32 sr_key`.
+//!
+//! Storage dtypes (`docs/dtypes.md`): a 16-bit buffer is loaded and widened, and stored narrowed
+//! to nearest or stochastically, in every entry (`convert.rs`); int8 states take the `_q8`
+//! entries (`quant.rs`).
 //!
 //! Arithmetic is IEEE round-to-nearest (`.rn`) by default: `add/sub/mul/fma/div/sqrt` are
 //! correctly rounded, `rsqrt` is `sqrt.rn` then `rcp.rn` (the meaning in `op.rs`), `min`/`max`
@@ -157,16 +162,6 @@ pub fn emit(kernel: &Kernel, opts: &Options) -> Result<PtxModule, Error> {
                 opts.target, needed.0, needed.1
             ),
         });
-    }
-    if quant::has_int8(kernel)
-        && (kernel.storage.param != optc_kernel::Dtype::F32
-            || kernel.storage.grad != optc_kernel::Dtype::F32)
-    {
-        return Err(Error::Unsupported(
-            "int8 states with a 16-bit parameter or gradient: the `_q8` entries load and store \
-             f32 parameters and gradients only (docs/dtypes.md)"
-                .into(),
-        ));
     }
     let flags: Vec<String> = kernel
         .flags

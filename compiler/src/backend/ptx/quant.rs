@@ -22,6 +22,7 @@
 
 use super::asm::{f32_imm, Asm, Reg};
 use super::body::Lowering;
+use super::convert::{self, is_half};
 use super::entries::header;
 use super::Error;
 use optc_kernel::abi::{single_params, Param};
@@ -140,6 +141,14 @@ impl Lowering<'_> {
                 uniforms[u] = Some(r);
             }
         }
+        let sr_key = optc_kernel::abi::stochastic(self.kernel).then(|| {
+            let r = asm.r();
+            asm.ins(format!(
+                "ld.param.u32 {r}, [{}]",
+                Param::SrKey.ptx_name(name)
+            ));
+            r
+        });
         let mut prologue = super::body::Env::new(&self.stage.body);
         asm.comment("uniform nodes");
         self.lower(&mut asm, &mut prologue, false, &uniforms, &|_| None)?;
@@ -204,7 +213,17 @@ impl Lowering<'_> {
         let (q_loop, q_done) = (asm.label("qblock"), asm.label("qblock_done"));
         asm.place(&q_loop);
         self.quant_block(
-            &mut asm, &bufs, &prologue, &uniforms, &qb, &n, &lane64, &lane0, &ops, &accs,
+            &mut asm,
+            &bufs,
+            &prologue,
+            &uniforms,
+            sr_key.as_ref(),
+            &qb,
+            &n,
+            &lane64,
+            &lane0,
+            &ops,
+            &accs,
         )?;
         asm.ins(format!("add.s64 {qb}, {qb}, 1"));
         asm.ins(format!("setp.lt.u64 {p}, {qb}, {qend}"));
@@ -256,6 +275,7 @@ impl Lowering<'_> {
         bufs: &[Buf],
         prologue: &super::body::Env,
         uniforms: &[Option<Reg>],
+        sr_key: Option<&Reg>,
         qb: &Reg,
         n: &Reg,
         lane64: &Reg,
@@ -319,9 +339,16 @@ impl Lowering<'_> {
                         asm.ins(format!("mul.rn.f32 {x}, {v}, {mag}"));
                     }
                     _ => {
+                        let d = self.kernel.storage.dtype(b.slot);
                         let addr = asm.rd();
-                        asm.ins(format!("mad.lo.u64 {addr}, {e}, 4, {}", b.base));
-                        asm.ins(format!("@{valid} ld.global.f32 {x}, [{addr}]"));
+                        if is_half(d) {
+                            asm.ins(format!("mad.lo.u64 {addr}, {e}, 2, {}", b.base));
+                            let w = convert::load_guarded(asm, d, &addr, &valid);
+                            asm.ins(format!("mov.f32 {x}, {w}"));
+                        } else {
+                            asm.ins(format!("mad.lo.u64 {addr}, {e}, 4, {}", b.base));
+                            asm.ins(format!("@{valid} ld.global.f32 {x}, [{addr}]"));
+                        }
                     }
                 }
                 loaded.push((b.slot, x));
@@ -352,9 +379,21 @@ impl Lowering<'_> {
                     asm.ins(format!("selp.f32 {v}, {x}, 0f00000000, {valid}"));
                     new_values[bi].push(v);
                 } else {
+                    let d = self.kernel.storage.dtype(store.slot);
                     let addr = asm.rd();
-                    asm.ins(format!("mad.lo.u64 {addr}, {e}, 4, {}", b.base));
-                    asm.ins(format!("@{valid} st.global.f32 [{addr}], {x}"));
+                    if is_half(d) {
+                        asm.ins(format!("mad.lo.u64 {addr}, {e}, 2, {}", b.base));
+                        let r = match sr_key {
+                            Some(key) if self.kernel.storage.is_stochastic(store.slot) => {
+                                Some(convert::sr_bits(asm, key, &e))
+                            }
+                            _ => None,
+                        };
+                        convert::store_guarded(asm, d, &addr, &x, r.as_ref(), &valid);
+                    } else {
+                        asm.ins(format!("mad.lo.u64 {addr}, {e}, 4, {}", b.base));
+                        asm.ins(format!("@{valid} st.global.f32 [{addr}], {x}"));
+                    }
                 }
             }
             valid_of.push(valid);
