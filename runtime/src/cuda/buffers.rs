@@ -114,9 +114,9 @@ pub(crate) fn fill(d: Dtype, x: f32) -> Fill {
     if d == Dtype::Int8 {
         return Fill::Upload;
     }
-    match encode(&BufVec::splat(d, x, 1)).as_slice() {
-        &[a, b, c, e] => Fill::D32(u32::from_le_bytes([a, b, c, e])),
-        &[a, b] => Fill::D16(u16::from_le_bytes([a, b])),
+    match *encode(&BufVec::splat(d, x, 1)).as_slice() {
+        [a, b, c, e] => Fill::D32(u32::from_le_bytes([a, b, c, e])),
+        [a, b] => Fill::D16(u16::from_le_bytes([a, b])),
         _ => Fill::Upload,
     }
 }
@@ -278,7 +278,7 @@ impl DeviceBuf {
 
     /// The buffer copied to the host (waits for queued work).
     pub(crate) fn download(&self, stream: &Arc<CudaStream>) -> Result<BufVec, CudaError> {
-        let bytes = if self.bytes.len() == 0 {
+        let bytes = if self.bytes.is_empty() {
             Vec::new()
         } else {
             stream

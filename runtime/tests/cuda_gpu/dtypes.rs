@@ -14,10 +14,7 @@
 //! Needs an NVIDIA GPU and driver; without one each test prints why it is skipped and passes,
 //! unless `OPTC_REQUIRE_GPU` is set, where it fails.
 
-#[path = "../api_support/mod.rs"]
-mod api_support;
-
-use super::gpu_present;
+use super::{api_support, gpu_present};
 use half::{bf16, f16};
 use optc_kernel::{Dtype, Precision};
 use optc_runtime::buf::{BufMut, BufRef};
