@@ -190,6 +190,16 @@ impl DeviceBuf {
         buf: &BufVec,
         what: &str,
     ) -> Result<DeviceBuf, CudaError> {
+        if let BufVec::Int8(q) = buf {
+            // A kernel reads a scale word per block: a state without them never reaches one.
+            if !q.as_ref().is_well_formed() {
+                return Err(CudaError::Buffers(format!(
+                    "{what}: {} int8 codes with {} scale words",
+                    q.codes.len(),
+                    q.scales.len()
+                )));
+            }
+        }
         Ok(DeviceBuf {
             bytes: upload_bytes(stream, &encode(buf), what)?,
             dtype: buf.dtype(),
