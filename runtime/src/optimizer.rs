@@ -809,18 +809,17 @@ impl Optimizer {
                 return Err(RuntimeError::DuplicateParam(u.name.to_string()));
             }
             let p = &self.params[index];
-            {
-                let (param, grad) = u.data.dtypes();
-                let want = self.precision.param;
-                for (what, found) in [("parameter", param), ("gradient", grad)] {
-                    if found != want {
-                        return Err(RuntimeError::BufferDtype {
-                            name: p.name.clone(),
-                            what: what.to_string(),
-                            found,
-                            expected: want,
-                        });
-                    }
+            // Host and device buffers alike are in the optimizer's parameter dtype.
+            let (param, grad) = u.data.dtypes();
+            let want = self.precision.param;
+            for (what, found) in [("parameter", param), ("gradient", grad)] {
+                if found != want {
+                    return Err(RuntimeError::BufferDtype {
+                        name: p.name.clone(),
+                        what: what.to_string(),
+                        found,
+                        expected: want,
+                    });
                 }
             }
             let (param_len, grad_len) = u.data.lens();
