@@ -783,12 +783,11 @@ impl Executor for CudaExecutor {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "compiler"))]
 mod tests {
     use super::*;
 
     /// AdamW's kernel with its states stored as `state`.
-    #[cfg(feature = "compiler")]
     fn adam_with(state: Dtype) -> Kernel {
         let rule = optc_compiler::stdlib::rule("adamw")
             .and_then(Result::ok)
@@ -821,7 +820,6 @@ mod tests {
 
     /// The optimizer checks a device parameter's and gradient's dtypes against its own before
     /// anything runs: another dtype is `BufferDtype`, naming which buffer; nothing changes.
-    #[cfg(feature = "compiler")]
     #[test]
     fn device_buffers_of_another_dtype_are_refused() {
         use crate::{Optimizer, Options, Rule};
@@ -871,7 +869,6 @@ mod tests {
     /// Tensors of at least `MIN_QUANT_ELEMENTS` elements with int8 states take the `_q8`
     /// entry; smaller ones (whose int8 states are f32) and every other storage take the
     /// multi-tensor entry.
-    #[cfg(feature = "compiler")]
     #[test]
     fn the_int8_entry_steps_tensors_with_quantized_states() {
         use optc_kernel::quant::MIN_QUANT_ELEMENTS;
