@@ -582,9 +582,12 @@ impl Executor for CudaExecutor {
                     .and_then(Option::take)
                     .ok_or_else(|| internal("a kernel's state is not allocated"))?;
                 let slot = Slot::State(StateId::new(i));
-                if s.dtype() != int8::stored_dtype(&loaded.kernel.storage, slot, s.len()) {
+                if s.len() != len
+                    || s.dtype() != int8::stored_dtype(&loaded.kernel.storage, slot, len)
+                {
                     return Err(internal(&format!(
-                        "state {i} is stored as {}, not as the kernel stores it",
+                        "state {i} holds {} {} values, not {len} as the kernel stores them",
+                        s.len(),
                         s.dtype()
                     )));
                 }
