@@ -275,3 +275,110 @@ fn staged_ptx_snapshots() {
         insta::assert_snapshot!(format!("staged_{tag}"), m.source);
     }
 }
+
+/// The stochastic-rounding ABI (`docs/cuda.md`): with `--stochastic-rounding`, every
+/// single-tensor, `_q8` and factored entry ends with `Param::SrKey` (a `.param .u32`), the
+/// multi-tensor record has its `sr_key` field in the flags' padding, the artifact round-trips, and
+/// `abi::check` refuses lists without the key; without stochastic rounding there is none.
+#[test]
+fn stochastic_rounding_entries_take_the_key_last() {
+    use optc_compiler::passes::CompileOptions;
+    use optc_kernel::abi::{check, Param};
+    use optc_kernel::{Artifact, Dtype, Precision, RankClass};
+    let rule = |name: &str| {
+        optc_compiler::stdlib::rule(name)
+            .and_then(Result::ok)
+            .expect("a stdlib rule")
+    };
+    let sr = Precision {
+        param: Dtype::Bf16,
+        state: Dtype::Int8,
+        stochastic_rounding: Some(1),
+        ..Precision::default()
+    };
+    let lamb = rule("lamb").specialize(&[]).expect("lamb");
+    let k = sr.apply(&lamb).expect("applies");
+    let m = emit(&k, &Options::default()).expect("emit");
+    for st in &m.stages {
+        let q8 = st.int8.as_ref().expect("an int8 entry");
+        for e in [&st.vector, &st.scalar, q8] {
+            assert_eq!(e.params.last(), Some(&Param::SrKey), "{}", e.name);
+            assert!(
+                entry(&m.source, &e.name).contains(&format!(".param .u32 {}_sr_key", e.name)),
+                "{}",
+                e.name
+            );
+        }
+        assert_eq!(st.record.sr_key, Some(st.record.flags + 4));
+        assert_eq!(
+            st.record.stride,
+            TableLayout::new(
+                k.buffers().len(),
+                st.record.partials.is_some(),
+                st.record.uniforms.len()
+            )
+            .stride
+        );
+    }
+    check(&k, &m).expect("the lists fit");
+    let text = Artifact::new(k.clone(), Some(m.clone()))
+        .to_json()
+        .expect("json");
+    assert!(text.contains("\"sr_key\""));
+    Artifact::from_json(&text).expect("reads back");
+    let mut bad = m.clone();
+    bad.stages[0].vector.params.pop();
+    assert!(check(&k, &bad).is_err(), "a vector entry without the key");
+    let mut bad = m.clone();
+    if let Some(q) = &mut bad.stages[0].int8 {
+        q.params.pop();
+    }
+    assert!(check(&k, &bad).is_err(), "a _q8 entry without the key");
+    let mut bad = m.clone();
+    bad.stages[0].record.sr_key = None;
+    assert!(check(&k, &bad).is_err(), "a record without the key");
+    let mut bad = m;
+    bad.stages[0].int8 = None;
+    assert!(check(&k, &bad).is_err(), "no _q8 entry for int8 states");
+
+    // A factored kernel's rows and cols entries.
+    let ada = rule("adafactor")
+        .specialize_with(
+            &[],
+            &CompileOptions {
+                clip: false,
+                loss_scale: false,
+                rank: RankClass::Matrix,
+            },
+        )
+        .expect("adafactor");
+    let k = Precision {
+        param: Dtype::F16,
+        stochastic_rounding: Some(2),
+        ..Precision::default()
+    }
+    .apply(&ada)
+    .expect("applies");
+    let m = emit(&k, &Options::default()).expect("emit");
+    assert!(!m.factored.is_empty());
+    for f in &m.factored {
+        for e in std::iter::once(&f.rows).chain(f.cols.as_ref()) {
+            assert_eq!(e.params.last(), Some(&Param::SrKey), "{}", e.name);
+        }
+    }
+    check(&k, &m).expect("the lists fit");
+
+    // Without stochastic rounding: no key anywhere.
+    let k = Precision {
+        param: Dtype::Bf16,
+        ..Precision::default()
+    }
+    .apply(&lamb)
+    .expect("applies");
+    let m = emit(&k, &Options::default()).expect("emit");
+    assert!(m
+        .stages
+        .iter()
+        .all(|st| st.record.sr_key.is_none() && !st.vector.params.contains(&Param::SrKey)));
+    assert!(!m.source.contains("sr_key"));
+}

@@ -25,10 +25,20 @@ fn find_ptxas() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Runs ptxas on `source` for `arch`; returns its stderr on failure.
-fn assemble(ptxas: &PathBuf, source: &str, name: &str, arch: &str) -> Result<(), String> {
-    let dir = std::env::temp_dir().join(format!("optc-ptx-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+/// This test's scratch directory `optc-ptx-<what>-<pid>` (one per test: each removes its own).
+fn scratch(what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("optc-ptx-{what}-{}", std::process::id()))
+}
+
+/// Runs ptxas on `source` for `arch` in `dir`; returns its stderr on failure.
+fn assemble(
+    ptxas: &PathBuf,
+    dir: &std::path::Path,
+    source: &str,
+    name: &str,
+    arch: &str,
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     // One input per job: the sm_80 and sm_90 jobs of a module run at the same time.
     let input = dir.join(format!("{name}-{arch}.ptx"));
     let output = dir.join(format!("{name}-{arch}.cubin"));
@@ -147,7 +157,7 @@ fn ptxas_accepts_every_stdlib_rule_and_hand_built_kernel() {
                 let Some((name, source, arch)) = jobs.get(i) else {
                     break;
                 };
-                if let Err(e) = assemble(&ptxas, source, name, arch) {
+                if let Err(e) = assemble(&ptxas, &scratch("test"), source, name, arch) {
                     failures.lock().unwrap_or_else(|p| p.into_inner()).push(e);
                 }
             });
@@ -155,9 +165,7 @@ fn ptxas_accepts_every_stdlib_rule_and_hand_built_kernel() {
     });
     let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    let _ = std::fs::remove_dir_all(
-        std::env::temp_dir().join(format!("optc-ptx-test-{}", std::process::id())),
-    );
+    let _ = std::fs::remove_dir_all(scratch("test"));
     eprintln!("ptxas accepted {} modules", jobs.len());
 }
 
@@ -278,7 +286,7 @@ fn ptxas_accepts_every_stdlib_rule_under_storage_dtypes() {
                 let Some((name, source, arch)) = jobs.get(i) else {
                     break;
                 };
-                if let Err(e) = assemble(&ptxas, source, &format!("dtype-{name}"), arch) {
+                if let Err(e) = assemble(&ptxas, &scratch("dtype"), source, name, arch) {
                     failures.lock().unwrap_or_else(|p| p.into_inner()).push(e);
                 }
             });
@@ -286,6 +294,7 @@ fn ptxas_accepts_every_stdlib_rule_under_storage_dtypes() {
     });
     let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let _ = std::fs::remove_dir_all(scratch("dtype"));
     eprintln!(
         "ptxas accepted {} storage-dtype modules ({} rules x {} settings)",
         jobs.len(),
