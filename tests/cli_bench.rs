@@ -231,3 +231,33 @@ fn int8_states_take_about_two_bytes_per_parameter() {
     assert_eq!(state, 2.0 + 2.0 * 4.0 / 256.0, "{last}");
     assert_eq!(v["bytes_per_element"].as_f64(), Some(16.0), "{last}");
 }
+
+/// `optc bench --target cuda` with 16-bit parameters and int8 states reaches the CUDA executor:
+/// without a driver it fails with the driver's error (exit 1), not a dtype refusal.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_bench_takes_every_storage_setting_to_the_executor() {
+    if optc_runtime::cuda::driver_available() {
+        eprintln!("SKIPPED: a CUDA driver is present; this test covers machines without one");
+        return;
+    }
+    for extra in [
+        &["--param-dtype", "bf16", "--state-dtype", "int8"][..],
+        &[
+            "--param-dtype",
+            "f16",
+            "--state-dtype",
+            "bf16",
+            "--master-weights",
+        ],
+        &["--state-dtype", "int8"],
+    ] {
+        let mut args = vec![
+            "adamw", "--target", "cuda", "--n", "5000", "--iters", "1", "--warmup", "0",
+        ];
+        args.extend_from_slice(extra);
+        let (code, _, err) = bench(&args);
+        assert_eq!(code, 1, "{extra:?}: {err}");
+        assert!(err.contains("no CUDA driver"), "{extra:?}: {err}");
+    }
+}

@@ -612,3 +612,52 @@ fn run_sets_an_integer_flag() {
         assert!(r.1.contains(needle), "{set}: {}", r.1);
     }
 }
+
+/// `optc run --target cuda` with 16-bit parameters and int8 or bf16 states reaches the CUDA
+/// executor: without a driver it fails with the driver's error (exit 1), not a dtype refusal.
+#[cfg(feature = "cuda")]
+#[test]
+fn run_on_cuda_takes_every_storage_setting_to_the_executor() {
+    use half::bf16;
+    if optc_runtime::cuda::driver_available() {
+        eprintln!("SKIPPED: a CUDA driver is present; this test covers machines without one");
+        return;
+    }
+    let d = dir("cuda-dtypes");
+    let n = 37usize;
+    let le = |v: &[f32]| {
+        v.iter()
+            .flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let (p, g) = (d.join("p.safetensors"), d.join("g.safetensors"));
+    write(&p, &[("w", Dtype::BF16, vec![n], le(&data(n, 1)))]);
+    write(&g, &[("w", Dtype::BF16, vec![1, n], le(&data(n, 2)))]);
+    for extra in [
+        &["--state-dtype", "int8"][..],
+        &["--state-dtype", "bf16", "--master-weights"],
+        &["--stochastic-rounding"],
+    ] {
+        let o = d.join("out.safetensors");
+        let mut args = vec![
+            "adamw",
+            "--target",
+            "cuda",
+            "--params",
+            p.to_str().expect("p"),
+            "--grads",
+            g.to_str().expect("g"),
+            "--steps",
+            "1",
+            "--param-dtype",
+            "bf16",
+            "-o",
+            o.to_str().expect("o"),
+        ];
+        args.extend_from_slice(extra);
+        let (code, out) = optc(&args);
+        assert_eq!(code, 1, "{extra:?}: {out}");
+        assert!(out.contains("no CUDA driver"), "{extra:?}: {out}");
+        assert!(!o.exists(), "{extra:?}: wrote an output");
+    }
+}

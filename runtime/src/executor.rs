@@ -34,12 +34,12 @@ pub(crate) enum TensorData<'a> {
 }
 
 impl TensorData<'_> {
-    /// The dtypes of the parameter and the gradient, for host data.
-    pub fn host_dtypes(&self) -> Option<(optc_kernel::Dtype, optc_kernel::Dtype)> {
+    /// The dtypes of the parameter and the gradient, as given (host or device memory).
+    pub fn dtypes(&self) -> (optc_kernel::Dtype, optc_kernel::Dtype) {
         match self {
-            TensorData::Host { param, grad } => Some((param.dtype(), grad.dtype())),
+            TensorData::Host { param, grad } => (param.dtype(), grad.dtype()),
             #[cfg(feature = "cuda")]
-            TensorData::Device(_) => None,
+            TensorData::Device(d) => (d.param_dtype, d.grad_dtype),
         }
     }
 

@@ -413,7 +413,6 @@ impl Optimizer {
         let slots = fam.slots(&kernel)?;
         let kernel = ValidKernel::new(kernel)?;
         stages::check_supported(&kernel, self.exec.target())?;
-        stages::check_storage(&kernel, self.exec.target())?;
         stages::check_skip_order(&kernel)?;
         let loaded = (0..self.exec.kernel_count()).map(|i| self.exec.kernel(i).kernel());
         stages::check_step_stages(&kernel, loaded)?;
@@ -810,17 +809,17 @@ impl Optimizer {
                 return Err(RuntimeError::DuplicateParam(u.name.to_string()));
             }
             let p = &self.params[index];
-            if let Some((param, grad)) = u.data.host_dtypes() {
-                let want = self.precision.param;
-                for (what, found) in [("parameter", param), ("gradient", grad)] {
-                    if found != want {
-                        return Err(RuntimeError::BufferDtype {
-                            name: p.name.clone(),
-                            what: what.to_string(),
-                            found,
-                            expected: want,
-                        });
-                    }
+            // Host and device buffers alike are in the optimizer's parameter dtype.
+            let (param, grad) = u.data.dtypes();
+            let want = self.precision.param;
+            for (what, found) in [("parameter", param), ("gradient", grad)] {
+                if found != want {
+                    return Err(RuntimeError::BufferDtype {
+                        name: p.name.clone(),
+                        what: what.to_string(),
+                        found,
+                        expected: want,
+                    });
                 }
             }
             let (param_len, grad_len) = u.data.lens();

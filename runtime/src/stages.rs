@@ -51,27 +51,6 @@ pub(crate) fn check_supported(kernel: &Kernel, target: Target) -> Result<(), Run
     )))
 }
 
-/// Errors unless `target` runs `kernel`'s storage dtypes: 16-bit buffers run on the interpreter
-/// and the CPU (CUDA keeps f32 buffers so far). A kernel with matrix stages takes any storage:
-/// its matrix programs' states stay f32 (`Storage::check`), and the host executor widens a
-/// 16-bit `p` or `g` that a program reads.
-pub(crate) fn check_storage(kernel: &Kernel, target: Target) -> Result<(), RuntimeError> {
-    if kernel.storage.is_f32() {
-        return Ok(());
-    }
-    #[cfg(feature = "compiler")]
-    let host = matches!(target, Target::Interp | Target::Cpu);
-    #[cfg(not(feature = "compiler"))]
-    let host = false;
-    if !host {
-        return Err(RuntimeError::Unsupported(format!(
-            "rule `{}` with 16-bit storage cannot run on {target}: storage dtypes run on the interpreter and the CPU only so far (use Target::Cpu, `--target cpu`)",
-            kernel.rule
-        )));
-    }
-    Ok(())
-}
-
 /// Errors, when a kernel with the loss-scale check is loaded, unless it writes nothing up to
 /// the stage that makes the check (a skipped step stops there; the compiler builds kernels so).
 pub(crate) fn check_skip_order(kernel: &Kernel) -> Result<(), RuntimeError> {

@@ -6,6 +6,9 @@
 //! clear errors that change nothing; state bytes per parameter.
 #![cfg(feature = "compiler")]
 
+#[path = "api_support/mod.rs"]
+mod api_support;
+
 use half::bf16;
 use optc_kernel::{Dtype, Precision};
 use optc_runtime::buf::{BufMut, BufRef};
@@ -147,15 +150,7 @@ fn bits(x: &[f32]) -> Vec<u32> {
 }
 
 fn settings() -> Vec<Precision> {
-    vec![
-        precision(Dtype::Bf16, Dtype::Bf16, false, None),
-        precision(Dtype::F16, Dtype::F32, false, None),
-        precision(Dtype::F32, Dtype::Bf16, false, None),
-        precision(Dtype::Bf16, Dtype::Bf16, true, None),
-        precision(Dtype::F16, Dtype::Bf16, true, None),
-        precision(Dtype::Bf16, Dtype::F32, false, Some(3)),
-        precision(Dtype::F16, Dtype::Bf16, false, Some(4)),
-    ]
+    api_support::dtype_settings()
 }
 
 #[test]

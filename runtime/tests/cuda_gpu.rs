@@ -12,8 +12,12 @@
 #[path = "../../compiler/tests/ptx_kernels/mod.rs"]
 mod ptx_kernels;
 
-// Factored kernels and loss scaling on the GPU live in this test binary as modules, so that the
+// Storage dtypes, factored kernels and loss scaling on the GPU live in this test binary as modules, so that the
 // GPU bundle (48 MiB, every binary linking the whole runtime) holds one binary for them, not three.
+#[path = "api_support/mod.rs"]
+mod api_support;
+#[path = "cuda_gpu/dtypes.rs"]
+mod dtypes;
 #[path = "cuda_gpu/factored.rs"]
 mod factored;
 #[path = "cuda_gpu/loss_scale.rs"]

@@ -57,3 +57,40 @@ fn artifact_problems_are_reported_before_touching_the_driver() {
     let err = Rule::from_artifact(Artifact::new(broken, Some(ptx))).expect_err("invalid kernel");
     assert!(matches!(err, RuntimeError::Kernel(_)), "{err}");
 }
+
+/// Every storage setting reaches the CUDA executor: without a driver the error is the driver's,
+/// not a refusal of the dtypes.
+#[test]
+fn storage_dtypes_on_cuda_fail_with_the_driver_error_only() {
+    use optc_kernel::{Dtype, Precision};
+    if driver_available() {
+        eprintln!("SKIPPED: a CUDA driver is present; this test covers machines without one");
+        return;
+    }
+    let p = |param, state, master_weights, stochastic_rounding| Precision {
+        param,
+        state,
+        master_weights,
+        stochastic_rounding,
+    };
+    for rule in ["adamw", "adafactor", "muon", "lamb"] {
+        for precision in [
+            p(Dtype::Bf16, Dtype::Bf16, false, None),
+            p(Dtype::F16, Dtype::F32, true, None),
+            p(Dtype::Bf16, Dtype::F32, false, Some(3)),
+            p(Dtype::F32, Dtype::Int8, false, None),
+            p(Dtype::Bf16, Dtype::Int8, false, None),
+        ] {
+            let options = Options {
+                precision,
+                ..cuda()
+            };
+            let err = Optimizer::with_options(Rule::stdlib(rule).expect("stdlib"), options)
+                .expect_err("no driver");
+            assert!(
+                matches!(err, RuntimeError::Cuda(CudaError::NoDriver)),
+                "{rule} {precision:?}: {err}"
+            );
+        }
+    }
+}

@@ -3,6 +3,8 @@
 //! Without the `cuda` feature these return a clear error that says how to get a CUDA build.
 
 use super::run::CliResult;
+#[cfg(feature = "cuda")]
+use optc_runtime::cuda::cudarc::driver::{CudaSlice, CudaStream};
 
 /// The target `optc run --target cuda` uses: GPU 0.
 #[cfg(feature = "cuda")]
@@ -36,7 +38,7 @@ pub(crate) fn bench(
 ) -> CliResult<super::bench::BenchReport> {
     use super::bench::{fill, progress, BenchReport};
     use optc_runtime::cuda::copy_bandwidth;
-    use optc_runtime::{Optimizer, Options, Target, Update};
+    use optc_runtime::{Optimizer, Options, Target};
     use std::time::Instant;
     let options = Options {
         target: Target::Cuda,
@@ -57,11 +59,16 @@ pub(crate) fn bench(
         .clone();
     let lens: Vec<usize> = shapes.iter().map(|(_, s)| s.iter().product()).collect();
     let elements: usize = lens.iter().sum();
-    let mut params = Vec::with_capacity(lens.len());
-    let mut grads = Vec::with_capacity(lens.len());
+    // In the parameters' storage dtype (`--param-dtype`), as the CPU bench.
+    let dtype = opt.precision().param;
+    let mut tensors = Vec::with_capacity(lens.len());
     for &n in &lens {
-        params.push(stream.clone_htod(&fill(n, 0.5))?);
-        grads.push(stream.clone_htod(&fill(n, 1e-3))?);
+        tensors.push(Device::upload(
+            &stream,
+            dtype,
+            &fill(n, 0.5),
+            &fill(n, 1e-3),
+        )?);
     }
     let bytes = kernel.bytes_per_element() * elements;
     let total = args.warmup + args.iters.max(1);
@@ -71,9 +78,8 @@ pub(crate) fn bench(
         let start = Instant::now();
         let updates = shapes
             .iter()
-            .zip(params.iter_mut())
-            .zip(grads.iter())
-            .map(|(((name, _), p), g)| Update::cuda(name, p, g, &stream));
+            .zip(tensors.iter_mut())
+            .map(|((name, _), t)| t.update(name, &stream));
         match &mut scaler {
             Some(scaler) => scaler.step(&mut opt, updates)?,
             None => opt.step(updates)?,
@@ -105,6 +111,54 @@ pub(crate) fn bench(
     );
     report.set_precision(&opt);
     Ok(report)
+}
+
+/// A benchmark parameter and its gradient on the device, in their storage dtype.
+#[cfg(feature = "cuda")]
+enum Device {
+    F32(CudaSlice<f32>, CudaSlice<f32>),
+    Bf16(CudaSlice<half::bf16>, CudaSlice<half::bf16>),
+    F16(CudaSlice<half::f16>, CudaSlice<half::f16>),
+}
+
+#[cfg(feature = "cuda")]
+impl Device {
+    /// `param` and `grad` rounded to `dtype` (to nearest, as `BufVec::from_f32`) on the device.
+    fn upload(
+        stream: &std::sync::Arc<CudaStream>,
+        dtype: optc_kernel::Dtype,
+        param: &[f32],
+        grad: &[f32],
+    ) -> CliResult<Device> {
+        use optc_runtime::buf::BufVec;
+        Ok(
+            match (
+                BufVec::from_f32(dtype, param),
+                BufVec::from_f32(dtype, grad),
+            ) {
+                (BufVec::Bf16(p), BufVec::Bf16(g)) => {
+                    Device::Bf16(stream.clone_htod(&p)?, stream.clone_htod(&g)?)
+                }
+                (BufVec::F16(p), BufVec::F16(g)) => {
+                    Device::F16(stream.clone_htod(&p)?, stream.clone_htod(&g)?)
+                }
+                (BufVec::F32(p), BufVec::F32(g)) => {
+                    Device::F32(stream.clone_htod(&p)?, stream.clone_htod(&g)?)
+                }
+                _ => return Err(format!("a {dtype} parameter on CUDA").into()),
+            },
+        )
+    }
+
+    /// The update of parameter `name`.
+    fn update<'a>(&'a mut self, name: &'a str, stream: &'a CudaStream) -> optc_runtime::Update<'a> {
+        use optc_runtime::Update;
+        match self {
+            Device::F32(p, g) => Update::cuda(name, p, &*g, stream),
+            Device::Bf16(p, g) => Update::cuda(name, p, &*g, stream),
+            Device::F16(p, g) => Update::cuda(name, p, &*g, stream),
+        }
+    }
 }
 
 /// Without CUDA support compiled in: a clear error.

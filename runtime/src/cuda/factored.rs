@@ -14,7 +14,9 @@
 //! launches are queued.
 #![allow(unsafe_code)]
 
+use super::buffers::{check_alignment, DeviceBuf, Staged};
 use super::error::{Context, CudaError};
+use crate::buf::BufVec;
 use crate::error::RuntimeError;
 use crate::executor::{Partials, StageTensor, TensorData};
 use cudarc::driver::{
@@ -24,7 +26,7 @@ use cudarc::driver::{
 use optc_kernel::abi::Param;
 use optc_kernel::artifact::{FactoredEntries, PtxModule};
 use optc_kernel::factored::{partials_layout, Geometry};
-use optc_kernel::{Kernel, MatrixDims, StateShape, VecShape};
+use optc_kernel::{Dtype, Kernel, MatrixDims, StateShape, VecShape};
 use std::sync::Arc;
 
 /// The loaded entries of one stage of a factored kernel.
@@ -89,6 +91,7 @@ impl Grids {
 /// One launch argument.
 enum Arg {
     U64(u64),
+    U32(u32),
     F32(f32),
 }
 
@@ -98,6 +101,8 @@ struct Launch {
     dims: MatrixDims,
     vectors: Vec<u64>,
     uniforms: Vec<f32>,
+    /// The tensor's stochastic-rounding key for this step.
+    sr_key: u32,
     /// f32 offset of the tensor's partials in the stage's buffer.
     at: usize,
     cols_start: usize,
@@ -128,6 +133,7 @@ fn args(params: &[Param], l: &Launch, partials: u64) -> Result<Vec<Arg>, CudaErr
                         .ok_or_else(|| bad(format!("no stage vector {index}")))?,
                 ),
                 Param::Partials => Arg::U64(partials),
+                Param::SrKey => Arg::U32(l.sr_key),
                 Param::Uniform { index } => Arg::F32(
                     *l.uniforms
                         .get(index)
@@ -152,6 +158,7 @@ fn launch(
     for a in args {
         match a {
             Arg::U64(v) => b.arg(v),
+            Arg::U32(v) => b.arg(v),
             Arg::F32(v) => b.arg(v),
         };
     }
@@ -181,7 +188,7 @@ pub(crate) struct Device<'a> {
     /// Most blocks of a launch.
     pub max_blocks: u32,
     /// Each parameter's state buffers by position.
-    pub states: &'a mut [Vec<Option<CudaSlice<f32>>>],
+    pub states: &'a mut [Vec<Option<DeviceBuf>>],
 }
 
 /// Runs stage `stage` of factored kernel `kernel` (loaded as `fs`, its states at positions
@@ -208,7 +215,7 @@ pub(crate) fn run_stage(
         .is_some_and(|s| s.stores_slot(optc_kernel::Slot::Param));
     // Host tensors are staged in device copies; stage vectors are uploaded, one buffer per
     // tensor. Every length is checked first.
-    let mut staged: Vec<Option<(CudaSlice<f32>, CudaSlice<f32>)>> = Vec::new();
+    let mut staged: Vec<Option<Staged>> = Vec::new();
     let mut uploads: Vec<(CudaSlice<f32>, Vec<usize>)> = Vec::new();
     let mut layouts = Vec::with_capacity(tensors.len());
     let mut total = 0usize;
@@ -248,25 +255,7 @@ pub(crate) fn run_stage(
                 .during("uploading the stage vectors")?
         };
         uploads.push((buf, offsets));
-        staged.push(match &*t.data {
-            TensorData::Host { param, grad } => {
-                let up = |x: &[f32], what: &str| {
-                    if x.is_empty() {
-                        stream.null::<f32>().during(format!("creating {what}"))
-                    } else {
-                        stream.clone_htod(x).during(format!("uploading {what}"))
-                    }
-                };
-                // 16-bit storage never loads on CUDA (stages::check_storage).
-                let (Some(param), Some(grad)) = (param.as_f32_ref(), grad.as_f32()) else {
-                    return Err(RuntimeError::Unsupported(
-                        "internal: a 16-bit host buffer on CUDA".into(),
-                    ));
-                };
-                Some((up(param, "a parameter")?, up(grad, "a gradient")?))
-            }
-            TensorData::Device(_) => None,
-        });
+        staged.push(Staged::of(&stream, t.data)?);
         let layout = partials_layout(kernel, stage, dims);
         layouts.push((total, layout.clone()));
         total += layout.len;
@@ -290,7 +279,7 @@ pub(crate) fn run_stage(
             }
             None => 0,
         };
-        let mut states: Vec<Option<&mut Vec<Option<CudaSlice<f32>>>>> =
+        let mut states: Vec<Option<&mut Vec<Option<DeviceBuf>>>> =
             states.iter_mut().map(Some).collect();
         let mut launches = Vec::with_capacity(tensors.len());
         for (((t, copy), (vbuf, offsets)), (at, layout)) in tensors
@@ -304,11 +293,11 @@ pub(crate) fn run_stage(
                 .get_mut(t.param)
                 .and_then(Option::take)
                 .ok_or_else(|| internal("a stepped parameter has no states"))?;
+            let (pd, gd) = t.data.dtypes();
             let (p, g) = match (&*t.data, copy) {
                 (TensorData::Device(d), _) => (d.param, d.grad),
-                (TensorData::Host { .. }, Some((p, g))) => {
-                    let (pp, ps) = p.device_ptr_mut(&stream);
-                    let (gp, gs) = g.device_ptr(&stream);
+                (TensorData::Host { .. }, Some(c)) => {
+                    let ((pp, ps), (gp, gs)) = c.pointers(&stream);
                     guards.push(ps);
                     guards.push(gs);
                     (pp, gp)
@@ -316,20 +305,25 @@ pub(crate) fn run_stage(
                 (TensorData::Host { .. }, None) => return Err(internal("an unstaged host tensor")),
             };
             let mut pointers = vec![p, g];
-            let mut bufs: Vec<Option<&mut CudaSlice<f32>>> =
+            let mut dtypes = vec![pd, gd];
+            let mut bufs: Vec<Option<&mut DeviceBuf>> =
                 mine.iter_mut().map(Option::as_mut).collect();
             for (decl, &pos) in kernel.states.iter().zip(slots) {
                 let s = bufs
                     .get_mut(pos)
                     .and_then(Option::take)
                     .ok_or_else(|| internal("a kernel's state is not allocated"))?;
-                if s.len() != dims.len(decl.shape) {
-                    return Err(internal("a state's length does not fit the tensor"));
+                if s.len() != dims.len(decl.shape) || s.dtype() == Dtype::Int8 {
+                    return Err(internal(
+                        "a state's length or dtype does not fit the factored tensor",
+                    ));
                 }
-                let (ptr, sync) = s.device_ptr_mut(&stream);
+                dtypes.push(s.dtype());
+                let (ptr, sync) = s.ptr_mut(&stream);
                 pointers.push(ptr);
                 guards.push(sync);
             }
+            check_alignment(&pointers, &dtypes)?;
             let (vbase, vsync) = vbuf.device_ptr(&stream);
             guards.push(vsync);
             launches.push(Launch {
@@ -337,6 +331,7 @@ pub(crate) fn run_stage(
                 dims,
                 vectors: offsets.iter().map(|o| vbase + 4 * *o as u64).collect(),
                 uniforms: t.uniforms.clone(),
+                sr_key: t.sr_key,
                 at: *at,
                 cols_start: layout.cols_start,
             });
@@ -360,17 +355,8 @@ pub(crate) fn run_stage(
     }
     if writes_p {
         for (t, copy) in tensors.iter_mut().zip(&staged) {
-            if let (TensorData::Host { param, .. }, Some((p, _))) = (&mut *t.data, copy) {
-                let Some(param) = param.as_f32() else {
-                    return Err(RuntimeError::Unsupported(
-                        "internal: a 16-bit host buffer on CUDA".into(),
-                    ));
-                };
-                if !param.is_empty() {
-                    stream
-                        .memcpy_dtoh(p, param)
-                        .during("reading a parameter back")?;
-                }
+            if let Some(c) = copy {
+                c.read_back(&stream, t.data)?;
             }
         }
     }
@@ -400,7 +386,7 @@ pub(crate) fn run_stage(
 /// state, not the parameter's others.
 pub(crate) fn read_state(
     stream: &Arc<CudaStream>,
-    states: &[Vec<Option<CudaSlice<f32>>>],
+    states: &[Vec<Option<DeviceBuf>>],
     param: usize,
     slots: &[usize],
     state: usize,
@@ -409,12 +395,7 @@ pub(crate) fn read_state(
         .get(state)
         .and_then(|&at| states.get(param)?.get(at)?.as_ref())
         .ok_or_else(|| internal("a state is not allocated"))?;
-    if s.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(stream
-        .clone_dtoh(s)
-        .during("reading a row or column state back")?)
+    Ok(s.download(stream)?.to_f32())
 }
 
 /// Writes the new `[rows]`/`[cols]` states of parameter `param` (`(state, values)`, states of
@@ -422,7 +403,7 @@ pub(crate) fn read_state(
 /// before anything is copied.
 pub(crate) fn write_vector_states(
     stream: &Arc<CudaStream>,
-    states: &mut [Vec<Option<CudaSlice<f32>>>],
+    states: &mut [Vec<Option<DeviceBuf>>],
     param: usize,
     slots: &[usize],
     values: Vec<(usize, Vec<f32>)>,
@@ -442,11 +423,8 @@ pub(crate) fn write_vector_states(
     for (s, v) in values {
         let buf = slots.get(s).and_then(|&at| states.get_mut(at)?.as_mut());
         if let Some(buf) = buf {
-            if !v.is_empty() {
-                stream
-                    .memcpy_htod(&v, buf)
-                    .during("writing a row or column state")?;
-            }
+            let typed = BufVec::from_f32(buf.dtype(), &v);
+            buf.overwrite(stream, &typed)?;
         }
     }
     Ok(())

@@ -13,7 +13,10 @@ use super::table::{self, Tensor};
 use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg, SyncOnDrop,
 };
-use optc_kernel::artifact::StageEntries;
+use optc_kernel::abi::Param;
+use optc_kernel::artifact::{PtxEntry, StageEntries};
+use optc_kernel::quant::QUANT_BLOCK;
+use optc_kernel::reduce::REDUCE_BLOCK;
 use std::sync::Arc;
 
 /// The device buffers of a launch (tensor table, chunk list, partials), reused across launches
@@ -141,6 +144,125 @@ pub(crate) fn launch_stage(
     Ok(table::split_partials(&host, &plan))
 }
 
+/// The grid of a `_q8` launch over a tensor of `n` elements: `(blocks, threads per block)`, the
+/// block whole warps (at most 1024), one warp per quantization block (per reduction block in a
+/// stage with reduce outputs), at most `max_blocks` blocks (the entry's loop strides over warps).
+pub(crate) fn q8_grid(n: usize, reducing: bool, block: u32, max_blocks: u32) -> (u32, u32) {
+    let block = block.max(1).div_ceil(32).saturating_mul(32).min(1024);
+    let per_warp = if reducing { REDUCE_BLOCK } else { QUANT_BLOCK };
+    let warps = n.div_ceil(per_warp);
+    let blocks = u32::try_from(warps.div_ceil(block as usize / 32))
+        .unwrap_or(u32::MAX)
+        .clamp(1, max_blocks.max(1));
+    (blocks, block)
+}
+
+/// One argument of a single-tensor entry.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Arg {
+    /// `.u64`.
+    U64(u64),
+    /// `.u32`.
+    U32(u32),
+    /// `.f32`.
+    F32(f32),
+}
+
+/// The arguments of a single-tensor entry (`_q8`: the scalar entry's parameter list) for
+/// `tensor`, its partials at `partials`, in the order of the list from the artifact.
+pub(crate) fn single_args(
+    params: &[Param],
+    tensor: &Tensor,
+    partials: u64,
+) -> Result<Vec<Arg>, CudaError> {
+    let bad = |what: String| CudaError::Buffers(format!("single-tensor entry: {what}"));
+    params
+        .iter()
+        .map(|p| {
+            Ok(match *p {
+                Param::Buffer { index } => Arg::U64(
+                    *tensor
+                        .pointers
+                        .get(index)
+                        .ok_or_else(|| bad(format!("no buffer {index}")))?,
+                ),
+                Param::Len => Arg::U64(tensor.len as u64),
+                Param::Partials => Arg::U64(partials),
+                Param::SrKey => Arg::U32(tensor.sr_key),
+                Param::Uniform { index } => Arg::F32(
+                    *tensor
+                        .uniforms
+                        .get(index)
+                        .ok_or_else(|| bad(format!("no uniform {index}")))?,
+                ),
+                other => return Err(bad(format!("unexpected parameter {other:?}"))),
+            })
+        })
+        .collect()
+}
+
+/// Queues one launch of `func` (a stage's `_q8` entry, `entry` its parameter list) over one
+/// tensor whose int8 states are quantized; in a stage with `outputs > 0` reduce outputs, waits
+/// for it and returns the tensor's block partials (`output * blocks + block`), else an empty
+/// vector without waiting. The tensor's pointers must stay valid, and their guards alive, until
+/// the launch is queued.
+pub(crate) fn launch_q8(
+    stream: &Arc<CudaStream>,
+    func: &CudaFunction,
+    entry: &PtxEntry,
+    outputs: usize,
+    tensor: &Tensor,
+    block: u32,
+    max_blocks: u32,
+) -> Result<Vec<f32>, CudaError> {
+    let blocks = outputs * tensor.len.div_ceil(REDUCE_BLOCK);
+    let partials = if blocks > 0 {
+        Some(
+            stream
+                .alloc_zeros::<f32>(blocks)
+                .during("allocating the partials")?,
+        )
+    } else {
+        None
+    };
+    if tensor.len > 0 {
+        let (pp, _sync) = match &partials {
+            Some(b) => {
+                let (p, s) = b.device_ptr(stream);
+                (p, Some(s))
+            }
+            None => (0, None),
+        };
+        let args = single_args(&entry.params, tensor, pp)?;
+        let (grid, block) = q8_grid(tensor.len, outputs > 0, block, max_blocks);
+        let cfg = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(func);
+        for a in &args {
+            match a {
+                Arg::U64(v) => launch.arg(v),
+                Arg::U32(v) => launch.arg(v),
+                Arg::F32(v) => launch.arg(v),
+            };
+        }
+        // SAFETY: `args` follows the entry's parameter list from the artifact, which
+        // `signature::check` matched against the kernel when the module was loaded; every buffer
+        // pointer is the caller's (`len` values of its dtype; an int8 state's codes and scales,
+        // `int8::device_bytes(len)` bytes, checked by the executor), the partials buffer holds
+        // `outputs · ceil(len / 4096)` f32; the block is whole warps (`q8_grid`).
+        unsafe { launch.launch(cfg) }.during(format!("launching `{}` (int8)", entry.name))?;
+    }
+    match partials {
+        Some(b) => Ok(stream
+            .clone_dtoh(&b)
+            .during("reading the block partials back")?),
+        None => Ok(Vec::new()),
+    }
+}
+
 /// `buf`, grown to at least `len` elements (its contents are not kept).
 fn grow<'a, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
     stream: &Arc<CudaStream>,
@@ -197,6 +319,55 @@ mod tests {
             block_multiple: if reducing { 32 } else { 1 },
             int8: None,
         }
+    }
+
+    /// One warp per 256-block (per 4096-block when reducing), whole warps, at most `max_blocks`.
+    #[test]
+    fn int8_grids_cover_every_block_with_whole_warps() {
+        assert_eq!(q8_grid(4096, false, 256, 100), (2, 256));
+        assert_eq!(q8_grid(4097, false, 256, 100), (3, 256));
+        assert_eq!(q8_grid(4097, true, 256, 100), (1, 256));
+        assert_eq!(q8_grid(8 * 4096 + 1, true, 256, 100), (2, 256));
+        assert_eq!(q8_grid(1 << 24, false, 100, 64), (64, 128));
+        assert_eq!(q8_grid(1 << 20, false, 2000, 0), (1, 1024));
+    }
+
+    /// The `_q8` entry's arguments follow its parameter list: buffers, length, partials, then
+    /// uniforms (the scalar entry's list).
+    #[test]
+    fn single_entry_arguments_follow_the_list() {
+        let params = vec![
+            Param::Buffer { index: 0 },
+            Param::Buffer { index: 1 },
+            Param::Buffer { index: 2 },
+            Param::Len,
+            Param::Partials,
+            Param::Uniform { index: 1 },
+            Param::Uniform { index: 0 },
+            Param::SrKey,
+        ];
+        let t = Tensor {
+            pointers: vec![16, 32, 4096],
+            len: 5000,
+            uniforms: vec![0.5, 2.0],
+            sr_key: 7,
+        };
+        let args = single_args(&params, &t, 999).expect("args");
+        assert_eq!(
+            args,
+            vec![
+                Arg::U64(16),
+                Arg::U64(32),
+                Arg::U64(4096),
+                Arg::U64(5000),
+                Arg::U64(999),
+                Arg::F32(2.0),
+                Arg::F32(0.5),
+                Arg::U32(7)
+            ]
+        );
+        assert!(single_args(&[Param::Buffer { index: 3 }], &t, 0).is_err());
+        assert!(single_args(&[Param::Table], &t, 0).is_err());
     }
 
     #[test]
@@ -371,6 +542,7 @@ mod tests {
                             pointers: ptrs.clone(),
                             len: n,
                             uniforms: uniforms.clone(),
+                            sr_key: 0,
                         };
                         let grid = Grid::fit(256, 2, 2 * REDUCE_BLOCK, e);
                         let mut scratch = LaunchBuffers::default();

@@ -33,6 +33,7 @@
 //! kernel ABI is described in `docs/cuda.md`.
 
 mod bench;
+mod buffers;
 mod driver;
 mod error;
 mod executor;
@@ -46,7 +47,7 @@ pub use driver::{devices, driver_available, DeviceInfo};
 pub(crate) use error::Context;
 pub use error::CudaError;
 pub(crate) use executor::CudaExecutor;
-pub use executor::{CudaOptions, DeviceTensor, LaunchShape};
+pub use executor::{CudaOptions, DeviceDtype, DeviceTensor, LaunchShape};
 pub use table::{TableLayout, CHUNK_RECORD_BYTES, FLAG_ALIGNED};
 
 /// cudarc itself, so callers can name the exact types this API takes (`CudaSlice`, `CudaStream`)

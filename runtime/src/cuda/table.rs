@@ -23,6 +23,8 @@ pub(crate) struct Tensor {
     pub len: usize,
     /// The tensor's uniforms for the stage, already rounded to f32.
     pub uniforms: Vec<f32>,
+    /// The tensor's stochastic-rounding key for this step (`StageTensor::sr_key`).
+    pub sr_key: u32,
 }
 
 /// The bytes of one launch.
@@ -118,6 +120,9 @@ pub(crate) fn build(
             0
         };
         put(layout.flags_offset(), &flags.to_le_bytes());
+        if let Some(off) = layout.sr_key_offset() {
+            put(off, &t.sr_key.to_le_bytes());
+        }
         if let (Some(off), Some((base, p))) = (layout.partials_offset(), partials) {
             let start = p.ranges.get(ti).map_or(0, |r| r.start) as u64;
             put(off, &(base + 4 * start).to_le_bytes());
@@ -176,6 +181,27 @@ mod tests {
         u64::from_le_bytes(a)
     }
 
+    /// A stochastically rounding stage's record holds each tensor's key at the layout's offset;
+    /// other records leave those bytes as padding.
+    #[test]
+    fn records_hold_the_stochastic_rounding_key() {
+        let tensor = |sr_key| Tensor {
+            pointers: vec![16, 32],
+            len: 8,
+            uniforms: vec![1.0],
+            sr_key,
+        };
+        let layout = TableLayout::new(2, false, 1).with_sr_key();
+        let off = layout.sr_key_offset().expect("offset");
+        let t = build(&layout, &[tensor(0xdead_beef), tensor(7)], 4, 4, None).expect("build");
+        let s = layout.stride();
+        assert_eq!(t.records[off..off + 4], 0xdead_beefu32.to_le_bytes());
+        assert_eq!(t.records[s + off..s + off + 4], 7u32.to_le_bytes());
+        let plain = TableLayout::new(2, false, 1);
+        let t = build(&plain, &[tensor(0xdead_beef)], 4, 4, None).expect("build");
+        assert_eq!(t.records[off..off + 4], [0; 4]);
+    }
+
     #[test]
     fn records_hold_pointers_length_flags_and_uniforms() {
         let layout = TableLayout::new(3, false, 3);
@@ -185,16 +211,19 @@ mod tests {
                 pointers: vec![16, 32, 48],
                 len: 10,
                 uniforms: vec![1.0, 2.0, 3.0],
+                sr_key: 0,
             },
             Tensor {
                 pointers: vec![16, 36, 48],
                 len: 0,
                 uniforms: vec![4.0, 5.0, 6.0],
+                sr_key: 0,
             },
             Tensor {
                 pointers: vec![64, 80, 96],
                 len: 8,
                 uniforms: vec![7.0, 8.0, 9.0],
+                sr_key: 0,
             },
         ];
         let t = build(&layout, &tensors, 4, 4, None).expect("build");
@@ -240,6 +269,7 @@ mod tests {
             pointers: vec![0, 0],
             len: 1,
             uniforms: vec![],
+            sr_key: 0,
         };
         assert!(build(&layout, std::slice::from_ref(&t), 6, 4, None).is_err());
         assert!(build(&layout, std::slice::from_ref(&t), 0, 4, None).is_err());
@@ -265,6 +295,7 @@ mod tests {
             pointers: vec![16, 32],
             len,
             uniforms: vec![0.5],
+            sr_key: 0,
         };
         let tensors = vec![tensor(4097), tensor(0), tensor(4096)];
         let p = partials_layout(2, &tensors);
@@ -309,6 +340,7 @@ mod tests {
                 pointers: vec![16, 32],
                 len,
                 uniforms: vec![],
+                sr_key: 0,
             })
             .collect();
         let layout = TableLayout::new(2, true, 0);

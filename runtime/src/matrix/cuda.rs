@@ -41,15 +41,68 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 use optc_kernel::matrix::{Coef, MatExpr, MatrixProgram, WideView};
-use optc_kernel::Slot;
+use optc_kernel::{Dtype, Slot};
 use std::ffi::c_int;
 use std::sync::Arc;
 
 /// The name of the bfloat16 rounding entry in [`round_bf16_ptx`].
 pub(crate) const ROUND_BF16_ENTRY: &str = "optc_round_bf16";
+/// The name of the bf16-to-f32 widening entry in [`round_bf16_ptx`]'s module.
+pub(crate) const WIDEN_BF16_ENTRY: &str = "optc_widen_bf16";
+/// The name of the f16-to-f32 widening entry in [`round_bf16_ptx`]'s module.
+pub(crate) const WIDEN_F16_ENTRY: &str = "optc_widen_f16";
+
+/// A widening entry: `dst[i] = f32(src[i])` for `i < len`, `src` 16-bit values (`cvt` of
+/// `widen`: exact), a grid-stride loop. Params: `src: u64`, `dst: u64`, `len: u64`.
+fn widen_entry(name: &str, widen: &str) -> String {
+    format!(
+        "\n.visible .entry {name}(\n\
+    .param .u64 src,\n\
+    .param .u64 dst,\n\
+    .param .u64 len\n\
+)\n\
+{{\n\
+    .reg .pred %p<2>;\n\
+    .reg .b16 %h<2>;\n\
+    .reg .b32 %r<8>;\n\
+    .reg .f32 %f<3>;\n\
+    .reg .b64 %rd<12>;\n\
+\n\
+    ld.param.u64 %rd1, [src];\n\
+    ld.param.u64 %rd2, [dst];\n\
+    ld.param.u64 %rd3, [len];\n\
+    cvta.to.global.u64 %rd1, %rd1;\n\
+    cvta.to.global.u64 %rd2, %rd2;\n\
+    mov.u32 %r1, %ctaid.x;\n\
+    mov.u32 %r2, %ntid.x;\n\
+    mov.u32 %r3, %tid.x;\n\
+    mov.u32 %r4, %nctaid.x;\n\
+    mul.wide.u32 %rd4, %r1, %r2;\n\
+    cvt.u64.u32 %rd5, %r3;\n\
+    add.u64 %rd4, %rd4, %rd5;\n\
+    mul.wide.u32 %rd6, %r4, %r2;\n\
+LOOP:\n\
+    setp.ge.u64 %p1, %rd4, %rd3;\n\
+    @%p1 bra DONE;\n\
+    shl.b64 %rd7, %rd4, 1;\n\
+    add.u64 %rd8, %rd1, %rd7;\n\
+    shl.b64 %rd7, %rd4, 2;\n\
+    add.u64 %rd9, %rd2, %rd7;\n\
+    ld.global.b16 %h1, [%rd8];\n\
+{widen}\
+    st.global.f32 [%rd9], %f1;\n\
+    add.u64 %rd4, %rd4, %rd6;\n\
+    bra LOOP;\n\
+DONE:\n\
+    ret;\n\
+}}\n"
+    )
+}
 
 /// The PTX module of [`ROUND_BF16_ENTRY`]: `dst[i] = f32(bf16_rn(src[i]))` for `i < len`, a
-/// grid-stride loop (`src` may equal `dst`). Params: `src: u64`, `dst: u64`, `len: u64`.
+/// grid-stride loop (`src` may equal `dst`). Params: `src: u64`, `dst: u64`, `len: u64`. The
+/// module also holds [`WIDEN_BF16_ENTRY`] and [`WIDEN_F16_ENTRY`] (16-bit `p`/`g` widened for
+/// the matrix programs, which read f32).
 /// `cvt.rn.bf16.f32` needs `sm_80` and PTX ISA 7.0; the widening back to f32 is a shift of the
 /// bits (exact), so the module runs on every device the stage kernels do.
 pub(crate) fn round_bf16_ptx() -> String {
@@ -97,7 +150,12 @@ LOOP:\n\
     bra LOOP;\n\
 DONE:\n\
     ret;\n\
-}}\n"
+}}\n{}{}",
+        widen_entry(
+            WIDEN_BF16_ENTRY,
+            "    cvt.u32.u16 %r5, %h1;\n    shl.b32 %r6, %r5, 16;\n    mov.b32 %f1, %r6;\n"
+        ),
+        widen_entry(WIDEN_F16_ENTRY, "    cvt.f32.f16 %f1, %h1;\n"),
     )
 }
 
@@ -120,8 +178,12 @@ fn blas_err(action: impl Into<String>) -> impl FnOnce(CublasError) -> CudaError 
 pub(crate) struct DeviceBuffers<'a> {
     /// Device pointers, in `Kernel::buffers` order.
     pub pointers: &'a [u64],
-    /// The length of each, in f32.
+    /// The length of each, in values.
     pub lens: &'a [usize],
+    /// The storage dtype of each: a 16-bit `p` or `g` the program reads is widened to f32 scratch
+    /// first ([`WIDEN_BF16_ENTRY`], [`WIDEN_F16_ENTRY`]); the states a program touches are f32
+    /// (`Storage::check`).
+    pub dtypes: &'a [Dtype],
 }
 
 /// What a matrix program needs of a device: scratch memory and three column-major primitives
@@ -429,6 +491,8 @@ fn run_on(
 pub(crate) struct CudaMatrix {
     blas: CudaBlas,
     round: CudaFunction,
+    /// The bf16 and f16 widening entries.
+    widen: [CudaFunction; 2],
     _module: Arc<CudaModule>,
     /// Free scratch buffers.
     pool: Vec<CudaSlice<f32>>,
@@ -475,12 +539,17 @@ impl CudaMatrix {
             .context()
             .load_module(Ptx::from_src(round_bf16_ptx()))
             .during("loading the bfloat16 rounding module (.version 8.0, .target sm_80)")?;
-        let round = module
-            .load_function(ROUND_BF16_ENTRY)
-            .during(format!("finding entry `{ROUND_BF16_ENTRY}`"))?;
+        let find = |name: &str| {
+            module
+                .load_function(name)
+                .during(format!("finding entry `{name}`"))
+        };
+        let round = find(ROUND_BF16_ENTRY)?;
+        let widen = [find(WIDEN_BF16_ENTRY)?, find(WIDEN_F16_ENTRY)?];
         Ok(CudaMatrix {
             blas,
             round,
+            widen,
             _module: module,
             pool: Vec::new(),
             live: Vec::new(),
@@ -504,7 +573,31 @@ impl CudaMatrix {
             .bind_to_thread()
             .during("binding the context for cuBLAS")?;
         let mut q = Queue { m: self, stream };
-        let out = run_on(&mut q, rule, program, uniforms, view, buffers);
+        // A 16-bit `p` or `g` the program reads is widened into f32 scratch (exact), which goes
+        // back to the pool with the program's.
+        let reads = program.reads();
+        let mut pointers = buffers.pointers.to_vec();
+        let mut out = Ok(());
+        for (i, slot) in [Slot::Param, Slot::Grad].into_iter().enumerate() {
+            let (Some(&d), Some(&len)) = (buffers.dtypes.get(i), buffers.lens.get(i)) else {
+                continue;
+            };
+            if d == Dtype::F32 || !reads.contains(&slot) || len == 0 {
+                continue;
+            }
+            out = q.widen(d, pointers[i], len).map(|dst| pointers[i] = dst);
+            if out.is_err() {
+                break;
+            }
+        }
+        let widened = DeviceBuffers {
+            pointers: &pointers,
+            lens: buffers.lens,
+            dtypes: buffers.dtypes,
+        };
+        let out = out
+            .map_err(RuntimeError::from)
+            .and_then(|()| run_on(&mut q, rule, program, uniforms, view, widened));
         // Everything goes back to the pool, also after an error.
         let live = std::mem::take(&mut self.live);
         self.pool.extend(live.into_iter().flatten());
@@ -516,6 +609,40 @@ impl CudaMatrix {
 struct Queue<'a> {
     m: &'a mut CudaMatrix,
     stream: &'a Arc<CudaStream>,
+}
+
+impl Queue<'_> {
+    /// `len` 16-bit values of `d` at `src` widened into f32 scratch (kept live until the program
+    /// ends); its address.
+    fn widen(&mut self, d: Dtype, src: u64, len: usize) -> Result<u64, CudaError> {
+        let (name, func) = match d {
+            Dtype::Bf16 => (WIDEN_BF16_ENTRY, &self.m.widen[0]),
+            Dtype::F16 => (WIDEN_F16_ENTRY, &self.m.widen[1]),
+            other => {
+                return Err(CudaError::Buffers(format!(
+                    "a matrix program reads a {other} parameter or gradient"
+                )))
+            }
+        };
+        let func = func.clone();
+        let (_, dst) = self.take(len)?;
+        let blocks = u32::try_from(len.div_ceil(ROUND_BLOCK as usize))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.m.max_blocks);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (ROUND_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n = len as u64;
+        let mut launch = self.stream.launch_builder(&func);
+        launch.arg(&src).arg(&dst).arg(&n);
+        // SAFETY: the entry takes three u64 (`widen_entry`); `src` holds `len` 16-bit values of
+        // the tensor (checked by the optimizer and the executor), `dst` is fresh scratch of at
+        // least `len` f32, and the grid-stride loop touches indices below `len` only.
+        unsafe { launch.launch(cfg) }.during(format!("launching `{name}`"))?;
+        Ok(dst)
+    }
 }
 
 impl Device for Queue<'_> {
@@ -789,6 +916,7 @@ mod tests {
             DeviceBuffers {
                 pointers: &pointers,
                 lens: &lens,
+                dtypes: &vec![Dtype::F32; lens.len()],
             },
         )
         .expect("run");

@@ -216,3 +216,25 @@ pub fn data(n: usize, seed: u32) -> Vec<f32> {
 pub fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
 }
+
+/// The storage settings every backend is checked under (`runtime/tests/api_dtypes.rs` on the
+/// CPU, `runtime/tests/cuda_gpu/dtypes.rs` on CUDA): 16-bit parameters and states, f32 master
+/// weights, stochastic rounding.
+pub fn dtype_settings() -> Vec<optc_kernel::Precision> {
+    use optc_kernel::{Dtype, Precision};
+    let p = |param, state, master_weights, stochastic_rounding| Precision {
+        param,
+        state,
+        master_weights,
+        stochastic_rounding,
+    };
+    vec![
+        p(Dtype::Bf16, Dtype::Bf16, false, None),
+        p(Dtype::F16, Dtype::F32, false, None),
+        p(Dtype::F32, Dtype::Bf16, false, None),
+        p(Dtype::Bf16, Dtype::Bf16, true, None),
+        p(Dtype::F16, Dtype::Bf16, true, None),
+        p(Dtype::Bf16, Dtype::F32, false, Some(3)),
+        p(Dtype::F16, Dtype::Bf16, false, Some(4)),
+    ]
+}

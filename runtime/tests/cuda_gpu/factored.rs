@@ -13,10 +13,7 @@
 //! unless `OPTC_REQUIRE_GPU` is set (as on GPU CI machines), where it fails.
 #![cfg(all(feature = "cuda", feature = "compiler"))]
 
-#[path = "../api_support/mod.rs"]
-mod api_support;
-
-use api_support::{bits, data};
+use super::api_support::{bits, data};
 use optc_runtime::cuda::{devices, driver_available, LaunchShape};
 use optc_runtime::{Optimizer, Options, Rule, Target, Update};
 
