@@ -235,29 +235,15 @@ impl Code {
             .map(|(p, &size)| unsafe { p.add(start * size) })
             .collect();
         let uniforms = self.stage_uniforms(stage, &t.uniforms, t.key, start);
-        match self.stages[stage] {
-            // SAFETY: `ptrs` holds one valid pointer per buffer in `Kernel::buffers` order, each
-            // with at least `len` elements after it; `uniforms` holds one f32 per uniform of the
-            // stage (and the three words of a stochastic stage); the function touches nothing else and never writes the gradient (validated
-            // kernel). Exclusive access to the written range is the caller's contract.
-            StageFn::Map(f) => unsafe { f(ptrs.as_ptr(), len as u64, uniforms.as_ptr()) },
-            StageFn::Reduce(f, _) => {
-                // SAFETY: `out.ptr` has `outputs * out.stride` f32s (the tensor's region), and
-                // the range's blocks are `start / REDUCE_BLOCK ..` up to at most `out.stride`, so
-                // the function's writes `out.ptr[first + r * stride + b]` stay in the region.
-                let first = unsafe { out.ptr.add(start / REDUCE_BLOCK) };
-                // SAFETY: as for `Map`, and the partials written are this range's own (the
-                // caller's contract).
-                unsafe {
-                    f(
-                        ptrs.as_ptr(),
-                        len as u64,
-                        uniforms.as_ptr(),
-                        first,
-                        out.stride as u64,
-                    )
-                }
-            }
+        // SAFETY: `ptrs` holds one valid pointer per buffer in `Kernel::buffers` order, each with
+        // at least `len` elements after it; `uniforms` holds one f32 per uniform of the stage
+        // (and the three words of a stochastic stage); for a reducing stage `out.ptr` has
+        // `outputs * out.stride` f32s (the tensor's region) and the range's blocks are
+        // `start / REDUCE_BLOCK ..`, this range's own (the caller's contract), so the writes stay
+        // in the region. Exclusive access to the written range is the caller's contract.
+        unsafe {
+            let first = out.ptr.wrapping_add(start / REDUCE_BLOCK);
+            self.call(stage, &ptrs, len, &uniforms, first, out.stride);
         }
     }
 
@@ -380,25 +366,12 @@ impl Code {
                 ptrs[q.buffer] = scratch.load(j, read, codes, scales).cast();
             }
             let uniforms = self.stage_uniforms(stage, &t.uniforms, t.key, at);
-            match self.stages[stage] {
-                // SAFETY: as in `Code::run`: every pointer has `tl` elements after it (a scratch
-                // tile holds `TILE >= tl` f32s).
-                StageFn::Map(f) => unsafe { f(ptrs.as_ptr(), tl as u64, uniforms.as_ptr()) },
-                StageFn::Reduce(f, _) => {
-                    // SAFETY: as in `Code::run`; `at` is a multiple of REDUCE_BLOCK for a
-                    // reducing stage (`start` is, and TILE is a multiple of REDUCE_BLOCK).
-                    let first = unsafe { out.ptr.add(at / REDUCE_BLOCK) };
-                    // SAFETY: as in `Code::run`.
-                    unsafe {
-                        f(
-                            ptrs.as_ptr(),
-                            tl as u64,
-                            uniforms.as_ptr(),
-                            first,
-                            out.stride as u64,
-                        )
-                    }
-                }
+            // SAFETY: as in `Code::run`: every pointer has `tl` elements after it (a scratch tile
+            // holds `TILE >= tl` f32s), and `at` is a multiple of REDUCE_BLOCK for a reducing
+            // stage (`start` is, and TILE is a multiple of REDUCE_BLOCK).
+            unsafe {
+                let first = out.ptr.wrapping_add(at / REDUCE_BLOCK);
+                self.call(stage, &ptrs, tl, &uniforms, first, out.stride);
             }
             for (j, q) in t.int8.iter().enumerate() {
                 if uses[q.buffer].1 {
