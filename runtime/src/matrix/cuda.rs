@@ -584,6 +584,19 @@ struct Queue<'a> {
 }
 
 impl Queue<'_> {
+    /// The launch of a grid-stride entry (`grid_stride_entry`) over `len` elements:
+    /// `ROUND_BLOCK` threads a block, one per block of elements up to the matrix's `max_blocks`.
+    fn grid(&self, len: usize) -> LaunchConfig {
+        let blocks = u32::try_from(len.div_ceil(ROUND_BLOCK as usize))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.m.max_blocks);
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (ROUND_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
     /// `len` 16-bit values of `d` at `src` widened into f32 scratch (kept live until the program
     /// ends); its address.
     fn widen(&mut self, d: Dtype, src: u64, len: usize) -> Result<u64, CudaError> {
@@ -598,14 +611,7 @@ impl Queue<'_> {
         };
         let func = func.clone();
         let (_, dst) = self.take(len)?;
-        let blocks = u32::try_from(len.div_ceil(ROUND_BLOCK as usize))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.m.max_blocks);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (ROUND_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = self.grid(len);
         let n = len as u64;
         let mut launch = self.stream.launch_builder(&func);
         launch.arg(&src).arg(&dst).arg(&n);
@@ -730,14 +736,7 @@ impl Device for Queue<'_> {
     }
 
     fn round(&mut self, src: u64, dst: u64, len: usize) -> Result<(), CudaError> {
-        let blocks = u32::try_from(len.div_ceil(ROUND_BLOCK as usize))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.m.max_blocks);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (ROUND_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = self.grid(len);
         let len = len as u64;
         let mut launch = self.stream.launch_builder(&self.m.round);
         launch.arg(&src).arg(&dst).arg(&len);
