@@ -25,17 +25,7 @@ fn precision(param: Dtype, state: Dtype, master: bool, sr: Option<u64>) -> Preci
 }
 
 fn optimizer(rule: &str, target: Target, prec: Precision) -> Optimizer {
-    let options = Options {
-        target,
-        precision: prec,
-        allow_fma: false,
-        ..Options::default()
-    };
-    let mut opt =
-        Optimizer::with_options(Rule::stdlib(rule).expect("stdlib rule"), options).expect(rule);
-    opt.add_param("w", &[8, 131]).expect("add");
-    opt.add_param("b", &[37]).expect("add");
-    opt
+    api_support::optimizer(rule, target, prec, &[("w", &[8, 131]), ("b", &[37])])
 }
 
 /// One parameter's data in the optimizer's dtype.

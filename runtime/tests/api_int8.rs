@@ -22,18 +22,12 @@ fn int8(param: Dtype) -> Precision {
 }
 
 fn optimizer(rule: &str, target: Target, prec: Precision) -> Optimizer {
-    let options = Options {
+    api_support::optimizer(
+        rule,
         target,
-        precision: prec,
-        allow_fma: false,
-        ..Options::default()
-    };
-    let mut opt =
-        Optimizer::with_options(Rule::stdlib(rule).expect("stdlib rule"), options).expect(rule);
-    opt.add_param("w", &[40, 131]).expect("add");
-    opt.add_param("b", &[37]).expect("add");
-    opt.add_param("e", &[4096]).expect("add");
-    opt
+        prec,
+        &[("w", &[40, 131]), ("b", &[37]), ("e", &[4096])],
+    )
 }
 
 /// Steps `opt` `steps` times (f32 parameters) from the same data; returns the parameters.

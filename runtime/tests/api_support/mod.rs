@@ -285,3 +285,26 @@ pub fn close(x: &[f32], y: &[f32], what: &str, backend: &str) {
         );
     }
 }
+
+/// An optimizer for stdlib rule `rule` on `target` with storage `prec`, without FMA (so the CPU
+/// can equal the interpreter bit for bit), with the parameters `params` (name, shape) added.
+pub fn optimizer(
+    rule: &str,
+    target: optc_runtime::Target,
+    prec: optc_kernel::Precision,
+    params: &[(&str, &[usize])],
+) -> optc_runtime::Optimizer {
+    let options = optc_runtime::Options {
+        target,
+        precision: prec,
+        allow_fma: false,
+        ..optc_runtime::Options::default()
+    };
+    let r = optc_runtime::Rule::stdlib(rule).expect("stdlib rule");
+    let mut opt = optc_runtime::Optimizer::with_options(r, options)
+        .unwrap_or_else(|e| panic!("{rule} {prec:?}: {e}"));
+    for &(name, shape) in params {
+        opt.add_param(name, shape).expect("add");
+    }
+    opt
+}

@@ -20,7 +20,7 @@ use half::{bf16, f16};
 use optc_kernel::{Dtype, Precision};
 use optc_runtime::buf::{BufMut, BufRef};
 use optc_runtime::cuda::cudarc::driver::{CudaSlice, CudaStream};
-use optc_runtime::{Optimizer, Options, Rule, RuntimeError, Target, Update};
+use optc_runtime::{Optimizer, RuntimeError, Target, Update};
 use std::sync::Arc;
 
 /// Every tensor twice: the CUDA optimizer steps the first three from host buffers and the last
@@ -55,18 +55,7 @@ fn settings() -> Vec<Precision> {
 }
 
 fn optimizer(rule: &str, target: Target, prec: Precision) -> Optimizer {
-    let options = Options {
-        target,
-        precision: prec,
-        allow_fma: false,
-        ..Options::default()
-    };
-    let mut opt = Optimizer::with_options(Rule::stdlib(rule).expect("stdlib rule"), options)
-        .unwrap_or_else(|e| panic!("{rule} {prec:?}: {e}"));
-    for (name, shape) in SIZES {
-        opt.add_param(name, shape).expect("add");
-    }
-    opt
+    api_support::optimizer(rule, target, prec, &SIZES)
 }
 
 /// One tensor in host memory, in the optimizer's dtype.
