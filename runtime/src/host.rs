@@ -12,6 +12,7 @@ use crate::cpu::{
 use crate::error::RuntimeError;
 use crate::executor::{self, Executor, StageTensor, StateInit, TensorData};
 use crate::matrix::{self, MatrixArgs};
+use crate::state_slots;
 use crate::target::Target;
 use optc_kernel::artifact::PtxModule;
 use optc_kernel::matrix::{reference_matmul, Mat};
@@ -56,18 +57,7 @@ impl HostExecutor {
 
     /// The storage dtype of state position `at` of parameter `param` (f32 unless set).
     fn dtype(&self, param: usize, at: usize) -> Dtype {
-        self.dtypes
-            .get(param)
-            .and_then(|d| d.get(at))
-            .copied()
-            .unwrap_or_default()
-    }
-
-    fn slot(&mut self, param: usize) -> &mut Vec<Option<BufVec>> {
-        if self.states.len() <= param {
-            self.states.resize_with(param + 1, Vec::new);
-        }
-        &mut self.states[param]
+        state_slots::dtype(&self.dtypes, param, at)
     }
 }
 
@@ -161,37 +151,16 @@ impl Executor for HostExecutor {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let states = self.slot(param);
-        states.resize_with(lens.len(), || None);
-        for (at, b) in buffers {
-            states[at] = Some(b);
-        }
+        state_slots::place(&mut self.states, param, lens.len(), buffers);
         Ok(())
     }
 
     fn drop_states(&mut self, param: usize, which: Option<&[usize]>) {
-        if let Some(s) = self.states.get_mut(param) {
-            match which {
-                None => s.clear(),
-                Some(which) => {
-                    for &i in which {
-                        if let Some(b) = s.get_mut(i) {
-                            *b = None;
-                        }
-                    }
-                    if s.iter().all(Option::is_none) {
-                        s.clear();
-                    }
-                }
-            }
-        }
+        state_slots::drop(&mut self.states, param, which);
     }
 
     fn allocated(&self, param: usize) -> Vec<bool> {
-        self.states
-            .get(param)
-            .map(|s| s.iter().map(Option::is_some).collect())
-            .unwrap_or_default()
+        state_slots::allocated(&self.states, param)
     }
 
     fn run_stage(
@@ -204,7 +173,7 @@ impl Executor for HostExecutor {
         let mut vecs = Vec::with_capacity(n);
         let views: Vec<_> = tensors.iter().map(|t| t.view).collect();
         if let Some(last) = tensors.iter().map(|t| t.param).max() {
-            self.slot(last);
+            state_slots::slot(&mut self.states, last);
         }
         let (compiled, positions) = &self.kernels[kernel];
         // Borrow every tensor's states at once: each parameter appears at most once per step.
@@ -339,7 +308,7 @@ impl Executor for HostExecutor {
                         .map(|v| BufVec::from_f32(self.dtype(param, at), v))
                 })
                 .collect();
-            *self.slot(param) = typed;
+            *state_slots::slot(&mut self.states, param) = typed;
         }
         Ok(())
     }
@@ -353,23 +322,18 @@ impl Executor for HostExecutor {
         states: Vec<(usize, Vec<Option<BufVec>>)>,
     ) -> Result<(), RuntimeError> {
         for (param, bufs) in states {
-            *self.slot(param) = bufs;
+            *state_slots::slot(&mut self.states, param) = bufs;
         }
         Ok(())
     }
 
     fn set_state_dtypes(&mut self, param: usize, dtypes: Vec<Dtype>) -> Result<(), RuntimeError> {
-        if self.dtypes.len() <= param {
-            self.dtypes.resize_with(param + 1, Vec::new);
-        }
-        self.dtypes[param] = dtypes;
+        state_slots::set_dtypes(&mut self.dtypes, param, dtypes);
         Ok(())
     }
 
     fn state_bytes(&self, param: usize) -> usize {
-        self.states
-            .get(param)
-            .map_or(0, |s| s.iter().flatten().map(BufVec::bytes).sum())
+        state_slots::bytes(&self.states, param, BufVec::bytes)
     }
 
     fn read_state(

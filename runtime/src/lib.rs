@@ -74,6 +74,8 @@ pub mod shapes;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
 mod stages;
 #[cfg(any(feature = "compiler", feature = "cuda"))]
+mod state_slots;
+#[cfg(any(feature = "compiler", feature = "cuda"))]
 mod target;
 #[cfg(feature = "compiler")]
 pub mod torch_state;

@@ -22,6 +22,18 @@ pub(crate) struct GradPrep {
     pub loss_scale: bool,
 }
 
+#[cfg(feature = "compiler")]
+impl GradPrep {
+    /// The compiler's options for a kernel of rank class `rank` with this preparation.
+    fn options(self, rank: RankClass) -> optc_compiler::CompileOptions {
+        optc_compiler::CompileOptions {
+            clip: self.clip,
+            loss_scale: self.loss_scale,
+            rank,
+        }
+    }
+}
+
 /// An optimizer rule, ready to be specialized into kernels. See the module docs.
 pub struct Rule {
     name: String,
@@ -289,11 +301,7 @@ impl Rule {
             }
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) => {
-                let options = optc_compiler::CompileOptions {
-                    clip: prep.clip,
-                    loss_scale: prep.loss_scale,
-                    rank,
-                };
+                let options = prep.options(rank);
                 rule.specialize_values_with(flags, &options)
                     .map_err(|e| RuntimeError::Compile(e.to_string()))
             }
@@ -317,11 +325,7 @@ impl Rule {
             }
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) => {
-                let options = optc_compiler::CompileOptions {
-                    clip: prep.clip,
-                    loss_scale: prep.loss_scale,
-                    rank,
-                };
+                let options = prep.options(rank);
                 rule.conditions(flags, &options)
                     .map_err(|e| RuntimeError::Compile(e.to_string()))
             }
@@ -351,11 +355,7 @@ impl Rule {
             }
             #[cfg(feature = "compiler")]
             Source::Compiler(rule) => {
-                let options = optc_compiler::CompileOptions {
-                    clip: prep.clip,
-                    loss_scale: prep.loss_scale,
-                    rank,
-                };
+                let options = prep.options(rank);
                 rule.specialize_variant(flags, &options, variant)
                     .map(|k| (k, None))
                     .map_err(|e| RuntimeError::Compile(e.to_string()))

@@ -9,21 +9,11 @@
 #[path = "api_support/mod.rs"]
 mod api_support;
 
+use api_support::{close, has_matrix_stages, value};
 use half::bf16;
 use optc_kernel::{Dtype, Precision};
 use optc_runtime::buf::{BufMut, BufRef};
 use optc_runtime::{Optimizer, Options, Rule, RuntimeError, Target, Update};
-
-/// A deterministic value in [-1, 1) for element `i` of stream `seed`.
-fn value(seed: u64, i: usize) -> f32 {
-    let mut z = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(i as u64 + 1);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-}
 
 fn precision(param: Dtype, state: Dtype, master: bool, sr: Option<u64>) -> Precision {
     Precision {
@@ -35,17 +25,7 @@ fn precision(param: Dtype, state: Dtype, master: bool, sr: Option<u64>) -> Preci
 }
 
 fn optimizer(rule: &str, target: Target, prec: Precision) -> Optimizer {
-    let options = Options {
-        target,
-        precision: prec,
-        allow_fma: false,
-        ..Options::default()
-    };
-    let mut opt =
-        Optimizer::with_options(Rule::stdlib(rule).expect("stdlib rule"), options).expect(rule);
-    opt.add_param("w", &[8, 131]).expect("add");
-    opt.add_param("b", &[37]).expect("add");
-    opt
+    api_support::optimizer(rule, target, prec, &[("w", &[8, 131]), ("b", &[37])])
 }
 
 /// One parameter's data in the optimizer's dtype.
@@ -108,41 +88,6 @@ fn train(opt: &mut Optimizer, d: Dtype, steps: u64) -> Vec<Data> {
     params
 }
 
-/// Whether stdlib rule `rule` has matrix stages (on matrices): the CPU computes their products
-/// with the `gemm` crate, whose summation order differs from the interpreter's reference triple
-/// loop (docs/stages.md, "Matrix stages"), so the two agree within a budget, not bit for bit.
-fn has_matrix_stages(rule: &str) -> bool {
-    let r = match optc_compiler::stdlib::rule(rule) {
-        Some(Ok(r)) => r,
-        _ => panic!("{rule}: not a stdlib rule"),
-    };
-    let options = optc_compiler::CompileOptions {
-        rank: optc_kernel::RankClass::Matrix,
-        ..optc_compiler::CompileOptions::default()
-    };
-    r.flag_sets().iter().any(|flags| {
-        r.specialize_values_with(flags, &options)
-            .map(|k| k.stages.iter().any(|s| s.matrix.is_some()))
-            .unwrap_or(false)
-    })
-}
-
-/// `x` within the matrix budget of `y`, element by element: the products' f32 rounding in
-/// another order (relative 1e-4 of the tensor's largest value) plus one step of the coarsest
-/// storage dtype (2^-7 relative: a value a few f32 ulps away can round to the neighbouring
-/// bf16 or f16).
-fn close(x: &[f32], y: &[f32], what: &str) {
-    assert_eq!(x.len(), y.len(), "{what}: lengths");
-    let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
-    for (i, (&a, &b)) in x.iter().zip(y).enumerate() {
-        let tol = 1e-4 * scale + b.abs() * 2f32.powi(-7);
-        assert!(
-            (a - b).abs() <= tol || (a.is_nan() && b.is_nan()),
-            "{what}: element {i}: cpu {a:e} vs interpreter {b:e} (budget {tol:e})"
-        );
-    }
-}
-
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter()
         .map(|v| if v.is_nan() { 0x7FC0_0000 } else { v.to_bits() })
@@ -168,6 +113,7 @@ fn every_stdlib_rule_on_the_cpu_equals_the_interpreter_under_every_setting() {
                         &x.to_f32(),
                         &y.to_f32(),
                         &format!("{rule} {prec:?}: parameters"),
+                        "cpu",
                     );
                 }
             } else {
@@ -182,7 +128,7 @@ fn every_stdlib_rule_on_the_cpu_equals_the_interpreter_under_every_setting() {
                 for ((n, x), (_, y)) in sa.iter().zip(&sb) {
                     let what = format!("{rule} {prec:?}: state {name}.{n}");
                     if matrix {
-                        close(x, y, &what);
+                        close(x, y, &what, "cpu");
                     } else {
                         assert_eq!(bits(x), bits(y), "{what}");
                     }

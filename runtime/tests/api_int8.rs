@@ -4,19 +4,12 @@
 //! and round-trip bit for bit; AdamW's state takes about 2 bytes per parameter.
 #![cfg(feature = "compiler")]
 
+#[path = "api_support/mod.rs"]
+mod api_support;
+
+use api_support::{has_matrix_stages, value};
 use optc_kernel::{Dtype, Precision};
 use optc_runtime::{Optimizer, Options, Rule, Target, Update};
-
-/// A deterministic value in [-1, 1) for element `i` of stream `seed`.
-fn value(seed: u64, i: usize) -> f32 {
-    let mut z = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(i as u64 + 1);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-}
 
 const SIZES: [(&str, usize); 3] = [("w", 40 * 131), ("b", 37), ("e", 4096)];
 
@@ -29,18 +22,12 @@ fn int8(param: Dtype) -> Precision {
 }
 
 fn optimizer(rule: &str, target: Target, prec: Precision) -> Optimizer {
-    let options = Options {
+    api_support::optimizer(
+        rule,
         target,
-        precision: prec,
-        allow_fma: false,
-        ..Options::default()
-    };
-    let mut opt =
-        Optimizer::with_options(Rule::stdlib(rule).expect("stdlib rule"), options).expect(rule);
-    opt.add_param("w", &[40, 131]).expect("add");
-    opt.add_param("b", &[37]).expect("add");
-    opt.add_param("e", &[4096]).expect("add");
-    opt
+        prec,
+        &[("w", &[40, 131]), ("b", &[37]), ("e", &[4096])],
+    )
 }
 
 /// Steps `opt` `steps` times (f32 parameters) from the same data; returns the parameters.
@@ -73,26 +60,6 @@ fn bits(x: &[f32]) -> Vec<u32> {
     x.iter()
         .map(|v| if v.is_nan() { 0x7FC0_0000 } else { v.to_bits() })
         .collect()
-}
-
-/// Whether `rule`'s matrix kernel has matrix stages (Muon's Newton-Schulz, whose products on the
-/// CPU are not the interpreter's bit for bit).
-fn has_matrix_stages(rule: &str) -> bool {
-    let r = optc_compiler::stdlib::rule(rule)
-        .and_then(Result::ok)
-        .expect("stdlib rule");
-    let options = optc_compiler::passes::CompileOptions {
-        rank: optc_kernel::RankClass::Matrix,
-        ..Default::default()
-    };
-    r.uses_rank()
-        && r.flag_sets().into_iter().any(|f| {
-            r.specialize_values_with(&f, &options)
-                .expect("kernel")
-                .stages
-                .iter()
-                .any(|s| s.matrix.is_some())
-        })
 }
 
 #[test]

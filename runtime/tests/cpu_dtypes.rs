@@ -14,9 +14,8 @@ use cpu_common::{same, Rng};
 use half::{bf16, f16};
 use optc_compiler::backend::clif;
 use optc_compiler::backend::interp::{sr_key_of, step_many, Buffers, TensorStep};
-use optc_compiler::{stdlib, CompileOptions, RankClass, Rule};
-use optc_kernel::reduce::{combine, combine_totals};
-use optc_kernel::{dtype, Dtype, Kernel, Precision, Scope, Slot};
+use optc_compiler::{stdlib, CompileOptions, Rule};
+use optc_kernel::{dtype, Dtype, Kernel, Precision, Slot};
 use optc_runtime::cpu::{BufMut, BufRef, CpuError, CpuKernel, CpuOptions, Partials, TensorArgs};
 
 /// A buffer in its storage dtype.
@@ -140,7 +139,7 @@ fn cpu_steps(
     let mut partials = Partials::new();
     for t in 1..=steps {
         let mut reduced = vec![vec![f64::NAN; k.reductions.len()]; tensors.len()];
-        for (s, stage) in k.stages.iter().enumerate() {
+        for s in 0..k.stages.len() {
             let mut args: Vec<TensorArgs<'_>> = tensors
                 .iter_mut()
                 .zip(&reduced)
@@ -162,19 +161,7 @@ fn cpu_steps(
             cpu.run_stage(s, &mut args, &mut partials, Some(pool))
                 .expect("run_stage");
             drop(args);
-            for (o, out) in stage.reduce.iter().enumerate() {
-                let id = out.reduction.index();
-                let decl = &k.reductions[id];
-                for (i, r) in reduced.iter_mut().enumerate() {
-                    r[id] = combine(decl.op, partials.get(i, o).iter().copied());
-                }
-                if decl.scope == Scope::Step {
-                    let total = combine_totals(decl.op, reduced.iter().map(|r| r[id]));
-                    for r in &mut reduced {
-                        r[id] = total;
-                    }
-                }
-            }
+            cpu_common::fold_partials(k, s, &partials, &mut reduced);
         }
         for (sc, r) in scalars.iter_mut().zip(&reduced) {
             *sc = k
@@ -204,38 +191,6 @@ fn settings() -> Vec<Precision> {
         p(Dtype::Bf16, Dtype::Bf16, false, Some(7)),
         p(Dtype::F16, Dtype::F32, false, Some(11)),
     ]
-}
-
-/// Every kernel of `r`: one per flag set, and per rank class for rules that read `matrix`.
-/// Kernels with matrix stages (Muon's matrices, whose states stay f32) step through the
-/// optimizer's matrix views, not here: tests/api_dtypes.rs runs them.
-fn kernels(r: &Rule) -> Vec<(Vec<bool>, Kernel)> {
-    let ranks: &[RankClass] = if r.uses_rank() {
-        &[RankClass::Matrix, RankClass::Vector]
-    } else {
-        &[RankClass::Any]
-    };
-    let mut out = Vec::new();
-    for flags in r.flag_sets() {
-        for &rank in ranks {
-            let options = CompileOptions {
-                rank,
-                ..CompileOptions::default()
-            };
-            let mut k = r
-                .specialize_values_with(&flags, &options)
-                .unwrap_or_else(|e| panic!("{}: {e}", r.name()));
-            for h in &mut k.hypers {
-                if h.name == "weight_decay" && h.default == 0.0 {
-                    h.default = 0.01;
-                }
-            }
-            if k.stages.iter().all(|s| s.matrix.is_none()) {
-                out.push((flags.clone(), k));
-            }
-        }
-    }
-    out
 }
 
 /// `k` compiled without FMA; with `half_tiles`, 16-bit buffers convert in tiles around the
@@ -296,7 +251,7 @@ fn every_stdlib_rule_under_every_dtype_setting_equals_the_interpreter() {
             Some(Ok(r)) => r,
             other => panic!("{name}: {:?}", other.map(|r| r.err())),
         };
-        for (flags, base) in kernels(&r) {
+        for (flags, base) in cpu_common::elementwise_kernels(&r) {
             for prec in settings() {
                 let k = prec
                     .apply(&base)
@@ -337,7 +292,7 @@ fn large_tensors_split_over_threads_equal_the_interpreter() {
     let mut rng = Rng::new(99);
     for name in ["adamw", "lamb"] {
         let r = stdlib::rule(name).and_then(Result::ok).expect(name);
-        let (_, base) = kernels(&r).swap_remove(0);
+        let (_, base) = cpu_common::elementwise_kernels(&r).swap_remove(0);
         for prec in settings() {
             let k = prec.apply(&base).expect("precision");
             let inputs: Vec<Values> = [70_001, 3]

@@ -17,10 +17,9 @@ use cpu_common::{same, Rng};
 use half::bf16;
 use optc_compiler::backend::clif;
 use optc_compiler::backend::interp::{sr_key_of, step_many, Buffers, TensorStep};
-use optc_compiler::{stdlib, CompileOptions, RankClass, Rule};
+use optc_compiler::stdlib;
 use optc_kernel::quant::{quantize_block, DynamicMap, MIN_QUANT_ELEMENTS, QUANT_BLOCK};
-use optc_kernel::reduce::{combine, combine_totals};
-use optc_kernel::{Dtype, Kernel, Precision, Scope, Slot};
+use optc_kernel::{Dtype, Kernel, Precision, Slot};
 use optc_runtime::cpu::{BufMut, BufRef, CpuError, CpuKernel, CpuOptions, Partials, TensorArgs};
 use optc_runtime::int8::Int8State;
 
@@ -124,7 +123,7 @@ fn cpu_steps(cpu: &CpuKernel, tensors: &mut [Vec<Buf>], steps: u64, pool: &rayon
     let mut partials = Partials::new();
     for t in 1..=steps {
         let mut reduced = vec![vec![f64::NAN; k.reductions.len()]; tensors.len()];
-        for (s, stage) in k.stages.iter().enumerate() {
+        for s in 0..k.stages.len() {
             let mut args: Vec<TensorArgs<'_>> = tensors
                 .iter_mut()
                 .zip(&reduced)
@@ -146,19 +145,7 @@ fn cpu_steps(cpu: &CpuKernel, tensors: &mut [Vec<Buf>], steps: u64, pool: &rayon
             cpu.run_stage(s, &mut args, &mut partials, Some(pool))
                 .expect("run_stage");
             drop(args);
-            for (o, out) in stage.reduce.iter().enumerate() {
-                let id = out.reduction.index();
-                let decl = &k.reductions[id];
-                for (i, r) in reduced.iter_mut().enumerate() {
-                    r[id] = combine(decl.op, partials.get(i, o).iter().copied());
-                }
-                if decl.scope == Scope::Step {
-                    let total = combine_totals(decl.op, reduced.iter().map(|r| r[id]));
-                    for r in &mut reduced {
-                        r[id] = total;
-                    }
-                }
-            }
+            cpu_common::fold_partials(k, s, &partials, &mut reduced);
         }
         for (sc, r) in scalars.iter_mut().zip(&reduced) {
             *sc = k
@@ -183,38 +170,6 @@ fn settings() -> Vec<Precision> {
         p(Dtype::Bf16, true, None),
         p(Dtype::Bf16, false, Some(3)),
     ]
-}
-
-/// Every kernel of `r`: one per flag set, and per rank class for rules that read `matrix`.
-/// Kernels with matrix stages (Muon's matrices, whose states stay f32) step through the
-/// optimizer's matrix views, not here: tests/api_int8.rs runs them.
-fn kernels(r: &Rule) -> Vec<(Vec<bool>, Kernel)> {
-    let ranks: &[RankClass] = if r.uses_rank() {
-        &[RankClass::Matrix, RankClass::Vector]
-    } else {
-        &[RankClass::Any]
-    };
-    let mut out = Vec::new();
-    for flags in r.flag_sets() {
-        for &rank in ranks {
-            let options = CompileOptions {
-                rank,
-                ..CompileOptions::default()
-            };
-            let mut k = r
-                .specialize_values_with(&flags, &options)
-                .unwrap_or_else(|e| panic!("{}: {e}", r.name()));
-            for h in &mut k.hypers {
-                if h.name == "weight_decay" && h.default == 0.0 {
-                    h.default = 0.01;
-                }
-            }
-            if k.stages.iter().all(|s| s.matrix.is_none()) {
-                out.push((flags.clone(), k));
-            }
-        }
-    }
-    out
 }
 
 fn compile(k: &Kernel) -> Option<CpuKernel> {
@@ -284,7 +239,7 @@ fn every_stdlib_rule_with_int8_states_equals_the_interpreter() {
             Some(Ok(r)) => r,
             other => panic!("{name}: {:?}", other.map(|r| r.err())),
         };
-        for (flags, base) in kernels(&r) {
+        for (flags, base) in cpu_common::elementwise_kernels(&r) {
             for prec in settings() {
                 let k = prec
                     .apply(&base)
@@ -339,7 +294,7 @@ fn large_tensors_split_over_one_two_and_three_threads_equal_the_interpreter() {
     let mut rng = Rng::new(31);
     for name in ["adamw", "lamb", "lion"] {
         let r = stdlib::rule(name).and_then(Result::ok).expect(name);
-        let (_, base) = kernels(&r).swap_remove(0);
+        let (_, base) = cpu_common::elementwise_kernels(&r).swap_remove(0);
         for prec in [settings()[0], settings()[3]] {
             let k = prec.apply(&base).expect("precision");
             let cpu = compile(&k).expect("compiles");
@@ -364,7 +319,7 @@ fn codes_and_scales_are_optc_kernel_quant_of_the_f32_step() {
     // values the codes load as) quantized by optc_kernel::quant block by block, with the unsigned
     // map for a block of non-negative values and the signed map else, is what the CPU stores.
     let r = stdlib::rule("adamw").and_then(Result::ok).expect("adamw");
-    let (_, base) = kernels(&r).swap_remove(0);
+    let (_, base) = cpu_common::elementwise_kernels(&r).swap_remove(0);
     let k = Precision {
         state: Dtype::Int8,
         ..Precision::default()
@@ -410,7 +365,7 @@ fn codes_and_scales_are_optc_kernel_quant_of_the_f32_step() {
 #[test]
 fn bad_int8_buffers_are_clear_errors_and_nothing_changes() {
     let r = stdlib::rule("adam").and_then(Result::ok).expect("adam");
-    let (_, base) = kernels(&r).swap_remove(0);
+    let (_, base) = cpu_common::elementwise_kernels(&r).swap_remove(0);
     let k = Precision {
         state: Dtype::Int8,
         ..Precision::default()

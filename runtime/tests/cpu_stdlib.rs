@@ -12,7 +12,7 @@ mod cpu_common;
 use cpu_common::*;
 use optc_compiler::backend::clif;
 use optc_compiler::backend::interp::{step_many, Buffers, TensorStep};
-use optc_compiler::{stdlib, CompileOptions, RankClass, Rule};
+use optc_compiler::{stdlib, Rule};
 use optc_kernel::matrix::WideView;
 use optc_kernel::Kernel;
 use optc_runtime::cpu::{CpuError, CpuKernel, CpuOptions};
@@ -49,29 +49,6 @@ fn rules() -> Vec<Rule> {
             ),
         })
         .collect()
-}
-
-/// Every kernel of `r`: one per flag set, and per rank class for rules that read `matrix`.
-fn kernels(r: &Rule) -> Vec<(Vec<bool>, Kernel)> {
-    let ranks: &[RankClass] = if r.uses_rank() {
-        &[RankClass::Matrix, RankClass::Vector]
-    } else {
-        &[RankClass::Any]
-    };
-    let mut out = Vec::new();
-    for flags in r.flag_sets() {
-        for &rank in ranks {
-            let options = CompileOptions {
-                rank,
-                ..CompileOptions::default()
-            };
-            let k = r
-                .specialize_values_with(&flags, &options)
-                .unwrap_or_else(|e| panic!("{}: {e}", r.name()));
-            out.push((flags.clone(), k));
-        }
-    }
-    out
 }
 
 /// Realistic inputs: p and g of order 1, states small and non-negative (second moments).
@@ -167,7 +144,7 @@ fn three_steps(k: &Kernel, cpu: &CpuKernel, input: &Tensor, off: usize) -> (Tens
 fn cpu_every_stdlib_rule_and_flag_set_is_exact_without_fma() {
     let mut rng = Rng::new(2024);
     for r in rules() {
-        for (flags, mut k) in kernels(&r) {
+        for (flags, mut k) in rule_kernels(&r) {
             with_weight_decay(&mut k);
             let Some(cpu) = compile(&k, false) else {
                 continue;
@@ -233,7 +210,7 @@ fn cpu_every_stdlib_rule_and_flag_set_with_fma_is_close() {
     let mut rng = Rng::new(7);
     let mut worst = 0.0f32;
     for r in rules() {
-        for (flags, mut k) in kernels(&r) {
+        for (flags, mut k) in rule_kernels(&r) {
             with_weight_decay(&mut k);
             let Some(cpu) = compile(&k, true) else {
                 continue;

@@ -222,20 +222,7 @@ impl CpuKernel {
     fn check(&self, stage: usize, tensor: usize, args: &TensorArgs<'_>) -> Result<(), CpuError> {
         let k = &self.kernel;
         let nu = k.stages[stage].uniforms.len();
-        if args.states.len() != k.states.len() {
-            return Err(CpuError::StateCount {
-                rule: k.rule.clone(),
-                tensor,
-                expected: k.states.len(),
-                names: k
-                    .states
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                found: args.states.len(),
-            });
-        }
+        check_state_count(k, tensor, args)?;
         if args.uniforms.len() != nu {
             return Err(CpuError::UniformCount {
                 rule: k.rule.clone(),
@@ -318,6 +305,30 @@ impl CpuKernel {
         let mut tensors = tensors;
         self.run_stage(0, &mut tensors, &mut Partials::new(), pool)
     }
+}
+
+/// Checks that `args` holds one buffer per state of `kernel`.
+fn check_state_count(
+    kernel: &Kernel,
+    tensor: usize,
+    args: &TensorArgs<'_>,
+) -> Result<(), CpuError> {
+    let k = kernel;
+    if args.states.len() != k.states.len() {
+        return Err(CpuError::StateCount {
+            rule: k.rule.clone(),
+            tensor,
+            expected: k.states.len(),
+            names: k
+                .states
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            found: args.states.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks that each buffer of `args` is in the dtype `kernel` stores it in.

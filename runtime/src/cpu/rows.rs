@@ -85,20 +85,7 @@ impl RowKernel {
         if t.args.grad.len() != n {
             return Err(length("g", n, t.args.grad.len()));
         }
-        if t.args.states.len() != k.states.len() {
-            return Err(CpuError::StateCount {
-                rule: k.rule.clone(),
-                tensor,
-                expected: k.states.len(),
-                names: k
-                    .states
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                found: t.args.states.len(),
-            });
-        }
+        super::check_state_count(k, tensor, &t.args)?;
         for (decl, s) in k.states.iter().zip(&t.args.states) {
             if s.len() != d.len(decl.shape) {
                 return Err(length(&decl.name, d.len(decl.shape), s.len()));

@@ -27,6 +27,7 @@ use crate::buf::{BufRef, BufVec};
 use crate::error::RuntimeError;
 use crate::executor::{Executor, Partials, StageTensor, StateInit, TensorData};
 use crate::matrix::cuda::{CudaMatrix, DeviceBuffers};
+use crate::state_slots;
 use crate::target::Target;
 use cudarc::driver::{CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 use cudarc::nvrtc::Ptx;
@@ -301,11 +302,7 @@ impl CudaExecutor {
 
     /// The storage dtype of state position `at` of parameter `param` (f32 unless set).
     fn dtype(&self, param: usize, at: usize) -> Dtype {
-        self.dtypes
-            .get(param)
-            .and_then(|d| d.get(at))
-            .copied()
-            .unwrap_or_default()
+        state_slots::dtype(&self.dtypes, param, at)
     }
 
     /// A new state buffer of `len` elements of storage dtype `d`, every one `init` or a copy of
@@ -346,13 +343,6 @@ impl CudaExecutor {
                 }
             }
         })
-    }
-
-    fn slot(&mut self, param: usize) -> &mut Vec<Option<DeviceBuf>> {
-        if self.states.len() <= param {
-            self.states.resize_with(param + 1, Vec::new);
-        }
-        &mut self.states[param]
     }
 
     /// Most blocks of a launch.
@@ -462,51 +452,25 @@ impl Executor for CudaExecutor {
             let d = self.dtype(param, at);
             buffers.push((at, self.new_state(len, d, i, data, &name)?));
         }
-        let states = self.slot(param);
-        states.resize_with(lens.len(), || None);
-        for (at, b) in buffers {
-            states[at] = Some(b);
-        }
+        state_slots::place(&mut self.states, param, lens.len(), buffers);
         Ok(())
     }
 
     fn set_state_dtypes(&mut self, param: usize, dtypes: Vec<Dtype>) -> Result<(), RuntimeError> {
-        if self.dtypes.len() <= param {
-            self.dtypes.resize_with(param + 1, Vec::new);
-        }
-        self.dtypes[param] = dtypes;
+        state_slots::set_dtypes(&mut self.dtypes, param, dtypes);
         Ok(())
     }
 
     fn state_bytes(&self, param: usize) -> usize {
-        self.states
-            .get(param)
-            .map_or(0, |s| s.iter().flatten().map(DeviceBuf::bytes).sum())
+        state_slots::bytes(&self.states, param, DeviceBuf::bytes)
     }
 
     fn drop_states(&mut self, param: usize, which: Option<&[usize]>) {
-        if let Some(s) = self.states.get_mut(param) {
-            match which {
-                None => s.clear(),
-                Some(which) => {
-                    for &i in which {
-                        if let Some(b) = s.get_mut(i) {
-                            *b = None;
-                        }
-                    }
-                    if s.iter().all(Option::is_none) {
-                        s.clear();
-                    }
-                }
-            }
-        }
+        state_slots::drop(&mut self.states, param, which);
     }
 
     fn allocated(&self, param: usize) -> Vec<bool> {
-        self.states
-            .get(param)
-            .map(|s| s.iter().map(Option::is_some).collect())
-            .unwrap_or_default()
+        state_slots::allocated(&self.states, param)
     }
 
     fn run_stage(
@@ -517,7 +481,7 @@ impl Executor for CudaExecutor {
     ) -> Result<Partials, RuntimeError> {
         let stream = self.stream.clone();
         if let Some(last) = tensors.iter().map(|t| t.param).max() {
-            self.slot(last);
+            state_slots::slot(&mut self.states, last);
         }
         let max_blocks = self.max_blocks();
         let loaded = &self.kernels[kernel];
@@ -748,7 +712,7 @@ impl Executor for CudaExecutor {
             uploaded.push((param, bufs));
         }
         for (param, bufs) in uploaded {
-            *self.slot(param) = bufs;
+            *state_slots::slot(&mut self.states, param) = bufs;
         }
         Ok(())
     }

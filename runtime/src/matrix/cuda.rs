@@ -52,11 +52,11 @@ pub(crate) const WIDEN_BF16_ENTRY: &str = "optc_widen_bf16";
 /// The name of the f16-to-f32 widening entry in [`round_bf16_ptx`]'s module.
 pub(crate) const WIDEN_F16_ENTRY: &str = "optc_widen_f16";
 
-/// A widening entry: `dst[i] = f32(src[i])` for `i < len`, `src` 16-bit values (`cvt` of
-/// `widen`: exact), a grid-stride loop. Params: `src: u64`, `dst: u64`, `len: u64`.
-fn widen_entry(name: &str, widen: &str) -> String {
+/// A PTX entry `name(src: u64, dst: u64, len: u64)`: a grid-stride loop over `i < len` with
+/// `%rd4` = `i`, `%rd1`/`%rd2` the global `src`/`dst` and `body` the loop's work for one `i`.
+fn grid_stride_entry(name: &str, body: &str) -> String {
     format!(
-        "\n.visible .entry {name}(\n\
+        ".visible .entry {name}(\n\
     .param .u64 src,\n\
     .param .u64 dst,\n\
     .param .u64 len\n\
@@ -84,18 +84,25 @@ fn widen_entry(name: &str, widen: &str) -> String {
 LOOP:\n\
     setp.ge.u64 %p1, %rd4, %rd3;\n\
     @%p1 bra DONE;\n\
-    shl.b64 %rd7, %rd4, 1;\n\
-    add.u64 %rd8, %rd1, %rd7;\n\
-    shl.b64 %rd7, %rd4, 2;\n\
-    add.u64 %rd9, %rd2, %rd7;\n\
-    ld.global.b16 %h1, [%rd8];\n\
-{widen}\
-    st.global.f32 [%rd9], %f1;\n\
+{body}\
     add.u64 %rd4, %rd4, %rd6;\n\
     bra LOOP;\n\
 DONE:\n\
     ret;\n\
 }}\n"
+    )
+}
+
+/// A widening entry: `dst[i] = f32(src[i])` for `i < len`, `src` 16-bit values (`cvt` of
+/// `widen`: exact), a grid-stride loop. Params: `src: u64`, `dst: u64`, `len: u64`.
+fn widen_entry(name: &str, widen: &str) -> String {
+    grid_stride_entry(
+        name,
+        &format!(
+            "shl.b64 %rd7, %rd4, 1;\nadd.u64 %rd8, %rd1, %rd7;\nshl.b64 %rd7, %rd4, 2;\n\
+             add.u64 %rd9, %rd2, %rd7;\nld.global.b16 %h1, [%rd8];\n{widen}\
+             st.global.f32 [%rd9], %f1;\n"
+        ),
     )
 }
 
@@ -106,51 +113,16 @@ DONE:\n\
 /// `cvt.rn.bf16.f32` needs `sm_80` and PTX ISA 7.0; the widening back to f32 is a shift of the
 /// bits (exact), so the module runs on every device the stage kernels do.
 pub(crate) fn round_bf16_ptx() -> String {
+    let round = grid_stride_entry(
+        ROUND_BF16_ENTRY,
+        "shl.b64 %rd7, %rd4, 2;\nadd.u64 %rd8, %rd1, %rd7;\nadd.u64 %rd9, %rd2, %rd7;\n\
+         ld.global.f32 %f1, [%rd8];\ncvt.rn.bf16.f32 %h1, %f1;\ncvt.u32.u16 %r5, %h1;\n\
+         shl.b32 %r6, %r5, 16;\nmov.b32 %f2, %r6;\nst.global.f32 [%rd9], %f2;\n",
+    );
     format!(
         "//\n// optc: bfloat16 rounding of matrix values (runtime/src/matrix/cuda.rs)\n//\n\n\
 .version 8.0\n.target sm_80\n.address_size 64\n\n\
-.visible .entry {ROUND_BF16_ENTRY}(\n\
-    .param .u64 src,\n\
-    .param .u64 dst,\n\
-    .param .u64 len\n\
-)\n\
-{{\n\
-    .reg .pred %p<2>;\n\
-    .reg .b16 %h<2>;\n\
-    .reg .b32 %r<8>;\n\
-    .reg .f32 %f<3>;\n\
-    .reg .b64 %rd<12>;\n\
-\n\
-    ld.param.u64 %rd1, [src];\n\
-    ld.param.u64 %rd2, [dst];\n\
-    ld.param.u64 %rd3, [len];\n\
-    cvta.to.global.u64 %rd1, %rd1;\n\
-    cvta.to.global.u64 %rd2, %rd2;\n\
-    mov.u32 %r1, %ctaid.x;\n\
-    mov.u32 %r2, %ntid.x;\n\
-    mov.u32 %r3, %tid.x;\n\
-    mov.u32 %r4, %nctaid.x;\n\
-    mul.wide.u32 %rd4, %r1, %r2;\n\
-    cvt.u64.u32 %rd5, %r3;\n\
-    add.u64 %rd4, %rd4, %rd5;\n\
-    mul.wide.u32 %rd6, %r4, %r2;\n\
-LOOP:\n\
-    setp.ge.u64 %p1, %rd4, %rd3;\n\
-    @%p1 bra DONE;\n\
-    shl.b64 %rd7, %rd4, 2;\n\
-    add.u64 %rd8, %rd1, %rd7;\n\
-    add.u64 %rd9, %rd2, %rd7;\n\
-    ld.global.f32 %f1, [%rd8];\n\
-    cvt.rn.bf16.f32 %h1, %f1;\n\
-    cvt.u32.u16 %r5, %h1;\n\
-    shl.b32 %r6, %r5, 16;\n\
-    mov.b32 %f2, %r6;\n\
-    st.global.f32 [%rd9], %f2;\n\
-    add.u64 %rd4, %rd4, %rd6;\n\
-    bra LOOP;\n\
-DONE:\n\
-    ret;\n\
-}}\n{}{}",
+{round}\n{}\n{}",
         widen_entry(
             WIDEN_BF16_ENTRY,
             "    cvt.u32.u16 %r5, %h1;\n    shl.b32 %r6, %r5, 16;\n    mov.b32 %f1, %r6;\n"
@@ -612,6 +584,19 @@ struct Queue<'a> {
 }
 
 impl Queue<'_> {
+    /// The launch of a grid-stride entry (`grid_stride_entry`) over `len` elements:
+    /// `ROUND_BLOCK` threads a block, one per block of elements up to the matrix's `max_blocks`.
+    fn grid(&self, len: usize) -> LaunchConfig {
+        let blocks = u32::try_from(len.div_ceil(ROUND_BLOCK as usize))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.m.max_blocks);
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (ROUND_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
     /// `len` 16-bit values of `d` at `src` widened into f32 scratch (kept live until the program
     /// ends); its address.
     fn widen(&mut self, d: Dtype, src: u64, len: usize) -> Result<u64, CudaError> {
@@ -626,14 +611,7 @@ impl Queue<'_> {
         };
         let func = func.clone();
         let (_, dst) = self.take(len)?;
-        let blocks = u32::try_from(len.div_ceil(ROUND_BLOCK as usize))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.m.max_blocks);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (ROUND_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = self.grid(len);
         let n = len as u64;
         let mut launch = self.stream.launch_builder(&func);
         launch.arg(&src).arg(&dst).arg(&n);
@@ -758,14 +736,7 @@ impl Device for Queue<'_> {
     }
 
     fn round(&mut self, src: u64, dst: u64, len: usize) -> Result<(), CudaError> {
-        let blocks = u32::try_from(len.div_ceil(ROUND_BLOCK as usize))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.m.max_blocks);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (ROUND_BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = self.grid(len);
         let len = len as u64;
         let mut launch = self.stream.launch_builder(&self.m.round);
         launch.arg(&src).arg(&dst).arg(&len);

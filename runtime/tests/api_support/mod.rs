@@ -238,3 +238,73 @@ pub fn dtype_settings() -> Vec<optc_kernel::Precision> {
         p(Dtype::F16, Dtype::Bf16, false, Some(4)),
     ]
 }
+
+/// A deterministic value in [-1, 1) for element `i` of stream `seed` (splitmix64's finalizer).
+pub fn value(seed: u64, i: usize) -> f32 {
+    let mut z = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(i as u64 + 1);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+}
+
+/// Whether stdlib rule `rule` has matrix stages (on matrices). A backend computes their products
+/// with its own library (`gemm` on the CPU, cuBLAS on CUDA), whose summation order differs from
+/// the interpreter's reference triple loop (docs/stages.md, "Matrix stages"), so the two agree
+/// within [`close`]'s budget, not bit for bit.
+pub fn has_matrix_stages(rule: &str) -> bool {
+    let r = match optc_compiler::stdlib::rule(rule) {
+        Some(Ok(r)) => r,
+        _ => panic!("{rule}: not a stdlib rule"),
+    };
+    let options = optc_compiler::CompileOptions {
+        rank: optc_kernel::RankClass::Matrix,
+        ..optc_compiler::CompileOptions::default()
+    };
+    r.flag_sets().iter().any(|flags| {
+        r.specialize_values_with(flags, &options)
+            .map(|k| k.stages.iter().any(|s| s.matrix.is_some()))
+            .unwrap_or(false)
+    })
+}
+
+/// `x` (from `backend`) within the matrix budget of `y` (from the interpreter), element by
+/// element: the products' f32 rounding in another order (relative 1e-4 of the tensor's largest
+/// value) plus one step of the coarsest storage dtype (2^-7 relative: a value a few f32 ulps
+/// away can round to the neighbouring bf16 or f16).
+pub fn close(x: &[f32], y: &[f32], what: &str, backend: &str) {
+    assert_eq!(x.len(), y.len(), "{what}: lengths");
+    let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (i, (&a, &b)) in x.iter().zip(y).enumerate() {
+        let tol = 1e-4 * scale + b.abs() * 2f32.powi(-7);
+        assert!(
+            (a - b).abs() <= tol || (a.is_nan() && b.is_nan()),
+            "{what}: element {i}: {backend} {a:e} vs interpreter {b:e} (budget {tol:e})"
+        );
+    }
+}
+
+/// An optimizer for stdlib rule `rule` on `target` with storage `prec`, without FMA (so the CPU
+/// can equal the interpreter bit for bit), with the parameters `params` (name, shape) added.
+pub fn optimizer(
+    rule: &str,
+    target: optc_runtime::Target,
+    prec: optc_kernel::Precision,
+    params: &[(&str, &[usize])],
+) -> optc_runtime::Optimizer {
+    let options = optc_runtime::Options {
+        target,
+        precision: prec,
+        allow_fma: false,
+        ..optc_runtime::Options::default()
+    };
+    let r = optc_runtime::Rule::stdlib(rule).expect("stdlib rule");
+    let mut opt = optc_runtime::Optimizer::with_options(r, options)
+        .unwrap_or_else(|e| panic!("{rule} {prec:?}: {e}"));
+    for &(name, shape) in params {
+        opt.add_param(name, shape).expect("add");
+    }
+    opt
+}

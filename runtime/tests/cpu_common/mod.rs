@@ -6,6 +6,7 @@
 pub mod kernels;
 
 use optc_compiler::backend::interp::{step_f32, Buffers};
+use optc_compiler::{CompileOptions, RankClass, Rule};
 use optc_kernel::matrix::{self, Mat, WideView};
 use optc_kernel::reduce::{combine, combine_totals};
 use optc_kernel::Kernel;
@@ -221,19 +222,7 @@ pub fn cpu_step_viewed(
             .collect();
         cpu.run_stage(s, &mut args, &mut partials, pool)
             .expect("run_stage");
-        for (o, out) in stage.reduce.iter().enumerate() {
-            let id = out.reduction.index();
-            let decl = &k.reductions[id];
-            for (i, r) in reduced.iter_mut().enumerate() {
-                r[id] = combine(decl.op, partials.get(i, o).iter().copied());
-            }
-            if decl.scope == Scope::Step {
-                let total = combine_totals(decl.op, reduced.iter().map(|r| r[id]));
-                for r in &mut reduced {
-                    r[id] = total;
-                }
-            }
-        }
+        fold_partials(k, s, &partials, &mut reduced);
     }
     for ((sc, r), view) in scalars.iter_mut().zip(&reduced).zip(views) {
         *sc = k
@@ -242,6 +231,24 @@ pub fn cpu_step_viewed(
             .scalars;
     }
     reduced
+}
+
+/// Folds the partials stage `stage` of `k` wrote (one set per tensor, in `partials`) into each
+/// tensor's reductions `reduced`, a step-scoped reduction into one total across the tensors.
+pub fn fold_partials(k: &Kernel, stage: usize, partials: &Partials, reduced: &mut [Vec<f64>]) {
+    for (o, out) in k.stages[stage].reduce.iter().enumerate() {
+        let id = out.reduction.index();
+        let decl = &k.reductions[id];
+        for (i, r) in reduced.iter_mut().enumerate() {
+            r[id] = combine(decl.op, partials.get(i, o).iter().copied());
+        }
+        if decl.scope == Scope::Step {
+            let total = combine_totals(decl.op, reduced.iter().map(|r| r[id]));
+            for r in reduced.iter_mut() {
+                r[id] = total;
+            }
+        }
+    }
 }
 
 /// Steps `t` from element `off` on with the reference interpreter (f32).
@@ -302,4 +309,46 @@ pub fn assert_same(a: &Tensor, b: &Tensor, what: &str) {
             );
         }
     }
+}
+
+/// Every kernel of `r`: one per flag set, and per rank class for rules that read `matrix`.
+pub fn rule_kernels(r: &Rule) -> Vec<(Vec<bool>, Kernel)> {
+    let ranks: &[RankClass] = if r.uses_rank() {
+        &[RankClass::Matrix, RankClass::Vector]
+    } else {
+        &[RankClass::Any]
+    };
+    let mut out = Vec::new();
+    for flags in r.flag_sets() {
+        for &rank in ranks {
+            let options = CompileOptions {
+                rank,
+                ..CompileOptions::default()
+            };
+            let k = r
+                .specialize_values_with(&flags, &options)
+                .unwrap_or_else(|e| panic!("{}: {e}", r.name()));
+            out.push((flags.clone(), k));
+        }
+    }
+    out
+}
+
+/// The kernels of [`rule_kernels`] without matrix stages, a weight decay that defaults to 0
+/// defaulting to 0.01 (so the decay runs). Kernels with matrix stages (Muon's matrices, whose
+/// states stay f32) step through the optimizer's matrix views: tests/api_dtypes.rs and
+/// tests/api_int8.rs run them.
+pub fn elementwise_kernels(r: &Rule) -> Vec<(Vec<bool>, Kernel)> {
+    rule_kernels(r)
+        .into_iter()
+        .filter(|(_, k)| k.stages.iter().all(|s| s.matrix.is_none()))
+        .map(|(flags, mut k)| {
+            for h in &mut k.hypers {
+                if h.name == "weight_decay" && h.default == 0.0 {
+                    h.default = 0.01;
+                }
+            }
+            (flags, k)
+        })
+        .collect()
 }

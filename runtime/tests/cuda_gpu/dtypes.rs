@@ -14,12 +14,13 @@
 //! Needs an NVIDIA GPU and driver; without one each test prints why it is skipped and passes,
 //! unless `OPTC_REQUIRE_GPU` is set, where it fails.
 
-use super::{api_support, gpu_present};
+use super::api_support::{self, close, has_matrix_stages, value};
+use super::gpu_present;
 use half::{bf16, f16};
 use optc_kernel::{Dtype, Precision};
 use optc_runtime::buf::{BufMut, BufRef};
 use optc_runtime::cuda::cudarc::driver::{CudaSlice, CudaStream};
-use optc_runtime::{Optimizer, Options, Rule, RuntimeError, Target, Update};
+use optc_runtime::{Optimizer, RuntimeError, Target, Update};
 use std::sync::Arc;
 
 /// Every tensor twice: the CUDA optimizer steps the first three from host buffers and the last
@@ -35,17 +36,6 @@ const SIZES: [(&str, &[usize]); 6] = [
 
 /// How many of `SIZES` a CUDA optimizer steps from host buffers (the rest from device buffers).
 const HOST: usize = 3;
-
-/// A deterministic value in [-1, 1) for element `i` of stream `seed`.
-fn value(seed: u64, i: usize) -> f32 {
-    let mut z = seed
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(i as u64 + 1);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-}
 
 fn len(shape: &[usize]) -> usize {
     shape.iter().product()
@@ -65,18 +55,7 @@ fn settings() -> Vec<Precision> {
 }
 
 fn optimizer(rule: &str, target: Target, prec: Precision) -> Optimizer {
-    let options = Options {
-        target,
-        precision: prec,
-        allow_fma: false,
-        ..Options::default()
-    };
-    let mut opt = Optimizer::with_options(Rule::stdlib(rule).expect("stdlib rule"), options)
-        .unwrap_or_else(|e| panic!("{rule} {prec:?}: {e}"));
-    for (name, shape) in SIZES {
-        opt.add_param(name, shape).expect("add");
-    }
-    opt
+    api_support::optimizer(rule, target, prec, &SIZES)
 }
 
 /// One tensor in host memory, in the optimizer's dtype.
@@ -216,43 +195,13 @@ fn bits(x: &[f32]) -> Vec<u32> {
         .collect()
 }
 
-/// Whether stdlib rule `rule` has matrix stages on matrices (products by cuBLAS).
-fn has_matrix_stages(rule: &str) -> bool {
-    let r = match optc_compiler::stdlib::rule(rule) {
-        Some(Ok(r)) => r,
-        _ => panic!("{rule}: not a stdlib rule"),
-    };
-    let options = optc_compiler::CompileOptions {
-        rank: optc_kernel::RankClass::Matrix,
-        ..optc_compiler::CompileOptions::default()
-    };
-    r.flag_sets().iter().any(|flags| {
-        r.specialize_values_with(flags, &options)
-            .map(|k| k.stages.iter().any(|s| s.matrix.is_some()))
-            .unwrap_or(false)
-    })
-}
-
-/// `x` within the matrix budget of `y` (as `runtime/tests/api_dtypes.rs`'s `close`).
-fn close(x: &[f32], y: &[f32], what: &str) {
-    assert_eq!(x.len(), y.len(), "{what}: lengths");
-    let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
-    for (i, (&a, &b)) in x.iter().zip(y).enumerate() {
-        let tol = 1e-4 * scale + b.abs() * 2f32.powi(-7);
-        assert!(
-            (a - b).abs() <= tol || (a.is_nan() && b.is_nan()),
-            "{what}: element {i}: cuda {a:e} vs interpreter {b:e} (budget {tol:e})"
-        );
-    }
-}
-
 /// `got` (CUDA) against `want` (the interpreter): parameters and every state.
 fn compare(rule: &str, what: &str, got: (&[Host], &Optimizer), want: (&[Host], &Optimizer)) {
     let matrix = has_matrix_stages(rule);
     for ((x, y), (name, _)) in got.0.iter().zip(want.0).zip(SIZES) {
         let w = format!("{rule} {what}: parameter {name}");
         if matrix {
-            close(&x.to_f32(), &y.to_f32(), &w);
+            close(&x.to_f32(), &y.to_f32(), &w, "cuda");
         } else {
             assert_eq!(bits(&x.to_f32()), bits(&y.to_f32()), "{w}");
         }
@@ -264,7 +213,7 @@ fn compare(rule: &str, what: &str, got: (&[Host], &Optimizer), want: (&[Host], &
         for ((n, a), (_, b)) in sa.iter().zip(&sb) {
             let w = format!("{rule} {what}: state {name}.{n}");
             if matrix {
-                close(a, b, &w);
+                close(a, b, &w, "cuda");
             } else {
                 assert_eq!(bits(a), bits(b), "{w}");
             }

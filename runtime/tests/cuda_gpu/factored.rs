@@ -14,32 +14,9 @@
 #![cfg(all(feature = "cuda", feature = "compiler"))]
 
 use super::api_support::{bits, data};
-use optc_runtime::cuda::{devices, driver_available, LaunchShape};
+use super::gpu_present;
+use optc_runtime::cuda::LaunchShape;
 use optc_runtime::{Optimizer, Options, Rule, Target, Update};
-
-/// Whether a GPU is present; prints the reason when not (and fails under `OPTC_REQUIRE_GPU`).
-fn gpu_present(test: &str) -> bool {
-    let reason = if !driver_available() {
-        Some("no CUDA driver".to_string())
-    } else {
-        match devices() {
-            Ok(d) if !d.is_empty() => None,
-            Ok(_) => Some("no CUDA device".to_string()),
-            Err(e) => Some(e.to_string()),
-        }
-    };
-    match reason {
-        None => true,
-        Some(r) => {
-            assert!(
-                std::env::var_os("OPTC_REQUIRE_GPU").is_none(),
-                "{test}: {r}, but OPTC_REQUIRE_GPU is set"
-            );
-            eprintln!("SKIPPED {test}: {r}");
-            false
-        }
-    }
-}
 
 const SHAPES: [&[usize]; 7] = [
     &[1000],

@@ -8,44 +8,9 @@
 //! unless `OPTC_REQUIRE_GPU` is set (as on GPU CI machines), where it fails.
 #![cfg(all(feature = "cuda", feature = "compiler"))]
 
-use optc_runtime::cuda::{devices, driver_available};
+use super::api_support::data;
+use super::gpu_present;
 use optc_runtime::{Optimizer, Options, Rule, Target, Update};
-
-/// Whether a GPU is present; prints the reason when not (and fails under `OPTC_REQUIRE_GPU`).
-fn gpu_present(test: &str) -> bool {
-    let reason = if !driver_available() {
-        Some("no CUDA driver".to_string())
-    } else {
-        match devices() {
-            Ok(d) if !d.is_empty() => None,
-            Ok(_) => Some("no CUDA device".to_string()),
-            Err(e) => Some(e.to_string()),
-        }
-    };
-    match reason {
-        None => true,
-        Some(r) => {
-            assert!(
-                std::env::var_os("OPTC_REQUIRE_GPU").is_none(),
-                "{test}: {r}, but OPTC_REQUIRE_GPU is set"
-            );
-            eprintln!("SKIPPED {test}: {r}");
-            false
-        }
-    }
-}
-
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(2654435761).wrapping_add(12345);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 const S: f64 = 4096.0;
 const LENS: [usize; 3] = [5000, 7, 4096];
