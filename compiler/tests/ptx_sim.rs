@@ -21,6 +21,7 @@
 
 mod ptx_kernels;
 mod ptxsim;
+mod storage_settings;
 
 use optc_compiler::backend::interp::{run_stage_matrix, Buffers};
 use optc_compiler::backend::ptx::{emit, Options};
@@ -827,22 +828,14 @@ fn special_values_propagate_as_in_the_interpreter() {
 /// vector, scalar and multi entries; `int8_entries_compute_what_the_interpreter_does` runs the
 /// `_q8` ones).
 fn storage_settings() -> Vec<optc_kernel::Precision> {
-    let p = |param, state, master_weights, stochastic_rounding| optc_kernel::Precision {
-        param,
-        state,
-        master_weights,
-        stochastic_rounding,
-    };
-    vec![
-        p(Dtype::Bf16, Dtype::Bf16, false, None),
-        p(Dtype::F16, Dtype::F32, false, None),
-        p(Dtype::F32, Dtype::Bf16, false, None),
-        p(Dtype::Bf16, Dtype::Bf16, true, None),
-        p(Dtype::F16, Dtype::Bf16, true, None),
-        p(Dtype::Bf16, Dtype::F32, false, Some(3)),
-        p(Dtype::F16, Dtype::Bf16, false, Some(4)),
-        p(Dtype::F16, Dtype::Int8, false, Some(5)),
-    ]
+    let mut out = storage_settings::api_dtypes();
+    out.push(storage_settings::precision(
+        Dtype::F16,
+        Dtype::Int8,
+        false,
+        Some(5),
+    ));
+    out
 }
 
 /// Every stdlib rule at its default flags (both rank classes, loss-scaled too, and its kernel
