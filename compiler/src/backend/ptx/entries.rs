@@ -283,9 +283,7 @@ impl Lowering<'_> {
         asm.place(&body);
         asm.ins(format!("shl.b64 {off}, {i}, 4"));
         self.elements(&mut asm, &frame, &off, 4)?;
-        asm.ins(format!("add.s64 {i}, {i}, {stride}"));
-        asm.ins(format!("setp.lt.u64 {p}, {i}, {groups}"));
-        asm.ins(format!("@{p} bra {body}"));
+        asm.loop_back(&i, &stride, &groups, &p, &body);
         asm.place(&tail);
         let (j, toff, q) = (asm.rd(), asm.rd(), asm.p());
         asm.ins(format!("shl.b64 {j}, {groups}, 2"));
@@ -312,9 +310,7 @@ impl Lowering<'_> {
         asm.place(&body);
         asm.ins(format!("shl.b64 {off}, {i}, 2"));
         self.elements(&mut asm, &frame, &off, 1)?;
-        asm.ins(format!("add.s64 {i}, {i}, {stride}"));
-        asm.ins(format!("setp.lt.u64 {p}, {i}, {n}"));
-        asm.ins(format!("@{p} bra {body}"));
+        asm.loop_back(&i, &stride, &n, &p, &body);
         asm.place(&done);
         asm.ins("ret");
         Ok(entry_text(name, &self.single_param_decls(name), asm))
@@ -453,9 +449,7 @@ impl Lowering<'_> {
         asm.place(&vbody);
         asm.ins(format!("shl.b64 {off}, {i}, 2"));
         self.elements(&mut asm, &frame, &off, 4)?;
-        asm.ins(format!("add.s64 {i}, {i}, {vstep}"));
-        asm.ins(format!("setp.lt.u64 {q}, {i}, {vend}"));
-        asm.ins(format!("@{q} bra {vbody}"));
+        asm.loop_back(&i, &vstep, &vend, &q, &vbody);
 
         // Single elements: j = vend + tid, step ntid.
         asm.place(&scalar);
@@ -467,14 +461,10 @@ impl Lowering<'_> {
         asm.place(&sbody);
         asm.ins(format!("shl.b64 {soff}, {j}, 2"));
         self.elements(&mut asm, &frame, &soff, 1)?;
-        asm.ins(format!("add.s64 {j}, {j}, {ntid64}"));
-        asm.ins(format!("setp.lt.u64 {r}, {j}, {end}"));
-        asm.ins(format!("@{r} bra {sbody}"));
+        asm.loop_back(&j, &ntid64, &end, &r, &sbody);
 
         asm.place(&next);
-        asm.ins(format!("add.s64 {c}, {c}, {nctaid64}"));
-        asm.ins(format!("setp.lt.u64 {p}, {c}, {num_chunks}"));
-        asm.ins(format!("@{p} bra {chunk_loop}"));
+        asm.loop_back(&c, &nctaid64, &num_chunks, &p, &chunk_loop);
         asm.place(&done);
         asm.ins("ret");
         Ok(entry_text(name, &params, asm))

@@ -376,9 +376,7 @@ impl Entry<'_> {
         self.load_vectors(&mut asm, &frame, VecShape::Cols, &coff, &mut vals);
         let xs = self.element(&mut asm, &frame, &off, &vals)?;
         self.low.fold_into(&mut asm, &self.low.ops(), &accs, &xs);
-        asm.ins(format!("add.s64 {i}, {i}, {REDUCE_LANES}"));
-        asm.ins(format!("setp.lt.u64 {more}, {i}, {lim}"));
-        asm.ins(format!("@{more} bra {eloop}"));
+        asm.loop_back(&i, REDUCE_LANES, &lim, &more, &eloop);
         // The tree over the lanes (every lane of the warp is here again).
         asm.place(&tree);
         if !accs.is_empty() {
@@ -389,9 +387,7 @@ impl Entry<'_> {
             self.store_partials(&mut asm, &frame, &accs, &total, &rb);
             asm.place(&skip);
         }
-        asm.ins(format!("add.s64 {rb}, {rb}, {warps}"));
-        asm.ins(format!("setp.lt.u64 {p}, {rb}, {total}"));
-        asm.ins(format!("@{p} bra {lp}"));
+        asm.loop_back(&rb, &warps, &total, &p, &lp);
         asm.place(&done);
         asm.ins("ret");
         Ok(self.finish(asm))
@@ -461,13 +457,9 @@ impl Entry<'_> {
         self.low.fold_into(&mut asm, &self.low.ops(), &accs, &xs);
         asm.ins(format!("add.s64 {e}, {e}, {}", frame.cols));
         asm.ins(format!("add.s64 {row}, {row}, 1"));
-        asm.ins(format!("add.s64 {rr}, {rr}, 1"));
-        asm.ins(format!("setp.lt.u64 {more}, {rr}, {r1}"));
-        asm.ins(format!("@{more} bra {rloop}"));
+        asm.loop_back(&rr, 1, &r1, &more, &rloop);
         self.store_partials(&mut asm, &frame, &accs, &total, &t);
-        asm.ins(format!("add.s64 {t}, {t}, {stride}"));
-        asm.ins(format!("setp.lt.u64 {p}, {t}, {total}"));
-        asm.ins(format!("@{p} bra {lp}"));
+        asm.loop_back(&t, &stride, &total, &p, &lp);
         asm.place(&done);
         asm.ins("ret");
         Ok(self.finish(asm))

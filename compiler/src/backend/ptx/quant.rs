@@ -158,9 +158,7 @@ impl Lowering<'_> {
             &ops,
             &accs,
         )?;
-        asm.ins(format!("add.s64 {qb}, {qb}, 1"));
-        asm.ins(format!("setp.lt.u64 {p}, {qb}, {qend}"));
-        asm.ins(format!("@{p} bra {q_loop}"));
+        asm.loop_back(&qb, 1, &qend, &p, &q_loop);
         asm.place(&q_done);
 
         if let Some(partials) = &partials {
@@ -170,9 +168,7 @@ impl Lowering<'_> {
             asm.ins(format!("shr.u64 {blocks}, {t}, 12"));
             store_partials(&mut asm, partials, &accs, &blocks, &w, Some(&lane0));
         }
-        asm.ins(format!("add.s64 {w}, {w}, {warps}"));
-        asm.ins(format!("setp.lt.u64 {p}, {w}, {units}"));
-        asm.ins(format!("@{p} bra {unit_loop}"));
+        asm.loop_back(&w, &warps, &units, &p, &unit_loop);
         asm.place(&done);
         asm.ins("ret");
         let params = param_decls(name, &single_params(self.kernel, self.stage_index));

@@ -242,9 +242,7 @@ impl Lowering<'_> {
                 }
                 asm.ins("bar.warp.sync -1");
             }
-            asm.ins(format!("add.s64 {e}, {e}, {}", 4 * REDUCE_LANES));
-            asm.ins(format!("setp.lt.u64 {more}, {e}, {end}"));
-            asm.ins(format!("@{more} bra {vloop}"));
+            asm.loop_back(&e, 4 * REDUCE_LANES, &end, &more, &vloop);
             asm.ins(format!("bra {tree}"));
         }
         // One element per lane: lane k takes elements start + k + 32 i, i < lim.
@@ -260,9 +258,7 @@ impl Lowering<'_> {
         let values = self.elements(asm, frame, &off, 1)?;
         let xs: Vec<Reg> = values.iter().map(|v| v[0].clone()).collect();
         self.fold_into(asm, &ops, &accs, &xs);
-        asm.ins(format!("add.s64 {i}, {i}, {REDUCE_LANES}"));
-        asm.ins(format!("setp.lt.u64 {more}, {i}, {lim}"));
-        asm.ins(format!("@{more} bra {sloop}"));
+        asm.loop_back(&i, REDUCE_LANES, &lim, &more, &sloop);
         // The tree over the lanes (every lane of the warp is here again).
         asm.place(&tree);
         self.lane_tree(asm, &ops, &accs);
@@ -322,9 +318,7 @@ impl Lowering<'_> {
                 Vector::Never
             },
         )?;
-        asm.ins(format!("add.s64 {b}, {b}, {warps}"));
-        asm.ins(format!("setp.lt.u64 {p}, {b}, {blocks}"));
-        asm.ins(format!("@{p} bra {lp}"));
+        asm.loop_back(&b, &warps, &blocks, &p, &lp);
         asm.place(&done);
         asm.ins("ret");
         let params = self.single_param_decls(name);
@@ -403,13 +397,9 @@ impl Lowering<'_> {
             &partials,
             Vector::If(&aligned),
         )?;
-        asm.ins(format!("add.s64 {b}, {b}, {wpb64}"));
-        asm.ins(format!("setp.lt.u64 {q}, {b}, {last}"));
-        asm.ins(format!("@{q} bra {lp}"));
+        asm.loop_back(&b, &wpb64, &last, &q, &lp);
         asm.place(&next);
-        asm.ins(format!("add.s64 {c}, {c}, {nctaid64}"));
-        asm.ins(format!("setp.lt.u64 {p}, {c}, {num_chunks}"));
-        asm.ins(format!("@{p} bra {chunk_loop}"));
+        asm.loop_back(&c, &nctaid64, &num_chunks, &p, &chunk_loop);
         asm.place(&done);
         asm.ins("ret");
         Ok(format!(
