@@ -11,68 +11,7 @@ mod ptxas;
 mod storage_settings;
 
 use optc_compiler::backend::ptx::{emit, Options};
-use optc_compiler::passes::CompileOptions;
-use optc_compiler::{stdlib, Kernel};
-use optc_kernel::RankClass;
-
-/// Every stdlib rule (staged ones included) in every flag combination and rank class, each
-/// also clipped by the global norm, loss-scaled, and both, with its default flags (and the
-/// variants of each), then the hand-built kernels.
-fn kernels() -> Vec<(String, Kernel)> {
-    let mut out = Vec::new();
-    for name in stdlib::names() {
-        let rule = match stdlib::rule(name) {
-            Some(Ok(rule)) => rule,
-            other => panic!("stdlib rule {name} does not compile: {other:?}"),
-        };
-        let ranks = if rule.uses_rank() {
-            vec![RankClass::Matrix, RankClass::Vector]
-        } else {
-            vec![RankClass::Any]
-        };
-        for rank in ranks {
-            for (i, flags) in rule.flag_sets().into_iter().enumerate() {
-                for (clip, loss_scale) in
-                    [(false, false), (true, false), (false, true), (true, true)]
-                {
-                    if (clip || loss_scale) && i > 0 {
-                        continue;
-                    }
-                    let options = CompileOptions {
-                        clip,
-                        loss_scale,
-                        rank,
-                    };
-                    let kernel = rule
-                        .specialize_values_with(&flags, &options)
-                        .unwrap_or_else(|e| panic!("{name} {flags:?} {options:?}: {e}"));
-                    let bits: String = flags.iter().map(|f| if *f { '1' } else { '0' }).collect();
-                    let tag = format!(
-                        "{rank:?}{}{}",
-                        if clip { "-clip" } else { "" },
-                        if loss_scale { "-scale" } else { "" }
-                    );
-                    out.push((format!("{name}-{bits}-{tag}"), kernel));
-                    // The kernel variants the runtime picks between (the first flag set's).
-                    if i == 0 && !clip {
-                        // (With loss scaling too: its variants keep the check in stage 0.)
-                        let conds = rule.conditions(&flags, &options).expect("ok");
-                        for v in conds.variants().filter(|_| !conds.is_empty()) {
-                            let k = rule
-                                .specialize_variant(&flags, &options, v)
-                                .unwrap_or_else(|e| panic!("{name} {v}: {e}"));
-                            out.push((format!("{name}-{bits}-{tag}-{v}"), k));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for kernel in ptx_kernels::all() {
-        out.push((kernel.rule.replace(' ', "_"), kernel));
-    }
-    out
-}
+use optc_compiler::stdlib;
 
 #[test]
 fn ptxas_accepts_every_stdlib_rule_and_hand_built_kernel() {
@@ -80,7 +19,7 @@ fn ptxas_accepts_every_stdlib_rule_and_hand_built_kernel() {
         return;
     };
     let mut jobs = Vec::new();
-    for (label, kernel) in kernels() {
+    for (label, kernel, _) in ptx_kernels::every::kernels() {
         for fast_math in [false, true] {
             let opts = Options {
                 fast_math,
@@ -124,7 +63,7 @@ fn ptxas_accepts_every_stdlib_rule_under_storage_dtypes() {
     let mut jobs = Vec::new();
     let mut rules = std::collections::BTreeSet::new();
     let mut first = std::collections::BTreeSet::new();
-    for (label, kernel) in kernels() {
+    for (label, kernel, _) in ptx_kernels::every::kernels() {
         // Stdlib kernels of the default flag set (labels `NAME-BITS-...`, BITS all 0).
         if !label
             .split('-')

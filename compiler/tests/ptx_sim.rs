@@ -63,63 +63,6 @@ fn data(n: usize, seed: u64, lo: f32) -> Vec<f32> {
         .collect()
 }
 
-/// (label, kernel, at default flags).
-fn kernels() -> Vec<(String, Kernel, bool)> {
-    let mut out = Vec::new();
-    for name in stdlib::names() {
-        let rule = match stdlib::rule(name) {
-            Some(Ok(rule)) => rule,
-            other => panic!("stdlib rule {name} does not compile: {other:?}"),
-        };
-        let ranks = if rule.uses_rank() {
-            vec![RankClass::Matrix, RankClass::Vector]
-        } else {
-            vec![RankClass::Any]
-        };
-        for rank in ranks {
-            for (i, flags) in rule.flag_sets().into_iter().enumerate() {
-                for (clip, loss_scale) in
-                    [(false, false), (true, false), (false, true), (true, true)]
-                {
-                    if (clip || loss_scale) && i > 0 {
-                        continue;
-                    }
-                    let options = CompileOptions {
-                        clip,
-                        loss_scale,
-                        rank,
-                    };
-                    let kernel = rule
-                        .specialize_values_with(&flags, &options)
-                        .unwrap_or_else(|e| panic!("{name} {flags:?} {options:?}: {e}"));
-                    let bits: String = flags.iter().map(|f| if *f { '1' } else { '0' }).collect();
-                    let tag = format!(
-                        "{rank:?}{}{}",
-                        if clip { "-clip" } else { "" },
-                        if loss_scale { "-scale" } else { "" }
-                    );
-                    out.push((format!("{name}-{bits}-{tag}"), kernel, i == 0 && !clip));
-                    // The kernel variants the runtime picks between (the first flag set's, loss
-                    // scaled too), as ptx_ptxas walks them.
-                    if i == 0 && !clip {
-                        let conds = rule.conditions(&flags, &options).expect("ok");
-                        for v in conds.variants().filter(|_| !conds.is_empty()) {
-                            let k = rule
-                                .specialize_variant(&flags, &options, v)
-                                .unwrap_or_else(|e| panic!("{name} {v}: {e}"));
-                            out.push((format!("{name}-{bits}-{tag}-{v}"), k, false));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for kernel in ptx_kernels::all() {
-        out.push((kernel.rule.replace(' ', "_"), kernel, true));
-    }
-    out
-}
-
 /// Whether every float op of the module is correctly rounded (so the emulator is bit exact).
 fn exact(source: &str) -> bool {
     !source.contains(".approx") && !source.contains(".full") && !source.contains(".ftz")
@@ -703,7 +646,7 @@ fn flat(n: usize) -> MatrixDims {
 fn every_stdlib_rule_and_hand_built_kernel_computes_what_the_interpreter_does() {
     let mut failures = Vec::new();
     let (mut launches, mut modules, mut exact_modules) = (0, 0, 0);
-    let all = kernels();
+    let all = ptx_kernels::every::kernels();
     let stdlib_count = all.len() - ptx_kernels::all().len();
     for (i, (label, kernel, default)) in all.into_iter().enumerate() {
         for fast_math in [false, true] {
@@ -792,7 +735,7 @@ fn every_stdlib_rule_and_hand_built_kernel_computes_what_the_interpreter_does() 
 #[test]
 fn special_values_propagate_as_in_the_interpreter() {
     let mut failures = Vec::new();
-    for (label, kernel, _) in kernels() {
+    for (label, kernel, _) in ptx_kernels::every::kernels() {
         for fast_math in [false, true] {
             SPECIALS.with(|s| s.set(if fast_math { 2 } else { 1 }));
             let opts = Options {
@@ -850,7 +793,7 @@ fn every_stdlib_rule_under_every_storage_setting_computes_what_the_interpreter_d
     let mut failures = Vec::new();
     let (mut runs, mut stochastic) = (0, 0);
     let mut first = std::collections::BTreeSet::new();
-    for (label, base, default) in kernels() {
+    for (label, base, default) in ptx_kernels::every::kernels() {
         if !default || !stdlib::names().any(|r| r == base.rule) {
             continue;
         }
@@ -1414,7 +1357,7 @@ fn int8_entries_compute_what_the_interpreter_does() {
     let n = 2 * REDUCE_BLOCK + 37;
     let mut failures = Vec::new();
     let mut checked = 0;
-    for ((label, base, default), precision) in kernels()
+    for ((label, base, default), precision) in ptx_kernels::every::kernels()
         .into_iter()
         .flat_map(|k| settings.map(|p| (k.clone(), p)))
     {
