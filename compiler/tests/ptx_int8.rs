@@ -9,49 +9,14 @@
 //! except under CI (env `CI` set), where a missing ptxas is a failure. (`ptx_sim` runs the `_q8`
 //! entries against the interpreter.)
 
+mod ptxas;
+
 use optc_compiler::backend::ptx::{emit, Options};
 use optc_compiler::passes::CompileOptions;
 use optc_compiler::{stdlib, Kernel};
 use optc_kernel::abi;
 use optc_kernel::quant::DynamicMap;
 use optc_kernel::{Dtype, Precision, RankClass};
-use std::path::PathBuf;
-use std::process::Command;
-
-fn find_ptxas() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("OPTC_PTXAS") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("ptxas"))
-        .find(|p| p.is_file())
-}
-
-fn assemble(ptxas: &PathBuf, source: &str, name: &str, arch: &str) -> Result<(), String> {
-    let dir = std::env::temp_dir().join(format!("optc-ptx-int8-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let input = dir.join(format!("{name}.ptx"));
-    let output = dir.join(format!("{name}-{arch}.cubin"));
-    std::fs::write(&input, source).map_err(|e| e.to_string())?;
-    let out = Command::new(ptxas)
-        .arg(format!("-arch={arch}"))
-        .arg("-o")
-        .arg(&output)
-        .arg(&input)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", ptxas.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ptxas -arch={arch} failed ({}) on {}:\n{}",
-            out.status,
-            input.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
 
 /// Every stdlib kernel with int8 states (factored kernels keep f32 states and are skipped).
 fn kernels() -> Vec<(String, Kernel)> {
@@ -190,31 +155,10 @@ fn every_stdlib_rule_with_int8_states_has_q8_entries_that_ptxas_accepts() {
             }
         }
     }
-    let Some(ptxas) = find_ptxas() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "ptxas not found (set OPTC_PTXAS or put it on PATH; .ci/fetch-ptxas.sh downloads it)"
-        );
-        eprintln!("SKIPPED: ptxas not found; set OPTC_PTXAS or run .ci/fetch-ptxas.sh");
+    let Some(ptxas) = ptxas::find_or_skip() else {
         return;
     };
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failures = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((name, source, arch)) = jobs.get(i) else {
-                    break;
-                };
-                if let Err(e) = assemble(&ptxas, source, name, arch) {
-                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(e);
-                }
-            });
-        }
-    });
-    let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    let failures = ptxas::assemble_all(&ptxas, "int8", &jobs);
     // Every rule with int8 states is assembled.
     let covered: std::collections::BTreeSet<&str> = kernels
         .iter()
@@ -229,9 +173,6 @@ fn every_stdlib_rule_with_int8_states_has_q8_entries_that_ptxas_accepts() {
         failures.is_empty(),
         "{}",
         &failures[..failures.len().min(3)].join("\n\n")
-    );
-    let _ = std::fs::remove_dir_all(
-        std::env::temp_dir().join(format!("optc-ptx-int8-{}", std::process::id())),
     );
     eprintln!("ptxas accepted {} int8 modules", jobs.len());
 }

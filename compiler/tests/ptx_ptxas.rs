@@ -7,132 +7,19 @@
 //! under CI (env `CI` set), where a missing ptxas is a failure.
 
 mod ptx_kernels;
+mod ptxas;
+mod storage_settings;
 
 use optc_compiler::backend::ptx::{emit, Options};
-use optc_compiler::passes::CompileOptions;
-use optc_compiler::{stdlib, Kernel};
-use optc_kernel::RankClass;
-use std::path::PathBuf;
-use std::process::Command;
-
-fn find_ptxas() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("OPTC_PTXAS") {
-        return Some(PathBuf::from(p));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("ptxas"))
-        .find(|p| p.is_file())
-}
-
-/// This test's scratch directory `optc-ptx-<what>-<pid>` (one per test: each removes its own).
-fn scratch(what: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("optc-ptx-{what}-{}", std::process::id()))
-}
-
-/// Runs ptxas on `source` for `arch` in `dir`; returns its stderr on failure.
-fn assemble(
-    ptxas: &PathBuf,
-    dir: &std::path::Path,
-    source: &str,
-    name: &str,
-    arch: &str,
-) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    // One input per job: the sm_80 and sm_90 jobs of a module run at the same time.
-    let input = dir.join(format!("{name}-{arch}.ptx"));
-    let output = dir.join(format!("{name}-{arch}.cubin"));
-    std::fs::write(&input, source).map_err(|e| e.to_string())?;
-    let out = Command::new(ptxas)
-        .arg(format!("-arch={arch}"))
-        .arg("-o")
-        .arg(&output)
-        .arg(&input)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", ptxas.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ptxas -arch={arch} failed ({}) on {}:\n{}",
-            out.status,
-            input.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// Every stdlib rule (staged ones included) in every flag combination and rank class, each
-/// also clipped by the global norm, loss-scaled, and both, with its default flags (and the
-/// variants of each), then the hand-built kernels.
-fn kernels() -> Vec<(String, Kernel)> {
-    let mut out = Vec::new();
-    for name in stdlib::names() {
-        let rule = match stdlib::rule(name) {
-            Some(Ok(rule)) => rule,
-            other => panic!("stdlib rule {name} does not compile: {other:?}"),
-        };
-        let ranks = if rule.uses_rank() {
-            vec![RankClass::Matrix, RankClass::Vector]
-        } else {
-            vec![RankClass::Any]
-        };
-        for rank in ranks {
-            for (i, flags) in rule.flag_sets().into_iter().enumerate() {
-                for (clip, loss_scale) in
-                    [(false, false), (true, false), (false, true), (true, true)]
-                {
-                    if (clip || loss_scale) && i > 0 {
-                        continue;
-                    }
-                    let options = CompileOptions {
-                        clip,
-                        loss_scale,
-                        rank,
-                    };
-                    let kernel = rule
-                        .specialize_values_with(&flags, &options)
-                        .unwrap_or_else(|e| panic!("{name} {flags:?} {options:?}: {e}"));
-                    let bits: String = flags.iter().map(|f| if *f { '1' } else { '0' }).collect();
-                    let tag = format!(
-                        "{rank:?}{}{}",
-                        if clip { "-clip" } else { "" },
-                        if loss_scale { "-scale" } else { "" }
-                    );
-                    out.push((format!("{name}-{bits}-{tag}"), kernel));
-                    // The kernel variants the runtime picks between (the first flag set's).
-                    if i == 0 && !clip {
-                        // (With loss scaling too: its variants keep the check in stage 0.)
-                        let conds = rule.conditions(&flags, &options).expect("ok");
-                        for v in conds.variants().filter(|_| !conds.is_empty()) {
-                            let k = rule
-                                .specialize_variant(&flags, &options, v)
-                                .unwrap_or_else(|e| panic!("{name} {v}: {e}"));
-                            out.push((format!("{name}-{bits}-{tag}-{v}"), k));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for kernel in ptx_kernels::all() {
-        out.push((kernel.rule.replace(' ', "_"), kernel));
-    }
-    out
-}
+use optc_compiler::stdlib;
 
 #[test]
 fn ptxas_accepts_every_stdlib_rule_and_hand_built_kernel() {
-    let Some(ptxas) = find_ptxas() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "ptxas not found (set OPTC_PTXAS or put it on PATH; .ci/fetch-ptxas.sh downloads it)"
-        );
-        eprintln!("SKIPPED: ptxas not found; set OPTC_PTXAS or run .ci/fetch-ptxas.sh");
+    let Some(ptxas) = ptxas::find_or_skip() else {
         return;
     };
     let mut jobs = Vec::new();
-    for (label, kernel) in kernels() {
+    for (label, kernel, _) in ptx_kernels::every::kernels() {
         for fast_math in [false, true] {
             let opts = Options {
                 fast_math,
@@ -146,52 +33,24 @@ fn ptxas_accepts_every_stdlib_rule_and_hand_built_kernel() {
             }
         }
     }
-    // ptxas is single-threaded; run one per core.
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failures = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((name, source, arch)) = jobs.get(i) else {
-                    break;
-                };
-                if let Err(e) = assemble(&ptxas, &scratch("test"), source, name, arch) {
-                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(e);
-                }
-            });
-        }
-    });
-    let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    let failures = ptxas::assemble_all(&ptxas, "test", &jobs);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    let _ = std::fs::remove_dir_all(scratch("test"));
     eprintln!("ptxas accepted {} modules", jobs.len());
 }
 
-/// The storage settings of `runtime/tests/api_dtypes.rs` (`settings()`: param, state, master
-/// weights, stochastic-rounding seed), then int8 states with f32 and 16-bit parameters.
+/// The storage settings of `runtime/tests/api_dtypes.rs` ([`storage_settings::api_dtypes`]),
+/// then int8 states with f32 and 16-bit parameters.
 fn storage_settings() -> Vec<optc_kernel::Precision> {
-    use optc_kernel::{Dtype, Precision};
-    let p = |param, state, master_weights, stochastic_rounding| Precision {
-        param,
-        state,
-        master_weights,
-        stochastic_rounding,
-    };
-    vec![
-        p(Dtype::Bf16, Dtype::Bf16, false, None),
-        p(Dtype::F16, Dtype::F32, false, None),
-        p(Dtype::F32, Dtype::Bf16, false, None),
-        p(Dtype::Bf16, Dtype::Bf16, true, None),
-        p(Dtype::F16, Dtype::Bf16, true, None),
-        p(Dtype::Bf16, Dtype::F32, false, Some(3)),
-        p(Dtype::F16, Dtype::Bf16, false, Some(4)),
+    use optc_kernel::Dtype;
+    use storage_settings::precision as p;
+    let mut out = storage_settings::api_dtypes();
+    out.extend([
         p(Dtype::F32, Dtype::Int8, false, None),
         p(Dtype::Bf16, Dtype::Int8, true, None),
         p(Dtype::F16, Dtype::Int8, false, Some(5)),
         p(Dtype::Bf16, Dtype::Int8, false, Some(6)),
-    ]
+    ]);
+    out
 }
 
 /// Storage dtypes (docs/dtypes.md): every stdlib rule's first flag set (variants included) under
@@ -204,7 +63,7 @@ fn ptxas_accepts_every_stdlib_rule_under_storage_dtypes() {
     let mut jobs = Vec::new();
     let mut rules = std::collections::BTreeSet::new();
     let mut first = std::collections::BTreeSet::new();
-    for (label, kernel) in kernels() {
+    for (label, kernel, _) in ptx_kernels::every::kernels() {
         // Stdlib kernels of the default flag set (labels `NAME-BITS-...`, BITS all 0).
         if !label
             .split('-')
@@ -268,33 +127,11 @@ fn ptxas_accepts_every_stdlib_rule_under_storage_dtypes() {
         "every stdlib rule: {rules:?}"
     );
     assert!(!jobs.is_empty());
-    let Some(ptxas) = find_ptxas() else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "ptxas not found (set OPTC_PTXAS or put it on PATH; .ci/fetch-ptxas.sh downloads it)"
-        );
-        eprintln!("SKIPPED: ptxas not found; set OPTC_PTXAS or run .ci/fetch-ptxas.sh");
+    let Some(ptxas) = ptxas::find_or_skip() else {
         return;
     };
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failures = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((name, source, arch)) = jobs.get(i) else {
-                    break;
-                };
-                if let Err(e) = assemble(&ptxas, &scratch("dtype"), source, name, arch) {
-                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(e);
-                }
-            });
-        }
-    });
-    let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    let failures = ptxas::assemble_all(&ptxas, "dtype", &jobs);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    let _ = std::fs::remove_dir_all(scratch("dtype"));
     eprintln!(
         "ptxas accepted {} storage-dtype modules ({} rules x {} settings)",
         jobs.len(),

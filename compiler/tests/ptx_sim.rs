@@ -21,6 +21,7 @@
 
 mod ptx_kernels;
 mod ptxsim;
+mod storage_settings;
 
 use optc_compiler::backend::interp::{run_stage_matrix, Buffers};
 use optc_compiler::backend::ptx::{emit, Options};
@@ -60,63 +61,6 @@ fn data(n: usize, seed: u64, lo: f32) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 + lo
         })
         .collect()
-}
-
-/// (label, kernel, at default flags).
-fn kernels() -> Vec<(String, Kernel, bool)> {
-    let mut out = Vec::new();
-    for name in stdlib::names() {
-        let rule = match stdlib::rule(name) {
-            Some(Ok(rule)) => rule,
-            other => panic!("stdlib rule {name} does not compile: {other:?}"),
-        };
-        let ranks = if rule.uses_rank() {
-            vec![RankClass::Matrix, RankClass::Vector]
-        } else {
-            vec![RankClass::Any]
-        };
-        for rank in ranks {
-            for (i, flags) in rule.flag_sets().into_iter().enumerate() {
-                for (clip, loss_scale) in
-                    [(false, false), (true, false), (false, true), (true, true)]
-                {
-                    if (clip || loss_scale) && i > 0 {
-                        continue;
-                    }
-                    let options = CompileOptions {
-                        clip,
-                        loss_scale,
-                        rank,
-                    };
-                    let kernel = rule
-                        .specialize_values_with(&flags, &options)
-                        .unwrap_or_else(|e| panic!("{name} {flags:?} {options:?}: {e}"));
-                    let bits: String = flags.iter().map(|f| if *f { '1' } else { '0' }).collect();
-                    let tag = format!(
-                        "{rank:?}{}{}",
-                        if clip { "-clip" } else { "" },
-                        if loss_scale { "-scale" } else { "" }
-                    );
-                    out.push((format!("{name}-{bits}-{tag}"), kernel, i == 0 && !clip));
-                    // The kernel variants the runtime picks between (the first flag set's, loss
-                    // scaled too), as ptx_ptxas walks them.
-                    if i == 0 && !clip {
-                        let conds = rule.conditions(&flags, &options).expect("ok");
-                        for v in conds.variants().filter(|_| !conds.is_empty()) {
-                            let k = rule
-                                .specialize_variant(&flags, &options, v)
-                                .unwrap_or_else(|e| panic!("{name} {v}: {e}"));
-                            out.push((format!("{name}-{bits}-{tag}-{v}"), k, false));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for kernel in ptx_kernels::all() {
-        out.push((kernel.rule.replace(' ', "_"), kernel, true));
-    }
-    out
 }
 
 /// Whether every float op of the module is correctly rounded (so the emulator is bit exact).
@@ -702,7 +646,7 @@ fn flat(n: usize) -> MatrixDims {
 fn every_stdlib_rule_and_hand_built_kernel_computes_what_the_interpreter_does() {
     let mut failures = Vec::new();
     let (mut launches, mut modules, mut exact_modules) = (0, 0, 0);
-    let all = kernels();
+    let all = ptx_kernels::every::kernels();
     let stdlib_count = all.len() - ptx_kernels::all().len();
     for (i, (label, kernel, default)) in all.into_iter().enumerate() {
         for fast_math in [false, true] {
@@ -791,7 +735,7 @@ fn every_stdlib_rule_and_hand_built_kernel_computes_what_the_interpreter_does() 
 #[test]
 fn special_values_propagate_as_in_the_interpreter() {
     let mut failures = Vec::new();
-    for (label, kernel, _) in kernels() {
+    for (label, kernel, _) in ptx_kernels::every::kernels() {
         for fast_math in [false, true] {
             SPECIALS.with(|s| s.set(if fast_math { 2 } else { 1 }));
             let opts = Options {
@@ -827,22 +771,14 @@ fn special_values_propagate_as_in_the_interpreter() {
 /// vector, scalar and multi entries; `int8_entries_compute_what_the_interpreter_does` runs the
 /// `_q8` ones).
 fn storage_settings() -> Vec<optc_kernel::Precision> {
-    let p = |param, state, master_weights, stochastic_rounding| optc_kernel::Precision {
-        param,
-        state,
-        master_weights,
-        stochastic_rounding,
-    };
-    vec![
-        p(Dtype::Bf16, Dtype::Bf16, false, None),
-        p(Dtype::F16, Dtype::F32, false, None),
-        p(Dtype::F32, Dtype::Bf16, false, None),
-        p(Dtype::Bf16, Dtype::Bf16, true, None),
-        p(Dtype::F16, Dtype::Bf16, true, None),
-        p(Dtype::Bf16, Dtype::F32, false, Some(3)),
-        p(Dtype::F16, Dtype::Bf16, false, Some(4)),
-        p(Dtype::F16, Dtype::Int8, false, Some(5)),
-    ]
+    let mut out = storage_settings::api_dtypes();
+    out.push(storage_settings::precision(
+        Dtype::F16,
+        Dtype::Int8,
+        false,
+        Some(5),
+    ));
+    out
 }
 
 /// Every stdlib rule at its default flags (both rank classes, loss-scaled too, and its kernel
@@ -857,7 +793,7 @@ fn every_stdlib_rule_under_every_storage_setting_computes_what_the_interpreter_d
     let mut failures = Vec::new();
     let (mut runs, mut stochastic) = (0, 0);
     let mut first = std::collections::BTreeSet::new();
-    for (label, base, default) in kernels() {
+    for (label, base, default) in ptx_kernels::every::kernels() {
         if !default || !stdlib::names().any(|r| r == base.rule) {
             continue;
         }
@@ -1421,7 +1357,7 @@ fn int8_entries_compute_what_the_interpreter_does() {
     let n = 2 * REDUCE_BLOCK + 37;
     let mut failures = Vec::new();
     let mut checked = 0;
-    for ((label, base, default), precision) in kernels()
+    for ((label, base, default), precision) in ptx_kernels::every::kernels()
         .into_iter()
         .flat_map(|k| settings.map(|p| (k.clone(), p)))
     {

@@ -2,6 +2,8 @@
 //! both state inits, and staged kernels with Sum and Max reductions of Tensor and Step scope.
 #![allow(dead_code)]
 
+pub mod every;
+
 use optc_kernel::{
     Arena, BinaryOp as B, Expr, FlagValue, Handle, HyperDecl, HyperId, Init, Kernel, ReduceOp,
     ReduceOutput, ReductionDecl, ReductionId, ScalarDecl, ScalarId, ScalarUpdate, Scope, Slot,

@@ -112,6 +112,21 @@ impl Asm {
         let _ = writeln!(self.text, "\t{};", line.as_ref());
     }
 
+    /// Closes a counted loop: `i += step`, then back to `body` while `i < end` (unsigned), `p`
+    /// the predicate it sets.
+    pub(crate) fn loop_back(
+        &mut self,
+        i: &Reg,
+        step: impl std::fmt::Display,
+        end: &Reg,
+        p: &Reg,
+        body: &str,
+    ) {
+        self.ins(format!("add.s64 {i}, {i}, {step}"));
+        self.ins(format!("setp.lt.u64 {p}, {i}, {end}"));
+        self.ins(format!("@{p} bra {body}"));
+    }
+
     /// Places a label.
     pub(crate) fn place(&mut self, label: &str) {
         let _ = writeln!(self.text, "{label}:");

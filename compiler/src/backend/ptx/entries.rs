@@ -36,7 +36,14 @@ pub(crate) fn header(name: &str, params: &[String]) -> String {
     format!(".visible .entry {name}(\n{}\n)\n", list.join(",\n"))
 }
 
-fn decls(name: &str, params: &[Param]) -> Vec<String> {
+/// The complete `.entry` text: the header with the parameter declarations `params`, then the
+/// body `asm`.
+pub(crate) fn entry_text(name: &str, params: &[String], asm: Asm) -> String {
+    format!("{}{{\n{}}}\n", header(name, params), asm.finish())
+}
+
+/// The declarations of `params`, the parameters of entry `name`.
+pub(crate) fn param_decls(name: &str, params: &[Param]) -> Vec<String> {
     params
         .iter()
         .map(|p| format!(".param .{} {}", p.ptx_type(), p.ptx_name(name)))
@@ -46,12 +53,12 @@ fn decls(name: &str, params: &[Param]) -> Vec<String> {
 impl Lowering<'_> {
     /// The declarations of the single-tensor entries' parameters.
     pub(crate) fn single_param_decls(&self, name: &str) -> Vec<String> {
-        decls(name, &single_params(self.kernel, self.stage_index))
+        param_decls(name, &single_params(self.kernel, self.stage_index))
     }
 
     /// The declarations of the multi-tensor entry's parameters.
     pub(crate) fn multi_param_decls(&self, name: &str) -> Vec<String> {
-        decls(name, &multi_params())
+        param_decls(name, &multi_params())
     }
 
     fn used_buffers(&self) -> Vec<(usize, BufferUse)> {
@@ -72,25 +79,21 @@ impl Lowering<'_> {
     ) -> Result<(Frame, Reg, Option<Reg>), Error> {
         let mut bases = Vec::new();
         for (i, use_) in self.used_buffers() {
-            let (raw, reg) = (asm.rd(), asm.rd());
-            let param = Param::Buffer { index: i }.ptx_name(name);
-            asm.ins(format!("ld.param.u64 {raw}, [{param}]"));
-            asm.ins(format!("cvta.to.global.u64 {reg}, {raw}"));
+            let reg = global_param(asm, &Param::Buffer { index: i }.ptx_name(name));
             bases.push(Base { use_, reg });
         }
         let n = asm.rd();
         asm.ins(format!("ld.param.u64 {n}, [{}]", Param::Len.ptx_name(name)));
-        let partials = if self.stage.reduce.is_empty() {
-            None
-        } else {
-            let (raw, reg) = (asm.rd(), asm.rd());
-            asm.ins(format!(
-                "ld.param.u64 {raw}, [{}]",
-                Param::Partials.ptx_name(name)
-            ));
-            asm.ins(format!("cvta.to.global.u64 {reg}, {raw}"));
-            Some(reg)
-        };
+        let tail = self.single_tail(asm, name);
+        let frame = self.frame(asm, bases, tail.uniforms, tail.sr_key)?;
+        Ok((frame, n, tail.partials))
+    }
+
+    /// Loads the single-tensor parameters after the buffers and `n`: the partials address (in a
+    /// reducing stage), the used uniforms and the stochastic-rounding key.
+    pub(crate) fn single_tail(&self, asm: &mut Asm, name: &str) -> SingleTail {
+        let partials = (!self.stage.reduce.is_empty())
+            .then(|| global_param(asm, &Param::Partials.ptx_name(name)));
         let mut uniforms = vec![None; self.stage.uniforms.len()];
         for (u, used) in self.plan.uniform_used.iter().enumerate() {
             if *used {
@@ -108,8 +111,23 @@ impl Lowering<'_> {
             ));
             r
         });
-        let frame = self.frame(asm, bases, uniforms, sr_key)?;
-        Ok((frame, n, partials))
+        SingleTail {
+            partials,
+            uniforms,
+            sr_key,
+        }
+    }
+
+    /// Lowers the uniform nodes (once per tensor, before any element) into a fresh environment.
+    pub(crate) fn uniform_nodes(
+        &self,
+        asm: &mut Asm,
+        uniforms: &[Option<Reg>],
+    ) -> Result<Env, Error> {
+        let mut prologue = Env::new(&self.stage.body);
+        asm.comment("uniform nodes");
+        self.lower(asm, &mut prologue, false, uniforms, &|_| None)?;
+        Ok(prologue)
     }
 
     fn frame(
@@ -119,9 +137,7 @@ impl Lowering<'_> {
         uniforms: Vec<Option<Reg>>,
         sr_key: Option<Reg>,
     ) -> Result<Frame, Error> {
-        let mut prologue = Env::new(&self.stage.body);
-        asm.comment("uniform nodes");
-        self.lower(asm, &mut prologue, false, &uniforms, &|_| None)?;
+        let prologue = self.uniform_nodes(asm, &uniforms)?;
         Ok(Frame {
             bases,
             uniforms,
@@ -131,13 +147,14 @@ impl Lowering<'_> {
     }
 
     /// `(gid, stride)`: this thread's index in the grid and the number of threads in the grid.
-    fn grid_index(&self, asm: &mut Asm) -> (Reg, Reg) {
-        let (ctaid, ntid, tid, nctaid) = (asm.r(), asm.r(), asm.r(), asm.r());
+    pub(crate) fn grid_index(&self, asm: &mut Asm) -> (Reg, Reg) {
+        let Ids {
+            ctaid,
+            ntid,
+            tid,
+            nctaid,
+        } = thread_ids(asm);
         let (tid64, gid, stride) = (asm.rd(), asm.rd(), asm.rd());
-        asm.ins(format!("mov.u32 {ctaid}, %ctaid.x"));
-        asm.ins(format!("mov.u32 {ntid}, %ntid.x"));
-        asm.ins(format!("mov.u32 {tid}, %tid.x"));
-        asm.ins(format!("mov.u32 {nctaid}, %nctaid.x"));
         asm.ins(format!("cvt.u64.u32 {tid64}, {tid}"));
         asm.ins(format!("mad.wide.u32 {gid}, {ctaid}, {ntid}, {tid64}"));
         asm.ins(format!("mul.wide.u32 {stride}, {nctaid}, {ntid}"));
@@ -266,9 +283,7 @@ impl Lowering<'_> {
         asm.place(&body);
         asm.ins(format!("shl.b64 {off}, {i}, 4"));
         self.elements(&mut asm, &frame, &off, 4)?;
-        asm.ins(format!("add.s64 {i}, {i}, {stride}"));
-        asm.ins(format!("setp.lt.u64 {p}, {i}, {groups}"));
-        asm.ins(format!("@{p} bra {body}"));
+        asm.loop_back(&i, &stride, &groups, &p, &body);
         asm.place(&tail);
         let (j, toff, q) = (asm.rd(), asm.rd(), asm.p());
         asm.ins(format!("shl.b64 {j}, {groups}, 2"));
@@ -279,11 +294,7 @@ impl Lowering<'_> {
         self.elements(&mut asm, &frame, &toff, 1)?;
         asm.place(&done);
         asm.ins("ret");
-        Ok(format!(
-            "{}{{\n{}}}\n",
-            header(name, &self.single_param_decls(name)),
-            asm.finish()
-        ))
+        Ok(entry_text(name, &self.single_param_decls(name), asm))
     }
 
     /// The scalar entry: a grid-stride loop over single elements; any alignment of 4 bytes.
@@ -299,16 +310,10 @@ impl Lowering<'_> {
         asm.place(&body);
         asm.ins(format!("shl.b64 {off}, {i}, 2"));
         self.elements(&mut asm, &frame, &off, 1)?;
-        asm.ins(format!("add.s64 {i}, {i}, {stride}"));
-        asm.ins(format!("setp.lt.u64 {p}, {i}, {n}"));
-        asm.ins(format!("@{p} bra {body}"));
+        asm.loop_back(&i, &stride, &n, &p, &body);
         asm.place(&done);
         asm.ins("ret");
-        Ok(format!(
-            "{}{{\n{}}}\n",
-            header(name, &self.single_param_decls(name)),
-            asm.finish()
-        ))
+        Ok(entry_text(name, &self.single_param_decls(name), asm))
     }
 
     /// Reads chunk `c`'s record: gives the address of its tensor's record and the chunk's index
@@ -393,20 +398,19 @@ impl Lowering<'_> {
         let layout = TableLayout::of_stage(self.kernel, self.stage_index);
         let params = self.multi_param_decls(name);
         let mut asm = Asm::default();
-        let (table, chunks, raw_t, raw_c, num_chunks, chunk_elems) =
-            (asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd());
-        asm.ins(format!("ld.param.u64 {raw_t}, [{name}_table]"));
-        asm.ins(format!("cvta.to.global.u64 {table}, {raw_t}"));
-        asm.ins(format!("ld.param.u64 {raw_c}, [{name}_chunks]"));
-        asm.ins(format!("cvta.to.global.u64 {chunks}, {raw_c}"));
-        asm.ins(format!("ld.param.u64 {num_chunks}, [{name}_num_chunks]"));
-        asm.ins(format!("ld.param.u64 {chunk_elems}, [{name}_chunk_elems]"));
-        let (ctaid, ntid, tid, nctaid) = (asm.r(), asm.r(), asm.r(), asm.r());
+        let MultiParams {
+            table,
+            chunks,
+            num_chunks,
+            chunk_elems,
+        } = multi_prologue(&mut asm, name);
+        let Ids {
+            ctaid,
+            ntid,
+            tid,
+            nctaid,
+        } = thread_ids(&mut asm);
         let (c, tid64, ntid64, nctaid64) = (asm.rd(), asm.rd(), asm.rd(), asm.rd());
-        asm.ins(format!("mov.u32 {ctaid}, %ctaid.x"));
-        asm.ins(format!("mov.u32 {ntid}, %ntid.x"));
-        asm.ins(format!("mov.u32 {tid}, %tid.x"));
-        asm.ins(format!("mov.u32 {nctaid}, %nctaid.x"));
         asm.ins(format!("cvt.u64.u32 {c}, {ctaid}"));
         asm.ins(format!("cvt.u64.u32 {tid64}, {tid}"));
         asm.ins(format!("cvt.u64.u32 {ntid64}, {ntid}"));
@@ -445,9 +449,7 @@ impl Lowering<'_> {
         asm.place(&vbody);
         asm.ins(format!("shl.b64 {off}, {i}, 2"));
         self.elements(&mut asm, &frame, &off, 4)?;
-        asm.ins(format!("add.s64 {i}, {i}, {vstep}"));
-        asm.ins(format!("setp.lt.u64 {q}, {i}, {vend}"));
-        asm.ins(format!("@{q} bra {vbody}"));
+        asm.loop_back(&i, &vstep, &vend, &q, &vbody);
 
         // Single elements: j = vend + tid, step ntid.
         asm.place(&scalar);
@@ -459,17 +461,88 @@ impl Lowering<'_> {
         asm.place(&sbody);
         asm.ins(format!("shl.b64 {soff}, {j}, 2"));
         self.elements(&mut asm, &frame, &soff, 1)?;
-        asm.ins(format!("add.s64 {j}, {j}, {ntid64}"));
-        asm.ins(format!("setp.lt.u64 {r}, {j}, {end}"));
-        asm.ins(format!("@{r} bra {sbody}"));
+        asm.loop_back(&j, &ntid64, &end, &r, &sbody);
 
         asm.place(&next);
-        asm.ins(format!("add.s64 {c}, {c}, {nctaid64}"));
-        asm.ins(format!("setp.lt.u64 {p}, {c}, {num_chunks}"));
-        asm.ins(format!("@{p} bra {chunk_loop}"));
+        asm.loop_back(&c, &nctaid64, &num_chunks, &p, &chunk_loop);
         asm.place(&done);
         asm.ins("ret");
-        Ok(format!("{}{{\n{}}}\n", header(name, &params), asm.finish()))
+        Ok(entry_text(name, &params, asm))
+    }
+}
+
+/// The single-tensor parameters that follow the buffers and `n` ([`Lowering::single_tail`]).
+pub(crate) struct SingleTail {
+    /// The partials address, in a reducing stage.
+    pub(crate) partials: Option<Reg>,
+    /// The register of each used uniform.
+    pub(crate) uniforms: Vec<Option<Reg>>,
+    /// The stochastic-rounding key, for a kernel that rounds stochastically.
+    pub(crate) sr_key: Option<Reg>,
+}
+
+/// A thread's special registers (u32).
+pub(crate) struct Ids {
+    /// `%ctaid.x`.
+    pub(crate) ctaid: Reg,
+    /// `%ntid.x`.
+    pub(crate) ntid: Reg,
+    /// `%tid.x`.
+    pub(crate) tid: Reg,
+    /// `%nctaid.x`.
+    pub(crate) nctaid: Reg,
+}
+
+/// Moves `%ctaid.x`, `%ntid.x`, `%tid.x` and `%nctaid.x` into fresh registers.
+pub(crate) fn thread_ids(asm: &mut Asm) -> Ids {
+    let (ctaid, ntid, tid, nctaid) = (asm.r(), asm.r(), asm.r(), asm.r());
+    asm.ins(format!("mov.u32 {ctaid}, %ctaid.x"));
+    asm.ins(format!("mov.u32 {ntid}, %ntid.x"));
+    asm.ins(format!("mov.u32 {tid}, %tid.x"));
+    asm.ins(format!("mov.u32 {nctaid}, %nctaid.x"));
+    Ids {
+        ctaid,
+        ntid,
+        tid,
+        nctaid,
+    }
+}
+
+/// Loads a `.u64` pointer parameter and converts it to a global address.
+pub(crate) fn global_param(asm: &mut Asm, param: &str) -> Reg {
+    let (raw, reg) = (asm.rd(), asm.rd());
+    asm.ins(format!("ld.param.u64 {raw}, [{param}]"));
+    asm.ins(format!("cvta.to.global.u64 {reg}, {raw}"));
+    reg
+}
+
+/// The parameters of a multi-tensor entry, loaded.
+pub(crate) struct MultiParams {
+    /// The tensor table (global address).
+    pub(crate) table: Reg,
+    /// The chunk list (global address).
+    pub(crate) chunks: Reg,
+    /// The number of chunks.
+    pub(crate) num_chunks: Reg,
+    /// The chunk size in elements.
+    pub(crate) chunk_elems: Reg,
+}
+
+/// Loads the parameters of multi-tensor entry `name`.
+pub(crate) fn multi_prologue(asm: &mut Asm, name: &str) -> MultiParams {
+    let (table, chunks, raw_t, raw_c, num_chunks, chunk_elems) =
+        (asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd());
+    asm.ins(format!("ld.param.u64 {raw_t}, [{name}_table]"));
+    asm.ins(format!("cvta.to.global.u64 {table}, {raw_t}"));
+    asm.ins(format!("ld.param.u64 {raw_c}, [{name}_chunks]"));
+    asm.ins(format!("cvta.to.global.u64 {chunks}, {raw_c}"));
+    asm.ins(format!("ld.param.u64 {num_chunks}, [{name}_num_chunks]"));
+    asm.ins(format!("ld.param.u64 {chunk_elems}, [{name}_chunk_elems]"));
+    MultiParams {
+        table,
+        chunks,
+        num_chunks,
+        chunk_elems,
     }
 }
 

@@ -20,10 +20,11 @@
 //! The folds are `add.rn.f32` or the NaN-propagating max, as in `reduce.rs`. Elements are loaded
 //! one per lane (rows are not 16-byte aligned in general). Launches use whole warps.
 
-use super::asm::{f32_imm, Asm, Reg};
+use super::asm::{Asm, Reg};
 use super::body::{Env, Lowering, Plan};
 use super::convert::{self, is_half};
-use super::entries::header;
+use super::entries::{entry_text, global_param as global, param_decls, thread_ids};
+use super::reduce::{grid_warp, lanes, warps_per_block};
 use super::{Error, Options};
 use optc_kernel::abi::{factored_params, has_cols_entry, FactoredEntry, Param};
 use optc_kernel::artifact::{FactoredEntries, PtxEntry};
@@ -195,9 +196,7 @@ impl Entry<'_> {
                 }
             }
         }
-        let mut prologue = Env::new(&low.stage.body);
-        asm.comment("uniform nodes");
-        low.lower(asm, &mut prologue, false, &uniforms, &|_| None)?;
+        let prologue = low.uniform_nodes(asm, &uniforms)?;
         Ok(Frame {
             bases,
             vectors,
@@ -310,56 +309,30 @@ impl Entry<'_> {
     }
 
     fn accumulators(&self, asm: &mut Asm) -> Vec<Reg> {
-        let ops = self.low.ops();
-        let accs: Vec<Reg> = ops.iter().map(|_| asm.f()).collect();
-        for (op, acc) in ops.iter().zip(&accs) {
-            asm.ins(format!("mov.f32 {acc}, {}", f32_imm(op.identity())));
-        }
-        accs
+        self.low.accumulators(asm, &self.low.ops())
     }
 
     /// Stores output `q`'s accumulator at `partials[q * len + at]`.
     fn store_partials(&self, asm: &mut Asm, frame: &Frame, accs: &[Reg], len: &Reg, at: &Reg) {
-        let Some(partials) = &frame.partials else {
-            return;
-        };
-        for (q, acc) in accs.iter().enumerate() {
-            let (idx, addr) = (asm.rd(), asm.rd());
-            asm.ins(format!("mad.lo.u64 {idx}, {len}, {q}, {at}"));
-            asm.ins(format!("mad.lo.u64 {addr}, {idx}, 4, {partials}"));
-            asm.ins(format!("st.global.f32 [{addr}], {acc}"));
+        if let Some(partials) = &frame.partials {
+            super::reduce::store_partials(asm, partials, accs, len, at, None);
         }
     }
 
     fn finish(&self, asm: Asm) -> String {
-        let decls: Vec<String> = self
-            .params
-            .iter()
-            .map(|p| format!(".param .{} {}", p.ptx_type(), p.ptx_name(self.name)))
-            .collect();
-        format!("{}{{\n{}}}\n", header(self.name, &decls), asm.finish())
+        entry_text(self.name, &param_decls(self.name, self.params), asm)
     }
 
     /// The rows entry. See the module docs.
     fn rows(&self) -> Result<String, Error> {
         let mut asm = Asm::default();
         let frame = self.frame(&mut asm)?;
-        let (ctaid, ntid, tid, nctaid, wpb) = (asm.r(), asm.r(), asm.r(), asm.r(), asm.r());
-        let (lane, wib, lane64, wib64) = (asm.r(), asm.r(), asm.rd(), asm.rd());
-        asm.ins(format!("mov.u32 {ctaid}, %ctaid.x"));
-        asm.ins(format!("mov.u32 {ntid}, %ntid.x"));
-        asm.ins(format!("mov.u32 {tid}, %tid.x"));
-        asm.ins(format!("mov.u32 {nctaid}, %nctaid.x"));
-        asm.ins(format!("shr.u32 {wpb}, {ntid}, 5"));
-        asm.ins(format!("and.b32 {lane}, {tid}, {}", REDUCE_LANES - 1));
-        asm.ins(format!("shr.u32 {wib}, {tid}, 5"));
-        asm.ins(format!("cvt.u64.u32 {lane64}, {lane}"));
-        asm.ins(format!("cvt.u64.u32 {wib64}, {wib}"));
-        let (rb, warps, t, per, nrows, total) =
-            (asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd());
-        asm.ins(format!("mad.wide.u32 {rb}, {ctaid}, {wpb}, 0"));
-        asm.ins(format!("add.s64 {rb}, {rb}, {wib64}"));
-        asm.ins(format!("mul.wide.u32 {warps}, {nctaid}, {wpb}"));
+        let ids = thread_ids(&mut asm);
+        let wpb = warps_per_block(&mut asm, &ids);
+        let lanes = lanes(&mut asm, &ids.tid);
+        let (lane, lane64) = (&lanes.lane, &lanes.lane64);
+        let (rb, warps) = grid_warp(&mut asm, &ids, &wpb, &lanes.wib64);
+        let (t, per, nrows, total) = (asm.rd(), asm.rd(), asm.rd(), asm.rd());
         asm.ins(format!("add.s64 {t}, {}, {}", frame.cols, REDUCE_BLOCK - 1));
         asm.ins(format!("shr.u64 {per}, {t}, 12"));
         asm.ins(format!(
@@ -403,34 +376,18 @@ impl Entry<'_> {
         self.load_vectors(&mut asm, &frame, VecShape::Cols, &coff, &mut vals);
         let xs = self.element(&mut asm, &frame, &off, &vals)?;
         self.low.fold_into(&mut asm, &self.low.ops(), &accs, &xs);
-        asm.ins(format!("add.s64 {i}, {i}, {REDUCE_LANES}"));
-        asm.ins(format!("setp.lt.u64 {more}, {i}, {lim}"));
-        asm.ins(format!("@{more} bra {eloop}"));
+        asm.loop_back(&i, REDUCE_LANES, &lim, &more, &eloop);
         // The tree over the lanes (every lane of the warp is here again).
         asm.place(&tree);
         if !accs.is_empty() {
-            let mut s = REDUCE_LANES / 2;
-            while s >= 1 {
-                for (op, acc) in self.low.ops().iter().zip(&accs) {
-                    let o = asm.f();
-                    asm.ins(format!(
-                        "shfl.sync.down.b32 {o}, {acc}, {s}, {}, -1",
-                        REDUCE_LANES - 1
-                    ));
-                    let d = self.low.fold(&mut asm, *op, acc, &o);
-                    asm.ins(format!("mov.f32 {acc}, {d}"));
-                }
-                s /= 2;
-            }
+            self.low.lane_tree(&mut asm, &self.low.ops(), &accs);
             let (first, skip) = (asm.p(), asm.label("partial_done"));
             asm.ins(format!("setp.ne.u32 {first}, {lane}, 0"));
             asm.ins(format!("@{first} bra {skip}"));
             self.store_partials(&mut asm, &frame, &accs, &total, &rb);
             asm.place(&skip);
         }
-        asm.ins(format!("add.s64 {rb}, {rb}, {warps}"));
-        asm.ins(format!("setp.lt.u64 {p}, {rb}, {total}"));
-        asm.ins(format!("@{p} bra {lp}"));
+        asm.loop_back(&rb, &warps, &total, &p, &lp);
         asm.place(&done);
         asm.ins("ret");
         Ok(self.finish(asm))
@@ -440,15 +397,7 @@ impl Entry<'_> {
     fn cols(&self) -> Result<String, Error> {
         let mut asm = Asm::default();
         let frame = self.frame(&mut asm)?;
-        let (ctaid, ntid, tid, nctaid) = (asm.r(), asm.r(), asm.r(), asm.r());
-        let (tid64, t, stride) = (asm.rd(), asm.rd(), asm.rd());
-        asm.ins(format!("mov.u32 {ctaid}, %ctaid.x"));
-        asm.ins(format!("mov.u32 {ntid}, %ntid.x"));
-        asm.ins(format!("mov.u32 {tid}, %tid.x"));
-        asm.ins(format!("mov.u32 {nctaid}, %nctaid.x"));
-        asm.ins(format!("cvt.u64.u32 {tid64}, {tid}"));
-        asm.ins(format!("mad.wide.u32 {t}, {ctaid}, {ntid}, {tid64}"));
-        asm.ins(format!("mul.wide.u32 {stride}, {nctaid}, {ntid}"));
+        let (t, stride) = self.low.grid_index(&mut asm);
         let (x, blocks, q0, total) = (asm.rd(), asm.rd(), asm.rd(), asm.rd());
         asm.ins(format!(
             "add.s64 {x}, {}, {}",
@@ -508,23 +457,11 @@ impl Entry<'_> {
         self.low.fold_into(&mut asm, &self.low.ops(), &accs, &xs);
         asm.ins(format!("add.s64 {e}, {e}, {}", frame.cols));
         asm.ins(format!("add.s64 {row}, {row}, 1"));
-        asm.ins(format!("add.s64 {rr}, {rr}, 1"));
-        asm.ins(format!("setp.lt.u64 {more}, {rr}, {r1}"));
-        asm.ins(format!("@{more} bra {rloop}"));
+        asm.loop_back(&rr, 1, &r1, &more, &rloop);
         self.store_partials(&mut asm, &frame, &accs, &total, &t);
-        asm.ins(format!("add.s64 {t}, {t}, {stride}"));
-        asm.ins(format!("setp.lt.u64 {p}, {t}, {total}"));
-        asm.ins(format!("@{p} bra {lp}"));
+        asm.loop_back(&t, &stride, &total, &p, &lp);
         asm.place(&done);
         asm.ins("ret");
         Ok(self.finish(asm))
     }
-}
-
-/// Loads a `.u64` pointer parameter and converts it to a global address.
-fn global(asm: &mut Asm, param: &str) -> Reg {
-    let (raw, reg) = (asm.rd(), asm.rd());
-    asm.ins(format!("ld.param.u64 {raw}, [{param}]"));
-    asm.ins(format!("cvta.to.global.u64 {reg}, {raw}"));
-    reg
 }

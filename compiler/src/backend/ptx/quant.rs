@@ -23,7 +23,8 @@
 use super::asm::{f32_imm, Asm, Reg};
 use super::body::Lowering;
 use super::convert::{self, is_half};
-use super::entries::header;
+use super::entries::{entry_text, global_param, param_decls, thread_ids};
+use super::reduce::{grid_warp, lanes, store_partials, warps_per_block};
 use super::Error;
 use optc_kernel::abi::{single_params, Param};
 use optc_kernel::quant::{DynamicMap, QUANT_BLOCK};
@@ -73,18 +74,6 @@ struct Buf {
 }
 
 impl Lowering<'_> {
-    /// `acc ⊕ x` into a fresh register, as `reduce.rs` folds.
-    fn fold_q8(&self, asm: &mut Asm, op: ReduceOp, acc: &Reg, x: &Reg) -> Reg {
-        match op {
-            ReduceOp::Sum => {
-                let d = asm.f();
-                asm.ins(format!("add.rn.f32 {d}, {acc}, {x}"));
-                d
-            }
-            ReduceOp::Max => self.exact_max(asm, acc, x),
-        }
-    }
-
     /// The `_q8` entry of this stage.
     pub(crate) fn int8_entry(&self, name: &str) -> Result<String, Error> {
         let mut asm = Asm::default();
@@ -104,10 +93,7 @@ impl Lowering<'_> {
             if !(b.read || b.written) {
                 continue;
             }
-            let (raw, base) = (asm.rd(), asm.rd());
-            let param = Param::Buffer { index: i }.ptx_name(name);
-            asm.ins(format!("ld.param.u64 {raw}, [{param}]"));
-            asm.ins(format!("cvta.to.global.u64 {base}, {raw}"));
+            let base = global_param(&mut asm, &Param::Buffer { index: i }.ptx_name(name));
             let scales = (self.kernel.storage.dtype(b.slot) == Dtype::Int8).then(|| {
                 let s = asm.rd();
                 asm.ins(format!("add.s64 {s}, {base}, {soff}"));
@@ -121,63 +107,18 @@ impl Lowering<'_> {
                 scales,
             });
         }
-        let partials = if self.stage.reduce.is_empty() {
-            None
-        } else {
-            let (raw, reg) = (asm.rd(), asm.rd());
-            asm.ins(format!(
-                "ld.param.u64 {raw}, [{}]",
-                Param::Partials.ptx_name(name)
-            ));
-            asm.ins(format!("cvta.to.global.u64 {reg}, {raw}"));
-            Some(reg)
-        };
-        let mut uniforms = vec![None; self.stage.uniforms.len()];
-        for (u, used) in self.plan.uniform_used.iter().enumerate() {
-            if *used {
-                let r = asm.f();
-                let param = Param::Uniform { index: u }.ptx_name(name);
-                asm.ins(format!("ld.param.f32 {r}, [{param}]"));
-                uniforms[u] = Some(r);
-            }
-        }
-        let sr_key = optc_kernel::abi::stochastic(self.kernel).then(|| {
-            let r = asm.r();
-            asm.ins(format!(
-                "ld.param.u32 {r}, [{}]",
-                Param::SrKey.ptx_name(name)
-            ));
-            r
-        });
-        let mut prologue = super::body::Env::new(&self.stage.body);
-        asm.comment("uniform nodes");
-        self.lower(&mut asm, &mut prologue, false, &uniforms, &|_| None)?;
+        let tail = self.single_tail(&mut asm, name);
+        let (partials, uniforms, sr_key) = (tail.partials, tail.uniforms, tail.sr_key);
+        let prologue = self.uniform_nodes(&mut asm, &uniforms)?;
 
         // Warps: this warp's global index and the number of warps in the grid.
-        let (ctaid, ntid, tid, nctaid, wpb, lane, wib) = (
-            asm.r(),
-            asm.r(),
-            asm.r(),
-            asm.r(),
-            asm.r(),
-            asm.r(),
-            asm.r(),
-        );
-        asm.ins(format!("mov.u32 {ctaid}, %ctaid.x"));
-        asm.ins(format!("mov.u32 {ntid}, %ntid.x"));
-        asm.ins(format!("mov.u32 {tid}, %tid.x"));
-        asm.ins(format!("mov.u32 {nctaid}, %nctaid.x"));
-        asm.ins(format!("shr.u32 {wpb}, {ntid}, 5"));
-        asm.ins(format!("and.b32 {lane}, {tid}, {}", REDUCE_LANES - 1));
-        asm.ins(format!("shr.u32 {wib}, {tid}, 5"));
-        let (lane64, wib64, w, warps) = (asm.rd(), asm.rd(), asm.rd(), asm.rd());
-        asm.ins(format!("cvt.u64.u32 {lane64}, {lane}"));
-        asm.ins(format!("cvt.u64.u32 {wib64}, {wib}"));
-        asm.ins(format!("mad.wide.u32 {w}, {ctaid}, {wpb}, 0"));
-        asm.ins(format!("add.s64 {w}, {w}, {wib64}"));
-        asm.ins(format!("mul.wide.u32 {warps}, {nctaid}, {wpb}"));
+        let ids = thread_ids(&mut asm);
+        let wpb = warps_per_block(&mut asm, &ids);
+        let lanes = lanes(&mut asm, &ids.tid);
+        let (w, warps) = grid_warp(&mut asm, &ids, &wpb, &lanes.wib64);
+        let lane64 = lanes.lane64;
         let lane0 = asm.p();
-        asm.ins(format!("setp.eq.u32 {lane0}, {lane}, 0"));
+        asm.ins(format!("setp.eq.u32 {lane0}, {}, 0", lanes.lane));
 
         // A warp's unit: one quantization block, or one reduction block in a reducing stage.
         let unit = if partials.is_some() {
@@ -195,16 +136,8 @@ impl Lowering<'_> {
         asm.ins(format!("@{p} bra {done}"));
         asm.place(&unit_loop);
 
-        let ops: Vec<ReduceOp> = self
-            .stage
-            .reduce
-            .iter()
-            .map(|r| self.kernel.reductions[r.reduction.index()].op)
-            .collect();
-        let accs: Vec<Reg> = ops.iter().map(|_| asm.f()).collect();
-        for (op, acc) in ops.iter().zip(&accs) {
-            asm.ins(format!("mov.f32 {acc}, {}", f32_imm(op.identity())));
-        }
+        let ops = self.ops();
+        let accs = self.accumulators(&mut asm, &ops);
         // The unit's quantization blocks [qb, qend).
         let (qb, qend) = (asm.rd(), asm.rd());
         asm.ins(format!("mul.lo.u64 {qb}, {w}, {}", unit / QUANT_BLOCK));
@@ -225,45 +158,21 @@ impl Lowering<'_> {
             &ops,
             &accs,
         )?;
-        asm.ins(format!("add.s64 {qb}, {qb}, 1"));
-        asm.ins(format!("setp.lt.u64 {p}, {qb}, {qend}"));
-        asm.ins(format!("@{p} bra {q_loop}"));
+        asm.loop_back(&qb, 1, &qend, &p, &q_loop);
         asm.place(&q_done);
 
         if let Some(partials) = &partials {
-            let mut s = REDUCE_LANES / 2;
-            while s >= 1 {
-                for (op, acc) in ops.iter().zip(&accs) {
-                    let o = asm.f();
-                    asm.ins(format!(
-                        "shfl.sync.down.b32 {o}, {acc}, {s}, {}, -1",
-                        REDUCE_LANES - 1
-                    ));
-                    let d = self.fold_q8(&mut asm, *op, acc, &o);
-                    asm.ins(format!("mov.f32 {acc}, {d}"));
-                }
-                s /= 2;
-            }
+            self.lane_tree(&mut asm, &ops, &accs);
             let (blocks, t) = (asm.rd(), asm.rd());
             asm.ins(format!("add.s64 {t}, {n}, {}", REDUCE_BLOCK - 1));
             asm.ins(format!("shr.u64 {blocks}, {t}, 12"));
-            for (r, acc) in accs.iter().enumerate() {
-                let (idx, addr) = (asm.rd(), asm.rd());
-                asm.ins(format!("mad.lo.u64 {idx}, {blocks}, {r}, {w}"));
-                asm.ins(format!("mad.lo.u64 {addr}, {idx}, 4, {partials}"));
-                asm.ins(format!("@{lane0} st.global.f32 [{addr}], {acc}"));
-            }
+            store_partials(&mut asm, partials, &accs, &blocks, &w, Some(&lane0));
         }
-        asm.ins(format!("add.s64 {w}, {w}, {warps}"));
-        asm.ins(format!("setp.lt.u64 {p}, {w}, {units}"));
-        asm.ins(format!("@{p} bra {unit_loop}"));
+        asm.loop_back(&w, &warps, &units, &p, &unit_loop);
         asm.place(&done);
         asm.ins("ret");
-        let params: Vec<String> = single_params(self.kernel, self.stage_index)
-            .iter()
-            .map(|p| format!(".param .{} {}", p.ptx_type(), p.ptx_name(name)))
-            .collect();
-        Ok(format!("{}{{\n{}}}\n", header(name, &params), asm.finish()))
+        let params = param_decls(name, &single_params(self.kernel, self.stage_index));
+        Ok(entry_text(name, &params, asm))
     }
 
     /// Quantization block `qb`: loads (int8 states dequantized), the body on the lane's 8
@@ -363,7 +272,7 @@ impl Lowering<'_> {
             self.lower(asm, &mut env, true, uniforms, &load)?;
             for ((op, acc), r) in ops.iter().zip(accs).zip(&self.stage.reduce) {
                 let x = env.f(r.value)?.clone();
-                let d = self.fold_q8(asm, *op, acc, &x);
+                let d = self.fold(asm, *op, acc, &x);
                 asm.ins(format!("selp.f32 {acc}, {d}, {acc}, {valid}"));
             }
             for store in &self.stage.stores {

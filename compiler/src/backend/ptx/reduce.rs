@@ -22,7 +22,7 @@
 
 use super::asm::{f32_imm, Asm, Reg};
 use super::body::Lowering;
-use super::entries::{header, Frame};
+use super::entries::{entry_text, multi_prologue, thread_ids, Frame, Ids, MultiParams};
 use super::layout::{TableLayout, FLAG_ALIGNED};
 use super::Error;
 use optc_kernel::reduce::{ReduceOp, REDUCE_BLOCK, REDUCE_LANES};
@@ -43,13 +43,69 @@ enum Vector<'a> {
     If(&'a Reg),
 }
 
+/// This thread's lane and its warp's index in the block.
+pub(super) struct Lanes {
+    /// This lane, `0..32` (u32).
+    pub(super) lane: Reg,
+    /// This lane (u64).
+    pub(super) lane64: Reg,
+    /// The warp's index in its block (u64).
+    pub(super) wib64: Reg,
+}
+
+/// This thread's lane and warp in block from `tid`.
+pub(super) fn lanes(asm: &mut Asm, tid: &Reg) -> Lanes {
+    let (lane, wib) = (asm.r(), asm.r());
+    let (lane64, wib64) = (asm.rd(), asm.rd());
+    asm.ins(format!("and.b32 {lane}, {tid}, {}", REDUCE_LANES - 1));
+    asm.ins(format!("shr.u32 {wib}, {tid}, 5"));
+    asm.ins(format!("cvt.u64.u32 {lane64}, {lane}"));
+    asm.ins(format!("cvt.u64.u32 {wib64}, {wib}"));
+    Lanes {
+        lane,
+        lane64,
+        wib64,
+    }
+}
+
+/// The number of warps in a block (u32).
+pub(super) fn warps_per_block(asm: &mut Asm, ids: &Ids) -> Reg {
+    let wpb = asm.r();
+    asm.ins(format!("shr.u32 {wpb}, {}, 5", ids.ntid));
+    wpb
+}
+
+/// `(w, warps)`: this warp's index in the grid and the number of warps in the grid (u64).
+pub(super) fn grid_warp(asm: &mut Asm, ids: &Ids, wpb: &Reg, wib64: &Reg) -> (Reg, Reg) {
+    let (w, warps) = (asm.rd(), asm.rd());
+    asm.ins(format!("mad.wide.u32 {w}, {}, {wpb}, 0", ids.ctaid));
+    asm.ins(format!("add.s64 {w}, {w}, {wib64}"));
+    asm.ins(format!("mul.wide.u32 {warps}, {}, {wpb}", ids.nctaid));
+    (w, warps)
+}
+
+/// Stores output `q`'s accumulator at `partials[q * len + at]`, under `guard` when given.
+pub(super) fn store_partials(
+    asm: &mut Asm,
+    partials: &Reg,
+    accs: &[Reg],
+    len: &Reg,
+    at: &Reg,
+    guard: Option<&Reg>,
+) {
+    let guard = guard.map(|g| format!("@{g} ")).unwrap_or_default();
+    for (q, acc) in accs.iter().enumerate() {
+        let (idx, addr) = (asm.rd(), asm.rd());
+        asm.ins(format!("mad.lo.u64 {idx}, {len}, {q}, {at}"));
+        asm.ins(format!("mad.lo.u64 {addr}, {idx}, 4, {partials}"));
+        asm.ins(format!("{guard}st.global.f32 [{addr}], {acc}"));
+    }
+}
+
 /// Registers every block of a reducing entry uses.
 struct Warp {
-    /// This lane, `0..32` (u32 and u64).
-    lane: Reg,
-    lane64: Reg,
-    /// The warp's index in its block (u64).
-    wib64: Reg,
+    /// This lane and warp in block.
+    lanes: Lanes,
     /// The shared-memory addresses this lane stores its 4 values to and reads its 4 values
     /// from (entries with the 4-wide path only).
     slot: Option<(Reg, Reg)>,
@@ -85,14 +141,37 @@ impl Lowering<'_> {
         }
     }
 
+    /// Accumulators for `ops`, each at its op's identity.
+    pub(super) fn accumulators(&self, asm: &mut Asm, ops: &[ReduceOp]) -> Vec<Reg> {
+        let accs: Vec<Reg> = ops.iter().map(|_| asm.f()).collect();
+        for (op, acc) in ops.iter().zip(&accs) {
+            asm.ins(format!("mov.f32 {acc}, {}", f32_imm(op.identity())));
+        }
+        accs
+    }
+
+    /// The tree over the lanes: `shfl.down` by 16, 8, 4, 2, 1, folding into the accumulators
+    /// (lane 0 ends with the warp's fold).
+    pub(super) fn lane_tree(&self, asm: &mut Asm, ops: &[ReduceOp], accs: &[Reg]) {
+        let mut s = REDUCE_LANES / 2;
+        while s >= 1 {
+            for (op, acc) in ops.iter().zip(accs) {
+                let o = asm.f();
+                asm.ins(format!(
+                    "shfl.sync.down.b32 {o}, {acc}, {s}, {}, -1",
+                    REDUCE_LANES - 1
+                ));
+                let d = self.fold(asm, *op, acc, &o);
+                asm.ins(format!("mov.f32 {acc}, {d}"));
+            }
+            s /= 2;
+        }
+    }
+
     /// The warp's lane and, when `xpose` names the entry's shared array, its slot in it.
     fn warp(&self, asm: &mut Asm, tid: &Reg, xpose: Option<&str>) -> Warp {
-        let (lane, wib) = (asm.r(), asm.r());
-        let (lane64, wib64) = (asm.rd(), asm.rd());
-        asm.ins(format!("and.b32 {lane}, {tid}, {}", REDUCE_LANES - 1));
-        asm.ins(format!("shr.u32 {wib}, {tid}, 5"));
-        asm.ins(format!("cvt.u64.u32 {lane64}, {lane}"));
-        asm.ins(format!("cvt.u64.u32 {wib64}, {wib}"));
+        let lanes = lanes(asm, tid);
+        let (lane64, wib64) = (&lanes.lane64, &lanes.wib64);
         let slot = xpose.map(|xpose| {
             let (base, slot, st, ld) = (asm.rd(), asm.rd(), asm.rd(), asm.rd());
             asm.ins(format!("mov.u64 {base}, {xpose}"));
@@ -101,12 +180,7 @@ impl Lowering<'_> {
             asm.ins(format!("mad.lo.u64 {ld}, {lane64}, 4, {slot}"));
             (st, ld)
         });
-        Warp {
-            lane,
-            lane64,
-            wib64,
-            slot,
-        }
+        Warp { lanes, slot }
     }
 
     /// One block `b` of a tensor of `n` elements: the body on each of its elements and the
@@ -125,10 +199,7 @@ impl Lowering<'_> {
         vector: Vector<'_>,
     ) -> Result<(), Error> {
         let ops = self.ops();
-        let accs: Vec<Reg> = ops.iter().map(|_| asm.f()).collect();
-        for (op, acc) in ops.iter().zip(&accs) {
-            asm.ins(format!("mov.f32 {acc}, {}", f32_imm(op.identity())));
-        }
+        let accs = self.accumulators(asm, &ops);
         let (start, rem, lim) = (asm.rd(), asm.rd(), asm.rd());
         asm.ins(format!("shl.b64 {start}, {b}, 12"));
         asm.ins(format!("sub.s64 {rem}, {n}, {start}"));
@@ -149,7 +220,7 @@ impl Lowering<'_> {
             // Groups of 4: lane m takes elements start + 128 j + 4 m.
             let (e, end, off, more) = (asm.rd(), asm.rd(), asm.rd(), asm.p());
             let vloop = asm.label("block_v4");
-            asm.ins(format!("mad.lo.u64 {e}, {}, 4, {start}", warp.lane64));
+            asm.ins(format!("mad.lo.u64 {e}, {}, 4, {start}", warp.lanes.lane64));
             asm.ins(format!("add.s64 {end}, {start}, {REDUCE_BLOCK}"));
             asm.place(&vloop);
             asm.ins(format!("shl.b64 {off}, {e}, 2"));
@@ -171,16 +242,14 @@ impl Lowering<'_> {
                 }
                 asm.ins("bar.warp.sync -1");
             }
-            asm.ins(format!("add.s64 {e}, {e}, {}", 4 * REDUCE_LANES));
-            asm.ins(format!("setp.lt.u64 {more}, {e}, {end}"));
-            asm.ins(format!("@{more} bra {vloop}"));
+            asm.loop_back(&e, 4 * REDUCE_LANES, &end, &more, &vloop);
             asm.ins(format!("bra {tree}"));
         }
         // One element per lane: lane k takes elements start + k + 32 i, i < lim.
         asm.place(&scalar);
         let (i, e, off, more) = (asm.rd(), asm.rd(), asm.rd(), asm.p());
         let sloop = asm.label("block_elem");
-        asm.ins(format!("mov.u64 {i}, {}", warp.lane64));
+        asm.ins(format!("mov.u64 {i}, {}", warp.lanes.lane64));
         asm.ins(format!("setp.ge.u64 {more}, {i}, {lim}"));
         asm.ins(format!("@{more} bra {tree}"));
         asm.place(&sloop);
@@ -189,33 +258,14 @@ impl Lowering<'_> {
         let values = self.elements(asm, frame, &off, 1)?;
         let xs: Vec<Reg> = values.iter().map(|v| v[0].clone()).collect();
         self.fold_into(asm, &ops, &accs, &xs);
-        asm.ins(format!("add.s64 {i}, {i}, {REDUCE_LANES}"));
-        asm.ins(format!("setp.lt.u64 {more}, {i}, {lim}"));
-        asm.ins(format!("@{more} bra {sloop}"));
+        asm.loop_back(&i, REDUCE_LANES, &lim, &more, &sloop);
         // The tree over the lanes (every lane of the warp is here again).
         asm.place(&tree);
-        let mut s = REDUCE_LANES / 2;
-        while s >= 1 {
-            for (op, acc) in ops.iter().zip(&accs) {
-                let o = asm.f();
-                asm.ins(format!(
-                    "shfl.sync.down.b32 {o}, {acc}, {s}, {}, -1",
-                    REDUCE_LANES - 1
-                ));
-                let d = self.fold(asm, *op, acc, &o);
-                asm.ins(format!("mov.f32 {acc}, {d}"));
-            }
-            s /= 2;
-        }
+        self.lane_tree(asm, &ops, &accs);
         let (first, skip) = (asm.p(), asm.label("partial_done"));
-        asm.ins(format!("setp.ne.u32 {first}, {}, 0", warp.lane));
+        asm.ins(format!("setp.ne.u32 {first}, {}, 0", warp.lanes.lane));
         asm.ins(format!("@{first} bra {skip}"));
-        for (r, acc) in accs.iter().enumerate() {
-            let (idx, addr) = (asm.rd(), asm.rd());
-            asm.ins(format!("mad.lo.u64 {idx}, {blocks}, {r}, {b}"));
-            asm.ins(format!("mad.lo.u64 {addr}, {idx}, 4, {partials}"));
-            asm.ins(format!("st.global.f32 [{addr}], {acc}"));
-        }
+        store_partials(asm, partials, &accs, blocks, b, None);
         asm.place(&skip);
         Ok(())
     }
@@ -244,18 +294,11 @@ impl Lowering<'_> {
         let (frame, n, partials) = self.single_frame(&mut asm, name)?;
         let partials =
             partials.ok_or_else(|| Error::Internal("a reducing stage without partials".into()))?;
-        let (ctaid, ntid, tid, nctaid, wpb) = (asm.r(), asm.r(), asm.r(), asm.r(), asm.r());
-        asm.ins(format!("mov.u32 {ctaid}, %ctaid.x"));
-        asm.ins(format!("mov.u32 {ntid}, %ntid.x"));
-        asm.ins(format!("mov.u32 {tid}, %tid.x"));
-        asm.ins(format!("mov.u32 {nctaid}, %nctaid.x"));
-        asm.ins(format!("shr.u32 {wpb}, {ntid}, 5"));
-        let warp = self.warp(&mut asm, &tid, xpose.as_deref());
+        let ids = thread_ids(&mut asm);
+        let wpb = warps_per_block(&mut asm, &ids);
+        let warp = self.warp(&mut asm, &ids.tid, xpose.as_deref());
         // This warp's first block: ctaid * warps per block + warp in block.
-        let (b, warps) = (asm.rd(), asm.rd());
-        asm.ins(format!("mad.wide.u32 {b}, {ctaid}, {wpb}, 0"));
-        asm.ins(format!("add.s64 {b}, {b}, {}", warp.wib64));
-        asm.ins(format!("mul.wide.u32 {warps}, {nctaid}, {wpb}"));
+        let (b, warps) = grid_warp(&mut asm, &ids, &wpb, &warp.lanes.wib64);
         let blocks = self.block_count(&mut asm, &n);
         let (p, lp, done) = (asm.p(), asm.label("block"), asm.label("done"));
         asm.ins(format!("setp.ge.u64 {p}, {b}, {blocks}"));
@@ -275,17 +318,14 @@ impl Lowering<'_> {
                 Vector::Never
             },
         )?;
-        asm.ins(format!("add.s64 {b}, {b}, {warps}"));
-        asm.ins(format!("setp.lt.u64 {p}, {b}, {blocks}"));
-        asm.ins(format!("@{p} bra {lp}"));
+        asm.loop_back(&b, &warps, &blocks, &p, &lp);
         asm.place(&done);
         asm.ins("ret");
         let params = self.single_param_decls(name);
         Ok(format!(
-            "{}{}{{\n{}}}\n",
+            "{}{}",
             xpose.as_deref().map(Self::shared_decl).unwrap_or_default(),
-            header(name, &params),
-            asm.finish()
+            entry_text(name, &params, asm)
         ))
     }
 
@@ -299,25 +339,19 @@ impl Lowering<'_> {
             .partials_offset()
             .ok_or_else(|| Error::Internal("a reducing stage's record has no partials".into()))?;
         let mut asm = Asm::default();
-        let (table, chunks, raw_t, raw_c, num_chunks, chunk_elems) =
-            (asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd(), asm.rd());
-        asm.ins(format!("ld.param.u64 {raw_t}, [{name}_table]"));
-        asm.ins(format!("cvta.to.global.u64 {table}, {raw_t}"));
-        asm.ins(format!("ld.param.u64 {raw_c}, [{name}_chunks]"));
-        asm.ins(format!("cvta.to.global.u64 {chunks}, {raw_c}"));
-        asm.ins(format!("ld.param.u64 {num_chunks}, [{name}_num_chunks]"));
-        asm.ins(format!("ld.param.u64 {chunk_elems}, [{name}_chunk_elems]"));
-        let (ctaid, ntid, tid, nctaid, wpb) = (asm.r(), asm.r(), asm.r(), asm.r(), asm.r());
+        let MultiParams {
+            table,
+            chunks,
+            num_chunks,
+            chunk_elems,
+        } = multi_prologue(&mut asm, name);
+        let ids = thread_ids(&mut asm);
+        let wpb = warps_per_block(&mut asm, &ids);
         let (c, nctaid64, wpb64) = (asm.rd(), asm.rd(), asm.rd());
-        asm.ins(format!("mov.u32 {ctaid}, %ctaid.x"));
-        asm.ins(format!("mov.u32 {ntid}, %ntid.x"));
-        asm.ins(format!("mov.u32 {tid}, %tid.x"));
-        asm.ins(format!("mov.u32 {nctaid}, %nctaid.x"));
-        asm.ins(format!("shr.u32 {wpb}, {ntid}, 5"));
-        asm.ins(format!("cvt.u64.u32 {c}, {ctaid}"));
-        asm.ins(format!("cvt.u64.u32 {nctaid64}, {nctaid}"));
+        asm.ins(format!("cvt.u64.u32 {c}, {}", ids.ctaid));
+        asm.ins(format!("cvt.u64.u32 {nctaid64}, {}", ids.nctaid));
         asm.ins(format!("cvt.u64.u32 {wpb64}, {wpb}"));
-        let warp = self.warp(&mut asm, &tid, Some(&xpose));
+        let warp = self.warp(&mut asm, &ids.tid, Some(&xpose));
         let p = asm.p();
         let (chunk_loop, done) = (asm.label("chunk"), asm.label("done"));
         asm.ins(format!("setp.ge.u64 {p}, {c}, {num_chunks}"));
@@ -348,7 +382,7 @@ impl Lowering<'_> {
         asm.ins(format!("shr.u64 {first}, {start}, 12"));
         asm.ins(format!("add.s64 {t}, {end}, {}", REDUCE_BLOCK - 1));
         asm.ins(format!("shr.u64 {last}, {t}, 12"));
-        asm.ins(format!("add.s64 {b}, {first}, {}", warp.wib64));
+        asm.ins(format!("add.s64 {b}, {first}, {}", warp.lanes.wib64));
         let (q, lp, next) = (asm.p(), asm.label("block"), asm.label("next"));
         asm.ins(format!("setp.ge.u64 {q}, {b}, {last}"));
         asm.ins(format!("@{q} bra {next}"));
@@ -363,20 +397,15 @@ impl Lowering<'_> {
             &partials,
             Vector::If(&aligned),
         )?;
-        asm.ins(format!("add.s64 {b}, {b}, {wpb64}"));
-        asm.ins(format!("setp.lt.u64 {q}, {b}, {last}"));
-        asm.ins(format!("@{q} bra {lp}"));
+        asm.loop_back(&b, &wpb64, &last, &q, &lp);
         asm.place(&next);
-        asm.ins(format!("add.s64 {c}, {c}, {nctaid64}"));
-        asm.ins(format!("setp.lt.u64 {p}, {c}, {num_chunks}"));
-        asm.ins(format!("@{p} bra {chunk_loop}"));
+        asm.loop_back(&c, &nctaid64, &num_chunks, &p, &chunk_loop);
         asm.place(&done);
         asm.ins("ret");
         Ok(format!(
-            "{}{}{{\n{}}}\n",
+            "{}{}",
             Self::shared_decl(&xpose),
-            header(name, &self.multi_param_decls(name)),
-            asm.finish()
+            entry_text(name, &self.multi_param_decls(name), asm)
         ))
     }
 }
