@@ -27,28 +27,16 @@ use optc_kernel::{Dtype, REDUCE_BLOCK};
 pub(super) const TILE: usize = REDUCE_BLOCK;
 
 /// Elements per tile of a stage without reductions: small enough that the scratch tiles of a
-/// rule like AdamW (four 16-bit buffers) stay in a 32 KiB L1 cache. Read from `OPTC_HALF_TILE`
-/// (a multiple of 16) when set, for tuning.
-pub(super) fn map_tile() -> usize {
-    static TILE_ELEMS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *TILE_ELEMS.get_or_init(|| {
-        std::env::var("OPTC_HALF_TILE")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&t| t >= 16 && t % 16 == 0 && t <= 1 << 16)
-            .unwrap_or(1024)
-    })
-}
+/// rule like AdamW (four 16-bit buffers) stay in a 32 KiB L1 cache (tiles of 256 to 65536
+/// elements measured alike in AdamW's step).
+pub(super) const MAP_TILE: usize = 1024;
 
-/// How one buffer of a stage is converted around the compiled code.
+/// How one 16-bit buffer of a stage is converted around the compiled code (whether the stage
+/// loads and stores it is `Code`'s `uses`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Conv {
     /// The buffer's storage dtype (`Bf16` or `F16`).
     pub dtype: Dtype,
-    /// Whether the stage loads it (widened into the scratch before the call).
-    pub read: bool,
-    /// Whether the stage stores it (narrowed from the scratch after the call).
-    pub written: bool,
     /// Whether its stores round stochastically (with `sr_bits(key, element)`).
     pub stochastic: bool,
 }

@@ -179,8 +179,6 @@ impl Code {
                             let dtype = kernel.storage.dtype(b.slot);
                             (dtype != optc_kernel::Dtype::F32).then(|| Conv {
                                 dtype,
-                                read: b.read,
-                                written: b.written,
                                 stochastic: kernel.storage.is_stochastic(b.slot)
                                     && st.stores_slot(b.slot),
                             })
@@ -264,10 +262,11 @@ impl Code {
         out: RawOut,
     ) {
         let convs = &self.half[stage];
+        let uses = &self.uses[stage];
         let tile_len = if self.outputs(stage) > 0 {
             half_tiles::TILE
         } else {
-            half_tiles::map_tile()
+            half_tiles::MAP_TILE
         };
         let mut scratch: Vec<Vec<f32>> = convs
             .iter()
@@ -290,7 +289,7 @@ impl Code {
                     None => here,
                     Some(c) => {
                         let tile = &mut scratch[i][..tl];
-                        if c.read {
+                        if uses[i].0 {
                             // SAFETY: a 16-bit buffer with `t.len` values (checked with the
                             // arguments): `tl` of them from `at` are in bounds, aligned as the
                             // caller's `&[u16]`-like buffer is, and only this thread writes them
@@ -311,7 +310,7 @@ impl Code {
                 self.call(stage, &ptrs, tl, &uniforms, first, out.stride);
             }
             for (i, conv) in convs.iter().enumerate() {
-                let Some(c) = conv.filter(|c| c.written) else {
+                let Some(c) = conv.filter(|_| uses[i].1) else {
                     continue;
                 };
                 // SAFETY: as for the loads above; the stage stores this buffer, so it is not
